@@ -1,0 +1,124 @@
+"""The ``gencli`` command. Commands stay thin: they parse flags, build a request,
+and hand events to a renderer. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from gencli import __version__
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _models_option(f):
+    return click.option("--models", "models_path", metavar="PATH", envvar="GENCLI_MODELS",
+                        help="models.json to use (default: ./models.json, then "
+                             "$XDG_CONFIG_HOME/gencli/models.json, then the built-ins).")(f)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "-V", "--version", prog_name="gencli", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Generate text with any model: OpenAI, Gemini, OpenRouter, any OpenAI-compatible
+    server, or a local model. Models are named in models.json (see 'gencli models').
+
+    \b
+    Examples:
+      gencli generate "Why is the sky blue?"
+      cat notes.txt | gencli generate -m gemini-2.5-flash "Summarise:"
+      gencli serve            # an Ollama-compatible server on 127.0.0.1:11434
+    """
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("prompt", required=False)
+@click.option("-m", "--model", metavar="NAME", help="Model name from the registry (default: $GENCLI_MODEL, "
+              "models.json's \"default\", else the first ready model).")
+@click.option("-s", "--system", metavar="TEXT", help="System prompt.")
+@click.option("--temperature", type=click.FloatRange(0, 2), metavar="FLOAT", help="Sampling temperature (0-2).")
+@click.option("--top-p", type=click.FloatRange(0, 1), metavar="FLOAT", help="Nucleus sampling (0-1).")
+@click.option("--top-k", type=click.IntRange(0), metavar="INT", help="Top-k sampling, where the provider has it.")
+@click.option("--num-predict", "--max-tokens", "num_predict", type=click.IntRange(1), metavar="INT",
+              help="Maximum number of tokens to generate.")
+@click.option("--stop", multiple=True, metavar="TEXT", help="Stop sequence (repeatable).")
+@click.option("--seed", type=int, metavar="INT", help="Random seed, where the provider has it.")
+@click.option("-i", "--image", "images", multiple=True, metavar="PATH|URL",
+              help="Image file or http(s) URL (repeatable).")
+@click.option("--format", "fmt", metavar="json|SCHEMA_FILE",
+              help="Structured output: 'json', or a file holding a JSON schema.")
+@click.option("--think/--no-think", default=None, help="Ask the model to reason, or not (default: the model's own).")
+@click.option("--hide-reasoning", is_flag=True, help="Do not show the reasoning chain.")
+@click.option("--no-stream", is_flag=True, help="Wait for the whole answer instead of streaming it.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the JSON (NDJSON when streaming) objects that /api/generate returns.")
+@click.option("-v", "--verbose", is_flag=True, help="Print timing and token statistics on stderr.")
+@click.option("--context", "context_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Conversation file: read before, written after, to continue a conversation.")
+@_models_option
+def generate(**kw) -> None:
+    """Generate a completion for PROMPT.
+
+    The prompt is the argument, stdin when stdin is piped, or both (the argument,
+    a blank line, then stdin). '-' reads stdin. On a terminal the answer streams
+    with live rendering; piped, stdout gets the answer alone as plain text and
+    reasoning and diagnostics go to stderr.
+
+    Exit codes: 0 ok, 1 generation or upstream error, 2 usage error, 130 interrupted.
+    """
+    from gencli.commands.generate import run
+
+    run(**kw)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+@_models_option
+def models(as_json: bool, models_path: str | None) -> None:
+    """List the models in the registry and whether each is ready to use."""
+    from gencli.commands.models import run
+
+    run(as_json=as_json, models_path=models_path)
+
+
+def main() -> None:
+    from gencli.errors import GencliError
+
+    try:
+        cli.main(prog_name="gencli", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except GencliError as exc:
+        if os.environ.get("GENCLI_DEBUG"):
+            raise
+        _error(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        _quiet_pipe()
+        sys.exit(0)
+
+
+def _error(message: str) -> None:
+    try:
+        sys.stderr.write(f"gencli: error: {message}\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _quiet_pipe() -> None:
+    """After a broken stdout pipe, point stdout at /dev/null so the exit flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass

@@ -1,0 +1,111 @@
+"""Typed errors. Every error a user can see is one of these: one line, no traceback.
+
+``status`` is the HTTP status the server answers with, ``exit_code`` the CLI's.
+Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+
+class GencliError(Exception):
+    status = 500
+    exit_code = 1
+    kind = "server_error"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(GencliError):
+    """Bad input from the user: a bad field, flag or file."""
+
+    status = 400
+    exit_code = 2
+    kind = "invalid_request_error"
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class ModelNotFound(UsageError):
+    status = 404
+    kind = "not_found_error"
+
+    def __init__(self, message: str, name: str = ""):
+        super().__init__(message, field="model")
+        self.name = name
+
+
+class ContextError(UsageError):
+    def __init__(self, message: str):
+        super().__init__(message, field="context")
+
+
+class ImageError(UsageError):
+    def __init__(self, message: str):
+        super().__init__(message, field="images")
+
+
+class ConfigError(GencliError):
+    """A malformed models.json or .env; names the file, the entry and the fault."""
+
+    status = 500
+    exit_code = 1
+
+
+class MissingKey(GencliError):
+    """The model's provider key is not set; names the variable to set."""
+
+    status = 400
+    exit_code = 1
+    kind = "authentication_error"
+
+    def __init__(self, message: str, variable: str = ""):
+        super().__init__(message)
+        self.variable = variable
+
+
+class UpstreamError(GencliError):
+    """The upstream provider failed. ``upstream_status`` is what it answered (0: no answer)."""
+
+    status = 502
+    exit_code = 1
+    kind = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        upstream_status: int = 0,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ):
+        super().__init__(message)
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        if status is not None:
+            self.status = status
+
+
+class UpstreamAuthError(UpstreamError):
+    """The upstream rejected the key (never includes the key)."""
+
+    kind = "authentication_error"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    kind = "rate_limit_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    kind = "timeout_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    status = 502

@@ -1,0 +1,66 @@
+"""Events an engine run yields. The CLI and the server only render these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts as the upstream reported them (adapters emit this; the engine folds it into Done)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class Finish:
+    """The upstream's finish reason, normalised to stop | length | tool_calls | content_filter."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class Done:
+    """The end of a run: what Ollama's final line carries.
+
+    Durations are integer nanoseconds. ``context`` encodes the conversation so far.
+    """
+
+    model: str
+    done_reason: str = "stop"
+    text: str = ""
+    reasoning: str = ""
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_duration: int = 0
+    eval_duration: int = 0
+    context: list[int] = field(default_factory=list)
+
+    def stats(self) -> dict:
+        out = {
+            "total_duration": self.total_duration,
+            "load_duration": self.load_duration,
+        }
+        if self.prompt_eval_count is not None:
+            out["prompt_eval_count"] = self.prompt_eval_count
+        out["prompt_eval_duration"] = self.prompt_eval_duration
+        if self.eval_count is not None:
+            out["eval_count"] = self.eval_count
+        out["eval_duration"] = self.eval_duration
+        return out
+
+
+Event = TextDelta | ReasoningDelta | Usage | Finish | Done

@@ -1,0 +1,56 @@
+"""The adapter contract shared by every HTTP provider."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gencli.events import Event
+from gencli.request import Message
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    """A description of one HTTP request; transports send it."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None = None
+    stream: bool = False
+
+
+@dataclass(slots=True)
+class Call:
+    """Everything an adapter needs to build a request: already validated and resolved."""
+
+    model: str  # upstream model id
+    name: str  # the registry name the user asked for
+    base_url: str
+    api_key: str | None
+    key_env: str | None  # name of the variable the key came from (for error messages)
+    headers: dict[str, str]
+    messages: list[Message]
+    options: dict[str, Any]
+    format: Any = None
+    think: bool | str | None = None
+    stream: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamParser(Protocol):
+    def feed(self, data: bytes) -> list[Event]: ...
+
+    def close(self) -> list[Event]: ...
+
+
+class Adapter(Protocol):
+    provider: str
+
+    def build(self, call: Call) -> HttpRequest: ...
+
+    def stream_parser(self, call: Call) -> StreamParser: ...
+
+    def parse_response(self, call: Call, body: bytes) -> list[Event]: ...
+
+    def parse_error(self, call: Call, status: int, headers: dict[str, str], body: bytes) -> Exception: ...

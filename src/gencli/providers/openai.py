@@ -1,0 +1,221 @@
+"""OpenAI Chat Completions: OpenAI itself, OpenRouter, and any OpenAI-compatible server.
+
+Reasoning arrives as OpenRouter ``reasoning`` / ``reasoning_details``, DeepSeek
+``reasoning_content``, or ``<think>`` tags in content (split out by the engine).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gencli.errors import UpstreamError, UsageError
+from gencli.events import Finish, ReasoningDelta, TextDelta, Usage
+from gencli.providers.base import Call, HttpRequest
+from gencli.providers.common import PROVIDER_LABELS, dumps, http_error, loads, scrub
+from gencli.sse import SSEDecoder
+
+FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
+          "content_filter": "content_filter", "eos": "stop", "end_turn": "stop", "max_tokens": "length"}
+
+OPENAI_MAX_STOPS = 4
+
+
+def _content(message) -> Any:
+    if not message.images:
+        return message.content
+    parts: list[dict] = []
+    if message.content:
+        parts.append({"type": "text", "text": message.content})
+    for image in message.images:
+        parts.append({"type": "image_url", "image_url": {"url": image.data_url}})
+    return parts
+
+
+def _reasoning(obj: dict) -> str:
+    """Reasoning text from a message or delta, whichever form the upstream uses."""
+    r = obj.get("reasoning_content") or obj.get("reasoning")
+    if isinstance(r, str) and r:
+        return r
+    details = obj.get("reasoning_details")
+    if isinstance(details, list):
+        return "".join(d.get("text") or d.get("summary") or "" for d in details
+                       if isinstance(d, dict) and d.get("type") in ("reasoning.text", "reasoning.summary"))
+    return ""
+
+
+class OpenAIAdapter:
+    image_types = ("image/jpeg", "image/png", "image/webp", "image/gif")
+
+    def __init__(self, provider: str):
+        self.provider = provider
+        self.label = PROVIDER_LABELS[provider]
+
+    # -- request ----------------------------------------------------------------
+    def body(self, call: Call) -> dict[str, Any]:
+        o = call.options
+        body: dict[str, Any] = {
+            "model": call.model,
+            "messages": [{"role": m.role, "content": _content(m)} for m in call.messages],
+        }
+        if call.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        if "temperature" in o:
+            body["temperature"] = o["temperature"]
+        if "top_p" in o:
+            body["top_p"] = o["top_p"]
+        if "num_predict" in o:
+            body["max_completion_tokens" if self.provider == "openai" else "max_tokens"] = o["num_predict"]
+        if "stop" in o:
+            if self.provider == "openai" and len(o["stop"]) > OPENAI_MAX_STOPS:
+                raise UsageError(f"options.stop: OpenAI takes at most {OPENAI_MAX_STOPS} stop sequences",
+                                 "options.stop")
+            body["stop"] = o["stop"]
+        if "seed" in o:
+            body["seed"] = o["seed"]
+        for key in ("presence_penalty", "frequency_penalty"):
+            if key in o:
+                body[key] = o[key]
+        if self.provider != "openai":
+            if "top_k" in o:
+                body["top_k"] = o["top_k"]
+            if "repeat_penalty" in o:
+                body["repetition_penalty"] = o["repeat_penalty"]
+            if "min_p" in o:
+                body["min_p"] = o["min_p"]
+        if call.format == "json":
+            body["response_format"] = {"type": "json_object"}
+        elif isinstance(call.format, dict):
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "response", "schema": call.format}}
+        think = call.think
+        if think is not None:
+            if self.provider == "openrouter":
+                if think is False:
+                    body["reasoning"] = {"exclude": True}
+                elif think is True:
+                    body["reasoning"] = {"enabled": True}
+                else:
+                    body["reasoning"] = {"effort": think}
+            elif "thinking" in call.extra.get("capabilities", ("thinking",)):
+                if isinstance(think, str):
+                    body["reasoning_effort"] = think
+                elif think is False and self.provider == "openai":
+                    body["reasoning_effort"] = "minimal"
+        return body
+
+    def build(self, call: Call) -> HttpRequest:
+        headers = {"Content-Type": "application/json",
+                   "Accept": "text/event-stream" if call.stream else "application/json"}
+        if call.api_key:
+            headers["Authorization"] = f"Bearer {call.api_key}"
+        if self.provider == "openrouter":
+            headers["HTTP-Referer"] = "https://github.com/gencli/gencli"
+            headers["X-Title"] = "gencli"
+        headers.update(call.headers)
+        return HttpRequest("POST", f"{call.base_url}/chat/completions", headers, dumps(self.body(call)),
+                           call.stream)
+
+    # -- responses --------------------------------------------------------------
+    def parse_response(self, call: Call, body: bytes) -> list:
+        try:
+            data = loads(body)
+        except ValueError:
+            raise UpstreamError(f"{call.name}: {self.label} sent a response that is not JSON") from None
+        if not isinstance(data, dict):
+            raise UpstreamError(f"{call.name}: {self.label} sent an unexpected response")
+        if data.get("error"):
+            raise self._inline_error(call, data["error"])
+        out: list = []
+        choices = data.get("choices") or []
+        if choices and isinstance(choices[0], dict):
+            choice = choices[0]
+            message = choice.get("message") or {}
+            reasoning = _reasoning(message)
+            if reasoning:
+                out.append(ReasoningDelta(reasoning))
+            content = message.get("content")
+            if content:
+                out.append(TextDelta(content))
+            reason = choice.get("finish_reason")
+            if reason:
+                out.append(Finish(FINISH.get(reason, reason)))
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            out.append(Usage(usage.get("prompt_tokens"), usage.get("completion_tokens")))
+        return out
+
+    def stream_parser(self, call: Call) -> "OpenAIStreamParser":
+        return OpenAIStreamParser(self, call)
+
+    def parse_error(self, call: Call, status: int, headers, body: bytes) -> Exception:
+        return http_error(call, self.provider, status, headers, body)
+
+    def _inline_error(self, call: Call, err: Any) -> UpstreamError:
+        if isinstance(err, dict):
+            msg = err.get("message") or str(err.get("code") or "unknown error")
+            code = err.get("code")
+        else:
+            msg, code = str(err), None
+        status = code if isinstance(code, int) and 400 <= code < 600 else 0
+        return UpstreamError(f"{call.name}: {self.label} reported an error: {scrub(str(msg), call.api_key)}",
+                             upstream_status=status)
+
+
+class OpenAIStreamParser:
+    __slots__ = ("adapter", "call", "sse", "done")
+
+    def __init__(self, adapter: OpenAIAdapter, call: Call):
+        self.adapter = adapter
+        self.call = call
+        self.sse = SSEDecoder()
+        self.done = False
+
+    def feed(self, data: bytes) -> list:
+        out: list = []
+        for payload in self.sse.feed(data):
+            self._event(payload, out)
+        return out
+
+    def close(self) -> list:
+        out: list = []
+        for payload in self.sse.close():
+            self._event(payload, out)
+        return out
+
+    def _event(self, payload: bytes, out: list) -> None:
+        if payload == b"[DONE]":
+            self.done = True
+            return
+        try:
+            chunk = loads(payload)
+        except ValueError:
+            raise UpstreamError(f"{self.call.name}: {self.adapter.label} sent a malformed stream event") from None
+        if not isinstance(chunk, dict):
+            return
+        if chunk.get("error"):
+            raise self.adapter._inline_error(self.call, chunk["error"])
+        choices = chunk.get("choices")
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta")
+            if delta:
+                if "reasoning" in delta or "reasoning_content" in delta or "reasoning_details" in delta:
+                    r = _reasoning(delta)
+                    if r:
+                        out.append(ReasoningDelta(r))
+                c = delta.get("content")
+                if c:
+                    out.append(TextDelta(c))
+            reason = choice.get("finish_reason")
+            if reason:
+                if reason == "error":
+                    raise UpstreamError(f"{self.call.name}: {self.adapter.label} ended the stream with an error")
+                out.append(Finish(FINISH.get(reason, reason)))
+        usage = chunk.get("usage")
+        if usage:
+            out.append(Usage(usage.get("prompt_tokens"), usage.get("completion_tokens")))
+
+
+def adapter(provider: str) -> OpenAIAdapter:
+    return OpenAIAdapter(provider)

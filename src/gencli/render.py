@@ -1,0 +1,118 @@
+"""Renderers for piped output (plain text) and --json. The Rich terminal renderer
+lives in render_rich so that piped runs never import Rich."""
+
+from __future__ import annotations
+
+import sys
+
+from gencli.events import Done, ReasoningDelta, TextDelta
+
+
+class PlainRenderer:
+    """Answer on stdout as plain text, flushed per delta; reasoning on stderr."""
+
+    def __init__(self, hide_reasoning: bool):
+        self.hide_reasoning = hide_reasoning
+        self.out = sys.stdout
+        self.err = sys.stderr
+        self.in_reasoning = False
+        self.last = ""
+
+    def event(self, ev):
+        t = type(ev)
+        if t is TextDelta:
+            if self.in_reasoning:
+                self._end_reasoning()
+            self.out.write(ev.text)
+            self.out.flush()
+            self.last = ev.text
+        elif t is ReasoningDelta:
+            if not self.hide_reasoning:
+                self.in_reasoning = True
+                self.err.write(ev.text)
+                self.err.flush()
+        elif t is Done:
+            return ev
+        return None
+
+    def _end_reasoning(self) -> None:
+        self.in_reasoning = False
+        self.err.write("\n\n")
+        self.err.flush()
+
+    def finish(self) -> None:
+        if self.in_reasoning:
+            self._end_reasoning()
+        if self.last and not self.last.endswith("\n"):
+            self.out.write("\n")
+        self.out.flush()
+
+    def interrupted(self) -> None:
+        self.finish()
+
+    def failed(self) -> None:
+        self.finish()
+
+
+class JsonRenderer:
+    """Exactly the objects /api/generate returns: NDJSON lines when streaming, else one object."""
+
+    def __init__(self, model: str, stream: bool):
+        from gencli import wire
+
+        self.wire = wire
+        self.model = model
+        self.stream = stream
+        self.out = sys.stdout
+
+    def _line(self, obj: dict) -> None:
+        import json
+
+        self.out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+        self.out.flush()
+
+    def event(self, ev):
+        t = type(ev)
+        if t is Done:
+            self._line(self.wire.generate_final(ev, self.stream))
+            return ev
+        if self.stream:
+            if t is TextDelta:
+                self._line(self.wire.generate_chunk(self.model, ev.text))
+            elif t is ReasoningDelta:
+                self._line(self.wire.generate_chunk(self.model, "", ev.text))
+        return None
+
+    def finish(self) -> None:
+        pass
+
+    def interrupted(self) -> None:
+        pass
+
+    def failed(self) -> None:
+        pass
+
+
+def _dur(ns: int) -> str:
+    s = ns / 1e9
+    if s >= 1:
+        return f"{s:.6g}s"
+    return f"{ns / 1e6:.6g}ms"
+
+
+def print_stats(done: Done) -> None:
+    """Ollama-style --verbose statistics on stderr."""
+    lines = [f"total duration:       {_dur(done.total_duration)}",
+             f"load duration:        {_dur(done.load_duration)}"]
+    if done.prompt_eval_count is not None:
+        lines.append(f"prompt eval count:    {done.prompt_eval_count} token(s)")
+    lines.append(f"prompt eval duration: {_dur(done.prompt_eval_duration)}")
+    if done.prompt_eval_count and done.prompt_eval_duration:
+        lines.append(f"prompt eval rate:     {done.prompt_eval_count / (done.prompt_eval_duration / 1e9):.2f} tokens/s")
+    if done.eval_count is not None:
+        lines.append(f"eval count:           {done.eval_count} token(s)")
+    lines.append(f"eval duration:        {_dur(done.eval_duration)}")
+    if done.eval_count and done.eval_duration:
+        lines.append(f"eval rate:            {done.eval_count / (done.eval_duration / 1e9):.2f} tokens/s")
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()

@@ -1,0 +1,45 @@
+"""What a caller asks for, independent of CLI or HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Image:
+    """An image ready for an upstream: its MIME type (sniffed from the bytes) and base64 data."""
+
+    mime: str
+    data: str  # standard base64, no data: prefix
+
+    @property
+    def data_url(self) -> str:
+        return f"data:{self.mime};base64,{self.data}"
+
+
+@dataclass(slots=True)
+class Message:
+    role: str  # system | user | assistant
+    content: str
+    images: list[Image] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class GenerateRequest:
+    """One generation. Either ``prompt`` (with optional ``context``) or ``messages``.
+
+    ``images`` are raw inputs (base64, data URLs, http(s) URLs, or ``bytes``); the
+    engine turns them into :class:`Image` objects attached to the last user message.
+    """
+
+    model: str
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    system: str | None = None
+    images: list[Any] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    format: Any = None  # None | "json" | dict (JSON schema)
+    think: bool | str | None = None
+    context: list[int] | None = None
+    stream: bool = True

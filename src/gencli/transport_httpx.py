@@ -1,0 +1,123 @@
+"""The CLI's transport: synchronous httpx. Maps transport failures to typed errors."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+
+from gencli.errors import ImageError, UpstreamTimeout, UpstreamUnreachable
+from gencli.images import MAX_IMAGE_BYTES
+from gencli.providers.base import HttpRequest
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=10.0)
+
+
+class Response:
+    __slots__ = ("_r",)
+
+    def __init__(self, r: httpx.Response):
+        self._r = r
+
+    @property
+    def status(self) -> int:
+        return self._r.status_code
+
+    @property
+    def headers(self):
+        return self._r.headers
+
+    def read(self) -> bytes:
+        return self._r.read()
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        return self._r.iter_raw()
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc.rsplit("@", 1)[-1] or url
+
+
+class HttpxTransport:
+    """One client per CLI run. ``tls=False`` (a plain-http upstream, e.g. a local server)
+    skips building an SSL context, which costs about 50 ms of start-up."""
+
+    def __init__(self, timeout: float | None = None, tls: bool = True):
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self.client = httpx.Client(timeout=self.timeout, follow_redirects=False, trust_env=True,
+                                   verify=True if tls else False)
+        self._fetcher: httpx.Client | None = None
+
+    def close(self) -> None:
+        self.client.close()
+        if self._fetcher is not None:
+            self._fetcher.close()
+
+    @contextlib.contextmanager
+    def open(self, req: HttpRequest, call) -> Iterator[Response]:
+        request = self.client.build_request(req.method, req.url, headers=req.headers, content=req.body)
+        try:
+            r = self.client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(f"{call.name}: {_host(req.url)} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnreachable(f"{call.name}: cannot reach {_host(req.url)} ({_reason(exc)})") from None
+        try:
+            yield _Guarded(r, call, req.url)
+        finally:
+            r.close()
+
+    def fetch_image(self, url: str) -> bytes:
+        """Download an image URL (the CLI may read any address the user names)."""
+        if self._fetcher is None:
+            self._fetcher = httpx.Client(timeout=30.0, follow_redirects=True, trust_env=True)
+        try:
+            with self._fetcher.stream("GET", url) as r:
+                if r.status_code >= 400:
+                    raise ImageError(f"image {url}: the server answered HTTP {r.status_code}")
+                data = bytearray()
+                for chunk in r.iter_bytes():
+                    data += chunk
+                    if len(data) > MAX_IMAGE_BYTES:
+                        raise ImageError(f"image {url} is over the 20 MB limit")
+                return bytes(data)
+        except httpx.HTTPError as exc:
+            raise ImageError(f"image {url}: cannot download it ({_reason(exc)})") from None
+
+
+class _Guarded(Response):
+    """A response whose body reads map httpx errors to typed errors."""
+
+    __slots__ = ("call", "url")
+
+    def __init__(self, r: httpx.Response, call, url: str):
+        super().__init__(r)
+        self.call = call
+        self.url = url
+
+    def read(self) -> bytes:
+        with self._errors():
+            return self._r.read()
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        with self._errors():
+            yield from self._r.iter_raw()
+
+    @contextlib.contextmanager
+    def _errors(self):
+        try:
+            yield
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(f"{self.call.name}: {_host(self.url)} stopped sending (read timeout)") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnreachable(
+                f"{self.call.name}: the connection to {_host(self.url)} failed mid-response ({_reason(exc)})"
+            ) from None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return " ".join(text.split())[:200]
