@@ -48,3 +48,5 @@ def run_gencli(args: list[str], env: dict[str, str], cwd: Path, input: bytes | N
         capture_output=True,
         timeout=timeout,
     )
+
+from tests.fakes.openai_upstream import openai_fake  # noqa: E402,F401  (fixture)

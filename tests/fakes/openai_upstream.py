@@ -1,0 +1,443 @@
+"""A fake OpenAI Chat Completions upstream (also OpenRouter / DeepSeek / vLLM shapes).
+
+A real aiohttp server on 127.0.0.1 that speaks the wire described in
+/work/shared/reference/upstream-wire.md. Behaviour is chosen by the request's
+``model`` field:
+
+- anything else / ``echo``: "You said: <last user text>" in several chunks; usage
+  counts words. Honours ``stop`` (cuts before it) and ``max_tokens`` /
+  ``max_completion_tokens`` (cuts to N words, finish_reason "length").
+- ``tokens-N``: N tokens ``tok0 tok1 ...``, one per SSE event (benchmarks).
+- ``reason-openrouter``: ``reasoning`` + ``reasoning_details`` with content "" while
+  thinking (omitted when the request says ``reasoning: {"exclude": true}``).
+- ``reason-deepseek``: ``reasoning_content`` with content null while thinking.
+- ``think-tags``: ``<think>...</think>`` in content, the tags split across chunks.
+- ``think-noopen``: reasoning with no opening tag, then ``</think>``, then the answer.
+- ``error-401`` / ``error-404`` / ``error-429`` (retry-after: 7) / ``error-500``.
+- ``error-midstream``: some content, then a chunk with a top-level ``error`` (HTTP 200).
+- ``keepalive``: ``: OPENROUTER PROCESSING`` comments before the data.
+- ``length``: finish_reason "length". ``json``: a JSON object string as content.
+- ``slow-N`` / ``slow-N-M``: M tokens (default 20), one every N ms.
+- ``gpt-5*`` / ``o1*`` / ``o3*`` / ``o4*``: like echo, but ``max_tokens`` is refused with
+  400 ``unsupported_parameter`` as OpenAI's reasoning models do.
+
+``FakeOpenAI`` runs it in a background thread; ``openai_fake`` is a session fixture.
+``python tests/fakes/openai_upstream.py --port N`` serves it in the foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+FAKE_KEY = "sk-fake-test-0123456789abcdef"
+
+_dumps = orjson.dumps
+_WORD = re.compile(r"\S*\s*")
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: Any  # parsed JSON, or None
+    raw: bytes = b""
+
+
+@dataclass
+class _Reply:
+    """What to send: reasoning pieces, content pieces, finish reason, usage."""
+
+    reasoning: list[str] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+    finish: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    style: str = "plain"  # plain | openrouter | deepseek
+    delay: float = 0.0
+    keepalive: int = 0
+    midstream_error: bool = False
+
+
+def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
+    return _dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _images_in(content: Any) -> int:
+    if isinstance(content, list):
+        return sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url")
+    return 0
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _pieces(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text) if w]
+
+
+class FakeOpenAI:
+    """The fake upstream on 127.0.0.1:<free port>, in a thread with its own event loop."""
+
+    def __init__(self, api_key: str | None = FAKE_KEY, port: int = 0):
+        self.api_key = api_key  # None: accept any key (or none)
+        self.port = port
+        self.requests: list[Recorded] = []
+        self.disconnects = 0  # streams the client dropped before the end
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def open_connections(self) -> int:
+        server = self._runner.server if self._runner else None
+        return len(server.connections) if server is not None else 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    def start(self) -> "FakeOpenAI":
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._serve())
+            except BaseException as exc:  # report start-up failures to start()
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=main, name="fake-openai", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if failure:
+            raise failure[0]
+        return self
+
+    async def _serve(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self.port = sock.getsockname()[1]
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self._loop = self._thread = None
+
+    # -- helpers for tests ---------------------------------------------------
+    def mark(self) -> int:
+        return len(self.requests)
+
+    def since(self, mark: int) -> list[Recorded]:
+        return self.requests[mark:]
+
+    def last(self, path: str = "/v1/chat/completions") -> Recorded:
+        for r in reversed(self.requests):
+            if r.path == path:
+                return r
+        raise AssertionError(f"the fake received no request to {path}")
+
+    # -- handlers ------------------------------------------------------------
+    def _auth_failure(self, request: web.Request) -> web.Response | None:
+        if self.api_key is None:
+            return None
+        got = request.headers.get("Authorization", "")
+        if got == f"Bearer {self.api_key}":
+            return None
+        key = got[7:] if got.startswith("Bearer ") else ""
+        if not key:
+            msg = ("You didn't provide an API key. You need to provide your API key in an Authorization "
+                   "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+            code = None
+        else:
+            shown = key[:3] + "*" * max(0, len(key) - 7) + key[-4:]
+            msg = (f"Incorrect API key provided: {shown}. You can find your API key at "
+                   f"https://platform.openai.com/account/api-keys.")
+            code = "invalid_api_key"
+        return web.Response(status=401, body=_error_body(msg, "invalid_request_error", code),
+                            content_type="application/json")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.requests.append(Recorded(request.method, request.path,
+                                      {k.lower(): v for k, v in request.headers.items()}, None))
+        denied = self._auth_failure(request)
+        if denied is not None:
+            return denied
+        names = ["echo", "gpt-4o-mini", "gpt-5-nano", "reason-openrouter", "reason-deepseek", "think-tags",
+                 "think-noopen", "keepalive", "length", "json", "tokens-50", "slow-20"]
+        data = [{"id": n, "object": "model", "created": 1700000000, "owned_by": "fake"} for n in names]
+        return web.Response(body=_dumps({"object": "list", "data": data}), content_type="application/json")
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        self.requests.append(Recorded(request.method, request.path,
+                                      {k.lower(): v for k, v in request.headers.items()}, body, raw))
+        denied = self._auth_failure(request)
+        if denied is not None:
+            return denied
+        if not isinstance(body, dict):
+            return self._json_error(400, "We could not parse the JSON body of your request.",
+                                    "invalid_request_error", None)
+        model = body.get("model")
+        messages = body.get("messages")
+        if not isinstance(model, str) or not model:
+            return self._json_error(400, "you must provide a model parameter", "invalid_request_error", None,
+                                    "model")
+        if not isinstance(messages, list) or not messages:
+            return self._json_error(400, "'messages' must contain at least one message",
+                                    "invalid_request_error", None, "messages")
+        stream = body.get("stream") is True
+        if body.get("stream_options") is not None and not stream:
+            return self._json_error(400, "The 'stream_options' parameter is only allowed when 'stream' is "
+                                    "enabled.", "invalid_request_error", None, "stream_options")
+        if model.startswith(("gpt-5", "o1", "o3", "o4")) and "max_tokens" in body:
+            return self._json_error(400, "Unsupported parameter: 'max_tokens' is not supported with this "
+                                    "model. Use 'max_completion_tokens' instead.", "invalid_request_error",
+                                    "unsupported_parameter", "max_tokens")
+
+        if model.startswith("error-"):
+            failure = self._failure(model)
+            if failure is not None:
+                return failure
+        reply = self._reply(model, body, messages)
+        if stream:
+            return await self._stream(request, model, body, reply)
+        return self._complete(model, reply)
+
+    def _json_error(self, status: int, message: str, type_: str, code: str | None, param: str | None = None,
+                    headers: dict[str, str] | None = None) -> web.Response:
+        return web.Response(status=status, body=_error_body(message, type_, code, param),
+                            content_type="application/json", headers=headers)
+
+    def _failure(self, model: str) -> web.Response | None:
+        if model == "error-401":
+            return self._json_error(401, "Incorrect API key provided: sk-fa**********cdef. You can find your "
+                                    "API key at https://platform.openai.com/account/api-keys.",
+                                    "invalid_request_error", "invalid_api_key")
+        if model == "error-404":
+            return self._json_error(404, f"The model `{model}` does not exist or you do not have access to it.",
+                                    "invalid_request_error", "model_not_found")
+        if model == "error-429":
+            return self._json_error(429, "Rate limit reached for requests. Please try again in 7s.",
+                                    "requests", "rate_limit_exceeded", headers={"retry-after": "7"})
+        if model == "error-500":
+            return self._json_error(500, "The server had an error while processing your request. Sorry about "
+                                    "that!", "server_error", None)
+        return None
+
+    def _reply(self, model: str, body: dict, messages: list) -> _Reply:
+        prompt_tokens = sum(_words(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        last = users[-1].get("content") if users else ""
+        r = _Reply(prompt_tokens=prompt_tokens)
+        if model.startswith("tokens-"):
+            n = int(model[7:] or 0)
+            r.content = [f"tok{i} " if i < n - 1 else f"tok{i}" for i in range(n)]
+        elif model.startswith("slow-"):
+            parts = model[5:].split("-")
+            r.delay = int(parts[0]) / 1000
+            n = int(parts[1]) if len(parts) > 1 else 20
+            r.content = [f"tok{i} " if i < n - 1 else f"tok{i}" for i in range(n)]
+        elif model == "reason-openrouter":
+            reasoning = body.get("reasoning")
+            if not (isinstance(reasoning, dict) and reasoning.get("exclude")):
+                r.reasoning = ["Let me ", "think about ", "this."]
+            r.content = ["The answer ", "is 42."]
+            r.style = "openrouter"
+        elif model == "reason-deepseek":
+            r.reasoning = ["Hmm, ", "the user wants ", "an answer."]
+            r.content = ["Here it ", "is: 42."]
+            r.style = "deepseek"
+        elif model == "think-tags":
+            r.content = ["<thi", "nk>Pondering ", "deeply.</th", "ink>", "\n\nThe answer", " is 42."]
+        elif model == "think-noopen":
+            r.content = ["Pondering ", "without an open tag.", "</think>", "\n\nThe answer is 42."]
+        elif model == "json":
+            r.content = _pieces(_dumps({"you_said": _text_of(last), "ok": True}).decode())
+        elif model == "error-midstream":
+            r.content = ["Partial ", "answer "]
+            r.midstream_error = True
+        else:
+            text = "You said: " + _text_of(last)
+            images = _images_in(last)
+            if images:
+                text += f" [{images} image{'s' if images > 1 else ''}]"
+            stops = body.get("stop")
+            if isinstance(stops, str):
+                stops = [stops]
+            for s in stops or ():
+                if isinstance(s, str) and s and s in text:
+                    text = text[:text.index(s)]
+            pieces = _pieces(text)
+            limit = body.get("max_completion_tokens", body.get("max_tokens"))
+            if isinstance(limit, int) and len(pieces) > limit:
+                pieces = pieces[:limit]
+                r.finish = "length"
+            r.content = pieces
+            if model == "keepalive":
+                r.keepalive = 3
+        if model == "length":
+            r.finish = "length"
+        r.completion_tokens = _words("".join(r.reasoning)) + _words("".join(r.content))
+        return r
+
+    def _usage(self, r: _Reply) -> dict:
+        return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                "total_tokens": r.prompt_tokens + r.completion_tokens}
+
+    def _complete(self, model: str, r: _Reply) -> web.Response:
+        if r.midstream_error:
+            return web.Response(body=_dumps({"error": {"code": 502, "message": "Upstream provider crashed "
+                                                       "while generating"}}), content_type="application/json")
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(r.content)}
+        reasoning = "".join(r.reasoning)
+        if r.style == "openrouter" and reasoning:
+            message["reasoning"] = reasoning
+            message["reasoning_details"] = [{"type": "reasoning.text", "text": reasoning, "format": "unknown",
+                                             "index": 0}]
+        elif r.style == "deepseek":
+            message["reasoning_content"] = reasoning
+        message["refusal"] = None
+        out = {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+               "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": r.finish}],
+               "usage": self._usage(r), "system_fingerprint": "fp_fake"}
+        return web.Response(body=_dumps(out), content_type="application/json")
+
+    async def _stream(self, request: web.Request, model: str, body: dict, r: _Reply) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        head = (b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":'
+                + str(int(time.time())).encode() + b',"model":' + _dumps(model)
+                + b',"system_fingerprint":"fp_fake","choices":[{"index":0,"delta":')
+        tail = b',"logprobs":null,"finish_reason":null}]}\n\n'
+        include_usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
+        write = resp.write
+        try:
+            for _ in range(r.keepalive):
+                await write(b": OPENROUTER PROCESSING\n\n")
+            first = True
+            for piece in r.reasoning:
+                if r.style == "openrouter":
+                    delta: dict[str, Any] = {"content": "", "reasoning": piece, "reasoning_details": [
+                        {"type": "reasoning.text", "text": piece, "format": "unknown", "index": 0}]}
+                else:
+                    delta = {"content": None, "reasoning_content": piece}
+                if first:
+                    delta = {"role": "assistant", **delta}
+                    first = False
+                await write(head + _dumps(delta) + tail)
+                if r.delay:
+                    await asyncio.sleep(r.delay)
+            if first:  # the role arrives with the first content piece
+                await write(head + b'{"role":"assistant","content":' + _dumps(r.content[0] if r.content else "")
+                            + b'}' + tail)
+                pieces = r.content[1:]
+                if r.delay:
+                    await asyncio.sleep(r.delay)
+            else:
+                pieces = r.content
+            reasoning_null = b'"reasoning":null,' if r.style == "openrouter" else (
+                b'"reasoning_content":null,' if r.style == "deepseek" else b"")
+            for piece in pieces:
+                await write(head + b"{" + reasoning_null + b'"content":' + _dumps(piece) + b"}" + tail)
+                if r.delay:
+                    await asyncio.sleep(r.delay)
+            if r.midstream_error:
+                await write(b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":'
+                            + str(int(time.time())).encode() + b',"model":' + _dumps(model)
+                            + b',"error":{"code":502,"message":"Upstream provider crashed while generating"},'
+                            + b'"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}\n\n')
+                await resp.write_eof()
+                return resp
+            await write(head + b"{}" + b',"logprobs":null,"finish_reason":' + _dumps(r.finish) + b"}]}\n\n")
+            if include_usage:
+                await write(b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":'
+                            + str(int(time.time())).encode() + b',"model":' + _dumps(model)
+                            + b',"system_fingerprint":"fp_fake","choices":[],"usage":' + _dumps(self._usage(r))
+                            + b"}\n\n")
+            await write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnects += 1
+            raise
+        return resp
+
+
+try:
+    import pytest
+except ImportError:  # __main__ use without pytest
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+    @pytest.fixture(scope="session")
+    def openai_fake():
+        """One fake OpenAI upstream for the session; it expects ``Bearer FAKE_KEY``."""
+        fake = FakeOpenAI().start()
+        yield fake
+        fake.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI Chat Completions upstream on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--key", default=None, help="expected API key (default: accept any)")
+    args = parser.parse_args()
+    fake = FakeOpenAI(api_key=args.key, port=args.port)
+    fake.start()
+    print(f"fake OpenAI upstream on {fake.base_url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    main()
