@@ -1,0 +1,221 @@
+"""The terminal renderer: a spinner until the first token, the reasoning chain in a dim
+panel as it streams, then the answer rendered as Markdown live.
+
+Only ``commands/generate.py`` imports this module, and only when stdout is a terminal,
+so piped runs never pay for Rich.
+
+Long answers: Rich's Live area cannot scroll, so completed Markdown blocks (split at
+blank lines outside ``` fences) are printed permanently above it and only the trailing,
+incomplete block stays live; the live area itself shows only the tail that fits the
+screen. Per-delta work is a string append plus, on a newline, a scan of the new lines;
+rendering happens on Live's refresh thread at ~12 frames per second.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.segment import Segment
+from rich.spinner import Spinner
+from rich.text import Text
+
+from gencli.events import Done, ReasoningDelta, TextDelta
+
+FPS = 12
+REASONING_TITLE = "reasoning"
+
+
+def _is_fence(line: str) -> str | None:
+    """The fence marker (``` or ~~~ run) a line opens or closes, else None."""
+    s = line.lstrip()
+    if len(line) - len(s) > 3:
+        return None
+    for ch in "`~":
+        if s.startswith(ch * 3):
+            n = len(s) - len(s.lstrip(ch))
+            return ch * n
+    return None
+
+
+class BlockSplitter:
+    """Accumulates Markdown text and hands back blocks that can no longer change.
+
+    A block ends at a blank line outside a fenced code block. ``feed`` returns the
+    completed blocks (possibly none); ``pending`` is the incomplete tail.
+    """
+
+    def __init__(self) -> None:
+        self.pending = ""
+        self._scan = 0  # offset in pending up to which whole lines were examined
+        self._fence: str | None = None  # the marker of the open fence, if any
+        self._block_start = 0  # offset in pending where the current block's text starts
+
+    def feed(self, text: str) -> list[str]:
+        self.pending += text
+        if "\n" not in text:
+            return []
+        done: list[str] = []
+        p = self.pending
+        pos = self._scan
+        cut = 0  # everything before cut has been committed
+        while True:
+            nl = p.find("\n", pos)
+            if nl < 0:
+                break
+            line = p[pos:nl]
+            if self._fence is not None:
+                marker = _is_fence(line)
+                if marker and marker[0] == self._fence[0] and len(marker) >= len(self._fence) \
+                        and not line.strip()[len(marker):].strip():
+                    self._fence = None
+            elif line.strip() == "":
+                block = p[cut:pos]
+                if block.strip():
+                    done.append(block.rstrip("\n"))
+                cut = nl + 1
+            else:
+                marker = _is_fence(line)
+                if marker:
+                    self._fence = marker
+            pos = nl + 1
+        if cut:
+            self.pending = p[cut:]
+            self._scan = pos - cut
+        else:
+            self._scan = pos
+        return done
+
+
+class _Tail:
+    """Render a renderable and keep only the last lines that fit in ``reserve`` fewer than the screen."""
+
+    def __init__(self, renderable, reserve: int = 1):
+        self.renderable = renderable
+        self.reserve = reserve
+
+    def __rich_console__(self, console, options):
+        height = max(3, (options.max_height or console.size.height) - self.reserve)
+        lines = console.render_lines(self.renderable, options.update(height=None), pad=False)
+        if len(lines) > height:
+            lines = lines[-height:]
+        new_line = Segment.line()
+        for line in lines:
+            yield from line
+            yield new_line
+
+
+class _View:
+    """What the Live area shows, built from the renderer's state at refresh time (never per delta)."""
+
+    def __init__(self, renderer: "RichRenderer"):
+        self.r = renderer
+
+    def __rich_console__(self, console, options):
+        r = self.r
+        height = options.max_height or console.size.height
+        if r.phase == "answer":
+            text = r.splitter.pending
+            if text.strip():
+                yield _Tail(Markdown(text), reserve=1)
+            return
+        if r.phase == "reasoning" and not r.hide_reasoning:
+            tail = _tail_lines(r.reasoning, console, options.max_width - 4, max(1, height - 4))
+            yield Panel(Text(tail, style="dim", overflow="fold"), title=REASONING_TITLE, title_align="left",
+                        border_style="dim", expand=True)
+            yield r.spinner
+            return
+        yield r.spinner
+
+
+def _tail_lines(text: str, console, width: int, height: int) -> str:
+    """The end of ``text`` that fills at most ``height`` lines of ``width`` columns."""
+    # Only look at a bounded suffix: enough characters for the screen, whatever the text's length.
+    budget = max(1, width) * height * 2
+    chunk = text[-budget:] if len(text) > budget else text
+    lines = Text(chunk.rstrip("\n"), overflow="fold").wrap(console, max(1, width))
+    if len(lines) > height:
+        lines = lines[-height:]
+    return "\n".join(line.plain for line in lines)
+
+
+class RichRenderer:
+    """Same interface as ``render.PlainRenderer``: ``event`` returns the Done event when it sees one."""
+
+    def __init__(self, hide_reasoning: bool):
+        self.hide_reasoning = hide_reasoning
+        self.console = Console(highlight=False)
+        self.phase = "wait"  # wait -> reasoning -> answer
+        self.reasoning = ""
+        self.splitter = BlockSplitter()
+        self.committed = 0  # answer blocks printed permanently
+        self.spinner = Spinner("dots", text=Text("waiting for the model…", style="dim"), style="cyan")
+        self.live = Live(_View(self), console=self.console, transient=True, auto_refresh=True,
+                         refresh_per_second=FPS, vertical_overflow="crop", redirect_stdout=False,
+                         redirect_stderr=False)
+        self.stopped = False
+        self.live.start()
+
+    # -- events ----------------------------------------------------------------
+    def event(self, ev):
+        t = type(ev)
+        if t is TextDelta:
+            if self.phase != "answer":
+                self._start_answer()
+            for block in self.splitter.feed(ev.text):
+                self._commit(block)
+        elif t is ReasoningDelta:
+            if self.phase == "wait":
+                self.phase = "reasoning"
+                self.spinner.update(text=Text("thinking…", style="dim"))
+            if self.phase == "reasoning":
+                self.reasoning += ev.text
+            # Reasoning after the answer has started (rare) is dropped from the screen, as it
+            # would otherwise interleave with the answer.
+        elif t is Done:
+            return ev
+        return None
+
+    def _start_answer(self) -> None:
+        if self.phase == "reasoning" and not self.hide_reasoning and self.reasoning.strip():
+            self.console.print(self._reasoning_panel())
+        self.phase = "answer"
+
+    def _reasoning_panel(self) -> Panel:
+        return Panel(Text(self.reasoning.strip("\n"), style="dim"), title=REASONING_TITLE, title_align="left",
+                     border_style="dim", expand=True)
+
+    def _commit(self, block: str) -> None:
+        if self.committed:
+            self.console.print()
+        self.console.print(Markdown(block))
+        self.committed += 1
+
+    # -- endings ---------------------------------------------------------------
+    def _stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        self.live.stop()
+
+    def _flush(self) -> None:
+        """Stop the live area and print permanently whatever it was showing."""
+        self._stop()
+        if self.phase == "reasoning" and not self.hide_reasoning and self.reasoning.strip():
+            self.console.print(self._reasoning_panel())
+        elif self.phase == "answer":
+            rest = self.splitter.pending
+            if rest.strip():
+                self._commit(rest.rstrip("\n"))
+            self.splitter.pending = ""
+
+    def finish(self) -> None:
+        self._flush()
+
+    def interrupted(self) -> None:
+        self._flush()
+        self.console.print(Text("(interrupted)", style="dim"))
+
+    def failed(self) -> None:
+        self._flush()
