@@ -23,12 +23,13 @@ def _partial_suffix(text: str, tag: str) -> int:
 class ThinkSplitter:
     """Streaming splitter. ``feed`` returns (reasoning, text) pieces ready to emit."""
 
-    __slots__ = ("_state", "_held")
+    __slots__ = ("_state", "_held", "_implicit")
 
-    # states: "start" (nothing but whitespace seen), "think", "text"
+    # states: "start" (nothing but whitespace seen), "think", "gap" (just after </think>), "text"
     def __init__(self, implicit_open: bool = False) -> None:
-        self._state = "think" if implicit_open else "start"
+        self._state = "start"
         self._held = ""
+        self._implicit = implicit_open  # no opening tag needed: text is reasoning until </think>
 
     def feed(self, chunk: str) -> tuple[str, str]:
         if self._state == "text" and not self._held:
@@ -50,19 +51,14 @@ class ThinkSplitter:
                 if OPEN.startswith(stripped):
                     self._held = data  # could still become "<think>"
                     break
-                self._state = "text"
+                self._state = "think" if self._implicit else "text"
                 continue
             if self._state == "think":
-                if data.startswith(OPEN) and not reasoning:
-                    data = data[len(OPEN):]  # implicit mode that got an explicit tag anyway
-                    continue
                 i = data.find(CLOSE)
                 if i >= 0:
                     reasoning.append(data[:i])
-                    data = data[i + len(CLOSE):].lstrip("\n")
-                    self._state = "text"
-                    if not data:
-                        break
+                    data = data[i + len(CLOSE):]
+                    self._state = "gap"
                     continue
                 keep = _partial_suffix(data, CLOSE)
                 if keep:
@@ -71,6 +67,11 @@ class ThinkSplitter:
                 else:
                     reasoning.append(data)
                 break
+            if self._state == "gap":  # newlines after </think>, possibly in later chunks
+                data = data.lstrip("\n")
+                if data:
+                    self._state = "text"
+                continue
             # text
             text.append(data)
             break
@@ -78,7 +79,7 @@ class ThinkSplitter:
 
     def close(self) -> tuple[str, str]:
         held, self._held = self._held, ""
-        if self._state == "think":
+        if self._state == "think" or (self._state == "start" and self._implicit):
             return held, ""
         return "", held
 
