@@ -1,0 +1,311 @@
+"""Request guard for ``gencli serve``: API key, browser origins (CORS) and the body cap.
+
+A pure ASGI middleware. The server holds the user's provider keys, so a web page
+open in the user's browser must not be able to spend them through localhost:
+browser requests carry an ``Origin`` header, and only allowed origins (localhost
+pages by default, plus ``--allowed-origins`` / ``GENCLI_ORIGINS``) get through
+and get CORS headers. Requests without ``Origin`` (curl, SDKs, IDE plugins) are
+not affected by the origin rule.
+
+The common case (no ``Origin``, no key configured, a ``Content-Length`` body)
+costs one pass over the request headers and no wrappers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from fnmatch import fnmatchcase
+from typing import Any, Awaitable, Callable, Iterable
+
+import orjson
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
+_LOCAL_ORIGIN_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+_PREFLIGHT_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS"
+_PREFLIGHT_MAX_AGE = b"7200"
+_ORIGIN_CACHE_MAX = 512
+
+BIND_WARNING = (
+    "warning: serving on {host}, which is reachable from other machines, without GENCLI_API_KEY: "
+    "anyone who can reach it can use your provider keys. Set GENCLI_API_KEY to require "
+    "'Authorization: Bearer <key>', or bind 127.0.0.1."
+)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when ``host`` (a bind address or name) only accepts connections from this machine.
+
+    Unknown host names are not resolved and count as not loopback (the safe answer);
+    ``0.0.0.0`` and ``::`` listen on every interface and are not loopback.
+    """
+    h = host.strip().lower()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if h in _LOOPBACK_NAMES or h.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(h.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def check_bind(host: str, api_key: str | None) -> str | None:
+    """The warning to print when binding ``host`` without an API key, or None when it is safe."""
+    if api_key or is_loopback_host(host):
+        return None
+    return BIND_WARNING.format(host=host)
+
+
+def parse_origins(value: str | Iterable[str] | None) -> list[str]:
+    """Origins from ``GENCLI_ORIGINS`` / ``--allowed-origins``: comma- or space-separated,
+    repeatable; ``*`` allows every origin, ``*`` inside an entry is a wildcard
+    (``chrome-extension://*``, ``https://*.example.com``)."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for item in items:
+        for part in item.replace(",", " ").split():
+            part = _normalise_origin(part)
+            if part and part not in out:
+                out.append(part)
+    return out
+
+
+def _normalise_origin(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
+
+
+def _is_local_origin(origin: str) -> bool:
+    scheme, sep, rest = origin.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return False
+    if rest.startswith("["):
+        host, _, port = rest.partition("]")
+        host += "]"
+        if port and not (port.startswith(":") and port[1:].isdigit()):
+            return False
+    else:
+        host, _, port = rest.partition(":")
+        if port and not port.isdigit():
+            return False
+    return host in _LOCAL_ORIGIN_HOSTS
+
+
+class Guard:
+    """ASGI middleware: ``Guard(app, api_key=..., allowed_origins=[...], max_body=bytes)``.
+
+    - ``api_key``: when set, every HTTP route except ``/`` needs ``Authorization: Bearer <key>``
+      (401 otherwise; compared in constant time).
+    - ``allowed_origins``: origins allowed besides the localhost ones; ``*`` allows all.
+      A request whose ``Origin`` is not allowed gets 403 and no CORS headers; an allowed
+      one gets ``Access-Control-Allow-Origin`` (its own origin) and ``Vary: Origin``, and
+      its preflight ``OPTIONS`` is answered 204.
+    - ``max_body``: a larger ``Content-Length`` gets 413 before the body is read; a
+      chunked body is counted as it arrives and gets 413 when it passes the cap.
+    """
+
+    def __init__(self, app: ASGIApp, *, api_key: str | None = None,
+                 allowed_origins: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY):
+        self.app = app
+        self._key = ("Bearer " + api_key).encode() if api_key else None
+        origins = parse_origins(list(allowed_origins))
+        self._allow_all = "*" in origins
+        self._exact = frozenset(o for o in origins if "*" not in o)
+        self._patterns = tuple(o for o in origins if "*" in o and o != "*")
+        self._origin_cache: dict[bytes, bool] = {}
+        self.max_body = int(max_body)
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def origin_allowed(self, origin: bytes) -> bool:
+        cached = self._origin_cache.get(origin)
+        if cached is not None:
+            return cached
+        try:
+            o = _normalise_origin(origin.decode("latin-1"))
+        except Exception:  # pragma: no cover - latin-1 decodes every byte string
+            o = ""
+        ok = bool(o) and (self._allow_all or _is_local_origin(o) or o in self._exact
+                          or any(fnmatchcase(o, p) for p in self._patterns))
+        if len(self._origin_cache) >= _ORIGIN_CACHE_MAX:
+            self._origin_cache.clear()
+        self._origin_cache[origin] = ok
+        return ok
+
+    def _key_ok(self, authorization: bytes | None) -> bool:
+        if authorization is None:
+            return False
+        key = self._key
+        # The scheme is case-insensitive ("bearer KEY" is fine); the key is compared in constant time.
+        if authorization[:7].lower() == b"bearer ":
+            authorization = b"Bearer " + authorization[7:].strip()
+        return hmac.compare_digest(authorization, key)
+
+    # -- ASGI ----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        origin = authorization = length = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"origin":
+                origin = value
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"transfer-encoding":
+                chunked = True
+
+        cors: list[tuple[bytes, bytes]] | None = None
+        if origin is not None:
+            if not self.origin_allowed(origin):
+                await _reject(send, scope, 403, "origin not allowed: "
+                              + origin.decode("latin-1")[:200]
+                              + "; start the server with --allowed-origins (or GENCLI_ORIGINS) to allow it",
+                              "permission_error", "origin_not_allowed", None)
+                return
+            cors = [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+            if scope["method"] == "OPTIONS":
+                await self._preflight(scope, send, cors)
+                return
+
+        if self._key is not None and scope["path"] != "/" and not self._key_ok(authorization):
+            message = ("missing API key: send 'Authorization: Bearer <key>' (the server's GENCLI_API_KEY)"
+                       if authorization is None else "invalid API key")
+            await _reject(send, scope, 401, message, "invalid_request_error", "invalid_api_key", cors,
+                          extra=((b"www-authenticate", b"Bearer"),))
+            return
+
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                n = -1
+            if n < 0:
+                await _reject(send, scope, 400, "bad Content-Length header", "invalid_request_error",
+                              None, cors)
+                return
+            if n > self.max_body:
+                await _reject(send, scope, 413, self._too_large(), "invalid_request_error",
+                              "request_too_large", cors)
+                return
+        elif chunked:
+            receive, send = _Capped(self, scope, receive, send, cors).pair()
+            cors = None  # _Capped's send adds them
+
+        if cors is not None:
+            send = _with_headers(send, cors)
+        await self.app(scope, receive, send)
+
+    def _too_large(self) -> str:
+        return (f"request body is larger than the server's limit of {_size(self.max_body)}; "
+                "raise it with --max-body-mb")
+
+    async def _preflight(self, scope: Scope, send: Send, cors: list[tuple[bytes, bytes]]) -> None:
+        headers = list(cors)
+        requested = b""
+        private = False
+        for name, value in scope["headers"]:
+            if name == b"access-control-request-headers":
+                requested = value
+            elif name == b"access-control-request-private-network":
+                private = value.lower() == b"true"
+        headers.append((b"access-control-allow-methods", _PREFLIGHT_METHODS))
+        headers.append((b"access-control-allow-headers",
+                        requested or b"Authorization, Content-Type"))
+        headers.append((b"access-control-max-age", _PREFLIGHT_MAX_AGE))
+        if private:
+            headers.append((b"access-control-allow-private-network", b"true"))
+        headers.append((b"content-length", b"0"))
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _size(n: int) -> str:
+    if n >= 1024 * 1024 and n % (1024 * 1024) == 0:
+        return f"{n // (1024 * 1024)} MB"
+    return f"{n} bytes"
+
+
+def _error_body(scope: Scope, status: int, message: str, kind: str, code: str | None) -> bytes:
+    if scope["path"].startswith("/v1/") or scope["path"] == "/v1":
+        return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+    return orjson.dumps({"error": message})
+
+
+async def _reject(send: Send, scope: Scope, status: int, message: str, kind: str, code: str | None,
+                  cors: list[tuple[bytes, bytes]] | None, extra: tuple = ()) -> None:
+    body = _error_body(scope, status, message, kind, code)
+    headers = [(b"content-type", b"application/json; charset=utf-8"),
+               (b"content-length", str(len(body)).encode()), *extra]
+    if cors:
+        headers.extend(cors)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body if scope["method"] != "HEAD" else b""})
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *extra]
+        await send(message)
+
+    return wrapped
+
+
+class _Capped:
+    """receive/send for a body of unknown length: counts bytes as they arrive; past the cap
+    it answers 413 itself (when nothing was sent yet), tells the app the client left, and
+    drops whatever the app still sends."""
+
+    __slots__ = ("guard", "scope", "_receive", "_send", "cors", "seen", "started", "closed")
+
+    def __init__(self, guard: Guard, scope: Scope, receive: Receive, send: Send,
+                 cors: list[tuple[bytes, bytes]] | None):
+        self.guard, self.scope, self._receive, self._send, self.cors = guard, scope, receive, send, cors
+        self.seen = 0
+        self.started = self.closed = False
+
+    def pair(self) -> tuple[Receive, Send]:
+        return self.receive, self.send
+
+    async def receive(self) -> Message:
+        if self.closed:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            if self.seen > self.guard.max_body:
+                self.closed = True
+                if not self.started:
+                    self.started = True
+                    await _reject(self._send, self.scope, 413, self.guard._too_large(),
+                                  "invalid_request_error", "request_too_large", self.cors)
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.closed:
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+            if self.cors:
+                message["headers"] = [*message.get("headers", ()), *self.cors]
+        await self._send(message)
