@@ -1,0 +1,297 @@
+"""Google Gemini API (generativelanguage.googleapis.com), sans-I/O.
+
+``POST {base}/v1beta/models/{model}:generateContent`` (or
+``:streamGenerateContent?alt=sse``), key in ``x-goog-api-key``. Parts marked
+``"thought": true`` are reasoning summaries; the rest is the answer. The stream is
+SSE with CRLF line ends and no ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from gencli.errors import UpstreamAuthError, UpstreamError, UpstreamRateLimited, UsageError
+from gencli.events import Finish, ReasoningDelta, TextDelta, Usage
+from gencli.providers.base import Call, HttpRequest
+from gencli.providers.common import PROVIDER_LABELS, dumps, http_error, loads, retry_after, scrub
+from gencli.sse import SSEDecoder
+
+API_VERSION = "v1beta"
+MAX_STOPS = 5  # the Gemini API refuses more stop sequences than this
+INT32 = 2**31
+
+FINISH = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+    "LANGUAGE": "content_filter",
+    "MALFORMED_FUNCTION_CALL": "tool_calls",
+    "UNEXPECTED_TOOL_CALL": "tool_calls",
+}
+
+# think "low" | "medium" | "high" -> thinkingBudget (Gemini 2.5) or thinkingLevel (Gemini 3)
+BUDGETS = {"low": 1024, "medium": 8192, "high": 24576}
+LEVELS = {"low": "LOW", "medium": "MEDIUM", "high": "HIGH"}
+
+_VERSIONS = ("/v1", "/v1beta", "/v1alpha")
+
+
+def _parts(message) -> list[dict]:
+    parts: list[dict] = [{"inlineData": {"mimeType": image.mime, "data": image.data}} for image in message.images]
+    if message.content:
+        parts.append({"text": message.content})
+    return parts
+
+
+def _duration(value: Any) -> float | None:
+    """A google.protobuf.Duration as JSON ("12s", "1.5s") or as {seconds, nanos}."""
+    if isinstance(value, str) and value.endswith("s"):
+        try:
+            return max(0.0, float(value[:-1]))
+        except ValueError:
+            return None
+    if isinstance(value, dict):
+        try:
+            return max(0.0, float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _error_object(body: bytes) -> dict:
+    try:
+        data: Any = loads(body)
+    except ValueError:
+        return {}
+    if isinstance(data, list) and data:
+        data = data[0]
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return data["error"]
+    return {}
+
+
+def _details(err: dict) -> list[dict]:
+    details = err.get("details")
+    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+def _is_key_error(err: dict) -> bool:
+    for d in _details(err):
+        if d.get("reason") in ("API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED",
+                               "API_KEY_IP_ADDRESS_BLOCKED", "API_KEY_ANDROID_APP_BLOCKED",
+                               "API_KEY_IOS_APP_BLOCKED", "ACCESS_TOKEN_TYPE_UNSUPPORTED"):
+            return True
+    return False
+
+
+def _retry_delay(err: dict) -> float | None:
+    for d in _details(err):
+        if str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            wait = _duration(d.get("retryDelay"))
+            if wait is not None:
+                return wait
+    return None
+
+
+class GoogleAdapter:
+    image_types = ("image/jpeg", "image/png", "image/webp", "image/gif")
+
+    def __init__(self, provider: str = "google"):
+        self.provider = provider
+        self.label = PROVIDER_LABELS.get(provider, "Gemini")
+
+    # -- request ----------------------------------------------------------------
+    def url(self, call: Call) -> str:
+        base = call.base_url.rstrip("/")
+        if not base.endswith(_VERSIONS):
+            base = f"{base}/{API_VERSION}"
+        model = call.model if "/" in call.model else f"models/{call.model}"
+        action = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
+        return f"{base}/{quote(model, safe='/-._~')}:{action}"
+
+    def generation_config(self, call: Call) -> dict[str, Any]:
+        o = call.options
+        config: dict[str, Any] = {}
+        if "temperature" in o:
+            config["temperature"] = o["temperature"]
+        if "top_p" in o:
+            config["topP"] = o["top_p"]
+        if "top_k" in o:
+            config["topK"] = o["top_k"]
+        if "num_predict" in o:
+            config["maxOutputTokens"] = o["num_predict"]
+        if "stop" in o:
+            if len(o["stop"]) > MAX_STOPS:
+                raise UsageError(f"options.stop has {len(o['stop'])} entries; Gemini takes at most {MAX_STOPS} "
+                                 f"stop sequences", "options.stop")
+            config["stopSequences"] = o["stop"]
+        if "seed" in o:
+            if not -INT32 <= o["seed"] < INT32:
+                raise UsageError(f"options.seed is {o['seed']}; Gemini takes a 32-bit seed "
+                                 f"(from {-INT32} to {INT32 - 1})", "options.seed")
+            config["seed"] = o["seed"]
+        if "presence_penalty" in o:
+            config["presencePenalty"] = o["presence_penalty"]
+        if "frequency_penalty" in o:
+            config["frequencyPenalty"] = o["frequency_penalty"]
+        if call.format == "json":
+            config["responseMimeType"] = "application/json"
+        elif isinstance(call.format, dict):
+            # The user's format is a JSON Schema: responseJsonSchema takes it as is
+            # (responseSchema takes only an OpenAPI subset and rejects e.g. additionalProperties).
+            config["responseMimeType"] = "application/json"
+            config["responseJsonSchema"] = call.format
+        thinking = self.thinking_config(call)
+        if thinking:
+            config["thinkingConfig"] = thinking
+        return config
+
+    def thinking_config(self, call: Call) -> dict[str, Any] | None:
+        if "thinking" not in call.extra.get("capabilities", ("thinking",)):
+            return None  # models without thinking reject a thinkingConfig
+        think = call.think
+        levels = call.model.rsplit("/", 1)[-1].startswith("gemini-3")  # Gemini 3 has thinkingLevel
+        if think is None:
+            return {"includeThoughts": True}  # show reasoning summaries by default
+        if think is False:
+            if levels:  # Gemini 3 cannot switch thinking off; ask for the least
+                return {"thinkingLevel": "MINIMAL" if "flash" in call.model else "LOW"}
+            return {"thinkingBudget": 0}
+        if think is True:
+            return {"includeThoughts": True} if levels else {"includeThoughts": True, "thinkingBudget": -1}
+        if levels:
+            return {"includeThoughts": True, "thinkingLevel": LEVELS[think]}
+        return {"includeThoughts": True, "thinkingBudget": BUDGETS[think]}
+
+    def body(self, call: Call) -> dict[str, Any]:
+        system: list[dict] = []
+        contents: list[dict] = []
+        for m in call.messages:
+            if m.role == "system":
+                if m.content:
+                    system.append({"text": m.content})
+                continue
+            parts = _parts(m)
+            if parts:  # Gemini refuses empty parts
+                contents.append({"role": "model" if m.role == "assistant" else "user", "parts": parts})
+        body: dict[str, Any] = {"contents": contents}
+        if system:
+            body["systemInstruction"] = {"parts": system}
+        config = self.generation_config(call)
+        if config:
+            body["generationConfig"] = config
+        return body
+
+    def build(self, call: Call) -> HttpRequest:
+        headers = {"Content-Type": "application/json",
+                   "Accept": "text/event-stream" if call.stream else "application/json"}
+        if call.api_key:
+            headers["x-goog-api-key"] = call.api_key
+        headers.update(call.headers)
+        return HttpRequest("POST", self.url(call), headers, dumps(self.body(call)), call.stream)
+
+    # -- responses --------------------------------------------------------------
+    def events(self, call: Call, data: Any, out: list) -> None:
+        """Append the events of one GenerateContentResponse (a whole reply or a stream chunk)."""
+        if not isinstance(data, dict):
+            raise UpstreamError(f"{call.name}: {self.label} sent an unexpected response")
+        if isinstance(data.get("error"), dict):
+            raise self.error(call, int(data["error"].get("code") or 0), {}, data["error"])
+        candidates = data.get("candidates") or []
+        feedback = data.get("promptFeedback") or {}
+        if not candidates and isinstance(feedback, dict) and feedback.get("blockReason"):
+            reason = feedback["blockReason"]
+            raise UpstreamError(f"{call.name}: {self.label} blocked the prompt (blockReason {reason}); "
+                                f"rephrase it", upstream_status=200, status=400)
+        if candidates and isinstance(candidates[0], dict):
+            candidate = candidates[0]
+            content = candidate.get("content")
+            parts = content.get("parts") if isinstance(content, dict) else None
+            for part in parts if isinstance(parts, list) else ():
+                text = part.get("text") if isinstance(part, dict) else None
+                if text:
+                    out.append(ReasoningDelta(text) if part.get("thought") else TextDelta(text))
+            reason = candidate.get("finishReason")
+            if reason and reason != "FINISH_REASON_UNSPECIFIED":
+                out.append(Finish(FINISH.get(reason, "stop")))
+        usage = data.get("usageMetadata")
+        if isinstance(usage, dict):
+            answer, thoughts = usage.get("candidatesTokenCount"), usage.get("thoughtsTokenCount")
+            completion = None if answer is None and thoughts is None else (answer or 0) + (thoughts or 0)
+            out.append(Usage(usage.get("promptTokenCount"), completion))
+
+    def parse_response(self, call: Call, body: bytes) -> list:
+        try:
+            data = loads(body)
+        except ValueError:
+            raise UpstreamError(f"{call.name}: {self.label} sent a response that is not JSON") from None
+        out: list = []
+        for item in data if isinstance(data, list) else (data,):  # a JSON array when not SSE
+            self.events(call, item, out)
+        return out
+
+    def stream_parser(self, call: Call) -> "GoogleStreamParser":
+        return GoogleStreamParser(self, call)
+
+    def parse_error(self, call: Call, status: int, headers, body: bytes) -> Exception:
+        return self.error(call, status, headers, _error_object(body), body)
+
+    def error(self, call: Call, status: int, headers, err: dict, body: bytes | None = None) -> UpstreamError:
+        """A typed error from a Gemini error object ``{code, message, status, details}``."""
+        if status in (401, 403) or (status == 400 and _is_key_error(err)) or err.get("status") == "UNAUTHENTICATED":
+            var = call.key_env or "GEMINI_API_KEY"
+            return UpstreamAuthError(f"{call.name}: {self.label} rejected the API key (HTTP {status}); check {var}",
+                                     upstream_status=status)
+        if body is None:
+            body = dumps({"error": err})
+        exc = http_error(call, self.provider, status, headers, body)
+        if status == 429 or err.get("status") == "RESOURCE_EXHAUSTED":
+            wait = _retry_delay(err)
+            if wait is None:
+                wait = retry_after(headers)
+            if not isinstance(exc, UpstreamRateLimited):
+                detail = scrub(str(err.get("message") or ""), call.api_key)
+                exc = UpstreamRateLimited(f"{call.name}: {self.label} is rate limiting requests"
+                                          + (f": {detail}" if detail else ""), upstream_status=status or 429)
+            exc.retry_after = wait
+        return exc
+
+
+class GoogleStreamParser:
+    __slots__ = ("adapter", "call", "sse")
+
+    def __init__(self, adapter: GoogleAdapter, call: Call):
+        self.adapter = adapter
+        self.call = call
+        self.sse = SSEDecoder()
+
+    def feed(self, data: bytes) -> list:
+        out: list = []
+        for payload in self.sse.feed(data):
+            self._event(payload, out)
+        return out
+
+    def close(self) -> list:
+        out: list = []
+        for payload in self.sse.close():
+            self._event(payload, out)
+        return out
+
+    def _event(self, payload: bytes, out: list) -> None:
+        if not payload.strip():
+            return
+        try:
+            chunk = loads(payload)
+        except ValueError:
+            raise UpstreamError(f"{self.call.name}: {self.adapter.label} sent a malformed stream event") from None
+        self.adapter.events(self.call, chunk, out)
+
+
+def adapter(provider: str) -> GoogleAdapter:
+    return GoogleAdapter(provider)
