@@ -50,3 +50,5 @@ def run_gencli(args: list[str], env: dict[str, str], cwd: Path, input: bytes | N
     )
 
 from tests.fakes.openai_upstream import openai_fake  # noqa: E402,F401  (fixture)
+
+from tests.fakes.gemini_upstream import gemini_fake  # noqa: E402,F401  (fixture)
