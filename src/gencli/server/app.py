@@ -1,0 +1,699 @@
+"""The ASGI app behind ``gencli serve``: Ollama's API (and OpenAI's /v1) on the engine.
+
+No framework: routes are a dict lookup on (method, path), JSON is orjson, and
+replies are written straight to the ASGI ``send``. A generation runs
+``engine.prepare`` (pure; a bad request becomes a status before anything is sent),
+then pulls the first event from ``engine.aexecute`` before the status line goes out,
+so upstream failures (bad key, 429, 5xx, timeout) get their real status too. Once
+streaming started, a failure becomes a final ``{"error": ...}`` line.
+
+While a generation runs, a watcher waits for the client's ``http.disconnect``; when
+it comes, the request task is cancelled, which closes the upstream connection at
+once (see ``transport_aiohttp``).
+
+Settings come from the environment so that ``--workers N`` processes can build the
+same app from the import string ``gencli.server.app:create_app``:
+``GENCLI_MODELS`` (models.json), ``GENCLI_API_KEY``, ``GENCLI_ORIGINS``,
+``GENCLI_MAX_BODY_MB``, ``GENCLI_ACCESS_LOG`` ("0" turns the access log off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import os
+import sys
+import time
+import traceback
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from gencli import __version__
+from gencli import images as img
+from gencli.engine import aexecute, prepare
+from gencli.errors import GencliError, ImageError, ModelNotFound, UsageError
+from gencli.events import Done, ReasoningDelta, TextDelta
+from gencli.registry import ModelEntry, Registry
+from gencli.request import GenerateRequest, Message
+from gencli.wire import generate_chunk, generate_final, load_reply, now_iso
+
+OLLAMA_VERSION = "0.12.6"  # what /api/version reports (clients refuse < 0.6.4)
+KEEP_ALIVE_NS = 5 * 60 * 10**9  # how long /api/ps lists a model after its last use
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+# context window reported by /api/show when models.json gives no options.num_ctx
+DEFAULT_CONTEXT = {"openai": 128000, "openrouter": 131072, "google": 1048576, "openai-compatible": 32768,
+                   "local": 8192}
+
+dumps = orjson.dumps
+
+H_JSON = (b"content-type", b"application/json; charset=utf-8")
+H_NDJSON = (b"content-type", b"application/x-ndjson")
+H_SSE = (b"content-type", b"text/event-stream; charset=utf-8")
+H_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+H_NOCACHE = (b"cache-control", b"no-cache")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+ROLES = ("system", "user", "assistant")
+
+
+# -- small helpers --------------------------------------------------------------------
+
+async def send_bytes(send: Send, status: int, body: bytes, headers: list, head: bool = False) -> None:
+    headers = headers + [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def send_json(send: Send, status: int, obj: Any, head: bool = False, extra: list | None = None) -> None:
+    headers = [H_JSON] if extra is None else [H_JSON, *extra]
+    await send_bytes(send, status, dumps(obj), headers, head)
+
+
+def error_headers(exc: GencliError) -> list:
+    retry = getattr(exc, "retry_after", None)
+    if retry is not None and exc.status in (429, 503):
+        return [(b"retry-after", str(max(0, math.ceil(retry))).encode())]
+    return []
+
+
+def ollama_error(exc: GencliError) -> dict:
+    return {"error": exc.message}
+
+
+def openai_error(exc: GencliError) -> dict:
+    param = getattr(exc, "field", None)
+    code = None
+    if isinstance(exc, ModelNotFound):
+        code = "model_not_found"
+    elif exc.status == 429:
+        code = "rate_limit_exceeded"
+    return {"error": {"message": exc.message, "type": exc.kind, "param": param, "code": code}}
+
+
+class Internal(GencliError):
+    """An unexpected failure inside the server (the traceback goes to stderr, not the client)."""
+
+    status = 500
+
+
+def internal(exc: BaseException) -> GencliError:
+    traceback.print_exception(exc, file=sys.stderr)
+    return Internal(f"internal server error ({exc.__class__.__name__}); see the server log")
+
+
+def parse_json(body: bytes) -> dict:
+    if not body:
+        raise UsageError("request body is empty; send a JSON object", "body")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"request body is not valid JSON ({exc.args[0] if exc.args else 'parse error'})",
+                         "body") from None
+    if not isinstance(data, dict):
+        raise UsageError("request body must be a JSON object", "body")
+    return data
+
+
+def field_str(data: dict, key: str, required: bool = False) -> str | None:
+    v = data.get(key)
+    if v is None:
+        if required:
+            raise UsageError(f"{key} is required", key)
+        return None
+    if not isinstance(v, str):
+        raise UsageError(f"{key} must be a string", key)
+    return v
+
+
+def field_bool(data: dict, key: str, default: bool) -> bool:
+    v = data.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise UsageError(f"{key} must be true or false", key)
+    return v
+
+
+def field_list(data: dict, key: str) -> list | None:
+    v = data.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise UsageError(f"{key} must be an array", key)
+    return v
+
+
+def field_model(data: dict, key: str = "model") -> str:
+    v = data.get(key)
+    if v is None or v == "":
+        raise UsageError(f"{key} is required", key)
+    if not isinstance(v, str):
+        raise UsageError(f"{key} must be a string", key)
+    return v
+
+
+class Disconnect:
+    """Waits for the client's http.disconnect while a reply is produced; on it, cancels
+    the request task (which closes the upstream connection)."""
+
+    __slots__ = ("gone", "finished", "_task", "_watch")
+
+    def __init__(self, receive: Receive):
+        self.gone = False
+        self.finished = False
+        self._task = asyncio.current_task()
+        self._watch = asyncio.ensure_future(self._run(receive))
+
+    async def _run(self, receive: Receive) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                if not self.finished:
+                    self.gone = True
+                    self._task.cancel()
+                return
+
+    def stop(self) -> None:
+        self.finished = True
+        self._watch.cancel()
+
+
+# -- the app -----------------------------------------------------------------------------
+
+class App:
+    def __init__(self, registry: Registry | None = None, models_path: str | None = None,
+                 max_body: int = DEFAULT_MAX_BODY, allow_private_images: bool = False):
+        from gencli.transport_aiohttp import AiohttpTransport
+
+        self.registry = registry if registry is not None else Registry.load(models_path)
+        self.transport = AiohttpTransport(allow_private_images=allow_private_images)
+        self.max_body = max_body
+        self.started = time.time()
+        self.last_used: dict[str, int] = {}  # model name -> time.time_ns() of its last request
+        mtime = self.started
+        if self.registry.source is not None:
+            try:
+                mtime = os.stat(self.registry.source).st_mtime
+            except OSError:
+                pass
+        self.modified_ts = int(mtime)
+        self.modified_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+        from gencli.server import routes_openai as oa
+
+        self.routes: dict[tuple[str, str], Callable] = {
+            ("GET", "/"): self.root,
+            ("HEAD", "/"): self.root,
+            ("GET", "/api/version"): self.version,
+            ("HEAD", "/api/version"): self.version,
+            ("GET", "/api/tags"): self.tags,
+            ("HEAD", "/api/tags"): self.tags,
+            ("POST", "/api/show"): self.show,
+            ("GET", "/api/ps"): self.ps,
+            ("POST", "/api/generate"): self.generate,
+            ("POST", "/api/chat"): self.chat,
+            ("POST", "/v1/chat/completions"): lambda s, r, w: oa.chat_completions(self, s, r, w),
+            ("GET", "/v1/models"): lambda s, r, w: oa.models(self, s, r, w),
+        }
+        self.paths: dict[str, list[str]] = {}
+        for method, path in self.routes:
+            self.paths.setdefault(path, []).append(method)
+
+    # -- ASGI -----------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            handler = self.routes.get((scope["method"], scope["path"]))
+            if handler is None:
+                await self.no_route(scope, send)
+                return
+            try:
+                await handler(scope, receive, send)
+            except GencliError as exc:  # raised before anything was sent
+                await self.fail(scope, send, exc)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.transport.start()
+                except Exception as exc:  # pragma: no cover - aiohttp session creation does not fail
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.transport.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def no_route(self, scope: Scope, send: Send) -> None:
+        path = scope["path"]
+        methods = self.paths.get(path)
+        if methods is None:
+            exc = GencliError(f"404 page not found: {scope['method']} {path}")
+            exc.status, exc.kind = 404, "not_found_error"
+            await self.fail(scope, send, exc)
+            return
+        exc = GencliError(f"method {scope['method']} not allowed on {path} (use {', '.join(sorted(methods))})")
+        exc.status, exc.kind = 405, "invalid_request_error"
+        await self.fail(scope, send, exc, [(b"allow", ", ".join(sorted(methods)).encode())])
+
+    async def fail(self, scope: Scope, send: Send, exc: GencliError, extra: list | None = None) -> None:
+        body = openai_error(exc) if scope["path"].startswith("/v1/") else ollama_error(exc)
+        headers = error_headers(exc) + (extra or [])
+        await send_json(send, exc.status, body, head=scope["method"] == "HEAD", extra=headers)
+
+    async def read_json(self, receive: Receive) -> dict:
+        body = b""
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise asyncio.CancelledError()
+            chunk = msg.get("body", b"")
+            if chunk:
+                body = chunk if not body else body + chunk
+                if len(body) > self.max_body:
+                    exc = UsageError(f"request body is over the {self.max_body // 1048576} MB limit", "body")
+                    exc.status = 413
+                    raise exc
+            more = msg.get("more_body", False)
+        return parse_json(body)
+
+    # -- model metadata ---------------------------------------------------------------------
+    def ready_models(self) -> list[ModelEntry]:
+        return [e for e in self.registry.models.values() if self.registry.missing_key(e) is None]
+
+    def resolve(self, name: str) -> ModelEntry:
+        try:
+            return self.registry.resolve(name)
+        except ModelNotFound:
+            if name.endswith(":latest") and name[:-7] in self.registry.models:
+                return self.registry.models[name[:-7]]
+            raise
+
+    def model_name(self, name: str) -> str:
+        """The registry name for a requested name (Ollama clients may add ':latest')."""
+        if name not in self.registry.models and name.endswith(":latest") and name[:-7] in self.registry.models:
+            return name[:-7]
+        return name
+
+    @staticmethod
+    def details(entry: ModelEntry) -> dict:
+        return {
+            "parent_model": "",
+            "format": "gguf" if entry.provider == "local" else "api",
+            "family": entry.provider,
+            "families": [entry.provider],
+            "parameter_size": "",
+            "quantization_level": "",
+        }
+
+    @staticmethod
+    def digest(entry: ModelEntry) -> str:
+        ident = f"{entry.name}\0{entry.provider}\0{entry.model}\0{entry.base_url}".encode()
+        return hashlib.sha256(ident).hexdigest()
+
+    @staticmethod
+    def context_length(entry: ModelEntry) -> int:
+        """``options.num_ctx`` from models.json, else the provider's usual window."""
+        n = entry.options.get("num_ctx")
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            return n
+        return DEFAULT_CONTEXT.get(entry.provider, 32768)
+
+    def tag(self, entry: ModelEntry) -> dict:
+        return {
+            "name": entry.name,
+            "model": entry.name,
+            "modified_at": self.modified_at,
+            "size": 0,
+            "digest": self.digest(entry),
+            "details": self.details(entry),
+            "capabilities": list(entry.capabilities),
+        }
+
+    def touch(self, name: str) -> None:
+        self.last_used[name] = time.time_ns()
+
+    # -- simple routes ------------------------------------------------------------------------
+    async def root(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, b"Ollama is running", [H_TEXT], scope["method"] == "HEAD")
+
+    async def version(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, {"version": OLLAMA_VERSION}, scope["method"] == "HEAD")
+
+    async def tags(self, scope: Scope, receive: Receive, send: Send) -> None:
+        models = [self.tag(e) for e in self.ready_models()]
+        await send_json(send, 200, {"models": models}, scope["method"] == "HEAD")
+
+    async def ps(self, scope: Scope, receive: Receive, send: Send) -> None:
+        now = time.time_ns()
+        out = []
+        for name, used in sorted(self.last_used.items(), key=lambda kv: -kv[1]):
+            entry = self.registry.models.get(name)
+            if entry is None or now - used > KEEP_ALIVE_NS:
+                continue
+            item = self.tag(entry)
+            expires = (used + KEEP_ALIVE_NS) / 1e9
+            item["expires_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+            item["size_vram"] = 0
+            item["context_length"] = self.context_length(entry)
+            out.append(item)
+        await send_json(send, 200, {"models": out})
+
+    async def show(self, scope: Scope, receive: Receive, send: Send) -> None:
+        data = await self.read_json(receive)
+        name = data.get("model") or data.get("name")
+        if not name:
+            raise UsageError("model is required", "model")
+        if not isinstance(name, str):
+            raise UsageError("model must be a string", "model")
+        entry = self.resolve(name)
+        scope.setdefault("gencli", {})["model"] = entry.name
+        arch = entry.provider
+        info: dict[str, Any] = {"general.architecture": arch, "general.basename": entry.model or entry.name}
+        info[f"{arch}.context_length"] = self.context_length(entry)
+        params = "\n".join(f"{k} {v}" for k, v in entry.options.items() if not isinstance(v, (dict, list)))
+        missing = self.registry.missing_key(entry)
+        reply = {
+            "modelfile": f"# served by gencli {__version__}: {entry.provider} model {entry.model or entry.path}\n"
+                         f"FROM {entry.model or entry.path}\n",
+            "parameters": params,
+            "template": "{{ .Prompt }}",
+            "license": "",
+            "details": self.details(entry),
+            "model_info": info,
+            "capabilities": list(entry.capabilities),
+            "modified_at": self.modified_at,
+        }
+        if entry.description:
+            reply["description"] = entry.description
+        if missing:
+            reply["ready"] = False
+            reply["missing_key"] = missing
+        await send_json(send, 200, reply)
+
+    # -- generation ---------------------------------------------------------------------------
+    async def generate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        data = await self.read_json(receive)
+        model = self.model_name(field_model(data))
+        info = scope.setdefault("gencli", {})
+        info["model"] = model
+        stream = field_bool(data, "stream", False)
+        prompt = field_str(data, "prompt")
+        images = field_list(data, "images")
+        if not prompt and not images:
+            entry = self.resolve(model)
+            self.touch(entry.name)
+            await self.send_load(send, load_reply(entry.name), stream)
+            return
+        req = GenerateRequest(
+            model=model,
+            prompt=prompt or "",
+            system=data.get("system"),
+            images=images or [],
+            options=data.get("options"),
+            format=data.get("format"),
+            think=data.get("think"),
+            context=data.get("context"),
+            stream=stream,
+        )
+        plan = prepare(req, self.registry, model_default=False)
+        self.touch(plan.entry.name)
+        await self.run(scope, receive, send, plan, stream, OllamaGenerate(plan.entry.name, stream))
+
+    async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        data = await self.read_json(receive)
+        model = self.model_name(field_model(data))
+        info = scope.setdefault("gencli", {})
+        info["model"] = model
+        stream = field_bool(data, "stream", False)
+        raw_messages = field_list(data, "messages")
+        if not raw_messages:
+            entry = self.resolve(model)
+            self.touch(entry.name)
+            reply = {"model": entry.name, "created_at": now_iso(),
+                     "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"}
+            await self.send_load(send, reply, stream)
+            return
+        messages, pending = ollama_messages(raw_messages)
+        req = GenerateRequest(
+            model=model,
+            messages=messages,
+            options=data.get("options"),
+            format=data.get("format"),
+            think=data.get("think"),
+            stream=stream,
+        )
+        plan = prepare(req, self.registry, model_default=False)
+        await self.attach_images(plan, pending)
+        self.touch(plan.entry.name)
+        await self.run(scope, receive, send, plan, stream, OllamaChat(plan.entry.name, stream))
+
+    async def attach_images(self, plan, pending: list[tuple[Message, int, Any]]) -> None:
+        """Decode (or fetch) the images of chat messages, checked against the model."""
+        if not pending:
+            return
+        if "vision" not in plan.entry.capabilities:
+            raise UsageError(f"model '{plan.entry.name}' does not take images (no 'vision' capability)", "images")
+        types = plan.adapter.image_types
+        for n, (message, index, raw) in enumerate(pending):
+            where = f"image {n + 1}"
+            if not isinstance(raw, str) or not raw:
+                raise ImageError(f"{where} must be a base64 string or an http(s) URL")
+            if img.is_url(raw):
+                data = await self.transport.fetch_image(raw)
+            else:
+                data = img.decode_base64(raw, where)
+            message.images.append(img.from_bytes(data, where, types))
+
+    async def send_load(self, send: Send, reply: dict, stream: bool) -> None:
+        if stream:
+            await send_bytes(send, 200, dumps(reply) + b"\n", [H_NDJSON])
+        else:
+            await send_json(send, 200, reply)
+
+    async def run(self, scope: Scope, receive: Receive, send: Send, plan, stream: bool, shape) -> None:
+        """Run a plan and write it with ``shape`` (Ollama generate/chat or OpenAI)."""
+        agen = aexecute(plan, self.transport)
+        watch = Disconnect(receive)
+        info = scope.setdefault("gencli", {})
+        started = False
+        try:
+            try:
+                event = await agen.__anext__()
+            except GencliError as exc:
+                watch.stop()
+                await shape.fail_before(self, scope, send, exc)
+                return
+            except (StopAsyncIteration, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                watch.stop()
+                await shape.fail_before(self, scope, send, internal(exc))
+                return
+            if not stream:
+                while type(event) is not Done:
+                    event = await agen.__anext__()
+                info["tokens"] = {"prompt": event.prompt_eval_count, "completion": event.eval_count}
+                watch.stop()
+                await send_json(send, 200, shape.whole(event))
+                return
+            started = True
+            await send({"type": "http.response.start", "status": 200, "headers": shape.headers})
+            try:
+                while True:
+                    t = type(event)
+                    if t is Done:
+                        info["tokens"] = {"prompt": event.prompt_eval_count, "completion": event.eval_count}
+                        watch.stop()
+                        await send({"type": "http.response.body", "body": shape.final(event), "more_body": False})
+                        return
+                    if t is TextDelta:
+                        body = shape.text(event.text)
+                    elif t is ReasoningDelta:
+                        body = shape.reasoning(event.text)
+                    else:
+                        body = b""
+                    if body:
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                    event = await agen.__anext__()
+            except GencliError as exc:
+                watch.stop()
+                await send({"type": "http.response.body", "body": shape.error_line(exc), "more_body": False})
+            except (StopAsyncIteration, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                watch.stop()
+                await send({"type": "http.response.body", "body": shape.error_line(internal(exc)),
+                            "more_body": False})
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        except GencliError as exc:  # non-streamed: failed after the first event
+            if started:
+                raise
+            await shape.fail_before(self, scope, send, exc)
+        except Exception as exc:
+            if started:
+                raise
+            await shape.fail_before(self, scope, send, internal(exc))
+        finally:
+            watch.stop()
+            await agen.aclose()
+
+
+# -- reply shapes ------------------------------------------------------------------------------
+
+class OllamaGenerate:
+    headers = [H_NDJSON]
+
+    __slots__ = ("model", "stream", "_prefix")
+
+    def __init__(self, model: str, stream: bool):
+        self.model = model
+        self.stream = stream
+
+    def text(self, text: str) -> bytes:
+        return dumps(generate_chunk(self.model, text)) + b"\n"
+
+    def reasoning(self, text: str) -> bytes:
+        return dumps(generate_chunk(self.model, "", text)) + b"\n"
+
+    def final(self, done: Done) -> bytes:
+        return dumps(generate_final(done, True)) + b"\n"
+
+    def whole(self, done: Done) -> dict:
+        return generate_final(done, False)
+
+    def error_line(self, exc: GencliError) -> bytes:
+        return dumps({"error": exc.message}) + b"\n"
+
+    async def fail_before(self, app: App, scope: Scope, send: Send, exc: GencliError) -> None:
+        await app.fail(scope, send, exc)
+
+
+class OllamaChat(OllamaGenerate):
+    __slots__ = ()
+
+    def text(self, text: str) -> bytes:
+        return dumps({"model": self.model, "created_at": now_iso(),
+                      "message": {"role": "assistant", "content": text}, "done": False}) + b"\n"
+
+    def reasoning(self, text: str) -> bytes:
+        return dumps({"model": self.model, "created_at": now_iso(),
+                      "message": {"role": "assistant", "content": "", "thinking": text}, "done": False}) + b"\n"
+
+    def _final(self, done: Done, content: str, thinking: bool) -> dict:
+        message = {"role": "assistant", "content": content}
+        if thinking and done.reasoning:
+            message["thinking"] = done.reasoning
+        obj = {"model": self.model, "created_at": now_iso(), "message": message, "done": True,
+               "done_reason": done.done_reason}
+        obj.update(done.stats())
+        return obj
+
+    def final(self, done: Done) -> bytes:
+        return dumps(self._final(done, "", False)) + b"\n"
+
+    def whole(self, done: Done) -> dict:
+        return self._final(done, done.text, True)
+
+
+def ollama_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, Any]]]:
+    """Ollama chat messages -> engine Messages, plus the images still to decode."""
+    messages: list[Message] = []
+    pending: list[tuple[Message, int, Any]] = []
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise UsageError(f"{where} must be an object with role and content", "messages")
+        role = m.get("role")
+        if role not in ROLES:
+            if role == "tool":
+                raise UsageError(f"{where}.role 'tool' is not supported (no tool calling)", "messages")
+            raise UsageError(f"{where}.role must be one of {', '.join(ROLES)}", "messages")
+        content = m.get("content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise UsageError(f"{where}.content must be a string", "messages")
+        if "\x00" in content:
+            raise UsageError(f"{where}.content contains a NUL character", "messages")
+        message = Message(role, content)
+        images = m.get("images")
+        if images:
+            if not isinstance(images, list):
+                raise UsageError(f"{where}.images must be an array of base64 strings", "images")
+            for raw_image in images:
+                pending.append((message, i, raw_image))
+        messages.append(message)
+    return messages, pending
+
+
+# -- assembly ---------------------------------------------------------------------------------
+
+def settings_from_env(environ: dict | None = None) -> dict:
+    env = os.environ if environ is None else environ
+    max_mb = env.get("GENCLI_MAX_BODY_MB") or "32"
+    try:
+        max_body = int(float(max_mb) * 1024 * 1024)
+    except ValueError:
+        max_body = DEFAULT_MAX_BODY
+    return {
+        "models_path": env.get("GENCLI_MODELS") or None,
+        "api_key": env.get("GENCLI_API_KEY") or None,
+        "origins": env.get("GENCLI_ORIGINS") or "",
+        "max_body": max_body,
+        "access_log": env.get("GENCLI_ACCESS_LOG", "1") != "0",
+        "allow_private_images": env.get("GENCLI_ALLOW_PRIVATE_IMAGE_URLS", "") == "1",
+    }
+
+
+def build(app: App, api_key: str | None, origins: str, max_body: int, access_log: bool):
+    """Wrap the app in the guard (auth, origins, body cap) and the access log. Lifespan
+    events go straight to the app."""
+    wrapped: Any = app
+    try:
+        from gencli.server.guard import Guard, parse_origins
+    except ImportError:  # pragma: no cover - the guard ships with the server
+        Guard = None
+    if Guard is not None:
+        wrapped = Guard(wrapped, api_key=api_key, allowed_origins=parse_origins(origins), max_body=max_body)
+    if access_log:
+        try:
+            from gencli.server.accesslog import AccessLog
+        except ImportError:  # pragma: no cover
+            AccessLog = None
+        if AccessLog is not None:
+            wrapped = AccessLog(wrapped)
+    if wrapped is app:
+        return app
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await wrapped(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    asgi.app = app  # type: ignore[attr-defined]
+    return asgi
+
+
+def create_app(environ: dict | None = None):
+    """The ASGI application, configured from the environment (uvicorn's factory)."""
+    s = settings_from_env(environ)
+    app = App(models_path=s["models_path"], max_body=s["max_body"],
+              allow_private_images=s["allow_private_images"])
+    return build(app, s["api_key"], s["origins"], s["max_body"], s["access_log"])

@@ -1,0 +1,206 @@
+"""OpenAI-compatible routes: POST /v1/chat/completions and GET /v1/models.
+
+Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+Streams are SSE: a first delta with the role, content (and ``reasoning_content``)
+deltas, a finish chunk, a usage chunk when ``stream_options.include_usage``, then
+``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from gencli.engine import prepare
+from gencli.errors import GencliError, UsageError
+from gencli.events import Done
+from gencli.request import GenerateRequest, Message
+from gencli.server.app import H_NOCACHE, H_SSE, dumps, field_bool, field_list, field_model, openai_error, send_json
+
+if TYPE_CHECKING:
+    from gencli.server.app import App
+
+ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+EFFORT = {"low": "low", "medium": "medium", "high": "high", "minimal": False, "none": False}
+
+
+def _options(data: dict) -> dict:
+    options: dict[str, Any] = {}
+    for key in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p"):
+        if data.get(key) is not None:
+            options[key] = data[key]
+    max_tokens = data.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = data.get("max_tokens")
+    if max_tokens is not None:
+        options["num_predict"] = max_tokens
+    if data.get("stop") is not None:
+        options["stop"] = data["stop"]
+    return options
+
+
+def _format(data: dict) -> Any:
+    rf = data.get("response_format")
+    if rf is None:
+        return None
+    if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
+        raise UsageError("response_format must be an object with a type", "response_format")
+    kind = rf["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        js = rf.get("json_schema")
+        schema = js.get("schema") if isinstance(js, dict) else None
+        if not isinstance(schema, dict):
+            raise UsageError("response_format.json_schema.schema must be a JSON schema object",
+                             "response_format")
+        return schema
+    raise UsageError(f"response_format.type '{kind}' is not supported (text, json_object, json_schema)",
+                     "response_format")
+
+
+def _think(data: dict) -> Any:
+    effort = data.get("reasoning_effort")
+    if effort is None:
+        return None
+    if effort not in EFFORT:
+        raise UsageError("reasoning_effort must be one of none, minimal, low, medium, high", "reasoning_effort")
+    return EFFORT[effort]
+
+
+def openai_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, Any]]]:
+    messages: list[Message] = []
+    pending: list[tuple[Message, int, Any]] = []
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise UsageError(f"{where} must be an object with role and content", "messages")
+        role = ROLE_MAP.get(m.get("role"))  # type: ignore[arg-type]
+        if role is None:
+            raise UsageError(f"{where}.role must be one of system, developer, user, assistant "
+                             f"(tool calling is not supported)", "messages")
+        content = m.get("content")
+        message = Message(role, "")
+        if content is None:
+            pass
+        elif isinstance(content, str):
+            message.content = content
+        elif isinstance(content, list):
+            texts = []
+            for part in content:
+                if not isinstance(part, dict):
+                    raise UsageError(f"{where}.content parts must be objects", "messages")
+                kind = part.get("type")
+                if kind == "text":
+                    text = part.get("text")
+                    if not isinstance(text, str):
+                        raise UsageError(f"{where}.content text part needs a string 'text'", "messages")
+                    texts.append(text)
+                elif kind == "image_url":
+                    url = part.get("image_url")
+                    if isinstance(url, dict):
+                        url = url.get("url")
+                    pending.append((message, i, url))
+                else:
+                    raise UsageError(f"{where}.content part type '{kind}' is not supported (text, image_url)",
+                                     "messages")
+            message.content = "\n".join(texts)
+        else:
+            raise UsageError(f"{where}.content must be a string or an array of parts", "messages")
+        if "\x00" in message.content:
+            raise UsageError(f"{where}.content contains a NUL character", "messages")
+        messages.append(message)
+    return messages, pending
+
+
+def _usage(done: Done) -> dict:
+    p = done.prompt_eval_count or 0
+    c = done.eval_count or 0
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+class OpenAIChat:
+    headers = [H_SSE, H_NOCACHE]
+
+    __slots__ = ("model", "id", "created", "include_usage", "_sent_role")
+
+    def __init__(self, model: str, include_usage: bool):
+        self.model = model
+        self.id = "chatcmpl-" + os.urandom(12).hex()
+        self.created = int(time.time())
+        self.include_usage = include_usage
+        self._sent_role = False
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
+        obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + dumps(obj) + b"\n\n"
+
+    def _role(self) -> bytes:
+        if self._sent_role:
+            return b""
+        self._sent_role = True
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def text(self, text: str) -> bytes:
+        return self._role() + self._chunk({"content": text})
+
+    def reasoning(self, text: str) -> bytes:
+        return self._role() + self._chunk({"reasoning_content": text})
+
+    def final(self, done: Done) -> bytes:
+        out = self._role() + self._chunk({}, done.done_reason)
+        if self.include_usage:
+            obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                   "choices": [], "usage": _usage(done)}
+            out += b"data: " + dumps(obj) + b"\n\n"
+        return out + b"data: [DONE]\n\n"
+
+    def whole(self, done: Done) -> dict:
+        message: dict[str, Any] = {"role": "assistant", "content": done.text}
+        if done.reasoning:
+            message["reasoning_content"] = done.reasoning
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": done.done_reason, "logprobs": None}],
+            "usage": _usage(done),
+        }
+
+    def error_line(self, exc: GencliError) -> bytes:
+        return b"data: " + dumps(openai_error(exc)) + b"\n\n"
+
+    async def fail_before(self, app: "App", scope, send, exc: GencliError) -> None:
+        await app.fail(scope, send, exc)
+
+
+async def chat_completions(app: "App", scope, receive, send) -> None:
+    data = await app.read_json(receive)
+    model = app.model_name(field_model(data))
+    scope.setdefault("gencli", {})["model"] = model
+    stream = field_bool(data, "stream", False)
+    so = data.get("stream_options")
+    if so is not None and not isinstance(so, dict):
+        raise UsageError("stream_options must be an object", "stream_options")
+    include_usage = bool(so and so.get("include_usage"))
+    raw = field_list(data, "messages")
+    if not raw:
+        raise UsageError("messages is required (a non-empty array)", "messages")
+    messages, pending = openai_messages(raw)
+    req = GenerateRequest(model=model, messages=messages, options=_options(data), format=_format(data),
+                          think=_think(data), stream=stream)
+    plan = prepare(req, app.registry, model_default=False)
+    await app.attach_images(plan, pending)
+    app.touch(plan.entry.name)
+    await app.run(scope, receive, send, plan, stream, OpenAIChat(plan.entry.name, include_usage))
+
+
+async def models(app: "App", scope, receive, send) -> None:
+    data = [{"id": e.name, "object": "model", "created": app.modified_ts, "owned_by": e.provider}
+            for e in app.ready_models()]
+    await send_json(send, 200, {"object": "list", "data": data})
