@@ -83,6 +83,34 @@ def models(as_json: bool, models_path: str | None) -> None:
     run(as_json=as_json, models_path=models_path)
 
 
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--host", default="127.0.0.1", show_default=True, metavar="ADDR",
+              help="Address to bind. Other than loopback, set GENCLI_API_KEY.")
+@click.option("--port", default=11434, show_default=True, type=click.IntRange(0, 65535), metavar="PORT",
+              help="Port to listen on (0: any free port).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256), metavar="N",
+              help="Worker processes.")
+@click.option("--allowed-origins", multiple=True, metavar="ORIGINS",
+              help="Browser origins allowed besides localhost ones (comma-separated, repeatable; "
+                   "also $GENCLI_ORIGINS).")
+@click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0.001), metavar="MB",
+              help="Largest request body accepted (413 above it).")
+@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0), metavar="SECONDS",
+              help="On SIGTERM, how long in-flight requests may take to finish.")
+@_models_option
+def serve(host, port, workers, allowed_origins, max_body_mb, grace, models_path) -> None:
+    """Serve the models over HTTP as an Ollama-compatible API (and OpenAI's /v1).
+
+    Ollama clients (IDEs, Open WebUI, the ollama library) and OpenAI clients
+    (base URL http://HOST:PORT/v1) can use every ready model in models.json.
+    With GENCLI_API_KEY set, every route but / needs 'Authorization: Bearer <key>'.
+    """
+    from gencli.commands.serve import run
+
+    run(host=host, port=port, models_path=models_path, workers=workers, allowed_origins=allowed_origins,
+        max_body_mb=max_body_mb, grace=grace)
+
+
 def main() -> None:
     from gencli.errors import GencliError
 
