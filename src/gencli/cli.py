@@ -36,7 +36,7 @@ def cli() -> None:
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("prompt", required=False)
 @click.option("-m", "--model", metavar="NAME", help="Model name from the registry (default: $GENCLI_MODEL, "
-              "models.json's \"default\", else the first ready model).")
+              "models.json's \"default\", else the first model with a key, else the local smollm2).")
 @click.option("-s", "--system", metavar="TEXT", help="System prompt.")
 @click.option("--temperature", type=click.FloatRange(0, 2), metavar="FLOAT", help="Sampling temperature (0-2).")
 @click.option("--top-p", type=click.FloatRange(0, 1), metavar="FLOAT", help="Nucleus sampling (0-1).")

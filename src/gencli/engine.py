@@ -170,7 +170,8 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
         format=fmt,
         think=think,
         stream=req.stream,
-        extra={"path": entry.path, "timeout": entry.timeout, "capabilities": entry.capabilities},
+        extra={"path": entry.path, "package": entry.package, "timeout": entry.timeout,
+               "capabilities": entry.capabilities},
     )
     plan = Plan(entry, adapter, call, history, started=started, want_context=want_context)
 

@@ -109,3 +109,11 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamUnreachable(UpstreamError):
     status = 502
+
+
+class ServerBusy(GencliError):
+    """Too many generations are waiting for the same local model (the queue is full)."""
+
+    status = 503
+    exit_code = 1
+    kind = "overloaded_error"

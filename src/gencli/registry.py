@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from gencli.errors import ConfigError, MissingKey, ModelNotFound
 
 BUILTIN_PATH = Path(__file__).with_name("models.json")
+LOCAL_DEFAULT = "smollm2"  # the default when no provider key is configured
 
 PROVIDER_NAMES = ("openai", "openrouter", "openai-compatible", "google", "local")
 
@@ -46,6 +47,7 @@ FIELDS = {
     "timeout": (int, float),
     "retries": int,
     "path": str,
+    "package": str,
     "description": str,
 }
 CAPABILITIES = ("completion", "vision", "thinking", "tools", "embedding", "insert")
@@ -65,6 +67,7 @@ class ModelEntry:
     timeout: float | None = None
     retries: int | None = None
     path: str | None = None
+    package: str | None = None  # local: 'path' is inside this installed Python package
     description: str = ""
 
 
@@ -99,6 +102,16 @@ def load_env(cwd: Path | None = None, environ: Mapping[str, str] | None = None) 
         raise ConfigError(f"{path}: not UTF-8 text") from None
     env.update(os.environ if environ is None else environ)
     return env
+
+
+def _local_path(value: str | None, package: str | None, source: str) -> str | None:
+    """A local model's file: '~' expanded, relative paths taken from the models.json that names them."""
+    if not value or package:
+        return value
+    p = Path(value).expanduser()
+    if not p.is_absolute() and Path(source).is_file():
+        p = Path(source).resolve().parent / p
+    return str(p)
 
 
 def _entry(path: str, name: str, raw: Any) -> ModelEntry:
@@ -147,7 +160,8 @@ def _entry(path: str, name: str, raw: Any) -> ModelEntry:
         reasoning_tags=raw.get("reasoning_tags", False),
         timeout=raw.get("timeout"),
         retries=raw.get("retries"),
-        path=raw.get("path"),
+        path=_local_path(raw.get("path"), raw.get("package"), path),
+        package=raw.get("package"),
         description=raw.get("description", ""),
     )
 
@@ -230,13 +244,16 @@ class Registry:
         return f"model '{name}' not found{hint} (run 'gencli models' to list them)"
 
     def default_name(self) -> str:
-        """``GENCLI_MODEL``, else models.json's ``default``, else the first ready model."""
+        """``GENCLI_MODEL``, else models.json's ``default``, else the first ready remote model,
+        else (no provider key configured) the built-in local model ``smollm2``."""
         explicit = self.env.get("GENCLI_MODEL") or self._default
         if explicit:
             return explicit
         for entry in self.models.values():
-            if self.missing_key(entry) is None:
+            if entry.provider != "local" and self.missing_key(entry) is None:
                 return entry.name
+        if LOCAL_DEFAULT in self.models:
+            return LOCAL_DEFAULT
         return next(iter(self.models))
 
     # -- keys and URLs ---------------------------------------------------------
@@ -259,7 +276,11 @@ class Registry:
         return None, None
 
     def missing_key(self, entry: ModelEntry) -> str | None:
-        """The variable to set, or None when the model is ready."""
+        """The variable to set (for a local model: what to install), or None when the model is ready."""
+        if entry.provider == "local":
+            from gencli.local_model import readiness
+
+            return readiness(entry)
         try:
             self.key(entry)
         except MissingKey as exc:

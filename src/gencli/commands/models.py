@@ -32,7 +32,7 @@ def run(as_json: bool, models_path: str | None) -> None:
     widths[0] += 2  # room for the default marker
     lines = [f"{'NAME':<{widths[0]}}  {'PROVIDER':<{widths[1]}}  {'MODEL':<{widths[2]}}  STATUS"]
     for r in rows:
-        status = "ready" if r["ready"] else f"set {r['missing']}"
+        status = "ready" if r["ready"] else (r["missing"] if " " in r["missing"] else f"set {r['missing']}")
         name = r["name"] + (" *" if r["default"] else "")
         lines.append(f"{name:<{widths[0]}}  {r['provider']:<{widths[1]}}  {r['model']:<{widths[2]}}  {status}")
     lines.append("")
