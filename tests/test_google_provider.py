@@ -97,6 +97,8 @@ def test_thought_parts_become_reasoning(tmp_path, gemini_fake, stream):
     ("high", "gemini-think", {"includeThoughts": True, "thinkingBudget": 24576}),
     ("high", "gemini-3-pro-preview", {"includeThoughts": True, "thinkingLevel": "HIGH"}),
     (False, "gemini-3-pro-preview", {"thinkingLevel": "LOW"}),
+    (False, "gemini-3-flash-preview", {"thinkingLevel": "MINIMAL"}),
+    ("medium", "gemini-3-flash-preview", {"includeThoughts": True, "thinkingLevel": "MEDIUM"}),
 ])
 def test_think_controls(tmp_path, gemini_fake, think, upstream, config):
     events, done = run(registry(tmp_path, gemini_fake, upstream), think=think)

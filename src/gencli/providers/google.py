@@ -8,6 +8,7 @@ SSE with CRLF line ends and no ``[DONE]``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -40,6 +41,7 @@ BUDGETS = {"low": 1024, "medium": 8192, "high": 24576}
 LEVELS = {"low": "LOW", "medium": "MEDIUM", "high": "HIGH"}
 
 _VERSIONS = ("/v1", "/v1beta", "/v1alpha")
+_GENERATION = re.compile(r"gemini-(\d+)")
 
 
 def _parts(message) -> list[dict]:
@@ -156,7 +158,8 @@ class GoogleAdapter:
         if "thinking" not in call.extra.get("capabilities", ("thinking",)):
             return None  # models without thinking reject a thinkingConfig
         think = call.think
-        levels = call.model.rsplit("/", 1)[-1].startswith("gemini-3")  # Gemini 3 has thinkingLevel
+        version = _GENERATION.match(call.model.rsplit("/", 1)[-1])
+        levels = version is not None and int(version.group(1)) >= 3  # Gemini 3 on: thinkingLevel
         if think is None:
             return {"includeThoughts": True}  # show reasoning summaries by default
         if think is False:
