@@ -252,10 +252,13 @@ def test_unknown_model_and_midstream_error(tmp_path, gemini_fake):
         run(registry(tmp_path, gemini_fake, "nope-1"))
     reg = registry(tmp_path, gemini_fake, "gemini-error-midstream", caps=["completion"])
     seen = []
-    with pytest.raises(UpstreamError, match="internal error"):
-        for ev in engine.execute(engine.prepare(GenerateRequest(model="g", prompt="a b c d"), reg),
-                                 HttpxTransport(tls=False)):
-            seen.append(ev)
+    transport = HttpxTransport(tls=False)
+    try:
+        with pytest.raises(UpstreamError, match="internal error"):
+            for ev in engine.execute(engine.prepare(GenerateRequest(model="g", prompt="a b c d"), reg), transport):
+                seen.append(ev)
+    finally:
+        transport.close()
     assert "".join(texts(seen, TextDelta)) == "You said: "  # what arrived before the error
 
 
