@@ -403,7 +403,9 @@ class FakeOpenAI:
                             + b"}\n\n")
             await write(b"data: [DONE]\n\n")
             await resp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the client went away mid-stream
+            self.disconnects += 1
+        except asyncio.CancelledError:
             self.disconnects += 1
             raise
         return resp

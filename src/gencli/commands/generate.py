@@ -94,8 +94,20 @@ def write_context(path: str, context: list[int]) -> None:
     os.replace(tmp, path)
 
 
-def run(prompt, model, system, temperature, top_p, top_k, num_predict, stop, seed, images, fmt, think,
-        hide_reasoning, no_stream, as_json, verbose, context_file, models_path) -> None:
+def run(**kw) -> None:
+    try:
+        _run(**kw)
+    except BrokenPipeError:
+        # stdout was closed (``| head``): stop quietly. Handled here because click turns an
+        # EPIPE escaping a command into exit 1.
+        from gencli.cli import _quiet_pipe
+
+        _quiet_pipe()
+        sys.exit(0)
+
+
+def _run(prompt, model, system, temperature, top_p, top_k, num_predict, stop, seed, images, fmt, think,
+         hide_reasoning, no_stream, as_json, verbose, context_file, models_path) -> None:
     from gencli.request import GenerateRequest
 
     text = build_prompt(prompt)
