@@ -67,6 +67,7 @@ def registry(openai_fake, tmp_path_factory) -> Registry:
         "oa-429": oa("error-429"),
         "oa-500": oa("error-500"),
         "or-midstream": orr("error-midstream"),
+        "oa-trunc": oa("error-truncate"),
         "or-keepalive": orr("keepalive"),
         "oa-length": oa("length"),
         "oa-json": oa("json"),
@@ -449,6 +450,51 @@ def test_midstream_error_non_streamed(registry):
     with pytest.raises(UpstreamError) as err:
         run(registry, "or-midstream", stream=False)
     assert "Upstream provider crashed" in str(err.value)
+
+
+def test_stream_cut_short_is_an_error_not_a_silent_end(registry):
+    plan = engine.prepare(GenerateRequest(model="oa-trunc", prompt="x"), registry)
+    transport = HttpxTransport(tls=False)
+    seen: list = []
+    try:
+        with pytest.raises(UpstreamError) as err:
+            for ev in engine.execute(plan, transport):
+                seen.append(ev)
+    finally:
+        transport.close()
+    assert "".join(e.text for e in seen if type(e) is TextDelta) == "Cut short "
+    assert not any(type(e) is Done for e in seen)
+    assert "before the answer was complete" in str(err.value)
+
+
+def test_body_cut_short_is_an_error(registry):
+    with pytest.raises(UpstreamError) as err:
+        run(registry, "oa-trunc", stream=False)
+    assert "not JSON" in str(err.value)
+
+
+def test_connections_are_closed_after_a_run_and_when_the_reader_stops(tmp_path):
+    import time
+
+    fake = FakeOpenAI(api_key=None).start()
+    try:
+        path = tmp_path / "models.json"
+        path.write_text(json.dumps({"slow": {"provider": "openai-compatible", "model": "slow-10-100",
+                                             "base_url": fake.base_url}}))
+        reg = Registry.load(path=str(path), env={})
+        transport = HttpxTransport(tls=False)
+        events = engine.execute(engine.prepare(GenerateRequest(model="slow", prompt="x"), reg), transport)
+        assert type(next(events)) is TextDelta
+        assert fake.open_connections == 1
+        events.close()  # the reader stops after one token (as a client that goes away would)
+        transport.close()
+        deadline = time.monotonic() + 5
+        while (fake.open_connections or not fake.disconnects) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fake.open_connections == 0
+        assert fake.disconnects == 1  # the fake saw the stream dropped well before its 100 tokens
+    finally:
+        fake.stop()
 
 
 def test_unreachable_upstream(tmp_path):

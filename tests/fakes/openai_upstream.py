@@ -15,6 +15,8 @@ A real aiohttp server on 127.0.0.1 that speaks the wire described in
 - ``think-noopen``: reasoning with no opening tag, then ``</think>``, then the answer.
 - ``error-401`` / ``error-404`` / ``error-429`` (retry-after: 7) / ``error-500``.
 - ``error-midstream``: some content, then a chunk with a top-level ``error`` (HTTP 200).
+- ``error-truncate``: some content, then the stream ends with no finish_reason and no
+  ``[DONE]`` (non-streamed: a cut JSON body).
 - ``keepalive``: ``: OPENROUTER PROCESSING`` comments before the data.
 - ``length``: finish_reason "length". ``json``: a JSON object string as content.
 - ``slow-N`` / ``slow-N-M``: M tokens (default 20), one every N ms.
@@ -67,6 +69,7 @@ class _Reply:
     delay: float = 0.0
     keepalive: int = 0
     midstream_error: bool = False
+    truncate: bool = False  # the stream / body stops early, without finish_reason or [DONE]
 
 
 def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
@@ -302,6 +305,9 @@ class FakeOpenAI:
         elif model == "error-midstream":
             r.content = ["Partial ", "answer "]
             r.midstream_error = True
+        elif model == "error-truncate":
+            r.content = ["Cut ", "short "]
+            r.truncate = True
         else:
             text = "You said: " + _text_of(last)
             images = _images_in(last)
@@ -331,6 +337,9 @@ class FakeOpenAI:
                 "total_tokens": r.prompt_tokens + r.completion_tokens}
 
     def _complete(self, model: str, r: _Reply) -> web.Response:
+        if r.truncate:
+            return web.Response(body=b'{"id":"chatcmpl-fake","object":"chat.completion","choices":[{"in',
+                                content_type="application/json")
         if r.midstream_error:
             return web.Response(body=_dumps({"error": {"code": 502, "message": "Upstream provider crashed "
                                                        "while generating"}}), content_type="application/json")
@@ -393,6 +402,9 @@ class FakeOpenAI:
                             + str(int(time.time())).encode() + b',"model":' + _dumps(model)
                             + b',"error":{"code":502,"message":"Upstream provider crashed while generating"},'
                             + b'"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}\n\n')
+                await resp.write_eof()
+                return resp
+            if r.truncate:
                 await resp.write_eof()
                 return resp
             await write(head + b"{}" + b',"logprobs":null,"finish_reason":' + _dumps(r.finish) + b"}]}\n\n")
