@@ -235,10 +235,10 @@ class OpenAIStreamParser:
         if chunk.get("error"):
             raise self.adapter._inline_error(self.call, chunk["error"])
         choices = chunk.get("choices")
-        if choices:
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
             choice = choices[0]
             delta = choice.get("delta")
-            if delta:
+            if delta and isinstance(delta, dict):
                 if "reasoning" in delta or "reasoning_content" in delta or "reasoning_details" in delta:
                     r = _reasoning(delta)
                     if r:
@@ -258,7 +258,7 @@ class OpenAIStreamParser:
                     self._flush_calls(out)
                 out.append(Finish(FINISH.get(reason, reason)))
         usage = chunk.get("usage")
-        if usage:
+        if usage and isinstance(usage, dict):
             out.append(Usage(usage.get("prompt_tokens"), usage.get("completion_tokens")))
 
     def _call_pieces(self, tcs: Any) -> None:
