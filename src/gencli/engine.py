@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Iterator
 from gencli import context as ctx
 from gencli import images as img
 from gencli.errors import UsageError
-from gencli.events import Done, Finish, ReasoningDelta, TextDelta, Usage
+from gencli.events import Done, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers import get_adapter
 from gencli.providers.base import Call
 from gencli.registry import ModelEntry, Registry
@@ -136,6 +136,13 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
     think = req.think
     if think is not None and not isinstance(think, bool) and think not in ("low", "medium", "high"):
         raise UsageError("think must be true, false, \"low\", \"medium\" or \"high\"", "think")
+    tools = None
+    if req.tools is not None:
+        from gencli.tools import validate_tools
+
+        tools = validate_tools(req.tools)
+        if tools and "tools" not in entry.capabilities:
+            raise UsageError(f"model '{entry.name}' does not support tools (no 'tools' capability)", "tools")
 
     messages: list[Message] = []
     if req.system is not None and _check_text(req.system, "system"):
@@ -146,6 +153,10 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
             raise UsageError("messages must contain at least one user message", "messages")
         history = [m for m in messages if m.role != "system"]
         want_context = False
+        if any(m.role == "tool" or m.tool_calls for m in messages):
+            from gencli.tools import pair_tool_messages
+
+            pair_tool_messages(messages)
     else:
         if req.prompt is None:
             raise UsageError("prompt is required", "prompt")
@@ -172,6 +183,7 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
         stream=req.stream,
         extra={"path": entry.path, "package": entry.package, "timeout": entry.timeout,
                "capabilities": entry.capabilities},
+        tools=tools,
     )
     plan = Plan(entry, adapter, call, history, started=started, want_context=want_context)
 
@@ -196,7 +208,8 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
 class Run:
     """Folds adapter events into engine events and the final Done (timings, context)."""
 
-    __slots__ = ("plan", "splitter", "text", "reasoning", "first", "sent", "usage", "finish", "stream")
+    __slots__ = ("plan", "splitter", "text", "reasoning", "first", "sent", "usage", "finish", "stream",
+                 "tool_calls")
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -208,6 +221,7 @@ class Run:
         self.sent = 0
         self.usage = Usage()
         self.finish = "stop"
+        self.tool_calls: list[ToolCall] = []
 
     def request_sent(self) -> None:
         self.sent = time.perf_counter_ns()
@@ -234,6 +248,11 @@ class Run:
                     self.usage.completion_tokens = ev.completion_tokens
             elif t is Finish:
                 self.finish = ev.reason
+            elif t is ToolCall:
+                if not self.first:
+                    self.first = time.perf_counter_ns()
+                self.tool_calls.append(ev)
+                out.append(ev)
         return out
 
     def _emit(self, r: str, x: str, out: list) -> None:
@@ -258,9 +277,12 @@ class Run:
         context: list[int] = []
         if self.plan.want_context:
             context = ctx.encode(self.plan.history + [Message("assistant", text)])
+        finish = self.finish
+        if self.tool_calls and finish == "stop":
+            finish = "tool_calls"  # Gemini says STOP; OpenAI-compatible servers vary
         out.append(Done(
             model=self.plan.entry.name,
-            done_reason=self.finish,
+            done_reason=finish,
             text=text,
             reasoning="".join(self.reasoning),
             prompt_eval_count=self.usage.prompt_tokens,
@@ -270,6 +292,7 @@ class Run:
             prompt_eval_duration=first - sent,
             eval_duration=end - first,
             context=context,
+            tool_calls=self.tool_calls,
         ))
         return out
 

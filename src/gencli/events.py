@@ -16,6 +16,15 @@ class ReasoningDelta:
 
 
 @dataclass(slots=True)
+class ToolCall:
+    """The model asks to call a tool. ``arguments`` is always a dict (parsed from the upstream's JSON)."""
+
+    id: str
+    name: str
+    arguments: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Usage:
     """Token counts as the upstream reported them (adapters emit this; the engine folds it into Done)."""
 
@@ -48,6 +57,7 @@ class Done:
     prompt_eval_duration: int = 0
     eval_duration: int = 0
     context: list[int] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
     def stats(self) -> dict:
         out = {
@@ -63,4 +73,4 @@ class Done:
         return out
 
 
-Event = TextDelta | ReasoningDelta | Usage | Finish | Done
+Event = TextDelta | ReasoningDelta | ToolCall | Usage | Finish | Done

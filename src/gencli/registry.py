@@ -250,7 +250,7 @@ class Registry:
         if explicit:
             return explicit
         for entry in self.models.values():
-            if entry.provider != "local" and self.missing_key(entry) is None:
+            if entry.provider != "local" and "completion" in entry.capabilities and self.missing_key(entry) is None:
                 return entry.name
         if LOCAL_DEFAULT in self.models:
             return LOCAL_DEFAULT

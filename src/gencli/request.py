@@ -20,9 +20,14 @@ class Image:
 
 @dataclass(slots=True)
 class Message:
-    role: str  # system | user | assistant
+    role: str  # system | user | assistant | tool
     content: str
     images: list[Image] = field(default_factory=list)
+    # assistant turns that called tools: the calls (gencli.events.ToolCall: id, name, arguments dict)
+    tool_calls: list[Any] = field(default_factory=list)
+    # role "tool": the result of a call, naming the tool and/or the call's id
+    tool_name: str | None = None
+    tool_call_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -43,3 +48,5 @@ class GenerateRequest:
     think: bool | str | None = None
     context: list[int] | None = None
     stream: bool = True
+    # function tools, Ollama/OpenAI shape: [{"type": "function", "function": {name, description?, parameters?}}]
+    tools: list[Any] | None = None

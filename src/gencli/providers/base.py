@@ -36,6 +36,7 @@ class Call:
     think: bool | str | None = None
     stream: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict] | None = None  # validated function tools (gencli.tools.validate_tools)
 
 
 class StreamParser(Protocol):

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gencli.errors import UpstreamAuthError, UpstreamError, UpstreamRateLimited, UsageError
-from gencli.events import Finish, ReasoningDelta, TextDelta, Usage
+from gencli.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers.base import Call, HttpRequest
 from gencli.providers.common import PROVIDER_LABELS, dumps, http_error, loads, retry_after, scrub
 from gencli.sse import SSEDecoder
@@ -49,6 +49,20 @@ def _parts(message) -> list[dict]:
     if message.content:
         parts.append({"text": message.content})
     return parts
+
+
+def _function_response(message) -> dict:
+    """A role "tool" message as a functionResponse part (the response must be an object)."""
+    response: Any = None
+    text = message.content
+    if text.lstrip().startswith("{"):
+        try:
+            response = loads(text)
+        except ValueError:
+            response = None
+    if not isinstance(response, dict):
+        response = {"result": text}
+    return {"functionResponse": {"name": message.tool_name or "tool", "response": response}}
 
 
 def _duration(value: Any) -> float | None:
@@ -175,10 +189,31 @@ class GoogleAdapter:
     def body(self, call: Call) -> dict[str, Any]:
         system: list[dict] = []
         contents: list[dict] = []
+        signed = False  # Gemini 3 wants a thoughtSignature on replayed functionCall parts
         for m in call.messages:
             if m.role == "system":
                 if m.content:
                     system.append({"text": m.content})
+                continue
+            if m.role == "tool":  # results go back as functionResponse parts of one user turn
+                part = _function_response(m)
+                last = contents[-1] if contents else None
+                if last is not None and last["role"] == "user" and "functionResponse" in last["parts"][-1]:
+                    last["parts"].append(part)
+                else:
+                    contents.append({"role": "user", "parts": [part]})
+                continue
+            if m.tool_calls:
+                if not signed:
+                    version = _GENERATION.match(call.model.rsplit("/", 1)[-1])
+                    signed = 1 if version is not None and int(version.group(1)) >= 3 else 2
+                parts = [{"text": m.content}] if m.content else []
+                for tc in m.tool_calls:
+                    part = {"functionCall": {"name": tc.name, "args": tc.arguments}}
+                    if signed == 1:  # the original signature is not kept; Google documents this bypass
+                        part["thoughtSignature"] = "skip_thought_signature_validator"
+                    parts.append(part)
+                contents.append({"role": "model", "parts": parts})
                 continue
             parts = _parts(m)
             if parts:  # Gemini refuses empty parts
@@ -186,6 +221,15 @@ class GoogleAdapter:
         body: dict[str, Any] = {"contents": contents}
         if system:
             body["systemInstruction"] = {"parts": system}
+        if call.tools:
+            decls = []
+            for tool in call.tools:
+                fn = tool["function"]
+                decl: dict[str, Any] = {"name": fn["name"], "description": fn.get("description", "")}
+                if fn.get("parameters"):
+                    decl["parametersJsonSchema"] = fn["parameters"]  # full JSON Schema, as responseJsonSchema
+                decls.append(decl)
+            body["tools"] = [{"functionDeclarations": decls}]
         config = self.generation_config(call)
         if config:
             body["generationConfig"] = config
@@ -198,6 +242,46 @@ class GoogleAdapter:
             headers["x-goog-api-key"] = call.api_key
         headers.update(call.headers)
         return HttpRequest("POST", self.url(call), headers, dumps(self.body(call)), call.stream)
+
+    # -- embeddings (batchEmbedContents) ----------------------------------------------
+    embed_batch = 100  # the Gemini API takes at most 100 requests per batch
+
+    def build_embed(self, call: Call, inputs: list[str]) -> HttpRequest:
+        base = call.base_url.rstrip("/")
+        if not base.endswith(_VERSIONS):
+            base = f"{base}/{API_VERSION}"
+        model = call.model if "/" in call.model else f"models/{call.model}"
+        dims = call.options.get("dimensions")
+        requests = []
+        for text in inputs:
+            req: dict[str, Any] = {"model": model, "content": {"parts": [{"text": text}]}}
+            if dims:
+                req["outputDimensionality"] = dims
+            requests.append(req)
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if call.api_key:
+            headers["x-goog-api-key"] = call.api_key
+        headers.update(call.headers)
+        url = f"{base}/{quote(model, safe='/-._~')}:batchEmbedContents"
+        return HttpRequest("POST", url, headers, dumps({"requests": requests}), False)
+
+    def parse_embed(self, call: Call, body: bytes) -> tuple[list[list[float]], int | None]:
+        try:
+            data = loads(body)
+        except ValueError:
+            raise UpstreamError(f"{call.name}: {self.label} sent an embeddings response that is not JSON") from None
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            raise self.error(call, int(data["error"].get("code") or 0), {}, data["error"])
+        items = data.get("embeddings") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise UpstreamError(f"{call.name}: {self.label} sent an embeddings response without 'embeddings'")
+        vectors = []
+        for item in items:
+            values = item.get("values") if isinstance(item, dict) else None
+            if not isinstance(values, list):
+                raise UpstreamError(f"{call.name}: {self.label} sent an embedding without 'values'")
+            vectors.append(values)
+        return vectors, None  # batchEmbedContents reports no token counts
 
     # -- responses --------------------------------------------------------------
     def events(self, call: Call, data: Any, out: list) -> None:
@@ -220,6 +304,8 @@ class GoogleAdapter:
                 text = part.get("text") if isinstance(part, dict) else None
                 if text:
                     out.append(ReasoningDelta(text) if part.get("thought") else TextDelta(text))
+                elif isinstance(part, dict) and isinstance(part.get("functionCall"), dict):
+                    out.append(self.tool_call(call, part["functionCall"]))
             reason = candidate.get("finishReason")
             if reason and reason != "FINISH_REASON_UNSPECIFIED":
                 out.append(Finish(FINISH.get(reason, "stop")))
@@ -228,6 +314,20 @@ class GoogleAdapter:
             answer, thoughts = usage.get("candidatesTokenCount"), usage.get("thoughtsTokenCount")
             completion = None if answer is None and thoughts is None else (answer or 0) + (thoughts or 0)
             out.append(Usage(usage.get("promptTokenCount"), completion))
+
+    def tool_call(self, call: Call, fc: dict) -> ToolCall:
+        from gencli.tools import new_call_id
+
+        name = fc.get("name")
+        if not isinstance(name, str) or not name:
+            raise UpstreamError(f"{call.name}: {self.label} sent a functionCall without a name")
+        args = fc.get("args")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise UpstreamError(f"{call.name}: {self.label} sent arguments for tool '{name}' that are not an object")
+        cid = fc.get("id")
+        return ToolCall(cid if isinstance(cid, str) and cid else new_call_id(), name, args)
 
     def parse_response(self, call: Call, body: bytes) -> list:
         try:

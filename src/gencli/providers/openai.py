@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gencli.errors import UpstreamError, UsageError
-from gencli.events import Finish, ReasoningDelta, TextDelta, Usage
+from gencli.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers.base import Call, HttpRequest
 from gencli.providers.common import PROVIDER_LABELS, dumps, http_error, loads, scrub
 from gencli.sse import SSEDecoder
@@ -29,6 +29,31 @@ def _content(message) -> Any:
     for image in message.images:
         parts.append({"type": "image_url", "image_url": {"url": image.data_url}})
     return parts
+
+
+def _message(m) -> dict:
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+    if m.tool_calls:
+        from gencli.tools import openai_calls_out
+
+        return {"role": "assistant", "content": m.content or None, "tool_calls": openai_calls_out(m.tool_calls)}
+    return {"role": m.role, "content": _content(m)}
+
+
+def _tool_calls(raw: Any, call: Call, label: str) -> list:
+    """ToolCall events from a message's ``tool_calls`` (arguments: a JSON string, parsed to a dict)."""
+    from gencli.tools import new_call_id, parse_arguments
+
+    out = []
+    for tc in raw if isinstance(raw, list) else ():
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        if not isinstance(fn, dict) or not fn.get("name"):
+            raise UpstreamError(f"{call.name}: {label} sent a tool call without a function name")
+        name = str(fn["name"])
+        out.append(ToolCall(str(tc.get("id") or new_call_id()), name,
+                            parse_arguments(fn.get("arguments"), name, f"{call.name}: {label}")))
+    return out
 
 
 def _reasoning(obj: dict) -> str:
@@ -55,7 +80,7 @@ class OpenAIAdapter:
         o = call.options
         body: dict[str, Any] = {
             "model": call.model,
-            "messages": [{"role": m.role, "content": _content(m)} for m in call.messages],
+            "messages": [_message(m) for m in call.messages],
         }
         if call.stream:
             body["stream"] = True
@@ -83,6 +108,9 @@ class OpenAIAdapter:
                 body["repetition_penalty"] = o["repeat_penalty"]
             if "min_p" in o:
                 body["min_p"] = o["min_p"]
+        if call.tools:
+            body["tools"] = call.tools
+            body["tool_choice"] = "auto"
         if call.format == "json":
             body["response_format"] = {"type": "json_object"}
         elif isinstance(call.format, dict):
@@ -116,6 +144,47 @@ class OpenAIAdapter:
         return HttpRequest("POST", f"{call.base_url}/chat/completions", headers, dumps(self.body(call)),
                            call.stream)
 
+    # -- embeddings (POST {base}/embeddings) -------------------------------------
+    embed_batch = 2048  # OpenAI takes at most 2048 inputs per request
+
+    def build_embed(self, call: Call, inputs: list[str]) -> HttpRequest:
+        body: dict[str, Any] = {"model": call.model, "input": inputs, "encoding_format": "float"}
+        if call.options.get("dimensions"):
+            body["dimensions"] = call.options["dimensions"]
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if call.api_key:
+            headers["Authorization"] = f"Bearer {call.api_key}"
+        headers.update(call.headers)
+        return HttpRequest("POST", f"{call.base_url}/embeddings", headers, dumps(body), False)
+
+    def parse_embed(self, call: Call, body: bytes) -> tuple[list[list[float]], int | None]:
+        """(vectors in input order, prompt tokens) from an embeddings response."""
+        try:
+            data = loads(body)
+        except ValueError:
+            raise UpstreamError(f"{call.name}: {self.label} sent an embeddings response that is not JSON") from None
+        if isinstance(data, dict) and data.get("error"):
+            raise self._inline_error(call, data["error"])
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise UpstreamError(f"{call.name}: {self.label} sent an embeddings response without 'data'")
+        items = sorted((i for i in items if isinstance(i, dict)), key=lambda i: i.get("index", 0))
+        vectors = []
+        for item in items:
+            vec = item.get("embedding")
+            if isinstance(vec, str):  # base64 little-endian float32, from servers that ignore encoding_format
+                import base64
+                import struct
+
+                raw = base64.b64decode(vec)
+                vec = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+            if not isinstance(vec, list):
+                raise UpstreamError(f"{call.name}: {self.label} sent an embedding that is not a list of numbers")
+            vectors.append(vec)
+        usage = data.get("usage")
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return vectors, tokens if isinstance(tokens, int) else None
+
     # -- responses --------------------------------------------------------------
     def parse_response(self, call: Call, body: bytes) -> list:
         try:
@@ -137,6 +206,8 @@ class OpenAIAdapter:
             content = message.get("content")
             if content:
                 out.append(TextDelta(content))
+            if message.get("tool_calls"):
+                out.extend(_tool_calls(message["tool_calls"], call, self.label))
             reason = choice.get("finish_reason")
             if reason:
                 out.append(Finish(FINISH.get(reason, reason)))
@@ -163,7 +234,7 @@ class OpenAIAdapter:
 
 
 class OpenAIStreamParser:
-    __slots__ = ("adapter", "call", "sse", "done", "finished")
+    __slots__ = ("adapter", "call", "sse", "done", "finished", "calls")
 
     def __init__(self, adapter: OpenAIAdapter, call: Call):
         self.adapter = adapter
@@ -171,6 +242,7 @@ class OpenAIStreamParser:
         self.sse = SSEDecoder()
         self.done = False  # saw data: [DONE]
         self.finished = False  # saw a finish_reason
+        self.calls: dict[int, list] = {}  # streamed tool calls by index: [id, name, argument pieces]
 
     def feed(self, data: bytes) -> list:
         out: list = []
@@ -182,6 +254,8 @@ class OpenAIStreamParser:
         out: list = []
         for payload in self.sse.close():
             self._event(payload, out)
+        if self.calls and (self.done or self.finished):
+            self._flush_calls(out)
         if not self.done and not self.finished:
             raise UpstreamError(f"{self.call.name}: {self.adapter.label} closed the stream before the answer "
                                 f"was complete (no finish_reason, no [DONE])")
@@ -190,6 +264,8 @@ class OpenAIStreamParser:
     def _event(self, payload: bytes, out: list) -> None:
         if payload == b"[DONE]":
             self.done = True
+            if self.calls:
+                self._flush_calls(out)
             return
         try:
             chunk = loads(payload)
@@ -211,15 +287,50 @@ class OpenAIStreamParser:
                 c = delta.get("content")
                 if c:
                     out.append(TextDelta(c))
+                tcs = delta.get("tool_calls")
+                if tcs:
+                    self._call_pieces(tcs)
             reason = choice.get("finish_reason")
             if reason:
                 if reason == "error":
                     raise UpstreamError(f"{self.call.name}: {self.adapter.label} ended the stream with an error")
                 self.finished = True
+                if self.calls:
+                    self._flush_calls(out)
                 out.append(Finish(FINISH.get(reason, reason)))
         usage = chunk.get("usage")
         if usage and isinstance(usage, dict):
             out.append(Usage(usage.get("prompt_tokens"), usage.get("completion_tokens")))
+
+    def _call_pieces(self, tcs: Any) -> None:
+        """Assemble streamed ``delta.tool_calls``: id and name come first, arguments in pieces, by index."""
+        for tc in tcs if isinstance(tcs, list) else ():
+            if not isinstance(tc, dict):
+                continue
+            index = tc.get("index")
+            if not isinstance(index, int):  # no index: a new id starts a new call, else it continues the last
+                known = tc.get("id") and any(c[0] == tc["id"] for c in self.calls.values())
+                index = len(self.calls) if (tc.get("id") and not known) or not self.calls else max(self.calls)
+            slot = self.calls.get(index)
+            if slot is None:
+                slot = self.calls[index] = ["", "", []]
+            if tc.get("id"):
+                slot[0] = str(tc["id"])
+            fn = tc.get("function")
+            if isinstance(fn, dict):
+                if fn.get("name") and not slot[1]:
+                    slot[1] = str(fn["name"])
+                args = fn.get("arguments")
+                if isinstance(args, str):
+                    slot[2].append(args)
+                elif isinstance(args, dict):  # some compatible servers send an object
+                    slot[2] = [dumps(args).decode()]
+
+    def _flush_calls(self, out: list) -> None:
+        raw = [{"id": slot[0], "function": {"name": slot[1], "arguments": "".join(slot[2])}}
+               for _, slot in sorted(self.calls.items())]
+        self.calls = {}
+        out.extend(_tool_calls(raw, self.call, self.adapter.label))
 
 
 def adapter(provider: str) -> OpenAIAdapter:
