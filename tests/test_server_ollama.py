@@ -248,3 +248,20 @@ def test_chat_images(client):
 def test_chat_empty_messages_is_a_load_reply(server):
     r = httpx.post(server.url + "/api/chat", json={"model": "echo", "messages": []})
     assert r.json()["done_reason"] == "load" and r.json()["message"]["role"] == "assistant"
+
+
+def test_workers(openai_fake, tmp_path):
+    """--workers 2: two processes share the socket; both answer, and SIGTERM stops them all."""
+    from tests.server_fixture import ServeProcess, models_json
+
+    s = ServeProcess(tmp_path / "workers", models_json(openai_fake.base_url), args=["--workers", "2"])
+    try:
+        assert "2 workers" in s.stderr()
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            for i in range(6):
+                r = c.post("/api/generate", json={"model": "echo", "prompt": f"n{i}"},
+                           headers={"Connection": "close"})
+                assert r.json()["response"] == f"You said: n{i}"
+    finally:
+        code = s.stop()
+    assert code is not None and s.proc.poll() is not None
