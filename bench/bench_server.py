@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""Benchmark ``gencli serve`` against the fake upstream it sits in front of, side by side.
+
+One gencli worker proxies /api/generate to the fake OpenAI upstream
+(tests/fakes/openai_upstream.py, model ``tokens-N``); wrk drives both in the same
+run and the script prints both rates and their ratios:
+
+  (a) non-streamed /api/generate vs the fake's own non-streamed /v1/chat/completions
+      at 32 connections (target >= 0.25x);
+  (b) streamed /api/generate, N tokens per answer, vs the fake's own streamed rate
+      (target >= 0.12x);
+  (c) at one connection, p50 latency added by gencli (gencli p50 - fake p50, target < 1 ms).
+
+Each round measures the fake, then gencli, for each scenario; with several rounds the
+median of each is reported. By default the fake is pinned to one CPU and gencli to
+another with taskset (wrk floats), so neither steals the other's core.
+
+Needs wrk (Debian: apt-get install -y wrk). Usage:
+
+    .venv/bin/python bench/bench_server.py [--duration 5] [--rounds 3] [--connections 32]
+                                           [--tokens 50] [--no-pin] [--json]
+
+Exit code: 0 when every target holds, 1 when one is missed, 2 when the run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE = ROOT / "tests" / "fakes" / "openai_upstream.py"
+
+TARGET_PLAIN = 0.25
+TARGET_STREAM = 0.12
+TARGET_ADDED_MS = 1.0
+
+_DONE_LUA = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH requests=%d duration_us=%d p50_us=%d p99_us=%d status_errors=%d "
+    .. "socket_errors=%d\\n", summary.requests, summary.duration, latency:percentile(50),
+    latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _python() -> str:
+    venv = ROOT / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def _gencli() -> list[str]:
+    exe = Path(_python()).with_name("gencli")
+    return [str(exe)] if exe.exists() else [_python(), "-m", "gencli"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPENAI_", "GEMINI_", "GOOGLE_", "OPENROUTER_", "GENCLI_", "OLLAMA_"))
+           and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+def _wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                r.read()
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer {url} within {timeout:g}s")
+
+
+def _post(url: str, body: dict) -> bytes:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{url} answered {r.status}")
+        return r.read()
+
+
+def _lua(path: Path, body: dict) -> Path:
+    path.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(json.dumps(body, separators=(',', ':')))}\n" + _DONE_LUA)
+    return path
+
+
+def _wrk(url: str, script: Path, connections: int, duration: float) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s", "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    m = re.search(r"BENCH (.*)", out.stdout)
+    if out.returncode != 0 or not m:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
+    f = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    if f["status_errors"] or f["requests"] == 0:
+        raise RuntimeError(f"{url}: {f['status_errors']} non-2xx answers out of {f['requests']}")
+    return {"rps": f["requests"] / (f["duration_us"] / 1e6), "p50_ms": f["p50_us"] / 1000,
+            "p99_ms": f["p99_us"] / 1000, "requests": f["requests"], "socket_errors": f["socket_errors"]}
+
+
+def _check_answers(gencli: str, model: str, tokens: int) -> None:
+    """One request of each kind, checked, so the benchmark measures real answers."""
+    plain = json.loads(_post(f"{gencli}/api/generate", {"model": model, "prompt": "hi", "stream": False}))
+    if not plain.get("done") or len(plain.get("response", "").split()) != tokens:
+        raise RuntimeError(f"unexpected non-streamed answer from gencli: {str(plain)[:300]}")
+    lines = _post(f"{gencli}/api/generate", {"model": model, "prompt": "hi", "stream": True}).split(b"\n")
+    objs = [json.loads(line) for line in lines if line]
+    text = "".join(o.get("response", "") for o in objs)
+    if not objs or not objs[-1].get("done") or len(text.split()) != tokens or b"" in lines[:-1]:
+        raise RuntimeError(f"unexpected streamed answer from gencli: {len(objs)} lines, {text[:200]!r}")
+
+
+def _taskset(cpu: int | None) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if cpu is not None else []
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=5, help="seconds per wrk run (default 5)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
+    ap.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
+    ap.add_argument("--tokens", type=int, default=50, help="tokens per answer (default 50)")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin the fake and gencli to separate CPUs")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("--keep-log", metavar="FILE", help="copy gencli's stderr (access log) to FILE")
+    args = ap.parse_args()
+
+    if not shutil.which("wrk"):
+        print("bench_server: wrk not found; install it (Debian: apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    pin = not args.no_pin and shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
+    cpus = sorted(os.sched_getaffinity(0))
+    fake_cpu, gencli_cpu = (cpus[-1], cpus[0]) if pin else (None, None)
+
+    tmp = Path(tempfile.mkdtemp(prefix="gencli-bench-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        fake_port, gencli_port = _free_port(), _free_port()
+        model = f"tokens-{args.tokens}"
+        fake = subprocess.Popen(_taskset(fake_cpu) + [_python(), str(FAKE), "--port", str(fake_port)],
+                                env=_env(), stdout=subprocess.DEVNULL, stderr=open(tmp / "fake.log", "wb"))
+        procs.append(fake)
+        fake_url = f"http://127.0.0.1:{fake_port}"
+        _wait_http(f"{fake_url}/v1/models", fake, "the fake upstream")
+
+        models = tmp / "models.json"
+        models.write_text(json.dumps({model: {"provider": "openai-compatible", "model": model,
+                                              "base_url": f"{fake_url}/v1"}}))
+        log = open(tmp / "gencli.log", "wb")
+        gencli = subprocess.Popen(
+            _taskset(gencli_cpu) + _gencli() + ["serve", "--host", "127.0.0.1", "--port", str(gencli_port),
+                                                "--models", str(models), "--workers", "1"],
+            env=_env(), cwd=tmp, stdout=log, stderr=log)
+        procs.append(gencli)
+        gencli_url = f"http://127.0.0.1:{gencli_port}"
+        _wait_http(f"{gencli_url}/", gencli, "gencli serve")
+        _check_answers(gencli_url, model, args.tokens)
+
+        scripts = {
+            "fake_plain": _lua(tmp / "fake_plain.lua", {"model": model, "stream": False,
+                                                        "messages": [{"role": "user", "content": "hi"}]}),
+            "fake_stream": _lua(tmp / "fake_stream.lua", {"model": model, "stream": True,
+                                                          "messages": [{"role": "user", "content": "hi"}]}),
+            "gencli_plain": _lua(tmp / "gencli_plain.lua", {"model": model, "prompt": "hi", "stream": False}),
+            "gencli_stream": _lua(tmp / "gencli_stream.lua", {"model": model, "prompt": "hi", "stream": True}),
+        }
+        urls = {"fake": f"{fake_url}/v1/chat/completions", "gencli": f"{gencli_url}/api/generate"}
+
+        # Warm both up (connection pools, caches), unmeasured.
+        for who in ("fake", "gencli"):
+            _wrk(urls[who], scripts[f"{who}_plain"], args.connections, 1)
+
+        runs: dict[str, list[dict[str, float]]] = {}
+        plan = [(f"{who}_{kind}", who, kind, conns)
+                for kind, conns in (("plain", args.connections), ("stream", args.connections), ("plain", 1))
+                for who in ("fake", "gencli")]
+        for r in range(args.rounds):
+            for key, who, kind, conns in plan:
+                name = f"{key}_c{conns}"
+                res = _wrk(urls[who], scripts[key], conns, args.duration)
+                runs.setdefault(name, []).append(res)
+                print(f"round {r + 1}/{args.rounds} {name:<20} {res['rps']:9.1f} req/s  "
+                      f"p50 {res['p50_ms']:7.3f} ms  p99 {res['p99_ms']:7.3f} ms", file=sys.stderr, flush=True)
+        if gencli.poll() is not None:
+            raise RuntimeError(f"gencli serve exited with code {gencli.returncode} during the run")
+    except Exception as exc:
+        print(f"bench_server: {exc}", file=sys.stderr)
+        if (tmp / "gencli.log").exists():
+            tail = (tmp / "gencli.log").read_text(errors="replace").splitlines()[-15:]
+            print("gencli log (tail):\n  " + "\n  ".join(tail), file=sys.stderr)
+        return 2
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if args.keep_log and (tmp / "gencli.log").exists():
+            shutil.copy(tmp / "gencli.log", args.keep_log)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50_ms", "p99_ms")}
+           for k, v in runs.items()}
+    c = args.connections
+    rows = [
+        ("non-streamed rate", f"fake_plain_c{c}", f"gencli_plain_c{c}", TARGET_PLAIN),
+        (f"streamed rate ({args.tokens} tokens)", f"fake_stream_c{c}", f"gencli_stream_c{c}", TARGET_STREAM),
+    ]
+    results = {"connections": c, "tokens": args.tokens, "rounds": args.rounds, "duration_s": args.duration,
+               "pinned": {"fake_cpu": fake_cpu, "gencli_cpu": gencli_cpu} if pin else None, "runs": runs}
+    ok = True
+    print()
+    print(f"gencli serve vs fake upstream — 1 worker, {c} connections, {args.rounds} round(s) of "
+          f"{args.duration:g}s, medians; " + (f"fake on CPU {fake_cpu}, gencli on CPU {gencli_cpu}"
+                                             if pin else "not pinned"))
+    print(f"{'scenario':<28} {'fake req/s':>11} {'gencli req/s':>13} {'ratio':>7} {'target':>8}  ok")
+    for label, fk, gk, target in rows:
+        ratio = med[gk]["rps"] / med[fk]["rps"]
+        good = ratio >= target
+        ok &= good
+        results[gk.rsplit("_", 1)[0] + "_ratio"] = ratio
+        print(f"{label:<28} {med[fk]['rps']:11.1f} {med[gk]['rps']:13.1f} {ratio:6.3f}x {'>=' + format(target, 'g') + 'x':>8}"
+              f"  {'yes' if good else 'NO'}")
+    added = med["gencli_plain_c1"]["p50_ms"] - med["fake_plain_c1"]["p50_ms"]
+    good = added < TARGET_ADDED_MS
+    ok &= good
+    results["added_p50_ms"] = added
+    print(f"{'p50 latency, 1 connection':<28} {med['fake_plain_c1']['p50_ms']:8.3f} ms {med['gencli_plain_c1']['p50_ms']:10.3f} ms "
+          f"{'+' + format(added, '.3f'):>7} {'<' + format(TARGET_ADDED_MS, 'g') + ' ms':>8}  {'yes' if good else 'NO'}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
