@@ -208,6 +208,20 @@ def test_bad_context_file_is_a_usage_error(env, workdir):
     assert "context" in one_line_error(p, 2)
 
 
+def test_context_file_in_a_missing_directory_is_refused_before_the_call(env, workdir, openai_fake):
+    before = openai_fake.mark()
+    p = gencli(["generate", "--context", "no/such/dir/conv.json", "x"], env, workdir)
+    assert "does not exist" in one_line_error(p, 2)
+    assert openai_fake.since(before) == []
+
+
+def test_context_file_that_cannot_be_written_is_one_line_exit_1(env, workdir):
+    (workdir / "conv.json.tmp").mkdir()  # the temporary file cannot be created
+    p = gencli(["generate", "--context", "conv.json", "keep me"], env, workdir)
+    assert "cannot save the conversation" in one_line_error(p, 1)
+    assert out(p) == "You said: keep me\n"  # the answer is not lost
+
+
 # -- flags reaching the upstream ---------------------------------------------------
 
 def test_format_json(env, workdir, openai_fake):

@@ -69,6 +69,8 @@ def read_context(path: str | None) -> list[int] | None:
     if not path:
         return None
     p = Path(path)
+    if not p.parent.is_dir():  # refuse before spending a call whose context could not be saved
+        raise UsageError(f"--context {path}: the directory {p.parent} does not exist")
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -90,8 +92,15 @@ def read_context(path: str | None) -> list[int] | None:
 
 def write_context(path: str, context: list[int]) -> None:
     tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(context, separators=(",", ":")) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(context, separators=(",", ":")) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise GencliError(f"--context {path}: cannot save the conversation ({exc.strerror or exc})") from None
 
 
 def run(**kw) -> None:
