@@ -28,6 +28,16 @@ Behaviour is chosen by the model name in the URL (prefix match):
   ``Retry-After: 7``.
 - ``gemini-error-503``: 503 UNAVAILABLE "The model is overloaded".
 - ``gemini-error-midstream``: some text, then an SSE event with a top-level ``error``.
+- ``gemini-tools`` / ``gemini-tools-N``: with ``tools: [{functionDeclarations}]`` it
+  answers functionCall parts for the first (N) functions (args from each
+  ``parametersJsonSchema``/``parameters``: strings get the last user text, integers 42,
+  numbers 1.5, booleans true), finishReason STOP, as Gemini does; streamed, one event
+  per call. Once the last user turn holds functionResponse parts it answers
+  "Tool results: <responses as JSON>". A functionCall turn must be followed by as many
+  functionResponse parts, with the same names (400 otherwise, as the real API).
+- ``:batchEmbedContents`` / ``:embedContent``: deterministic, not normalised vectors
+  (12 dimensions, or ``outputDimensionality``) from a hash of the text; a model named
+  ``gemini-*`` or ``text-embedding-*`` (404 otherwise).
 - a model not starting with ``gemini``: 404 NOT_FOUND.
 
 ``FakeGemini`` runs it in a background thread; ``gemini_fake`` is a session fixture.
@@ -127,6 +137,7 @@ class Parsed:
     system: str = ""
     config: dict = field(default_factory=dict)
     thinking: dict = field(default_factory=dict)
+    tools: list[dict] = field(default_factory=list)  # functionDeclarations
 
     def last_user(self) -> dict:
         for content in reversed(self.contents):
@@ -174,6 +185,18 @@ def parse_request(body: Any) -> Parsed:
                     raise BadRequest(f"* GenerateContentRequest.{where}.inline_data: mime_type and data "
                                      f"are required")
                 seen.append({"image": (mime, _b64(data, f"{where}.inline_data.data"))})
+            elif "functionCall" in part:
+                fc = _norm(part["functionCall"], {"id", "name", "args"}, f"{where}.function_call")
+                if not fc.get("name") or not isinstance(fc.get("args", {}), dict):
+                    raise BadRequest(f"* GenerateContentRequest.{where}.function_call.name: Name cannot be empty.")
+                seen.append({"functionCall": fc})
+            elif "functionResponse" in part:
+                fr = _norm(part["functionResponse"], {"id", "name", "response", "willContinue", "scheduling",
+                                                      "parts"}, f"{where}.function_response")
+                if not fr.get("name") or not isinstance(fr.get("response"), dict):
+                    raise BadRequest(f"* GenerateContentRequest.{where}.function_response: name and an object "
+                                     f"response are required")
+                seen.append({"functionResponse": fr})
             else:
                 raise BadRequest(f"* GenerateContentRequest.{where}.data: required oneof field 'data' must "
                                  f"have one initialized field")
@@ -207,7 +230,59 @@ def parse_request(body: Any) -> Parsed:
     if "thinkingBudget" in thinking and "thinkingLevel" in thinking:
         raise BadRequest("thinking_budget and thinking_level are not supported together.")
     out.config, out.thinking = config, thinking
+    for i, tool in enumerate(req.get("tools") or []):
+        tool = _norm(tool, {"functionDeclarations", "googleSearch", "codeExecution", "urlContext"}, f"tools[{i}]")
+        for j, decl in enumerate(tool.get("functionDeclarations") or []):
+            decl = _norm(decl, {"name", "description", "parameters", "parametersJsonSchema", "response",
+                                "responseJsonSchema", "behavior"}, f"tools[{i}].function_declarations[{j}]")
+            if not decl.get("name"):
+                raise BadRequest(f"* GenerateContentRequest.tools[{i}].function_declarations[{j}].name: Name "
+                                 f"cannot be empty.")
+            if "parameters" in decl and "parametersJsonSchema" in decl:
+                raise BadRequest("parameters and parameters_json_schema cannot both be set")
+            out.tools.append(decl)
+    for i, content in enumerate(out.contents):
+        calls = [p["functionCall"]["name"] for p in content["parts"] if "functionCall" in p]
+        if calls:
+            nxt = out.contents[i + 1] if i + 1 < len(out.contents) else None
+            answers = [p["functionResponse"]["name"] for p in (nxt or {}).get("parts", []) if "functionResponse" in p]
+            if nxt is not None and sorted(answers) != sorted(calls):
+                raise BadRequest("Please ensure that the number of function response parts is equal to the number "
+                                 "of function call parts of the function call turn.")
     return out
+
+
+def _arg_value(schema: Any, text: str) -> Any:
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    if isinstance(kind, str):
+        kind = kind.lower()
+    return {"integer": 42, "number": 1.5, "boolean": True, "object": {}, "array": []}.get(kind, text)
+
+
+def tool_calls_for(model: str, req: Parsed) -> list[dict] | None:
+    """functionCall parts to answer with, or None when the last user turn holds results."""
+    last = req.contents[-1] if req.contents else {"parts": []}
+    if not req.tools or any("functionResponse" in p for p in last["parts"]):
+        return None
+    text = " ".join(p["text"] for p in req.last_user()["parts"] if "text" in p)
+    tail = model[len("gemini-tools-"):]
+    n = int(tail) if tail.isdigit() else 1
+    out = []
+    for decl in req.tools[:n]:
+        schema = decl.get("parametersJsonSchema") or decl.get("parameters") or {}
+        props = schema.get("properties") or {}
+        out.append({"functionCall": {"name": decl["name"], "args": {k: _arg_value(v, text) for k, v in props.items()}}})
+    return out
+
+
+def fake_gemini_vector(text: str, dims: int = 12) -> list[float]:
+    """The vector the fake answers for ``text`` (before any normalisation)."""
+    import hashlib
+
+    digest = b""
+    while len(digest) < dims:
+        digest += hashlib.sha256(b"gemini" + text.encode() + bytes([len(digest) % 251])).digest()
+    return [(b - 128) / 8 for b in digest[:dims]]
 
 
 # -- replies -------------------------------------------------------------------
@@ -411,6 +486,8 @@ class FakeGemini:
         self.requests.append(rec)
         target = request.match_info["target"]
         model, _, action = target.partition(":")
+        if action in ("batchEmbedContents", "embedContent"):
+            return self._embed(request, model, action, body)
         if action not in ("generateContent", "streamGenerateContent"):
             return _error(404, "NOT_FOUND", f"Method {action or '(none)'} not found")
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
@@ -446,6 +523,20 @@ class FakeGemini:
                 return web.json_response(data, dumps=lambda o: _dumps(o).decode())
             return await self._sse(request, [data])
         reply = plan_reply(model, req)
+        if model.startswith("gemini-tools"):
+            calls = tool_calls_for(model, req)
+            if calls is not None:
+                usage = {"promptTokenCount": reply.prompt_tokens, "candidatesTokenCount": 5,
+                         "totalTokenCount": reply.prompt_tokens + 5}
+                if not stream:
+                    data = _response(calls, model, rid, usage, "STOP")
+                    return web.json_response(data, dumps=lambda o: _dumps(o).decode())
+                events = [_response([c], model, rid, usage, "STOP" if i == len(calls) - 1 else None)
+                          for i, c in enumerate(calls)]
+                return await self._sse(request, events)
+            results = [p["functionResponse"]["response"] for p in req.contents[-1]["parts"]
+                       if "functionResponse" in p]
+            reply.text = _WORD.findall("Tool results: " + _dumps(results).decode())
         thought_parts = [{"text": t, "thought": True} for t in reply.thoughts]
         if not stream:
             text = "".join(reply.text)
@@ -464,6 +555,45 @@ class FakeGemini:
         if not reply.text:
             events.append(_response(None, model, rid, _usage(reply, 0), reply.finish))
         return await self._sse(request, events)
+
+    def _embed(self, request: web.Request, model: str, action: str, body: Any) -> web.Response:
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if not key:
+            return _error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers.")
+        if self.api_key is not None and key != self.api_key:
+            return key_invalid()
+        if not model.startswith(("gemini", "text-embedding")):
+            return _error(404, "NOT_FOUND", f"models/{model} is not found for API version v1beta, or is not "
+                          f"supported for {action}.")
+        if not isinstance(body, dict):
+            return _error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+        try:
+            if action == "embedContent":
+                requests = [body]
+            else:
+                requests = _norm(body, {"requests"}, "").get("requests")
+                if not isinstance(requests, list) or not requests:
+                    raise BadRequest("* BatchEmbedContentsRequest.requests: requests is not specified")
+                if len(requests) > 100:
+                    raise BadRequest("* BatchEmbedContentsRequest.requests: at most 100 requests can be in one "
+                                     "batch")
+            vectors = []
+            for i, raw_req in enumerate(requests):
+                r = _norm(raw_req, {"model", "content", "taskType", "title", "outputDimensionality"},
+                          f"requests[{i}]")
+                if action == "batchEmbedContents" and r.get("model") != f"models/{model}":
+                    raise BadRequest(f"Model names should match the batch model (requests[{i}].model is "
+                                     f"{r.get('model')!r})")
+                content = _norm(r.get("content"), _CONTENT_FIELDS, f"requests[{i}].content")
+                texts = [_norm(p, _PART_FIELDS, f"requests[{i}].content.parts").get("text")
+                         for p in content.get("parts") or []]
+                if not texts or not all(isinstance(t, str) and t for t in texts):
+                    raise BadRequest(f"* requests[{i}].content: text is required")
+                vectors.append({"values": fake_gemini_vector(" ".join(texts), r.get("outputDimensionality") or 12)})
+        except BadRequest as exc:
+            return _error(400, "INVALID_ARGUMENT", str(exc))
+        data = {"embedding": vectors[0]} if action == "embedContent" else {"embeddings": vectors}
+        return web.json_response(data, dumps=lambda o: _dumps(o).decode())
 
     async def _sse(self, request: web.Request, events: list[dict]) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

@@ -20,6 +20,16 @@ A real aiohttp server on 127.0.0.1 that speaks the wire described in
 - ``keepalive``: ``: OPENROUTER PROCESSING`` comments before the data.
 - ``length``: finish_reason "length". ``json``: a JSON object string as content.
 - ``slow-N`` / ``slow-N-M``: M tokens (default 20), one every N ms.
+- ``tools`` / ``tools-N``: with ``tools`` in the request, calls the first (N) tools
+  (arguments built from each tool's parameter schema: strings get the last user text,
+  integers 42, numbers 1.5, booleans true); streamed, the arguments arrive in pieces
+  across chunks, by index; finish_reason "tool_calls". Once the conversation holds
+  tool results it answers "Tool results: <contents>". Tool messages must answer a
+  preceding assistant tool call id, and assistant arguments must be JSON strings
+  (400 otherwise, as OpenAI does). ``tools-bad-args``: arguments that are not JSON.
+- ``POST /v1/embeddings``: deterministic, not normalised vectors (16 dimensions, or
+  ``dimensions``) from a hash of each input; ``encoding_format`` float or base64;
+  usage counts words. Model ``error-*`` fails as for chat.
 - ``gpt-5*`` / ``o1*`` / ``o3*`` / ``o4*``: like echo, but ``max_tokens`` is refused with
   400 ``unsupported_parameter`` as OpenAI's reasoning models do.
 
@@ -124,6 +134,7 @@ class FakeOpenAI:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         return app
 
     def start(self) -> "FakeOpenAI":
@@ -247,6 +258,8 @@ class FakeOpenAI:
             failure = self._failure(model)
             if failure is not None:
                 return failure
+        if model.startswith("tools"):
+            return await self._tools(request, model, body, messages, stream)
         reply = self._reply(model, body, messages)
         if stream:
             return await self._stream(request, model, body, reply)
@@ -421,6 +434,136 @@ class FakeOpenAI:
             self.disconnects += 1
             raise
         return resp
+
+
+    # -- tool calls and embeddings ------------------------------------------------
+    @staticmethod
+    def _arg_value(schema: Any, text: str) -> Any:
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        return {"integer": 42, "number": 1.5, "boolean": True, "object": {}, "array": []}.get(kind, text)
+
+    def _tool_problem(self, messages: list) -> str | None:
+        ids: set[str] = set()
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                continue
+            for tc in m.get("tool_calls") or ():
+                fn = tc.get("function") or {}
+                if not isinstance(fn.get("arguments"), str):
+                    return f"Invalid type for 'messages[{i}].tool_calls[0].function.arguments': expected a string"
+                ids.add(tc.get("id"))
+            if m.get("role") == "tool" and m.get("tool_call_id") not in ids:
+                return ("Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+                        "message with 'tool_calls'.")
+        return None
+
+    async def _tools(self, request: web.Request, model: str, body: dict, messages: list,
+                     stream: bool) -> web.StreamResponse:
+        problem = self._tool_problem(messages)
+        if problem:
+            return self._json_error(400, problem, "invalid_request_error", None, "messages")
+        results = [m for m in messages if isinstance(m, dict) and m.get("role") == "tool"]
+        tools = body.get("tools") or []
+        if results or not tools:
+            r = _Reply(content=_pieces("Tool results: " + "; ".join(str(m.get("content")) for m in results)))
+            r.completion_tokens = _words("".join(r.content))
+            return await self._stream(request, model, body, r) if stream else self._complete(model, r)
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        text = _text_of(users[-1].get("content")) if users else ""
+        n = int(model[6:]) if model[6:].isdigit() else 1
+        calls = []
+        for i, tool in enumerate(tools[:n]):
+            fn = tool.get("function") or {}
+            props = (fn.get("parameters") or {}).get("properties") or {}
+            args = {k: self._arg_value(v, text) for k, v in props.items()}
+            raw = _dumps(args).decode()
+            if model == "tools-bad-args":
+                raw = raw[:-1] + ', "oops'
+            calls.append({"id": f"call_fake{i}", "type": "function", "function": {"name": fn.get("name"),
+                                                                                   "arguments": raw}})
+        usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+        if not stream:
+            message = {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None}
+            out = {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+                   "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}],
+                   "usage": usage}
+            return web.Response(body=_dumps(out), content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await resp.prepare(request)
+
+        def chunk(delta: dict, finish: str | None = None) -> bytes:
+            return b"data: " + _dumps({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                                       "created": int(time.time()), "model": model,
+                                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n"
+
+        await resp.write(chunk({"role": "assistant", "content": None}))
+        for i, c in enumerate(calls):
+            args = c["function"]["arguments"]
+            await resp.write(chunk({"tool_calls": [{"index": i, "id": c["id"], "type": "function",
+                                                    "function": {"name": c["function"]["name"], "arguments": ""}}]}))
+            for j in range(0, len(args), 5):  # the arguments in 5-character pieces
+                await resp.write(chunk({"tool_calls": [{"index": i, "function": {"arguments": args[j:j + 5]}}]}))
+        await resp.write(chunk({}, "tool_calls"))
+        if isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage"):
+            await resp.write(b"data: " + _dumps({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                                                 "created": int(time.time()), "model": model, "choices": [],
+                                                 "usage": usage}) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        import base64
+        import struct
+
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        self.requests.append(Recorded(request.method, request.path,
+                                      {k.lower(): v for k, v in request.headers.items()}, body, raw))
+        denied = self._auth_failure(request)
+        if denied is not None:
+            return denied
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return self._json_error(400, "you must provide a model parameter", "invalid_request_error", None,
+                                    "model")
+        model = body["model"]
+        if model.startswith("error-"):
+            failure = self._failure(model)
+            if failure is not None:
+                return failure
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) and t for t in inputs):
+            return self._json_error(400, "'$.input' is invalid. Please check the API reference: "
+                                    "https://platform.openai.com/docs/api-reference.", "invalid_request_error",
+                                    None)
+        dims = body.get("dimensions") or 16
+        fmt = body.get("encoding_format") or "float"
+        data = []
+        for i, text in enumerate(inputs):
+            vec = fake_vector(text, dims)
+            emb: Any = vec
+            if fmt == "base64":
+                emb = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        tokens = sum(_words(t) for t in inputs)
+        out = {"object": "list", "data": data, "model": model,
+               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return web.Response(body=_dumps(out), content_type="application/json")
+
+
+def fake_vector(text: str, dims: int = 16) -> list[float]:
+    """The vector the fake answers for ``text`` (before any normalisation)."""
+    import hashlib
+
+    digest = b""
+    while len(digest) < dims:
+        digest += hashlib.sha256(text.encode() + bytes([len(digest) % 251])).digest()
+    return [(b - 128) / 16 for b in digest[:dims]]
 
 
 try:

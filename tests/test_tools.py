@@ -1,0 +1,174 @@
+"""Tool calling: the engine in-process against the fake OpenAI and Gemini upstreams
+(streamed and not), then ``gencli serve`` driven by the official ``ollama`` client on
+/api/chat and by the ``openai`` SDK on /v1/chat/completions."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+
+from gencli import engine
+from gencli.errors import UpstreamError, UsageError
+from gencli.events import Done, ToolCall
+from gencli.registry import Registry
+from gencli.request import GenerateRequest, Message
+from gencli.transport_httpx import HttpxTransport
+from tests.fakes.gemini_upstream import FAKE_KEY as GEMINI_KEY
+from tests.fakes.openai_upstream import FAKE_KEY
+from tests.server_fixture import KEY_VAR, ServeProcess
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
+                                                    "metric": {"type": "boolean"}},
+                   "required": ["city"]}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "The time in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+TOOLS_CAPS = ["completion", "tools"]
+
+
+@pytest.fixture(scope="module")
+def registry(openai_fake, gemini_fake, tmp_path_factory) -> Registry:
+    models = {
+        "oa-tools": {"provider": "openai", "model": "tools", "base_url": openai_fake.base_url,
+                     "capabilities": TOOLS_CAPS},
+        "oa-tools-2": {"provider": "openai", "model": "tools-2", "base_url": openai_fake.base_url,
+                       "capabilities": TOOLS_CAPS},
+        "oa-bad-args": {"provider": "openrouter", "model": "tools-bad-args", "base_url": openai_fake.base_url,
+                        "capabilities": TOOLS_CAPS},
+        "oa-plain": {"provider": "openai", "model": "echo", "base_url": openai_fake.base_url},
+        "gm-tools": {"provider": "google", "model": "gemini-tools", "base_url": gemini_fake.base_url,
+                     "capabilities": TOOLS_CAPS},
+        "gm-tools-2": {"provider": "google", "model": "gemini-tools-2", "base_url": gemini_fake.base_url,
+                       "capabilities": TOOLS_CAPS},
+    }
+    path = tmp_path_factory.mktemp("tools") / "models.json"
+    path.write_text(json.dumps(models))
+    return Registry.load(str(path), env={"OPENAI_API_KEY": FAKE_KEY, "OPENROUTER_API_KEY": FAKE_KEY,
+                                         "GEMINI_API_KEY": GEMINI_KEY})
+
+
+def run(reg: Registry, messages: list[Message], model: str, stream: bool, tools=(WEATHER,)) -> tuple[list, Done]:
+    transport = HttpxTransport(tls=False)
+    try:
+        events = list(engine.generate(GenerateRequest(model=model, messages=messages, stream=stream,
+                                                      tools=list(tools) if tools is not None else None),
+                                      reg, transport))
+    finally:
+        transport.close()
+    done = events[-1]
+    assert isinstance(done, Done)
+    return events, done
+
+
+# -- the engine against the upstream wires ---------------------------------------------------
+
+@pytest.mark.parametrize("model", ["oa-tools", "gm-tools"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_call_comes_back_with_arguments_as_a_dict(registry, model, stream):
+    events, done = run(registry, [Message("user", "Paris")], model, stream)
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert len(calls) == 1
+    assert calls[0].name == "get_weather"
+    assert calls[0].arguments == {"city": "Paris", "days": 42, "metric": True}
+    assert type(calls[0].arguments["days"]) is int
+    assert calls[0].id
+    assert done.tool_calls == calls
+    assert done.done_reason == "tool_calls"  # Gemini says STOP; the engine reports the calls
+
+
+@pytest.mark.parametrize("model", ["oa-tools-2", "gm-tools-2"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_parallel_calls_are_assembled_in_order(registry, model, stream):
+    _, done = run(registry, [Message("user", "Oslo")], model, stream, tools=(WEATHER, TIME))
+    assert [c.name for c in done.tool_calls] == ["get_weather", "get_time"]
+    assert done.tool_calls[1].arguments == {"city": "Oslo"}
+    assert len({c.id for c in done.tool_calls}) == 2
+
+
+def test_openai_wire_request_carries_tools(registry, openai_fake):
+    run(registry, [Message("user", "Paris")], "oa-tools", False)
+    body = openai_fake.last().body
+    assert body["tools"] == [WEATHER]
+    assert body["tool_choice"] == "auto"
+
+
+def test_gemini_wire_request_carries_function_declarations(registry, gemini_fake):
+    run(registry, [Message("user", "Paris")], "gm-tools", True)
+    body = gemini_fake.last("gemini-tools").body
+    decl = body["tools"][0]["functionDeclarations"][0]
+    assert decl["name"] == "get_weather"
+    assert decl["parametersJsonSchema"] == WEATHER["function"]["parameters"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_follow_up_with_results_uses_call_ids(registry, openai_fake, stream):
+    """An Ollama-style follow-up (tool_name, no ids) reaches OpenAI with matching ids and string arguments."""
+    _, first = run(registry, [Message("user", "Paris")], "oa-tools", stream)
+    call = first.tool_calls[0]
+    history = [Message("user", "Paris"),
+               Message("assistant", "", tool_calls=[ToolCall("", call.name, call.arguments)]),
+               Message("tool", "18 degrees", tool_name="get_weather")]
+    _, done = run(registry, history, "oa-tools", stream)
+    assert done.text == "Tool results: 18 degrees"
+    assert done.done_reason == "stop"
+    sent = openai_fake.last().body["messages"]
+    assert sent[1]["role"] == "assistant"
+    assert isinstance(sent[1]["tool_calls"][0]["function"]["arguments"], str)
+    assert json.loads(sent[1]["tool_calls"][0]["function"]["arguments"]) == call.arguments
+    assert sent[2] == {"role": "tool", "tool_call_id": sent[1]["tool_calls"][0]["id"], "content": "18 degrees"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_follow_up_sends_function_call_and_response_parts(registry, gemini_fake, stream):
+    history = [Message("user", "Oslo"),
+               Message("assistant", "", tool_calls=[ToolCall("call_1", "get_weather", {"city": "Oslo"}),
+                                                    ToolCall("call_2", "get_time", {"city": "Oslo"})]),
+               Message("tool", '{"temp": 3}', tool_call_id="call_1"),
+               Message("tool", "noon", tool_call_id="call_2")]
+    _, done = run(registry, history, "gm-tools-2", stream, tools=(WEATHER, TIME))
+    assert done.text == 'Tool results: [{"temp":3},{"result":"noon"}]'
+    contents = gemini_fake.last("gemini-tools-2").body["contents"]
+    assert contents[1] == {"role": "model", "parts": [
+        {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}},
+        {"functionCall": {"name": "get_time", "args": {"city": "Oslo"}}}]}
+    assert contents[2] == {"role": "user", "parts": [
+        {"functionResponse": {"name": "get_weather", "response": {"temp": 3}}},
+        {"functionResponse": {"name": "get_time", "response": {"result": "noon"}}}]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_malformed_arguments_are_a_clear_upstream_error(registry, stream):
+    with pytest.raises(UpstreamError, match="malformed JSON arguments for tool 'get_weather'"):
+        run(registry, [Message("user", "Paris")], "oa-bad-args", stream)
+
+
+def test_tools_to_a_model_without_the_capability_is_a_usage_error(registry, openai_fake):
+    mark = openai_fake.mark()
+    with pytest.raises(UsageError, match="model 'oa-plain' does not support tools") as info:
+        run(registry, [Message("user", "hi")], "oa-plain", False)
+    assert info.value.status == 400
+    assert openai_fake.since(mark) == []
+
+
+@pytest.mark.parametrize("tools, message", [
+    ([{"type": "retrieval"}], "only \"function\" tools"),
+    ([{"type": "function", "function": {}}], "tools[0].function.name is required"),
+    ([{"type": "function", "function": {"name": "a b"}}], "must start with a letter"),
+    ([{"type": "function", "function": {"name": "f", "parameters": []}}], "parameters must be a JSON schema"),
+    ([WEATHER, WEATHER], "used by two tools"),
+    ({"name": "f"}, "tools must be an array"),
+])
+def test_bad_tool_lists_are_refused(registry, tools, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        engine.prepare(GenerateRequest(model="oa-tools", messages=[Message("user", "x")], tools=tools), registry)
+
+
+def test_a_tool_message_with_nothing_to_answer_is_refused(registry):
+    with pytest.raises(UsageError, match="tool message needs tool_name"):
+        engine.prepare(GenerateRequest(model="oa-tools", messages=[Message("user", "x"), Message("tool", "r")],
+                                       tools=[WEATHER]), registry)
