@@ -58,7 +58,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 # -- small helpers --------------------------------------------------------------------
@@ -72,6 +72,18 @@ async def send_bytes(send: Send, status: int, body: bytes, headers: list, head: 
 async def send_json(send: Send, status: int, obj: Any, head: bool = False, extra: list | None = None) -> None:
     headers = [H_JSON] if extra is None else [H_JSON, *extra]
     await send_bytes(send, status, dumps(obj), headers, head)
+
+
+def local_details(entry: ModelEntry) -> dict | None:
+    """A local model's real details from its GGUF metadata (None if the file is unavailable)."""
+    if entry.provider != "local":
+        return None
+    from gencli.local_model import local_details as details
+
+    try:
+        return details(entry)
+    except GencliError:
+        return None
 
 
 def error_headers(exc: GencliError) -> list:
@@ -159,19 +171,32 @@ def field_model(data: dict, key: str = "model") -> str:
 
 class Disconnect:
     """Waits for the client's http.disconnect while a reply is produced; on it, cancels
-    the request task (which closes the upstream connection)."""
+    the request task (which closes the upstream connection).
 
-    __slots__ = ("gone", "finished", "_task", "_watch")
+    The watcher task starts only when the reply takes longer than ``DELAY`` seconds: fast
+    replies (most non-streamed ones) pay for a timer handle, not a task. A client that
+    left earlier is still seen, since ``receive()`` then returns http.disconnect at once.
+    """
+
+    DELAY = 0.02
+
+    __slots__ = ("gone", "finished", "_task", "_watch", "_timer", "_receive")
 
     def __init__(self, receive: Receive):
         self.gone = False
         self.finished = False
         self._task = asyncio.current_task()
-        self._watch = asyncio.ensure_future(self._run(receive))
+        self._receive = receive
+        self._watch: asyncio.Future | None = None
+        self._timer = asyncio.get_running_loop().call_later(self.DELAY, self._start)
 
-    async def _run(self, receive: Receive) -> None:
+    def _start(self) -> None:
+        if not self.finished:
+            self._watch = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
         while True:
-            msg = await receive()
+            msg = await self._receive()
             if msg["type"] == "http.disconnect":
                 if not self.finished:
                     self.gone = True
@@ -179,8 +204,12 @@ class Disconnect:
                 return
 
     def stop(self) -> None:
+        if self.finished:
+            return
         self.finished = True
-        self._watch.cancel()
+        self._timer.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
 
 
 # -- the app -----------------------------------------------------------------------------
@@ -203,6 +232,7 @@ class App:
                 pass
         self.modified_ts = int(mtime)
         self.modified_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+        from gencli.server import routes_embed
         from gencli.server import routes_openai as oa
 
         self.routes: dict[tuple[str, str], Callable] = {
@@ -218,6 +248,7 @@ class App:
             ("POST", "/api/chat"): self.chat,
             ("POST", "/v1/chat/completions"): lambda s, r, w: oa.chat_completions(self, s, r, w),
             ("GET", "/v1/models"): lambda s, r, w: oa.models(self, s, r, w),
+            **routes_embed.routes(self),
         }
         self.paths: dict[str, list[str]] = {}
         for method, path in self.routes:
@@ -307,6 +338,10 @@ class App:
 
     @staticmethod
     def details(entry: ModelEntry) -> dict:
+        local = local_details(entry)
+        if local:
+            return {"parent_model": "", "format": "gguf", "family": local["family"], "families": local["families"],
+                    "parameter_size": local["parameter_size"], "quantization_level": local["quantization_level"]}
         return {
             "parent_model": "",
             "format": "gguf" if entry.provider == "local" else "api",
@@ -334,7 +369,7 @@ class App:
             "name": entry.name,
             "model": entry.name,
             "modified_at": self.modified_at,
-            "size": 0,
+            "size": (local_details(entry) or {}).get("size", 0),
             "digest": self.digest(entry),
             "details": self.details(entry),
             "capabilities": list(entry.capabilities),
@@ -381,6 +416,9 @@ class App:
         arch = entry.provider
         info: dict[str, Any] = {"general.architecture": arch, "general.basename": entry.model or entry.name}
         info[f"{arch}.context_length"] = self.context_length(entry)
+        local = local_details(entry)
+        if local:  # the GGUF's own metadata: architecture, context length, parameter count, ...
+            info = dict(local["model_info"])
         params = "\n".join(f"{k} {v}" for k, v in entry.options.items() if not isinstance(v, (dict, list)))
         missing = self.registry.missing_key(entry)
         reply = {
@@ -452,6 +490,7 @@ class App:
             format=data.get("format"),
             think=data.get("think"),
             stream=stream,
+            tools=data.get("tools"),
         )
         plan = prepare(req, self.registry, model_default=False)
         await self.attach_images(plan, pending)
@@ -599,13 +638,24 @@ class OllamaChat(OllamaGenerate):
         message = {"role": "assistant", "content": content}
         if thinking and done.reasoning:
             message["thinking"] = done.reasoning
+        if thinking and done.tool_calls:
+            from gencli.tools import ollama_calls_out
+
+            message["tool_calls"] = ollama_calls_out(done.tool_calls)
         obj = {"model": self.model, "created_at": now_iso(), "message": message, "done": True,
                "done_reason": done.done_reason}
         obj.update(done.stats())
         return obj
 
     def final(self, done: Done) -> bytes:
-        return dumps(self._final(done, "", False)) + b"\n"
+        line = dumps(self._final(done, "", False)) + b"\n"
+        if done.tool_calls:  # as Ollama streams them: one line with the calls before the final line
+            from gencli.tools import ollama_calls_out
+
+            calls = {"model": self.model, "created_at": now_iso(), "done": False, "message": {
+                "role": "assistant", "content": "", "tool_calls": ollama_calls_out(done.tool_calls)}}
+            line = dumps(calls) + b"\n" + line
+        return line
 
     def whole(self, done: Done) -> dict:
         return self._final(done, done.text, True)
@@ -621,8 +671,6 @@ def ollama_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, 
             raise UsageError(f"{where} must be an object with role and content", "messages")
         role = m.get("role")
         if role not in ROLES:
-            if role == "tool":
-                raise UsageError(f"{where}.role 'tool' is not supported (no tool calling)", "messages")
             raise UsageError(f"{where}.role must be one of {', '.join(ROLES)}", "messages")
         content = m.get("content")
         if content is None:
@@ -638,6 +686,10 @@ def ollama_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, 
                 raise UsageError(f"{where}.images must be an array of base64 strings", "images")
             for raw_image in images:
                 pending.append((message, i, raw_image))
+        if role == "tool" or m.get("tool_calls"):
+            from gencli.tools import ollama_message_tools
+
+            ollama_message_tools(message, m, where)
         messages.append(message)
     return messages, pending
 
