@@ -234,7 +234,6 @@ class AiohttpTransport:
                 stop.set()
 
         def work() -> None:
-            gen = adapter.run(call)
             try:
                 for events in gen:
                     if stop.is_set():
@@ -255,9 +254,23 @@ class AiohttpTransport:
                     yield value
                 elif kind == 1:
                     raise value
+        # Started on the loop: a local model's full queue fails here at once (503), and its
+        # turn is awaited here without holding a worker thread (gencli.local_model.LocalRun).
+        gen = adapter.run(call)
+        ready = getattr(gen, "ready", None)
+        if ready is not None:
+            try:
+                await ready()
+            except BaseException:
+                gen.close()
+                raise
+
                 else:
                     break
         finally:
             stop.set()
             if future.done():
                 future.exception()
+            cancel = getattr(gen, "cancel", None)
+            if cancel is not None:  # thread-safe: stops before the next token
+                cancel()
