@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,80 @@ def test_prompt_longer_than_the_context_is_a_clear_error(tmp_path):
     assert "context window of 64" in str(exc.value) and "num_ctx" in str(exc.value)
     assert getattr(exc.value, "status", 0) == 400
     assert not local_model.gate_for(SMOL, "smollm2").busy
+
+
+# -- through gencli serve, with the official ollama client -----------------------------------
+@pytest.fixture(scope="module")
+def local_server(tmp_path_factory):
+    from tests.server_fixture import ServeProcess
+
+    s = ServeProcess(tmp_path_factory.mktemp("serve-local"), {}, env={"GENCLI_LOCAL_QUEUE": "1"})
+    yield s
+    s.stop()
+
+
+def test_serve_generates_with_smollm2_through_the_ollama_client(local_server):
+    import ollama
+
+    client = ollama.Client(host=local_server.url)
+    r = client.generate(model="smollm2", prompt=PROMPT, options={"seed": 42, "num_predict": 16})
+    assert r.done and r.eval_count == 16 and r.done_reason == "length" and r.prompt_eval_count > 5
+    assert len(r.response.split()) >= 5
+    parts = list(client.generate(model="smollm2", prompt=PROMPT, stream=True,
+                                 options={"seed": 42, "num_predict": 16}))
+    assert len(parts) >= 8 and parts[-1].done and parts[-1].eval_count == 16
+    assert "".join(p.response for p in parts).strip()
+    ask = 'Reply with a JSON object with the keys "name" and "color" for a cat.'
+    chat = client.chat(model="smollm2", messages=[{"role": "user", "content": ask}],
+                       format="json", options={"seed": 7, "num_predict": 200})
+    assert isinstance(json.loads(chat.message.content), dict)
+
+
+def test_tags_and_show_report_the_gguf_details(local_server):
+    import ollama
+
+    client = ollama.Client(host=local_server.url)
+    smol = next(m for m in client.list().models if m.model == "smollm2")
+    assert smol.details.family == "llama" and smol.details.format == "gguf"
+    assert smol.details.quantization_level == "Q4_1" and smol.details.parameter_size.endswith("M")
+    assert smol.size == SMOL.stat().st_size
+    shown = client.show("smollm2")
+    assert shown.modelinfo["llama.context_length"] == 8192
+    assert shown.modelinfo["general.architecture"] == "llama"
+    assert 130e6 < shown.modelinfo["general.parameter_count"] < 140e6
+
+
+def test_one_generation_at_a_time_then_503_and_disconnect_frees_the_model(local_server):
+    import httpx
+
+    url = local_server.url + "/api/generate"
+    body = {"model": "smollm2", "prompt": PROMPT, "stream": True, "options": {"seed": 5, "num_predict": 3000}}
+    with httpx.Client(timeout=120) as a_client, a_client.stream("POST", url, json=body) as a:
+        assert a.status_code == 200
+        lines = a.iter_lines()
+        assert json.loads(next(lines))["done"] is False  # A holds the model
+
+        second: dict = {}
+
+        def run_b():  # B waits in the queue (limit 1 here) until A is gone
+            with httpx.Client(timeout=120) as c, c.stream("POST", url, json=body) as b:
+                second["status"] = b.status_code
+                second["first"] = json.loads(next(b.iter_lines()))
+                second["at"] = time.monotonic()
+
+        tb = threading.Thread(target=run_b)
+        tb.start()
+        deadline = time.monotonic() + 10
+        while True:  # wait until B is queued: then C is one too many
+            c = httpx.post(url, json={**body, "stream": False}, timeout=60)
+            if c.status_code == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert c.status_code == 503, c.text
+        assert "busy" in c.json()["error"] and "smollm2" in c.json()["error"]
+        assert "status" not in second  # B is still waiting
+        closed = time.monotonic()
+    # A's client went away: generation stops and B gets the model at once (not after 3000 tokens)
+    tb.join(60)
+    assert second["status"] == 200 and second["first"]["done"] is False
+    assert second["at"] - closed < 15
