@@ -228,3 +228,52 @@ def test_startup_line_lists_ready_models(server):
     line = next(ln for ln in text.splitlines() if ln.startswith("ready models:"))
     assert "echo" in line and "needs-key" not in line
     assert f"listening on http://127.0.0.1:{server.port}" in text
+
+
+# -- the transport's thread bridge for in-process adapters (the local model) ------------------
+
+class _CountingAdapter:
+    """An in-process adapter: a blocking generator of event batches."""
+
+    in_process = True
+
+    def __init__(self, n: int, fail_at: int | None = None, delay: float = 0.0):
+        self.n, self.fail_at, self.delay = n, fail_at, delay
+        self.produced = 0
+        self.closed = False
+
+    def run(self, call):
+        try:
+            for i in range(self.n):
+                if i == self.fail_at:
+                    raise ValueError("model crashed")
+                time.sleep(self.delay)
+                self.produced += 1
+                yield [i]
+        finally:
+            self.closed = True
+
+
+def test_run_in_thread():
+    import asyncio
+
+    from gencli.transport_aiohttp import AiohttpTransport
+
+    async def collect(adapter, limit=None):
+        out = []
+        agen = AiohttpTransport().run_in_thread(adapter, None)
+        try:
+            async for events in agen:
+                out.extend(events)
+                if limit is not None and len(out) >= limit:
+                    break
+        finally:
+            await agen.aclose()
+        return out
+
+    assert asyncio.run(collect(_CountingAdapter(5))) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="model crashed"):
+        asyncio.run(collect(_CountingAdapter(5, fail_at=2)))
+    slow = _CountingAdapter(1000, delay=0.005)
+    assert asyncio.run(collect(slow, limit=3)) == [0, 1, 2]
+    assert _wait(lambda: slow.closed, 2.0) and slow.produced < 50  # the thread stopped early
