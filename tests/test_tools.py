@@ -172,3 +172,140 @@ def test_a_tool_message_with_nothing_to_answer_is_refused(registry):
     with pytest.raises(UsageError, match="tool message needs tool_name"):
         engine.prepare(GenerateRequest(model="oa-tools", messages=[Message("user", "x"), Message("tool", "r")],
                                        tools=[WEATHER]), registry)
+
+
+# -- gencli serve: the ollama client on /api/chat, the openai SDK on /v1 ------------------------
+
+@pytest.fixture(scope="module")
+def server(openai_fake, gemini_fake, tmp_path_factory):
+    base = {"api_key_env": KEY_VAR}
+    models = {
+        "oa-tools": {"provider": "openai-compatible", "model": "tools", "base_url": openai_fake.base_url,
+                     "capabilities": TOOLS_CAPS, **base},
+        "oa-tools-2": {"provider": "openai-compatible", "model": "tools-2", "base_url": openai_fake.base_url,
+                       "capabilities": TOOLS_CAPS, **base},
+        "plain": {"provider": "openai-compatible", "model": "echo", "base_url": openai_fake.base_url, **base},
+        "gm-tools": {"provider": "google", "model": "gemini-tools", "base_url": gemini_fake.base_url,
+                     "capabilities": TOOLS_CAPS},
+    }
+    s = ServeProcess(tmp_path_factory.mktemp("serve-tools"), models, env={"GEMINI_API_KEY": GEMINI_KEY})
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def ollama_client(server):
+    import ollama
+
+    return ollama.Client(host=server.url)
+
+
+@pytest.fixture
+def openai_client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.mark.parametrize("model", ["oa-tools", "gm-tools"])
+def test_ollama_client_chat_with_tools_and_follow_up(ollama_client, model):
+    messages = [{"role": "user", "content": "Paris"}]
+    r = ollama_client.chat(model=model, messages=messages, tools=[WEATHER])
+    calls = r.message.tool_calls
+    assert len(calls) == 1
+    assert calls[0].function.name == "get_weather"
+    assert type(calls[0].function.arguments) is dict  # an object on Ollama's wire
+    assert calls[0].function.arguments == {"city": "Paris", "days": 42, "metric": True}
+    assert r.done_reason == "tool_calls"
+    messages.append(r.message)
+    messages.append({"role": "tool", "content": "18 degrees", "tool_name": "get_weather"})
+    r2 = ollama_client.chat(model=model, messages=messages, tools=[WEATHER])
+    assert "18 degrees" in r2.message.content
+    assert r2.done_reason == "stop" and not r2.message.tool_calls
+
+
+@pytest.mark.parametrize("model", ["oa-tools", "gm-tools"])
+def test_ollama_client_streamed_tool_calls(ollama_client, model):
+    chunks = list(ollama_client.chat(model=model, messages=[{"role": "user", "content": "Rome"}],
+                                     tools=[WEATHER], stream=True))
+    calls = [c for ch in chunks for c in (ch.message.tool_calls or [])]
+    assert [c.function.name for c in calls] == ["get_weather"]
+    assert type(calls[0].function.arguments) is dict
+    assert calls[0].function.arguments["city"] == "Rome"
+    assert chunks[-1].done and chunks[-1].done_reason == "tool_calls"
+
+
+def test_raw_api_chat_tool_call_shape(server):
+    r = httpx.post(server.url + "/api/chat", json={"model": "oa-tools-2", "tools": [WEATHER, TIME],
+                                                   "messages": [{"role": "user", "content": "Oslo"}]})
+    assert r.status_code == 200
+    calls = r.json()["message"]["tool_calls"]
+    assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
+    assert calls[1]["function"]["arguments"] == {"city": "Oslo"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_tools_and_follow_up(openai_client, stream):
+    messages = [{"role": "user", "content": "Lima"}]
+    if stream:
+        pieces: dict[int, dict] = {}
+        finish = None
+        for chunk in openai_client.chat.completions.create(model="oa-tools", messages=messages, tools=[WEATHER],
+                                                           stream=True):
+            if not chunk.choices:
+                continue
+            for tc in chunk.choices[0].delta.tool_calls or ():
+                slot = pieces.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                slot["id"] += tc.id or ""
+                slot["name"] += (tc.function.name or "") if tc.function else ""
+                slot["arguments"] += (tc.function.arguments or "") if tc.function else ""
+            finish = chunk.choices[0].finish_reason or finish
+        assert finish == "tool_calls"
+        call = pieces[0]
+        args_text, call_id, name = call["arguments"], call["id"], call["name"]
+    else:
+        r = openai_client.chat.completions.create(model="oa-tools", messages=messages, tools=[WEATHER])
+        assert r.choices[0].finish_reason == "tool_calls"
+        tc = r.choices[0].message.tool_calls[0]
+        args_text, call_id, name = tc.function.arguments, tc.id, tc.function.name
+    assert name == "get_weather" and call_id
+    assert type(args_text) is str  # a JSON string on OpenAI's wire
+    assert json.loads(args_text) == {"city": "Lima", "days": 42, "metric": True}
+    messages.append({"role": "assistant", "content": None, "tool_calls": [
+        {"id": call_id, "type": "function", "function": {"name": name, "arguments": args_text}}]})
+    messages.append({"role": "tool", "tool_call_id": call_id, "content": "sunny"})
+    r2 = openai_client.chat.completions.create(model="oa-tools", messages=messages, tools=[WEATHER])
+    assert r2.choices[0].message.content == "Tool results: sunny"
+    assert r2.choices[0].finish_reason == "stop"
+
+
+def test_openai_sdk_gemini_tool_call(openai_client):
+    r = openai_client.chat.completions.create(model="gm-tools", messages=[{"role": "user", "content": "Kyiv"}],
+                                              tools=[WEATHER])
+    tc = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert type(tc.function.arguments) is str
+    assert json.loads(tc.function.arguments)["city"] == "Kyiv"
+
+
+def test_tools_to_a_model_without_the_capability_is_400(server, ollama_client, openai_client):
+    import ollama
+    import openai
+
+    with pytest.raises(ollama.ResponseError) as info:
+        ollama_client.chat(model="plain", messages=[{"role": "user", "content": "hi"}], tools=[WEATHER])
+    assert info.value.status_code == 400
+    assert "does not support tools" in info.value.error
+    with pytest.raises(openai.BadRequestError, match="does not support tools"):
+        openai_client.chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}],
+                                              tools=[WEATHER])
+
+
+def test_capabilities_in_tags_and_show(ollama_client):
+    tags = {m.model: m for m in ollama_client.list().models}
+    caps = {m: ollama_client.show(m).capabilities for m in ("oa-tools", "plain")}
+    assert "tools" in caps["oa-tools"] and "tools" not in caps["plain"]
+    raw = httpx.get(ollama_client._client.base_url.join("/api/tags")).json()["models"]
+    by_name = {m["name"]: m["capabilities"] for m in raw}
+    assert "tools" in by_name["gm-tools"] and "tools" not in by_name["plain"]
+    assert set(tags) >= {"oa-tools", "plain", "gm-tools"}

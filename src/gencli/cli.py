@@ -74,6 +74,35 @@ def generate(**kw) -> None:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("texts", metavar="[TEXT]...", nargs=-1)
+@click.option("-m", "--model", metavar="NAME", help="Embedding model from the registry (default: "
+              "$GENCLI_EMBED_MODEL, else the first ready model with the 'embedding' capability).")
+@click.option("--lines", is_flag=True, help="Each non-blank line of stdin is one input (default: all of stdin "
+              "is one input).")
+@click.option("--dimensions", type=click.IntRange(1), metavar="INT",
+              help="Ask for shorter vectors, where the model supports it.")
+@click.option("-v", "--verbose", is_flag=True, help="Print the model, vector count and size on stderr.")
+@_models_option
+def embed(texts, model, lines, dimensions, verbose, models_path) -> None:
+    """Embed TEXT (each argument is one input) or piped stdin, and print the vectors.
+
+    stdout gets one JSON array holding one vector (an array of numbers) per input,
+    in input order, on one line. Vectors are L2-normalised (unit length), as
+    Ollama's /api/embed returns them. '-' reads stdin alongside arguments.
+
+    \b
+    Examples:
+      gencli embed -m text-embedding-3-small "first text" "second text"
+      cat sentences.txt | gencli embed --lines -m gemini-embedding-001
+
+    Exit codes: 0 ok, 1 upstream error, 2 usage error (e.g. a chat-only model).
+    """
+    from gencli.commands.embed import run
+
+    run(texts=texts, model=model, lines=lines, dimensions=dimensions, models_path=models_path, verbose=verbose)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
 @_models_option
 def models(as_json: bool, models_path: str | None) -> None:

@@ -192,3 +192,30 @@ def openai_calls_in(raw: Any, where: str) -> list[ToolCall]:
         cid = tc.get("id")
         out.append(ToolCall(cid if isinstance(cid, str) else "", fn["name"], check_arguments(fn.get("arguments"), w)))
     return out
+
+
+def _opt_str(raw: dict, key: str, where: str) -> str | None:
+    v = raw.get(key)
+    if v is None or v == "":
+        return None
+    if not isinstance(v, str):
+        raise UsageError(f"{where}.{key} must be a string", "messages")
+    return v
+
+
+def ollama_message_tools(message: Message, raw: dict, where: str) -> None:
+    """Fill a Message's tool fields from an Ollama chat message (tool_calls, tool_name)."""
+    message.tool_calls = ollama_calls_in(raw.get("tool_calls"), where)
+    if message.role == "tool":
+        message.tool_name = _opt_str(raw, "tool_name", where) or _opt_str(raw, "name", where)
+        message.tool_call_id = _opt_str(raw, "tool_call_id", where)
+
+
+def openai_message_tools(message: Message, raw: dict, where: str) -> None:
+    """Fill a Message's tool fields from an OpenAI chat message (tool_calls, tool_call_id)."""
+    message.tool_calls = openai_calls_in(raw.get("tool_calls"), where)
+    if message.role == "tool":
+        message.tool_call_id = _opt_str(raw, "tool_call_id", where)
+        message.tool_name = _opt_str(raw, "name", where)
+        if not message.tool_call_id:
+            raise UsageError(f"{where}.tool_call_id is required for a tool message", "messages")

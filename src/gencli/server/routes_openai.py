@@ -21,7 +21,7 @@ from gencli.server.app import H_NOCACHE, H_SSE, dumps, field_bool, field_list, f
 if TYPE_CHECKING:
     from gencli.server.app import App
 
-ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 EFFORT = {"low": "low", "medium": "medium", "high": "high", "minimal": False, "none": False}
 
 
@@ -80,8 +80,8 @@ def openai_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, 
             raise UsageError(f"{where} must be an object with role and content", "messages")
         role = ROLE_MAP.get(m.get("role"))  # type: ignore[arg-type]
         if role is None:
-            raise UsageError(f"{where}.role must be one of system, developer, user, assistant "
-                             f"(tool calling is not supported)", "messages")
+            raise UsageError(f"{where}.role must be one of system, developer, user, assistant, tool",
+                             "messages")
         content = m.get("content")
         message = Message(role, "")
         if content is None:
@@ -112,6 +112,10 @@ def openai_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, 
             raise UsageError(f"{where}.content must be a string or an array of parts", "messages")
         if "\x00" in message.content:
             raise UsageError(f"{where}.content contains a NUL character", "messages")
+        if role == "tool" or m.get("tool_calls"):
+            from gencli.tools import openai_message_tools
+
+            openai_message_tools(message, m, where)
         messages.append(message)
     return messages, pending
 
@@ -152,7 +156,12 @@ class OpenAIChat:
         return self._role() + self._chunk({"reasoning_content": text})
 
     def final(self, done: Done) -> bytes:
-        out = self._role() + self._chunk({}, done.done_reason)
+        out = self._role()
+        if done.tool_calls:  # OpenAI's streamed shape: tool_calls deltas with an index, arguments a JSON string
+            from gencli.tools import openai_calls_out
+
+            out += self._chunk({"tool_calls": openai_calls_out(done.tool_calls, with_index=True)})
+        out += self._chunk({}, done.done_reason)
         if self.include_usage:
             obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                    "choices": [], "usage": _usage(done)}
@@ -163,6 +172,12 @@ class OpenAIChat:
         message: dict[str, Any] = {"role": "assistant", "content": done.text}
         if done.reasoning:
             message["reasoning_content"] = done.reasoning
+        if done.tool_calls:
+            from gencli.tools import openai_calls_out
+
+            message["tool_calls"] = openai_calls_out(done.tool_calls)
+            if not done.text:
+                message["content"] = None
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -192,8 +207,9 @@ async def chat_completions(app: "App", scope, receive, send) -> None:
     if not raw:
         raise UsageError("messages is required (a non-empty array)", "messages")
     messages, pending = openai_messages(raw)
+    tools = None if data.get("tool_choice") == "none" else data.get("tools")
     req = GenerateRequest(model=model, messages=messages, options=_options(data), format=_format(data),
-                          think=_think(data), stream=stream)
+                          think=_think(data), stream=stream, tools=tools)
     plan = prepare(req, app.registry, model_default=False)
     await app.attach_images(plan, pending)
     app.touch(plan.entry.name)
