@@ -13,6 +13,8 @@ rendering happens on Live's refresh thread at ~12 frames per second.
 
 from __future__ import annotations
 
+import threading
+
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markdown import Markdown
@@ -88,45 +90,43 @@ class BlockSplitter:
         return done
 
 
-class _Tail:
-    """Render a renderable and keep only the last lines that fit in ``reserve`` fewer than the screen."""
-
-    def __init__(self, renderable, reserve: int = 1):
-        self.renderable = renderable
-        self.reserve = reserve
-
-    def __rich_console__(self, console, options):
-        height = max(3, (options.max_height or console.size.height) - self.reserve)
-        lines = console.render_lines(self.renderable, options.update(height=None), pad=False)
-        if len(lines) > height:
-            lines = lines[-height:]
-        new_line = Segment.line()
-        for line in lines:
-            yield from line
-            yield new_line
-
-
 class _View:
-    """What the Live area shows, built from the renderer's state at refresh time (never per delta)."""
+    """What the Live area shows, built from the renderer's state at refresh time (never per delta).
+
+    Only the tail that fits the screen is shown (a Live area taller than the screen cannot be
+    erased), and it is rendered two columns narrower than the terminal so that the cursor never
+    sits in the last column: the "^C" a terminal echoes on Ctrl-C would otherwise wrap onto a
+    line that Rich does not know about and leave a stale copy of the live area behind.
+    """
 
     def __init__(self, renderer: "RichRenderer"):
         self.r = renderer
 
-    def __rich_console__(self, console, options):
+    def parts(self, console, width: int, height: int) -> list:
         r = self.r
-        height = options.max_height or console.size.height
         if r.phase == "answer":
             text = r.splitter.pending
-            if text.strip():
-                yield _Tail(Markdown(text), reserve=1)
-            return
+            return [Markdown(text)] if text.strip() else []
         if r.phase == "reasoning" and not r.hide_reasoning:
-            tail = _tail_lines(r.reasoning, console, options.max_width - 4, max(1, height - 4))
-            yield Panel(Text(tail, style="dim", overflow="fold"), title=REASONING_TITLE, title_align="left",
-                        border_style="dim", expand=True)
-            yield r.spinner
-            return
-        yield r.spinner
+            tail = _tail_lines(r.reasoning, console, width - 4, max(1, height - 4))
+            return [Panel(Text(tail, style="dim", overflow="fold"), title=REASONING_TITLE, title_align="left",
+                          border_style="dim", expand=True), r.spinner]
+        return [r.spinner]
+
+    def __rich_console__(self, console, options):
+        width = max(10, options.max_width - 2)
+        height = max(3, console.size.height - 1)
+        narrow = options.update(width=width, height=None)
+        lines: list = []
+        for part in self.parts(console, width, height):
+            lines.extend(console.render_lines(part, narrow, pad=False))
+        if len(lines) > height:
+            lines = lines[-height:]
+        new_line = Segment.line()
+        for i, line in enumerate(lines):
+            if i:
+                yield new_line
+            yield from line
 
 
 def _tail_lines(text: str, console, width: int, height: int) -> str:
@@ -154,6 +154,9 @@ class RichRenderer:
         self.live = Live(_View(self), console=self.console, transient=True, auto_refresh=True,
                          refresh_per_second=FPS, vertical_overflow="crop", redirect_stdout=False,
                          redirect_stderr=False)
+        # Printing above the live area from this thread races with Live's refresh thread (the
+        # cursor reset is computed under Live's lock, the write happens after it): hold the lock.
+        self._lock = getattr(self.live, "_lock", None) or threading.RLock()
         self.stopped = False
         self.live.start()
 
@@ -179,17 +182,23 @@ class RichRenderer:
 
     def _start_answer(self) -> None:
         if self.phase == "reasoning" and not self.hide_reasoning and self.reasoning.strip():
-            self.console.print(self._reasoning_panel())
+            self._print(self._reasoning_panel())
         self.phase = "answer"
 
     def _reasoning_panel(self) -> Panel:
         return Panel(Text(self.reasoning.strip("\n"), style="dim"), title=REASONING_TITLE, title_align="left",
                      border_style="dim", expand=True)
 
+    def _print(self, *renderables) -> None:
+        with self._lock:
+            self.console.print(*renderables)
+
     def _commit(self, block: str) -> None:
+        md = Markdown(block)
         if self.committed:
-            self.console.print()
-        self.console.print(Markdown(block))
+            self._print(Text(), md)
+        else:
+            self._print(md)
         self.committed += 1
 
     # -- endings ---------------------------------------------------------------
@@ -203,7 +212,7 @@ class RichRenderer:
         """Stop the live area and print permanently whatever it was showing."""
         self._stop()
         if self.phase == "reasoning" and not self.hide_reasoning and self.reasoning.strip():
-            self.console.print(self._reasoning_panel())
+            self._print(self._reasoning_panel())
         elif self.phase == "answer":
             rest = self.splitter.pending
             if rest.strip():
@@ -215,7 +224,7 @@ class RichRenderer:
 
     def interrupted(self) -> None:
         self._flush()
-        self.console.print(Text("(interrupted)", style="dim"))
+        self._print(Text("(interrupted)", style="dim"))
 
     def failed(self) -> None:
         self._flush()
