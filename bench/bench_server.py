@@ -112,9 +112,17 @@ def _lua(path: Path, body: dict) -> Path:
     return path
 
 
-def _wrk(url: str, script: Path, connections: int, duration: float) -> dict[str, float]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to report CPU per request."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wrk(url: str, script: Path, connections: int, duration: float, pid: int) -> dict[str, float]:
+    cpu0 = _cpu_seconds(pid)
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s", "-s", str(script), url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    cpu = _cpu_seconds(pid) - cpu0
     m = re.search(r"BENCH (.*)", out.stdout)
     if out.returncode != 0 or not m:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
@@ -122,7 +130,8 @@ def _wrk(url: str, script: Path, connections: int, duration: float) -> dict[str,
     if f["status_errors"] or f["requests"] == 0:
         raise RuntimeError(f"{url}: {f['status_errors']} non-2xx answers out of {f['requests']}")
     return {"rps": f["requests"] / (f["duration_us"] / 1e6), "p50_ms": f["p50_us"] / 1000,
-            "p99_ms": f["p99_us"] / 1000, "requests": f["requests"], "socket_errors": f["socket_errors"]}
+            "p99_ms": f["p99_us"] / 1000, "requests": f["requests"], "socket_errors": f["socket_errors"],
+            "cpu_us": cpu * 1e6 / f["requests"]}
 
 
 def _check_answers(gencli: str, model: str, tokens: int) -> None:
@@ -194,8 +203,9 @@ def main() -> int:
         urls = {"fake": f"{fake_url}/v1/chat/completions", "gencli": f"{gencli_url}/api/generate"}
 
         # Warm both up (connection pools, caches), unmeasured.
+        pids = {"fake": fake.pid, "gencli": gencli.pid}
         for who in ("fake", "gencli"):
-            _wrk(urls[who], scripts[f"{who}_plain"], args.connections, 1)
+            _wrk(urls[who], scripts[f"{who}_plain"], args.connections, 1, pids[who])
 
         runs: dict[str, list[dict[str, float]]] = {}
         plan = [(f"{who}_{kind}", who, kind, conns)
@@ -204,10 +214,10 @@ def main() -> int:
         for r in range(args.rounds):
             for key, who, kind, conns in plan:
                 name = f"{key}_c{conns}"
-                res = _wrk(urls[who], scripts[key], conns, args.duration)
+                res = _wrk(urls[who], scripts[key], conns, args.duration, pids[who])
                 runs.setdefault(name, []).append(res)
                 print(f"round {r + 1}/{args.rounds} {name:<20} {res['rps']:9.1f} req/s  "
-                      f"p50 {res['p50_ms']:7.3f} ms  p99 {res['p99_ms']:7.3f} ms", file=sys.stderr, flush=True)
+                      f"p50 {res['p50_ms']:7.3f} ms  p99 {res['p99_ms']:7.3f} ms  CPU {res['cpu_us']:6.0f} us/req", file=sys.stderr, flush=True)
         if gencli.poll() is not None:
             raise RuntimeError(f"gencli serve exited with code {gencli.returncode} during the run")
     except Exception as exc:
@@ -229,7 +239,7 @@ def main() -> int:
             shutil.copy(tmp / "gencli.log", args.keep_log)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50_ms", "p99_ms")}
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50_ms", "p99_ms", "cpu_us")}
            for k, v in runs.items()}
     c = args.connections
     rows = [
@@ -257,6 +267,14 @@ def main() -> int:
     results["added_p50_ms"] = added
     print(f"{'p50 latency, 1 connection':<28} {med['fake_plain_c1']['p50_ms']:8.3f} ms {med['gencli_plain_c1']['p50_ms']:10.3f} ms "
           f"{'+' + format(added, '.3f'):>7} {'<' + format(TARGET_ADDED_MS, 'g') + ' ms':>8}  {'yes' if good else 'NO'}")
+    print()
+    print("CPU time per request (the server process only; less sensitive to other load on the machine):")
+    print(f"{'scenario':<28} {'fake us':>11} {'gencli us':>13} {'ratio':>7}")
+    for label, fk, gk in ((f"non-streamed, {c} conns", f"fake_plain_c{c}", f"gencli_plain_c{c}"),
+                          (f"streamed, {c} conns", f"fake_stream_c{c}", f"gencli_stream_c{c}"),
+                          ("non-streamed, 1 conn", "fake_plain_c1", "gencli_plain_c1")):
+        print(f"{label:<28} {med[fk]['cpu_us']:11.0f} {med[gk]['cpu_us']:13.0f} "
+              f"{med[fk]['cpu_us'] / med[gk]['cpu_us']:6.3f}x")
     if args.json:
         print(json.dumps(results, indent=2))
     return 0 if ok else 1

@@ -5,11 +5,17 @@
 Method, path (never the query string), model, status, duration and tokens — never
 prompts, bodies, headers or keys. The app reports the model and the token count
 by filling ``scope["gencli"]`` (``{"model": ..., "tokens": ...}``) when it knows
-them. One formatted write per request.
+them. ``tokens`` is ``prompt/completion`` when the app reports both.
+
+Cheap: one formatted line per request, and the lines written within a few
+milliseconds of each other go out in one write (flushed at exit too), so a busy
+server does not pay a system call per request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import sys
 import time
 from typing import IO, Any
@@ -17,6 +23,8 @@ from typing import IO, Any
 from gencli.server.guard import ASGIApp, Message, Receive, Scope, Send
 
 _MAX_FIELD = 200
+FLUSH_DELAY = 0.02  # seconds a line may wait for others to share its write
+FLUSH_LINES = 256
 
 
 def _clean(text: str) -> str:
@@ -44,6 +52,31 @@ class AccessLog:
         self.stream = stream
         self._second = -1
         self._stamp = ""
+        self._lines: list[str] = []
+        atexit.register(self.flush)
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        text = "".join(self._lines)
+        self._lines.clear()
+        try:
+            stream = self.stream or sys.stderr
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _emit(self, line: str) -> None:
+        lines = self._lines
+        lines.append(line)
+        if len(lines) == 1:
+            try:
+                asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
+            except RuntimeError:  # no loop: write now
+                self.flush()
+        elif len(lines) >= FLUSH_LINES:
+            self.flush()
 
     def _now(self) -> str:
         second = int(time.time())
@@ -83,7 +116,4 @@ class AccessLog:
             line = (f"{self._now()} {scope['method']} {_clean(scope['path'])}"
                     f" model={_clean(str(model)) if model else '-'} status={status} {ms:.1f}ms"
                     f" tokens={_tokens(tokens) if tokens is not None else '-'}\n")
-            try:
-                (self.stream or sys.stderr).write(line)
-            except (OSError, ValueError):
-                pass
+            self._emit(line)
