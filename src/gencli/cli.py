@@ -126,8 +126,11 @@ def models(as_json: bool, models_path: str | None) -> None:
               help="Largest request body accepted (413 above it).")
 @click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0), metavar="SECONDS",
               help="On SIGTERM, how long in-flight requests may take to finish.")
+@click.option("--allow-private-images", is_flag=True,
+              help="Let image URLs in requests reach loopback, private and link-local addresses "
+                   "(off: only public ones are fetched; also $GENCLI_ALLOW_PRIVATE_IMAGES=1).")
 @_models_option
-def serve(host, port, workers, allowed_origins, max_body_mb, grace, models_path) -> None:
+def serve(host, port, workers, allowed_origins, max_body_mb, grace, models_path, allow_private_images) -> None:
     """Serve the models over HTTP as an Ollama-compatible API (and OpenAI's /v1).
 
     Ollama clients (IDEs, Open WebUI, the ollama library) and OpenAI clients
@@ -136,6 +139,8 @@ def serve(host, port, workers, allowed_origins, max_body_mb, grace, models_path)
     """
     from gencli.commands.serve import run
 
+    if allow_private_images:  # read by the app (and by --workers processes) from the environment
+        os.environ["GENCLI_ALLOW_PRIVATE_IMAGES"] = "1"
     run(host=host, port=port, models_path=models_path, workers=workers, allowed_origins=allowed_origins,
         max_body_mb=max_body_mb, grace=grace)
 

@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import socket
 import threading
-from typing import Any, AsyncIterator
-from urllib.parse import urljoin, urlsplit
+from typing import AsyncIterator
+from urllib.parse import urlsplit
 
 import aiohttp
-import aiohttp.abc
 
-from gencli.errors import ImageError, UpstreamTimeout, UpstreamUnreachable
-from gencli.images import MAX_IMAGE_BYTES
+from gencli.errors import UpstreamTimeout, UpstreamUnreachable
 from gencli.providers.base import HttpRequest
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0
-IMAGE_TIMEOUT = 30.0
-MAX_REDIRECTS = 5
 
 
 def _host(url: str) -> str:
@@ -37,36 +31,6 @@ def _host(url: str) -> str:
 def _reason(exc: BaseException) -> str:
     text = str(exc) or exc.__class__.__name__
     return " ".join(text.split())[:200]
-
-
-def public_address(ip: str) -> bool:
-    """True when ``ip`` is a global unicast address (not loopback, private, link-local,
-    multicast, reserved or unspecified). Image URLs sent to the server may only reach these."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_global and not addr.is_multicast
-
-
-class _PublicOnlyResolver(aiohttp.abc.AbstractResolver):
-    """Resolves like the default resolver, then refuses non-public addresses, so a DNS name
-    cannot point an image fetch at the server's own network (checked at connect time)."""
-
-    def __init__(self) -> None:
-        self._inner = aiohttp.ThreadedResolver()
-
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
-        infos = await self._inner.resolve(host, port, family)
-        good = [i for i in infos if public_address(i["host"])]
-        if not good:
-            raise OSError(f"{host} resolves to a private or local address; image URLs must be public")
-        return good
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 class Response:
@@ -176,49 +140,13 @@ class AiohttpTransport:
             r.release()  # back to the pool when fully read, else closed
 
     async def fetch_image(self, url: str) -> bytes:
-        """Download an image URL named in a request (public addresses only unless allowed),
-        following at most 5 redirects, refusing more than 20 MB."""
+        """Download an image URL named in a request: public addresses only unless allowed,
+        every redirect re-checked (at most 3), 20 MB and 30 s at most (gencli.netguard)."""
+        from gencli import netguard
+
         if self._images is None:
-            resolver = None if self.allow_private_images else _PublicOnlyResolver()
-            self._images = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(resolver=resolver, limit=16),
-                timeout=aiohttp.ClientTimeout(total=IMAGE_TIMEOUT),
-                trust_env=False,
-            )
-        where = f"image {url[:200]}"
-        for _ in range(MAX_REDIRECTS + 1):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ImageError(f"{where}: only http(s) URLs can be fetched")
-            if not self.allow_private_images:
-                host = parts.hostname
-                try:
-                    ipaddress.ip_address(host.split("%", 1)[0])
-                    literal = True
-                except ValueError:
-                    literal = False
-                if literal and not public_address(host):
-                    raise ImageError(f"{where}: private or local addresses are not fetched")
-            try:
-                async with self._images.get(url, allow_redirects=False) as r:
-                    if r.status in (301, 302, 303, 307, 308) and "Location" in r.headers:
-                        url = urljoin(url, r.headers["Location"])
-                        continue
-                    if r.status >= 400:
-                        raise ImageError(f"{where}: the server answered HTTP {r.status}")
-                    if r.content_length is not None and r.content_length > MAX_IMAGE_BYTES:
-                        raise ImageError(f"{where} is over the 20 MB limit")
-                    data = bytearray()
-                    async for chunk in r.content.iter_any():
-                        data += chunk
-                        if len(data) > MAX_IMAGE_BYTES:
-                            raise ImageError(f"{where} is over the 20 MB limit")
-                    return bytes(data)
-            except ImageError:
-                raise
-            except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
-                raise ImageError(f"{where}: cannot download it ({_reason(exc)})") from None
-        raise ImageError(f"{where}: too many redirects")
+            self._images = netguard.image_session(self.allow_private_images)
+        return await netguard.fetch_image(self._images, url, allow_private=self.allow_private_images)
 
     async def run_in_thread(self, adapter, call) -> AsyncIterator[list]:
         """Iterate an in-process adapter's blocking ``adapter.run(call)`` generator in a
@@ -232,6 +160,17 @@ class AiohttpTransport:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the loop is gone
                 stop.set()
+
+        # Started on the loop: a local model's full queue fails here at once (503), and its
+        # turn is awaited here without holding a worker thread (gencli.local_model.LocalRun).
+        gen = adapter.run(call)
+        ready = getattr(gen, "ready", None)
+        if ready is not None:
+            try:
+                await ready()
+            except BaseException:
+                gen.close()
+                raise
 
         def work() -> None:
             try:
@@ -254,23 +193,12 @@ class AiohttpTransport:
                     yield value
                 elif kind == 1:
                     raise value
-        # Started on the loop: a local model's full queue fails here at once (503), and its
-        # turn is awaited here without holding a worker thread (gencli.local_model.LocalRun).
-        gen = adapter.run(call)
-        ready = getattr(gen, "ready", None)
-        if ready is not None:
-            try:
-                await ready()
-            except BaseException:
-                gen.close()
-                raise
-
                 else:
                     break
         finally:
             stop.set()
-            if future.done():
-                future.exception()
             cancel = getattr(gen, "cancel", None)
             if cancel is not None:  # thread-safe: stops before the next token
                 cancel()
+            if future.done():
+                future.exception()

@@ -14,7 +14,8 @@ once (see ``transport_aiohttp``).
 Settings come from the environment so that ``--workers N`` processes can build the
 same app from the import string ``gencli.server.app:create_app``:
 ``GENCLI_MODELS`` (models.json), ``GENCLI_API_KEY``, ``GENCLI_ORIGINS``,
-``GENCLI_MAX_BODY_MB``, ``GENCLI_ACCESS_LOG`` ("0" turns the access log off).
+``GENCLI_MAX_BODY_MB``, ``GENCLI_ACCESS_LOG`` ("0" turns the access log off),
+``GENCLI_ALLOW_PRIVATE_IMAGES`` ("1": image URLs may reach private addresses).
 """
 
 from __future__ import annotations
@@ -709,7 +710,7 @@ def settings_from_env(environ: dict | None = None) -> dict:
         "origins": env.get("GENCLI_ORIGINS") or "",
         "max_body": max_body,
         "access_log": env.get("GENCLI_ACCESS_LOG", "1") != "0",
-        "allow_private_images": env.get("GENCLI_ALLOW_PRIVATE_IMAGE_URLS", "") == "1",
+        "allow_private_images": env.get("GENCLI_ALLOW_PRIVATE_IMAGES", "") == "1",
     }
 
 
