@@ -238,10 +238,14 @@ class Registry:
         return entry
 
     def not_found_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, self.models, n=3, cutoff=0.5)
-        close += [n for n in self.models if name and name.lower() in n.lower() and n not in close][: 3 - len(close)]
+        close: list[str] = []
+        if len(name) <= 200:  # a name this long is not a typo of a registered one
+            close = difflib.get_close_matches(name, self.models, n=3, cutoff=0.5)
+            close += [n for n in self.models if name and name.lower() in n.lower() and n not in close][: 3 - len(close)]
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(self.models)}"
-        return f"model '{name}' not found{hint} (run 'gencli models' to list them)"
+        shown = name if len(name) <= 80 else name[:77] + "..."  # one short line, whatever was sent
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+        return f"model '{shown}' not found{hint} (run 'gencli models' to list them)"
 
     def default_name(self) -> str:
         """``GENCLI_MODEL``, else models.json's ``default``, else the first ready remote model,

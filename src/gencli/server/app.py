@@ -125,11 +125,60 @@ def parse_json(body: bytes) -> dict:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        named = json_field_problem(body)
+        if named is not None:
+            raise named from None
         raise UsageError(f"request body is not valid JSON ({exc.args[0] if exc.args else 'parse error'})",
                          "body") from None
     if not isinstance(data, dict):
         raise UsageError("request body must be a JSON object", "body")
     return data
+
+
+class _NonFinite:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def json_field_problem(body: bytes) -> UsageError | None:
+    """For a body orjson refuses, the field at fault when Python's json can parse it: a string
+    with a lone surrogate ("\\ud800") or NaN/Infinity (not JSON). None otherwise."""
+    import json
+
+    try:
+        data = json.loads(body, parse_constant=_NonFinite)
+    except Exception:  # not JSON at all (or nested too deep): the plain message is right
+        return None
+
+    def bad_str(v: str) -> bool:
+        try:
+            v.encode("utf-8")
+            return False
+        except UnicodeEncodeError:
+            return True
+
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, _NonFinite):
+            where = path or "body"
+            return UsageError(f"{where} is {v.text}, which is not JSON; send a finite number", where)
+        if isinstance(v, str):
+            if bad_str(v):
+                where = path or "body"
+                return UsageError(f"{where} is not valid Unicode (a lone surrogate such as \\ud800)", where)
+        elif isinstance(v, dict):
+            for k, item in reversed(list(v.items())):
+                if bad_str(k):
+                    return UsageError(f"{path or 'body'} has a key that is not valid Unicode (a lone surrogate)",
+                                      path or "body")
+                stack.append((f"{path}.{k}" if path else k, item))
+        elif isinstance(v, list):
+            for i in range(len(v) - 1, -1, -1):
+                stack.append((f"{path}[{i}]", v[i]))
+    return None
 
 
 def field_str(data: dict, key: str, required: bool = False) -> str | None:

@@ -30,10 +30,14 @@ def _options(data: dict) -> dict:
     for key in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p"):
         if data.get(key) is not None:
             options[key] = data[key]
-    max_tokens = data.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = data.get("max_tokens")
+    key = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = data.get(key)
     if max_tokens is not None:
+        # OpenAI's limit is a positive count (Ollama's num_predict -1/-2 meanings do not apply)
+        if isinstance(max_tokens, float) and max_tokens.is_integer():
+            max_tokens = int(max_tokens)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= 10_000_000:
+            raise UsageError(f"{key} must be an integer from 1 to 10000000", key)
         options["num_predict"] = max_tokens
     if data.get("stop") is not None:
         options["stop"] = data["stop"]
