@@ -18,21 +18,24 @@ Nothing here imports llama_cpp until a model is actually loaded.
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import hashlib
 import importlib.util
 import json
+import mmap
 import os
 import random
 import struct
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gencli.errors import ConfigError, GencliError, ServerBusy, UsageError
 from gencli.events import Finish, TextDelta, Usage
+
+if TYPE_CHECKING:
+    import asyncio
 
 INSTALL_HINT = "pip install 'gencli[local]'"
 DEFAULT_NUM_CTX = 2048
@@ -120,21 +123,29 @@ _META_CACHE: dict[tuple[str, int, int], dict[str, Any]] = {}
 
 
 class _Reader:
-    __slots__ = ("f", "path")
+    """Reads the GGUF header out of a memory map (fast: the vocabulary arrays are skipped, not read)."""
 
-    def __init__(self, f, path: Path):
-        self.f = f
+    __slots__ = ("buf", "pos", "path")
+
+    def __init__(self, buf, path: Path):
+        self.buf = buf
+        self.pos = 0
         self.path = path
 
-    def read(self, n: int) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
+    def _need(self, n: int) -> int:
+        at = self.pos
+        if n < 0 or at + n > len(self.buf):
             raise ConfigError(f"{self.path}: not a valid GGUF file (truncated header)")
-        return data
+        self.pos = at + n
+        return at
+
+    def read(self, n: int) -> bytes:
+        at = self._need(n)
+        return bytes(self.buf[at:at + n])
 
     def scalar(self, kind: int):
         fmt = _SCALARS[kind]
-        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+        return struct.unpack_from(fmt, self.buf, self._need(struct.calcsize(fmt)))[0]
 
     def string(self) -> str:
         n = self.scalar(10)
@@ -150,19 +161,30 @@ class _Reader:
         if kind == 9:
             item, count = self.scalar(4), self.scalar(10)
             if item in _SCALARS:  # skip (or keep short) arrays of numbers
-                size = struct.calcsize(_SCALARS[item])
                 if keep and count <= 64:
                     return [self.scalar(item) for _ in range(count)]
-                self.f.seek(size * count, os.SEEK_CUR)
+                self._need(struct.calcsize(_SCALARS[item]) * count)
                 return None
-            if item == 8:
+            if item == 8:  # skip arrays of strings (the vocabulary)
+                buf, pos, end, unpack = self.buf, self.pos, len(self.buf), struct.unpack_from
                 for _ in range(count):
-                    self.f.seek(self.scalar(10), os.SEEK_CUR)
+                    if pos + 8 > end:
+                        break
+                    pos += 8 + unpack("<Q", buf, pos)[0]
+                self.pos = pos
+                self._need(0)
                 return None
             for _ in range(count):
                 self.value(item, keep=False)
             return None
         raise ConfigError(f"{self.path}: not a valid GGUF file (unknown value type {kind})")
+
+
+def _map(f, p: Path):
+    try:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except ValueError:  # an empty file
+        raise ConfigError(f"{p}: not a GGUF file (it is empty)") from None
 
 
 def read_gguf(path: str | Path) -> dict[str, Any]:
@@ -181,8 +203,8 @@ def read_gguf(path: str | Path) -> dict[str, Any]:
     if cached is not None:
         return cached
     try:
-        with open(p, "rb") as f:
-            r = _Reader(f, p)
+        with open(p, "rb") as f, _map(f, p) as buf:
+            r = _Reader(buf, p)
             if r.read(4) != b"GGUF":
                 raise ConfigError(f"{p}: not a GGUF file (bad magic); is this the right model file?")
             version = r.scalar(4)
@@ -320,6 +342,8 @@ class Gate:
 
     async def await_turn(self, t: Ticket) -> None:
         """Wait on the event loop (no thread) until ``t`` holds the model; cancelling gives the place up."""
+        import asyncio  # lazily: `gencli models` imports this module for readiness only
+
         with self.cond:
             if t.granted:
                 return
