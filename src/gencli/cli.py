@@ -57,6 +57,13 @@ def cli() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Print timing and token statistics on stderr.")
 @click.option("--context", "context_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Conversation file: read before, written after, to continue a conversation.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+              help="Give up when the upstream sends nothing for this long (default: the model's "
+                   "\"timeout\" in models.json, else $GENCLI_TIMEOUT, else 300; connecting: at most 10).")
+@click.option("--retries", type=click.IntRange(0, 10), metavar="N",
+              help="Retries of a request that fails before any output (connection refused or reset, "
+                   "HTTP 408, 429, 5xx), with backoff (default: the model's \"retries\", else "
+                   "$GENCLI_RETRIES, else 2).")
 @_models_option
 def generate(**kw) -> None:
     """Generate a completion for PROMPT.
@@ -129,8 +136,15 @@ def models(as_json: bool, models_path: str | None) -> None:
 @click.option("--allow-private-images", is_flag=True,
               help="Let image URLs in requests reach loopback, private and link-local addresses "
                    "(off: only public ones are fetched; also $GENCLI_ALLOW_PRIVATE_IMAGES=1).")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+              help="Default upstream read timeout for models without a \"timeout\" in models.json "
+                   "(default: $GENCLI_TIMEOUT, else 300).")
+@click.option("--retries", type=click.IntRange(0, 10), metavar="N",
+              help="Default retries of upstream requests that fail before any output, for models "
+                   "without \"retries\" in models.json (default: $GENCLI_RETRIES, else 2).")
 @_models_option
-def serve(host, port, workers, allowed_origins, max_body_mb, grace, models_path, allow_private_images) -> None:
+def serve(host, port, workers, allowed_origins, max_body_mb, grace, models_path, allow_private_images,
+          timeout=None, retries=None) -> None:
     """Serve the models over HTTP as an Ollama-compatible API (and OpenAI's /v1).
 
     Ollama clients (IDEs, Open WebUI, the ollama library) and OpenAI clients
@@ -141,6 +155,10 @@ def serve(host, port, workers, allowed_origins, max_body_mb, grace, models_path,
 
     if allow_private_images:  # read by the app (and by --workers processes) from the environment
         os.environ["GENCLI_ALLOW_PRIVATE_IMAGES"] = "1"
+    if timeout is not None:  # read by the engine in every worker (gencli.retry.settings)
+        os.environ["GENCLI_TIMEOUT"] = repr(float(timeout))
+    if retries is not None:
+        os.environ["GENCLI_RETRIES"] = str(retries)
     run(host=host, port=port, models_path=models_path, workers=workers, allowed_origins=allowed_origins,
         max_body_mb=max_body_mb, grace=grace)
 

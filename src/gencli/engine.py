@@ -12,11 +12,12 @@ from typing import Any, AsyncIterator, Iterator
 
 from gencli import context as ctx
 from gencli import images as img
-from gencli.errors import UsageError
+from gencli.errors import UpstreamError, UsageError
 from gencli.events import Done, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers import get_adapter
 from gencli.providers.base import Call
 from gencli.registry import ModelEntry, Registry
+from gencli.retry import Retrier
 from gencli.request import GenerateRequest, Message
 from gencli.think import ThinkSplitter, split_complete
 
@@ -182,7 +183,7 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
         think=think,
         stream=req.stream,
         extra={"path": entry.path, "package": entry.package, "timeout": entry.timeout,
-               "capabilities": entry.capabilities},
+               "retries": entry.retries, "capabilities": entry.capabilities},
         tools=tools,
     )
     plan = Plan(entry, adapter, call, history, started=started, want_context=want_context)
@@ -298,12 +299,13 @@ class Run:
 
 
 def execute(plan: Plan, transport) -> Iterator:
-    """Run a prepared plan over a synchronous transport (the CLI's httpx)."""
+    """Run a prepared plan over a synchronous transport (the CLI's httpx). A failure before
+    the first event is retried as :mod:`gencli.retry` decides; never after output began."""
     for index, url in plan.image_urls:
         plan.add_image(index, transport.fetch_image(url))
     adapter, call = plan.adapter, plan.call
-    run = Run(plan)
     if getattr(adapter, "in_process", False):
+        run = Run(plan)
         run.request_sent()
         for events in adapter.run(call):
             out = run.feed(events)
@@ -312,6 +314,29 @@ def execute(plan: Plan, transport) -> Iterator:
         yield from run.done()
         return
     http = adapter.build(call)
+    retrier = Retrier.for_call(call)
+    while True:
+        run = Run(plan)
+        output = False
+        attempt = _attempt(plan, run, http, transport)
+        try:
+            for ev in attempt:
+                output = True
+                yield ev
+            return
+        except UpstreamError as exc:
+            if output:
+                raise
+            wait = retrier.failed(exc)
+            if wait is None:
+                raise retrier.error(exc) from None
+        finally:
+            attempt.close()
+        time.sleep(wait)
+
+
+def _attempt(plan: Plan, run: Run, http, transport) -> Iterator:
+    adapter, call = plan.adapter, plan.call
     run.request_sent()
     with transport.open(http, call) as resp:
         if resp.status >= 400:
@@ -333,12 +358,13 @@ def generate(req: GenerateRequest, registry: Registry, transport) -> Iterator:
 
 
 async def aexecute(plan: Plan, transport) -> AsyncIterator:
-    """Run a prepared plan over an asynchronous transport (the server's aiohttp)."""
+    """Run a prepared plan over an asynchronous transport (the server's aiohttp); retried
+    like :func:`execute`."""
     for index, url in plan.image_urls:
         plan.add_image(index, await transport.fetch_image(url))
     adapter, call = plan.adapter, plan.call
-    run = Run(plan)
     if getattr(adapter, "in_process", False):
+        run = Run(plan)
         run.request_sent()
         async for events in transport.run_in_thread(adapter, call):
             for ev in run.feed(events):
@@ -347,6 +373,31 @@ async def aexecute(plan: Plan, transport) -> AsyncIterator:
             yield ev
         return
     http = adapter.build(call)
+    retrier = Retrier.for_call(call)
+    while True:
+        run = Run(plan)
+        output = False
+        attempt = _aattempt(plan, run, http, transport)
+        try:
+            async for ev in attempt:
+                output = True
+                yield ev
+            return
+        except UpstreamError as exc:
+            if output:
+                raise
+            wait = retrier.failed(exc)
+            if wait is None:
+                raise retrier.error(exc) from None
+        finally:
+            await attempt.aclose()
+        import asyncio  # lazily: the CLI's sync path never needs it
+
+        await asyncio.sleep(wait)
+
+
+async def _aattempt(plan: Plan, run: Run, http, transport) -> AsyncIterator:
+    adapter, call = plan.adapter, plan.call
     run.request_sent()
     async with transport.open(http, call) as resp:
         if resp.status >= 400:

@@ -58,7 +58,10 @@ class HttpxTransport:
 
     @contextlib.contextmanager
     def open(self, req: HttpRequest, call) -> Iterator[Response]:
-        request = self.client.build_request(req.method, req.url, headers=req.headers, content=req.body)
+        seconds = call.extra.get("timeout") if call.extra else None  # the model's, or --timeout
+        timeout = httpx.Timeout(seconds, connect=min(seconds, 10.0)) if seconds else self.timeout
+        request = self.client.build_request(req.method, req.url, headers=req.headers, content=req.body,
+                                            timeout=timeout)
         try:
             r = self.client.send(request, stream=True)
         except httpx.TimeoutException:

@@ -30,6 +30,17 @@ A real aiohttp server on 127.0.0.1 that speaks the wire described in
 - ``POST /v1/embeddings``: deterministic, not normalised vectors (16 dimensions, or
   ``dimensions``) from a hash of each input; ``encoding_format`` float or base64;
   usage counts words. Model ``error-*`` fails as for chat.
+- Faults (tests/test_reliability.py). A ``@tag`` suffix keys the per-model attempt
+  counters, so each test gets fresh state (``burst503-2@t1``):
+  ``hang``: reads the request, never answers (until the client goes away).
+  ``close-midstream``: three content pieces, then the TCP connection is dropped
+  (non-streamed: half a body, then dropped). ``garbage``: HTTP 200 whose stream holds
+  bytes that are not SSE JSON (non-streamed: an HTML body). ``reset-K``: the first K
+  requests are dropped before any byte is sent, then echo. ``retry-after-N[-K]`` /
+  ``retry-after-ms-N[-K]``: 429 with ``Retry-After: N`` (``retry-after-ms: N``) for the
+  first K (default 1) requests, then echo. ``burst503-K``: 503 K times, then echo.
+  ``FakeOpenAI.attempts`` counts requests per model; ``disconnect_times`` holds the
+  ``time.monotonic()`` of each dropped stream.
 - ``gpt-5*`` / ``o1*`` / ``o3*`` / ``o4*``: like echo, but ``max_tokens`` is refused with
   400 ``unsupported_parameter`` as OpenAI's reasoning models do.
 
@@ -54,6 +65,7 @@ from aiohttp import web
 FAKE_KEY = "sk-fake-test-0123456789abcdef"
 
 _dumps = orjson.dumps
+_FAULTS = ("hang", "close-midstream", "garbage", "reset-", "retry-after-", "burst503-")
 _WORD = re.compile(r"\S*\s*")
 
 
@@ -116,6 +128,8 @@ class FakeOpenAI:
         self.port = port
         self.requests: list[Recorded] = []
         self.disconnects = 0  # streams the client dropped before the end
+        self.disconnect_times: list[float] = []  # time.monotonic() of each
+        self.attempts: dict[str, int] = {}  # requests per model name (fault modes)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -258,6 +272,10 @@ class FakeOpenAI:
             failure = self._failure(model)
             if failure is not None:
                 return failure
+        if model.startswith(_FAULTS):
+            fault = await self._fault(request, model, stream)
+            if fault is not None:
+                return fault
         if model.startswith("tools"):
             return await self._tools(request, model, body, messages, stream)
         reply = self._reply(model, body, messages)
@@ -430,10 +448,65 @@ class FakeOpenAI:
             await resp.write_eof()
         except ConnectionResetError:  # the client went away mid-stream
             self.disconnects += 1
+            self.disconnect_times.append(time.monotonic())
         except asyncio.CancelledError:
             self.disconnects += 1
+            self.disconnect_times.append(time.monotonic())
             raise
         return resp
+
+    # -- faults ------------------------------------------------------------------------
+    async def _fault(self, request: web.Request, model: str, stream: bool) -> web.StreamResponse | None:
+        """The fault modes; None: go on and answer like echo."""
+        n = self.attempts[model] = self.attempts.get(model, 0) + 1
+        mode = model.split("@", 1)[0]
+        if mode == "hang":
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(0.02)
+            self.disconnects += 1
+            self.disconnect_times.append(time.monotonic())
+            return web.Response(status=499)
+        if mode == "close-midstream":
+            if stream:
+                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+                await resp.prepare(request)
+                for piece in ("Partial ", "answer ", "so far "):
+                    await resp.write(b"data: " + _dumps({
+                        "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": model, "choices": [{"index": 0, "delta": {"content": piece},
+                                                     "finish_reason": None}]}) + b"\n\n")
+                    await asyncio.sleep(0.02)
+            else:
+                resp = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "400"})
+                await resp.prepare(request)
+                await resp.write(b'{"id":"chatcmpl-fake","object":"chat.completion","choices":[{"index":0,')
+                await asyncio.sleep(0.02)
+            request.transport.close()
+            return resp
+        if mode == "garbage":
+            if not stream:
+                return web.Response(status=200, body=b"<html><body>502 Bad Gateway</body></html>",
+                                    content_type="application/json")
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+            await resp.prepare(request)
+            await resp.write(b"data: {\"choices\": [{\"delta\": \xff\xfe garbage \x00\x01 not json\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
+        m = re.fullmatch(r"reset-(\d+)", mode)
+        if m and n <= int(m.group(1)):
+            request.transport.close()  # no status line at all: the client sees the connection drop
+            return web.Response(status=499)
+        m = re.fullmatch(r"retry-after(-ms)?-(\d+(?:\.\d+)?)(?:-(\d+))?", mode)
+        if m and n <= int(m.group(3) or 1):
+            name = "retry-after-ms" if m.group(1) else "retry-after"
+            return self._json_error(429, "Rate limit reached for requests. Please try again shortly.",
+                                    "requests", "rate_limit_exceeded", headers={name: m.group(2)})
+        m = re.fullmatch(r"burst503-(\d+)", mode)
+        if m and n <= int(m.group(1)):
+            return self._json_error(503, "The engine is currently overloaded, please try again later",
+                                    "server_error", None)
+        return None
 
 
     # -- tool calls and embeddings ------------------------------------------------

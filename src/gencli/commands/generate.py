@@ -116,7 +116,8 @@ def run(**kw) -> None:
 
 
 def _run(prompt, model, system, temperature, top_p, top_k, num_predict, stop, seed, images, fmt, think,
-         hide_reasoning, no_stream, as_json, verbose, context_file, models_path) -> None:
+         hide_reasoning, no_stream, as_json, verbose, context_file, models_path, timeout=None,
+         retries=None) -> None:
     from gencli.request import GenerateRequest
 
     text = build_prompt(prompt)
@@ -141,9 +142,15 @@ def _run(prompt, model, system, temperature, top_p, top_k, num_predict, stop, se
     from gencli.transport_httpx import HttpxTransport
 
     registry = Registry.load(models_path)
+    from gencli.retry import settings
+
     plan = engine.prepare(req, registry)
+    if timeout is not None:  # the flags win over models.json
+        plan.call.extra["timeout"] = timeout
+    if retries is not None:
+        plan.call.extra["retries"] = retries
     renderer = _renderer(plan.entry.name, as_json, hide_reasoning, not no_stream)
-    transport = HttpxTransport(timeout=plan.entry.timeout, tls=not plan.call.base_url.startswith("http://"))
+    transport = HttpxTransport(timeout=settings(plan.call)[0], tls=not plan.call.base_url.startswith("http://"))
     done = None
     try:
         for event in engine.execute(plan, transport):
