@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Benchmark the gencli command line: start-up, and a whole `generate` run next to `llm`.
+
+(a) Start-up: the median wall time of `gencli --help`, `gencli --version` and
+    `gencli models` (target < 0.3 s each).
+(b) `gencli generate` against the local fake OpenAI-compatible upstream
+    (tests/fakes/openai_upstream.py, model ``tokens-50``: 50 streamed tokens), stdout
+    piped, side by side in the same run with Simon Willison's `llm` CLI pointed at the
+    same fake (an isolated LLM_USER_PATH with extra-openai-models.yaml). Runs alternate
+    between the two (and alternate which goes first) so machine noise hits both alike.
+    Reported: both medians and the ratio gencli/llm (target <= 0.45).
+
+`llm` is given its fastest configuration: no plugins (LLM_LOAD_PLUGINS=''), no logging
+(--no-log). Nothing leaves 127.0.0.1.
+
+Usage:
+
+    .venv/bin/python bench/bench_cli.py [--runs 20] [--json]
+
+Exit code: 0 when every target holds, 1 when one is missed, 2 when the run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fakes.openai_upstream import FAKE_KEY, FakeOpenAI  # noqa: E402
+
+BIN = Path(sys.executable).parent
+STARTUP_TARGET = 0.3
+RATIO_TARGET = 0.45
+TOKENS = 50
+
+_SCRUB = ("OPENAI_", "GEMINI_", "GOOGLE_", "OPENROUTER_", "GENCLI_", "OLLAMA_", "LLM_", "HTTP_PROXY",
+          "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
+    env.update(HOME=str(tmp / "home"), XDG_CONFIG_HOME=str(tmp / "config"), NO_PROXY="127.0.0.1,localhost",
+               no_proxy="127.0.0.1,localhost")
+    env.update(extra)
+    return env
+
+
+class BenchError(Exception):
+    """The run failed (as opposed to a missed target)."""
+
+
+def find(name: str) -> str:
+    exe = BIN / name
+    if exe.exists():
+        return str(exe)
+    found = shutil.which(name)
+    if not found:
+        raise BenchError(f"'{name}' not found (pip install -e '.[test]' in .venv)")
+    return found
+
+
+class Case:
+    def __init__(self, label: str, argv: list[str], env: dict[str, str], cwd: Path, expect: str | None = None):
+        self.label, self.argv, self.env, self.cwd, self.expect = label, argv, env, cwd, expect
+        self.times: list[float] = []
+
+    def run(self, record: bool = True) -> None:
+        t0 = time.perf_counter()
+        out = subprocess.run(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+        elapsed = time.perf_counter() - t0
+        if out.returncode != 0:
+            raise BenchError(f"{self.label} failed (exit {out.returncode}): "
+                             f"{out.stderr.decode(errors='replace').strip()[-400:]}")
+        if self.expect is not None and self.expect not in out.stdout.decode(errors="replace"):
+            raise BenchError(f"{self.label} printed {out.stdout[:200]!r}, expected {self.expect!r}")
+        if record:
+            self.times.append(elapsed)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def alternate(cases: list[Case], runs: int, warmup: int = 2) -> None:
+    for case in cases:
+        for _ in range(warmup):
+            case.run(record=False)
+    for i in range(runs):
+        order = cases if i % 2 == 0 else cases[::-1]
+        for case in order:
+            case.run()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="gencli start-up and generate-vs-llm benchmark")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per command (default 20)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+
+    gencli, llm = find("gencli"), find("llm")
+    fake = FakeOpenAI(api_key=FAKE_KEY).start()
+    tmp = Path(tempfile.mkdtemp(prefix="gencli-bench-"))
+    try:
+        work = tmp / "work"
+        work.mkdir()
+        (work / "models.json").write_text(json.dumps({"m": {
+            "provider": "openai-compatible", "model": f"tokens-{TOKENS}", "base_url": fake.base_url,
+            "api_key_env": "BENCH_FAKE_KEY"}}))
+        llm_home = tmp / "llm"
+        llm_home.mkdir()
+        (llm_home / "extra-openai-models.yaml").write_text(
+            f"- model_id: fake{TOKENS}\n  model_name: tokens-{TOKENS}\n  api_base: \"{fake.base_url}\"\n"
+            f"  api_key_name: benchfake\n")
+        genv = clean_env(tmp, BENCH_FAKE_KEY=FAKE_KEY)
+        lenv = clean_env(tmp, LLM_USER_PATH=str(llm_home), LLM_LOAD_PLUGINS="")
+        subprocess.run([llm, "keys", "set", "benchfake", "--value", FAKE_KEY], env=lenv, check=True,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        last = f"tok{TOKENS - 1}"
+
+        startup = [
+            Case("gencli --help", [gencli, "--help"], genv, work, "Usage"),
+            Case("gencli --version", [gencli, "--version"], genv, work, "gencli"),
+            Case("gencli models", [gencli, "models"], genv, work, "m"),
+        ]
+        alternate(startup, args.runs)
+
+        gen = Case(f"gencli generate ({TOKENS} tokens)", [gencli, "generate", "-m", "m", "hi"], genv, work, last)
+        ref = Case(f"llm prompt ({TOKENS} tokens)", [llm, "prompt", "--no-log", "-m", f"fake{TOKENS}", "hi"],
+                   lenv, work, last)
+        alternate([gen, ref], args.runs)
+        before = len(fake.requests)
+    finally:
+        fake.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    ratio = gen.median / ref.median
+    rows = [(c.label, c.median, min(c.times), f"< {STARTUP_TARGET} s", c.median < STARTUP_TARGET) for c in startup]
+    rows += [(gen.label, gen.median, min(gen.times), "", True), (ref.label, ref.median, min(ref.times), "", True)]
+    ok = all(r[4] for r in rows) and ratio <= RATIO_TARGET
+    if args.json:
+        print(json.dumps({"runs": args.runs, "upstream_requests": before,
+                          "median_s": {c.label: round(c.median, 4) for c in (*startup, gen, ref)},
+                          "ratio_gencli_llm": round(ratio, 3), "ok": ok}, indent=2))
+        return 0 if ok else 1
+    print(f"gencli CLI benchmark: {args.runs} runs each after 2 warm-ups; "
+          f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+    print(f"{'command':34} {'median':>9} {'min':>9}  target")
+    for label, med, best, target, good in rows:
+        mark = "" if not target else ("  ok" if good else "  MISSED")
+        print(f"{label:34} {med * 1000:7.1f}ms {best * 1000:7.1f}ms  {target}{mark}")
+    mark = "ok" if ratio <= RATIO_TARGET else "MISSED"
+    print(f"{'ratio gencli/llm (generate)':34} {ratio:9.3f}            <= {RATIO_TARGET}  {mark}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:  # a failed run, not a missed target
+        print(f"bench_cli: {exc}", file=sys.stderr)
+        sys.exit(2)
