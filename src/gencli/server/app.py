@@ -294,6 +294,7 @@ class App:
             ("HEAD", "/api/tags"): self.tags,
             ("POST", "/api/show"): self.show,
             ("GET", "/api/ps"): self.ps,
+            ("GET", "/openapi.json"): self.openapi,
             ("POST", "/api/generate"): self.generate,
             ("POST", "/api/chat"): self.chat,
             ("POST", "/v1/chat/completions"): lambda s, r, w: oa.chat_completions(self, s, r, w),
@@ -438,6 +439,15 @@ class App:
     async def tags(self, scope: Scope, receive: Receive, send: Send) -> None:
         models = [self.tag(e) for e in self.ready_models()]
         await send_json(send, 200, {"models": models}, scope["method"] == "HEAD")
+
+    async def openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The OpenAPI document of this API (src/gencli/server/openapi.json, package data)."""
+        doc = getattr(self, "_openapi", None)
+        if doc is None:
+            from importlib.resources import files
+
+            doc = self._openapi = files("gencli.server").joinpath("openapi.json").read_bytes()
+        await send_bytes(send, 200, doc, [H_JSON])
 
     async def ps(self, scope: Scope, receive: Receive, send: Send) -> None:
         now = time.time_ns()
