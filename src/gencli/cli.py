@@ -19,6 +19,21 @@ def _models_option(f):
                              "$XDG_CONFIG_HOME/gencli/models.json, then the built-ins).")(f)
 
 
+def _complete_model(ctx, param, incomplete: str):
+    """Shell completion for -m: the registry's model names (only runs when completing)."""
+    from click.shell_completion import CompletionItem
+
+    from gencli.errors import GencliError
+    from gencli.registry import Registry
+
+    try:
+        registry = Registry.load(ctx.params.get("models_path"))
+    except GencliError:
+        return []
+    return [CompletionItem(name, help=entry.description or entry.provider)
+            for name, entry in registry.models.items() if name.startswith(incomplete)]
+
+
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "-V", "--version", prog_name="gencli", message="%(prog)s %(version)s")
 def cli() -> None:
@@ -35,7 +50,8 @@ def cli() -> None:
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("prompt", required=False)
-@click.option("-m", "--model", metavar="NAME", help="Model name from the registry (default: $GENCLI_MODEL, "
+@click.option("-m", "--model", metavar="NAME", shell_complete=_complete_model,
+              help="Model name from the registry (default: $GENCLI_MODEL, "
               "models.json's \"default\", else the first model with a key, else the local smollm2).")
 @click.option("-s", "--system", metavar="TEXT", help="System prompt.")
 @click.option("--temperature", type=click.FloatRange(0, 2), metavar="FLOAT", help="Sampling temperature (0-2).")

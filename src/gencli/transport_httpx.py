@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Iterator
 from urllib.parse import urlsplit
 
-import httpx
+# httpx's __init__ imports its optional command-line client (httpx._main: rich, pygments) when
+# those happen to be installed; gencli never uses it and it about doubles generate's start-up.
+# A None entry in sys.modules makes that import fail, and httpx then defines a stub instead.
+sys.modules.setdefault("httpx._main", None)
+
+import httpx  # noqa: E402
 
 from gencli.errors import ImageError, UpstreamTimeout, UpstreamUnreachable
 from gencli.images import MAX_IMAGE_BYTES
