@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GENCLI, clean_env
+from tests.conftest import GENCLI, clean_env, run_gencli
 from tests.fakes.openai_upstream import FAKE_KEY
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (apt-get install -y tmux)")
@@ -194,3 +194,35 @@ def test_midstream_error_keeps_partial_answer(term):
     assert "gencli: error:" in screen
     assert screen.index("Partial answer") < screen.index("gencli: error:")
     assert "Traceback" not in screen
+
+
+def test_piped_run_never_imports_rich(tmp_path, workdir, openai_fake):
+    """The plain path stays light: no Rich (nor httpx's optional CLI client, which pulls it in)."""
+    (workdir / "models.json").write_text(json.dumps(
+        {"m": {"provider": "openai-compatible", "model": "reason-deepseek", "base_url": openai_fake.base_url,
+               "api_key_env": "FAKE_UPSTREAM_KEY"}}))
+    env = clean_env(tmp_path, FAKE_UPSTREAM_KEY=FAKE_KEY, PYTHONPROFILEIMPORTTIME="1")
+    out = run_gencli(["generate", "-m", "m", "hi"], env, workdir)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"Here it is: 42.\n"
+    imported = {line.split("|")[-1].strip() for line in out.stderr.decode().splitlines()
+                if line.startswith("import time:")}
+    assert "gencli.engine" in imported  # the profile really lists gencli's imports
+    heavy = {m for m in imported if m.split(".")[0] in ("rich", "pygments", "asyncio", "markdown_it")}
+    assert not heavy, sorted(heavy)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_block_splitter(chunk):
+    """Completed blocks end at blank lines outside fences, however the text is cut into deltas."""
+    from gencli.render_rich import BlockSplitter
+
+    text = ("# Title\n\nA paragraph\non two lines.\n\n```python\ndef f():\n\n    return 1\n```\n\n"
+            "~~~~\n```\n\nnot closed by ```\n~~~~\n\n- a\n- b\n\ntail without end")
+    s = BlockSplitter()
+    blocks: list[str] = []
+    for i in range(0, len(text), chunk):
+        blocks += s.feed(text[i:i + chunk])
+    assert blocks == ["# Title", "A paragraph\non two lines.", "```python\ndef f():\n\n    return 1\n```",
+                      "~~~~\n```\n\nnot closed by ```\n~~~~", "- a\n- b"]
+    assert s.pending == "tail without end"

@@ -13,6 +13,7 @@ rendering happens on Live's refresh thread at ~12 frames per second.
 
 from __future__ import annotations
 
+import atexit
 import threading
 
 from rich.console import Console, Group
@@ -159,6 +160,7 @@ class RichRenderer:
         self._lock = getattr(self.live, "_lock", None) or threading.RLock()
         self.stopped = False
         self.live.start()
+        atexit.register(self._stop)  # an unexpected exception must not leave the cursor hidden
 
     # -- events ----------------------------------------------------------------
     def event(self, ev):
