@@ -39,6 +39,8 @@ A real aiohttp server on 127.0.0.1 that speaks the wire described in
   requests are dropped before any byte is sent, then echo. ``retry-after-N[-K]`` /
   ``retry-after-ms-N[-K]``: 429 with ``Retry-After: N`` (``retry-after-ms: N``) for the
   first K (default 1) requests, then echo. ``burst503-K``: 503 K times, then echo.
+  ``echo-auth``: a 500 whose message repeats the request's Authorization header (a
+  careless upstream; tests/test_secrets.py checks gencli never shows it).
   ``FakeOpenAI.attempts`` counts requests per model; ``disconnect_times`` holds the
   ``time.monotonic()`` of each dropped stream.
 - ``gpt-5*`` / ``o1*`` / ``o3*`` / ``o4*``: like echo, but ``max_tokens`` is refused with
@@ -65,7 +67,7 @@ from aiohttp import web
 FAKE_KEY = "sk-fake-test-0123456789abcdef"
 
 _dumps = orjson.dumps
-_FAULTS = ("hang", "close-midstream", "garbage", "reset-", "retry-after-", "burst503-")
+_FAULTS = ("hang", "close-midstream", "garbage", "reset-", "retry-after-", "burst503-", "echo-auth")
 _WORD = re.compile(r"\S*\s*")
 
 
@@ -483,6 +485,9 @@ class FakeOpenAI:
                 await asyncio.sleep(0.02)
             request.transport.close()
             return resp
+        if mode == "echo-auth":
+            return self._json_error(500, f"internal error while handling {request.headers.get('Authorization')}",
+                                    "server_error", None)
         if mode == "garbage":
             if not stream:
                 return web.Response(status=200, body=b"<html><body>502 Bad Gateway</body></html>",
