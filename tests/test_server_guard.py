@@ -92,7 +92,7 @@ class Server:
 def models_file(openai_fake, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "models.json"
     base = {"provider": "openai-compatible", "base_url": openai_fake.base_url, "api_key_env": UPSTREAM_KEY_VAR}
-    path.write_text(json.dumps({"echo": {**base, "model": "echo"}, "slow": {**base, "model": "slow-80-12"}}))
+    path.write_text(json.dumps({"echo": {**base, "model": "echo"}, "slow": {**base, "model": "slow-100-15"}}))
     return path
 
 
@@ -288,7 +288,7 @@ def test_sigterm_lets_an_inflight_stream_finish(models_file, tmp_path):
             first = json.loads(next(lines))
             server.proc.send_signal(signal.SIGTERM)
             # the server stops accepting new connections while the stream goes on
-            deadline = time.monotonic() + 0.5
+            deadline = time.monotonic() + 1.0
             refused = False
             while time.monotonic() < deadline and not refused:
                 try:
@@ -300,7 +300,7 @@ def test_sigterm_lets_an_inflight_stream_finish(models_file, tmp_path):
     objs = [first, *rest]
     assert refused
     assert objs[-1]["done"] is True
-    assert "".join(o["response"] for o in objs).split() == [f"tok{i}" for i in range(12)]
+    assert "".join(o["response"] for o in objs).split() == [f"tok{i}" for i in range(15)]
     assert server.proc.wait(15) == 0
 
 
