@@ -67,6 +67,7 @@ def registry(openai_fake, tmp_path_factory) -> Registry:
         "oa-429": oa("error-429"),
         "oa-500": oa("error-500"),
         "or-midstream": orr("error-midstream"),
+        "or-midstream-oneread": orr("error-midstream-oneread"),
         "oa-trunc": oa("error-truncate"),
         "or-keepalive": orr("keepalive"),
         "oa-length": oa("length"),
@@ -430,8 +431,10 @@ def test_500_becomes_502(registry):
     assert "HTTP 500" in str(err.value)
 
 
-def test_midstream_error_after_partial_text(registry):
-    plan = engine.prepare(GenerateRequest(model="or-midstream", prompt="x"), registry)
+@pytest.mark.parametrize("model", ["or-midstream", "or-midstream-oneread"])
+def test_midstream_error_after_partial_text(registry, model):
+    """The text before the error is kept, also when the error arrives in the same read."""
+    plan = engine.prepare(GenerateRequest(model=model, prompt="x"), registry)
     transport = HttpxTransport(tls=False)
     seen: list = []
     try:

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Iterator
 
 from gencli import context as ctx
 from gencli import images as img
-from gencli.errors import UpstreamError, UsageError
+from gencli.errors import GencliError, UpstreamError, UsageError
 from gencli.events import Done, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers import get_adapter
 from gencli.providers.base import Call
@@ -343,11 +343,15 @@ def _attempt(plan: Plan, run: Run, http, transport) -> Iterator:
             raise adapter.parse_error(call, resp.status, resp.headers, resp.read())
         if http.stream:
             parser = adapter.stream_parser(call)
-            for chunk in resp.iter_bytes():
-                out = run.feed(parser.feed(chunk))
-                if out:
-                    yield from out
-            yield from run.feed(parser.close())
+            try:
+                for chunk in resp.iter_bytes():
+                    out = run.feed(parser.feed(chunk))
+                    if out:
+                        yield from out
+                yield from run.feed(parser.close())
+            except GencliError as exc:
+                yield from run.feed(exc.partial)  # the answer before a mid-stream error is kept
+                raise
         else:
             yield from run.feed(adapter.parse_response(call, resp.read()))
     yield from run.done()
@@ -404,11 +408,16 @@ async def _aattempt(plan: Plan, run: Run, http, transport) -> AsyncIterator:
             raise adapter.parse_error(call, resp.status, resp.headers, await resp.read())
         if http.stream:
             parser = adapter.stream_parser(call)
-            async for chunk in resp.iter_bytes():
-                for ev in run.feed(parser.feed(chunk)):
+            try:
+                async for chunk in resp.iter_bytes():
+                    for ev in run.feed(parser.feed(chunk)):
+                        yield ev
+                for ev in run.feed(parser.close()):
                     yield ev
-            for ev in run.feed(parser.close()):
-                yield ev
+            except GencliError as exc:
+                for ev in run.feed(exc.partial):  # the answer before a mid-stream error is kept
+                    yield ev
+                raise
         else:
             for ev in run.feed(adapter.parse_response(call, await resp.read())):
                 yield ev

@@ -11,6 +11,7 @@ class GencliError(Exception):
     status = 500
     exit_code = 1
     kind = "server_error"
+    partial: list = []  # events parsed in the same read before a mid-stream error (kept)
 
     def __init__(self, message: str):
         super().__init__(message)

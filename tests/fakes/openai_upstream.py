@@ -335,7 +335,7 @@ class FakeOpenAI:
             r.content = ["Pondering ", "without an open tag.", "</think>", "\n\nThe answer is 42."]
         elif model == "json":
             r.content = _pieces(_dumps({"you_said": _text_of(last), "ok": True}).decode())
-        elif model == "error-midstream":
+        elif model in ("error-midstream", "error-midstream-oneread"):
             r.content = ["Partial ", "answer "]
             r.midstream_error = True
         elif model == "error-truncate":
@@ -400,6 +400,22 @@ class FakeOpenAI:
         tail = b',"logprobs":null,"finish_reason":null}]}\n\n'
         include_usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
         write = resp.write
+        if model.endswith("-oneread"):  # every event in one TCP write: the client reads them at once
+            blob: list[bytes] = []
+
+            async def write(data: bytes) -> None:  # noqa: F811
+                blob.append(data)
+
+            async def flush() -> None:
+                await resp.write(b"".join(blob))
+
+            resp_write_eof = resp.write_eof
+
+            async def write_eof() -> None:
+                await flush()
+                await resp_write_eof()
+
+            resp.write_eof = write_eof  # type: ignore[method-assign]
         try:
             for _ in range(r.keepalive):
                 await write(b": OPENROUTER PROCESSING\n\n")

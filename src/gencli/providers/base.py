@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gencli.errors import GencliError
 from gencli.events import Event
 from gencli.request import Message
 
@@ -37,6 +38,50 @@ class Call:
     stream: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
     tools: list[dict] | None = None  # validated function tools (gencli.tools.validate_tools)
+
+
+class SSEParser:
+    """Base of the SSE stream parsers: subclasses implement ``_event(payload, out)`` and
+    may override ``_end(out)`` (checks at the end of the stream).
+
+    An error raised part-way through a read carries the events parsed before it in the
+    same read as ``exc.partial``, so the engine keeps the partial answer."""
+
+    __slots__ = ("adapter", "call", "sse")
+
+    def __init__(self, adapter, call: Call):
+        from gencli.sse import SSEDecoder
+
+        self.adapter = adapter
+        self.call = call
+        self.sse = SSEDecoder()
+
+    def feed(self, data: bytes) -> list[Event]:
+        out: list = []
+        try:
+            for payload in self.sse.feed(data):
+                self._event(payload, out)
+        except GencliError as exc:
+            exc.partial = out
+            raise
+        return out
+
+    def close(self) -> list[Event]:
+        out: list = []
+        try:
+            for payload in self.sse.close():
+                self._event(payload, out)
+            self._end(out)
+        except GencliError as exc:
+            exc.partial = out
+            raise
+        return out
+
+    def _event(self, payload: bytes, out: list) -> None:
+        raise NotImplementedError
+
+    def _end(self, out: list) -> None:
+        pass
 
 
 class StreamParser(Protocol):

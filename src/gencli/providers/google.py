@@ -14,9 +14,8 @@ from urllib.parse import quote
 
 from gencli.errors import UpstreamAuthError, UpstreamError, UpstreamRateLimited, UsageError
 from gencli.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
-from gencli.providers.base import Call, HttpRequest
+from gencli.providers.base import Call, HttpRequest, SSEParser
 from gencli.providers.common import PROVIDER_LABELS, dumps, http_error, loads, retry_after, scrub
-from gencli.sse import SSEDecoder
 
 API_VERSION = "v1beta"
 MAX_STOPS = 5  # the Gemini API refuses more stop sequences than this
@@ -366,25 +365,8 @@ class GoogleAdapter:
         return exc
 
 
-class GoogleStreamParser:
-    __slots__ = ("adapter", "call", "sse")
-
-    def __init__(self, adapter: GoogleAdapter, call: Call):
-        self.adapter = adapter
-        self.call = call
-        self.sse = SSEDecoder()
-
-    def feed(self, data: bytes) -> list:
-        out: list = []
-        for payload in self.sse.feed(data):
-            self._event(payload, out)
-        return out
-
-    def close(self) -> list:
-        out: list = []
-        for payload in self.sse.close():
-            self._event(payload, out)
-        return out
+class GoogleStreamParser(SSEParser):
+    __slots__ = ()
 
     def _event(self, payload: bytes, out: list) -> None:
         if not payload.strip():

@@ -10,9 +10,8 @@ from typing import Any
 
 from gencli.errors import UpstreamError, UsageError
 from gencli.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
-from gencli.providers.base import Call, HttpRequest
+from gencli.providers.base import Call, HttpRequest, SSEParser
 from gencli.providers.common import PROVIDER_LABELS, dumps, http_error, loads, scrub
-from gencli.sse import SSEDecoder
 
 FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
           "content_filter": "content_filter", "eos": "stop", "end_turn": "stop", "max_tokens": "length"}
@@ -233,33 +232,21 @@ class OpenAIAdapter:
                              upstream_status=status)
 
 
-class OpenAIStreamParser:
-    __slots__ = ("adapter", "call", "sse", "done", "finished", "calls")
+class OpenAIStreamParser(SSEParser):
+    __slots__ = ("done", "finished", "calls")
 
     def __init__(self, adapter: OpenAIAdapter, call: Call):
-        self.adapter = adapter
-        self.call = call
-        self.sse = SSEDecoder()
+        super().__init__(adapter, call)
         self.done = False  # saw data: [DONE]
         self.finished = False  # saw a finish_reason
         self.calls: dict[int, list] = {}  # streamed tool calls by index: [id, name, argument pieces]
 
-    def feed(self, data: bytes) -> list:
-        out: list = []
-        for payload in self.sse.feed(data):
-            self._event(payload, out)
-        return out
-
-    def close(self) -> list:
-        out: list = []
-        for payload in self.sse.close():
-            self._event(payload, out)
+    def _end(self, out: list) -> None:
         if self.calls and (self.done or self.finished):
             self._flush_calls(out)
         if not self.done and not self.finished:
             raise UpstreamError(f"{self.call.name}: {self.adapter.label} closed the stream before the answer "
                                 f"was complete (no finish_reason, no [DONE])")
-        return out
 
     def _event(self, payload: bytes, out: list) -> None:
         if payload == b"[DONE]":
