@@ -133,3 +133,17 @@ def test_server_survived_the_fuzz(fuzz_server):
     err = fuzz_server.stderr()
     assert "Traceback" not in err and "internal server error" not in err, err[-2000:]
     print(f"\nfuzz examples run: {sum(OUTCOMES.values())} over {len(OUTCOMES)} operation/mode pairs")
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+    ("/api/generate", {"model": "echo", "stream": True, "prompt": "hi"}),
+    ("/api/chat", {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+])
+def test_streamed_replies_conform(fuzz_server, path, body):
+    """Streamed replies (SSE, NDJSON) checked against the document, every run."""
+    schema = schemathesis.openapi.from_path(str(DOC))
+    case = schema.make_case(operation=schema[path]["POST"], body=body, media_type="application/json")
+    response = case.call(base_url=fuzz_server.url, timeout=30)
+    assert response.status_code == 200
+    case.validate_response(response, checks=CHECKS)
