@@ -304,7 +304,10 @@ def test_one_generation_at_a_time_then_503_and_disconnect_frees_the_model(local_
     import httpx
 
     url = local_server.url + "/api/generate"
-    body = {"model": "smollm2", "prompt": PROMPT, "stream": True, "options": {"seed": 5, "num_predict": 3000}}
+    # a schema that forces a long answer (at least 1000 numbers), so A holds the model whatever it samples
+    long_answer = {"type": "array", "items": {"type": "integer"}, "minItems": 1000}
+    body = {"model": "smollm2", "prompt": "List numbers.", "stream": True, "format": long_answer,
+            "options": {"seed": 5, "num_predict": 3000}}
     with httpx.Client(timeout=120) as a_client, a_client.stream("POST", url, json=body) as a:
         assert a.status_code == 200
         lines = a.iter_lines()
@@ -320,12 +323,8 @@ def test_one_generation_at_a_time_then_503_and_disconnect_frees_the_model(local_
 
         tb = threading.Thread(target=run_b)
         tb.start()
-        deadline = time.monotonic() + 10
-        while True:  # wait until B is queued: then C is one too many
-            c = httpx.post(url, json={**body, "stream": False}, timeout=60)
-            if c.status_code == 503 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        time.sleep(1.0)  # B reaches the queue (loopback: milliseconds); then C is one too many
+        c = httpx.post(url, json={**body, "stream": False}, timeout=30)
         assert c.status_code == 503, c.text
         assert "busy" in c.json()["error"] and "smollm2" in c.json()["error"]
         assert "status" not in second  # B is still waiting
