@@ -119,6 +119,14 @@ def test_generate_stream_defaults_to_false(server):
     assert obj["created_at"].endswith("Z")
 
 
+def test_chat_streams_by_default_as_ollama_does(server):
+    r = httpx.post(server.url + "/api/chat", json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+    lines = ndjson(r)
+    assert len(lines) > 1 and lines[-1]["done"] is True
+    assert "".join(o["message"]["content"] for o in lines) == "You said: hi"
+
+
 def test_generate_streamed_with_client(client):
     parts = list(client.generate(model="tokens-5", prompt="count", stream=True))
     assert "".join(p.response for p in parts) == "tok0 tok1 tok2 tok3 tok4"
@@ -234,7 +242,7 @@ def test_chat_raw_shape(server):
     lines = ndjson(r)
     assert all("response" not in o and "context" not in o for o in lines)
     assert lines[-1]["done"] is True and lines[-1]["message"]["content"] == ""
-    whole = httpx.post(server.url + "/api/chat", json={"model": "reason",
+    whole = httpx.post(server.url + "/api/chat", json={"model": "reason", "stream": False,
                                                         "messages": [{"role": "user", "content": "q"}]}).json()
     assert whole["message"] == {"role": "assistant", "content": "Here it is: 42.",
                                 "thinking": "Hmm, the user wants an answer."}

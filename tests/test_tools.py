@@ -236,7 +236,7 @@ def test_ollama_client_streamed_tool_calls(ollama_client, model):
 
 
 def test_raw_api_chat_tool_call_shape(server):
-    r = httpx.post(server.url + "/api/chat", json={"model": "oa-tools-2", "tools": [WEATHER, TIME],
+    r = httpx.post(server.url + "/api/chat", json={"model": "oa-tools-2", "tools": [WEATHER, TIME], "stream": False,
                                                    "messages": [{"role": "user", "content": "Oslo"}]})
     assert r.status_code == 200
     calls = r.json()["message"]["tool_calls"]

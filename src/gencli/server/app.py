@@ -533,7 +533,7 @@ class App:
         model = self.model_name(field_model(data))
         info = scope.setdefault("gencli", {})
         info["model"] = model
-        stream = field_bool(data, "stream", False)
+        stream = field_bool(data, "stream", True)  # Ollama streams chat unless told not to (the seed only covers generate)
         raw_messages = field_list(data, "messages")
         if not raw_messages:
             entry = self.resolve(model)
