@@ -51,7 +51,6 @@ import asyncio
 import base64
 import binascii
 import re
-import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -59,6 +58,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+try:
+    from tests.fakes.threaded import ThreadedServer
+except ImportError:  # run as a script: python tests/fakes/<name>.py --port N
+    from threaded import ThreadedServer  # type: ignore[no-redef]
 
 FAKE_KEY = "gm-fake-test-key-0123456789abcdef"
 
@@ -404,16 +408,15 @@ def _blocked(model: str, req: Parsed, rid: str) -> dict:
         "usageMetadata": {"promptTokenCount": n, "totalTokenCount": n}, "modelVersion": model, "responseId": rid}
 
 
-class FakeGemini:
+class FakeGemini(ThreadedServer):
     """The fake upstream on 127.0.0.1:<free port>, in a thread with its own event loop."""
 
+    thread_name = "fake-gemini"
+
     def __init__(self, api_key: str | None = FAKE_KEY, port: int = 0):
+        super().__init__(port)
         self.api_key = api_key  # None: accept any non-empty key
-        self.port = port
         self.requests: list[Recorded] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
 
     # -- lifecycle -----------------------------------------------------------
     @property
@@ -424,47 +427,6 @@ class FakeGemini:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post(r"/{version:v1|v1beta|v1alpha}/models/{target}", self._generate)
         return app
-
-    def start(self) -> "FakeGemini":
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._serve())
-            except BaseException as exc:  # report start-up failures to start()
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=main, name="fake-gemini", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            raise failure[0]
-        return self
-
-    async def _serve(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop = self._thread = None
 
     # -- helpers for tests ---------------------------------------------------
     def last(self, model: str | None = None) -> Recorded:

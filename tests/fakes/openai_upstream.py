@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -63,6 +62,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+try:
+    from tests.fakes.threaded import ThreadedServer
+except ImportError:  # run as a script: python tests/fakes/<name>.py --port N
+    from threaded import ThreadedServer  # type: ignore[no-redef]
 
 FAKE_KEY = "sk-fake-test-0123456789abcdef"
 
@@ -122,29 +126,23 @@ def _pieces(text: str) -> list[str]:
     return [w for w in _WORD.findall(text) if w]
 
 
-class FakeOpenAI:
+class FakeOpenAI(ThreadedServer):
     """The fake upstream on 127.0.0.1:<free port>, in a thread with its own event loop."""
 
+    thread_name = "fake-openai"
+
     def __init__(self, api_key: str | None = FAKE_KEY, port: int = 0):
+        super().__init__(port)
         self.api_key = api_key  # None: accept any key (or none)
-        self.port = port
         self.requests: list[Recorded] = []
         self.disconnects = 0  # streams the client dropped before the end
         self.disconnect_times: list[float] = []  # time.monotonic() of each
         self.attempts: dict[str, int] = {}  # requests per model name (fault modes)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
 
     # -- lifecycle -----------------------------------------------------------
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def open_connections(self) -> int:
-        server = self._runner.server if self._runner else None
-        return len(server.connections) if server is not None else 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -152,48 +150,6 @@ class FakeOpenAI:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/embeddings", self._embeddings)
         return app
-
-    def start(self) -> "FakeOpenAI":
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._serve())
-            except BaseException as exc:  # report start-up failures to start()
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=main, name="fake-openai", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            raise failure[0]
-        return self
-
-    async def _serve(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        site = web.SockSite(self._runner, sock)
-        await site.start()
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop = self._thread = None
 
     # -- helpers for tests ---------------------------------------------------
     def mark(self) -> int:
