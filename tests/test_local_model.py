@@ -57,6 +57,10 @@ def test_json_stream_counts_real_tokens(tmp_path, workdir):
     assert final["eval_count"] == 16 and final["done_reason"] == "length"
     assert final["prompt_eval_count"] > 5  # the chat template's system turn plus the prompt
     assert final["eval_duration"] > 0 and final["total_duration"] >= final["eval_duration"]
+    # a fresh process loads the model: that time is load_duration, not prompt evaluation
+    assert final["load_duration"] > 10_000_000
+    parts = final["load_duration"] + final["prompt_eval_duration"] + final["eval_duration"]
+    assert abs(final["total_duration"] - parts) < 5_000_000
 
     whole = gencli(["generate", PROMPT, *SEEDED, "--json", "--no-stream"], tmp_path, workdir)
     assert whole.returncode == 0, whole.stderr

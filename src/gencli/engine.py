@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Iterator
 from gencli import context as ctx
 from gencli import images as img
 from gencli.errors import GencliError, UpstreamError, UsageError
-from gencli.events import Done, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
+from gencli.events import Done, Finish, Loaded, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers import get_adapter
 from gencli.providers.base import Call
 from gencli.registry import ModelEntry, Registry
@@ -254,6 +254,8 @@ class Run:
                     self.first = time.perf_counter_ns()
                 self.tool_calls.append(ev)
                 out.append(ev)
+            elif t is Loaded:
+                self.sent = time.perf_counter_ns()
         return out
 
     def _emit(self, r: str, x: str, out: list) -> None:

@@ -33,6 +33,12 @@ class Usage:
 
 
 @dataclass(slots=True)
+class Loaded:
+    """An in-process model is loaded and about to read the prompt: the time before this
+    is Ollama's ``load_duration`` (HTTP adapters never emit it: sending is their start)."""
+
+
+@dataclass(slots=True)
 class Finish:
     """The upstream's finish reason, normalised to stop | length | tool_calls | content_filter."""
 

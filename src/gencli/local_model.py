@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gencli.errors import ConfigError, GencliError, ServerBusy, UsageError
-from gencli.events import Finish, TextDelta, Usage
+from gencli.events import Finish, Loaded, TextDelta, Usage
 
 if TYPE_CHECKING:
     import asyncio
@@ -588,6 +588,7 @@ def _generate(state: _State, name: str, path: Path, messages: list[dict], option
     threads = o.get("num_thread")
     threads = threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
     llm = load(path, name, n_ctx, threads)
+    yield [Loaded()]  # the time so far is load_duration
     grammar = grammar_for(fmt)
     tokens = prompt_tokens(llm, messages)
     n_prompt = len(tokens)
