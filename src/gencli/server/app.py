@@ -776,22 +776,13 @@ def settings_from_env(environ: dict | None = None) -> dict:
 def build(app: App, api_key: str | None, origins: str, max_body: int, access_log: bool):
     """Wrap the app in the guard (auth, origins, body cap) and the access log. Lifespan
     events go straight to the app."""
-    wrapped: Any = app
-    try:
-        from gencli.server.guard import Guard, parse_origins
-    except ImportError:  # pragma: no cover - the guard ships with the server
-        Guard = None
-    if Guard is not None:
-        wrapped = Guard(wrapped, api_key=api_key, allowed_origins=parse_origins(origins), max_body=max_body)
+    from gencli.server.guard import Guard, parse_origins
+
+    wrapped: Any = Guard(app, api_key=api_key, allowed_origins=parse_origins(origins), max_body=max_body)
     if access_log:
-        try:
-            from gencli.server.accesslog import AccessLog
-        except ImportError:  # pragma: no cover
-            AccessLog = None
-        if AccessLog is not None:
-            wrapped = AccessLog(wrapped)
-    if wrapped is app:
-        return app
+        from gencli.server.accesslog import AccessLog
+
+        wrapped = AccessLog(wrapped)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
