@@ -282,6 +282,33 @@ def test_image_file(env, workdir, openai_fake):
     ]
 
 
+def test_image_url_is_fetched_by_the_cli(env, workdir, openai_fake, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "dot.png").write_bytes(png_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        p = gencli(["generate", "-i", f"{base}/dot.png", "what is it?"], env, workdir)
+        assert p.returncode == 0, err(p)
+        b64 = base64.b64encode(png_bytes()).decode()
+        parts = openai_fake.last().body["messages"][-1]["content"]
+        assert parts[1] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}}
+        before = openai_fake.mark()
+        p = gencli(["generate", "-i", f"{base}/missing.png", "x"], env, workdir)
+        assert "HTTP 404" in one_line_error(p, 2)
+        assert openai_fake.since(before) == []
+    finally:
+        server.shutdown()
+
+
 def test_non_image_file_is_refused(env, workdir, openai_fake):
     (workdir / "notes.txt").write_text("just text")
     before = openai_fake.mark()
