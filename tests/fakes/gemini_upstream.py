@@ -46,12 +46,10 @@ Behaviour is chosen by the model name in the URL (prefix match):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
 import re
-import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,9 +58,9 @@ import orjson
 from aiohttp import web
 
 try:
-    from tests.fakes.threaded import ThreadedServer
+    from tests.fakes.threaded import ThreadedServer, run_from_command_line
 except ImportError:  # run as a script: python tests/fakes/<name>.py --port N
-    from threaded import ThreadedServer  # type: ignore[no-redef]
+    from threaded import ThreadedServer, run_from_command_line  # type: ignore[no-redef]
 
 FAKE_KEY = "gm-fake-test-key-0123456789abcdef"
 
@@ -580,21 +578,5 @@ if pytest is not None:
         fake.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Fake Google Gemini API upstream on 127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--key", default=None, help="expected API key (default: accept any)")
-    args = parser.parse_args()
-    fake = FakeGemini(api_key=args.key, port=args.port)
-    fake.start()
-    print(f"fake Gemini upstream on {fake.base_url}", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake.stop()
-
-
 if __name__ == "__main__":
-    main()
+    run_from_command_line(FakeGemini, "Fake Google Gemini API upstream on 127.0.0.1")

@@ -52,10 +52,8 @@ A real aiohttp server on 127.0.0.1 that speaks the wire described in
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,9 +62,9 @@ import orjson
 from aiohttp import web
 
 try:
-    from tests.fakes.threaded import ThreadedServer
+    from tests.fakes.threaded import ThreadedServer, run_from_command_line
 except ImportError:  # run as a script: python tests/fakes/<name>.py --port N
-    from threaded import ThreadedServer  # type: ignore[no-redef]
+    from threaded import ThreadedServer, run_from_command_line  # type: ignore[no-redef]
 
 FAKE_KEY = "sk-fake-test-0123456789abcdef"
 
@@ -630,21 +628,5 @@ if pytest is not None:
         fake.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Fake OpenAI Chat Completions upstream on 127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--key", default=None, help="expected API key (default: accept any)")
-    args = parser.parse_args()
-    fake = FakeOpenAI(api_key=args.key, port=args.port)
-    fake.start()
-    print(f"fake OpenAI upstream on {fake.base_url}", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake.stop()
-
-
 if __name__ == "__main__":
-    main()
+    run_from_command_line(FakeOpenAI, "Fake OpenAI Chat Completions upstream on 127.0.0.1")

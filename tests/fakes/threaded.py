@@ -69,3 +69,21 @@ class ThreadedServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
         self._loop = self._thread = None
+
+
+def run_from_command_line(cls, description: str) -> None:
+    """``python tests/fakes/<fake>.py --port N [--key K]``: serve until interrupted (benchmarks)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--key", default=None, help="expected API key (default: accept any)")
+    args = parser.parse_args()
+    fake = cls(api_key=args.key, port=args.port).start()
+    print(f"{cls.thread_name} upstream on {fake.base_url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
