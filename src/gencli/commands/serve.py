@@ -76,7 +76,7 @@ def run(host: str, port: int, models_path: str | None, workers: int, allowed_ori
     try:
         import httptools  # noqa: F401
 
-        http = "httptools"
+        http = "gencli.server.protocol:CoalescingHttpToolsProtocol"
     except ImportError:  # pragma: no cover
         http = "h11"
     config = uvicorn.Config(
