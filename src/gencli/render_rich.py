@@ -16,7 +16,7 @@ from __future__ import annotations
 import atexit
 import threading
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.panel import Panel

@@ -46,7 +46,6 @@ Behaviour is chosen by the model name in the URL (prefix match):
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import re

@@ -564,7 +564,7 @@ class App:
         if "vision" not in plan.entry.capabilities:
             raise UsageError(f"model '{plan.entry.name}' does not take images (no 'vision' capability)", "images")
         types = plan.adapter.image_types
-        for n, (message, index, raw) in enumerate(pending):
+        for n, (message, _index, raw) in enumerate(pending):
             where = f"image {n + 1}"
             if not isinstance(raw, str) or not raw:
                 raise ImageError(f"{where} must be a base64 string or an http(s) URL")
