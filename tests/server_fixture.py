@@ -52,16 +52,20 @@ def models_json(base_url: str) -> dict:
 class ServeProcess:
     """``gencli serve --port 0``; the port is read from the startup line. Output goes to files."""
 
-    def __init__(self, tmp: Path, models: dict, args: list[str] = (), env: dict[str, str] | None = None):
+    def __init__(self, tmp: Path, models: dict | Path, args: list[str] = (), env: dict[str, str] | None = None,
+                 host: str = "127.0.0.1"):
         tmp.mkdir(parents=True, exist_ok=True)
-        path = tmp / "models.json"
-        path.write_text(json.dumps(models))
+        if isinstance(models, Path):
+            path = models
+        else:
+            path = tmp / "models.json"
+            path.write_text(json.dumps(models))
         self.err_path = tmp / "serve.err"
         self.out_path = tmp / "serve.out"
         work = tmp / "work"
         work.mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
-            [GENCLI, "serve", "--port", "0", "--models", str(path), *args],
+            [GENCLI, "serve", "--host", host, "--port", "0", "--models", str(path), *args],
             env=clean_env(tmp, **{KEY_VAR: FAKE_KEY, **(env or {})}), cwd=work, stdin=subprocess.DEVNULL,
             stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"))
         deadline = time.monotonic() + 30
@@ -78,6 +82,7 @@ class ServeProcess:
                 raise AssertionError(f"gencli serve did not start: {text}")
             time.sleep(0.05)
         self.port = int(self.url.rsplit(":", 1)[1])
+        self.url = f"http://127.0.0.1:{self.port}"  # test traffic stays on loopback whatever the bind address
         # the socket listens before the app is loaded; wait until it answers
         while True:
             try:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,52 +16,15 @@ import openai
 import pytest
 
 from gencli.server.guard import check_bind, is_loopback_host
-from tests.conftest import GENCLI, clean_env
 from tests.fakes.openai_upstream import FAKE_KEY
+from tests.server_fixture import KEY_VAR, ServeProcess
 
 SERVER_KEY = "gk-server-secret-7f3a9c"
 PROMPT_MARKER = "PROMPT-MARKER-a91b"
-UPSTREAM_KEY_VAR = "FAKE_UPSTREAM_KEY"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``gencli serve`` on a free port; stdout and stderr go to files (never a pipe that could fill)."""
-
-    def __init__(self, tmp: Path, models: Path, args: list[str] = (), env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1"):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.err_path = tmp / f"serve-{self.port}.err"
-        self.out_path = tmp / f"serve-{self.port}.out"
-        env = clean_env(tmp, **{UPSTREAM_KEY_VAR: FAKE_KEY, **(env or {})})
-        work = tmp / f"work-{self.port}"
-        work.mkdir()
-        self.proc = subprocess.Popen(
-            [GENCLI, "serve", "--host", host, "--port", str(self.port), "--models", str(models), *args],
-            env=env, cwd=work, stdin=subprocess.DEVNULL,
-            stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"))
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gencli serve exited with {self.proc.returncode}: {self.stderr()}")
-            try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"gencli serve did not start: {self.stderr()}")
-            time.sleep(0.05)
-
-    def stderr(self) -> str:
-        return self.err_path.read_text(errors="replace")
+class Server(ServeProcess):
+    """``gencli serve`` (the shared fixture's process) with helpers to read its output."""
 
     def output(self) -> str:
         return self.out_path.read_text(errors="replace") + self.stderr()
@@ -77,21 +38,11 @@ class Server:
                 return lines
             time.sleep(0.05)
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
 
 @pytest.fixture(scope="module")
 def models_file(openai_fake, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "models.json"
-    base = {"provider": "openai-compatible", "base_url": openai_fake.base_url, "api_key_env": UPSTREAM_KEY_VAR}
+    base = {"provider": "openai-compatible", "base_url": openai_fake.base_url, "api_key_env": KEY_VAR}
     path.write_text(json.dumps({"echo": {**base, "model": "echo"}, "slow": {**base, "model": "slow-100-15"}}))
     return path
 
