@@ -374,12 +374,7 @@ class App:
         return [e for e in self.registry.models.values() if self.registry.missing_key(e) is None]
 
     def resolve(self, name: str) -> ModelEntry:
-        try:
-            return self.registry.resolve(name)
-        except ModelNotFound:
-            if name.endswith(":latest") and name[:-7] in self.registry.models:
-                return self.registry.models[name[:-7]]
-            raise
+        return self.registry.resolve(self.model_name(name))
 
     def model_name(self, name: str) -> str:
         """The registry name for a requested name (Ollama clients may add ':latest')."""
