@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GENCLI = str(Path(sys.executable).with_name("gencli"))
 
 # Variables that would route a test to a real provider or change gencli's behaviour.
-_SCRUB_PREFIXES = ("OPENAI_", "GEMINI_", "GOOGLE_", "OPENROUTER_", "GENCLI_", "OLLAMA_")
+_SCRUB_PREFIXES = ("OPENAI_", "GEMINI_", "GOOGLE_", "OPENROUTER_", "ANTHROPIC_", "GENCLI_", "OLLAMA_")
 
 
 def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -52,3 +52,5 @@ def run_gencli(args: list[str], env: dict[str, str], cwd: Path, input: bytes | N
 from tests.fakes.openai_upstream import openai_fake  # noqa: E402,F401  (fixture)
 
 from tests.fakes.gemini_upstream import gemini_fake  # noqa: E402,F401  (fixture)
+
+from tests.fakes.anthropic_upstream import anthropic_fake  # noqa: E402,F401  (fixture)

@@ -105,6 +105,41 @@ def test_gemini_wire_request_carries_function_declarations(registry, gemini_fake
     assert decl["parametersJsonSchema"] == WEATHER["function"]["parameters"]
 
 
+@pytest.mark.parametrize("choice,openai_wire,gemini_config", [
+    ("required", "required", {"mode": "ANY"}),
+    ({"type": "function", "function": {"name": "get_time"}}, {"type": "function", "function": {"name": "get_time"}},
+     {"mode": "ANY", "allowedFunctionNames": ["get_time"]}),
+    ("auto", "auto", None),
+])
+def test_tool_choice_reaches_both_wires(registry, openai_fake, gemini_fake, choice, openai_wire, gemini_config):
+    for model in ("oa-tools", "gm-tools"):
+        transport = HttpxTransport(tls=False)
+        req = GenerateRequest(model=model, messages=[Message("user", "Rome")], tools=[WEATHER, TIME],
+                              tool_choice=choice, stream=False)
+        list(engine.generate(req, registry, transport))
+        transport.close()
+    assert openai_fake.last().body["tool_choice"] == openai_wire
+    assert gemini_fake.last("gemini-tools").body.get("toolConfig") == (
+        None if gemini_config is None else {"functionCallingConfig": gemini_config})
+
+
+def test_tool_choice_none_sends_no_tools_and_bad_choices_are_refused(registry, openai_fake):
+    transport = HttpxTransport(tls=False)
+    req = GenerateRequest(model="oa-tools", messages=[Message("user", "Rome")], tools=[WEATHER], tool_choice="none",
+                          stream=False)
+    done = list(engine.generate(req, registry, transport))[-1]
+    transport.close()
+    assert "tools" not in openai_fake.last().body and not done.tool_calls
+    for bad, message in (("sometimes", "tool_choice must be"), ({"type": "function", "function": {"name": "x"}},
+                                                                 "not in tools")):
+        with pytest.raises(UsageError, match=message):
+            engine.prepare(GenerateRequest(model="oa-tools", messages=[Message("user", "x")], tools=[WEATHER],
+                                           tool_choice=bad), registry)
+    with pytest.raises(UsageError, match="no tools"):
+        engine.prepare(GenerateRequest(model="oa-tools", messages=[Message("user", "x")], tool_choice="required"),
+                       registry)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_follow_up_with_results_uses_call_ids(registry, openai_fake, stream):
     """An Ollama-style follow-up (tool_name, no ids) reaches OpenAI with matching ids and string arguments."""

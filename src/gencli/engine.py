@@ -137,11 +137,14 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
     think = req.think
     if think is not None and not isinstance(think, bool) and think not in ("low", "medium", "high"):
         raise UsageError("think must be true, false, \"low\", \"medium\" or \"high\"", "think")
-    tools = None
-    if req.tools is not None:
-        from gencli.tools import validate_tools
+    tools = tool_choice = None
+    if req.tools is not None or req.tool_choice is not None:
+        from gencli.tools import validate_tool_choice, validate_tools
 
         tools = validate_tools(req.tools)
+        tool_choice = validate_tool_choice(req.tool_choice, tools)
+        if tool_choice == "none":  # the model may not call any: it is not told about them
+            tools = tool_choice = None
         if tools and "tools" not in entry.capabilities:
             raise UsageError(f"model '{entry.name}' does not support tools (no 'tools' capability)", "tools")
 
@@ -185,6 +188,7 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
         extra={"path": entry.path, "package": entry.package, "timeout": entry.timeout,
                "retries": entry.retries, "capabilities": entry.capabilities},
         tools=tools,
+        tool_choice=tool_choice,
     )
     plan = Plan(entry, adapter, call, history, started=started, want_context=want_context)
 
@@ -210,7 +214,7 @@ class Run:
     """Folds adapter events into engine events and the final Done (timings, context)."""
 
     __slots__ = ("plan", "splitter", "text", "reasoning", "first", "sent", "usage", "finish", "stream",
-                 "tool_calls")
+                 "tool_calls", "stop_sequence")
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -223,6 +227,7 @@ class Run:
         self.usage = Usage()
         self.finish = "stop"
         self.tool_calls: list[ToolCall] = []
+        self.stop_sequence: str | None = None
 
     def request_sent(self) -> None:
         self.sent = time.perf_counter_ns()
@@ -249,6 +254,7 @@ class Run:
                     self.usage.completion_tokens = ev.completion_tokens
             elif t is Finish:
                 self.finish = ev.reason
+                self.stop_sequence = ev.stop_sequence
             elif t is ToolCall:
                 if not self.first:
                     self.first = time.perf_counter_ns()
@@ -296,6 +302,7 @@ class Run:
             eval_duration=end - first,
             context=context,
             tool_calls=self.tool_calls,
+            stop_sequence=self.stop_sequence,
         ))
         return out
 

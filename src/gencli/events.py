@@ -40,9 +40,12 @@ class Loaded:
 
 @dataclass(slots=True)
 class Finish:
-    """The upstream's finish reason, normalised to stop | length | tool_calls | content_filter."""
+    """The upstream's finish reason, normalised to stop | length | tool_calls | content_filter;
+    ``stop_sequence`` names the caller's stop sequence that ended the answer, when the
+    upstream says which (Anthropic and the local model do)."""
 
     reason: str
+    stop_sequence: str | None = None
 
 
 @dataclass(slots=True)
@@ -64,6 +67,7 @@ class Done:
     eval_duration: int = 0
     context: list[int] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
+    stop_sequence: str | None = None  # the stop sequence that ended the answer, when known
 
     def stats(self) -> dict:
         out = {

@@ -20,7 +20,7 @@ from gencli.errors import ConfigError, MissingKey, ModelNotFound
 BUILTIN_PATH = Path(__file__).with_name("models.json")
 LOCAL_DEFAULT = "smollm2"  # the default when no provider key is configured
 
-PROVIDER_NAMES = ("openai", "openrouter", "openai-compatible", "google", "local")
+PROVIDER_NAMES = ("openai", "openrouter", "openai-compatible", "google", "anthropic", "local")
 
 # provider -> (key variables in order, base-URL variables in order, default base URL)
 PROVIDER_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
@@ -32,6 +32,7 @@ PROVIDER_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
         ("GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"),
         "https://generativelanguage.googleapis.com",
     ),
+    "anthropic": (("ANTHROPIC_API_KEY",), ("ANTHROPIC_BASE_URL",), "https://api.anthropic.com"),
     "local": ((), (), ""),
 }
 

@@ -50,3 +50,5 @@ class GenerateRequest:
     stream: bool = True
     # function tools, Ollama/OpenAI shape: [{"type": "function", "function": {name, description?, parameters?}}]
     tools: list[Any] | None = None
+    # OpenAI's tool_choice forms: "auto" | "none" | "required" | {"type": "function", "function": {"name"}}
+    tool_choice: Any = None

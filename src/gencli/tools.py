@@ -75,6 +75,28 @@ def validate_tools(raw: Any) -> list[dict] | None:
     return out
 
 
+def validate_tool_choice(raw: Any, tools: list[dict] | None) -> Any:
+    """OpenAI's ``tool_choice`` -> what adapters take: None (auto: the model decides),
+    ``"none"`` (the caller drops the tools), ``"required"`` (some tool must be called) or
+    ``{"name": tool}`` (that tool must be called). UsageError names the fault."""
+    if raw is None or raw == "auto":
+        return None
+    if raw in ("none", "required"):
+        if raw == "required" and not tools:
+            raise UsageError("tool_choice is \"required\" but no tools were given", "tool_choice")
+        return raw
+    name = None
+    if isinstance(raw, dict) and raw.get("type", "function") == "function":
+        fn = raw.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise UsageError("tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
+                         "\"function\": {\"name\": ...}}", "tool_choice")
+    if not any(t["function"]["name"] == name for t in tools or ()):
+        raise UsageError(f"tool_choice names the tool {name[:64]!r}, which is not in tools", "tool_choice")
+    return {"name": name}
+
+
 def check_arguments(value: Any, where: str) -> dict:
     """Tool-call arguments from a caller: an object, or a JSON string holding one."""
     if value is None or value == "":

@@ -15,6 +15,7 @@ _MODULES = {
     "openrouter": "openai",
     "openai-compatible": "openai",
     "google": "google",
+    "anthropic": "anthropic",
     "local": "local",
 }
 

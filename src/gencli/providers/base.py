@@ -38,6 +38,8 @@ class Call:
     stream: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
     tools: list[dict] | None = None  # validated function tools (gencli.tools.validate_tools)
+    # with tools: None (the upstream's default, auto) | "required" | {"name": tool} (gencli.tools.validate_tool_choice)
+    tool_choice: Any = None
 
 
 class SSEParser:

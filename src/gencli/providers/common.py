@@ -21,6 +21,7 @@ PROVIDER_LABELS = {
     "openrouter": "OpenRouter",
     "openai-compatible": "the OpenAI-compatible server",
     "google": "Gemini",
+    "anthropic": "Anthropic",
     "local": "the local model",
 }
 

@@ -229,6 +229,11 @@ class GoogleAdapter:
                     decl["parametersJsonSchema"] = fn["parameters"]  # full JSON Schema, as responseJsonSchema
                 decls.append(decl)
             body["tools"] = [{"functionDeclarations": decls}]
+            if call.tool_choice:  # a call is required (of the named function)
+                mode: dict[str, Any] = {"mode": "ANY"}
+                if isinstance(call.tool_choice, dict):
+                    mode["allowedFunctionNames"] = [call.tool_choice["name"]]
+                body["toolConfig"] = {"functionCallingConfig": mode}
         config = self.generation_config(call)
         if config:
             body["generationConfig"] = config

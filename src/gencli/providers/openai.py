@@ -109,7 +109,9 @@ class OpenAIAdapter:
                 body["min_p"] = o["min_p"]
         if call.tools:
             body["tools"] = call.tools
-            body["tool_choice"] = "auto"
+            choice = call.tool_choice
+            body["tool_choice"] = ("required" if choice == "required" else
+                                   {"type": "function", "function": {"name": choice["name"]}} if choice else "auto")
         if call.format == "json":
             body["response_format"] = {"type": "json_object"}
         elif isinstance(call.format, dict):

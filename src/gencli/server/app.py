@@ -45,7 +45,7 @@ KEEP_ALIVE_NS = 5 * 60 * 10**9  # how long /api/ps lists a model after its last 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 # context window reported by /api/show when models.json gives no options.num_ctx
 DEFAULT_CONTEXT = {"openai": 128000, "openrouter": 131072, "google": 1048576, "openai-compatible": 32768,
-                   "local": 8192}
+                   "anthropic": 1000000, "local": 8192}
 
 dumps = orjson.dumps
 

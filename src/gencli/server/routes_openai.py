@@ -211,9 +211,9 @@ async def chat_completions(app: "App", scope, receive, send) -> None:
     if not raw:
         raise UsageError("messages is required (a non-empty array)", "messages")
     messages, pending = openai_messages(raw)
-    tools = None if data.get("tool_choice") == "none" else data.get("tools")
     req = GenerateRequest(model=model, messages=messages, options=_options(data), format=_format(data),
-                          think=_think(data), stream=stream, tools=tools)
+                          think=_think(data), stream=stream, tools=data.get("tools"),
+                          tool_choice=data.get("tool_choice"))
     plan = prepare(req, app.registry, model_default=False)
     await app.attach_images(plan, pending)
     app.touch(plan.entry.name)
