@@ -235,7 +235,7 @@ def test_seeded_runs_repeat_and_stop_sequences_cut_the_text(tmp_path):
     words = a.text.split()
     stop = " " + words[len(words) // 2]
     cut = text(num_predict=24, stop=[stop])
-    assert cut.done_reason == "stop"
+    assert cut.done_reason == "stop" and cut.stop_sequence == stop and a.stop_sequence is None
     assert cut.text == a.text[: a.text.index(stop)]
 
 
@@ -288,6 +288,29 @@ def test_serve_generates_with_smollm2_through_the_ollama_client(local_server):
     chat = client.chat(model="smollm2", messages=[{"role": "user", "content": ask}],
                        format="json", options={"seed": 7, "num_predict": 200})
     assert isinstance(json.loads(chat.message.content), dict)
+
+
+def test_agent_protocols_on_smollm2(local_server):
+    """Codex's Responses API and Claude Code's Messages API on the local model; count_tokens is
+    the model's own tokenizer over its chat template, the same count generation reports."""
+    anthropic = pytest.importorskip("anthropic")
+    import openai
+
+    oai = openai.OpenAI(base_url=local_server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    events = list(oai.responses.create(model="smollm2", input=PROMPT, max_output_tokens=12, stream=True))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    r = events[-1].response  # cut by max_output_tokens: response.incomplete, as OpenAI ends such a stream
+    assert events[-1].type == "response.incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert len(deltas) >= 6 and r.output_text == "".join(deltas)  # token by token
+    assert r.usage.output_tokens == 12
+    claude = anthropic.Anthropic(base_url=local_server.url, api_key="x", max_retries=0, timeout=120)
+    msgs = [{"role": "user", "content": PROMPT}]
+    with claude.messages.stream(model="smollm2", max_tokens=12, system="Answer briefly.", messages=msgs) as stream:
+        text = "".join(stream.text_stream)
+        m = stream.get_final_message()
+    assert text.strip() and m.content[0].text == text and m.stop_reason == "max_tokens"
+    counted = claude.messages.count_tokens(model="smollm2", system="Answer briefly.", messages=msgs).input_tokens
+    assert counted == m.usage.input_tokens and counted > len(PROMPT.split())
 
 
 def test_tags_and_show_report_the_gguf_details(local_server):

@@ -577,9 +577,8 @@ class _State:
         self.generated = 0
 
 
-def _generate(state: _State, name: str, path: Path, messages: list[dict], options: dict, fmt: Any):
-    """The token loop: yields [TextDelta] as text arrives, then [.., Usage, Finish]."""
-    o = {**DEFAULTS, **options}
+def _load_for(path: Path, name: str, o: dict):
+    """The Llama for a run with options ``o``: its context is num_ctx, at most the trained one."""
     n_ctx = int(o.get("num_ctx") or DEFAULT_NUM_CTX)
     meta = read_gguf(path)["metadata"]
     train_ctx = meta.get(f"{meta.get('general.architecture', '')}.context_length")
@@ -587,7 +586,13 @@ def _generate(state: _State, name: str, path: Path, messages: list[dict], option
         n_ctx = min(n_ctx, train_ctx)
     threads = o.get("num_thread")
     threads = threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
-    llm = load(path, name, n_ctx, threads)
+    return load(path, name, n_ctx, threads), n_ctx
+
+
+def _generate(state: _State, name: str, path: Path, messages: list[dict], options: dict, fmt: Any):
+    """The token loop: yields [TextDelta] as text arrives, then [.., Usage, Finish]."""
+    o = {**DEFAULTS, **options}
+    llm, n_ctx = _load_for(path, name, o)
     yield [Loaded()]  # the time so far is load_duration
     grammar = grammar_for(fmt)
     tokens = prompt_tokens(llm, messages)
@@ -609,6 +614,7 @@ def _generate(state: _State, name: str, path: Path, messages: list[dict], option
     vocab = llm._model.vocab
     detok = llm.detokenize
     finish = "length"
+    stop_sequence = None
     pending = ""
     n = 0
     source = llm.generate(
@@ -629,10 +635,10 @@ def _generate(state: _State, name: str, path: Path, messages: list[dict], option
             if piece:
                 if stops:
                     pending += piece
-                    hit = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
+                    hit, matched = min(((i, s) for s in stops if (i := pending.find(s)) >= 0), default=(-1, None))
                     if hit >= 0:
                         pending = pending[:hit]
-                        finish = "stop"
+                        finish, stop_sequence = "stop", matched
                         break
                     cut = _safe_prefix(pending, stops, keep)
                     if cut:
@@ -647,7 +653,7 @@ def _generate(state: _State, name: str, path: Path, messages: list[dict], option
     finally:
         source.close()
     tail = pending + decoder.decode(b"", final=True)
-    yield ([TextDelta(tail)] if tail else _EMPTY) + [Usage(n_prompt, n), Finish(finish)]
+    yield ([TextDelta(tail)] if tail else _EMPTY) + [Usage(n_prompt, n), Finish(finish, stop_sequence)]
 
 
 def _safe_prefix(text: str, stops: list[str], keep: int) -> int:
@@ -658,6 +664,23 @@ def _safe_prefix(text: str, stops: list[str], keep: int) -> int:
         if any(s.startswith(tail) for s in stops):
             return i
     return len(text)
+
+
+def count_tokens(call) -> int:
+    """The prompt's length in the model's own tokens, its chat template applied (blocking: it
+    takes its turn at the model like a generation, loading it if need be)."""
+    extra = call.extra
+    path = gguf_path(call.name, extra.get("path"), extra.get("package"))
+    if not extra_installed():
+        raise _missing_extra(call.name)
+    gate = gate_for(path, call.name)
+    ticket = gate.enter()
+    try:
+        gate.wait(ticket, threading.Event())
+        llm, _ = _load_for(path, call.name, {**DEFAULTS, **call.options})
+        return len(prompt_tokens(llm, [{"role": m.role, "content": m.content} for m in call.messages]))
+    finally:
+        gate.leave(ticket)
 
 
 def start(call) -> LocalRun:

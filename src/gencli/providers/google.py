@@ -216,7 +216,11 @@ class GoogleAdapter:
                 continue
             parts = _parts(m)
             if parts:  # Gemini refuses empty parts
-                contents.append({"role": "model" if m.role == "assistant" else "user", "parts": parts})
+                role = "model" if m.role == "assistant" else "user"
+                if contents and contents[-1]["role"] == role:  # one turn per role, as Gemini alternates them
+                    contents[-1]["parts"].extend(parts)
+                else:
+                    contents.append({"role": role, "parts": parts})
         body: dict[str, Any] = {"contents": contents}
         if system:
             body["systemInstruction"] = {"parts": system}

@@ -40,7 +40,7 @@ from gencli.registry import ModelEntry, Registry
 from gencli.request import GenerateRequest, Message
 from gencli.wire import generate_chunk, generate_final, load_reply, now_iso
 
-OLLAMA_VERSION = "0.12.6"  # what /api/version reports (clients refuse < 0.6.4)
+OLLAMA_VERSION = "0.14.0"  # what /api/version reports: the first Ollama with /v1/responses and /v1/messages
 KEEP_ALIVE_NS = 5 * 60 * 10**9  # how long /api/ps lists a model after its last use
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 # context window reported by /api/show when models.json gives no options.num_ctx
@@ -282,6 +282,8 @@ class App:
                 pass
         self.modified_ts = int(mtime)
         self.modified_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+        from gencli.server import anthropic as an
+        from gencli.server import responses as rs
         from gencli.server import routes_embed
         from gencli.server import routes_openai as oa
 
@@ -299,6 +301,9 @@ class App:
             ("POST", "/api/chat"): self.chat,
             ("POST", "/v1/chat/completions"): lambda s, r, w: oa.chat_completions(self, s, r, w),
             ("GET", "/v1/models"): lambda s, r, w: oa.models(self, s, r, w),
+            ("POST", "/v1/responses"): lambda s, r, w: rs.responses(self, s, r, w),
+            ("POST", "/v1/messages"): lambda s, r, w: an.messages(self, s, r, w),
+            ("POST", "/v1/messages/count_tokens"): lambda s, r, w: an.count_tokens(self, s, r, w),
             **routes_embed.routes(self),
         }
         self.paths: dict[str, list[str]] = {}
@@ -348,7 +353,13 @@ class App:
         await self.fail(scope, send, exc, [(b"allow", ", ".join(sorted(methods)).encode())])
 
     async def fail(self, scope: Scope, send: Send, exc: GencliError, extra: list | None = None) -> None:
-        body = openai_error(exc) if scope["path"].startswith("/v1/") else ollama_error(exc)
+        path = scope["path"]
+        if path.startswith("/v1/messages"):
+            from gencli.server.anthropic import error_body
+
+            body = error_body(exc)
+        else:
+            body = openai_error(exc) if path.startswith("/v1/") else ollama_error(exc)
         headers = error_headers(exc) + (extra or [])
         await send_json(send, exc.status, body, head=scope["method"] == "HEAD", extra=headers)
 

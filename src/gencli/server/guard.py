@@ -108,7 +108,7 @@ class Guard:
     """ASGI middleware: ``Guard(app, api_key=..., allowed_origins=[...], max_body=bytes)``.
 
     - ``api_key``: when set, every HTTP route except ``/`` needs ``Authorization: Bearer <key>``
-      (401 otherwise; compared in constant time).
+      or ``x-api-key: <key>`` (Anthropic's header) (401 otherwise; compared in constant time).
     - ``allowed_origins``: origins allowed besides the localhost ones; ``*`` allows all.
       A request whose ``Origin`` is not allowed gets 403 and no CORS headers; an allowed
       one gets ``Access-Control-Allow-Origin`` (its own origin) and ``Vary: Origin``, and
@@ -161,7 +161,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
 
-        origin = authorization = length = None
+        origin = authorization = length = x_api_key = None
         chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -170,6 +170,8 @@ class Guard:
                 origin = value
             elif name == b"authorization":
                 authorization = value
+            elif name == b"x-api-key":
+                x_api_key = value
             elif name == b"transfer-encoding":
                 chunked = True
 
@@ -186,9 +188,10 @@ class Guard:
                 await self._preflight(scope, send, cors)
                 return
 
-        if self._key is not None and scope["path"] != "/" and not self._key_ok(authorization):
-            message = ("missing API key: send 'Authorization: Bearer <key>' (the server's GENCLI_API_KEY)"
-                       if authorization is None else "invalid API key")
+        if self._key is not None and scope["path"] != "/" and not self._key_ok(authorization) and not (
+                x_api_key is not None and self._key_ok(b"Bearer " + x_api_key)):  # Anthropic clients' header
+            message = ("missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' (the server's "
+                       "GENCLI_API_KEY)" if authorization is None and x_api_key is None else "invalid API key")
             await _reject(send, scope, 401, message, "invalid_request_error", "invalid_api_key", cors,
                           extra=((b"www-authenticate", b"Bearer"),))
             return
@@ -244,7 +247,13 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
+_ANTHROPIC_TYPES = {401: "authentication_error", 403: "permission_error", 413: "request_too_large"}
+
+
 def _error_body(scope: Scope, status: int, message: str, kind: str, code: str | None) -> bytes:
+    if scope["path"].startswith("/v1/messages"):  # Anthropic's shape for Anthropic's routes
+        return orjson.dumps({"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "invalid_request_error"),
+                                                        "message": message}})
     if scope["path"].startswith("/v1/") or scope["path"] == "/v1":
         return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
     return orjson.dumps({"error": message})

@@ -1,0 +1,437 @@
+"""OpenAI's Responses API on the engine: ``POST /v1/responses`` (what Codex CLI and the
+newer OpenAI SDKs call).
+
+Pure translation first (request JSON -> engine request; engine events -> reply bytes),
+then the route glue, which reuses ``App.run``. gencli keeps no state between requests,
+as Ollama: ``previous_response_id``, ``conversation`` and ``store: true`` get a 400
+that says to send the whole conversation in ``input``; ``reasoning`` items sent back
+are skipped (their encrypted content only means something to OpenAI).
+
+Non-streamed, the reply is a response object whose ``output`` holds a ``reasoning``
+item (when the model reasoned), a ``message`` with ``output_text`` and the
+``function_call`` items (``arguments`` a JSON string). Streamed, it is the SSE sequence
+the SDK's stream helper checks: ``response.created``, ``response.in_progress``, per
+item ``response.output_item.added`` ... ``response.output_item.done`` with the
+content / reasoning-summary parts and deltas between, then ``response.completed`` (or
+``response.incomplete`` when max_output_tokens cut it); a failure part-way through is
+``response.failed`` carrying the error.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from gencli.engine import prepare
+from gencli.errors import GencliError, UsageError
+from gencli.events import Done, ToolCall
+from gencli.request import GenerateRequest, Message
+from gencli.server.app import H_NOCACHE, H_SSE, dumps, field_bool, field_model
+
+if TYPE_CHECKING:
+    from gencli.server.app import App
+
+ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
+EFFORT = {"none": False, "minimal": False, "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
+STATELESS = "gencli keeps no responses or conversations; send the whole conversation in input"
+
+
+# -- request -> engine ------------------------------------------------------------------
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise UsageError(f"{where} must be a string", "input")
+    if "\x00" in value:
+        raise UsageError(f"{where} contains a NUL character", "input")
+    return value
+
+
+def _image_url(part: dict, where: str) -> str:
+    url = part.get("image_url")
+    if isinstance(url, dict):  # chat-completions habit
+        url = url.get("url")
+    if not isinstance(url, str) or not url:
+        what = "file_id images are not supported (gencli stores no files)" if part.get("file_id") else \
+            "needs image_url (a data: URL, base64 or an http(s) URL)"
+        raise UsageError(f"{where}: input_image {what}", "input")
+    return url
+
+
+def _parts(content: Any, where: str, images: list[str]) -> str:
+    """Message content (a string or input_text / output_text / input_image parts) -> text."""
+    if isinstance(content, str):
+        return _text(content, where)
+    if not isinstance(content, list):
+        raise UsageError(f"{where} must be a string or an array of content parts", "input")
+    texts = []
+    for j, part in enumerate(content):
+        w = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text"):
+            texts.append(_text(part.get("text"), f"{w}.text"))
+        elif kind == "refusal":
+            texts.append(_text(part.get("refusal"), f"{w}.refusal"))
+        elif kind == "input_image":
+            images.append(_image_url(part, w))
+        else:
+            raise UsageError(f"{w}.type {kind!r} is not supported (input_text, input_image, output_text)", "input")
+    return "\n".join(texts)
+
+
+def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, int, Any]]]:
+    """``input`` (a string or items) -> engine Messages, plus images still to decode or fetch.
+    A ``function_call`` joins the assistant turn before it; ``function_call_output`` is a
+    role "tool" message."""
+    if isinstance(raw, str):
+        return [Message("user", _text(raw, "input"))], []
+    if not isinstance(raw, list) or not raw:
+        raise UsageError("input is required: a string or a non-empty array of items", "input")
+    out: list[Message] = []
+    pending: list[tuple[Message, int, Any]] = []
+    for i, item in enumerate(raw):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise UsageError(f"{where} must be an object (a message, function_call or function_call_output)",
+                             "input")
+        kind = item.get("type") or ("message" if "role" in item else None)
+        if kind == "message":
+            role = ROLES.get(item.get("role"))  # type: ignore[arg-type]
+            if role is None:
+                raise UsageError(f"{where}.role must be user, system, developer or assistant", "input")
+            images: list[str] = []
+            message = Message(role, _parts(item.get("content"), f"{where}.content", images))
+            if images and role != "user":
+                raise UsageError(f"{where}: only user messages may hold images", "input")
+            pending.extend((message, i, image) for image in images)
+            out.append(message)
+        elif kind == "function_call":
+            name = item.get("name")
+            if not isinstance(name, str) or not name:
+                raise UsageError(f"{where}.name is required for a function_call", "input")
+            call_id = item.get("call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise UsageError(f"{where}.call_id is required for a function_call", "input")
+            from gencli.tools import check_arguments
+
+            call = ToolCall(call_id, name, check_arguments(item.get("arguments"), where))
+            if out and out[-1].role == "assistant":
+                out[-1].tool_calls.append(call)
+            else:
+                out.append(Message("assistant", "", tool_calls=[call]))
+        elif kind == "function_call_output":
+            call_id = item.get("call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise UsageError(f"{where}.call_id is required for a function_call_output", "input")
+            images = []
+            text = _parts(item.get("output", ""), f"{where}.output", images)
+            out.append(Message("tool", text, tool_call_id=call_id))
+            if images:  # a tool's images reach the model in a user turn after the results
+                carrier = Message("user", "")
+                pending.extend((carrier, i, image) for image in images)
+                out.append(carrier)
+        elif kind == "reasoning":
+            continue  # encrypted for OpenAI's own models; nothing an upstream can read
+        elif kind == "item_reference":
+            raise UsageError(f"{where}: item_reference is not supported; {STATELESS}", "input")
+        else:
+            raise UsageError(f"{where}.type {kind!r} is not supported (message, function_call, "
+                             f"function_call_output, reasoning)", "input")
+    return out, pending
+
+
+def tools_in(raw: Any) -> list[dict] | None:
+    """Responses function tools (name, description, parameters at the top) -> chat's nested form."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise UsageError("tools must be an array of {\"type\": \"function\", \"name\", \"parameters\"}", "tools")
+    out = []
+    for i, tool in enumerate(raw):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
+            raise UsageError(f"tools[{i}].type {kind!r} is not supported; gencli serves function tools only",
+                             "tools")
+        fn = {"name": tool.get("name")}
+        for key in ("description", "parameters"):
+            if tool.get(key) is not None:
+                fn[key] = tool[key]
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def tool_choice_in(raw: Any) -> Any:
+    if raw is None or isinstance(raw, str):
+        return raw
+    if isinstance(raw, dict) and raw.get("type") == "function":
+        return {"type": "function", "function": {"name": raw.get("name")}}
+    raise UsageError("tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"name\"}",
+                     "tool_choice")
+
+
+def think_in(raw: Any) -> Any:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise UsageError("reasoning must be an object like {\"effort\": \"medium\"}", "reasoning")
+    effort = raw.get("effort")
+    if effort is None:
+        return None
+    if effort not in EFFORT:
+        raise UsageError("reasoning.effort must be none, minimal, low, medium, high or xhigh", "reasoning")
+    return EFFORT[effort]
+
+
+def format_in(raw: Any) -> tuple[Any, dict]:
+    """``text.format`` -> (the engine's format, the format echoed in the response)."""
+    if raw is None:
+        return None, {"type": "text"}
+    fmt = raw.get("format") if isinstance(raw, dict) else None
+    if fmt is None:
+        return None, {"type": "text"}
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None, {"type": "text"}
+    if kind == "json_object":
+        return "json", {"type": "json_object"}
+    if kind == "json_schema":
+        if not isinstance(fmt.get("schema"), dict):
+            raise UsageError("text.format.schema must be a JSON schema object", "text")
+        return fmt["schema"], fmt
+    raise UsageError("text.format.type must be text, json_object or json_schema", "text")
+
+
+def request_in(data: dict, model: str) -> tuple[GenerateRequest, list, dict]:
+    """A Responses request body -> (engine request, images still to attach, what the
+    response object echoes back)."""
+    if data.get("previous_response_id") is not None:
+        raise UsageError(f"previous_response_id is not supported: {STATELESS}", "previous_response_id")
+    if data.get("conversation") is not None:
+        raise UsageError(f"conversation is not supported: {STATELESS}", "conversation")
+    if data.get("store") is True:
+        raise UsageError(f"store: true is not supported: {STATELESS} (send store: false)", "store")
+    if data.get("background") is True:
+        raise UsageError("background: true is not supported: gencli answers in the request", "background")
+    if "input" not in data:
+        raise UsageError("input is required: a string or an array of items", "input")
+    messages, pending = input_in(data["input"])
+    options: dict[str, Any] = {}
+    for key in ("temperature", "top_p"):
+        if data.get(key) is not None:
+            options[key] = data[key]
+    limit = data.get("max_output_tokens")
+    if limit is not None:
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000_000:
+            raise UsageError("max_output_tokens must be an integer from 1 to 10000000", "max_output_tokens")
+        options["num_predict"] = limit
+    instructions = data.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise UsageError("instructions must be a string", "instructions")
+    fmt, fmt_echo = format_in(data.get("text"))
+    tools = tools_in(data.get("tools"))
+    req = GenerateRequest(model=model, messages=messages, system=instructions or None, options=options, format=fmt,
+                          think=think_in(data.get("reasoning")), stream=field_bool(data, "stream", False),
+                          tools=tools, tool_choice=tool_choice_in(data.get("tool_choice")))
+    reasoning = data.get("reasoning") if isinstance(data.get("reasoning"), dict) else {}
+    echo = {
+        "instructions": instructions,
+        "max_output_tokens": limit,
+        "temperature": data.get("temperature", 1.0),
+        "top_p": data.get("top_p", 1.0),
+        "text": {"format": fmt_echo},
+        "tool_choice": data.get("tool_choice") or "auto",
+        "tools": [{"type": "function", "name": t["function"]["name"],
+                   "description": t["function"].get("description"),
+                   "parameters": t["function"].get("parameters"), "strict": False} for t in tools or ()],
+        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+        "parallel_tool_calls": data.get("parallel_tool_calls", True),
+        "metadata": data.get("metadata") if isinstance(data.get("metadata"), dict) else {},
+        "user": data.get("user") if isinstance(data.get("user"), str) else None,
+    }
+    return req, pending, echo
+
+
+# -- engine events -> the Responses wire ------------------------------------------------
+
+def _usage(done: Done) -> dict:
+    p, c = done.prompt_eval_count or 0, done.eval_count or 0
+    return {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": c,
+            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": p + c}
+
+
+def _text_part(text: str) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message_item(item_id: str, text: str, status: str = "completed") -> dict:
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
+            "content": [_text_part(text)] if status == "completed" else []}
+
+
+def _reasoning_item(item_id: str, text: str | None) -> dict:
+    return {"id": item_id, "type": "reasoning", "summary": [] if text is None else
+            [{"type": "summary_text", "text": text}]}
+
+
+def _call_item(item_id: str, tc, status: str = "completed") -> dict:
+    return {"id": item_id, "type": "function_call", "status": status, "call_id": tc.id, "name": tc.name,
+            "arguments": dumps(tc.arguments).decode() if status == "completed" else ""}
+
+
+def _status(done: Done) -> tuple[str, dict | None]:
+    if done.done_reason == "length" and not done.tool_calls:
+        return "incomplete", {"reason": "max_output_tokens"}
+    if done.done_reason == "content_filter":
+        return "incomplete", {"reason": "content_filter"}
+    return "completed", None
+
+
+class Responses:
+    """The reply shape of ``App.run`` for /v1/responses (streamed as SSE, or one object)."""
+
+    headers = [H_SSE, H_NOCACHE]
+
+    __slots__ = ("model", "id", "created", "echo", "_seq", "_started", "_items", "_open", "_buffer")
+
+    def __init__(self, model: str, echo: dict):
+        self.model = model
+        self.id = "resp_" + os.urandom(16).hex()
+        self.created = int(time.time())
+        self.echo = echo
+        self._seq = 0
+        self._started = False
+        self._items: list[dict] = []  # finished output items
+        self._open: str | None = None  # "message" | "reasoning": the item being streamed
+        self._buffer: list[str] = []  # its text so far
+
+    def response(self, status: str, output: list[dict], done: Done | None = None,
+                 error: dict | None = None, incomplete: dict | None = None) -> dict:
+        obj = {"id": self.id, "object": "response", "created_at": self.created, "status": status,
+               "background": False, "error": error, "incomplete_details": incomplete,
+               "model": self.model, "output": output, "previous_response_id": None, "service_tier": "default",
+               "store": False, "truncation": "disabled", "max_tool_calls": None, "top_logprobs": 0,
+               "usage": _usage(done) if done is not None else None, **self.echo}
+        if status in ("completed", "incomplete", "failed"):
+            obj["completed_at"] = int(time.time())
+        return obj
+
+    def _event(self, kind: str, data: dict) -> bytes:
+        data = {"type": kind, "sequence_number": self._seq, **data}
+        self._seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + dumps(data) + b"\n\n"
+
+    def _start(self) -> bytes:
+        if self._started:
+            return b""
+        self._started = True
+        return (self._event("response.created", {"response": self.response("in_progress", [])})
+                + self._event("response.in_progress", {"response": self.response("in_progress", [])}))
+
+    def _item_id(self, prefix: str) -> str:
+        return f"{prefix}_{self.id[5:21]}{len(self._items):03d}"
+
+    def _close(self) -> bytes:
+        kind, self._open = self._open, None
+        if kind is None:
+            return b""
+        index = len(self._items)
+        text = "".join(self._buffer)
+        self._buffer = []
+        if kind == "message":
+            item = _message_item(self._item_id("msg"), text)
+            ids = {"item_id": item["id"], "output_index": index}
+            out = (self._event("response.output_text.done", {**ids, "content_index": 0, "text": text,
+                                                             "logprobs": []})
+                   + self._event("response.content_part.done", {**ids, "content_index": 0,
+                                                                "part": _text_part(text)}))
+        else:
+            item = _reasoning_item(self._item_id("rs"), text)
+            ids = {"item_id": item["id"], "output_index": index}
+            out = (self._event("response.reasoning_summary_text.done", {**ids, "summary_index": 0, "text": text})
+                   + self._event("response.reasoning_summary_part.done", {**ids, "summary_index": 0, "part": {
+                       "type": "summary_text", "text": text}}))
+        self._items.append(item)
+        return out + self._event("response.output_item.done", {"output_index": index, "item": item})
+
+    def _opened(self, kind: str) -> bytes:
+        if self._open == kind:
+            return b""
+        out = self._close()
+        self._open = kind
+        index = len(self._items)
+        if kind == "message":
+            item_id = self._item_id("msg")
+            return out + self._event("response.output_item.added", {
+                "output_index": index, "item": _message_item(item_id, "", "in_progress")}) + self._event(
+                "response.content_part.added", {"item_id": item_id, "output_index": index, "content_index": 0,
+                                                "part": _text_part("")})
+        item_id = self._item_id("rs")
+        return out + self._event("response.output_item.added", {
+            "output_index": index, "item": _reasoning_item(item_id, None)}) + self._event(
+            "response.reasoning_summary_part.added", {"item_id": item_id, "output_index": index,
+                                                      "summary_index": 0, "part": {"type": "summary_text",
+                                                                                   "text": ""}})
+
+    def text(self, text: str) -> bytes:
+        out = self._start() + self._opened("message")
+        self._buffer.append(text)
+        return out + self._event("response.output_text.delta", {
+            "item_id": self._item_id("msg"), "output_index": len(self._items), "content_index": 0, "delta": text,
+            "logprobs": []})
+
+    def reasoning(self, text: str) -> bytes:
+        out = self._start() + self._opened("reasoning")
+        self._buffer.append(text)
+        return out + self._event("response.reasoning_summary_text.delta", {
+            "item_id": self._item_id("rs"), "output_index": len(self._items), "summary_index": 0, "delta": text})
+
+    def final(self, done: Done) -> bytes:
+        out = self._start() + self._close()
+        for tc in done.tool_calls:
+            index = len(self._items)
+            item = _call_item(self._item_id("fc"), tc)
+            ids = {"item_id": item["id"], "output_index": index}
+            out += (self._event("response.output_item.added", {"output_index": index,
+                                                               "item": _call_item(item["id"], tc, "in_progress")})
+                    + self._event("response.function_call_arguments.delta", {**ids, "delta": item["arguments"]})
+                    + self._event("response.function_call_arguments.done", {**ids, "name": tc.name,
+                                                                            "arguments": item["arguments"]})
+                    + self._event("response.output_item.done", {"output_index": index, "item": item}))
+            self._items.append(item)
+        status, incomplete = _status(done)
+        response = self.response(status, self._items, done, incomplete=incomplete)
+        return out + self._event(f"response.{status}", {"response": response})
+
+    def whole(self, done: Done) -> dict:
+        items: list[dict] = []
+        if done.reasoning:
+            items.append(_reasoning_item(f"rs_{self.id[5:21]}000", done.reasoning))
+        if done.text or not done.tool_calls:
+            items.append(_message_item(f"msg_{self.id[5:21]}{len(items):03d}", done.text))
+        for tc in done.tool_calls:
+            items.append(_call_item(f"fc_{self.id[5:21]}{len(items):03d}", tc))
+        status, incomplete = _status(done)
+        return self.response(status, items, done, incomplete=incomplete)
+
+    def error_line(self, exc: GencliError) -> bytes:
+        error = {"code": "rate_limit_exceeded" if exc.status == 429 else "server_error", "message": exc.message}
+        return self._start() + self._event("response.failed", {
+            "response": self.response("failed", self._items, error=error)})
+
+    async def fail_before(self, app: "App", scope, send, exc: GencliError) -> None:
+        await app.fail(scope, send, exc)
+
+
+# -- route ----------------------------------------------------------------------------------
+
+async def responses(app: "App", scope, receive, send) -> None:
+    data = await app.read_json(receive)
+    model = app.model_name(field_model(data))
+    scope.setdefault("gencli", {})["model"] = model
+    req, pending, echo = request_in(data, model)
+    plan = prepare(req, app.registry, model_default=False)
+    await app.attach_images(plan, pending)
+    app.touch(plan.entry.name)
+    await app.run(scope, receive, send, plan, req.stream, Responses(plan.entry.name, echo))
