@@ -139,6 +139,8 @@ def test_server_survived_the_fuzz(fuzz_server):
     ("/v1/chat/completions", {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
     ("/api/generate", {"model": "echo", "stream": True, "prompt": "hi"}),
     ("/api/chat", {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/responses", {"model": "reason", "stream": True, "input": "hi"}),
+    ("/v1/messages", {"model": "reason", "stream": True, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}),
 ])
 def test_streamed_replies_conform(fuzz_server, path, body):
     """Streamed replies (SSE, NDJSON) checked against the document, every run."""

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import clean_env, run_gencli
+from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.server_fixture import ServeProcess
@@ -18,12 +19,13 @@ from tests.server_fixture import ServeProcess
 OPENAI = "sk-test-SECRET-openai-4f9a2c7e1b"
 OPENROUTER = "sk-or-v1-SECRET-openrouter-8d3e90"
 GEMINI = "AIzaSy-SECRET-gemini-key-5c1d2e3f"
+ANTHROPIC = "sk-ant-api03-SECRET-anthropic-6e2f"
 COMPAT = "plain-SECRET-compat-key-99ab"  # not key-shaped: only an exact match can find it
 GENCLI = "gencli-SECRET-server-key-77aa"
 CLIENT_WRONG = "client-SECRET-wrong-key-31"  # a wrong key a client sends to gencli serve
 KEYS = {"OPENAI_API_KEY": OPENAI, "OPENROUTER_API_KEY": OPENROUTER, "GEMINI_API_KEY": GEMINI,
-        "COMPAT_KEY": COMPAT}
-NEEDLES = [OPENAI, OPENROUTER, GEMINI, COMPAT, GENCLI, CLIENT_WRONG, "SECRET"]
+        "ANTHROPIC_API_KEY": ANTHROPIC, "COMPAT_KEY": COMPAT}
+NEEDLES = [OPENAI, OPENROUTER, GEMINI, ANTHROPIC, COMPAT, GENCLI, CLIENT_WRONG, "SECRET"]
 
 
 def closed_port() -> int:
@@ -44,14 +46,15 @@ def fakes():
     strict = FakeOpenAI(api_key=OPENAI).start()  # rejects every key but OPENAI's (masking it, as OpenAI does)
     lax = FakeOpenAI(api_key=None).start()  # accepts any key
     gemini = FakeGemini(api_key=GEMINI).start()
-    yield strict, lax, gemini
-    assert sorted(models((strict, lax, gemini))) == sorted(NAMES)
-    for f in (strict, lax, gemini):
+    claude = FakeAnthropic(api_key=ANTHROPIC).start()
+    yield strict, lax, gemini, claude
+    assert sorted(models((strict, lax, gemini, claude))) == sorted(NAMES)
+    for f in (strict, lax, gemini, claude):
         f.stop()
 
 
 def models(fakes) -> dict:
-    strict, lax, gemini = fakes
+    strict, lax, gemini, claude = fakes
     down = f"http://127.0.0.1:{closed_port()}"
 
     def oa(model, url=strict.base_url, provider="openai", **kw):
@@ -75,10 +78,14 @@ def models(fakes) -> dict:
         "gm-badkey": gm("gemini-error-400-key"),
         "gm-429": gm("gemini-error-429"),
         "gm-down": gm("gemini-echo", url=down),
+        "cl": {"provider": "anthropic", "model": "claude-echo", "base_url": claude.base_url},
+        "cl-401": {"provider": "anthropic", "model": "claude-echo", "base_url": claude.base_url,
+                   "api_key_env": "COMPAT_KEY"},
+        "cl-mid": {"provider": "anthropic", "model": "claude-error-midstream", "base_url": claude.base_url},
     }
 
 
-OK_MODELS = {"oa", "gm"}
+OK_MODELS = {"oa", "gm", "cl"}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +97,7 @@ def cli(fakes, tmp_path_factory):
 
 
 NAMES = ["oa", "oa-401", "oa-500", "oa-429", "oa-mid", "oa-echo-auth", "oa-down", "compat-401", "compat-echo-auth",
-         "gm", "gm-badkey", "gm-429", "gm-down"]
+         "gm", "gm-badkey", "gm-429", "gm-down", "cl", "cl-401", "cl-mid"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -185,11 +192,19 @@ def test_server_outputs_never_show_a_key(server, fakes):
             keep(f"v1 {name}", c.post("/v1/chat/completions", json={
                 "model": name, "messages": [{"role": "user", "content": "hi"}]}))
             keep(f"show {name}", c.post("/api/show", json={"model": name}))
+            for stream in (False, True):
+                keep(f"responses {name} {stream}", c.post("/v1/responses", json={
+                    "model": name, "input": "hi", "stream": stream}))
+                keep(f"messages {name} {stream}", c.post("/v1/messages", json={
+                    "model": name, "max_tokens": 50, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}))
+            keep(f"count {name}", c.post("/v1/messages/count_tokens", json={
+                "model": name, "messages": [{"role": "user", "content": "hi"}]}))
         for path in ("/api/tags", "/api/ps", "/v1/models", "/api/version"):
             keep(path, c.get(path))
         keep("unknown model", c.post("/api/generate", json={"model": "nope", "prompt": "hi"}))
         keep("bad json", c.post("/api/generate", content=b"{not json"))
-    for headers in ({"Authorization": f"Bearer {CLIENT_WRONG}"}, {"Authorization": CLIENT_WRONG}, {}):
+    for headers in ({"Authorization": f"Bearer {CLIENT_WRONG}"}, {"Authorization": CLIENT_WRONG}, {},
+                    {"x-api-key": CLIENT_WRONG}):
         r = httpx.get(server.url + "/api/tags", headers=headers, timeout=10)
         assert r.status_code == 401
         seen.append((f"unauthorised {headers}", r))
@@ -198,6 +213,9 @@ def test_server_outputs_never_show_a_key(server, fakes):
     assert statuses["generate oa-401 False"] == 502 and statuses["generate gm-down False"] == 502
     assert "rejected the API key" in next(r for w, r in seen if w == "generate oa-401 False").text
     assert statuses["show oa"] == 200 and statuses["/api/ps"] == 200
+    assert statuses["messages cl False"] == 200 and statuses["count cl"] == 200
+    assert statuses["messages cl-401 False"] == 502 and statuses["responses cl-401 True"] == 502
+    assert "rejected the API key" in next(r for w, r in seen if w == "messages cl-401 False").text
     assert "oa" in [m["name"] for m in next(r for w, r in seen if w == "/api/ps").json()["models"]]
     for where, r in seen:
         assert_clean(r.text, where)

@@ -218,6 +218,8 @@ def test_responses_max_output_tokens_is_incomplete(oai, stream):
     ({"input": "x", "reasoning": {"effort": "extreme"}}, "reasoning", "reasoning.effort"),
     ({"input": "x", "max_output_tokens": 0}, "max_output_tokens", "max_output_tokens"),
     ({"input": [{"type": "function_call_output", "output": "x"}]}, "input", "call_id is required"),
+    ({"input": [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{oops"}]}, "input",
+     "not valid JSON"),
 ])
 def test_responses_bad_input_is_a_400_in_openai_shape(oai, body, param, message):
     with pytest.raises(openai.BadRequestError) as info:
@@ -383,7 +385,7 @@ def test_count_tokens(claude, anthropic_fake):
     ({"max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "document"}]}]},
      "'document' is not supported"),
     ({"max_tokens": 10, "messages": [{"role": "assistant", "content": [{"type": "tool_result"}]}]},
-     "'tool_result' is not supported in a assistant message"),
+     "'tool_result' is not supported in an assistant message"),
     ({"max_tokens": 10, "messages": [{"role": "user", "content": "x"}],
       "thinking": {"type": "enabled", "budget_tokens": 100}}, "at least 1024"),
     ({"max_tokens": 2000, "messages": [{"role": "user", "content": "x"}],

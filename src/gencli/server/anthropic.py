@@ -173,7 +173,9 @@ def messages_in(raw: Any) -> tuple[list[Message], list[tuple[Message, int, Any]]
                 out.append(Message("tool", _result_content(block, w, images), tool_call_id=cid))
             else:
                 allowed = "text, thinking, tool_use" if role == "assistant" else "text, image, tool_result"
-                raise UsageError(f"{w}.type {kind!r} is not supported in a {role} message ({allowed})", "messages")
+                article = "an" if role == "assistant" else "a"
+                raise UsageError(f"{w}.type {kind!r} is not supported in {article} {role} message ({allowed})",
+                                 "messages")
         if texts or images or calls:
             message = Message(role, "\n".join(texts), tool_calls=calls)
             pending.extend((message, i, image) for image in images)

@@ -114,7 +114,11 @@ def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, int, Any]]]:
                 raise UsageError(f"{where}.call_id is required for a function_call", "input")
             from gencli.tools import check_arguments
 
-            call = ToolCall(call_id, name, check_arguments(item.get("arguments"), where))
+            try:
+                args = check_arguments(item.get("arguments"), where)
+            except UsageError as exc:
+                raise UsageError(exc.message, "input") from None
+            call = ToolCall(call_id, name, args)
             if out and out[-1].role == "assistant":
                 out[-1].tool_calls.append(call)
             else:
