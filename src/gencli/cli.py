@@ -37,8 +37,9 @@ def _complete_model(ctx, param, incomplete: str):
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "-V", "--version", prog_name="gencli", message="%(prog)s %(version)s")
 def cli() -> None:
-    """Generate text with any model: OpenAI, Gemini, OpenRouter, any OpenAI-compatible
-    server, or a local model. Models are named in models.json (see 'gencli models').
+    """Generate text with any model: OpenAI, Gemini, Claude, OpenRouter, any
+    OpenAI-compatible server, or a local model. Models are named in models.json (see
+    'gencli models').
 
     \b
     Examples:
@@ -163,9 +164,11 @@ def serve(host, port, workers, allowed_origins, max_body_mb, grace, models_path,
           timeout=None, retries=None) -> None:
     """Serve the models over HTTP as an Ollama-compatible API (and OpenAI's /v1).
 
-    Ollama clients (IDEs, Open WebUI, the ollama library) and OpenAI clients
-    (base URL http://HOST:PORT/v1) can use every ready model in models.json.
-    With GENCLI_API_KEY set, every route but / needs 'Authorization: Bearer <key>'.
+    Ollama clients (IDEs, Open WebUI, the ollama library), OpenAI clients (base URL
+    http://HOST:PORT/v1, Chat Completions and Responses, e.g. Codex) and Anthropic
+    clients (base URL http://HOST:PORT, /v1/messages, e.g. Claude Code) can use every
+    ready model in models.json. With GENCLI_API_KEY set, every route but / needs
+    'Authorization: Bearer <key>' (or 'x-api-key: <key>').
     """
     from gencli.commands.serve import run
 

@@ -99,7 +99,7 @@ def run(host: str, port: int, models_path: str | None, workers: int, allowed_ori
     ready = [e.name for e in registry.models.values() if registry.missing_key(e) is None]
     waiting = len(registry.models) - len(ready)
     lines = [f"gencli serve: listening on {_url(host, port)}"
-             f" ({workers} worker{'s' if workers > 1 else ''}; Ollama API and OpenAI /v1)"]
+             f" ({workers} worker{'s' if workers > 1 else ''}; Ollama API, OpenAI /v1 and Anthropic /v1/messages)"]
     if ready:
         lines.append(f"ready models: {', '.join(ready)}")
     else:
