@@ -320,7 +320,7 @@ class AnthropicMessages:
 
     headers = [H_SSE, H_NOCACHE]
 
-    __slots__ = ("model", "id", "input_estimate", "_started", "_index", "_open")
+    __slots__ = ("model", "id", "input_estimate", "_started", "_index", "_open", "_delta")
 
     def __init__(self, model: str, input_estimate: int = 0):
         self.model = model
@@ -329,6 +329,7 @@ class AnthropicMessages:
         self._started = False
         self._index = 0
         self._open: str | None = None  # the kind of the open content block
+        self._delta = b""  # its delta event up to the text (the hot path)
 
     def _start(self) -> bytes:
         if self._started:
@@ -354,15 +355,18 @@ class AnthropicMessages:
         self._open = kind
         block = {"type": "text", "text": ""} if kind == "text" else {"type": "thinking", "thinking": "",
                                                                      "signature": ""}
+        field = b'"text_delta","text":' if kind == "text" else b'"thinking_delta","thinking":'
+        self._delta = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+                       + str(self._index).encode() + b',"delta":{"type":' + field)
         return out + _event("content_block_start", {"index": self._index, "content_block": block})
 
     def text(self, text: str) -> bytes:
-        return self._start() + self._block("text") + _event(
-            "content_block_delta", {"index": self._index, "delta": {"type": "text_delta", "text": text}})
+        out = b"" if self._open == "text" else self._start() + self._block("text")
+        return out + self._delta + dumps(text) + b"}}\n\n"
 
     def reasoning(self, text: str) -> bytes:
-        return self._start() + self._block("thinking") + _event(
-            "content_block_delta", {"index": self._index, "delta": {"type": "thinking_delta", "thinking": text}})
+        out = b"" if self._open == "thinking" else self._start() + self._block("thinking")
+        return out + self._delta + dumps(text) + b"}}\n\n"
 
     def final(self, done: Done) -> bytes:
         out = self._start() + self._close()

@@ -297,7 +297,7 @@ class Responses:
 
     headers = [H_SSE, H_NOCACHE]
 
-    __slots__ = ("model", "id", "created", "echo", "_seq", "_started", "_items", "_open", "_buffer")
+    __slots__ = ("model", "id", "created", "echo", "_seq", "_started", "_items", "_open", "_buffer", "_delta")
 
     def __init__(self, model: str, echo: dict):
         self.model = model
@@ -309,6 +309,7 @@ class Responses:
         self._items: list[dict] = []  # finished output items
         self._open: str | None = None  # "message" | "reasoning": the item being streamed
         self._buffer: list[str] = []  # its text so far
+        self._delta = (b"", b"")  # the open item's delta event around its sequence number (the hot path)
 
     def response(self, status: str, output: list[dict], done: Done | None = None,
                  error: dict | None = None, incomplete: dict | None = None) -> dict:
@@ -330,8 +331,13 @@ class Responses:
         if self._started:
             return b""
         self._started = True
-        return (self._event("response.created", {"response": self.response("in_progress", [])})
-                + self._event("response.in_progress", {"response": self.response("in_progress", [])}))
+        response = dumps(self.response("in_progress", []))
+        out = b""
+        for kind in (b"response.created", b"response.in_progress"):
+            out += (b"event: " + kind + b'\ndata: {"type":"' + kind + b'","sequence_number":'
+                    + str(self._seq).encode() + b',"response":' + response + b"}\n\n")
+            self._seq += 1
+        return out
 
     def _item_id(self, prefix: str) -> str:
         return f"{prefix}_{self.id[5:21]}{len(self._items):03d}"
@@ -360,36 +366,39 @@ class Responses:
         return out + self._event("response.output_item.done", {"output_index": index, "item": item})
 
     def _opened(self, kind: str) -> bytes:
-        if self._open == kind:
-            return b""
         out = self._close()
         self._open = kind
         index = len(self._items)
+        event = b"response.output_text.delta" if kind == "message" else b"response.reasoning_summary_text.delta"
+        item_id = self._item_id("msg" if kind == "message" else "rs")
+        where = b',"content_index":0,"logprobs":[]' if kind == "message" else b',"summary_index":0'
+        self._delta = (b"event: " + event + b'\ndata: {"type":"' + event + b'","sequence_number":',
+                       b',"item_id":"' + item_id.encode() + b'","output_index":' + str(index).encode() + where
+                       + b',"delta":')
         if kind == "message":
-            item_id = self._item_id("msg")
             return out + self._event("response.output_item.added", {
                 "output_index": index, "item": _message_item(item_id, "", "in_progress")}) + self._event(
                 "response.content_part.added", {"item_id": item_id, "output_index": index, "content_index": 0,
                                                 "part": _text_part("")})
-        item_id = self._item_id("rs")
         return out + self._event("response.output_item.added", {
             "output_index": index, "item": _reasoning_item(item_id, None)}) + self._event(
             "response.reasoning_summary_part.added", {"item_id": item_id, "output_index": index,
                                                       "summary_index": 0, "part": {"type": "summary_text",
                                                                                    "text": ""}})
 
-    def text(self, text: str) -> bytes:
-        out = self._start() + self._opened("message")
+    def _delta_event(self, kind: str, text: str) -> bytes:
+        out = b"" if self._open == kind else self._start() + self._opened(kind)
         self._buffer.append(text)
-        return out + self._event("response.output_text.delta", {
-            "item_id": self._item_id("msg"), "output_index": len(self._items), "content_index": 0, "delta": text,
-            "logprobs": []})
+        seq = self._seq
+        self._seq = seq + 1
+        head, tail = self._delta
+        return out + head + str(seq).encode() + tail + dumps(text) + b"}\n\n"
+
+    def text(self, text: str) -> bytes:
+        return self._delta_event("message", text)
 
     def reasoning(self, text: str) -> bytes:
-        out = self._start() + self._opened("reasoning")
-        self._buffer.append(text)
-        return out + self._event("response.reasoning_summary_text.delta", {
-            "item_id": self._item_id("rs"), "output_index": len(self._items), "summary_index": 0, "delta": text})
+        return self._delta_event("reasoning", text)
 
     def final(self, done: Done) -> bytes:
         out = self._start() + self._close()
