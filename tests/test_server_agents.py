@@ -49,7 +49,8 @@ def models(oa, gm, cl) -> dict:
         "oa-tools": o("tools", tools), "gm-tools": g("gemini-tools", tools), "cl-tools": c("claude-tools", tools),
         "oa-tokens": o("tokens-5", ["completion"]), "gm-tokens": g("gemini-tokens-5", ["completion"]),
         "cl-tokens": c("claude-tokens-5", ["completion"]),
-        "oa-midstream": o("error-midstream", ["completion"]), "cl-midstream": c("claude-error-midstream", ["completion"]),
+        "oa-midstream": o("error-midstream", ["completion"]),
+        "cl-midstream": c("claude-error-midstream", ["completion"]),
         "oa-401": o("error-401", ["completion"]), "cl-529": c("claude-error-529", ["completion"], retries=0),
         "cl-429": c("claude-error-429", ["completion"], retries=0),
     }
@@ -187,8 +188,9 @@ def test_responses_image_and_json_schema(oai, gemini_fake):
     r = oai.responses.create(model="oa-echo", input=[{"role": "user", "content": [
         {"type": "input_text", "text": "look"}, {"type": "input_image", "image_url": url}]}])
     assert r.output_text == "You said: look [1 image]"
-    r = oai.responses.create(model="gm-echo", input="hi", text={"format": {
-        "type": "json_schema", "name": "echo", "schema": {"type": "object", "properties": {"echo": {"type": "string"}}}}})
+    schema = {"type": "object", "properties": {"echo": {"type": "string"}}}
+    r = oai.responses.create(model="gm-echo", input="hi",
+                             text={"format": {"type": "json_schema", "name": "echo", "schema": schema}})
     assert json.loads(r.output_text) == {"echo": "You said: hi"}
     assert r.text.format.type == "json_schema"
     assert gemini_fake.last("gemini-echo").body["generationConfig"]["responseMimeType"] == "application/json"
