@@ -201,6 +201,8 @@ def test_midstream_error_keeps_the_partial_answer(tmp_path, anthropic_fake):
     assert "overloaded_error" in info.value.message and info.value.status == 503
     with pytest.raises(UpstreamError, match="no message_stop"):
         run(registry(tmp_path, anthropic_fake, "claude-error-truncate"))
+    with pytest.raises(UpstreamError, match="not JSON"):
+        run(registry(tmp_path, anthropic_fake, "claude-error-truncate"), stream=False)
 
 
 def test_key_and_base_url_from_the_environment(tmp_path, anthropic_fake):

@@ -473,7 +473,7 @@ def test_x_api_key_is_accepted_like_bearer(tmp_path, anthropic_fake):
     key = "gencli-test-server-key-123456"
     s = ServeProcess(tmp_path, {"cl-echo": {"provider": "anthropic", "model": "claude-echo",
                                             "base_url": anthropic_fake.base_url}},
-                     env={"GENCLI_API_KEY": key, "ANTHROPIC_API_KEY": ANTHROPIC_KEY})
+                     args=["--max-body-mb", "0.01"], env={"GENCLI_API_KEY": key, "ANTHROPIC_API_KEY": ANTHROPIC_KEY})
     try:
         body = {"model": "cl-echo", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
         assert httpx.post(s.url + "/v1/messages", json=body, headers={"x-api-key": key}).status_code == 200
@@ -488,6 +488,11 @@ def test_x_api_key_is_accepted_like_bearer(tmp_path, anthropic_fake):
         assert r.status_code == 401 and "x-api-key" in r.json()["error"]["message"]
         r = httpx.post(s.url + "/v1/responses", json={"model": "cl-echo", "input": "x"}, headers={"x-api-key": key})
         assert r.status_code == 200  # the same header on any route
+        # the guard's own refusals speak Anthropic's shape on Anthropic's routes
+        r = httpx.post(s.url + "/v1/messages", json={**body, "system": "x" * 20000}, headers={"x-api-key": key})
+        assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
+        r = httpx.post(s.url + "/v1/messages", json=body, headers={"x-api-key": key, "Origin": "https://evil.example"})
+        assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
         assert key not in s.stderr()
     finally:
         s.stop()

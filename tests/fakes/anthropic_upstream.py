@@ -32,8 +32,8 @@ Behaviour is chosen by the model id:
 - ``claude-tokens-N``: N tokens ``tok0 tok1 ...`` (benchmarks).
 - ``claude-error-401`` / ``-403`` / ``-404`` / ``-429`` (``retry-after: 7``) / ``-500`` /
   ``-529`` (overloaded); ``claude-error-midstream``: two words, then an ``error`` event
-  (``overloaded_error``); ``claude-error-truncate``: the stream ends without
-  ``message_stop``.
+  (``overloaded_error``; not streamed: a 529); ``claude-error-truncate``: the stream ends
+  without ``message_stop`` (not streamed: a cut body).
 
 ``FakeAnthropic`` runs it in a background thread; ``anthropic_fake`` is a session
 fixture. ``python tests/fakes/anthropic_upstream.py --port N`` serves it in the foreground.
