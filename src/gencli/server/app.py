@@ -1,4 +1,6 @@
-"""The ASGI app behind ``gencli serve``: Ollama's API (and OpenAI's /v1) on the engine.
+"""The ASGI app behind ``gencli serve``: Ollama's API (and OpenAI's /v1, Anthropic's
+/v1/messages) on the engine. Each wire format beyond Ollama's lives in its own module
+(``routes_openai``, ``responses``, ``anthropic``) and renders through :meth:`App.run`.
 
 No framework: routes are a dict lookup on (method, path), JSON is orjson, and
 replies are written straight to the ASGI ``send``. A generation runs
