@@ -164,7 +164,8 @@ def test_count_tokens(client, anthropic_fake):
 
 def test_structured_output(client):
     m = client.messages.create(model="claude-echo", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
-                               output_config={"format": {"type": "json_schema", "schema": {"type": "object"}}})
+                               extra_body={"output_config": {"format": {"type": "json_schema",
+                                                                    "schema": {"type": "object"}}}})
     assert m.content[0].text == '{"echo":"You said: hi"}'
 
 
