@@ -35,6 +35,9 @@ PROVIDER_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "anthropic": (("ANTHROPIC_API_KEY",), ("ANTHROPIC_BASE_URL",), "https://api.anthropic.com"),
     "local": ((), (), ""),
 }
+# the context window a model has when its entry gives no options.num_ctx: the provider's usual one
+DEFAULT_CONTEXT = {"openai": 128000, "openrouter": 131072, "google": 1048576, "openai-compatible": 32768,
+                   "anthropic": 1000000, "local": 8192}
 
 FIELDS = {
     "provider": str,
@@ -70,6 +73,14 @@ class ModelEntry:
     path: str | None = None
     package: str | None = None  # local: 'path' is inside this installed Python package
     description: str = ""
+
+
+def context_length(entry: ModelEntry) -> int:
+    """``options.num_ctx`` from models.json, else the provider's usual window."""
+    n = entry.options.get("num_ctx")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        return n
+    return DEFAULT_CONTEXT.get(entry.provider, 32768)
 
 
 def parse_dotenv(text: str) -> dict[str, str]:

@@ -38,16 +38,13 @@ from gencli import images as img
 from gencli.engine import aexecute, prepare
 from gencli.errors import GencliError, ImageError, ModelNotFound, UsageError
 from gencli.events import Done, ReasoningDelta, TextDelta
-from gencli.registry import ModelEntry, Registry
+from gencli.registry import ModelEntry, Registry, context_length
 from gencli.request import GenerateRequest, Message
 from gencli.wire import generate_chunk, generate_final, load_reply, now_iso
 
 OLLAMA_VERSION = "0.14.0"  # what /api/version reports: the first Ollama with /v1/responses and /v1/messages
 KEEP_ALIVE_NS = 5 * 60 * 10**9  # how long /api/ps lists a model after its last use
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
-# context window reported by /api/show when models.json gives no options.num_ctx
-DEFAULT_CONTEXT = {"openai": 128000, "openrouter": 131072, "google": 1048576, "openai-compatible": 32768,
-                   "anthropic": 1000000, "local": 8192}
 
 dumps = orjson.dumps
 
@@ -415,13 +412,7 @@ class App:
         ident = f"{entry.name}\0{entry.provider}\0{entry.model}\0{entry.base_url}".encode()
         return hashlib.sha256(ident).hexdigest()
 
-    @staticmethod
-    def context_length(entry: ModelEntry) -> int:
-        """``options.num_ctx`` from models.json, else the provider's usual window."""
-        n = entry.options.get("num_ctx")
-        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
-            return n
-        return DEFAULT_CONTEXT.get(entry.provider, 32768)
+    context_length = staticmethod(context_length)  # options.num_ctx, else the provider's usual window
 
     def tag(self, entry: ModelEntry) -> dict:
         return {

@@ -1,14 +1,20 @@
 """The terminal renderer: a spinner until the first token, the reasoning chain in a dim
 panel as it streams, then the answer rendered as Markdown live.
 
-Only ``commands/generate.py`` imports this module, and only when stdout is a terminal,
-so piped runs never pay for Rich.
+Only the CLI's turn runner imports this module, and only when stdout is a terminal, so
+piped runs never pay for Rich.
 
 Long answers: Rich's Live area cannot scroll, so completed Markdown blocks (split at
 blank lines outside ``` fences) are printed permanently above it and only the trailing,
 incomplete block stays live; the live area itself shows only the tail that fits the
 screen. Per-delta work is a string append plus, on a newline, a scan of the new lines;
-rendering happens on Live's refresh thread at ~12 frames per second.
+rendering happens on a refresh thread at ~12 frames per second.
+
+Threads: Live's own refresh thread would redraw the live area while the main thread prints
+blocks above it, and the two would race (the cursor reset for a print is computed before
+its write). Rich only guards that with a private lock, so gencli runs Live with
+``auto_refresh=False`` and drives ``Live.refresh()`` from its own thread under its own lock,
+the same lock every print takes: public API only.
 """
 
 from __future__ import annotations
@@ -24,22 +30,11 @@ from rich.segment import Segment
 from rich.spinner import Spinner
 from rich.text import Text
 
+from gencli.cli.fences import closes, fence_marker
 from gencli.events import Done, ReasoningDelta, TextDelta
 
 FPS = 12
 REASONING_TITLE = "reasoning"
-
-
-def _is_fence(line: str) -> str | None:
-    """The fence marker (``` or ~~~ run) a line opens or closes, else None."""
-    s = line.lstrip()
-    if len(line) - len(s) > 3:
-        return None
-    for ch in "`~":
-        if s.startswith(ch * 3):
-            n = len(s) - len(s.lstrip(ch))
-            return ch * n
-    return None
 
 
 class BlockSplitter:
@@ -69,9 +64,7 @@ class BlockSplitter:
                 break
             line = p[pos:nl]
             if self._fence is not None:
-                marker = _is_fence(line)
-                if marker and marker[0] == self._fence[0] and len(marker) >= len(self._fence) \
-                        and not line.strip()[len(marker):].strip():
+                if closes(line, self._fence):
                     self._fence = None
             elif line.strip() == "":
                 block = p[cut:pos]
@@ -79,7 +72,7 @@ class BlockSplitter:
                     done.append(block.rstrip("\n"))
                 cut = nl + 1
             else:
-                marker = _is_fence(line)
+                marker = fence_marker(line)
                 if marker:
                     self._fence = marker
             pos = nl + 1
@@ -152,15 +145,21 @@ class RichRenderer:
         self.splitter = BlockSplitter()
         self.committed = 0  # answer blocks printed permanently
         self.spinner = Spinner("dots", text=Text("waiting for the model…", style="dim"), style="cyan")
-        self.live = Live(_View(self), console=self.console, transient=True, auto_refresh=True,
-                         refresh_per_second=FPS, vertical_overflow="crop", redirect_stdout=False,
-                         redirect_stderr=False)
-        # Printing above the live area from this thread races with Live's refresh thread (the
-        # cursor reset is computed under Live's lock, the write happens after it): hold the lock.
-        self._lock = getattr(self.live, "_lock", None) or threading.RLock()
+        self.live = Live(_View(self), console=self.console, transient=True, auto_refresh=False,
+                         vertical_overflow="crop", redirect_stdout=False, redirect_stderr=False)
+        self._lock = threading.RLock()  # every write to the terminal: refreshes and prints
+        self._ticks = threading.Event()  # set: the refresh thread ends
         self.stopped = False
-        self.live.start()
+        self.live.start(refresh=True)
+        self._refresher = threading.Thread(target=self._refresh_loop, name="gencli-live", daemon=True)
+        self._refresher.start()
         atexit.register(self._stop)  # an unexpected exception must not leave the cursor hidden
+
+    def _refresh_loop(self) -> None:
+        while not self._ticks.wait(1 / FPS):
+            with self._lock:
+                if not self._ticks.is_set():
+                    self.live.refresh()
 
     # -- events ----------------------------------------------------------------
     def event(self, ev):
@@ -208,7 +207,10 @@ class RichRenderer:
         if self.stopped:
             return
         self.stopped = True
-        self.live.stop()
+        self._ticks.set()
+        with self._lock:  # waits for a refresh in progress; the thread then sees the event
+            self.live.stop()
+        atexit.unregister(self._stop)
 
     def _flush(self) -> None:
         """Stop the live area and print permanently whatever it was showing."""

@@ -1,11 +1,11 @@
-"""gencli models: the registry, and whether each model is ready."""
+"""gencli models: the registry, whether each model is ready, what it can do and its context window."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from gencli.registry import Registry
+from gencli.registry import Registry, context_length
 
 
 def run(as_json: bool, models_path: str | None) -> None:
@@ -22,6 +22,7 @@ def run(as_json: bool, models_path: str | None) -> None:
             "missing": missing,
             "default": entry.name == default,
             "capabilities": entry.capabilities,
+            "context_length": context_length(entry),
         })
     source = str(registry.source) if registry.source else "built-in models"
     if as_json:

@@ -1,5 +1,8 @@
-"""Renderers for piped output (plain text) and --json. The Rich terminal renderer
-lives in render_rich so that piped runs never import Rich."""
+"""Renderers for piped output (plain text), --json and -x/--extract. The Rich terminal
+renderer lives in render_rich so that piped runs never import Rich.
+
+A renderer takes the engine's events one at a time (``event`` returns the Done event when
+it sees one), then exactly one of ``finish``, ``interrupted`` (Ctrl-C) or ``failed``."""
 
 from __future__ import annotations
 
@@ -52,6 +55,38 @@ class PlainRenderer:
 
     def failed(self) -> None:
         self.finish()
+
+
+class ExtractRenderer(PlainRenderer):
+    """-x/--extract: the answer is collected and, at the end, only its first (``last``: its
+    last) fenced code block is printed; an answer without one is printed whole. Reasoning
+    goes to stderr as with PlainRenderer. After a failure or Ctrl-C the same rule applies
+    to what arrived (the exit code tells scripts it is partial)."""
+
+    def __init__(self, hide_reasoning: bool, last: bool):
+        super().__init__(hide_reasoning)
+        self.take_last = last
+        self.parts: list[str] = []
+
+    def event(self, ev):
+        if type(ev) is TextDelta:
+            if self.in_reasoning:
+                self._end_reasoning()
+            self.parts.append(ev.text)
+            return None
+        return super().event(ev)
+
+    def finish(self) -> None:
+        from gencli.cli.fences import extract
+
+        if self.in_reasoning:
+            self._end_reasoning()
+        answer = "".join(self.parts)
+        self.parts = []
+        code = extract(answer, self.take_last) if answer.strip() else ""
+        if code:
+            self.out.write(code if code.endswith("\n") else code + "\n")
+        self.out.flush()
 
 
 class JsonRenderer:

@@ -6,7 +6,7 @@ import sys
 
 import orjson
 
-from gencli.commands.generate import read_stdin
+from gencli.cli.pipes import read_stdin
 from gencli.errors import UsageError
 
 

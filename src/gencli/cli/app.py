@@ -1,0 +1,426 @@
+"""The ``gencli`` command line on Typer: typed commands whose options are grouped in help
+panels (model, sampling, output, conversation, network), shell completion (model and
+conversation names come from the registry and the state directory), and ``main``, which
+turns every error into one line on stderr and the documented exit code.
+
+Commands stay thin: each declares its options here and calls ``run`` in its module under
+``gencli.cli.commands``, imported only when that command runs (start-up is benchmarked).
+The command modules import nothing from each other or from this module.
+"""
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gencli import __version__
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+MODEL, SAMPLING, OUTPUT, CONVERSATION, NETWORK = "Model", "Sampling", "Output", "Conversation", "Network"
+SERVER = "Server"
+
+app = typer.Typer(
+    name="gencli",
+    context_settings=CONTEXT_SETTINGS,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=True,
+)
+
+
+# -- completion of values ---------------------------------------------------------------
+
+def complete_model(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """-m: the registry's model names (runs only when the shell asks)."""
+    from gencli.errors import GencliError
+    from gencli.registry import Registry
+
+    try:
+        registry = Registry.load(ctx.params.get("models_path"))
+    except GencliError:
+        return []
+    return [(name, entry.description or entry.provider) for name, entry in registry.models.items()
+            if name.startswith(incomplete)]
+
+
+def complete_conversation(incomplete: str) -> list[tuple[str, str]]:
+    """--conversation and --delete: the kept conversations."""
+    from gencli.cli import state
+    from gencli.errors import GencliError
+
+    try:
+        found = state.listing()
+    except GencliError:
+        return []
+    return [(c.name, f"{c.model}, {c.turns} turns") for c in found if c.name.startswith(incomplete)]
+
+
+def _positive(value: Optional[float]) -> Optional[float]:
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"{value:g} is not above 0.")
+    return value
+
+
+# -- options shared by commands ---------------------------------------------------------
+
+ModelsPath = Annotated[Optional[str], typer.Option(
+    "--models", metavar="PATH", envvar="GENCLI_MODELS", show_envvar=False, rich_help_panel=MODEL,
+    help="models.json to use (default: ./models.json, then $XDG_CONFIG_HOME/gencli/models.json, then the "
+         "built-ins).")]
+Model = Annotated[Optional[str], typer.Option(
+    "-m", "--model", metavar="NAME", autocompletion=complete_model, rich_help_panel=MODEL,
+    help="Model name from the registry (default: $GENCLI_MODEL, models.json's \"default\", else the first "
+         "model with a key, else the local smollm2).")]
+System = Annotated[Optional[str], typer.Option("-s", "--system", metavar="TEXT", rich_help_panel=MODEL,
+                                               help="System prompt.")]
+Think = Annotated[Optional[bool], typer.Option(
+    "--think/--no-think", rich_help_panel=MODEL, show_default=False,
+    help="Ask the model to reason, or not (default: the model's own).")]
+Temperature = Annotated[Optional[float], typer.Option(
+    "--temperature", min=0, max=2, metavar="FLOAT", rich_help_panel=SAMPLING, help="Sampling temperature (0-2).")]
+TopP = Annotated[Optional[float], typer.Option(
+    "--top-p", min=0, max=1, metavar="FLOAT", rich_help_panel=SAMPLING, help="Nucleus sampling (0-1).")]
+TopK = Annotated[Optional[int], typer.Option(
+    "--top-k", min=0, metavar="INT", rich_help_panel=SAMPLING, help="Top-k sampling, where the provider has it.")]
+NumPredict = Annotated[Optional[int], typer.Option(
+    "--num-predict", "--max-tokens", min=1, metavar="INT", rich_help_panel=SAMPLING,
+    help="Maximum number of tokens to generate.")]
+Stop = Annotated[Optional[list[str]], typer.Option(
+    "--stop", metavar="TEXT", rich_help_panel=SAMPLING, show_default=False, help="Stop sequence (repeatable).")]
+Seed = Annotated[Optional[int], typer.Option(
+    "--seed", metavar="INT", rich_help_panel=SAMPLING, help="Random seed, where the provider has it.")]
+HideReasoning = Annotated[bool, typer.Option(
+    "--hide-reasoning", rich_help_panel=OUTPUT, help="Do not show the reasoning chain.")]
+Verbose = Annotated[bool, typer.Option(
+    "-v", "--verbose", rich_help_panel=OUTPUT, help="Print timing and token statistics on stderr.")]
+ContextFile = Annotated[Optional[Path], typer.Option(
+    "--context", metavar="FILE", dir_okay=False, rich_help_panel=CONVERSATION,
+    help="Conversation file: read before, written after, to continue a conversation.")]
+Continue = Annotated[bool, typer.Option(
+    "-c", "--continue", rich_help_panel=CONVERSATION,
+    help="Continue the last conversation (the one 'gencli conversations' marks).")]
+Conversation = Annotated[Optional[str], typer.Option(
+    "--conversation", metavar="NAME", autocompletion=complete_conversation, rich_help_panel=CONVERSATION,
+    help="Continue the conversation kept as NAME, or start it (see 'gencli conversations').")]
+Timeout = Annotated[Optional[float], typer.Option(
+    "--timeout", metavar="SECONDS", callback=_positive, rich_help_panel=NETWORK,
+    help="Give up when the upstream sends nothing for this long (default: the model's \"timeout\" in "
+         "models.json, else $GENCLI_TIMEOUT, else 300; connecting: at most 10).")]
+Retries = Annotated[Optional[int], typer.Option(
+    "--retries", min=0, max=10, metavar="N", rich_help_panel=NETWORK,
+    help="Retries of a request that fails before any output (connection refused or reset, HTTP 408, 429, "
+         "5xx), with backoff (default: the model's \"retries\", else $GENCLI_RETRIES, else 2).")]
+
+
+def _call(module: str, **kw) -> None:
+    """Run ``gencli.cli.commands.<module>.run(**kw)``; a closed stdout (``| head``) ends quietly."""
+    import importlib
+
+    run = importlib.import_module(f"gencli.cli.commands.{module}").run
+    try:
+        run(**kw)
+    except BrokenPipeError:
+        # Handled here: Typer (like click) turns an EPIPE escaping a command into exit 1.
+        from gencli.cli.pipes import quiet_pipe
+
+        quiet_pipe()
+        sys.exit(0)
+
+
+# -- the commands ---------------------------------------------------------------------
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"gencli {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def gencli(
+    version: Annotated[bool, typer.Option("-V", "--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Generate text with any model: OpenAI, Gemini, Claude, OpenRouter, any OpenAI-compatible server, or a
+    local model. Models are named in models.json (see 'gencli models').
+
+    **Examples:**
+
+        gencli generate "Why is the sky blue?"
+        cat notes.txt | gencli generate -m gemini-2.5-flash "Summarise:"
+        gencli generate -c "And in French?"   # continue the last conversation
+        gencli chat -m gpt-4o-mini            # a conversation at a prompt
+        gencli serve            # an Ollama-compatible server on 127.0.0.1:11434
+
+    'gencli COMMAND --help' shows a command's options.
+    """
+
+
+@app.command(context_settings=CONTEXT_SETTINGS)
+def generate(
+    prompt: Annotated[Optional[str], typer.Argument(
+        metavar="PROMPT", show_default=False, help="The prompt ('-': read it from stdin).")] = None,
+    model: Model = None,
+    system: System = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    num_predict: NumPredict = None,
+    stop: Stop = None,
+    seed: Seed = None,
+    images: Annotated[Optional[list[str]], typer.Option(
+        "-i", "--image", metavar="PATH|URL", rich_help_panel=MODEL, show_default=False,
+        help="Image file or http(s) URL (repeatable).")] = None,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", metavar="json|SCHEMA_FILE", rich_help_panel=OUTPUT,
+        help="Structured output: 'json', or a file holding a JSON schema.")] = None,
+    think: Think = None,
+    hide_reasoning: HideReasoning = False,
+    no_stream: Annotated[bool, typer.Option(
+        "--no-stream", rich_help_panel=OUTPUT, help="Wait for the whole answer instead of streaming it.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", rich_help_panel=OUTPUT,
+        help="Print the JSON (NDJSON when streaming) objects that /api/generate returns.")] = False,
+    extract: Annotated[bool, typer.Option(
+        "-x", "--extract", rich_help_panel=OUTPUT,
+        help="Print only the first fenced code block of the answer (all of it when it has none).")] = False,
+    extract_last: Annotated[bool, typer.Option(
+        "--extract-last", rich_help_panel=OUTPUT, help="Print only the last fenced code block of the answer.")] = False,
+    verbose: Verbose = False,
+    context_file: ContextFile = None,
+    cont: Continue = False,
+    conversation: Conversation = None,
+    timeout: Timeout = None,
+    retries: Retries = None,
+    models_path: ModelsPath = None,
+) -> None:
+    """Generate a completion for PROMPT.
+
+    The prompt is the argument, stdin when stdin is piped, or both (the argument, a blank line, then stdin).
+    '-' reads stdin. On a terminal the answer streams with live rendering; piped, stdout gets the answer
+    alone as plain text and reasoning and diagnostics go to stderr.
+
+    Each run keeps its conversation: -c continues the last one, --conversation NAME a named one.
+
+    Exit codes: 0 ok, 1 generation or upstream error, 2 usage error, 130 interrupted.
+    """
+    _call("generate", prompt=prompt, model=model, system=system, temperature=temperature, top_p=top_p,
+          top_k=top_k, num_predict=num_predict, stop=stop, seed=seed, images=images, fmt=fmt, think=think,
+          hide_reasoning=hide_reasoning, no_stream=no_stream, as_json=as_json, extract=extract,
+          extract_last=extract_last, verbose=verbose, context_file=str(context_file) if context_file else None,
+          cont=cont, conversation=conversation, models_path=models_path, timeout=timeout, retries=retries)
+
+
+@app.command(context_settings=CONTEXT_SETTINGS)
+def chat(
+    model: Model = None,
+    system: System = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    num_predict: NumPredict = None,
+    stop: Stop = None,
+    seed: Seed = None,
+    think: Think = None,
+    hide_reasoning: HideReasoning = False,
+    verbose: Verbose = False,
+    context_file: ContextFile = None,
+    cont: Continue = False,
+    conversation: Conversation = None,
+    timeout: Timeout = None,
+    retries: Retries = None,
+    models_path: ModelsPath = None,
+) -> None:
+    """Talk with a model at a prompt: each answer streams as in 'generate' and the conversation goes on.
+
+    A line is a message; \"\"\" starts and ends one of several lines. /help lists the commands (/model,
+    /set, /show, /save, /load, /clear, /bye). Ctrl-C stops an answer, Ctrl-D leaves. The prompt keeps a
+    history across sessions and each turn keeps the conversation, as 'generate' does.
+
+    With stdin not a terminal, each line is a turn and stdout gets only the answers (for scripts; exit
+    code 1 when a turn failed).
+    """
+    _call("chat", model=model, system=system, temperature=temperature, top_p=top_p, top_k=top_k,
+          num_predict=num_predict, stop=stop, seed=seed, think=think, hide_reasoning=hide_reasoning,
+          verbose=verbose, context_file=str(context_file) if context_file else None, cont=cont,
+          conversation=conversation, models_path=models_path, timeout=timeout, retries=retries)
+
+
+@app.command(context_settings=CONTEXT_SETTINGS)
+def conversations(
+    delete: Annotated[Optional[str], typer.Option(
+        "--delete", metavar="NAME", autocompletion=complete_conversation, help="Remove the conversation NAME.")]
+        = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the kept conversations (name, model, turns, last used), or remove one.
+
+    'generate' and 'chat' keep each conversation in $XDG_STATE_HOME/gencli/conversations: the last one
+    (-c continues it) and named ones (--conversation NAME).
+    """
+    _call("conversations", delete=delete, as_json=as_json)
+
+
+@app.command(context_settings=CONTEXT_SETTINGS)
+def embed(
+    texts: Annotated[Optional[list[str]], typer.Argument(metavar="[TEXT]...", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "-m", "--model", metavar="NAME", autocompletion=complete_model, rich_help_panel=MODEL,
+        help="Embedding model from the registry (default: $GENCLI_EMBED_MODEL, else the first ready model "
+             "with the 'embedding' capability).")] = None,
+    lines: Annotated[bool, typer.Option(
+        "--lines", help="Each non-blank line of stdin is one input (default: all of stdin is one input).")] = False,
+    dimensions: Annotated[Optional[int], typer.Option(
+        "--dimensions", min=1, metavar="INT", help="Ask for shorter vectors, where the model supports it.")] = None,
+    verbose: Annotated[bool, typer.Option(
+        "-v", "--verbose", help="Print the model, vector count and size on stderr.")] = False,
+    models_path: ModelsPath = None,
+) -> None:
+    """Embed TEXT (each argument is one input) or piped stdin, and print the vectors.
+
+    stdout gets one JSON array holding one vector (an array of numbers) per input, in input order, on one
+    line. Vectors are L2-normalised (unit length), as Ollama's /api/embed returns them. '-' reads stdin
+    alongside arguments.
+
+    **Examples:**
+
+        gencli embed -m text-embedding-3-small "first text" "second text"
+        cat sentences.txt | gencli embed --lines -m gemini-embedding-001
+
+    Exit codes: 0 ok, 1 upstream error, 2 usage error (e.g. a chat-only model).
+    """
+    _call("embed", texts=tuple(texts or ()), model=model, lines=lines, dimensions=dimensions,
+          models_path=models_path, verbose=verbose)
+
+
+@app.command(context_settings=CONTEXT_SETTINGS)
+def models(
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the registry as JSON, with each model's capabilities and context length.")] = False,
+    models_path: ModelsPath = None,
+) -> None:
+    """List the models in the registry and whether each is ready to use."""
+    _call("models", as_json=as_json, models_path=models_path)
+
+
+@app.command(context_settings=CONTEXT_SETTINGS)
+def serve(
+    host: Annotated[str, typer.Option(
+        "--host", metavar="ADDR", rich_help_panel=NETWORK,
+        help="Address to bind. Other than loopback, set GENCLI_API_KEY.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(
+        "--port", min=0, max=65535, metavar="PORT", rich_help_panel=NETWORK,
+        help="Port to listen on (0: any free port).")] = 11434,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, max=256, metavar="N", rich_help_panel=SERVER, help="Worker processes.")] = 1,
+    allowed_origins: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-origins", metavar="ORIGINS", rich_help_panel=NETWORK, show_default=False,
+        help="Browser origins allowed besides localhost ones (comma-separated, repeatable; also "
+             "$GENCLI_ORIGINS).")] = None,
+    max_body_mb: Annotated[float, typer.Option(
+        "--max-body-mb", min=0.001, metavar="MB", rich_help_panel=NETWORK,
+        help="Largest request body accepted (413 above it).")] = 32.0,
+    grace: Annotated[float, typer.Option(
+        "--grace", min=0, metavar="SECONDS", rich_help_panel=SERVER,
+        help="On SIGTERM, how long in-flight requests may take to finish.")]
+        = 30.0,
+    allow_private_images: Annotated[bool, typer.Option(
+        "--allow-private-images", rich_help_panel=NETWORK,
+        help="Let image URLs in requests reach loopback, private and link-local addresses (off: only public "
+             "ones are fetched; also $GENCLI_ALLOW_PRIVATE_IMAGES=1).")] = False,
+    timeout: Annotated[Optional[float], typer.Option(
+        "--timeout", metavar="SECONDS", callback=_positive, rich_help_panel=NETWORK,
+        help="Default upstream read timeout for models without a \"timeout\" in models.json (default: "
+             "$GENCLI_TIMEOUT, else 300).")] = None,
+    retries: Annotated[Optional[int], typer.Option(
+        "--retries", min=0, max=10, metavar="N", rich_help_panel=NETWORK,
+        help="Default retries of upstream requests that fail before any output, for models without "
+             "\"retries\" in models.json (default: $GENCLI_RETRIES, else 2).")] = None,
+    models_path: ModelsPath = None,
+) -> None:
+    """Serve the models over HTTP as an Ollama-compatible API (and OpenAI's /v1).
+
+    Ollama clients (IDEs, Open WebUI, the ollama library), OpenAI clients (base URL http://HOST:PORT/v1, Chat
+    Completions and Responses, e.g. Codex) and Anthropic clients (base URL http://HOST:PORT, /v1/messages,
+    e.g. Claude Code) can use every ready model in models.json. With GENCLI_API_KEY set, every route but /
+    needs 'Authorization: Bearer \\<key>' (or 'x-api-key: \\<key>').
+    """
+    if allow_private_images:  # read by the app (and by --workers processes) from the environment
+        os.environ["GENCLI_ALLOW_PRIVATE_IMAGES"] = "1"
+    if timeout is not None:  # read by the engine in every worker (gencli.retry.settings)
+        os.environ["GENCLI_TIMEOUT"] = repr(float(timeout))
+    if retries is not None:
+        os.environ["GENCLI_RETRIES"] = str(retries)
+    _call("serve", host=host, port=port, models_path=models_path, workers=workers,
+          allowed_origins=tuple(allowed_origins or ()), max_body_mb=max_body_mb, grace=grace)
+
+
+# -- the entry point ------------------------------------------------------------------
+
+# Typer's zsh script registers itself with compdef and stops: autoloaded from $fpath (what
+# --install-completion sets up, and completions/_gencli) the first Tab in a shell then only
+# defines the function and completes nothing. This one completes at once when autoloaded, and
+# names its function after the file (_gencli), so that the definition replaces the autoloaded
+# body and every later Tab completes too. Typer is pinned in pyproject.toml; the zsh tests in
+# tests/test_completions.py (several Tabs in one shell) fail loudly if this stops working.
+ZSH_SCRIPT = """
+#compdef %(prog_name)s
+
+_%(prog_name)s() {
+  eval $(env _TYPER_COMPLETE_ARGS="${words[1,$CURRENT]}" %(autocomplete_var)s=complete_zsh %(prog_name)s)
+}
+
+if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
+  _%(prog_name)s "$@"
+else
+  compdef _%(prog_name)s %(prog_name)s
+fi
+"""
+
+
+def use_zsh_script() -> None:
+    from typer import _completion_classes, _completion_shared
+
+    _completion_shared._completion_scripts["zsh"] = ZSH_SCRIPT
+    _completion_classes.ZshComplete.source_template = ZSH_SCRIPT
+
+
+def main() -> None:
+    """``gencli``: run the app; every failure is one line on stderr and an exit code."""
+    import click
+    from typer.main import get_command
+
+    from gencli.cli.pipes import error, quiet_pipe
+    from gencli.errors import GencliError
+
+    use_zsh_script()
+    command = get_command(app)
+    try:
+        code = command.main(prog_name="gencli", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        error(exc.format_message().replace("\n", " ") + where)
+        sys.exit(exc.exit_code)
+    except click.exceptions.ClickException as exc:
+        error(exc.format_message().replace("\n", " "))
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except GencliError as exc:
+        if os.environ.get("GENCLI_DEBUG"):
+            raise
+        error(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        quiet_pipe()
+        sys.exit(0)
+    if isinstance(code, int):  # typer.Exit (--help, --version) returns its code here
+        sys.exit(code)

@@ -1,0 +1,441 @@
+"""gencli chat: a conversation at a prompt, like ``ollama run`` without a prompt.
+
+On a terminal (stdin and stdout both): a ``>>>`` prompt with line editing and a history
+kept across sessions (GNU readline; the history file is in the XDG state directory), each
+answer streamed by the same live renderer as ``generate``, multi-line input between
+triple quotes, slash commands, Ctrl-C to stop an answer (the session goes on), Ctrl-D or
+/bye to leave. Otherwise each line of stdin is one turn and only the answers are printed
+(slash commands work too; what they say goes to stderr), for scripts.
+
+Each answered turn keeps the conversation (``last``, ``--conversation NAME`` or the
+``--context FILE``), so ``generate -c`` or ``chat -c`` carries on from it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+import threading
+
+from gencli.cli import state
+from gencli.cli.pipes import decode_utf8, error, stdin_terminal, stdout_terminal, warning
+from gencli.errors import GencliError, UsageError
+
+PROMPT = ">>> "
+MORE = "... "
+QUOTES = '"""'
+
+HELP = """\
+Commands:
+  /help, /?              this list
+  /model NAME            switch to another model from the registry (the conversation goes on)
+  /set system TEXT       set the system prompt (/unset system removes it)
+  /set think on|off      ask the model to reason, or not (also low, medium, high; /unset think)
+  /set temperature X     a sampling option; also top_p, top_k, num_predict, seed, stop, min_p,
+                         presence_penalty, frequency_penalty, repeat_penalty (/unset NAME)
+  /set verbose on|off    timing and token statistics after each answer
+  /show                  the model, the settings and the tokens used so far
+  /save FILE             write the conversation to FILE (a --context file)
+  /load FILE             continue the conversation in FILE (from /save or --context)
+  /clear                 forget the conversation (the settings stay)
+  /bye                   leave (also Ctrl-D)
+
+Type \"\"\" to start and end a message of several lines. Ctrl-C stops an answer."""
+
+COMMANDS = ("/help", "/?", "/model", "/set", "/unset", "/show", "/save", "/load", "/clear", "/bye")
+SET_NAMES = ("system", "think", "verbose", "temperature", "top_p", "top_k", "num_predict", "seed", "stop",
+             "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty")
+ALIASES = {"top-p": "top_p", "top-k": "top_k", "num-predict": "num_predict", "max_tokens": "num_predict",
+           "max-tokens": "num_predict", "min-p": "min_p", "presence-penalty": "presence_penalty",
+           "frequency-penalty": "frequency_penalty", "repeat-penalty": "repeat_penalty"}
+THINK = {"on": True, "true": True, "off": False, "false": False, "low": "low", "medium": "medium", "high": "high"}
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+class Quit(Exception):
+    """/bye."""
+
+
+class Chat:
+    def __init__(self, runner, thread, model: str | None, system: str | None, options: dict, think,
+                 hide_reasoning: bool, verbose: bool, interactive: bool):
+        self.runner = runner
+        self.registry = runner.registry
+        self.thread = thread
+        self.entry = self._pick(model)
+        self.system = system
+        self.options = options
+        self.think = think
+        self.hide_reasoning = hide_reasoning
+        self.verbose = verbose
+        self.interactive = interactive
+        self.prompt_tokens = 0
+        self.answer_tokens = 0
+        self.failed = 0
+
+    def _pick(self, name: str | None):
+        entry = self.registry.resolve(name)
+        self.registry.key(entry)  # a missing key is said now, not after the first message
+        return entry
+
+    def say(self, text: str) -> None:
+        """What a command answers: the terminal, or stderr when stdout carries only answers."""
+        out = sys.stdout if self.interactive else sys.stderr
+        out.write(text + "\n")
+        out.flush()
+
+    # -- a turn ------------------------------------------------------------------
+    def turn(self, text: str) -> None:
+        from gencli.cli.turn import make_renderer
+        from gencli.request import GenerateRequest
+
+        req = GenerateRequest(model=self.entry.name, prompt=text, system=self.system, options=dict(self.options),
+                              think=self.think, context=self.thread.context, stream=True)
+        try:
+            plan = self.runner.prepare(req)
+            renderer = make_renderer(plan.entry.name, hide_reasoning=self.hide_reasoning)
+            done = self.runner.run(plan, renderer)
+        except KeyboardInterrupt:
+            if not self.interactive:
+                raise
+            return  # the renderer kept what arrived and said "(interrupted)"; the session goes on
+        except GencliError as exc:
+            self.failed += 1
+            error(str(exc))
+            return
+        if done is None:
+            return
+        self.prompt_tokens += done.prompt_eval_count or 0
+        self.answer_tokens += done.eval_count or 0
+        try:
+            self.thread.keep(plan.entry.name, done.context)
+        except GencliError as exc:
+            self.failed += 1
+            error(str(exc))
+        if self.verbose:
+            from gencli.cli.render import print_stats
+
+            print_stats(done)
+
+    # -- slash commands --------------------------------------------------------------
+    def command(self, line: str) -> None:
+        name, _, rest = line.strip().partition(" ")
+        rest = rest.strip()
+        handler = {"/help": self.c_help, "/?": self.c_help, "/model": self.c_model, "/set": self.c_set,
+                   "/unset": self.c_unset, "/show": self.c_show, "/save": self.c_save, "/load": self.c_load,
+                   "/clear": self.c_clear, "/bye": self.c_bye, "/exit": self.c_bye,
+                   "/quit": self.c_bye}.get(name.lower())
+        if handler is None:
+            raise UsageError(f"unknown command '{name}'; /help lists the commands")
+        handler(rest)
+
+    def c_help(self, rest: str) -> None:
+        self.say(HELP)
+
+    def c_bye(self, rest: str) -> None:
+        raise Quit
+
+    def c_model(self, rest: str) -> None:
+        if not rest:
+            ready = [e.name for e in self.registry.models.values() if self.registry.missing_key(e) is None
+                     and "completion" in e.capabilities]
+            self.say(f"model: {self.entry.name}; ready: {', '.join(ready) or 'none'} (/model NAME switches)")
+            return
+        self.entry = self._pick(rest)
+        self.say(f"model: {self.entry.name}")
+
+    def c_set(self, rest: str) -> None:
+        key, _, value = rest.partition(" ")
+        key = ALIASES.get(key.lower(), key.lower())
+        value = value.strip()
+        if not key:
+            raise UsageError(f"/set what? one of: {', '.join(SET_NAMES)}")
+        if key == "system":
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            if not value:
+                raise UsageError("/set system TEXT: give the system prompt (/unset system removes it)")
+            self.system = value
+            self.say("system prompt set")
+        elif key == "think":
+            if value.lower() not in THINK:
+                raise UsageError("/set think on|off (or low, medium, high)")
+            self.think = THINK[value.lower()]
+            self.say(f"think: {value.lower()}")
+        elif key == "verbose":
+            if value.lower() not in ("on", "off", "true", "false"):
+                raise UsageError("/set verbose on|off")
+            self.verbose = value.lower() in ("on", "true")
+            self.say(f"verbose: {'on' if self.verbose else 'off'}")
+        elif key in SET_NAMES:
+            self.options[key] = self._option(key, value)
+            self.say(f"{key}: {_show_value(self.options[key])}")
+        else:
+            raise UsageError(f"/set {key}: unknown setting; one of: {', '.join(SET_NAMES)}")
+
+    def _option(self, key: str, value: str):
+        from gencli.engine import validate_options
+
+        if not value:
+            raise UsageError(f"/set {key} VALUE: give a value (/unset {key} removes it)")
+        if key == "stop":
+            try:
+                parsed: object = shlex.split(value)
+            except ValueError as exc:
+                raise UsageError(f"/set stop: {exc}") from None
+        elif _INT.match(value):
+            parsed = int(value)
+        else:
+            try:
+                parsed = float(value)
+            except ValueError:
+                raise UsageError(f"/set {key}: '{value}' is not a number") from None
+        checked = validate_options({key: parsed})
+        if key not in checked:  # e.g. num_predict -1 means "no limit": the same as unset
+            raise UsageError(f"/set {key} {value}: no effect; /unset {key} removes it")
+        return checked[key]
+
+    def c_unset(self, rest: str) -> None:
+        key = ALIASES.get(rest.lower(), rest.lower())
+        if key == "system":
+            self.system = None
+        elif key == "think":
+            self.think = None
+        elif key == "verbose":
+            self.verbose = False
+        elif key in SET_NAMES:
+            self.options.pop(key, None)
+        else:
+            raise UsageError(f"/unset NAME: one of: {', '.join(SET_NAMES)}")
+        self.say(f"{key}: unset")
+
+    def c_show(self, rest: str) -> None:
+        e = self.entry
+        think = {True: "on", False: "off", None: "the model's default"}.get(self.think, self.think)
+        options = " ".join(f"{k}={_show_value(v)}" for k, v in self.options.items()) or "the model's defaults"
+        from gencli.cli.turn import count_turns
+
+        where = self.thread.file or f"'{self.thread.name}' in {state.conversations_dir()}"
+        turns = count_turns(self.thread.context)
+        lines = [f"model         {e.name} ({e.provider}: {e.model or e.path or '-'})",
+                 f"system        {self.system if self.system is not None else '(none)'}",
+                 f"think         {think}",
+                 f"options       {options}",
+                 f"conversation  {turns} turn{'' if turns == 1 else 's'}, kept as {where}",
+                 f"tokens        {self.prompt_tokens} prompt, {self.answer_tokens} answer (this session)"]
+        self.say("\n".join(lines))
+
+    def c_save(self, rest: str) -> None:
+        from gencli.cli.turn import write_context
+
+        if not rest:
+            raise UsageError("/save FILE: name the file to write")
+        if not self.thread.context:
+            raise UsageError("/save: nothing to save yet (no answered turn)")
+        write_context(rest, self.thread.context, "/save")
+        self.say(f"saved the conversation to {rest}")
+
+    def c_load(self, rest: str) -> None:
+        from gencli import context as ctx
+        from gencli.cli.turn import read_context
+
+        if not rest:
+            raise UsageError("/load FILE: name the file to read")
+        from pathlib import Path
+
+        if not Path(rest).is_file():
+            raise UsageError(f"/load {rest}: no such file")
+        context = read_context(rest, "/load")
+        turns = sum(1 for m in ctx.decode(context) if m.role == "user")  # a damaged file is refused here
+        self.thread.context = context or None
+        self.say(f"loaded {turns} turns from {rest}")
+
+    def c_clear(self, rest: str) -> None:
+        self.thread.context = None
+        self.say("the conversation is cleared")
+
+
+def _show_value(v) -> str:
+    if isinstance(v, list):
+        return " ".join(shlex.quote(s) for s in v)
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+# -- reading input -----------------------------------------------------------------
+
+
+def gather(first: str, more) -> str:
+    """A message: one line, or the lines between triple quotes (``more()`` reads the next
+    line; EOFError there ends the message with what was read)."""
+    if not first.lstrip().startswith(QUOTES):
+        return first
+    body = first.lstrip()[3:]
+    if body.rstrip().endswith(QUOTES) and body.strip():
+        return body.rstrip()[:-3]
+    lines = [body] if body.strip() else []
+    while True:
+        try:
+            line = more()
+        except EOFError:
+            break
+        if line.rstrip().endswith(QUOTES):
+            last = line.rstrip()[:-3]
+            if last:
+                lines.append(last)
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+class Terminal:
+    """The prompt: GNU readline with a history file and Tab completion of commands and names."""
+
+    def __init__(self, chat: Chat):
+        import readline
+
+        self.readline = readline
+        self.chat = chat
+        self.history = state.history_file()
+        self.warned = False
+        try:
+            readline.read_history_file(self.history)
+        except (FileNotFoundError, OSError):
+            pass
+        readline.set_history_length(2000)
+        readline.set_completer_delims(" \t\n")
+        readline.set_completer(self.complete)
+        readline.parse_and_bind("tab: complete")
+
+    def complete(self, text: str, index: int):
+        line = self.readline.get_line_buffer().lstrip()
+        if " " not in line:
+            options = [c for c in COMMANDS if c.startswith(text)]
+        elif line.startswith("/model "):
+            options = [n for n in self.chat.registry.models if n.startswith(text)]
+        elif line.startswith(("/set ", "/unset ")) and line.count(" ") == 1:
+            options = [n for n in SET_NAMES if n.startswith(text)]
+        else:
+            options = []
+        return options[index] if index < len(options) else None
+
+    def read(self, prompt: str) -> str:
+        return input(prompt)
+
+    def remember(self) -> None:
+        try:
+            state.make_private_dir(state.state_dir())
+            self.readline.write_history_file(self.history)
+        except (OSError, GencliError) as exc:
+            if not self.warned:
+                self.warned = True
+                warning(f"cannot keep the prompt history ({exc})")
+
+
+def preload(local: bool) -> threading.Thread:
+    """Import what the first answer needs while the person types (the prompt shows first)."""
+
+    def work() -> None:
+        try:
+            import gencli.cli.render_rich  # noqa: F401
+            import gencli.engine  # noqa: F401
+
+            if not local:
+                import gencli.transport_httpx  # noqa: F401
+        except Exception:  # the turn itself will import and report
+            pass
+
+    t = threading.Thread(target=work, name="gencli-preload", daemon=True)
+    t.start()
+    return t
+
+
+def interactive_loop(chat: Chat) -> int:
+    term = Terminal(chat)
+    out = sys.stdout
+    out.write(f"gencli chat with {chat.entry.name}: /help for commands, \"\"\" for several lines, "
+              f"Ctrl-D or /bye to leave\n")
+    out.flush()
+    loading = preload(chat.entry.provider == "local")
+    try:
+        while True:
+            try:
+                line = term.read(PROMPT)
+                text = gather(line, lambda: term.read(MORE))
+            except KeyboardInterrupt:
+                out.write("\n(Ctrl-D or /bye to leave)\n")
+                out.flush()
+                continue
+            except EOFError:
+                out.write("\n")
+                out.flush()
+                return 0
+            term.remember()
+            if not text.strip():
+                continue
+            if text.lstrip().startswith("/") and not line.lstrip().startswith(QUOTES):
+                try:
+                    chat.command(text)
+                except Quit:
+                    return 0
+                except GencliError as exc:
+                    error(str(exc))
+                continue
+            chat.turn(text)
+    finally:
+        loading.join(timeout=5)
+
+
+def piped_loop(chat: Chat) -> int:
+    """Each line of stdin is a turn; stdout gets only the answers."""
+    stream = sys.stdin.buffer
+    number = 0
+
+    def next_line() -> str:
+        nonlocal number
+        raw = stream.readline()
+        if not raw:
+            raise EOFError
+        number += 1
+        return decode_utf8(raw, f"stdin line {number}").rstrip("\r\n")
+
+    while True:
+        try:
+            first = next_line()
+        except EOFError:
+            break
+        text = gather(first, next_line)
+        if not text.strip():
+            continue
+        if text.lstrip().startswith("/") and not first.lstrip().startswith(QUOTES):
+            try:
+                chat.command(text)
+            except Quit:
+                break
+            except GencliError as exc:
+                chat.failed += 1
+                error(str(exc))
+            continue
+        chat.turn(text)
+    return 1 if chat.failed else 0
+
+
+def run(model: str | None, system: str | None, temperature: float | None, top_p: float | None,
+        top_k: int | None, num_predict: int | None, stop: list[str] | None, seed: int | None,
+        think: bool | None, hide_reasoning: bool, verbose: bool, context_file: str | None, cont: bool,
+        conversation: str | None, models_path: str | None, timeout: float | None = None,
+        retries: int | None = None) -> None:
+    from gencli.cli.turn import Runner, Thread, sampling_options
+
+    thread = Thread.open(context_file, cont, conversation)
+    runner = Runner(models_path, timeout, retries)
+    interactive = stdin_terminal() and stdout_terminal()
+    chat = Chat(runner, thread, model, system, sampling_options(temperature, top_p, top_k, num_predict, seed, stop),
+                think, hide_reasoning, verbose, interactive)
+    try:
+        code = interactive_loop(chat) if interactive else piped_loop(chat)
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        runner.close()
+    sys.exit(code)

@@ -1,0 +1,153 @@
+"""What the CLI keeps between runs, in the XDG state directory
+($XDG_STATE_HOME/gencli, else ~/.local/state/gencli):
+
+- ``conversations/NAME.json``: one conversation each, a context file (the ``context``
+  array /api/generate returns, which holds the whole conversation) with what
+  ``gencli conversations`` lists: ``{"model", "turns", "updated", "context"}``. Any of
+  them works with ``--context FILE`` too. ``last`` is the unnamed one: every
+  ``generate``/``chat`` without ``-c``, ``--conversation`` or ``--context`` starts it afresh.
+  ``-c`` continues the conversation used most recently, named or not.
+- ``chat_history``: the prompt lines typed in ``gencli chat`` (readline's history file).
+
+The directory is created private (0700); files are replaced atomically, so two runs
+never leave a half-written conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gencli.errors import GencliError, UsageError
+
+LAST = "last"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class StateError(GencliError):
+    """The state directory cannot be read or written."""
+
+    exit_code = 1
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "gencli"
+
+
+def conversations_dir() -> Path:
+    return state_dir() / "conversations"
+
+
+def history_file() -> Path:
+    return state_dir() / "chat_history"
+
+
+def make_private_dir(path: Path) -> Path:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create {path} ({exc.strerror or exc}); set XDG_STATE_HOME to a "
+                         f"writable directory") from None
+    return path
+
+
+def check_name(name: str, flag: str = "--conversation") -> str:
+    if not _NAME.match(name):
+        raise UsageError(f"{flag} {name!r}: a conversation name is 1-64 letters, digits, '.', '_' or '-', "
+                         f"starting with a letter or digit")
+    return name
+
+
+@dataclass(slots=True)
+class Conversation:
+    name: str
+    model: str
+    turns: int
+    updated: float  # seconds since the epoch
+    context: list[int]
+
+    @property
+    def path(self) -> Path:
+        return conversations_dir() / f"{self.name}.json"
+
+
+def _read(path: Path) -> Conversation | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None  # a damaged file is listed by nothing and replaced by the next save
+    if not isinstance(data, dict) or not isinstance(data.get("context"), list):
+        return None
+    turns = data.get("turns")
+    updated = data.get("updated")
+    return Conversation(
+        name=path.stem,
+        model=data.get("model") if isinstance(data.get("model"), str) else "",
+        turns=turns if isinstance(turns, int) and not isinstance(turns, bool) else 0,
+        updated=float(updated) if isinstance(updated, (int, float)) and not isinstance(updated, bool) else 0.0,
+        context=data["context"],
+    )
+
+
+def load(name: str) -> Conversation | None:
+    return _read(conversations_dir() / f"{name}.json")
+
+
+def listing() -> list[Conversation]:
+    """Every kept conversation, the most recently used first."""
+    try:
+        paths = [p for p in conversations_dir().iterdir() if p.suffix == ".json" and _NAME.match(p.stem)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise StateError(f"cannot read {conversations_dir()} ({exc.strerror or exc})") from None
+    found = [c for c in map(_read, paths) if c is not None]
+    found.sort(key=lambda c: (c.updated, c.name), reverse=True)
+    return found
+
+
+def latest() -> Conversation | None:
+    """The conversation used most recently (what ``-c`` continues)."""
+    found = listing()
+    return found[0] if found else None
+
+
+def save(name: str, model: str, context: list[int], turns: int) -> Conversation:
+    conv = Conversation(name, model, turns, time.time(), context)
+    folder = make_private_dir(conversations_dir())
+    body = json.dumps({"model": model, "turns": turns, "updated": round(conv.updated, 3), "context": context},
+                      separators=(",", ":")) + "\n"
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(body)
+        os.replace(tmp, conv.path)
+    except OSError as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise StateError(f"cannot save the conversation in {folder} ({exc.strerror or exc})") from None
+    return conv
+
+
+def delete(name: str) -> bool:
+    """Remove a conversation; False when there is none of that name."""
+    try:
+        (conversations_dir() / f"{name}.json").unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StateError(f"cannot delete the conversation {name!r} ({exc.strerror or exc})") from None
+    return True

@@ -1,0 +1,244 @@
+"""One turn of a conversation, shared by ``gencli generate`` and ``gencli chat``: the
+request's inputs (images, --format, context files), the conversation it continues and
+keeps (``--context FILE``, ``--conversation NAME``, ``-c``, else the unnamed ``last``), the
+renderer for this output, and the engine run itself over one kept httpx transport."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gencli.cli import state
+from gencli.cli.pipes import stdout_terminal, warning
+from gencli.errors import GencliError, UsageError
+
+# -- request inputs ----------------------------------------------------------------
+
+
+def sampling_options(temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                     num_predict: int | None = None, seed: int | None = None,
+                     stop: list[str] | None = None) -> dict[str, Any]:
+    options = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
+                                 ("num_predict", num_predict), ("seed", seed)) if v is not None}
+    if stop:
+        options["stop"] = list(stop)
+    return options
+
+
+def read_images(values: list[str] | tuple[str, ...] | None) -> list:
+    from gencli.images import is_url
+
+    out: list = []
+    for value in values or ():
+        if is_url(value):
+            out.append(value)
+            continue
+        try:
+            out.append(Path(value).read_bytes())
+        except FileNotFoundError:
+            raise UsageError(f"image {value}: no such file") from None
+        except OSError as exc:
+            raise UsageError(f"image {value}: cannot read it ({exc.strerror})") from None
+    return out
+
+
+def read_format(fmt: str | None):
+    if fmt is None or fmt == "json":
+        return fmt
+    try:
+        schema = json.loads(Path(fmt).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--format: '{fmt}' is neither 'json' nor a schema file that exists") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--format: {fmt} is not a JSON schema file ({exc})") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--format: {fmt} must hold a JSON object (a JSON schema)")
+    return schema
+
+
+def read_context(path: str | None, flag: str = "--context") -> list[int] | None:
+    """The context array in a conversation file (None: a new conversation)."""
+    if not path:
+        return None
+    p = Path(path)
+    if not p.parent.is_dir():  # refuse before spending a call whose context could not be saved
+        raise UsageError(f"{flag} {path}: the directory {p.parent} does not exist")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None  # a new conversation
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{flag} {path}: cannot read it ({exc})") from None
+    if not text.strip():
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise UsageError(f"{flag} {path}: not a gencli context file (invalid JSON)") from None
+    if isinstance(data, dict):
+        data = data.get("context")
+    if not isinstance(data, list):
+        raise UsageError(f"{flag} {path}: not a gencli context file (expected a JSON array)")
+    return data
+
+
+def write_context(path: str, context: list[int], flag: str = "--context") -> None:
+    tmp = Path(path + ".tmp")
+    try:
+        tmp.write_text(json.dumps(context, separators=(",", ":")) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise GencliError(f"{flag} {path}: cannot save the conversation ({exc.strerror or exc})") from None
+
+
+def count_turns(context: list[int] | None) -> int:
+    """User turns in a context array (0 for none or one that cannot be read)."""
+    if not context:
+        return 0
+    from gencli import context as ctx
+
+    try:
+        return sum(1 for m in ctx.decode(context) if m.role == "user")
+    except GencliError:
+        return 0
+
+
+# -- the conversation a turn continues and keeps -------------------------------------
+
+
+@dataclass(slots=True)
+class Thread:
+    """Where the conversation comes from and goes to: a --context file, or a kept
+    conversation in the state directory (``name``)."""
+
+    context: list[int] | None
+    file: str | None = None
+    name: str | None = None
+    explicit: bool = False  # the user asked for it: failing to keep it is an error, not a warning
+
+    @classmethod
+    def open(cls, context_file: str | None = None, cont: bool = False, name: str | None = None) -> "Thread":
+        if context_file and (cont or name):
+            raise UsageError("--context FILE cannot be combined with -c/--continue or --conversation "
+                             "(use one way to continue a conversation)")
+        if context_file:
+            return cls(read_context(context_file), file=context_file, explicit=True)
+        if name is not None:
+            state.check_name(name)
+            conv = state.load(name)
+            return cls(conv.context if conv else None, name=name, explicit=True)
+        if cont:
+            conv = state.latest()
+            if conv is not None:
+                return cls(conv.context, name=conv.name, explicit=conv.name != state.LAST)
+        return cls(None, name=state.LAST)
+
+    def keep(self, model: str, context: list[int]) -> None:
+        """Save the conversation after a turn (the context array holds all of it)."""
+        self.context = context
+        if self.file:
+            write_context(self.file, context)
+            return
+        assert self.name is not None
+        try:
+            state.save(self.name, model, context, count_turns(context))
+        except state.StateError as exc:
+            if self.explicit:
+                raise
+            warning(f"{exc} (-c/--continue will not find this conversation)")
+
+
+# -- renderers and the engine run -------------------------------------------------
+
+
+def make_renderer(model: str, as_json: bool = False, hide_reasoning: bool = False, stream: bool = True,
+                  extract: bool = False, extract_last: bool = False):
+    from gencli.cli import render
+
+    if as_json:
+        return render.JsonRenderer(model, stream)
+    if extract or extract_last:
+        return render.ExtractRenderer(hide_reasoning, last=extract_last)
+    if stdout_terminal():
+        from gencli.cli.render_rich import RichRenderer
+
+        return RichRenderer(hide_reasoning)
+    return render.PlainRenderer(hide_reasoning)
+
+
+class Runner:
+    """Runs turns against one registry; keeps one httpx transport per upstream so that the
+    turns of a chat reuse their connection. Local models run in-process (no transport:
+    importing httpx costs ~0.1 s)."""
+
+    def __init__(self, models_path: str | None, timeout: float | None = None, retries: int | None = None):
+        from gencli.registry import Registry
+
+        self.registry = Registry.load(models_path)
+        self.timeout = timeout
+        self.retries = retries
+        self._transport: Any = None
+        self._transport_key: tuple | None = None
+
+    def prepare(self, req):
+        from gencli import engine
+
+        plan = engine.prepare(req, self.registry)
+        if self.timeout is not None:  # the flags win over models.json
+            plan.call.extra["timeout"] = self.timeout
+        if self.retries is not None:
+            plan.call.extra["retries"] = self.retries
+        return plan
+
+    def transport_for(self, plan):
+        if getattr(plan.adapter, "in_process", False):
+            return None
+        from gencli.retry import settings
+
+        timeout = settings(plan.call)[0]
+        tls = not plan.call.base_url.startswith("http://")
+        key = (timeout, tls)
+        if self._transport is None or self._transport_key != key:
+            self.close()
+            from gencli.transport_httpx import HttpxTransport
+
+            self._transport = HttpxTransport(timeout=timeout, tls=tls)
+            self._transport_key = key
+        return self._transport
+
+    def run(self, plan, renderer):
+        """Render one turn; returns the Done event (None if the upstream sent none).
+        Ctrl-C: the renderer keeps what arrived and KeyboardInterrupt propagates; an error:
+        the same, and the GencliError propagates."""
+        from gencli import engine
+
+        transport = self.transport_for(plan)
+        done = None
+        events = engine.execute(plan, transport)
+        try:
+            for event in events:
+                done = renderer.event(event) or done
+        except KeyboardInterrupt:
+            events.close()
+            renderer.interrupted()
+            raise
+        except GencliError:
+            renderer.failed()
+            raise
+        finally:
+            events.close()
+        renderer.finish()
+        return done
+
+    def close(self) -> None:
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            transport.close()
+
