@@ -201,6 +201,19 @@ def test_history_is_recalled_with_up_in_the_next_session(chat, tmp_path):
 
 
 @needs_tmux
+def test_tab_completes_commands_and_model_names(chat):
+    pane = chat("-m", "m")
+    pane.keys("-l", "/mo")
+    pane.keys("Tab")
+    pane.wait_for(">>> /model")  # (the screen capture drops the trailing space)
+    pane.keys("-l", "sl")
+    pane.keys("Tab")
+    pane.wait_for(">>> /model slow")
+    pane.keys("Enter")
+    pane.wait_for("model: slow")
+
+
+@needs_tmux
 def test_several_lines_between_triple_quotes(chat, openai_fake):
     pane = chat("-m", "m")
     before = openai_fake.mark()

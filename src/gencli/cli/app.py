@@ -116,11 +116,8 @@ Retries = Annotated[Optional[int], typer.Option(
          "5xx), with backoff (default: the model's \"retries\", else $GENCLI_RETRIES, else 2).")]
 
 
-def _call(module: str, **kw) -> None:
-    """Run ``gencli.cli.commands.<module>.run(**kw)``; a closed stdout (``| head``) ends quietly."""
-    import importlib
-
-    run = importlib.import_module(f"gencli.cli.commands.{module}").run
+def _call(run, **kw) -> None:
+    """Run a command's ``run(**kw)``; a closed stdout (``| head``) ends quietly."""
     try:
         run(**kw)
     except BrokenPipeError:
@@ -207,7 +204,9 @@ def generate(
 
     Exit codes: 0 ok, 1 generation or upstream error, 2 usage error, 130 interrupted.
     """
-    _call("generate", prompt=prompt, model=model, system=system, temperature=temperature, top_p=top_p,
+    from gencli.cli.commands.generate import run
+
+    _call(run, prompt=prompt, model=model, system=system, temperature=temperature, top_p=top_p,
           top_k=top_k, num_predict=num_predict, stop=stop, seed=seed, images=images, fmt=fmt, think=think,
           hide_reasoning=hide_reasoning, no_stream=no_stream, as_json=as_json, extract=extract,
           extract_last=extract_last, verbose=verbose, context_file=str(context_file) if context_file else None,
@@ -243,7 +242,9 @@ def chat(
     With stdin not a terminal, each line is a turn and stdout gets only the answers (for scripts; exit
     code 1 when a turn failed).
     """
-    _call("chat", model=model, system=system, temperature=temperature, top_p=top_p, top_k=top_k,
+    from gencli.cli.commands.chat import run
+
+    _call(run, model=model, system=system, temperature=temperature, top_p=top_p, top_k=top_k,
           num_predict=num_predict, stop=stop, seed=seed, think=think, hide_reasoning=hide_reasoning,
           verbose=verbose, context_file=str(context_file) if context_file else None, cont=cont,
           conversation=conversation, models_path=models_path, timeout=timeout, retries=retries)
@@ -261,7 +262,9 @@ def conversations(
     'generate' and 'chat' keep each conversation in $XDG_STATE_HOME/gencli/conversations: the last one
     (-c continues it) and named ones (--conversation NAME).
     """
-    _call("conversations", delete=delete, as_json=as_json)
+    from gencli.cli.commands.conversations import run
+
+    _call(run, delete=delete, as_json=as_json)
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
@@ -292,7 +295,9 @@ def embed(
 
     Exit codes: 0 ok, 1 upstream error, 2 usage error (e.g. a chat-only model).
     """
-    _call("embed", texts=tuple(texts or ()), model=model, lines=lines, dimensions=dimensions,
+    from gencli.cli.commands.embed import run
+
+    _call(run, texts=tuple(texts or ()), model=model, lines=lines, dimensions=dimensions,
           models_path=models_path, verbose=verbose)
 
 
@@ -303,7 +308,9 @@ def models(
     models_path: ModelsPath = None,
 ) -> None:
     """List the models in the registry and whether each is ready to use."""
-    _call("models", as_json=as_json, models_path=models_path)
+    from gencli.cli.commands.models import run
+
+    _call(run, as_json=as_json, models_path=models_path)
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
@@ -354,7 +361,9 @@ def serve(
         os.environ["GENCLI_TIMEOUT"] = repr(float(timeout))
     if retries is not None:
         os.environ["GENCLI_RETRIES"] = str(retries)
-    _call("serve", host=host, port=port, models_path=models_path, workers=workers,
+    from gencli.cli.commands.serve import run
+
+    _call(run, host=host, port=port, models_path=models_path, workers=workers,
           allowed_origins=tuple(allowed_origins or ()), max_body_mb=max_body_mb, grace=grace)
 
 

@@ -44,6 +44,7 @@ Commands:
 Type \"\"\" to start and end a message of several lines. Ctrl-C stops an answer."""
 
 COMMANDS = ("/help", "/?", "/model", "/set", "/unset", "/show", "/save", "/load", "/clear", "/bye")
+TAKES_ARGUMENT = ("/model", "/set", "/unset", "/save", "/load")
 SET_NAMES = ("system", "think", "verbose", "temperature", "top_p", "top_k", "num_predict", "seed", "stop",
              "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty")
 ALIASES = {"top-p": "top_p", "top-k": "top_k", "num-predict": "num_predict", "max_tokens": "num_predict",
@@ -308,13 +309,15 @@ class Terminal:
         readline.parse_and_bind("tab: complete")
 
     def complete(self, text: str, index: int):
+        """Tab: commands, then model names after /model and settings after /set. (Python's
+        readline appends nothing to a completion: the space after a word is added here.)"""
         line = self.readline.get_line_buffer().lstrip()
         if " " not in line:
-            options = [c for c in COMMANDS if c.startswith(text)]
+            options = [c + (" " if c in TAKES_ARGUMENT else "") for c in COMMANDS if c.startswith(text)]
         elif line.startswith("/model "):
             options = [n for n in self.chat.registry.models if n.startswith(text)]
         elif line.startswith(("/set ", "/unset ")) and line.count(" ") == 1:
-            options = [n for n in SET_NAMES if n.startswith(text)]
+            options = [n + (" " if line.startswith("/set ") else "") for n in SET_NAMES if n.startswith(text)]
         else:
             options = []
         return options[index] if index < len(options) else None
