@@ -7,6 +7,7 @@ zsh (in a tmux terminal, with a real Tab) on a partial command line, and install
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -34,8 +35,10 @@ def cenv(tmp_path, workdir) -> dict[str, str]:
                             "description": "a test model"}}))
     conv = tmp_path / "state" / "gencli" / "conversations"
     conv.mkdir(parents=True)
-    for name, when in (("work-notes", 2.0), ("weekend", 1.0)):
-        (conv / f"{name}.json").write_text(json.dumps({"model": "m", "turns": 2, "updated": when, "context": []}))
+    for name, when in (("work-notes", 2_000_000_000), ("weekend", 1_000_000_000)):  # the order of last use
+        path = conv / f"{name}.json"
+        path.write_text(json.dumps({"model": "m", "turns": 2, "context": []}))
+        os.utime(path, (when, when))
     env = clean_env(tmp_path, XDG_STATE_HOME=str(tmp_path / "state"))
     env["PATH"] = f"{Path(GENCLI).parent}:{env.get('PATH', '')}"
     return env

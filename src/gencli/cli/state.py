@@ -3,7 +3,8 @@
 
 - ``conversations/NAME.json``: one conversation each, a context file (the ``context``
   array /api/generate returns, which holds the whole conversation) with what
-  ``gencli conversations`` lists: ``{"model", "turns", "updated", "context"}``. Any of
+  ``gencli conversations`` lists: ``{"model", "turns", "context"}``; the file's
+  modification time is when it was last used. Any of
   them works with ``--context FILE`` too. ``last`` is the unnamed one: every
   ``generate``/``chat`` without ``-c``, ``--conversation`` or ``--context`` starts it afresh.
   ``-c`` continues the conversation used most recently, named or not.
@@ -70,7 +71,7 @@ class Conversation:
     name: str
     model: str
     turns: int
-    updated: float  # seconds since the epoch
+    updated: float  # last used: the file's modification time, seconds since the epoch
     context: list[int]
 
     @property
@@ -78,54 +79,63 @@ class Conversation:
         return conversations_dir() / f"{self.name}.json"
 
 
-def _read(path: Path) -> Conversation | None:
+def _read(path: Path, used: float) -> Conversation | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError, UnicodeDecodeError):
-        return None  # a damaged file is listed by nothing and replaced by the next save
+        return None  # gone, or damaged: listed by nothing and replaced by the next save
     if not isinstance(data, dict) or not isinstance(data.get("context"), list):
         return None
     turns = data.get("turns")
-    updated = data.get("updated")
     return Conversation(
         name=path.stem,
         model=data.get("model") if isinstance(data.get("model"), str) else "",
         turns=turns if isinstance(turns, int) and not isinstance(turns, bool) else 0,
-        updated=float(updated) if isinstance(updated, (int, float)) and not isinstance(updated, bool) else 0.0,
+        updated=used,
         context=data["context"],
     )
 
 
 def load(name: str) -> Conversation | None:
-    return _read(conversations_dir() / f"{name}.json")
-
-
-def listing() -> list[Conversation]:
-    """Every kept conversation, the most recently used first."""
+    path = conversations_dir() / f"{name}.json"
     try:
-        paths = [p for p in conversations_dir().iterdir() if p.suffix == ".json" and _NAME.match(p.stem)]
+        used = path.stat().st_mtime
+    except OSError:
+        return None
+    return _read(path, used)
+
+
+def _by_use() -> list[tuple[float, Path]]:
+    """The conversation files, the most recently used (written) first."""
+    try:
+        entries = [(p.stat().st_mtime, p) for p in conversations_dir().iterdir()
+                   if p.suffix == ".json" and _NAME.match(p.stem)]
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
         raise StateError(f"cannot read {conversations_dir()} ({exc.strerror or exc})") from None
-    found = [c for c in map(_read, paths) if c is not None]
-    found.sort(key=lambda c: (c.updated, c.name), reverse=True)
-    return found
+    entries.sort(key=lambda e: (e[0], e[1].stem), reverse=True)
+    return entries
+
+
+def listing() -> list[Conversation]:
+    """Every kept conversation, the most recently used first."""
+    return [c for c in (_read(path, used) for used, path in _by_use()) if c is not None]
 
 
 def latest() -> Conversation | None:
-    """The conversation used most recently (what ``-c`` continues)."""
-    found = listing()
-    return found[0] if found else None
+    """The conversation used most recently (what ``-c`` continues); reads only that one."""
+    for used, path in _by_use():
+        conv = _read(path, used)
+        if conv is not None:
+            return conv
+    return None
 
 
 def save(name: str, model: str, context: list[int], turns: int) -> Conversation:
     conv = Conversation(name, model, turns, time.time(), context)
     folder = make_private_dir(conversations_dir())
-    body = json.dumps({"model": model, "turns": turns, "updated": round(conv.updated, 3), "context": context},
-                      separators=(",", ":")) + "\n"
+    body = json.dumps({"model": model, "turns": turns, "context": context}, separators=(",", ":")) + "\n"
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
