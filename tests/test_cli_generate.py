@@ -478,3 +478,30 @@ def test_root_models_json_matches_the_builtins():
     root = ROOT / "models.json"
     builtin = ROOT / "src" / "gencli" / "models.json"
     assert json.loads(root.read_text()) == json.loads(builtin.read_text())
+
+
+def test_help_groups_options_in_panels(tmp_path, workdir):
+    env = clean_env(tmp_path, COLUMNS="120")
+    p = gencli(["generate", "--help"], env, workdir)
+    assert p.returncode == 0, err(p)
+    text = out(p)
+    panels = [text.index(f"╭─ {title} ") for title in ("Model", "Sampling", "Output", "Conversation", "Network")]
+    assert panels == sorted(panels)
+    assert panels[1] < text.index("--temperature") < text.index("--seed") < panels[2]
+    assert panels[2] < text.index("--extract-last") < panels[3] < text.index("--continue") < panels[4]
+    assert panels[4] < text.index("--retries")
+    assert "\x1b" not in text  # piped help is plain text
+    root = out(gencli(["--help"], env, workdir))
+    for word in ("--install-completion", "--show-completion", "--version", "generate", "chat", "conversations",
+                 "embed", "models", "serve"):
+        assert word in root, word
+    serve = out(gencli(["serve", "--help"], env, workdir))
+    for flag in ("--host", "--port", "--workers", "--allowed-origins", "--max-body-mb", "--grace",
+                 "--allow-private-images", "--timeout", "--retries", "--models"):
+        assert flag in serve, flag
+
+
+def test_no_command_shows_the_help(tmp_path, workdir):
+    p = gencli([], clean_env(tmp_path), workdir)
+    shown = out(p) + err(p)
+    assert p.returncode == 2 and "Usage: gencli" in shown and "generate" in shown

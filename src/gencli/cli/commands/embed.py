@@ -6,7 +6,7 @@ import sys
 
 import orjson
 
-from gencli.cli.pipes import read_stdin
+from gencli.cli.pipes import read_stdin, stdin_piped
 from gencli.errors import UsageError
 
 
@@ -14,7 +14,7 @@ def read_inputs(texts: tuple[str, ...], lines: bool) -> list[str]:
     """TEXT arguments are the inputs ('-' reads stdin); without them, stdin when it is piped.
     With ``lines``, each non-blank line of stdin is one input, else stdin is one input."""
     inputs: list[str] = []
-    want_stdin = "-" in texts or (not texts and sys.stdin is not None and not sys.stdin.isatty())
+    want_stdin = "-" in texts or (not texts and stdin_piped())
     for text in texts:
         if text == "-":
             continue
