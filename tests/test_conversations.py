@@ -129,6 +129,19 @@ def test_bad_conversation_flags_are_usage_errors(env, workdir, openai_fake, args
     assert openai_fake.since(before) == []
 
 
+def test_a_damaged_kept_conversation_names_the_way_out(tmp_path, env, workdir, openai_fake):
+    gencli(["generate", "--conversation", "n", "hi"], env, workdir)
+    path = tmp_path / "state" / "gencli" / "conversations" / "n.json"
+    data = json.loads(path.read_text())
+    data["context"][-1] ^= 0xFF
+    path.write_text(json.dumps(data))
+    before = openai_fake.mark()
+    for args in (["--conversation", "n"], ["-c"]):
+        text = one_line_error(gencli(["generate", *args, "again"], env, workdir), 2)
+        assert "'n'" in text and "gencli conversations --delete n" in text
+    assert openai_fake.since(before) == []
+
+
 def test_failed_or_interrupted_turns_are_not_kept(env, workdir, openai_fake):
     gencli(["generate", "keep this"], env, workdir)
     assert gencli(["generate", "-m", "mid", "-c", "this fails"], env, workdir).returncode == 1

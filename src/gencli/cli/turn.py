@@ -133,11 +133,11 @@ class Thread:
         if name is not None:
             state.check_name(name)
             conv = state.load(name)
-            return cls(conv.context if conv else None, name=name, explicit=True)
+            return cls(_checked(conv) if conv else None, name=name, explicit=True)
         if cont:
             conv = state.latest()
             if conv is not None:
-                return cls(conv.context, name=conv.name, explicit=conv.name != state.LAST)
+                return cls(_checked(conv), name=conv.name, explicit=conv.name != state.LAST)
         return cls(None, name=state.LAST)
 
     def keep(self, model: str, context: list[int]) -> None:
@@ -153,6 +153,18 @@ class Thread:
             if self.explicit:
                 raise
             warning(f"{exc} (-c/--continue will not find this conversation)")
+
+
+def _checked(conv: state.Conversation) -> list[int]:
+    """A kept conversation's context, refused with the way out if it cannot be read."""
+    from gencli import context as ctx
+
+    try:
+        ctx.decode(conv.context)
+    except GencliError as exc:
+        raise UsageError(f"the kept conversation '{conv.name}' ({conv.path}) cannot be continued: {exc}; "
+                         f"remove it with: gencli conversations --delete {conv.name}") from None
+    return conv.context
 
 
 # -- renderers and the engine run -------------------------------------------------
