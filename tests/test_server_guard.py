@@ -1,5 +1,5 @@
 """gencli serve's guard rails, against the real server as a subprocess: API key,
-browser origins (CORS), the body cap, the bind warning, the access log and a
+browser origins (CORS), the body cap, the exposure rule, the access log and a
 graceful SIGTERM. The unit tests at the end check the decision functions directly
 (addresses are checked by decision, never by connecting to them)."""
 
@@ -15,7 +15,10 @@ import ollama
 import openai
 import pytest
 
-from gencli.server.guard import check_bind, is_loopback_host
+import subprocess
+
+from gencli.server.guard import is_loopback_host
+from tests.conftest import GENCLI, clean_env
 from tests.fakes.openai_upstream import FAKE_KEY
 from tests.server_fixture import KEY_VAR, ServeProcess
 
@@ -214,19 +217,46 @@ def test_access_log_lines_have_no_prompt_and_no_keys(keyed):
     assert PROMPT_MARKER not in err and SERVER_KEY not in err and FAKE_KEY not in err
 
 
-# -- bind warning and SIGTERM ----------------------------------------------------------------
+# -- exposure and SIGTERM --------------------------------------------------------------------
 
-def test_binding_all_interfaces_without_key_warns(models_file, tmp_path):
-    server = Server(tmp_path, models_file, host="0.0.0.0")
+def _serve_exit(tmp_path, models_file, *args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([GENCLI, "serve", "--port", "0", "--models", str(models_file), *args],
+                          env=clean_env(tmp_path, **(env or {})), capture_output=True, text=True, timeout=30)
+
+
+def test_binding_all_interfaces_without_key_refuses_to_start(models_file, tmp_path):
+    r = _serve_exit(tmp_path, models_file, "--host", "0.0.0.0")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "0.0.0.0" in lines[0] and "GENCLI_API_KEY" in lines[0] and "--insecure-no-auth" in lines[0]
+    assert "listening" not in r.stderr
+
+
+def test_binding_all_interfaces_with_the_opt_out_warns(models_file, tmp_path):
+    server = Server(tmp_path, models_file, ["--insecure-no-auth"], host="0.0.0.0")
     try:
         out = server.output()
-        assert "reachable from other machines" in out and "GENCLI_API_KEY" in out and "0.0.0.0" in out
+        assert "--insecure-no-auth" in out and "without an API key" in out and "0.0.0.0" in out
+        assert httpx.get(server.url + "/api/version").status_code == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_binding_all_interfaces_with_a_key_starts(models_file, tmp_path):
+    server = Server(tmp_path, models_file, host="0.0.0.0", env={"GENCLI_API_KEY": SERVER_KEY})
+    try:
+        assert "without an API key" not in server.output()
+        assert httpx.get(server.url + "/api/version").status_code == 401
+        # a non-loopback bind skips the Host check: the key guards it
+        r = httpx.get(server.url + "/api/version", headers={**AUTH, "Host": "rebound.example"})
+        assert r.status_code == 200
     finally:
         assert server.stop() == 0
 
 
 def test_loopback_bind_does_not_warn(open_server):
-    assert "reachable from other machines" not in open_server.output()
+    assert "without an API key" not in open_server.output()
 
 
 def test_sigterm_lets_an_inflight_stream_finish(models_file, tmp_path):
@@ -260,12 +290,8 @@ def test_sigterm_lets_an_inflight_stream_finish(models_file, tmp_path):
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "localhost", "::1", "[::1]", "::ffff:127.0.0.1"])
 def test_loopback_hosts(host):
     assert is_loopback_host(host)
-    assert check_bind(host, None) is None
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "10.0.0.5", "fe80::1", "myhost.example"])
-def test_non_loopback_hosts_warn_without_key(host):
+def test_non_loopback_hosts(host):
     assert not is_loopback_host(host)
-    warning = check_bind(host, None)
-    assert warning and host in warning and "GENCLI_API_KEY" in warning
-    assert check_bind(host, "some-key") is None

@@ -17,7 +17,6 @@ marker, or whose checksum fails, is refused with an error, never ignored.
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 
@@ -27,7 +26,23 @@ from gencli.errors import ContextError
 from gencli.request import Message
 
 MAGIC = b"gc\x01"
-MAX_INTS = 16 * 1024 * 1024  # a context above 48 MB is not one we produced
+HEADER = 11  # magic, crc32, payload length
+# The largest conversation a context may hold, in bytes of JSON: the server sets it to its
+# body limit (a conversation that could not be sent as a body is not accepted as a context).
+_limit = 32 * 1024 * 1024
+
+
+def set_limit(max_bytes: int) -> None:
+    """Set the largest conversation (bytes) :func:`decode` inflates (``gencli serve`` sets its body cap)."""
+    global _limit
+    _limit = int(max_bytes)
+
+
+def max_ints(max_bytes: int) -> int:
+    """The longest context array a conversation of ``max_bytes`` can be: deflate output is at
+    most the input plus 5 bytes per 16 KB block plus the zlib header and checksum."""
+    payload = max_bytes + 5 * (max_bytes // 16384 + 1) + 6
+    return (HEADER + payload + 2) // 3
 
 
 def encode(messages: list[Message]) -> list[int]:
@@ -48,30 +63,52 @@ def encode(messages: list[Message]) -> list[int]:
     return list(struct.unpack(f">{n}I", wide))
 
 
-def decode(ints: object) -> list[Message]:
-    """The conversation a context array holds; ContextError if it is not ours or damaged."""
+def decode(ints: object, max_bytes: int | None = None) -> list[Message]:
+    """The conversation a context array holds; ContextError if it is not ours, damaged, or
+    holds more than ``max_bytes`` (default: the limit from :func:`set_limit`) of conversation.
+
+    The array's length is checked before anything is decoded, and the payload is inflated
+    with an output cap, so a small context cannot expand into a large conversation."""
     if not ints:
         return []
     if not isinstance(ints, list):
         raise ContextError("context must be an array of integers")
-    if len(ints) > MAX_INTS:
-        raise ContextError("context is too large to be one gencli produced")
-    try:
-        blob = b"".join(i.to_bytes(3, "big") for i in ints)  # type: ignore[union-attr]
-    except (AttributeError, OverflowError, TypeError):
-        raise ContextError("context must be an array of integers from 0 to 16777215 as gencli returned it") from None
+    limit = _limit if max_bytes is None else max_bytes
+    if len(ints) > max_ints(limit):
+        raise ContextError(f"context is longer than a conversation of {_size(limit)} (this server's limit) "
+                           "can be; start a new conversation")
     if any(type(i) is not int for i in ints):
         raise ContextError("context must be an array of integers")
+    try:
+        blob = b"".join(i.to_bytes(3, "big") for i in ints)  # type: ignore[union-attr]
+    except OverflowError:
+        raise ContextError("context must be an array of integers from 0 to 16777215 as gencli returned it") from None
     if not blob.startswith(MAGIC):
         raise ContextError("context was not produced by gencli (send back the context array of a previous response)")
-    if len(blob) < 11:
+    if len(blob) < HEADER:
         raise ContextError("context is truncated")
-    crc, size = struct.unpack(">II", blob[3:11])
-    payload = blob[11:11 + size]
-    if len(payload) != size or zlib.crc32(payload) != crc or blob[11 + size:].strip(b"\0"):
+    crc, size = struct.unpack(">II", blob[3:HEADER])
+    payload = blob[HEADER:HEADER + size]
+    if len(payload) != size or zlib.crc32(payload) != crc or blob[HEADER + size:].strip(b"\0"):
         raise ContextError("context is damaged or truncated (checksum mismatch)")
+    inflater = zlib.decompressobj()
     try:
-        turns = json.loads(zlib.decompress(payload))
-        return [Message(role, content) for role, content in turns if role in ("user", "assistant")]
-    except Exception:
+        data = inflater.decompress(payload, limit + 1)
+    except zlib.error:
         raise ContextError("context is damaged (cannot decode the conversation)") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise ContextError(f"context holds a conversation larger than {_size(limit)}, this server's limit; "
+                           "start a new conversation")
+    try:
+        turns = orjson.loads(data)  # refuses what encode() never writes (lone surrogates, NaN)
+    except orjson.JSONDecodeError:
+        turns = None
+    if not isinstance(turns, list) or not all(
+            isinstance(t, list) and len(t) == 2 and isinstance(t[0], str) and isinstance(t[1], str) for t in turns):
+        raise ContextError("context is damaged (cannot decode the conversation)")
+    return [Message(role, content) for role, content in turns if role in ("user", "assistant")]
+
+
+def _size(n: int) -> str:
+    mb = n / (1024 * 1024)
+    return f"{mb:g} MB" if mb >= 1 else f"{n} bytes"

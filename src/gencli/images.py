@@ -15,6 +15,7 @@ from gencli.errors import ImageError
 from gencli.request import Image
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MB = 1024 * 1024
 _B64_CLEAN = re.compile(rb"\s+")
 
 
@@ -63,3 +64,61 @@ def decode_base64(value: str, where: str) -> bytes:
         return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise ImageError(f"{where} is neither valid base64 nor an http(s) URL") from None
+
+
+def decoded_size(image: Image) -> int:
+    """The byte size of an image from its base64 data (without decoding it)."""
+    data = image.data
+    return len(data) * 3 // 4 - data[-2:].count("=")
+
+
+class ImageQuota:
+    """One request's images (``gencli serve``): at most ``max_images`` of them and
+    ``max_bytes`` in all (decoded, URLs and base64 together), and the bytes downloaded for
+    it charged to the process-wide ``budget`` (:class:`gencli.netguard.ImageBudget`)
+    until :meth:`release` (the end of the request)."""
+
+    __slots__ = ("max_images", "max_bytes", "budget", "total", "charged")
+
+    def __init__(self, max_images: int, max_bytes: int, budget=None):
+        self.max_images = max_images
+        self.max_bytes = max_bytes
+        self.budget = budget
+        self.total = 0
+        self.charged = 0
+
+    def check_count(self, n: int) -> None:
+        if n > self.max_images:
+            if self.max_images == 0:
+                raise ImageError("this server takes no images (gencli serve --max-images 0)")
+            raise ImageError(f"too many images: {n}; this server takes at most {self.max_images} a request "
+                             "(gencli serve --max-images)")
+
+    def room(self) -> int:
+        return self.max_bytes - self.total
+
+    def too_large(self) -> ImageError:
+        limit = self.max_bytes
+        size = f"{limit // MB} MB" if limit % MB == 0 else f"{limit / MB:.3g} MB"
+        exc = ImageError(f"the images of this request are over this server's limit of {size} a request "
+                         "(gencli serve --max-images-mb)")
+        exc.status = 413
+        return exc
+
+    def add(self, n: int) -> None:
+        """Count ``n`` more image bytes of this request (413 past the limit)."""
+        self.total += n
+        if self.total > self.max_bytes:
+            raise self.too_large()
+
+    def downloaded(self, n: int) -> None:
+        """Count ``n`` more downloaded bytes: against this request, then the process budget."""
+        self.add(n)
+        if self.budget is not None:
+            self.budget.charge(n)
+            self.charged += n
+
+    def release(self) -> None:
+        if self.budget is not None and self.charged:
+            self.budget.release(self.charged)
+        self.charged = 0

@@ -208,10 +208,43 @@ def _short(url: str) -> str:
     return url if len(url) <= 120 else url[:117] + "..."
 
 
+class ImageBudget:
+    """Process-wide bounds on image downloads (``gencli serve``): at most ``fetches`` at
+    once (more wait their turn), and at most ``memory`` bytes of downloaded images held at
+    once, counting downloads in progress and the images of requests still running (503
+    past it: the server is busy, not the request wrong)."""
+
+    def __init__(self, fetches: int = 8, memory: int = 256 * 1024 * 1024):
+        self.fetches = fetches
+        self.memory = memory
+        self.held = 0
+        self._slots: asyncio.Semaphore | None = None
+
+    def slot(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.fetches)
+        return self._slots
+
+    def charge(self, n: int) -> None:
+        if self.held + n > self.memory:
+            from gencli.errors import ServerBusy
+
+            exc = ServerBusy(f"the server is holding its limit of {self.memory // (1024 * 1024)} MB of downloaded "
+                             "images (gencli serve --image-memory-mb); retry shortly")
+            exc.retry_after = 1  # type: ignore[attr-defined]
+            raise exc
+        self.held += n
+
+    def release(self, n: int) -> None:
+        self.held = max(0, self.held - n)
+
+
 async def fetch_image(session: aiohttp.ClientSession, url: str, allow_private: bool = False,
                       max_bytes: int = MAX_IMAGE_BYTES, timeout: float = IMAGE_TIMEOUT,
-                      max_redirects: int = MAX_REDIRECTS) -> bytes:
-    """Download an image URL from a public address (see the module docstring)."""
+                      max_redirects: int = MAX_REDIRECTS, quota=None) -> bytes:
+    """Download an image URL from a public address (see the module docstring). ``quota``
+    (:class:`gencli.images.ImageQuota`) counts the bytes as they arrive and stops the
+    download when the request's or the process's image budget is spent."""
     first = url
     where = f"image {_short(first)}"
     try:
@@ -234,9 +267,13 @@ async def fetch_image(session: aiohttp.ClientSession, url: str, allow_private: b
                     if r.content_length is not None and r.content_length > max_bytes:
                         raise ImageError(f"{where} is {r.content_length / 1048576:.1f} MB; the limit is "
                                          f"{max_bytes // 1048576} MB an image")
+                    if quota is not None and r.content_length is not None and r.content_length > quota.room():
+                        raise quota.too_large()
                     data = bytearray()
                     checked = False
                     async for chunk in r.content.iter_any():
+                        if quota is not None:
+                            quota.downloaded(len(chunk))
                         data += chunk
                         if len(data) > max_bytes:
                             raise ImageError(f"{where} is over the {max_bytes // 1048576} MB limit an image")

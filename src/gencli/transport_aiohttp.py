@@ -82,8 +82,12 @@ class AiohttpTransport:
     default: a request must not make the server fetch from its own network).
     """
 
-    def __init__(self, allow_private_images: bool = False):
+    def __init__(self, allow_private_images: bool = False, image_fetches: int = 8,
+                 image_memory: int = 256 * 1024 * 1024):
+        from gencli.netguard import ImageBudget
+
         self.allow_private_images = allow_private_images
+        self.images = ImageBudget(image_fetches, image_memory)  # process-wide (one transport per process)
         self.session: aiohttp.ClientSession | None = None
         self._images: aiohttp.ClientSession | None = None
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
@@ -161,14 +165,18 @@ class AiohttpTransport:
         else:
             r.release()  # back to the pool when fully read, else closed
 
-    async def fetch_image(self, url: str) -> bytes:
+    async def fetch_image(self, url: str, quota=None) -> bytes:
         """Download an image URL named in a request: public addresses only unless allowed,
-        every redirect re-checked (at most 3), 20 MB and 30 s at most (gencli.netguard)."""
+        every redirect re-checked (at most 3), 20 MB and 30 s at most (gencli.netguard);
+        at most ``image_fetches`` at once in this process, the bytes counted by ``quota``
+        (the request's :class:`gencli.images.ImageQuota`)."""
         from gencli import netguard
 
         if self._images is None:
             self._images = netguard.image_session(self.allow_private_images)
-        return await netguard.fetch_image(self._images, url, allow_private=self.allow_private_images)
+        async with self.images.slot():
+            return await netguard.fetch_image(self._images, url, allow_private=self.allow_private_images,
+                                              quota=quota)
 
     async def run_in_thread(self, adapter, call) -> AsyncIterator[list]:
         """Iterate an in-process adapter's blocking ``adapter.run(call)`` generator in a

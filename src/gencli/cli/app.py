@@ -20,7 +20,7 @@ from gencli import __version__
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 MODEL, SAMPLING, OUTPUT, CONVERSATION, NETWORK = "Model", "Sampling", "Output", "Conversation", "Network"
-SERVER = "Server"
+SERVER, LIMITS = "Server", "Limits"
 
 app = typer.Typer(
     name="gencli",
@@ -313,39 +313,76 @@ def models(
     _call(run, as_json=as_json, models_path=models_path)
 
 
+def _setting(flag: str, metavar: str, text: str, default: str, panel: str = LIMITS):
+    """A numeric serve setting, read as text: gencli.server.config validates it (range, no inf
+    or nan) and names the flag or the environment variable in a one-line error (exit code 2)."""
+    env = "GENCLI_" + flag[2:].upper().replace("-", "_")
+    return typer.Option(flag, metavar=metavar, rich_help_panel=panel, show_default=False,
+                        help=f"{text} (default {default}; also ${env}).")
+
+
+
 @app.command(context_settings=CONTEXT_SETTINGS)
 def serve(
     host: Annotated[str, typer.Option(
         "--host", metavar="ADDR", rich_help_panel=NETWORK,
-        help="Address to bind. Other than loopback, set GENCLI_API_KEY.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(
-        "--port", min=0, max=65535, metavar="PORT", rich_help_panel=NETWORK,
-        help="Port to listen on (0: any free port).")] = 11434,
-    workers: Annotated[int, typer.Option(
-        "--workers", min=1, max=256, metavar="N", rich_help_panel=SERVER, help="Worker processes.")] = 1,
+        help="Address to bind. Other than loopback, GENCLI_API_KEY must be set (or --insecure-no-auth).")
+    ] = "127.0.0.1",
+    port: Annotated[Optional[str], typer.Option(
+        "--port", metavar="PORT", rich_help_panel=NETWORK, show_default=False,
+        help="Port to listen on (0: any free port; default 11434).")] = None,
+    workers: Annotated[Optional[str], typer.Option(
+        "--workers", metavar="N", rich_help_panel=SERVER, show_default=False,
+        help="Worker processes sharing the port (default 1).")] = None,
     allowed_origins: Annotated[Optional[list[str]], typer.Option(
         "--allowed-origins", metavar="ORIGINS", rich_help_panel=NETWORK, show_default=False,
         help="Browser origins allowed besides localhost ones (comma-separated, repeatable; also "
              "$GENCLI_ORIGINS).")] = None,
-    max_body_mb: Annotated[float, typer.Option(
-        "--max-body-mb", min=0.001, metavar="MB", rich_help_panel=NETWORK,
-        help="Largest request body accepted (413 above it).")] = 32.0,
-    grace: Annotated[float, typer.Option(
-        "--grace", min=0, metavar="SECONDS", rich_help_panel=SERVER,
-        help="On SIGTERM, how long in-flight requests may take to finish.")]
-        = 30.0,
+    allowed_hosts: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-hosts", metavar="HOSTS", rich_help_panel=NETWORK, show_default=False,
+        help="Host header values served on a loopback bind besides localhost, *.localhost, 127.0.0.1 and "
+             "[::1] (comma-separated, repeatable, * wildcards; also $GENCLI_ALLOWED_HOSTS).")] = None,
+    insecure_no_auth: Annotated[bool, typer.Option(
+        "--insecure-no-auth", rich_help_panel=NETWORK,
+        help="Serve on a non-loopback address without GENCLI_API_KEY (anyone who can reach it can use your "
+             "provider keys).")] = False,
     allow_private_images: Annotated[bool, typer.Option(
         "--allow-private-images", rich_help_panel=NETWORK,
         help="Let image URLs in requests reach loopback, private and link-local addresses (off: only public "
              "ones are fetched; also $GENCLI_ALLOW_PRIVATE_IMAGES=1).")] = False,
-    timeout: Annotated[Optional[float], typer.Option(
-        "--timeout", metavar="SECONDS", callback=_positive, rich_help_panel=NETWORK,
-        help="Default upstream read timeout for models without a \"timeout\" in models.json (default: "
-             "$GENCLI_TIMEOUT, else 300).")] = None,
-    retries: Annotated[Optional[int], typer.Option(
-        "--retries", min=0, max=10, metavar="N", rich_help_panel=NETWORK,
-        help="Default retries of upstream requests that fail before any output, for models without "
-             "\"retries\" in models.json (default: $GENCLI_RETRIES, else 2).")] = None,
+    max_body_mb: Annotated[Optional[str], _setting(
+        "--max-body-mb", "MB", "Largest request body accepted, 413 above it", "32")] = None,
+    max_connections: Annotated[Optional[str], _setting(
+        "--max-connections", "N", "Open connections per worker; past it idle ones are closed, then new ones "
+                                  "get 503", "1024")] = None,
+    max_header_kb: Annotated[Optional[str], _setting(
+        "--max-header-kb", "KB", "Largest request head, request line included, 431 above it", "64")] = None,
+    max_headers: Annotated[Optional[str], _setting(
+        "--max-headers", "N", "Most request headers, 431 above it", "100")] = None,
+    header_timeout: Annotated[Optional[str], _setting(
+        "--header-timeout", "SECONDS", "Time from connect to the end of the request headers, 408 after it",
+        "10")] = None,
+    body_timeout: Annotated[Optional[str], _setting(
+        "--body-timeout", "SECONDS", "Longest pause in a request body (then 408) or in reading a response "
+                                     "(then closed)", "30")] = None,
+    keep_alive: Annotated[Optional[str], _setting(
+        "--keep-alive", "SECONDS", "How long an idle connection stays open between requests", "30")] = None,
+    max_images: Annotated[Optional[str], _setting(
+        "--max-images", "N", "Images per request, 400 above it; 0 for none", "16")] = None,
+    max_images_mb: Annotated[Optional[str], _setting(
+        "--max-images-mb", "MB", "Image bytes per request, URLs and base64 together, 413 above it", "50")] = None,
+    image_fetches: Annotated[Optional[str], _setting(
+        "--image-fetches", "N", "Image URL downloads at once per worker, more wait their turn", "8")] = None,
+    image_memory_mb: Annotated[Optional[str], _setting(
+        "--image-memory-mb", "MB", "Downloaded image bytes held at once per worker, 503 above it", "256")] = None,
+    grace: Annotated[Optional[str], _setting(
+        "--grace", "SECONDS", "On SIGTERM, how long in-flight requests may take to finish", "30", SERVER)] = None,
+    timeout: Annotated[Optional[str], _setting(
+        "--timeout", "SECONDS", "Upstream read timeout for models without a \"timeout\" in models.json", "300",
+        NETWORK)] = None,
+    retries: Annotated[Optional[str], _setting(
+        "--retries", "N", "Retries of upstream requests that fail before any output, for models without "
+                          "\"retries\" in models.json", "2", NETWORK)] = None,
     models_path: ModelsPath = None,
 ) -> None:
     """Serve the models over HTTP as an Ollama-compatible API (and OpenAI's /v1).
@@ -353,18 +390,18 @@ def serve(
     Ollama clients (IDEs, Open WebUI, the ollama library), OpenAI clients (base URL http://HOST:PORT/v1, Chat
     Completions and Responses, e.g. Codex) and Anthropic clients (base URL http://HOST:PORT, /v1/messages,
     e.g. Claude Code) can use every ready model in models.json. With GENCLI_API_KEY set, every route but /
-    needs 'Authorization: Bearer \\<key>' (or 'x-api-key: \\<key>').
+    needs 'Authorization: Bearer \\<key>' (or 'x-api-key: \\<key>'). Every limit is also an environment
+    variable; see README "Security".
     """
-    if allow_private_images:  # read by the app (and by --workers processes) from the environment
-        os.environ["GENCLI_ALLOW_PRIVATE_IMAGES"] = "1"
-    if timeout is not None:  # read by the engine in every worker (gencli.retry.settings)
-        os.environ["GENCLI_TIMEOUT"] = repr(float(timeout))
-    if retries is not None:
-        os.environ["GENCLI_RETRIES"] = str(retries)
     from gencli.cli.commands.serve import run
 
-    _call(run, host=host, port=port, models_path=models_path, workers=workers,
-          allowed_origins=tuple(allowed_origins or ()), max_body_mb=max_body_mb, grace=grace)
+    _call(run, host=host, port=port, workers=workers, allowed_origins=tuple(allowed_origins or ()),
+          allowed_hosts=tuple(allowed_hosts or ()), insecure_no_auth=insecure_no_auth,
+          allow_private_images=allow_private_images, max_body_mb=max_body_mb, max_connections=max_connections,
+          max_header_kb=max_header_kb, max_headers=max_headers, header_timeout=header_timeout,
+          body_timeout=body_timeout, keep_alive=keep_alive, max_images=max_images, max_images_mb=max_images_mb,
+          image_fetches=image_fetches, image_memory_mb=image_memory_mb, grace=grace, timeout=timeout,
+          retries=retries, models_path=models_path)
 
 
 # -- the entry point ------------------------------------------------------------------

@@ -407,11 +407,16 @@ async def messages(app: "App", scope, receive, send) -> None:
     model = app.model_name(field_model(data))
     scope.setdefault("gencli", {})["model"] = model
     req, pending = request_in(data, model)
+    quota = app.image_quota()
+    quota.check_count(len(pending))
     plan = prepare(req, app.registry, model_default=False)
-    await app.attach_images(plan, pending)
-    app.touch(plan.entry.name)
-    shape = AnthropicMessages(plan.entry.name, estimate_tokens(plan.call) if req.stream else 0)
-    await app.run(scope, receive, send, plan, req.stream, shape)
+    try:
+        await app.attach_images(plan, pending, quota)
+        app.touch(plan.entry.name)
+        shape = AnthropicMessages(plan.entry.name, estimate_tokens(plan.call) if req.stream else 0)
+        await app.run(scope, receive, send, plan, req.stream, shape)
+    finally:
+        quota.release()
 
 
 async def count_tokens(app: "App", scope, receive, send) -> None:
@@ -419,8 +424,13 @@ async def count_tokens(app: "App", scope, receive, send) -> None:
     model = app.model_name(field_model(data))
     scope.setdefault("gencli", {})["model"] = model
     req, pending = request_in(data, model, counting=True)
+    quota = app.image_quota()
+    quota.check_count(len(pending))
     plan = prepare(req, app.registry, model_default=False)
-    await app.attach_images(plan, pending)
+    try:
+        await app.attach_images(plan, pending, quota)
+    finally:
+        quota.release()
     call = plan.call
     if plan.entry.provider == "anthropic":
         http = plan.adapter.build_count(call)

@@ -13,11 +13,13 @@ While a generation runs, a watcher waits for the client's ``http.disconnect``; w
 it comes, the request task is cancelled, which closes the upstream connection at
 once (see ``transport_aiohttp``).
 
-Settings come from the environment so that ``--workers N`` processes can build the
-same app from the import string ``gencli.server.app:create_app``:
-``GENCLI_MODELS`` (models.json), ``GENCLI_API_KEY``, ``GENCLI_ORIGINS``,
-``GENCLI_MAX_BODY_MB``, ``GENCLI_ACCESS_LOG`` ("0" turns the access log off),
-``GENCLI_ALLOW_PRIVATE_IMAGES`` ("1": image URLs may reach private addresses).
+Settings come from one :class:`gencli.server.config.ServeConfig` (``gencli serve`` builds
+it from its flags and the environment; ``create_app()`` without one reads the environment:
+``GENCLI_MODELS``, ``GENCLI_API_KEY``, ``GENCLI_ORIGINS``, ``GENCLI_MAX_BODY_MB``, ...).
+
+Every failure is JSON in its API's error shape: a bad field is a 400 naming it, and
+anything unexpected a 500 that names no internals (the traceback goes to the server log).
+Error messages are bounded (``MAX_MESSAGE``): a request never gets a megabyte of itself back.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import hashlib
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -45,6 +48,7 @@ from gencli.wire import generate_chunk, generate_final, load_reply, now_iso
 OLLAMA_VERSION = "0.14.0"  # what /api/version reports: the first Ollama with /v1/responses and /v1/messages
 KEEP_ALIVE_NS = 5 * 60 * 10**9  # how long /api/ps lists a model after its last use
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+MAX_MESSAGE = 1000  # characters of an error message sent to a client
 
 dumps = orjson.dumps
 
@@ -93,18 +97,25 @@ def error_headers(exc: GencliError) -> list:
     return []
 
 
+def bounded(message: str) -> str:
+    """An error message cut to ``MAX_MESSAGE`` characters (it may quote the request)."""
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 3] + "..."
+
+
 def ollama_error(exc: GencliError) -> dict:
-    return {"error": exc.message}
+    return {"error": bounded(exc.message)}
 
 
 def openai_error(exc: GencliError) -> dict:
     param = getattr(exc, "field", None)
+    if param is not None:
+        param = bounded(str(param))[:200]
     code = None
     if isinstance(exc, ModelNotFound):
         code = "model_not_found"
     elif exc.status == 429:
         code = "rate_limit_exceeded"
-    return {"error": {"message": exc.message, "type": exc.kind, "param": param, "code": code}}
+    return {"error": {"message": bounded(exc.message), "type": exc.kind, "param": param, "code": code}}
 
 
 class Internal(GencliError):
@@ -124,60 +135,141 @@ def parse_json(body: bytes) -> dict:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        named = json_field_problem(body)
+        named = json_field_problem(body, exc)
         if named is not None:
             raise named from None
-        raise UsageError(f"request body is not valid JSON ({exc.args[0] if exc.args else 'parse error'})",
-                         "body") from None
+        reason = str(exc.args[0] if exc.args else "parse error")[:200]
+        raise UsageError(f"request body is not valid JSON ({reason})", "body") from None
     if not isinstance(data, dict):
         raise UsageError("request body must be a JSON object", "body")
     return data
 
 
-class _NonFinite:
-    __slots__ = ("text",)
-
-    def __init__(self, text: str):
-        self.text = text
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{},:]')
+_LOCATE_TOKENS = 500_000  # structural tokens scanned to name a field (~0.1 s); past it, the offset is named
+_KEY_SHOWN = 40
 
 
-def json_field_problem(body: bytes) -> UsageError | None:
-    """For a body orjson refuses, the field at fault when Python's json can parse it: a string
-    with a lone surrogate ("\\ud800") or NaN/Infinity (not JSON). None otherwise."""
-    import json
+def json_field_problem(body: bytes, exc: orjson.JSONDecodeError | None = None) -> UsageError | None:
+    """For a body orjson refused because of a NaN/Infinity (not JSON) or a lone surrogate
+    ("\\ud800"), the error naming the field at fault; None for other errors.
 
-    try:
-        data = json.loads(body, parse_constant=_NonFinite)
-    except Exception:  # not JSON at all (or nested too deep): the plain message is right
-        return None
-
-    def bad_str(v: str) -> bool:
+    Linear in the body with a small constant: the error's offset comes from orjson, and one
+    scan of the text before it keeps only the path of open containers (at most orjson's depth
+    limit), never a string per node; keys are shown cut to a few dozen characters."""
+    if exc is None:
         try:
-            v.encode("utf-8")
-            return False
-        except UnicodeEncodeError:
-            return True
+            orjson.loads(body)
+            return None
+        except orjson.JSONDecodeError as e:
+            exc = e
+    reason = str(exc.args[0] if exc.args else "")
+    pos = _byte_offset(body, exc.pos)
+    if pos is None:
+        return None
+    surrogate = "surrogate" in reason
+    if surrogate:
+        what = None
+    elif body.startswith(b"NaN", pos):
+        what = "NaN"
+    elif body.startswith(b"Infinity", pos):
+        what = "-Infinity" if pos > 0 and body[pos - 1:pos] == b"-" else "Infinity"
+    elif body.startswith(b"-Infinity", pos):
+        what = "-Infinity"
+    else:
+        return None
+    found = _path_at(body, pos)
+    if found is None:
+        where, in_key = f"the value at byte {pos} of the body", False
+    else:
+        where, in_key = found
+        where = where or "body"
+    if surrogate:
+        if in_key:
+            return UsageError(f"{where} has a key that is not valid Unicode (a lone surrogate)", where[:200])
+        return UsageError(f"{where} is not valid Unicode (a lone surrogate such as \\ud800)", where[:200])
+    return UsageError(f"{where} is {what}, which is not JSON; send a finite number", where[:200])
 
-    stack: list[tuple[str, Any]] = [("", data)]
-    while stack:
-        path, v = stack.pop()
-        if isinstance(v, _NonFinite):
-            where = path or "body"
-            return UsageError(f"{where} is {v.text}, which is not JSON; send a finite number", where)
-        if isinstance(v, str):
-            if bad_str(v):
-                where = path or "body"
-                return UsageError(f"{where} is not valid Unicode (a lone surrogate such as \\ud800)", where)
-        elif isinstance(v, dict):
-            for k, item in reversed(list(v.items())):
-                if bad_str(k):
-                    return UsageError(f"{path or 'body'} has a key that is not valid Unicode (a lone surrogate)",
-                                      path or "body")
-                stack.append((f"{path}.{k}" if path else k, item))
-        elif isinstance(v, list):
-            for i in range(len(v) - 1, -1, -1):
-                stack.append((f"{path}[{i}]", v[i]))
+
+def _byte_offset(body: bytes, chars: int) -> int | None:
+    """orjson reports a character offset; the byte offset of it in UTF-8 ``body``."""
+    if chars < 0 or chars > len(body):
+        return None
+    if body.isascii():
+        return chars
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    seen = 0
+    step = 65536
+    end = len(body)
+    for start in range(0, end, step):
+        n = len(decoder.decode(body[start:start + step]))
+        if seen + n >= chars:
+            # walk this block from its start: a lead byte and its continuation bytes are one character
+            offset = start
+            if 0x80 <= body[offset] < 0xC0:  # the end of a character that began in the last block
+                while offset < end and 0x80 <= body[offset] < 0xC0:
+                    offset += 1
+                seen += 1
+            while seen < chars and offset < end:
+                offset += 1
+                while offset < end and 0x80 <= body[offset] < 0xC0:
+                    offset += 1
+                seen += 1
+            return offset
+        seen += n
     return None
+
+
+def _path_at(body: bytes, pos: int) -> tuple[str, bool] | None:
+    """The JSON path of the value at byte ``pos`` (``messages[2].content``) and whether it is
+    inside an object key; None when naming it would take more than ``_LOCATE_TOKENS`` tokens."""
+    stack: list[list] = []  # [is_object, key or index, expecting a key]
+    tokens = 0
+    in_key = False
+    for m in _TOKEN.finditer(body, 0, pos + 1):
+        tokens += 1
+        if tokens > _LOCATE_TOKENS:
+            return None
+        start = m.start()
+        c = body[start]
+        if c == 0x22:  # a string: a key when an object expects one
+            in_key = bool(stack) and stack[-1][0] and stack[-1][2]
+            if m.end() > pos:  # the bad spot is inside this string
+                break
+            if in_key:
+                raw = body[start + 1:min(m.end() - 1, start + 1 + _KEY_SHOWN * 4)]
+                key = raw.decode("utf-8", "replace")
+                if len(key) > _KEY_SHOWN or m.end() - start - 2 > len(raw):
+                    key = key[:_KEY_SHOWN] + "..."
+                stack[-1][1] = key
+                stack[-1][2] = False
+            in_key = False
+        elif c == 0x7B:  # {
+            stack.append([True, None, True])
+        elif c == 0x5B:  # [
+            stack.append([False, 0, False])
+        elif c in (0x7D, 0x5D):  # } ]
+            if stack:
+                stack.pop()
+        elif c == 0x2C and stack:  # ,
+            top = stack[-1]
+            if top[0]:
+                top[1], top[2] = None, True
+            else:
+                top[1] += 1
+    parts: list[str] = []
+    for is_object, key, _ in stack:
+        if is_object:
+            if key is not None:
+                parts.append(("." if parts else "") + key)
+        else:
+            parts.append(f"[{key}]")
+    path = "".join(parts)
+    if len(path) > 200:
+        path = "..." + path[-197:]
+    return path, in_key
 
 
 def field_str(data: dict, key: str, required: bool = False) -> str | None:
@@ -265,12 +357,20 @@ class Disconnect:
 
 class App:
     def __init__(self, registry: Registry | None = None, models_path: str | None = None,
-                 max_body: int = DEFAULT_MAX_BODY, allow_private_images: bool = False):
+                 max_body: int = DEFAULT_MAX_BODY, allow_private_images: bool = False, config=None):
+        from gencli import context
+        from gencli.server.config import ServeConfig
         from gencli.transport_aiohttp import AiohttpTransport
 
-        self.registry = registry if registry is not None else Registry.load(models_path)
-        self.transport = AiohttpTransport(allow_private_images=allow_private_images)
-        self.max_body = max_body
+        if config is None:
+            config = ServeConfig(max_body=max_body, allow_private_images=allow_private_images,
+                                 models_path=models_path)
+        self.config = config
+        self.registry = registry if registry is not None else Registry.load(config.models_path)
+        self.transport = AiohttpTransport(allow_private_images=config.allow_private_images,
+                                          image_fetches=config.image_fetches, image_memory=config.image_memory)
+        self.max_body = config.max_body
+        context.set_limit(self.max_body)  # a conversation in `context` is no larger than a body
         self.started = time.time()
         self.last_used: dict[str, int] = {}  # model name -> time.time_ns() of its last request
         mtime = self.started
@@ -321,6 +421,8 @@ class App:
                 await handler(scope, receive, send)
             except GencliError as exc:  # raised before anything was sent
                 await self.fail(scope, send, exc)
+            except Exception as exc:  # a bug: a JSON 500 in the route's shape, the details in the log
+                await self.fail(scope, send, internal(exc))
         elif kind == "lifespan":
             await self.lifespan(receive, send)
 
@@ -363,7 +465,8 @@ class App:
         await send_json(send, exc.status, body, head=scope["method"] == "HEAD", extra=headers)
 
     async def read_json(self, receive: Receive) -> dict:
-        body = b""
+        chunks: list[bytes] = []
+        size = 0
         more = True
         while more:
             msg = await receive()
@@ -371,13 +474,14 @@ class App:
                 raise asyncio.CancelledError()
             chunk = msg.get("body", b"")
             if chunk:
-                body = chunk if not body else body + chunk
-                if len(body) > self.max_body:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > self.max_body:
                     exc = UsageError(f"request body is over the {self.max_body // 1048576} MB limit", "body")
                     exc.status = 413
                     raise exc
             more = msg.get("more_body", False)
-        return parse_json(body)
+        return parse_json(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     # -- model metadata ---------------------------------------------------------------------
     def ready_models(self) -> list[ModelEntry]:
@@ -507,6 +611,9 @@ class App:
         stream = field_bool(data, "stream", False)
         prompt = field_str(data, "prompt")
         images = field_list(data, "images")
+        quota = self.image_quota()
+        if images:
+            quota.check_count(len(images))
         if not prompt and not images:
             entry = self.resolve(model)
             self.touch(entry.name)
@@ -524,8 +631,12 @@ class App:
             stream=stream,
         )
         plan = prepare(req, self.registry, model_default=False)
-        self.touch(plan.entry.name)
-        await self.run(scope, receive, send, plan, stream, OllamaGenerate(plan.entry.name, stream))
+        try:
+            await self.attach_images(plan, [], quota)
+            self.touch(plan.entry.name)
+            await self.run(scope, receive, send, plan, stream, OllamaGenerate(plan.entry.name, stream))
+        finally:
+            quota.release()
 
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         data = await self.read_json(receive)
@@ -542,6 +653,8 @@ class App:
             await self.send_load(send, reply, stream)
             return
         messages, pending = ollama_messages(raw_messages)
+        quota = self.image_quota()
+        quota.check_count(len(pending))
         req = GenerateRequest(
             model=model,
             messages=messages,
@@ -552,12 +665,28 @@ class App:
             tools=data.get("tools"),
         )
         plan = prepare(req, self.registry, model_default=False)
-        await self.attach_images(plan, pending)
-        self.touch(plan.entry.name)
-        await self.run(scope, receive, send, plan, stream, OllamaChat(plan.entry.name, stream))
+        try:
+            await self.attach_images(plan, pending, quota)
+            self.touch(plan.entry.name)
+            await self.run(scope, receive, send, plan, stream, OllamaChat(plan.entry.name, stream))
+        finally:
+            quota.release()
 
-    async def attach_images(self, plan, pending: list[tuple[Message, int, Any]]) -> None:
-        """Decode (or fetch) the images of chat messages, checked against the model."""
+    def image_quota(self) -> img.ImageQuota:
+        """A request's image limits (count, bytes) and its share of the process's image budget."""
+        c = self.config
+        return img.ImageQuota(c.max_images, c.max_images_bytes, self.transport.images)
+
+    async def attach_images(self, plan, pending: list[tuple[Message, int, Any]], quota: img.ImageQuota) -> None:
+        """Count the images the engine decoded, fetch its image URLs, and decode (or fetch)
+        the images of chat messages: checked against the model and the request's quota."""
+        for message in plan.call.messages:
+            for image in message.images:
+                quota.add(img.decoded_size(image))
+        if plan.image_urls:  # fetched here, within the quota, rather than by the engine
+            urls, plan.image_urls = plan.image_urls, []
+            for index, url in urls:
+                plan.add_image(index, await self.transport.fetch_image(url, quota))
         if not pending:
             return
         if "vision" not in plan.entry.capabilities:
@@ -568,9 +697,10 @@ class App:
             if not isinstance(raw, str) or not raw:
                 raise ImageError(f"{where} must be a base64 string or an http(s) URL")
             if img.is_url(raw):
-                data = await self.transport.fetch_image(raw)
+                data = await self.transport.fetch_image(raw, quota)
             else:
                 data = img.decode_base64(raw, where)
+                quota.add(len(data))
             message.images.append(img.from_bytes(data, where, types))
 
     async def send_load(self, send: Send, reply: dict, stream: bool) -> None:
@@ -755,33 +885,20 @@ def ollama_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, 
 
 # -- assembly ---------------------------------------------------------------------------------
 
-def settings_from_env(environ: dict | None = None) -> dict:
-    env = os.environ if environ is None else environ
-    max_mb = env.get("GENCLI_MAX_BODY_MB") or "32"
-    try:
-        max_body = int(float(max_mb) * 1024 * 1024)
-    except ValueError:
-        max_body = DEFAULT_MAX_BODY
-    return {
-        "models_path": env.get("GENCLI_MODELS") or None,
-        "api_key": env.get("GENCLI_API_KEY") or None,
-        "origins": env.get("GENCLI_ORIGINS") or "",
-        "max_body": max_body,
-        "access_log": env.get("GENCLI_ACCESS_LOG", "1") != "0",
-        "allow_private_images": env.get("GENCLI_ALLOW_PRIVATE_IMAGES", "") == "1",
-    }
-
-
-def build(app: App, api_key: str | None, origins: str, max_body: int, access_log: bool):
-    """Wrap the app in the guard (auth, origins, body cap) and the access log. Lifespan
+def build(app: App, config=None):
+    """Wrap the app in the guard (Host, origins, key, body cap) and the access log. Lifespan
     events go straight to the app."""
-    from gencli.server.guard import Guard, parse_origins
+    from gencli.server.guard import Guard, is_loopback_host
 
-    wrapped: Any = Guard(app, api_key=api_key, allowed_origins=parse_origins(origins), max_body=max_body)
-    if access_log:
+    config = config or app.config
+    wrapped: Any = Guard(app, api_key=config.api_key, allowed_origins=config.allowed_origins,
+                         max_body=config.max_body, allowed_hosts=config.allowed_hosts,
+                         check_hosts=is_loopback_host(config.host))
+    log = None
+    if config.access_log:
         from gencli.server.accesslog import AccessLog
 
-        wrapped = AccessLog(wrapped)
+        wrapped = log = AccessLog(wrapped)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -790,12 +907,16 @@ def build(app: App, api_key: str | None, origins: str, max_body: int, access_log
             await app(scope, receive, send)
 
     asgi.app = app  # type: ignore[attr-defined]
+    asgi.flush = log.flush if log is not None else (lambda: None)  # type: ignore[attr-defined]
     return asgi
 
 
-def create_app(environ: dict | None = None):
-    """The ASGI application, configured from the environment (uvicorn's factory)."""
-    s = settings_from_env(environ)
-    app = App(models_path=s["models_path"], max_body=s["max_body"],
-              allow_private_images=s["allow_private_images"])
-    return build(app, s["api_key"], s["origins"], s["max_body"], s["access_log"])
+def create_app(environ: dict | None = None, config=None, registry: Registry | None = None):
+    """The ASGI application. ``config``: a :class:`gencli.server.config.ServeConfig`
+    (``gencli serve`` passes its own); without one it is read from ``environ`` (default
+    ``os.environ``), so other ASGI servers can run ``gencli.server.app:create_app`` as a factory."""
+    from gencli.server.config import ServeConfig
+
+    if config is None:
+        config = ServeConfig.load({}, os.environ if environ is None else environ)
+    return build(App(registry=registry, config=config), config)

@@ -1,4 +1,4 @@
-"""Request guard for ``gencli serve``: API key, browser origins (CORS) and the body cap.
+"""Request guard for ``gencli serve``: Host, browser origins (CORS), API key and the body cap.
 
 A pure ASGI middleware. The server holds the user's provider keys, so a web page
 open in the user's browser must not be able to spend them through localhost:
@@ -6,6 +6,13 @@ browser requests carry an ``Origin`` header, and only allowed origins (localhost
 pages by default, plus ``--allowed-origins`` / ``GENCLI_ORIGINS``) get through
 and get CORS headers. Requests without ``Origin`` (curl, SDKs, IDE plugins) are
 not affected by the origin rule.
+
+DNS rebinding: a page on ``attacker.example`` whose name later resolves to 127.0.0.1
+is same-origin with itself, so it sends no foreign ``Origin``; its requests still carry
+``Host: attacker.example``. On a loopback bind (as Ollama does) only loopback names and
+addresses (``localhost``, ``*.localhost``, ``127.0.0.1``, ``[::1]``, any port) and the
+``--allowed-hosts`` / ``GENCLI_ALLOWED_HOSTS`` list are served; any other Host gets 403.
+On other binds the API key (required there) guards the server.
 
 The common case (no ``Origin``, no key configured, a ``Content-Length`` body)
 costs one pass over the request headers and no wrappers.
@@ -34,11 +41,7 @@ _PREFLIGHT_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS"
 _PREFLIGHT_MAX_AGE = b"7200"
 _ORIGIN_CACHE_MAX = 512
 
-BIND_WARNING = (
-    "warning: serving on {host}, which is reachable from other machines, without GENCLI_API_KEY: "
-    "anyone who can reach it can use your provider keys. Set GENCLI_API_KEY to require "
-    "'Authorization: Bearer <key>', or bind 127.0.0.1."
-)
+_HOST_CACHE_MAX = 512
 
 
 def is_loopback_host(host: str) -> bool:
@@ -61,11 +64,31 @@ def is_loopback_host(host: str) -> bool:
     return ip.is_loopback
 
 
-def check_bind(host: str, api_key: str | None) -> str | None:
-    """The warning to print when binding ``host`` without an API key, or None when it is safe."""
-    if api_key or is_loopback_host(host):
-        return None
-    return BIND_WARNING.format(host=host)
+def host_name(value: str) -> str:
+    """The name or address in a ``Host`` header value, without the port, lower case."""
+    h = value.strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        return h[:end + 1] if end > 0 else h
+    if h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h
+
+
+def loopback_host_header(name: str) -> bool:
+    """True when a Host name (from :func:`host_name`) names this machine's loopback:
+    ``localhost``, ``*.localhost``, a 127/8 address, ``[::1]``."""
+    if name == "localhost" or name.endswith(".localhost") or name in ("localhost.", "[::1]"):
+        return True
+    if name.startswith("["):
+        name = name[1:-1]
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def parse_origins(value: str | Iterable[str] | None) -> list[str]:
@@ -118,8 +141,15 @@ class Guard:
     """
 
     def __init__(self, app: ASGIApp, *, api_key: str | None = None,
-                 allowed_origins: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY):
+                 allowed_origins: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY,
+                 allowed_hosts: Iterable[str] = (), check_hosts: bool = True):
         self.app = app
+        self.check_hosts = check_hosts
+        hosts = [host_name(h) for h in parse_origins(list(allowed_hosts))]
+        self._hosts_all = "*" in hosts
+        self._hosts_exact = frozenset(h for h in hosts if "*" not in h)
+        self._hosts_patterns = tuple(h for h in hosts if "*" in h and h != "*")
+        self._host_cache: dict[bytes, bool] = {}
         self._key = ("Bearer " + api_key).encode() if api_key else None
         origins = parse_origins(list(allowed_origins))
         self._allow_all = "*" in origins
@@ -145,6 +175,21 @@ class Guard:
         self._origin_cache[origin] = ok
         return ok
 
+    def host_allowed(self, host: bytes | None) -> bool:
+        """The DNS-rebinding rule for a ``Host`` header (see the module docstring)."""
+        if host is None or not self.check_hosts or self._hosts_all:
+            return True  # no Host (HTTP/1.0 tools; browsers always send one)
+        cached = self._host_cache.get(host)
+        if cached is not None:
+            return cached
+        name = host_name(host.decode("latin-1"))
+        ok = (loopback_host_header(name) or name in self._hosts_exact
+              or any(fnmatchcase(name, p) for p in self._hosts_patterns))
+        if len(self._host_cache) >= _HOST_CACHE_MAX:
+            self._host_cache.clear()
+        self._host_cache[host] = ok
+        return ok
+
     def _key_ok(self, authorization: bytes | None) -> bool:
         if authorization is None:
             return False
@@ -161,11 +206,13 @@ class Guard:
             await self.app(scope, receive, send)
             return
 
-        origin = authorization = length = x_api_key = None
+        origin = authorization = length = x_api_key = host = None
         chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = value
+            elif name == b"host":
+                host = value
             elif name == b"origin":
                 origin = value
             elif name == b"authorization":
@@ -174,6 +221,14 @@ class Guard:
                 x_api_key = value
             elif name == b"transfer-encoding":
                 chunked = True
+
+        if host is not None and not self.host_allowed(host):
+            shown = host.decode("latin-1")
+            shown = shown if len(shown) <= 100 else shown[:97] + "..."
+            await _reject(send, scope, 403, f"host not allowed: {shown!r}; this server answers only to localhost "
+                          "names unless it is started with --allowed-hosts (or GENCLI_ALLOWED_HOSTS)",
+                          "permission_error", "host_not_allowed", None)
+            return
 
         cors: list[tuple[bytes, bytes]] | None = None
         if origin is not None:

@@ -444,7 +444,12 @@ async def responses(app: "App", scope, receive, send) -> None:
     model = app.model_name(field_model(data))
     scope.setdefault("gencli", {})["model"] = model
     req, pending, echo = request_in(data, model)
+    quota = app.image_quota()
+    quota.check_count(len(pending))
     plan = prepare(req, app.registry, model_default=False)
-    await app.attach_images(plan, pending)
-    app.touch(plan.entry.name)
-    await app.run(scope, receive, send, plan, req.stream, Responses(plan.entry.name, echo))
+    try:
+        await app.attach_images(plan, pending, quota)
+        app.touch(plan.entry.name)
+        await app.run(scope, receive, send, plan, req.stream, Responses(plan.entry.name, echo))
+    finally:
+        quota.release()

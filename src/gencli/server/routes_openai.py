@@ -211,13 +211,18 @@ async def chat_completions(app: "App", scope, receive, send) -> None:
     if not raw:
         raise UsageError("messages is required (a non-empty array)", "messages")
     messages, pending = openai_messages(raw)
+    quota = app.image_quota()
+    quota.check_count(len(pending))
     req = GenerateRequest(model=model, messages=messages, options=_options(data), format=_format(data),
                           think=_think(data), stream=stream, tools=data.get("tools"),
                           tool_choice=data.get("tool_choice"))
     plan = prepare(req, app.registry, model_default=False)
-    await app.attach_images(plan, pending)
-    app.touch(plan.entry.name)
-    await app.run(scope, receive, send, plan, stream, OpenAIChat(plan.entry.name, include_usage))
+    try:
+        await app.attach_images(plan, pending, quota)
+        app.touch(plan.entry.name)
+        await app.run(scope, receive, send, plan, stream, OpenAIChat(plan.entry.name, include_usage))
+    finally:
+        quota.release()
 
 
 async def models(app: "App", scope, receive, send) -> None:

@@ -1,9 +1,10 @@
-"""gencli serve: run the Ollama-compatible server on uvicorn (uvloop + httptools).
+"""gencli serve: run the Ollama-compatible server on gencli's own HTTP/1.1 server.
 
-The command validates models.json and binds the socket itself, so a bad registry or
-a port in use is one line and exit code 1; then it hands the bound socket to uvicorn
-(one process, or ``--workers N`` processes sharing it). Worker processes build the
-app from ``gencli.server.app:create_app`` and the environment variables set here.
+The command validates every setting (flags, then environment; one line and exit code 2
+for a bad value) and models.json, refuses to expose the server to the network without an
+API key, raises the open-file limit, and binds the socket itself, so a bad registry or a
+port in use is one line and exit code 1. Then it serves the socket in this process, or
+with ``--workers N`` in N forked processes sharing it (``gencli.server.runner``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,29 @@ import errno
 import os
 import socket
 import sys
+from typing import Any
 
 from gencli.errors import GencliError
 
-APP = "gencli.server.app:create_app"
+# descriptors kept for everything but client connections (upstream pools, model files, logs)
+FD_RESERVE = 64
 
 
 class ServeError(GencliError):
     exit_code = 1
+
+
+class ExposureError(GencliError):
+    exit_code = 2
+
+
+EXPOSURE = (
+    "refusing to serve on {host} without GENCLI_API_KEY: anyone who can reach it could spend your "
+    "provider keys. Set GENCLI_API_KEY (clients then send 'Authorization: Bearer <key>'), bind a loopback "
+    "address (--host 127.0.0.1), or pass --insecure-no-auth to serve it without a key anyway"
+)
+INSECURE = ("warning: --insecure-no-auth: serving on {host} without an API key; anyone who can reach it "
+            "can use your provider keys")
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -49,52 +65,38 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def run(host: str, port: int, models_path: str | None, workers: int, allowed_origins: tuple[str, ...],
-        max_body_mb: float, grace: float) -> None:
+def run(**flags: Any) -> None:
+    """``flags``: the serve command's options by name (host, port, workers, allowed_origins,
+    allowed_hosts, models_path, allow_private_images, insecure_no_auth and the numeric
+    settings of ``gencli.server.config.NUMBERS``); None for an option not given."""
     from gencli.registry import Registry
-    from gencli.server.guard import check_bind, parse_origins
+    from gencli.server.config import ServeConfig
+    from gencli.server.guard import is_loopback_host
 
-    registry = Registry.load(models_path)  # a bad models.json fails here, before binding
+    config = ServeConfig.load(flags, os.environ)  # a bad setting fails here: one line, exit 2
+    registry = Registry.load(config.models_path)  # a bad models.json fails here, before binding
     if registry.source is not None:
-        os.environ["GENCLI_MODELS"] = str(registry.source.resolve())
-    origins = parse_origins([os.environ.get("GENCLI_ORIGINS", ""), *allowed_origins])
-    os.environ["GENCLI_ORIGINS"] = ",".join(origins)
-    os.environ["GENCLI_MAX_BODY_MB"] = repr(float(max_body_mb))
-    api_key = os.environ.get("GENCLI_API_KEY") or None
+        config.models_path = str(registry.source.resolve())
+    host = config.host
+    loopback = is_loopback_host(host)
+    if not loopback and not config.api_key and not config.insecure_no_auth:
+        raise ExposureError(EXPOSURE.format(host=host))
+    config.export(os.environ)
 
-    sock = _bind(host, port)
+    from gencli.server.runner import raise_fd_limit
+
+    fds = raise_fd_limit()
+    notes = []
+    # each connection may hold an upstream connection too; image fetches need theirs
+    room = max(1, (fds - FD_RESERVE - config.image_fetches) // 2)
+    if config.max_connections > room:
+        notes.append(f"note: --max-connections lowered from {config.max_connections} to {room} "
+                     f"(the open-file limit is {fds})")
+        config.max_connections = room
+
+    sock = _bind(host, config.port)
     port = sock.getsockname()[1]
-
-    import uvicorn
-
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:  # Windows
-        loop = "asyncio"
-    try:
-        import httptools  # noqa: F401
-
-        http = "gencli.server.protocol:CoalescingHttpToolsProtocol"
-    except ImportError:  # pragma: no cover
-        http = "h11"
-    config = uvicorn.Config(
-        APP,
-        factory=True,
-        host=host,
-        port=port,
-        loop=loop,
-        http=http,
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        workers=workers,
-        timeout_graceful_shutdown=grace,
-        timeout_keep_alive=30,
-        server_header=False,
-        proxy_headers=False,  # nothing reads the client address; saves a middleware per request
-    )
+    workers = config.workers
 
     ready = [e.name for e in registry.models.values() if registry.missing_key(e) is None]
     waiting = len(registry.models) - len(ready)
@@ -106,28 +108,23 @@ def run(host: str, port: int, models_path: str | None, workers: int, allowed_ori
         lines.append("ready models: none (set a provider key, e.g. OPENAI_API_KEY; see 'gencli models')")
     if waiting:
         lines.append(f"{waiting} more model{'s' if waiting > 1 else ''} need a key (see 'gencli models')")
-    warning = check_bind(host, api_key)
-    if warning:
-        lines.append(warning)
+    if not loopback and not config.api_key:
+        lines.append(INSECURE.format(host=host))
+    lines.extend(notes)
     sys.stderr.write("\n".join(lines) + "\n")
     sys.stderr.flush()
 
+    from gencli.server.runner import serve_process, supervise
+
+    def make_app():
+        from gencli.server.app import create_app
+
+        return create_app(config=config)
+
+    limits = config.limits()
     if workers > 1:
-        from uvicorn.supervisors import Multiprocess
-
-        Multiprocess(config, sockets=[sock]).run()
+        code = supervise(sock, workers, lambda: serve_process(sock, make_app, limits, config.grace), config.grace)
     else:
-        server = uvicorn.Server(config)
-        # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the handler that
-        # was in place before: make that a no-op so a clean shutdown exits 0, not -15/143
-        # (before uvicorn's own handlers are in place, SIGTERM still ends the process).
-        import signal
-
-        def _after_uvicorn(*_):
-            if not server.should_exit:
-                sys.exit(128 + signal.SIGTERM)
-
-        signal.signal(signal.SIGTERM, _after_uvicorn)
-        server.run(sockets=[sock])
-        if not server.started:
-            raise ServeError("the server did not start (see the messages above)")
+        code = serve_process(sock, make_app, limits, config.grace)
+    if code:
+        raise ServeError("the server stopped after an error (see the messages above)")

@@ -1,0 +1,748 @@
+"""gencli's HTTP/1.1 server: asyncio (uvloop) and httptools' llhttp parser in front of the ASGI app.
+
+The server is a trust boundary, so every resource a connection can make it spend is
+bounded from the first byte, before the app (and its API key check) sees a request:
+
+- header bytes (request line included) and header count: 431 past either (``Limits``);
+- time: a deadline from connect (or, on a kept-alive connection, from the first byte of
+  the next request) to the end of the headers (408, or a silent close when nothing came);
+  an idle timeout while a request body arrives (408) and while a response waits for the
+  client to read it (close); an idle timeout between kept-alive requests (close);
+- connections: at most ``max_connections``; a new one past the limit first closes the
+  oldest connection that has no request in progress (kept-alive idle or still sending its
+  headers), else it is answered 503 and closed;
+- memory: a request body is buffered only up to ``BODY_HIGH`` before reading pauses (the
+  app takes it with ``receive()``, joined once: linear), pipelined requests are answered
+  in order and reading pauses while one waits, and writes wait for the socket to drain.
+
+HTTP/1.1 features: keep-alive, pipelining, chunked request bodies, HEAD, ``Expect:
+100-continue`` (sent when the app first asks for the body), chunked responses when the app
+gives no Content-Length, ``http.disconnect`` to the app when the client leaves, and the
+writes made during one event-loop iteration sent as one (a reply's head and body, or
+several streamed lines, in one system call). HTTP/1.0 requests are answered and closed.
+
+Graceful shutdown (:meth:`ServerState.shutdown`): stop accepting, close connections with
+no request in progress, let in-flight requests finish within the grace period, then cancel
+what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import unquote
+
+import httptools
+
+BODY_HIGH = 256 * 1024  # request body bytes buffered before reading from the socket pauses
+FLUSH_HIGH = 256 * 1024  # pending write bytes sent at once instead of at the next loop iteration
+LINGER = 2.0  # seconds an unread request body is drained after the response before closing
+
+ASGI = {"version": "3.0", "spec_version": "2.3"}
+DISCONNECT = {"type": "http.disconnect"}
+
+_STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
+_METHODS: dict[bytes, str] = {}
+_NO_BODY = frozenset({204, 304})
+
+# timer kinds
+_HEADERS, _KEEPALIVE, _BODY, _LINGER = 1, 2, 3, 4
+
+
+@dataclass(slots=True)
+class Limits:
+    """The transport's bounds (``gencli serve`` flags; see README "Security")."""
+
+    max_connections: int = 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive: float = 30.0
+
+
+class _Date:
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.value = b""
+
+    def header(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.value = b"date: " + time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode() + b"\r\n"
+        return self.value
+
+
+_date = _Date()
+
+
+def _error_body(path: bytes | str, status: int, message: str) -> bytes:
+    import orjson
+
+    if isinstance(path, bytes):
+        path = path.decode("latin-1")
+    if path.startswith("/v1/messages"):  # Anthropic's shape on Anthropic's routes
+        return orjson.dumps({"type": "error", "error": {"type": "invalid_request_error" if 400 <= status < 500
+                                                        else "api_error", "message": message}})
+    if path == "/v1" or path.startswith("/v1/"):
+        return orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                       "code": None}})
+    return orjson.dumps({"error": message})
+
+
+def error_response(status: int, message: str, path: bytes | str = b"", head: bool = False) -> bytes:
+    """A whole ``Connection: close`` JSON error reply (the transport's own refusals)."""
+    body = _error_body(path, status, message)
+    return b"".join((_STATUS.get(status, b"HTTP/1.1 %d \r\n" % status), _date.header(),
+                     b"content-type: application/json; charset=utf-8\r\nconnection: close\r\n",
+                     b"content-length: %d\r\n\r\n" % len(body), b"" if head else body))
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to refuse the request with a status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ServerState:
+    """What the connections of one server share: the app, the limits, the live connections."""
+
+    def __init__(self, app: Callable, limits: Limits, loop: asyncio.AbstractEventLoop | None = None):
+        self.app = app
+        self.limits = limits
+        self.loop = loop or asyncio.get_running_loop()
+        self.connections: set[HttpConnection] = set()
+        # connections with no request in progress, oldest first (the ones a new connection may evict)
+        self.idle: dict[HttpConnection, None] = {}
+        self.draining = False
+        self._empty: asyncio.Future | None = None
+
+    def protocol(self) -> HttpConnection:
+        return HttpConnection(self)
+
+    def admit(self, conn: HttpConnection) -> bool:
+        if len(self.connections) >= self.limits.max_connections:
+            if not self.idle:
+                return False
+            oldest = next(iter(self.idle))
+            oldest.close()
+        self.connections.add(conn)
+        self.idle[conn] = None
+        return True
+
+    def gone(self, conn: HttpConnection) -> None:
+        self.connections.discard(conn)
+        self.idle.pop(conn, None)
+        if self._empty is not None and not self.connections and not self._empty.done():
+            self._empty.set_result(None)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking requests on open connections, wait up to ``grace`` seconds for the
+        requests in progress, then cancel them. (Close the listening socket first.)"""
+        self.draining = True
+        for conn in list(self.connections):
+            if conn.cycle is None:
+                conn.close()
+        if self.connections:
+            self._empty = self.loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._empty), grace)
+            except asyncio.TimeoutError:
+                pass
+        for conn in list(self.connections):
+            conn.abort()
+        await asyncio.sleep(0)
+
+
+class Cycle:
+    """One request and its response: the ASGI ``receive`` and ``send`` of that request."""
+
+    __slots__ = ("conn", "scope", "keep_alive", "expect_100", "head", "body", "buffered", "complete",
+                 "delivered", "waiter", "disconnected", "started", "finished", "chunked", "task")
+
+    def __init__(self, conn: HttpConnection, scope: dict, keep_alive: bool, expect_100: bool, head: bool):
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_100 = expect_100
+        self.head = head
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.complete = False  # the whole request body was parsed
+        self.delivered = False  # ... and handed to the app
+        self.waiter: asyncio.Future | None = None
+        self.disconnected = False
+        self.started = False  # response head sent
+        self.finished = False  # response complete
+        self.chunked = False
+        self.task: asyncio.Task | None = None
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None:
+            self.waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    async def receive(self) -> dict:
+        if self.disconnected or self.finished:
+            return DISCONNECT
+        if not self.body and not self.complete or self.delivered:
+            if self.expect_100 and not self.started and not self.complete:
+                self.expect_100 = False
+                self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            while not self.disconnected and not self.finished and (self.delivered or not self.body
+                                                                     and not self.complete):
+                self.waiter = self.conn.loop.create_future()
+                await self.waiter
+            if self.disconnected or self.finished:
+                return DISCONNECT
+        body = self.body
+        data = body[0] if len(body) == 1 else b"".join(body)
+        self.body = []
+        self.buffered = 0
+        if self.complete:
+            self.delivered = True
+        else:
+            self.conn.body_taken(self)
+        return {"type": "http.request", "body": data, "more_body": not self.complete}
+
+    async def send(self, message: dict) -> None:
+        kind = message["type"]
+        conn = self.conn
+        if kind == "http.response.body":
+            if not self.started:
+                raise RuntimeError("http.response.body before http.response.start")
+            if self.finished:
+                return
+            more = message.get("more_body", False)
+            if not self.disconnected:
+                body = message.get("body", b"")
+                if self.head:
+                    pass
+                elif self.chunked:
+                    if body:
+                        conn.write(b"%x\r\n" % len(body))
+                        conn.write(body)
+                        conn.write(b"\r\n" if more else b"\r\n0\r\n\r\n")
+                    elif not more:
+                        conn.write(b"0\r\n\r\n")
+                elif body:
+                    conn.write(body)
+            if not more:
+                self.finished = True
+                self.wake()
+            elif conn.write_paused and not self.disconnected:
+                await conn.drain()
+        elif kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            self.started = True
+            if self.disconnected:
+                return
+            conn.write(self._head(message["status"], message.get("headers", ())))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _head(self, status: int, headers) -> bytes:
+        length = False
+        parts = [_STATUS.get(status) or b"HTTP/1.1 %d \r\n" % status, _date.header()]
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                length = True
+            elif lname == b"connection":
+                if value.lower() == b"close":
+                    self.keep_alive = False
+                continue
+            elif lname == b"transfer-encoding":
+                continue
+            parts.append(b"%s: %s\r\n" % (name, value))
+        if self.keep_alive and (self.conn.state.draining or not self.complete):
+            self.keep_alive = False  # an unread body, or shutting down: this is the last reply
+        if not length and status not in _NO_BODY and status >= 200 and not self.head:
+            if self.scope["http_version"] == "1.1":
+                self.chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # the body ends when the connection closes
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection (see the module docstring for its bounds).
+
+    Timers are lazy: one ``call_at`` handle per connection, re-armed when it fires early,
+    so a busy kept-alive connection schedules no timer per request."""
+
+    __slots__ = ("state", "loop", "limits", "transport", "parser", "timer", "timer_kind", "deadline", "cycle",
+                 "queue", "parsing", "url", "headers", "header_size", "in_headers", "begun", "fed",
+                 "expect_100", "read_paused", "write_paused", "drainers", "out", "out_size", "closed",
+                 "lingering", "stop_parsing", "failure", "server", "client", "body_seen", "write_stall")
+
+    def __init__(self, state: ServerState):
+        self.state = state
+        self.loop = state.loop
+        self.limits = state.limits
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_kind = 0
+        self.deadline = 0.0
+        self.cycle: Cycle | None = None  # the request being answered
+        self.queue: collections.deque[Cycle] = collections.deque()  # pipelined requests, in order
+        self.parsing: Cycle | None = None  # the request whose body is being parsed
+        self.url: list[bytes] = []
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_size = 0
+        self.in_headers = True  # between requests or inside a request's head
+        self.begun = False  # the current request's first byte was parsed
+        self.fed = 0  # bytes received since the current request's head began (bounded)
+        self.expect_100 = False
+        self.read_paused = False
+        self.write_paused = False
+        self.drainers: list[asyncio.Future] = []
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.closed = False  # nothing more is written or parsed
+        self.lingering = False
+        self.stop_parsing = False
+        self.failure: tuple[int, str] | None = None  # a refusal to send once the current reply is done
+        self.server: tuple | None = None
+        self.client: tuple | None = None
+        self.body_seen = 0.0
+        self.write_stall: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        if self.state.draining or not self.state.admit(self):
+            self.closed = True
+            transport.write(error_response(503, "the server is at its connection limit (--max-connections); "
+                                                "retry shortly"))
+            transport.close()
+            return
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.client = tuple(peer[:2]) if isinstance(peer, tuple) else None
+        self.server = tuple(sock[:2]) if isinstance(sock, tuple) else None
+        self._arm(_HEADERS, self.limits.header_timeout)  # from connect to the end of the first head
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self.state.gone(self)
+        self.timer_kind = 0
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.write_stall is not None:
+            self.write_stall.cancel()
+            self.write_stall = None
+        for cycle in (self.cycle, *self.queue):
+            if cycle is not None:
+                cycle.disconnected = True
+                cycle.wake()
+        self.queue.clear()
+        self._wake_drainers()
+
+    def eof_received(self) -> bool | None:
+        if self.lingering or self.closed:
+            return False  # close
+        # the client finished sending: answer what was asked, then close
+        self.stop_parsing = True
+        if self.cycle is None and not self.queue:
+            self.close()
+            return False
+        return True  # keep the transport open for the reply
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.stop_parsing:
+            return  # a lingering close drains and drops what still comes
+        if self.in_headers:
+            limit = self.limits.max_header_bytes
+            self.fed += len(data)
+            if self.fed > limit:
+                # feed only what the limit allows: a huge head is never buffered whole
+                room = max(0, len(data) - (self.fed - limit) + 1)
+                view = memoryview(data)
+                self._feed(view[:room])
+                if self.closed or self.stop_parsing:
+                    return
+                if self.in_headers:
+                    self._refuse(431, f"request headers are larger than the server's limit of {limit // 1024} KB")
+                    return
+                data = view[room:]  # type: ignore[assignment]
+                if not data:
+                    return
+        self._feed(data)
+        if self.closed:
+            return
+        if self.in_headers:
+            if self.begun and self.timer_kind != _HEADERS:  # a kept-alive connection's next request began
+                self._arm(_HEADERS, self.limits.header_timeout)
+        else:
+            parsing = self.parsing
+            if parsing is not None and not parsing.complete and self.timer_kind != _BODY:
+                self._arm(_BODY, self.limits.body_timeout)
+
+    def _feed(self, data) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # an Upgrade request (WebSocket, h2c): answered as plain HTTP, then the connection closes
+            self.stop_parsing = True
+            for cycle in (self.cycle, *self.queue):
+                if cycle is not None:
+                    cycle.keep_alive = False
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._refuse(cause.status, cause.message)
+            else:  # pragma: no cover - our callbacks raise only _Reject
+                self._refuse(400, "bad request")
+        except httptools.HttpParserError as exc:
+            reason = str(exc.args[0] if exc.args else exc)[:100]
+            self._refuse(400, f"malformed HTTP request ({reason})")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.write_stall is None:
+            self.write_stall = self.loop.call_later(self.limits.body_timeout, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.write_stall is not None:
+            self.write_stall.cancel()
+            self.write_stall = None
+        self._wake_drainers()
+
+    # -- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = []
+        self.headers = []
+        self.header_size = 0
+        self.in_headers = True
+        self.begun = True
+        self.expect_100 = False
+
+    def on_url(self, piece: bytes) -> None:
+        self.url.append(piece)
+        self.header_size += len(piece)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
+        if len(headers) >= self.limits.max_headers:
+            raise _Reject(431, f"too many request headers (the server's limit is {self.limits.max_headers})")
+        name = name.lower()
+        headers.append((name, value))
+        self.header_size += len(name) + len(value) + 4
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100 = True
+
+    def on_headers_complete(self) -> None:
+        limit = self.limits.max_header_bytes
+        if self.header_size > limit:
+            raise _Reject(431, f"request headers are larger than the server's limit of {limit // 1024} KB")
+        self.in_headers = False
+        self.fed = 0
+        self.begun = False
+        if self.timer_kind in (_HEADERS, _KEEPALIVE):
+            self.timer_kind = 0
+        parser = self.parser
+        url = self.url[0] if len(self.url) == 1 else b"".join(self.url)
+        self.url = []
+        if url[:1] == b"/" and b"?" not in url and b"#" not in url:
+            raw_path, query = url, b""
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise _Reject(400, "malformed request target") from None
+            raw_path, query = parsed.path or b"/", parsed.query or b""
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path, encoding="latin-1")
+        m = parser.get_method()
+        method = _METHODS.get(m)
+        if method is None:
+            method = m.decode("ascii", "replace")
+            if len(_METHODS) < 64:
+                _METHODS[m] = method
+        version = parser.get_http_version()
+        scope = {
+            "type": "http", "asgi": ASGI, "http_version": version, "server": self.server, "client": self.client,
+            "scheme": "http", "method": method, "root_path": "", "path": path, "raw_path": raw_path,
+            "query_string": query, "headers": self.headers,
+        }
+        keep_alive = version == "1.1" and parser.should_keep_alive() and not parser.should_upgrade()
+        cycle = Cycle(self, scope, keep_alive and not self.state.draining, self.expect_100, method == "HEAD")
+        self.parsing = cycle
+        if self.cycle is None:
+            self.state.idle.pop(self, None)
+            self._start(cycle)
+        else:
+            self.queue.append(cycle)
+            self._update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        if cycle is None:  # pragma: no cover - the parser calls on_body only inside a request
+            return
+        cycle.body.append(body)
+        cycle.buffered += len(body)
+        self.body_seen = self.loop.time()
+        if cycle.buffered > BODY_HIGH and not self.read_paused:
+            self._update_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        self.parsing = None
+        self.in_headers = True
+        self.fed = 0
+        if self.timer_kind == _BODY:
+            self.timer_kind = 0
+        if cycle is not None:
+            cycle.complete = True
+            cycle.wake()
+            if not cycle.keep_alive:
+                self.stop_parsing = True  # nothing after a connection's last request is read
+        if self.queue:
+            self._update_reading()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _start(self, cycle: Cycle) -> None:
+        self.cycle = cycle
+        cycle.task = self.loop.create_task(self._run(cycle))
+
+    async def _run(self, cycle: Cycle) -> None:
+        try:
+            await self.state.app(cycle.scope, cycle.receive, cycle.send)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                sys.stderr.write("gencli serve: unhandled error while answering "
+                                 f"{cycle.scope['method']} {cycle.scope['path'][:200]!r}:\n")
+                traceback.print_exception(exc, file=sys.stderr)
+            if not cycle.started and not cycle.disconnected:
+                self._answer(cycle, 500, "internal server error; see the server log")
+            elif not cycle.finished:
+                cycle.keep_alive = False
+        else:
+            if not cycle.started and not cycle.disconnected:
+                self._answer(cycle, 500, "internal server error (no response); see the server log")
+            elif not cycle.finished:
+                cycle.keep_alive = False
+        finally:
+            self._done(cycle)
+
+    def _answer(self, cycle: Cycle, status: int, message: str) -> None:
+        """The server's own reply to a request (the app's sends after it are dropped)."""
+        cycle.started = cycle.finished = True
+        cycle.keep_alive = False
+        self.write(error_response(status, message, cycle.scope["path"], cycle.head))
+        cycle.wake()
+
+    def _done(self, cycle: Cycle) -> None:
+        if self.cycle is cycle:
+            self.cycle = None
+        cycle.wake()
+        if self.closed:
+            return
+        if self.failure is not None:
+            status, message = self.failure
+            self.failure = None
+            self.write(error_response(status, message))
+            self.close()
+            return
+        if not cycle.keep_alive or not cycle.finished or self.state.draining:
+            self.close(linger=not cycle.complete)
+            return
+        if self.queue:
+            self._start(self.queue.popleft())
+            self._update_reading()
+            return
+        if self.stop_parsing:
+            self.close()
+            return
+        self.state.idle[self] = None
+        if not self.begun:
+            if self.limits.keep_alive <= 0:
+                self.close()
+                return
+            self._arm(_KEEPALIVE, self.limits.keep_alive)
+        self._update_reading()
+
+    def body_taken(self, cycle: Cycle) -> None:
+        if self.read_paused:
+            self._update_reading()
+
+    # -- reading, writing, timers ------------------------------------------------------------
+
+    def _update_reading(self) -> None:
+        if self.closed:
+            return
+        parsing = self.parsing
+        pause = bool(self.queue) or (parsing is not None and parsing.buffered > BODY_HIGH)
+        if pause and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        elif not pause and self.read_paused and not self.stop_parsing:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        out = self.out
+        out.append(data)
+        self.out_size += len(data)
+        if len(out) == 1:
+            self.loop.call_soon(self.flush)
+        elif self.out_size > FLUSH_HIGH:
+            self.flush()
+
+    def flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.out = []
+        self.out_size = 0
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    async def drain(self) -> None:
+        if not self.write_paused or self.closed:
+            return
+        fut = self.loop.create_future()
+        self.drainers.append(fut)
+        await fut
+
+    def _wake_drainers(self) -> None:
+        drainers, self.drainers = self.drainers, []
+        for fut in drainers:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _arm(self, kind: int, delay: float) -> None:
+        self.timer_kind = kind
+        self.deadline = deadline = self.loop.time() + delay
+        timer = self.timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._timeout)
+
+    def _timeout(self) -> None:
+        self.timer = None
+        kind = self.timer_kind
+        if kind == 0 or (self.closed and kind != _LINGER):
+            return
+        now = self.loop.time()
+        if kind == _BODY:
+            if self.read_paused:  # the app has not taken what came: the client is not the one stalling
+                self.body_seen = now
+            self.deadline = self.body_seen + self.limits.body_timeout
+        if now < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._timeout)
+            return
+        self.timer_kind = 0
+        if kind == _LINGER:
+            self.transport.abort()
+        elif kind == _BODY:
+            parsing = self.parsing
+            if parsing is None or parsing.complete:
+                return
+            if parsing is self.cycle and not parsing.started:
+                self._answer(parsing, 408, f"the request body stopped arriving for {self.limits.body_timeout:g} s "
+                                           "(--body-timeout)")
+            parsing.disconnected = True
+            parsing.wake()
+            self.close()
+        elif kind == _HEADERS:
+            if self.begun and self.cycle is None:
+                self.write(error_response(408, "the request headers took longer than "
+                                               f"{self.limits.header_timeout:g} s (--header-timeout)"))
+            self.close()
+        elif kind == _KEEPALIVE:
+            if self.cycle is None:
+                self.close()
+
+    def _write_stalled(self) -> None:
+        self.write_stall = None
+        if self.write_paused and not self.closed:
+            self.abort()  # the client stopped reading its response
+
+    def _refuse(self, status: int, message: str) -> None:
+        """A request the parser or a bound refused: answered (once the reply in progress, if
+        any, is done), then the connection closes."""
+        self.stop_parsing = True
+        if self.transport is not None and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        parsing = self.parsing
+        self.parsing = None
+        if parsing is not None and parsing in self.queue:
+            self.queue.remove(parsing)
+        if parsing is not None and parsing is self.cycle:
+            # the request being answered broke mid-body: the app sees the client leave
+            if not parsing.started:
+                self._answer(parsing, status, message)
+            parsing.disconnected = True
+            parsing.wake()
+            self.close()
+            return
+        if self.cycle is None and not self.queue:
+            self.write(error_response(status, message))
+            self.close()
+        else:
+            self.failure = (status, message)
+
+    def close(self, linger: bool = False) -> None:
+        """Flush and close; with ``linger`` (an unread request body), half-close and drain what
+        the client still sends for a moment, so that it reads the reply rather than a reset."""
+        if self.closed:
+            return
+        self.flush()
+        self.closed = True
+        self.state.idle.pop(self, None)
+        transport = self.transport
+        if linger and transport.can_write_eof():
+            self.lingering = True
+            self.stop_parsing = True
+            if self.read_paused:
+                self.read_paused = False
+                transport.resume_reading()
+            try:
+                transport.write_eof()
+            except (OSError, RuntimeError):  # pragma: no cover - the socket is already gone
+                transport.close()
+                return
+            self._arm(_LINGER, LINGER)
+            return
+        transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.flush()
+            self.closed = True
+            self.transport.abort()
