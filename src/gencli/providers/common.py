@@ -60,24 +60,122 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-_SECRETISH = re.compile(r"(sk-|AIza|sk-or-)[A-Za-z0-9_\-*]{6,}")
+# Key-shaped tokens, in any case: OpenAI/OpenRouter/Anthropic (sk-...), Gemini (AIza...),
+# Groq, xAI, GitHub, Hugging Face, Perplexity.
+_SECRETISH = re.compile(r"(?i)(?:sk-|aiza|gsk_|xai-|ghp_|hf_|pplx-)[a-z0-9_\-*]{6,}")
+# credentials after an auth scheme, and in query parameters that carry keys
+_AUTH = re.compile(r"(?i)\b(bearer|basic|token)(\s+|%20|\+)[a-z0-9._~+/=\-]{8,}")
+_QUERY = re.compile(r"(?i)([?&](?:key|api[_-]?key|access[_-]?token|token)=)[^&\s\"'<>]+")
+_B64 = re.compile(r"[A-Za-z0-9+/_\-]{12,}={0,2}")
+_AUTH_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key", "proxy-authorization"})
+_SECRET_ENV = re.compile(r"(?i)(key|token|secret|password)")
+SCRUB_WINDOW = 64 * 1024  # characters of an upstream message scrubbed (the shown part is far shorter)
+SHOWN = 500
+REDACTED = "[redacted]"
+
+_env_secrets: tuple[str, ...] | None = None
+_patterns: dict[frozenset, re.Pattern | None] = {}
 
 
-def scrub(message: str, key: str | None) -> str:
-    """Remove the key (and anything key-shaped) from an upstream's message; one line."""
-    if key:
-        message = message.replace(key, "[redacted]")
-    message = _SECRETISH.sub("[redacted]", message)
-    return " ".join(message.split())[:500]
+def configured_secrets() -> tuple[str, ...]:
+    """Values of the environment's key-like variables (``*_API_KEY``, ``*_TOKEN``, ``GENCLI_API_KEY``,
+    any variable models.json names in ``api_key_env``...): read once per process."""
+    global _env_secrets
+    if _env_secrets is None:
+        import os
+
+        _env_secrets = tuple(sorted({v.strip() for k, v in os.environ.items()
+                                     if _SECRET_ENV.search(k) and len(v.strip()) >= 8}, key=len, reverse=True))
+    return _env_secrets
+
+
+def _forms(secret: str) -> set[str]:
+    """A secret as it may be echoed: plain, URL-encoded, base64 (standard and URL-safe, with and
+    without padding)."""
+    import base64
+    from urllib.parse import quote, quote_plus
+
+    raw = secret.encode()
+    b64 = base64.b64encode(raw).decode()
+    forms = {secret, quote(secret, safe=""), quote_plus(secret), b64, b64.rstrip("="),
+             base64.urlsafe_b64encode(raw).decode().rstrip("=")}
+    return {f for f in forms if f}
+
+
+def _pattern(secrets: frozenset) -> re.Pattern | None:
+    pattern = _patterns.get(secrets)
+    if pattern is None and secrets not in _patterns:
+        forms: set[str] = set()
+        for secret in secrets:
+            forms |= _forms(secret)
+        alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+        pattern = re.compile(alternatives, re.IGNORECASE) if alternatives else None
+        if len(_patterns) > 64:
+            _patterns.clear()
+        _patterns[secrets] = pattern
+    return pattern
+
+
+def _b64_hides(token: str, secrets: frozenset) -> bool:
+    """True when a base64-looking token decodes to bytes holding a secret or a key-shaped
+    string (e.g. a Basic credential ``user:key`` echoed back)."""
+    import base64
+    import binascii
+
+    text = token.rstrip("=")
+    for alphabet in (None, b"-_"):
+        try:
+            padded = text + "=" * (-len(text) % 4)
+            raw = base64.b64decode(padded, altchars=alphabet, validate=alphabet is None)
+        except (binascii.Error, ValueError):
+            continue
+        decoded = raw.decode("latin-1")
+        if any(s in decoded for s in secrets) or _SECRETISH.search(decoded):
+            return True
+    return False
+
+
+def scrub(message: str, key: str | None = None, extra: tuple[str, ...] = ()) -> str:
+    """Remove secrets from an upstream's message and make it one short line: the call's key,
+    ``extra`` secrets and every configured key (plain, URL-encoded, base64, any case), key-shaped
+    tokens, credentials after ``Bearer``/``Basic`` and in key query parameters; only then is it
+    cut to ``SHOWN`` characters."""
+    secrets = frozenset(s for s in (key, *extra, *configured_secrets()) if s and len(s) >= 4)
+    text = " ".join(message.split())
+    if len(text) > SCRUB_WINDOW:
+        # a secret cut by the window would survive as a fragment: drop the tail it could be in
+        longest = max((len(f) for s in secrets for f in _forms(s)), default=0)
+        text = text[:SCRUB_WINDOW - longest]
+    pattern = _pattern(secrets)
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    text = _AUTH.sub(lambda m: m.group(1) + " " + REDACTED, text)
+    text = _QUERY.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _SECRETISH.sub(REDACTED, text)
+    text = _B64.sub(lambda m: REDACTED if _b64_hides(m.group(), secrets) else m.group(), text)
+    return text if len(text) <= SHOWN else text[:SHOWN - 3] + "..."
+
+
+def call_secrets(call) -> tuple[str, ...]:
+    """The secrets a call carries besides its key: the values of its auth headers."""
+    headers = getattr(call, "headers", None) or {}
+    out = []
+    for name, value in headers.items():
+        if name.lower() in _AUTH_HEADERS and value:
+            out.append(value)
+            scheme, _, rest = value.partition(" ")
+            if rest and scheme.lower() in ("bearer", "basic", "token"):
+                out.append(rest.strip())
+    return tuple(out)
 
 
 def error_message(body: bytes) -> str:
-    """The human message inside an upstream error body (OpenAI or Google shape)."""
+    """The human message inside an upstream error body (OpenAI or Google shape), uncut: the
+    caller scrubs it before cutting it short."""
     try:
         data: Any = loads(body)
     except orjson.JSONDecodeError:
-        text = body.decode("utf-8", "replace").strip()
-        return text[:200] if text else ""
+        return body.decode("utf-8", "replace").strip()
     if isinstance(data, list) and data:
         data = data[0]
     if isinstance(data, dict):
@@ -94,7 +192,7 @@ def http_error(call, provider: str, status: int, headers: Mapping[str, str], bod
                auth_statuses: tuple[int, ...] = (401, 403)) -> UpstreamError:
     """Map an upstream HTTP error to a typed error with a clear, key-free message."""
     label = PROVIDER_LABELS.get(provider, provider)
-    detail = scrub(error_message(body), call.api_key)
+    detail = scrub(error_message(body), call.api_key, call_secrets(call))
     if status in auth_statuses:
         var = call.key_env or "the provider's API key variable"
         return UpstreamAuthError(

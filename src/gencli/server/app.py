@@ -126,7 +126,7 @@ class Internal(GencliError):
 
 def internal(exc: BaseException) -> GencliError:
     traceback.print_exception(exc, file=sys.stderr)
-    return Internal(f"internal server error ({exc.__class__.__name__}); see the server log")
+    return Internal("internal server error; see the server log")
 
 
 def parse_json(body: bytes) -> dict:

@@ -16,7 +16,7 @@ import sys
 from array import array
 from typing import TYPE_CHECKING, Any, Callable
 
-from gencli.embeddings import Embeddings, aexecute_embed, prepare_embed
+from gencli.embeddings import Embeddings, aexecute_embed, check_inputs, prepare_embed
 from gencli.errors import GencliError, UsageError
 from gencli.server.app import field_model, internal, send_json
 
@@ -70,6 +70,8 @@ async def api_embeddings(app: "App", scope, receive, send) -> None:
         raise UsageError("prompt is required", "prompt")
     if not isinstance(prompt, str):
         raise UsageError("prompt must be a string", "prompt")
+    if prompt:
+        check_inputs(prompt, "prompt")  # errors name this route's field
     _, result = await _embed(app, scope, data, prompt, empty_ok=True)
     await send_json(send, 200, {"embedding": result.embeddings[0] if result is not None else []})
 

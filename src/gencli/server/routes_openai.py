@@ -70,7 +70,7 @@ def _think(data: dict) -> Any:
     effort = data.get("reasoning_effort")
     if effort is None:
         return None
-    if effort not in EFFORT:
+    if not isinstance(effort, str) or effort not in EFFORT:
         raise UsageError("reasoning_effort must be one of none, minimal, low, medium, high", "reasoning_effort")
     return EFFORT[effort]
 
@@ -82,7 +82,8 @@ def openai_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, 
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise UsageError(f"{where} must be an object with role and content", "messages")
-        role = ROLE_MAP.get(m.get("role"))  # type: ignore[arg-type]
+        role = m.get("role")
+        role = ROLE_MAP.get(role) if isinstance(role, str) else None
         if role is None:
             raise UsageError(f"{where}.role must be one of system, developer, user, assistant, tool",
                              "messages")
