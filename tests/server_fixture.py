@@ -53,7 +53,9 @@ class ServeProcess:
     """``gencli serve --port 0``; the port is read from the startup line. Output goes to files."""
 
     def __init__(self, tmp: Path, models: dict | Path, args: list[str] = (), env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", memory_mb: int | None = None):
+        """``memory_mb``: the server's address-space limit (RLIMIT_AS), so that a regression in
+        a bound fails the test (MemoryError, or the process dies) instead of the machine."""
         tmp.mkdir(parents=True, exist_ok=True)
         if isinstance(models, Path):
             path = models
@@ -67,7 +69,8 @@ class ServeProcess:
         self.proc = subprocess.Popen(
             [GENCLI, "serve", "--host", host, "--port", "0", "--models", str(path), *args],
             env=clean_env(tmp, **{KEY_VAR: FAKE_KEY, **(env or {})}), cwd=work, stdin=subprocess.DEVNULL,
-            stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"))
+            stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"),
+            preexec_fn=_limit_memory(memory_mb) if memory_mb else None)
         deadline = time.monotonic() + 30
         self.url = ""
         while not self.url:
@@ -94,6 +97,17 @@ class ServeProcess:
                     raise AssertionError(f"gencli serve does not answer: {self.stderr()}")
                 time.sleep(0.05)
 
+    def status(self, field: str) -> int:
+        """A kB figure from /proc/PID/status (VmRSS, VmHWM, VmSize)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def reset_peak(self) -> None:
+        """Reset the peak RSS (VmHWM) to the current RSS (Linux: clear_refs 5)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
     def stderr(self) -> str:
         return self.err_path.read_text(errors="replace") if self.err_path.exists() else ""
 
@@ -106,6 +120,15 @@ class ServeProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+def _limit_memory(mb: int):
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (mb * 1024 * 1024, mb * 1024 * 1024))
+
+    return apply
 
 
 @pytest.fixture(scope="module")

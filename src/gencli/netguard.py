@@ -226,7 +226,8 @@ class ImageBudget:
         return self._slots
 
     def charge(self, n: int) -> None:
-        if self.held + n > self.memory:
+        """Count ``n`` more bytes held (``n`` = 0: just check the budget is not spent)."""
+        if self.held + n > self.memory or (n == 0 and self.held >= self.memory):
             from gencli.errors import ServerBusy
 
             exc = ServerBusy(f"the server is holding its limit of {self.memory // (1024 * 1024)} MB of downloaded "

@@ -174,7 +174,9 @@ class AiohttpTransport:
 
         if self._images is None:
             self._images = netguard.image_session(self.allow_private_images)
+        self.images.charge(0)  # a spent budget fails before a connection is made (and after the wait)
         async with self.images.slot():
+            self.images.charge(0)
             return await netguard.fetch_image(self._images, url, allow_private=self.allow_private_images,
                                               quota=quota)
 
