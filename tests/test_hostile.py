@@ -83,7 +83,7 @@ class Images(ThreadedServer):
             await resp.write(block[:n])
             sent += n
             if request.query.get("slow"):
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
         await resp.write_eof()
         self.whole.append((start, time.monotonic()))
         return resp
@@ -295,7 +295,7 @@ def test_image_count_and_bytes_per_request_are_bounded(hostile, images, openai_f
 
 
 def test_image_fetches_and_bytes_in_flight_are_bounded_process_wide(hostile, images):
-    """--image-fetches 2 and --image-memory-mb 12: six requests of 2 x 3 MB at once download at
+    """--image-fetches 2 and --image-memory-mb 12: six requests of 2 x 2.5 MB at once download at
     most 2 images at a time, and past 12 MB held the others get 503 (retry later)."""
     since = time.monotonic()
     start_watch(hostile)
@@ -303,7 +303,7 @@ def test_image_fetches_and_bytes_in_flight_are_bounded_process_wide(hostile, ima
 
     def one() -> None:
         results.append(httpx.post(hostile.url + "/api/chat", timeout=120,
-                                  json=_chat_with_images([images.url(3, slow=1)] * 2)))
+                                  json=_chat_with_images([images.url(2.5, slow=1)] * 2)))
 
     threads = [threading.Thread(target=one) for _ in range(6)]
     for th in threads:

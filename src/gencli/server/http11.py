@@ -362,14 +362,10 @@ class HttpConnection(asyncio.Protocol):
         self._wake_drainers()
 
     def eof_received(self) -> bool | None:
-        if self.lingering or self.closed:
-            return False  # close
-        # the client finished sending: answer what was asked, then close
-        self.stop_parsing = True
-        if self.cycle is None and not self.queue:
-            self.close()
-            return False
-        return True  # keep the transport open for the reply
+        # The client closed its side. Almost always it left (a half-close that still waits for
+        # a reply is rare), so, as uvicorn and aiohttp do, the connection closes: the request
+        # in progress sees http.disconnect and its upstream call is cancelled.
+        return False
 
     def data_received(self, data: bytes) -> None:
         if self.closed or self.stop_parsing:
@@ -570,7 +566,7 @@ class HttpConnection(asyncio.Protocol):
             status, message = self.failure
             self.failure = None
             self.write(error_response(status, message))
-            self.close()
+            self.close(linger=True)
             return
         if not cycle.keep_alive or not cycle.finished or self.state.draining:
             self.close(linger=not cycle.complete)
@@ -694,7 +690,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _refuse(self, status: int, message: str) -> None:
         """A request the parser or a bound refused: answered (once the reply in progress, if
-        any, is done), then the connection closes."""
+        any, is done), then the connection closes (lingering: what the client still sends is
+        read and dropped for a moment, so it gets the reply rather than a reset)."""
         self.stop_parsing = True
         if self.transport is not None and not self.read_paused:
             self.read_paused = True
@@ -709,11 +706,11 @@ class HttpConnection(asyncio.Protocol):
                 self._answer(parsing, status, message)
             parsing.disconnected = True
             parsing.wake()
-            self.close()
+            self.close(linger=True)
             return
         if self.cycle is None and not self.queue:
             self.write(error_response(status, message))
-            self.close()
+            self.close(linger=True)
         else:
             self.failure = (status, message)
 
