@@ -15,10 +15,14 @@ Each round measures the fake, then gencli, for each scenario; with several round
 median of each is reported. By default the fake is pinned to one CPU and gencli to
 another with taskset (wrk floats), so neither steals the other's core.
 
+With ``--ref REF`` (a git commit or branch, e.g. ``main``) a second gencli serve, run from
+that commit's source (``git archive``), is measured in the same rounds on the same CPU, and
+the table adds this code's rates over the reference's: an A/B of two versions side by side.
+
 Needs wrk (Debian: apt-get install -y wrk). Usage:
 
     .venv/bin/python bench/bench_server.py [--duration 5] [--rounds 3] [--connections 32]
-                                           [--tokens 50] [--no-pin] [--json]
+                                           [--tokens 50] [--no-pin] [--ref REF] [--json]
 
 Exit code: 0 when every target holds, 1 when one is missed, 2 when the run failed.
 """
@@ -146,6 +150,23 @@ def _check_answers(gencli: str, model: str, tokens: int) -> None:
         raise RuntimeError(f"unexpected streamed answer from gencli: {len(objs)} lines, {text[:200]!r}")
 
 
+def ref_command(ref: str, into: Path) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run ``gencli`` from commit ``ref``'s source, extracted
+    into ``into`` (the installed dependencies are shared). Used by the other bench scripts too."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src"], capture_output=True, timeout=60)
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {ref}: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True, timeout=60)
+    env = _env()
+    env["PYTHONPATH"] = str(into / "src")
+    check = subprocess.run([_python(), "-c", "import gencli; print(gencli.__file__)"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    if not check.stdout.startswith(str(into)):
+        raise RuntimeError(f"the reference source is not the one imported: {check.stdout.strip()}")
+    return [_python(), "-c", "import sys; sys.argv[0] = 'gencli'; from gencli.cli import main; main()"], env
+
+
 def _taskset(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)] if cpu is not None else []
 
@@ -159,6 +180,7 @@ def main() -> int:
     ap.add_argument("--no-pin", action="store_true", help="do not pin the fake and gencli to separate CPUs")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     ap.add_argument("--keep-log", metavar="FILE", help="copy gencli's stderr (access log) to FILE")
+    ap.add_argument("--ref", metavar="REF", help="also measure gencli from this git commit/branch (A/B)")
     args = ap.parse_args()
 
     if not shutil.which("wrk"):
@@ -191,6 +213,23 @@ def main() -> int:
         gencli_url = f"http://127.0.0.1:{gencli_port}"
         _wait_http(f"{gencli_url}/", gencli, "gencli serve")
         _check_answers(gencli_url, model, args.tokens)
+        who_all = ["fake", "gencli"]
+        urls = {"fake": f"{fake_url}/v1/chat/completions", "gencli": f"{gencli_url}/api/generate"}
+        pids = {"fake": fake.pid, "gencli": gencli.pid}
+        if args.ref:
+            command, ref_env = ref_command(args.ref, tmp / "ref")
+            ref_port = _free_port()
+            ref = subprocess.Popen(
+                _taskset(gencli_cpu) + command + ["serve", "--host", "127.0.0.1", "--port", str(ref_port),
+                                                  "--models", str(models), "--workers", "1"],
+                env=ref_env, cwd=tmp, stdout=open(tmp / "ref.log", "wb"), stderr=subprocess.STDOUT)
+            procs.append(ref)
+            ref_url = f"http://127.0.0.1:{ref_port}"
+            _wait_http(f"{ref_url}/", ref, f"gencli serve ({args.ref})")
+            _check_answers(ref_url, model, args.tokens)
+            who_all.append("ref")
+            urls["ref"] = f"{ref_url}/api/generate"
+            pids["ref"] = ref.pid
 
         scripts = {
             "fake_plain": _lua(tmp / "fake_plain.lua", {"model": model, "stream": False,
@@ -200,17 +239,16 @@ def main() -> int:
             "gencli_plain": _lua(tmp / "gencli_plain.lua", {"model": model, "prompt": "hi", "stream": False}),
             "gencli_stream": _lua(tmp / "gencli_stream.lua", {"model": model, "prompt": "hi", "stream": True}),
         }
-        urls = {"fake": f"{fake_url}/v1/chat/completions", "gencli": f"{gencli_url}/api/generate"}
+        scripts["ref_plain"], scripts["ref_stream"] = scripts["gencli_plain"], scripts["gencli_stream"]
 
-        # Warm both up (connection pools, caches), unmeasured.
-        pids = {"fake": fake.pid, "gencli": gencli.pid}
-        for who in ("fake", "gencli"):
+        # Warm them up (connection pools, caches), unmeasured.
+        for who in who_all:
             _wrk(urls[who], scripts[f"{who}_plain"], args.connections, 1, pids[who])
 
         runs: dict[str, list[dict[str, float]]] = {}
         plan = [(f"{who}_{kind}", who, kind, conns)
                 for kind, conns in (("plain", args.connections), ("stream", args.connections), ("plain", 1))
-                for who in ("fake", "gencli")]
+                for who in who_all]
         for r in range(args.rounds):
             for key, who, kind, conns in plan:
                 name = f"{key}_c{conns}"
@@ -218,8 +256,9 @@ def main() -> int:
                 runs.setdefault(name, []).append(res)
                 print(f"round {r + 1}/{args.rounds} {name:<20} {res['rps']:9.1f} req/s  "
                       f"p50 {res['p50_ms']:7.3f} ms  p99 {res['p99_ms']:7.3f} ms  CPU {res['cpu_us']:6.0f} us/req", file=sys.stderr, flush=True)
-        if gencli.poll() is not None:
-            raise RuntimeError(f"gencli serve exited with code {gencli.returncode} during the run")
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{p.args[-8:]} exited with code {p.returncode} during the run")
     except Exception as exc:
         print(f"bench_server: {exc}", file=sys.stderr)
         if (tmp / "gencli.log").exists():
@@ -275,6 +314,19 @@ def main() -> int:
                           ("non-streamed, 1 conn", "fake_plain_c1", "gencli_plain_c1")):
         print(f"{label:<28} {med[fk]['cpu_us']:11.0f} {med[gk]['cpu_us']:13.0f} "
               f"{med[fk]['cpu_us'] / med[gk]['cpu_us']:6.3f}x")
+    if args.ref:
+        print()
+        print(f"this code vs {args.ref} (same CPU, same rounds; rates: higher is better, CPU: lower is better):")
+        print(f"{'scenario':<28} {args.ref + ' req/s':>13} {'this req/s':>11} {'ratio':>7} {'CPU us/req':>17}")
+        for label, key in ((f"non-streamed, {c} conns", f"plain_c{c}"), (f"streamed, {c} conns", f"stream_c{c}"),
+                           ("non-streamed, 1 conn", "plain_c1")):
+            a, b = med[f"ref_{key}"], med[f"gencli_{key}"]
+            results[f"vs_ref_{key}"] = b["rps"] / a["rps"]
+            print(f"{label:<28} {a['rps']:13.1f} {b['rps']:11.1f} {b['rps'] / a['rps']:6.3f}x "
+                  f"{a['cpu_us']:8.0f} -> {b['cpu_us']:5.0f}")
+        a, b = med["ref_plain_c1"], med["gencli_plain_c1"]
+        print(f"{'p50 / p99 latency, 1 conn':<28} {a['p50_ms']:.3f}/{a['p99_ms']:.3f} ms -> "
+              f"{b['p50_ms']:.3f}/{b['p99_ms']:.3f} ms")
     if args.json:
         print(json.dumps(results, indent=2))
     return 0 if ok else 1

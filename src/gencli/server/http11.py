@@ -234,9 +234,7 @@ class Cycle:
                     pass
                 elif self.chunked:
                     if body:
-                        conn.write(b"%x\r\n" % len(body))
-                        conn.write(body)
-                        conn.write(b"\r\n" if more else b"\r\n0\r\n\r\n")
+                        conn.write(b"".join((b"%x\r\n" % len(body), body, b"\r\n" if more else b"\r\n0\r\n\r\n")))
                     elif not more:
                         conn.write(b"0\r\n\r\n")
                 elif body:
