@@ -29,8 +29,10 @@ def _host(url: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc) or exc.__class__.__name__
-    return " ".join(text.split())[:200]
+    from gencli.providers.common import scrub
+
+    text = scrub(str(exc) or exc.__class__.__name__)  # a URL in the message may carry a key
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class Response:

@@ -81,6 +81,8 @@ def run(**flags: Any) -> None:
     loopback = is_loopback_host(host)
     if not loopback and not config.api_key and not config.insecure_no_auth:
         raise ExposureError(EXPOSURE.format(host=host))
+    if config.workers > 1 and not hasattr(os, "fork"):
+        raise ServeError("--workers above 1 needs fork(), which this system lacks; run one worker per port")
     config.export(os.environ)
 
     from gencli.server.runner import raise_fd_limit
@@ -119,7 +121,7 @@ def run(**flags: Any) -> None:
     def make_app():
         from gencli.server.app import create_app
 
-        return create_app(config=config)
+        return create_app(config=config, registry=registry)  # a forked worker shares the loaded registry
 
     limits = config.limits()
     if workers > 1:
