@@ -22,6 +22,9 @@ BASE = {
     "/api/embed": {"model": "emb", "input": "hi"},
     "/api/embeddings": {"model": "emb", "prompt": "hi"},
     "/v1/embeddings": {"model": "emb", "input": "hi"},
+    "/v1/responses": {"model": "echo", "input": "hi"},
+    "/v1/messages": {"model": "echo", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]},
+    "/v1/messages/count_tokens": {"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
 }
 FIELDS = {
     "/api/generate": ["model", "prompt", "suffix", "system", "template", "context", "stream", "raw", "format",
@@ -35,6 +38,11 @@ FIELDS = {
     "/api/embed": ["model", "input", "truncate", "options", "dimensions", "keep_alive"],
     "/api/embeddings": ["model", "prompt", "options"],
     "/v1/embeddings": ["model", "input", "encoding_format", "dimensions", "user"],
+    "/v1/responses": ["model", "input", "instructions", "stream", "temperature", "top_p", "max_output_tokens",
+                      "tools", "tool_choice", "reasoning", "text", "previous_response_id", "store", "include"],
+    "/v1/messages": ["model", "max_tokens", "messages", "system", "stream", "temperature", "top_p", "top_k",
+                     "stop_sequences", "tools", "tool_choice", "thinking", "metadata"],
+    "/v1/messages/count_tokens": ["model", "messages", "system", "tools", "thinking"],
 }
 # nested places: (route, path to a container in BASE, keys to spoil inside it)
 NESTED = [
@@ -46,6 +54,9 @@ NESTED = [
     ("/v1/chat/completions", ("messages", 0, "content", 0), ["type", "text", "image_url"]),
     ("/api/chat", ("tools", 0), ["type", "function"]),
     ("/api/chat", ("tools", 0, "function"), ["name", "description", "parameters"]),
+    ("/v1/messages", ("messages", 0), ["role", "content"]),
+    ("/v1/messages", ("messages", 0, "content", 0), ["type", "text", "source"]),
+    ("/v1/responses", ("input", 0), ["role", "content", "type"]),
 ]
 CONTAINERS = {
     ("/api/generate", "options"): {"temperature": 0.5},
@@ -83,8 +94,10 @@ def _body(route: str, path: tuple, value) -> dict:
     for (r, name), container in CONTAINERS.items():
         if r == route and path[0] == name:
             body[name] = copy.deepcopy(container)
-    if route == "/v1/chat/completions" and path[:3] == ("messages", 0, "content"):
+    if route in ("/v1/chat/completions", "/v1/messages") and path[:3] == ("messages", 0, "content"):
         body["messages"][0]["content"] = [{"type": "text", "text": "hi"}]
+    if route == "/v1/responses" and path[:2] == ("input", 0):
+        body["input"] = [{"role": "user", "content": "hi"}]
     node = body
     for step in path[:-1]:
         node = node[step]
@@ -107,7 +120,7 @@ def test_every_field_with_every_wrong_type(server):
                     data = r.json() if "json" in r.headers.get("content-type", "") else None
                 except ValueError:
                     data = None
-                if r.status_code == 400 and data is not None:
+                if r.status_code == 400 and data is not None and isinstance(data.get("error"), (dict, str)):
                     message = data["error"]["message"] if route.startswith("/v1/") else data["error"]
                     named = {str(p) for p in path if isinstance(p, str)} | {"body", "image", "tool"}
                     if not any(n in message for n in named):
@@ -115,6 +128,10 @@ def test_every_field_with_every_wrong_type(server):
                 if r.status_code >= 400:
                     if data is None:
                         problems.append(f"{where}: {r.status_code} not JSON: {r.text[:100]}")
+                    elif route.startswith("/v1/messages"):
+                        if not (data.get("type") == "error" and isinstance(data.get("error"), dict)
+                                and data["error"].get("message") and data["error"].get("type")):
+                            problems.append(f"{where}: not Anthropic's error shape: {r.text[:200]}")
                     elif route.startswith("/v1/"):
                         if not (isinstance(data.get("error"), dict) and data["error"].get("message")):
                             problems.append(f"{where}: not OpenAI's error shape: {r.text[:200]}")

@@ -275,6 +275,8 @@ def request_in(data: dict, model: str, counting: bool = False) -> tuple[Generate
         options["num_predict"] = max_tokens
     stops = data.get("stop_sequences")
     if stops is not None:
+        if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
+            raise UsageError("stop_sequences must be an array of strings", "stop_sequences")
         options["stop"] = stops
     req = GenerateRequest(model=model, messages=messages, system=system_text(data.get("system")), options=options,
                           format=format_in(data), think=think_in(data, max_tokens),

@@ -96,7 +96,8 @@ def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, int, Any]]]:
                              "input")
         kind = item.get("type") or ("message" if "role" in item else None)
         if kind == "message":
-            role = ROLES.get(item.get("role"))  # type: ignore[arg-type]
+            role = item.get("role")
+            role = ROLES.get(role) if isinstance(role, str) else None
             if role is None:
                 raise UsageError(f"{where}.role must be user, system, developer or assistant", "input")
             images: list[str] = []
@@ -233,6 +234,8 @@ def request_in(data: dict, model: str) -> tuple[GenerateRequest, list, dict]:
     instructions = data.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise UsageError("instructions must be a string", "instructions")
+    if instructions and "\x00" in instructions:
+        raise UsageError("instructions contains a NUL character", "instructions")
     fmt, fmt_echo = format_in(data.get("text"))
     tools = tools_in(data.get("tools"))
     req = GenerateRequest(model=model, messages=messages, system=instructions or None, options=options, format=fmt,
