@@ -26,6 +26,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from gencli.server.app import OLLAMA_VERSION
 from tests.fakes.threaded import ThreadedServer
 from tests.server_fixture import KEY_VAR, ServeProcess, models_json
 
@@ -475,7 +476,7 @@ def test_pipelined_requests_are_answered_in_order(hostile):
                  b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n" % (len(body), body))
     got = read_responses(sock, 4)
     assert [g[0] for g in got] == [200, 200, 200, 404]
-    assert json.loads(got[0][2]) == {"version": "0.12.6"}
+    assert json.loads(got[0][2]) == {"version": OLLAMA_VERSION}
     assert json.loads(got[1][2])["response"] == "You said: second"
     assert "models" in json.loads(got[2][2])
 

@@ -62,8 +62,8 @@ def test_flags_win_over_the_environment_and_limits_are_read_once():
 
 
 def test_help_states_every_setting_with_its_default_and_variable(tmp_path):
-    r = subprocess.run([GENCLI, "serve", "--help"], env=clean_env(tmp_path), capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run([GENCLI, "serve", "--help"], env=clean_env(tmp_path, COLUMNS="300"), capture_output=True,
+                       text=True, timeout=30)  # wide: each option's help on one line
     text = " ".join(r.stdout.split())
     for spec in NUMBERS:
         assert spec.flag in text
