@@ -5,7 +5,8 @@
 separate asyncio process) holds N connections (default 500) that each send one byte every
 few seconds: half drip a request head (the server cuts them at ``--header-timeout`` and
 the drip client reopens them at once, so N stay open), half send a complete head and then
-drip the body (kept open: each pause is under ``--body-timeout``). Meanwhile wrk sends
+drip the body (kept open: each pause is under ``--body-timeout``). The connections open
+over 8 s, so the cut ones come back spread out rather than in one burst. Meanwhile wrk sends
 normal non-streamed /api/generate requests at 8 connections. Each round measures a window
 without the drip, then one with it; the medians and the ratios with/without are reported
 (targets: p50 and p99 with the drip at most 1.5x and 2x without; rate at least 0.7x; no
@@ -56,6 +57,7 @@ from bench_server import (  # noqa: E402
 TARGET_P50 = 1.5
 TARGET_P99 = 2.0
 TARGET_RATE = 0.7
+SPREAD = 8.0  # seconds over which the drip connections open
 
 
 # -- the drip client (a separate process: python bench_slowloris.py --drip-client ...) -----------
@@ -68,7 +70,7 @@ async def drip_client(port: int, count: int, interval: float, stats_path: Path) 
 
     async def one(i: int) -> None:
         body_drip = i % 2 == 1
-        await asyncio.sleep(random.random() * 0.5)
+        await asyncio.sleep(random.random() * SPREAD)  # staggered, so cut connections do not reopen in one burst
         while not stop.is_set():
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -129,7 +131,7 @@ def _rss_mb(pid: int) -> float:
 def _window(url: str, script: Path, pid: int, duration: float, drip: subprocess.Popen | None,
             stats_path: Path, want: int) -> dict:
     if drip is not None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + SPREAD + 30
         while True:  # wait until the drip connections are open
             try:
                 stats = json.loads(stats_path.read_text())
