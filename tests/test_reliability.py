@@ -57,21 +57,29 @@ def registry(tmp_path, models: dict) -> Registry:
     return Registry.load(path=str(path), env={KEY_VAR: FAKE_KEY, "GEMINI_API_KEY": gemini_upstream.FAKE_KEY})
 
 
-def run_sync(reg: Registry, name: str, stream: bool = True) -> list:
+def run_sync(reg: Registry, name: str, stream: bool = True, waits: list | None = None) -> list:
+    """The engine's sync loop; retry waits are recorded in ``waits`` instead of slept."""
     plan = engine.prepare(GenerateRequest(model=name, prompt="hello there", stream=stream), reg)
     transport = HttpxTransport(tls=False)
+    sleep = (waits if waits is not None else []).append
     try:
-        return list(engine.execute(plan, transport))
+        return list(engine.execute(plan, transport, transport, sleep=sleep))
     finally:
         transport.close()
 
 
-def run_async(reg: Registry, name: str, stream: bool = True) -> list:
+def run_async(reg: Registry, name: str, stream: bool = True, waits: list | None = None) -> list:
+    """The engine's async loop; retry waits are recorded in ``waits`` instead of slept."""
+    record = waits if waits is not None else []
+
+    async def sleep(seconds: float) -> None:
+        record.append(seconds)
+
     async def main() -> list:
         plan = engine.prepare(GenerateRequest(model=name, prompt="hello there", stream=stream), reg)
         transport = AiohttpTransport()
         try:
-            return [ev async for ev in engine.aexecute(plan, transport)]
+            return [ev async for ev in engine.aexecute(plan, transport, transport, sleep=sleep)]
         finally:
             await transport.close()
 
@@ -143,9 +151,12 @@ def test_final_error_says_what_was_tried():
 def test_503_burst_is_retried_then_succeeds(tmp_path, openai_fake, loop, stream):
     model = tag("burst503-2")
     reg = registry(tmp_path, {"m": entry(openai_fake.base_url, model)})
-    events = RUNNERS[loop](reg, "m", stream)
+    waits: list = []
+    events = RUNNERS[loop](reg, "m", stream, waits)
     assert text_of(events) == "You said: hello there" and type(events[-1]) is Done
     assert openai_fake.attempts[model] == 3
+    # full-jitter backoff: up to 0.5 s before the second attempt, up to 1 s before the third
+    assert len(waits) == 2 and 0 <= waits[0] <= 0.5 and 0 <= waits[1] <= 1.0
 
 
 @pytest.mark.parametrize("loop", RUNNERS)
@@ -165,22 +176,21 @@ def test_503_burst_longer_than_the_retries_fails_saying_so(tmp_path, openai_fake
 def test_429_waits_as_long_as_retry_after_says(tmp_path, openai_fake, loop, mode, wait):
     model = tag(mode)
     reg = registry(tmp_path, {"m": entry(openai_fake.base_url, model)})
-    t0 = time.monotonic()
-    events = RUNNERS[loop](reg, "m")
-    took = time.monotonic() - t0
+    waits: list = []
+    events = RUNNERS[loop](reg, "m", True, waits)
     assert text_of(events) == "You said: hello there"
     assert openai_fake.attempts[model] == 2
-    assert wait - 0.05 <= took < wait + 2.0
+    assert waits == [pytest.approx(wait)]  # what the upstream asked for, handed to the loop's sleep
 
 
 @pytest.mark.parametrize("loop", RUNNERS)
 def test_retry_after_beyond_the_cap_fails_at_once(tmp_path, openai_fake, loop):
     model = tag("retry-after-30-9")
     reg = registry(tmp_path, {"m": entry(openai_fake.base_url, model)})
-    t0 = time.monotonic()
+    waits: list = []
     with pytest.raises(UpstreamRateLimited) as info:
-        RUNNERS[loop](reg, "m")
-    assert time.monotonic() - t0 < 2.0
+        RUNNERS[loop](reg, "m", True, waits)
+    assert waits == []  # fails at once: no wait
     assert openai_fake.attempts[model] == 1
     assert info.value.retry_after == 30 and info.value.status == 429
     assert "Rate limit reached" in str(info.value)
@@ -191,24 +201,25 @@ def test_gemini_retry_info_is_honoured(tmp_path, gemini_fake):
         "frac": {"provider": "google", "model": "gemini-error-429-frac", "base_url": gemini_fake.base_url,
                  "retries": 1},
         "long": {"provider": "google", "model": "gemini-error-429", "base_url": gemini_fake.base_url}})
-    t0 = time.monotonic()
+    waits: list = []
     with pytest.raises(UpstreamRateLimited) as info:
-        run_sync(reg, "frac")
-    took = time.monotonic() - t0
-    assert 1.45 <= took < 4  # waited the 1.5 s of RetryInfo.retryDelay once
+        run_sync(reg, "frac", waits=waits)
+    assert waits == [1.5]  # waited the 1.5 s of RetryInfo.retryDelay once
     assert "upstream returned 429 twice" in str(info.value) and "exceeded your current quota" in str(info.value)
-    t0 = time.monotonic()
+    waits.clear()
     with pytest.raises(UpstreamRateLimited) as info:
-        run_sync(reg, "long")  # 12 s is over the cap: no wait
-    assert time.monotonic() - t0 < 2 and info.value.retry_after == 12.0
+        run_sync(reg, "long", waits=waits)  # 12 s is over the cap: no wait
+    assert waits == [] and info.value.retry_after == 12.0
     assert "upstream returned" not in str(info.value)
 
 
 @pytest.mark.parametrize("loop", RUNNERS)
 def test_connection_refused_is_retried_then_reported(tmp_path, loop):
     reg = registry(tmp_path, {"m": entry(f"http://127.0.0.1:{closed_port()}/v1", "echo", retries=2)})
+    waits: list = []
     with pytest.raises(UpstreamUnreachable) as info:
-        RUNNERS[loop](reg, "m")
+        RUNNERS[loop](reg, "m", True, waits)
+    assert len(waits) == 2  # two backoffs, handed to the loop's sleep
     assert str(info.value).startswith("m: the connection failed three times over ")
     assert "cannot reach 127.0.0.1:" in str(info.value) and info.value.status == 502
 

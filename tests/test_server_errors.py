@@ -230,38 +230,43 @@ def test_startup_line_lists_ready_models(server):
     assert f"listening on http://127.0.0.1:{server.port}" in text
 
 
-# -- the transport's thread bridge for in-process adapters (the local model) ------------------
+# -- the thread bridge for in-process runs (the local model) -----------------------------------
 
-class _CountingAdapter:
-    """An in-process adapter: a blocking generator of event batches."""
-
-    in_process = True
+class _CountingRun:
+    """An in-process run (gencli.providers.base.LocalRun): a blocking iterator of event batches."""
 
     def __init__(self, n: int, fail_at: int | None = None, delay: float = 0.0):
         self.n, self.fail_at, self.delay = n, fail_at, delay
         self.produced = 0
         self.closed = False
 
-    def run(self, call):
-        try:
-            for i in range(self.n):
-                if i == self.fail_at:
-                    raise ValueError("model crashed")
-                time.sleep(self.delay)
-                self.produced += 1
-                yield [i]
-        finally:
-            self.closed = True
+    async def ready(self) -> None:
+        pass
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.closed or self.produced >= self.n:
+            raise StopIteration
+        if self.produced == self.fail_at:
+            raise ValueError("model crashed")
+        time.sleep(self.delay)
+        self.produced += 1
+        return [self.produced - 1]
+
+    def close(self) -> None:
+        self.closed = True
 
 
-def test_run_in_thread():
+def test_in_thread_bridge():
     import asyncio
 
-    from gencli.transport_aiohttp import AiohttpTransport
+    from gencli.bridge import in_thread
 
-    async def collect(adapter, limit=None):
+    async def collect(run, limit=None):
         out = []
-        agen = AiohttpTransport().run_in_thread(adapter, None)
+        agen = in_thread(run)
         try:
             async for events in agen:
                 out.extend(events)
@@ -271,9 +276,9 @@ def test_run_in_thread():
             await agen.aclose()
         return out
 
-    assert asyncio.run(collect(_CountingAdapter(5))) == [0, 1, 2, 3, 4]
+    assert asyncio.run(collect(_CountingRun(5))) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="model crashed"):
-        asyncio.run(collect(_CountingAdapter(5, fail_at=2)))
-    slow = _CountingAdapter(1000, delay=0.005)
+        asyncio.run(collect(_CountingRun(5, fail_at=2)))
+    slow = _CountingRun(1000, delay=0.005)
     assert asyncio.run(collect(slow, limit=3)) == [0, 1, 2]
     assert _wait(lambda: slow.closed, 2.0) and slow.produced < 50  # the thread stopped early

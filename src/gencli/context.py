@@ -5,7 +5,7 @@ conversation in it, so a follow-up works across restarts and across server
 processes with no server-side state:
 
     payload = zlib(JSON [[role, content], ...])          # user/assistant turns
-    blob    = b"gc" + version(1) + crc32(payload)(4) + payload
+    blob    = b"gc" + version(1) + crc32(payload)(4) + len(payload)(4) + payload   # big-endian
     ints    = blob in 3-byte big-endian groups (each int < 2**24), zero padded
 
 The first int is always 0x676301 ("gc", version 1). Each int carries 3 bytes, so

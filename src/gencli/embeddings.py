@@ -16,9 +16,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gencli.errors import UpstreamError, UsageError
-from gencli.providers import get_adapter
-from gencli.providers.base import Call
+from gencli.errors import GencliError, UpstreamError, UsageError
+from gencli.providers import PROVIDERS, get_adapter
+from gencli.providers.base import (
+    AsyncTransport,
+    Call,
+    HttpEmbedder,
+    InProcessEmbedder,
+    LocalModel,
+    SyncTransport,
+)
 from gencli.registry import ModelEntry, Registry
 
 MAX_INPUTS = 10_000
@@ -37,7 +44,7 @@ class Embeddings:
 @dataclass(slots=True)
 class EmbedPlan:
     entry: ModelEntry
-    adapter: Any
+    adapter: HttpEmbedder | InProcessEmbedder
     call: Call
     inputs: list[str]
     started: int
@@ -64,7 +71,7 @@ def check_inputs(raw: Any, name: str = "input") -> list[str]:
 
 def default_embed_model(registry: Registry) -> str:
     """``GENCLI_EMBED_MODEL``, else the first ready model with the ``embedding`` capability."""
-    explicit = registry.env.get("GENCLI_EMBED_MODEL")
+    explicit = registry.settings.embed_model
     if explicit:
         return explicit
     for entry in registry.models.values():
@@ -84,7 +91,7 @@ def prepare_embed(registry: Registry, model: str | None, inputs: Any, dimensions
         raise UsageError(f"model '{entry.name}' does not support embeddings (no 'embedding' capability); "
                          f"use an embedding model such as text-embedding-3-small", "model")
     adapter = get_adapter(entry.provider)
-    if not hasattr(adapter, "build_embed") and not hasattr(adapter, "embed"):
+    if not isinstance(adapter, (HttpEmbedder, InProcessEmbedder)):
         raise UsageError(f"model '{entry.name}': the {entry.provider} provider cannot embed", "model")
     options: dict[str, Any] = {}
     if dimensions is not None:
@@ -92,10 +99,14 @@ def prepare_embed(registry: Registry, model: str | None, inputs: Any, dimensions
             raise UsageError(f"dimensions must be an integer from 1 to {MAX_DIMENSIONS}", "dimensions")
         options["dimensions"] = dimensions
     key, key_env = registry.key(entry)
+    settings = registry.settings
+    local = None
+    if PROVIDERS[entry.provider].local:
+        local = LocalModel(path=entry.path, package=entry.package, queue_limit=settings.local_queue)
     call = Call(model=entry.model, name=entry.name, base_url=registry.base_url(entry), api_key=key,
                 key_env=key_env, headers=entry.headers, messages=[], options=options, stream=False,
-                extra={"path": entry.path, "package": entry.package, "timeout": entry.timeout,
-                       "capabilities": entry.capabilities})
+                capabilities=tuple(entry.capabilities),
+                timeout=entry.timeout if entry.timeout is not None else settings.timeout, local=local)
     return EmbedPlan(entry, adapter, call, texts, started)
 
 
@@ -109,7 +120,7 @@ def normalize(vector: list[float]) -> list[float]:
 
 
 def _batches(plan: EmbedPlan) -> list[list[str]]:
-    size = getattr(plan.adapter, "embed_batch", 256)
+    size = plan.adapter.embed_batch
     return [plan.inputs[i:i + size] for i in range(0, len(plan.inputs), size)]
 
 
@@ -132,46 +143,58 @@ def _finish(plan: EmbedPlan, result: Embeddings, sent: int) -> Embeddings:
     return result  # prompt_tokens stays None when the provider does not count (Gemini)
 
 
-def execute_embed(plan: EmbedPlan, transport) -> Embeddings:
+def _no_transport(plan: EmbedPlan) -> GencliError:
+    return GencliError(f"{plan.entry.name}: no transport to reach {plan.call.base_url or 'the upstream'}")
+
+
+def execute_embed(plan: EmbedPlan, transport: SyncTransport | None) -> Embeddings:
     result = Embeddings(plan.entry.name)
     sent = time.perf_counter_ns()
+    adapter = plan.adapter
     for batch in _batches(plan):
-        if getattr(plan.adapter, "in_process", False):
-            vectors, tokens = plan.adapter.embed(plan.call, batch)
+        if isinstance(adapter, InProcessEmbedder):
+            vectors, tokens = adapter.embed(plan.call, batch)
         else:
-            http = plan.adapter.build_embed(plan.call, batch)
+            if transport is None:
+                raise _no_transport(plan)
+            http = adapter.build_embed(plan.call, batch)
             with transport.open(http, plan.call) as resp:
                 body = resp.read()
                 if resp.status >= 400:
-                    raise plan.adapter.parse_error(plan.call, resp.status, resp.headers, body)
-            vectors, tokens = plan.adapter.parse_embed(plan.call, body)
+                    raise adapter.parse_error(plan.call, resp.status, resp.headers, body)
+            vectors, tokens = adapter.parse_embed(plan.call, body)
         _collect(plan, result, batch, vectors, tokens)
     return _finish(plan, result, sent)
 
 
-async def aexecute_embed(plan: EmbedPlan, transport) -> Embeddings:
+async def aexecute_embed(plan: EmbedPlan, transport: AsyncTransport | None) -> Embeddings:
     result = Embeddings(plan.entry.name)
     sent = time.perf_counter_ns()
+    adapter = plan.adapter
     for batch in _batches(plan):
-        if getattr(plan.adapter, "in_process", False):
-            vectors, tokens = await asyncio.to_thread(plan.adapter.embed, plan.call, batch)
+        if isinstance(adapter, InProcessEmbedder):
+            vectors, tokens = await asyncio.to_thread(adapter.embed, plan.call, batch)
         else:
-            http = plan.adapter.build_embed(plan.call, batch)
+            if transport is None:
+                raise _no_transport(plan)
+            http = adapter.build_embed(plan.call, batch)
             async with transport.open(http, plan.call) as resp:
                 body = await resp.read()
                 if resp.status >= 400:
-                    raise plan.adapter.parse_error(plan.call, resp.status, resp.headers, body)
-            vectors, tokens = plan.adapter.parse_embed(plan.call, body)
+                    raise adapter.parse_error(plan.call, resp.status, resp.headers, body)
+            vectors, tokens = adapter.parse_embed(plan.call, body)
         _collect(plan, result, batch, vectors, tokens)
     return _finish(plan, result, sent)
 
 
-def embed(registry: Registry, model: str | None, inputs: Any, transport, dimensions: Any = None) -> Embeddings:
+def embed(registry: Registry, model: str | None, inputs: Any, transport: SyncTransport | None,
+          dimensions: Any = None) -> Embeddings:
     """Embed ``inputs`` (a string or a list of strings) over a synchronous transport."""
     return execute_embed(prepare_embed(registry, model, inputs, dimensions), transport)
 
 
-async def aembed(registry: Registry, model: str | None, inputs: Any, transport, dimensions: Any = None) -> Embeddings:
+async def aembed(registry: Registry, model: str | None, inputs: Any, transport: AsyncTransport | None,
+                 dimensions: Any = None) -> Embeddings:
     """Embed ``inputs`` over an asynchronous transport (the server's aiohttp)."""
     return await aexecute_embed(prepare_embed(registry, model, inputs, dimensions), transport)
 

@@ -1,93 +1,74 @@
 """The engine: validate a request, resolve the model, build the messages, run a
 provider and yield events. Shared by the CLI (sync, httpx) and the server (async,
 aiohttp); the two loops below differ only in how bytes arrive.
+
+Glossary (each object is made from the one before it):
+
+``GenerateRequest`` (gencli.request)
+    What a caller asks for, as given: CLI flags or an HTTP body. Not yet checked.
+``Plan`` (here, made by :func:`prepare`)
+    A checked request: the model entry, its adapter, the :class:`Call`, the
+    conversation to encode as ``context``, and image URLs still to download.
+``Call`` (gencli.providers.base)
+    What the adapter needs for this generation, resolved and immutable: the upstream
+    model id, key, base URL, messages, the options the provider takes, the timeout
+    and retries, and for a local model its file and load settings.
+``HttpRequest`` (gencli.providers.base)
+    What an HTTP adapter builds from a Call: method, URL, headers and body, sent by a
+    transport (:class:`~gencli.providers.base.SyncTransport` or ``AsyncTransport``).
+``Run`` (here)
+    One attempt: folds the adapter's events into the events callers see (text and
+    reasoning deltas, tool calls) and the final :class:`~gencli.events.Done`.
 """
 
 from __future__ import annotations
 
-import math
+import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 from gencli import context as ctx
 from gencli import images as img
+from gencli import options as opts
 from gencli.errors import GencliError, UpstreamError, UsageError
-from gencli.events import Done, Finish, Loaded, ReasoningDelta, TextDelta, ToolCall, Usage
-from gencli.providers import get_adapter
-from gencli.providers.base import Call
+from gencli.events import (
+    Done,
+    Event,
+    Finish,
+    Loaded,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    Usage,
+)
+from gencli.providers import PROVIDERS, get_adapter
+from gencli.providers.base import (
+    Adapter,
+    AsyncImageFetcher,
+    AsyncTransport,
+    Call,
+    HttpAdapter,
+    HttpRequest,
+    ImageFetcher,
+    InProcessAdapter,
+    LocalModel,
+    SyncTransport,
+)
 from gencli.registry import ModelEntry, Registry
-from gencli.retry import Retrier
 from gencli.request import GenerateRequest, Message
+from gencli.retry import Retrier
 from gencli.think import ThinkSplitter, split_complete
 
-_INT_MAX = 2**31 - 1
 
-
-def _number(options: dict, key: str, lo: float, hi: float) -> None:
-    v = options.get(key)
-    if v is None:
-        options.pop(key, None)
-        return
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise UsageError(f"options.{key} must be a number from {lo:g} to {hi:g}", f"options.{key}")
-    if not lo <= v <= hi:
-        raise UsageError(f"options.{key} is {v:g}; it must be from {lo:g} to {hi:g}", f"options.{key}")
-
-
-def _integer(options: dict, key: str, lo: int, hi: int = _INT_MAX) -> None:
-    v = options.get(key)
-    if v is None:
-        options.pop(key, None)
-        return
-    if isinstance(v, float) and v.is_integer():
-        v = options[key] = int(v)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise UsageError(f"options.{key} must be an integer", f"options.{key}")
-    if not lo <= v <= hi:
-        raise UsageError(f"options.{key} is {v}; it must be from {lo} to {hi}", f"options.{key}")
-
-
-MAX_STOPS = 16
-
-
-def validate_options(raw: Any) -> dict[str, Any]:
-    """Check the options the providers understand; unknown keys are dropped (as Ollama does)."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise UsageError("options must be an object, e.g. {\"temperature\": 0.7}", "options")
-    options = dict(raw)
-    _number(options, "temperature", 0, 2)
-    _number(options, "top_p", 0, 1)
-    _number(options, "min_p", 0, 1)
-    _number(options, "presence_penalty", -2, 2)
-    _number(options, "frequency_penalty", -2, 2)
-    _number(options, "repeat_penalty", 0, 10)
-    _integer(options, "top_k", 0, 100000)
-    _integer(options, "seed", -(2**63), 2**63 - 1)
-    _integer(options, "num_ctx", 1, 10_000_000)
-    _integer(options, "num_predict", -2, 10_000_000)
-    if options.get("num_predict") is not None and options["num_predict"] in (-1, -2, 0):
-        options.pop("num_predict")  # Ollama: -1 infinite, -2 fill the context
-    stop = options.get("stop")
-    if stop is None:
-        options.pop("stop", None)
-    else:
-        if isinstance(stop, str):
-            stop = [stop]
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise UsageError("options.stop must be a string or a list of strings", "options.stop")
-        stop = [s for s in stop if s]
-        if len(stop) > MAX_STOPS:
-            raise UsageError(f"options.stop has {len(stop)} entries; at most {MAX_STOPS}", "options.stop")
-        if any(len(s) > 1000 for s in stop):
-            raise UsageError("options.stop entries must be at most 1000 characters", "options.stop")
-        if stop:
-            options["stop"] = stop
-        else:
-            options.pop("stop")
-    return options
+def warn(message: str) -> None:
+    """One warning line on stderr (the CLI's terminal, the server's log)."""
+    try:
+        sys.stderr.write(f"gencli: warning: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _check_text(value: Any, name: str) -> str:
@@ -107,7 +88,7 @@ class Plan:
     """A validated request: the adapter, the call it builds from, and images still to fetch."""
 
     entry: ModelEntry
-    adapter: Any
+    adapter: Adapter
     call: Call
     history: list[Message]  # conversation before this turn's answer (for context)
     image_urls: list[tuple[int, str]] = field(default_factory=list)
@@ -119,16 +100,32 @@ class Plan:
         self.call.messages[-1].images.append(image)
 
 
-def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True) -> Plan:
+def _local_model(entry: ModelEntry, queue_limit: int) -> LocalModel:
+    o = entry.options
+    return LocalModel(path=entry.path, package=entry.package, num_ctx=o.get("num_ctx"),
+                      num_thread=o.get("num_thread"), num_batch=o.get("num_batch"), num_gpu=o.get("num_gpu"),
+                      queue_limit=queue_limit)
+
+
+def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True, *,
+            timeout: float | None = None, retries: int | None = None) -> Plan:
+    """Check ``req`` and resolve everything a run needs. ``timeout`` and ``retries`` are
+    this call's own (the CLI's flags); unset, the model's (models.json) and then the
+    process settings (``registry.settings``) apply."""
     started = time.perf_counter_ns()
     if not isinstance(req.model, str) or (not req.model and not model_default):
         raise UsageError("model is required", "model")
     entry = registry.resolve(req.model or None)
+    spec = PROVIDERS[entry.provider]
     adapter = get_adapter(entry.provider)
     key, key_env = registry.key(entry)
+    settings = registry.settings
 
-    options = dict(entry.options)
-    options.update(validate_options(req.options))
+    asked, ignored = opts.check(req.options, spec.options)
+    if ignored:
+        warn(opts.ignored_message(entry.name, spec.label, ignored))
+    options = {k: v for k, v in entry.options.items() if k in spec.options}  # models.json defaults
+    options.update(asked)
     fmt = req.format
     if fmt == "" or fmt is None:
         fmt = None
@@ -173,6 +170,10 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
         history = prior + [Message("user", prompt)]
         want_context = True
 
+    if timeout is None:
+        timeout = entry.timeout if entry.timeout is not None else settings.timeout
+    if retries is None:
+        retries = entry.retries if entry.retries is not None else settings.retries
     call = Call(
         model=entry.model,
         name=entry.name,
@@ -185,10 +186,12 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
         format=fmt,
         think=think,
         stream=req.stream,
-        extra={"path": entry.path, "package": entry.package, "timeout": entry.timeout,
-               "retries": entry.retries, "capabilities": entry.capabilities},
         tools=tools,
         tool_choice=tool_choice,
+        capabilities=tuple(entry.capabilities),
+        timeout=timeout,
+        retries=retries,
+        local=_local_model(entry, settings.local_queue) if spec.local else None,
     )
     plan = Plan(entry, adapter, call, history, started=started, want_context=want_context)
 
@@ -232,11 +235,10 @@ class Run:
     def request_sent(self) -> None:
         self.sent = time.perf_counter_ns()
 
-    def feed(self, events: list) -> list:
-        out = []
+    def feed(self, events: list[Event]) -> list[Event]:
+        out: list[Event] = []
         for ev in events:
-            t = type(ev)
-            if t is TextDelta:
+            if isinstance(ev, TextDelta):
                 if not ev.text:
                     continue
                 if self.stream:
@@ -244,27 +246,27 @@ class Run:
                 else:
                     r, x = split_complete(ev.text)
                 self._emit(r, x, out)
-            elif t is ReasoningDelta:
+            elif isinstance(ev, ReasoningDelta):
                 if ev.text:
                     self._emit(ev.text, "", out)
-            elif t is Usage:
+            elif isinstance(ev, Usage):
                 if ev.prompt_tokens is not None:
                     self.usage.prompt_tokens = ev.prompt_tokens
                 if ev.completion_tokens is not None:
                     self.usage.completion_tokens = ev.completion_tokens
-            elif t is Finish:
+            elif isinstance(ev, Finish):
                 self.finish = ev.reason
                 self.stop_sequence = ev.stop_sequence
-            elif t is ToolCall:
+            elif isinstance(ev, ToolCall):
                 if not self.first:
                     self.first = time.perf_counter_ns()
                 self.tool_calls.append(ev)
                 out.append(ev)
-            elif t is Loaded:
+            elif isinstance(ev, Loaded):
                 self.sent = time.perf_counter_ns()
         return out
 
-    def _emit(self, r: str, x: str, out: list) -> None:
+    def _emit(self, r: str, x: str, out: list[Event]) -> None:
         if not self.first and (r or x):
             self.first = time.perf_counter_ns()
         if r:
@@ -274,8 +276,8 @@ class Run:
             self.text.append(x)
             out.append(TextDelta(x))
 
-    def done(self) -> list:
-        out: list = []
+    def done(self) -> list[Event]:
+        out: list[Event] = []
         r, x = self.splitter.close()
         self._emit(r, x, out)
         end = time.perf_counter_ns()
@@ -307,27 +309,42 @@ class Run:
         return out
 
 
-def execute(plan: Plan, transport) -> Iterator:
-    """Run a prepared plan over a synchronous transport (the CLI's httpx). A failure before
-    the first event is retried as :mod:`gencli.retry` decides; never after output began."""
-    for index, url in plan.image_urls:
-        plan.add_image(index, transport.fetch_image(url))
+def _no_transport(plan: Plan) -> GencliError:
+    return GencliError(f"{plan.entry.name}: no transport to reach {plan.call.base_url or 'the upstream'}")
+
+
+def execute(plan: Plan, transport: SyncTransport | None, images: ImageFetcher | None = None,
+            sleep: Callable[[float], None] = time.sleep) -> Iterator[Event]:
+    """Run a prepared plan over a synchronous transport (the CLI's httpx; None for a local
+    model). Image URLs are downloaded with ``images``. A failure before the first event is
+    retried as :mod:`gencli.retry` decides, waiting with ``sleep``; never after output began."""
+    if plan.image_urls:
+        if images is None:
+            raise UsageError("image URLs cannot be downloaded here; send the image data instead", "images")
+        for index, url in plan.image_urls:
+            plan.add_image(index, images.fetch_image(url))
     adapter, call = plan.adapter, plan.call
-    if getattr(adapter, "in_process", False):
+    if isinstance(adapter, InProcessAdapter):
         run = Run(plan)
         run.request_sent()
-        for events in adapter.run(call):
-            out = run.feed(events)
-            if out:
-                yield from out
+        local = adapter.run(call)
+        try:
+            for events in local:
+                out = run.feed(events)
+                if out:
+                    yield from out
+        finally:
+            local.close()  # frees the model at once, also when the consumer stops early
         yield from run.done()
         return
+    if transport is None:
+        raise _no_transport(plan)
     http = adapter.build(call)
-    retrier = Retrier.for_call(call)
+    retrier = Retrier.for_call(call.name, call.retries)
     while True:
         run = Run(plan)
         output = False
-        attempt = _attempt(plan, run, http, transport)
+        attempt = _attempt(adapter, call, run, http, transport)
         try:
             for ev in attempt:
                 output = True
@@ -341,11 +358,11 @@ def execute(plan: Plan, transport) -> Iterator:
                 raise retrier.error(exc) from None
         finally:
             attempt.close()
-        time.sleep(wait)
+        sleep(wait)
 
 
-def _attempt(plan: Plan, run: Run, http, transport) -> Iterator:
-    adapter, call = plan.adapter, plan.call
+def _attempt(adapter: HttpAdapter, call: Call, run: Run, http: HttpRequest,
+             transport: SyncTransport) -> Iterator[Event]:
     run.request_sent()
     with transport.open(http, call) as resp:
         if resp.status >= 400:
@@ -366,31 +383,45 @@ def _attempt(plan: Plan, run: Run, http, transport) -> Iterator:
     yield from run.done()
 
 
-def generate(req: GenerateRequest, registry: Registry, transport) -> Iterator:
-    yield from execute(prepare(req, registry), transport)
+def generate(req: GenerateRequest, registry: Registry, transport: SyncTransport | None,
+             images: ImageFetcher | None = None) -> Iterator[Event]:
+    yield from execute(prepare(req, registry), transport, images)
 
 
-async def aexecute(plan: Plan, transport) -> AsyncIterator:
+async def aexecute(plan: Plan, transport: AsyncTransport | None, images: AsyncImageFetcher | None = None,
+                   sleep: Callable[[float], Awaitable[None]] | None = None) -> AsyncIterator[Event]:
     """Run a prepared plan over an asynchronous transport (the server's aiohttp); retried
-    like :func:`execute`."""
-    for index, url in plan.image_urls:
-        plan.add_image(index, await transport.fetch_image(url))
+    like :func:`execute`, waiting with ``sleep`` (``asyncio.sleep`` by default). A local
+    model runs in a worker thread (:mod:`gencli.bridge`)."""
+    if plan.image_urls:
+        if images is None:
+            raise UsageError("image URLs cannot be downloaded here; send the image data instead", "images")
+        for index, url in plan.image_urls:
+            plan.add_image(index, await images.fetch_image(url))
     adapter, call = plan.adapter, plan.call
-    if getattr(adapter, "in_process", False):
+    if isinstance(adapter, InProcessAdapter):
+        from gencli.bridge import in_thread
+
         run = Run(plan)
         run.request_sent()
-        async for events in transport.run_in_thread(adapter, call):
+        async for events in in_thread(adapter.run(call)):  # a full queue fails here at once (503)
             for ev in run.feed(events):
                 yield ev
         for ev in run.done():
             yield ev
         return
+    if transport is None:
+        raise _no_transport(plan)
+    if sleep is None:
+        import asyncio  # lazily: the CLI's sync path never needs it
+
+        sleep = asyncio.sleep
     http = adapter.build(call)
-    retrier = Retrier.for_call(call)
+    retrier = Retrier.for_call(call.name, call.retries)
     while True:
         run = Run(plan)
         output = False
-        attempt = _aattempt(plan, run, http, transport)
+        attempt = _aattempt(adapter, call, run, http, transport)
         try:
             async for ev in attempt:
                 output = True
@@ -404,13 +435,11 @@ async def aexecute(plan: Plan, transport) -> AsyncIterator:
                 raise retrier.error(exc) from None
         finally:
             await attempt.aclose()
-        import asyncio  # lazily: the CLI's sync path never needs it
-
-        await asyncio.sleep(wait)
+        await sleep(wait)
 
 
-async def _aattempt(plan: Plan, run: Run, http, transport) -> AsyncIterator:
-    adapter, call = plan.adapter, plan.call
+async def _aattempt(adapter: HttpAdapter, call: Call, run: Run, http: HttpRequest,
+                    transport: AsyncTransport) -> AsyncIterator[Event]:
     run.request_sent()
     async with transport.open(http, call) as resp:
         if resp.status >= 400:

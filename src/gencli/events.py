@@ -83,4 +83,4 @@ class Done:
         return out
 
 
-Event = TextDelta | ReasoningDelta | ToolCall | Usage | Finish | Done
+Event = TextDelta | ReasoningDelta | ToolCall | Usage | Finish | Loaded | Done

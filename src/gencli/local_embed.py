@@ -13,17 +13,21 @@ import threading
 from typing import Any
 
 from gencli.errors import ConfigError, UsageError
+from gencli.providers.base import Call
 
 _LOCK = threading.Lock()
 _MODELS: dict[str, tuple[Any, threading.Lock]] = {}
 N_CTX = 2048
 
 
-def _load(call) -> tuple[Any, threading.Lock]:
-    from gencli.local_model import _missing_extra, gguf_path, read_gguf
+def _load(call: Call) -> tuple[Any, threading.Lock]:
+    from gencli.local_model.files import gguf_path, missing_extra
+    from gencli.local_model.gguf import read_gguf
 
-    extra = call.extra or {}
-    path = gguf_path(call.name, extra.get("path"), extra.get("package"))
+    local = call.local
+    if local is None:
+        raise ConfigError(f"model '{call.name}': not a local model")
+    path = gguf_path(call.name, local.path, local.package)
     key = str(path)
     with _LOCK:
         found = _MODELS.get(key)
@@ -33,7 +37,7 @@ def _load(call) -> tuple[Any, threading.Lock]:
         try:
             import llama_cpp
         except ImportError:
-            raise _missing_extra(call.name) from None
+            raise missing_extra(call.name) from None
         try:
             llm = llama_cpp.Llama(model_path=key, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
                                   n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, verbose=False)
@@ -44,7 +48,7 @@ def _load(call) -> tuple[Any, threading.Lock]:
         return found
 
 
-def embed(call, inputs: list[str]) -> tuple[list[list[float]], int | None]:
+def embed(call: Call, inputs: list[str]) -> tuple[list[list[float]], int | None]:
     """(vectors, prompt tokens) for ``inputs``; an input longer than the context is a UsageError."""
     llm, lock = _load(call)
     with lock:

@@ -3,41 +3,29 @@
 Lookup: ``--models PATH`` or ``GENCLI_MODELS``; else ``./models.json``; else
 ``$XDG_CONFIG_HOME/gencli/models.json`` (``~/.config`` by default); the file found
 is laid over the built-in models (an entry set to ``null`` removes a built-in).
-Keys come from the environment, then from ``.env`` in the working directory.
+Keys come from the environment, then from ``.env`` in the working directory (both
+read once, into :class:`gencli.settings.Settings`). What each provider needs (key and
+base-URL variables, defaults) is its row in :data:`gencli.providers.PROVIDERS`.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from gencli.errors import ConfigError, MissingKey, ModelNotFound
+from gencli import options as opts
+from gencli.errors import ConfigError, MissingKey, ModelNotFound, UsageError
+from gencli.providers import PROVIDER_NAMES, PROVIDERS
+from gencli.settings import Settings, load_env, parse_dotenv
+
+__all__ = ["CAPABILITIES", "ModelEntry", "Registry", "find_models_file", "load_env", "parse_dotenv"]
 
 BUILTIN_PATH = Path(__file__).with_name("models.json")
 LOCAL_DEFAULT = "smollm2"  # the default when no provider key is configured
-
-PROVIDER_NAMES = ("openai", "openrouter", "openai-compatible", "google", "anthropic", "local")
-
-# provider -> (key variables in order, base-URL variables in order, default base URL)
-PROVIDER_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
-    "openai": (("OPENAI_API_KEY",), ("OPENAI_BASE_URL",), "https://api.openai.com/v1"),
-    "openrouter": (("OPENROUTER_API_KEY",), ("OPENROUTER_API_URL",), "https://openrouter.ai/api/v1"),
-    "openai-compatible": ((), (), ""),
-    "google": (
-        ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-        ("GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"),
-        "https://generativelanguage.googleapis.com",
-    ),
-    "anthropic": (("ANTHROPIC_API_KEY",), ("ANTHROPIC_BASE_URL",), "https://api.anthropic.com"),
-    "local": ((), (), ""),
-}
-# the context window a model has when its entry gives no options.num_ctx: the provider's usual one
-DEFAULT_CONTEXT = {"openai": 128000, "openrouter": 131072, "google": 1048576, "openai-compatible": 32768,
-                   "anthropic": 1000000, "local": 8192}
 
 FIELDS = {
     "provider": str,
@@ -66,6 +54,7 @@ class ModelEntry:
     api_key_env: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     capabilities: list[str] = field(default_factory=lambda: ["completion"])
+    # checked against the provider's options (gencli.options): request defaults and load-time settings
     options: dict[str, Any] = field(default_factory=dict)
     reasoning_tags: bool = False
     timeout: float | None = None
@@ -76,44 +65,12 @@ class ModelEntry:
 
 
 def context_length(entry: ModelEntry) -> int:
-    """``options.num_ctx`` from models.json, else the provider's usual window."""
+    """``options.num_ctx`` from models.json, else the provider's usual window
+    (``ProviderSpec.context_length``; for a local model, the size it is loaded with)."""
     n = entry.options.get("num_ctx")
     if isinstance(n, int) and not isinstance(n, bool) and n > 0:
         return n
-    return DEFAULT_CONTEXT.get(entry.provider, 32768)
-
-
-def parse_dotenv(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        key = key.strip()
-        if key.startswith("export "):
-            key = key[7:].strip()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        out[key] = value
-    return out
-
-
-def load_env(cwd: Path | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The process environment laid over ``.env`` in the working directory."""
-    env: dict[str, str] = {}
-    path = (cwd or Path.cwd()) / ".env"
-    try:
-        env.update(parse_dotenv(path.read_text(encoding="utf-8")))
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        pass
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    env.update(os.environ if environ is None else environ)
-    return env
+    return PROVIDERS[entry.provider].context_length
 
 
 def _local_path(value: str | None, package: str | None, source: str) -> str | None:
@@ -148,18 +105,23 @@ def _entry(path: str, name: str, raw: Any) -> ModelEntry:
         raise ConfigError(f"{where}: missing field 'provider' (one of {', '.join(PROVIDER_NAMES)})")
     if provider not in PROVIDER_NAMES:
         raise ConfigError(f"{where}: unknown provider '{provider}' (one of {', '.join(PROVIDER_NAMES)})")
+    spec = PROVIDERS[provider]
     model = raw.get("model")
-    if not model and not (provider == "local" and raw.get("path")):
+    if not model and not (spec.local and raw.get("path")):
         raise ConfigError(f"{where}: missing field 'model' (the upstream model id)")
-    if provider == "openai-compatible" and not raw.get("base_url"):
-        raise ConfigError(f"{where}: provider 'openai-compatible' needs a 'base_url' (e.g. http://localhost:8000/v1)")
-    caps = raw.get("capabilities", ["completion"])
+    if spec.base_url_required and not raw.get("base_url"):
+        raise ConfigError(f"{where}: provider '{provider}' needs a 'base_url' (e.g. http://localhost:8000/v1)")
+    caps = raw.get("capabilities", list(spec.capabilities))
     for cap in caps:
         if cap not in CAPABILITIES:
             raise ConfigError(f"{where}: unknown capability '{cap}' (known: {', '.join(CAPABILITIES)})")
     headers = raw.get("headers", {})
     if not all(isinstance(v, str) for v in headers.values()):
         raise ConfigError(f"{where}: every value in 'headers' must be a string")
+    try:
+        options = opts.check_model(raw.get("options", {}), spec.entry_options)
+    except UsageError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
     return ModelEntry(
         name=name,
         provider=provider,
@@ -168,7 +130,7 @@ def _entry(path: str, name: str, raw: Any) -> ModelEntry:
         api_key_env=raw.get("api_key_env"),
         headers=headers,
         capabilities=list(caps),
-        options=raw.get("options", {}),
+        options=options,
         reasoning_tags=raw.get("reasoning_tags", False),
         timeout=raw.get("timeout"),
         retries=raw.get("retries"),
@@ -195,10 +157,10 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def find_models_file(explicit: str | None, env: Mapping[str, str], cwd: Path | None = None) -> Path | None:
+    """``explicit`` (the flag, or GENCLI_MODELS: see Settings.models_path), else ./models.json,
+    else $XDG_CONFIG_HOME/gencli/models.json."""
     if explicit:
         return Path(explicit)
-    if env.get("GENCLI_MODELS"):
-        return Path(env["GENCLI_MODELS"])
     local = (cwd or Path.cwd()) / "models.json"
     if local.is_file():
         return local
@@ -210,21 +172,27 @@ def find_models_file(explicit: str | None, env: Mapping[str, str], cwd: Path | N
 
 
 class Registry:
-    """Named model entries plus the environment that holds their keys."""
+    """Named model entries, and the settings that hold their keys (``settings.env``) and
+    the process-wide defaults (timeout, retries, the default model)."""
 
-    def __init__(self, models: dict[str, ModelEntry], env: Mapping[str, str], source: Path | None = None,
+    def __init__(self, models: dict[str, ModelEntry], settings: Settings, source: Path | None = None,
                  default: str | None = None):
         self.models = models
-        self.env = env
+        self.settings = settings
+        self.env = settings.env
         self.source = source
         self._default = default
 
     @classmethod
-    def load(cls, path: str | None = None, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> "Registry":
-        env = load_env(cwd) if env is None else env
+    def load(cls, path: str | None = None, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+             settings: Settings | None = None) -> Registry:
+        """The built-in models with models.json laid over them. ``settings`` as read at start;
+        without them, read now from ``env`` (exactly that mapping) or the environment and .env."""
+        if settings is None:
+            settings = Settings.load(env, cwd)
         builtin = json.loads(BUILTIN_PATH.read_text(encoding="utf-8"))
         models = {name: _entry("built-in models", name, raw) for name, raw in builtin.items()}
-        source = find_models_file(path, env, cwd)
+        source = find_models_file(path or settings.models_path, settings.env, cwd)
         default = None
         if source is not None:
             for name, raw in _read(source).items():
@@ -238,7 +206,7 @@ class Registry:
                     models[name] = _entry(str(source), name, raw)
             if default is not None and default not in models:
                 raise ConfigError(f"{source}: 'default' names '{default}', which is not a model in the registry")
-        return cls(models, env, source, default)
+        return cls(models, settings, source, default)
 
     # -- lookup ---------------------------------------------------------------
     def resolve(self, name: str | None) -> ModelEntry:
@@ -262,11 +230,11 @@ class Registry:
     def default_name(self) -> str:
         """``GENCLI_MODEL``, else models.json's ``default``, else the first ready remote model,
         else (no provider key configured) the built-in local model ``smollm2``."""
-        explicit = self.env.get("GENCLI_MODEL") or self._default
+        explicit = self.settings.model or self._default
         if explicit:
             return explicit
         for entry in self.models.values():
-            if entry.provider != "local" and "completion" in entry.capabilities and self.missing_key(entry) is None:
+            if not PROVIDERS[entry.provider].local and "completion" in entry.capabilities and self.missing_key(entry) is None:
                 return entry.name
         if LOCAL_DEFAULT in self.models:
             return LOCAL_DEFAULT
@@ -276,7 +244,7 @@ class Registry:
     def key_vars(self, entry: ModelEntry) -> tuple[str, ...]:
         if entry.api_key_env:
             return (entry.api_key_env,)
-        return PROVIDER_DEFAULTS[entry.provider][0]
+        return PROVIDERS[entry.provider].key_vars
 
     def key(self, entry: ModelEntry) -> tuple[str | None, str | None]:
         """(key, variable it came from); raises MissingKey if the provider needs one and none is set."""
@@ -285,16 +253,15 @@ class Registry:
             value = self.env.get(var)
             if value:
                 return value, var
-        if names and entry.provider != "openai-compatible":
-            raise MissingKey(self.missing_message(entry), names[0])
-        if entry.api_key_env:  # openai-compatible with an explicit variable that is unset
+        if names and (PROVIDERS[entry.provider].key_required or entry.api_key_env):
+            # an optional key named with api_key_env must be set, too
             raise MissingKey(self.missing_message(entry), names[0])
         return None, None
 
     def missing_key(self, entry: ModelEntry) -> str | None:
         """The variable to set (for a local model: what to install), or None when the model is ready."""
-        if entry.provider == "local":
-            from gencli.local_model import readiness
+        if PROVIDERS[entry.provider].local:
+            from gencli.local_model.files import readiness
 
             return readiness(entry)
         try:
@@ -312,8 +279,8 @@ class Registry:
     def base_url(self, entry: ModelEntry) -> str:
         if entry.base_url:
             return entry.base_url
-        _, url_vars, default = PROVIDER_DEFAULTS[entry.provider]
-        for var in url_vars:
+        spec = PROVIDERS[entry.provider]
+        for var in spec.url_vars:
             if self.env.get(var):
                 return self.env[var].rstrip("/")
-        return default
+        return spec.default_url

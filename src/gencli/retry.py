@@ -14,20 +14,27 @@ upstream asked for (``Retry-After``, ``retry-after-ms``, Gemini's
 ``RetryInfo.retryDelay``, all already in the error's ``retry_after``). An upstream
 that asks for more than ``MAX_WAIT`` seconds fails at once with its own message.
 
-Settings, most specific first: the CLI's ``--timeout``/``--retries`` (put in
-``call.extra``), the model's ``timeout``/``retries`` in models.json, then
-``GENCLI_TIMEOUT``/``GENCLI_RETRIES`` (set by ``gencli serve --timeout/--retries``),
-then the defaults below.
+Pure: no I/O, no environment, no sleeping. The clock and the random source are
+parameters (``time.monotonic`` and ``random.random`` unless given others) and the loops
+do the waiting with the ``sleep`` they are given (:func:`gencli.engine.execute`), so
+tests can run every path without waiting. How many retries a call gets is ``call.retries``, resolved
+by :func:`gencli.engine.prepare`: the CLI's ``--retries``, else the model's ``retries``
+in models.json, else ``GENCLI_RETRIES`` / ``gencli serve --retries``
+(:class:`gencli.settings.Settings`), else :data:`DEFAULT_RETRIES`.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable
 
-from gencli.errors import UpstreamAuthError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from gencli.errors import (
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 DEFAULT_RETRIES = 2  # so at most 3 attempts
 MAX_RETRIES = 10
@@ -38,33 +45,6 @@ BUDGET = 60.0  # no retry starts more than this long after the first attempt
 RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
 
 _TIMES = {1: "once", 2: "twice", 3: "three times", 4: "four times", 5: "five times"}
-
-
-def _env_number(env: Mapping[str, str], name: str, kind: type) -> float | int | None:
-    raw = env.get(name)
-    if not raw:
-        return None
-    try:
-        value = kind(raw)
-    except ValueError:
-        return None
-    return value if value >= 0 else None
-
-
-def settings(call, env: Mapping[str, str] | None = None) -> tuple[float | None, int]:
-    """The (timeout, retries) for a call: ``call.extra`` (flags, models.json), then the
-    environment, then the defaults. ``timeout`` None means the transport's defaults."""
-    env = os.environ if env is None else env
-    extra = call.extra or {}
-    timeout = extra.get("timeout")
-    if timeout is None:
-        timeout = _env_number(env, "GENCLI_TIMEOUT", float) or None
-    retries = extra.get("retries")
-    if retries is None:
-        retries = _env_number(env, "GENCLI_RETRIES", int)
-    if retries is None:
-        retries = DEFAULT_RETRIES
-    return timeout, min(int(retries), MAX_RETRIES)
 
 
 def retryable(exc: BaseException) -> bool:
@@ -89,9 +69,9 @@ class RetryPolicy:
         self.rand = rand
 
     def decide(self, exc: BaseException, attempts: int, elapsed: float) -> float | None:
-        if attempts > self.retries or not retryable(exc):
+        if attempts > self.retries or not isinstance(exc, UpstreamError) or not retryable(exc):
             return None
-        asked = getattr(exc, "retry_after", None)
+        asked = exc.retry_after
         if asked is not None:
             if asked > self.max_wait:
                 return None  # the upstream wants longer than we wait: say so now
@@ -118,17 +98,13 @@ class Retrier:
         self.started = clock()
 
     @classmethod
-    def for_call(cls, call) -> "Retrier":
-        """The retrier for a call; also settles ``call.extra["timeout"]`` (the transports
-        read it) from the environment when neither a flag nor models.json set it."""
-        timeout, retries = settings(call)
-        if timeout is not None and call.extra.get("timeout") is None:
-            call.extra["timeout"] = timeout
-        return cls(RetryPolicy(retries), call.name)
+    def for_call(cls, name: str, retries: int, clock: Callable[[], float] = time.monotonic) -> Retrier:
+        """The retrier for one call: ``retries`` as resolved by the engine (at most MAX_RETRIES)."""
+        return cls(RetryPolicy(min(max(retries, 0), MAX_RETRIES)), name, clock)
 
     def failed(self, exc: BaseException) -> float | None:
         self.attempts += 1
-        self.statuses.append(getattr(exc, "upstream_status", 0) or 0)
+        self.statuses.append((exc.upstream_status if isinstance(exc, UpstreamError) else 0) or 0)
         return self.policy.decide(exc, self.attempts, self.clock() - self.started)
 
     def error(self, exc: BaseException) -> BaseException:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from gencli.errors import UpstreamTimeout, UpstreamUnreachable
-from gencli.providers.base import HttpRequest
+from gencli.providers.base import Call, HttpRequest
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0
@@ -38,7 +37,7 @@ def _reason(exc: BaseException) -> str:
 class Response:
     __slots__ = ("_r", "call", "url")
 
-    def __init__(self, r: aiohttp.ClientResponse, call, url: str):
+    def __init__(self, r: aiohttp.ClientResponse, call: Call, url: str):
         self._r = r
         self.call = call
         self.url = url
@@ -78,7 +77,9 @@ class Response:
 
 
 class AiohttpTransport:
-    """One per process: created at ASGI lifespan startup, closed at shutdown.
+    """One per process: created at ASGI lifespan startup, closed at shutdown. ``open`` sends
+    an HttpRequest (gencli.providers.base.AsyncTransport), ``fetch_image`` downloads an
+    image URL (AsyncImageFetcher).
 
     ``allow_private_images`` lets image URLs reach loopback/private addresses (off by
     default: a request must not make the server fetch from its own network).
@@ -142,10 +143,10 @@ class AiohttpTransport:
         return t
 
     @contextlib.asynccontextmanager
-    async def open(self, req: HttpRequest, call) -> AsyncIterator[Response]:
+    async def open(self, req: HttpRequest, call: Call) -> AsyncIterator[Response]:
         if self.session is None:
             await self.start()
-        timeout = self._timeout(call.extra.get("timeout") if call.extra else None)
+        timeout = self._timeout(call.timeout)
         proxy, proxy_auth = self._proxy(req.url)
         try:
             if timeout is None:
@@ -181,58 +182,3 @@ class AiohttpTransport:
             self.images.charge(0)
             return await netguard.fetch_image(self._images, url, allow_private=self.allow_private_images,
                                               quota=quota)
-
-    async def run_in_thread(self, adapter, call) -> AsyncIterator[list]:
-        """Iterate an in-process adapter's blocking ``adapter.run(call)`` generator in a
-        worker thread. Stopping early (cancellation) tells the thread to stop at its next step."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        stop = threading.Event()
-
-        def put(item) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone
-                stop.set()
-
-        # Started on the loop: a local model's full queue fails here at once (503), and its
-        # turn is awaited here without holding a worker thread (gencli.local_model.LocalRun).
-        gen = adapter.run(call)
-        ready = getattr(gen, "ready", None)
-        if ready is not None:
-            try:
-                await ready()
-            except BaseException:
-                gen.close()
-                raise
-
-        def work() -> None:
-            try:
-                for events in gen:
-                    if stop.is_set():
-                        break
-                    put((0, events))
-            except BaseException as exc:  # handed to the event loop
-                put((1, exc))
-            else:
-                put((2, None))
-            finally:
-                gen.close()
-
-        future = loop.run_in_executor(None, work)
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == 0:
-                    yield value
-                elif kind == 1:
-                    raise value
-                else:
-                    break
-        finally:
-            stop.set()
-            cancel = getattr(gen, "cancel", None)
-            if cancel is not None:  # thread-safe: stops before the next token
-                cancel()
-            if future.done():
-                future.exception()

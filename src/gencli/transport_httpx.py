@@ -16,7 +16,7 @@ import httpx  # noqa: E402
 
 from gencli.errors import ImageError, UpstreamTimeout, UpstreamUnreachable
 from gencli.images import MAX_IMAGE_BYTES
-from gencli.providers.base import HttpRequest
+from gencli.providers.base import Call, HttpRequest
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=10.0)
 
@@ -32,7 +32,7 @@ class Response:
         return self._r.status_code
 
     @property
-    def headers(self):
+    def headers(self) -> httpx.Headers:
         return self._r.headers
 
     def read(self) -> bytes:
@@ -48,8 +48,14 @@ def _host(url: str) -> str:
 
 
 class HttpxTransport:
-    """One client per CLI run. ``tls=False`` (a plain-http upstream, e.g. a local server)
-    skips building an SSL context, which costs about 50 ms of start-up."""
+    """One client per CLI run; ``open`` sends an HttpRequest (gencli.providers.base.SyncTransport)
+    and ``fetch_image`` downloads an image URL (ImageFetcher).
+
+    ``timeout`` is the read timeout when a call has none of its own (None: 300 s).
+    ``tls=False`` is for a plain-http upstream (e.g. a local server): the client is made
+    with ``verify=False``, so httpx does not load the certifi CA bundle (about 50 ms of
+    start-up; it still makes an SSL context). Only for an http:// base URL: an https://
+    upstream would then go unverified (redirects are not followed)."""
 
     def __init__(self, timeout: float | None = None, tls: bool = True):
         self.timeout = DEFAULT_TIMEOUT if timeout is None else httpx.Timeout(timeout, connect=min(timeout, 10.0))
@@ -63,8 +69,8 @@ class HttpxTransport:
             self._fetcher.close()
 
     @contextlib.contextmanager
-    def open(self, req: HttpRequest, call) -> Iterator[Response]:
-        seconds = call.extra.get("timeout") if call.extra else None  # the model's, or --timeout
+    def open(self, req: HttpRequest, call: Call) -> Iterator[Response]:
+        seconds = call.timeout  # --timeout, the model's, or the settings' (resolved by engine.prepare)
         timeout = httpx.Timeout(seconds, connect=min(seconds, 10.0)) if seconds else self.timeout
         request = self.client.build_request(req.method, req.url, headers=req.headers, content=req.body,
                                             timeout=timeout)
@@ -102,7 +108,7 @@ class _Guarded(Response):
 
     __slots__ = ("call", "url")
 
-    def __init__(self, r: httpx.Response, call, url: str):
+    def __init__(self, r: httpx.Response, call: Call, url: str):
         super().__init__(r)
         self.call = call
         self.url = url
@@ -116,7 +122,7 @@ class _Guarded(Response):
             yield from self._r.iter_raw()
 
     @contextlib.contextmanager
-    def _errors(self):
+    def _errors(self) -> Iterator[None]:
         try:
             yield
         except httpx.TimeoutException:

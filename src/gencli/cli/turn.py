@@ -192,8 +192,9 @@ class Runner:
 
     def __init__(self, models_path: str | None, timeout: float | None = None, retries: int | None = None):
         from gencli.registry import Registry
+        from gencli.settings import Settings
 
-        self.registry = Registry.load(models_path)
+        self.registry = Registry.load(settings=Settings.load(models_path=models_path))
         self.timeout = timeout
         self.retries = retries
         self._transport: Any = None
@@ -202,19 +203,12 @@ class Runner:
     def prepare(self, req):
         from gencli import engine
 
-        plan = engine.prepare(req, self.registry)
-        if self.timeout is not None:  # the flags win over models.json
-            plan.call.extra["timeout"] = self.timeout
-        if self.retries is not None:
-            plan.call.extra["retries"] = self.retries
-        return plan
+        return engine.prepare(req, self.registry, timeout=self.timeout, retries=self.retries)  # flags first
 
     def transport_for(self, plan):
-        if getattr(plan.adapter, "in_process", False):
+        if plan.call.local is not None:
             return None
-        from gencli.retry import settings
-
-        timeout = settings(plan.call)[0]
+        timeout = plan.call.timeout
         tls = not plan.call.base_url.startswith("http://")
         key = (timeout, tls)
         if self._transport is None or self._transport_key != key:
@@ -233,7 +227,7 @@ class Runner:
 
         transport = self.transport_for(plan)
         done = None
-        events = engine.execute(plan, transport)
+        events = engine.execute(plan, transport, transport)
         try:
             for event in events:
                 done = renderer.event(event) or done

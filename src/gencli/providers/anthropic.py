@@ -26,7 +26,8 @@ from typing import Any
 from gencli.errors import UpstreamAuthError, UpstreamError, UpstreamRateLimited, UsageError
 from gencli.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers.base import Call, HttpRequest, SSEParser
-from gencli.providers.common import PROVIDER_LABELS, dumps, http_error, loads, scrub
+from gencli.providers import PROVIDERS
+from gencli.providers.common import dumps, http_error, loads, scrub
 
 API_VERSION = "2023-06-01"  # the anthropic-version header
 DEFAULT_MAX_TOKENS = 8192  # Anthropic requires max_tokens; used when the caller sets no limit
@@ -92,7 +93,7 @@ class AnthropicAdapter:
 
     def __init__(self, provider: str = "anthropic"):
         self.provider = provider
-        self.label = PROVIDER_LABELS.get(provider, "Anthropic")
+        self.label = PROVIDERS[provider].label
 
     # -- request ----------------------------------------------------------------
     def url(self, call: Call, path: str = "messages") -> str:
@@ -145,7 +146,7 @@ class AnthropicAdapter:
         explicit = isinstance(n, int) and n > 0
         max_tokens = n if explicit else DEFAULT_MAX_TOKENS
         think = call.think
-        if think is None or "thinking" not in call.extra.get("capabilities", ("thinking",)):
+        if think is None or "thinking" not in call.capabilities:
             return None, None, max_tokens
         effort = think if isinstance(think, str) else None
         skip = _replays_tool_use(messages) or bool(call.tools and call.tool_choice)

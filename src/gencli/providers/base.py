@@ -1,13 +1,30 @@
-"""The adapter contract shared by every HTTP provider."""
+"""The contracts between the engine, the adapters and the transports.
+
+* :class:`Call`: everything an adapter needs for one generation, validated and
+  resolved by :func:`gencli.engine.prepare` (immutable).
+* :class:`HttpRequest`: what an HTTP adapter asks a transport to send.
+* Adapters come in two kinds: :class:`HttpAdapter` (sans-I/O: ``build`` a request,
+  ``parse_*`` the answer's bytes) and :class:`InProcessAdapter` (``run`` the model in
+  this process: the local GGUF models). :data:`Adapter` is either.
+* Transports have one method each, as httpx's ``BaseTransport`` has:
+  :class:`SyncTransport` / :class:`AsyncTransport` ``open`` an HttpRequest and yield a
+  response; image URLs are fetched by an :class:`ImageFetcher` / :class:`AsyncImageFetcher`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from gencli.errors import GencliError
 from gencli.events import Event
 from gencli.request import Message
+from gencli.retry import DEFAULT_RETRIES
+
+if TYPE_CHECKING:
+    from gencli.sse import SSEDecoder
 
 
 @dataclass(slots=True)
@@ -16,31 +33,176 @@ class HttpRequest:
 
     method: str
     url: str
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)  # holds the key
     body: bytes | None = None
     stream: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class LocalModel:
+    """Where a local model's GGUF file is and how it is loaded: from its models.json entry
+    and the process settings, never from a request (one process, one way to load a file)."""
+
+    path: str | None
+    package: str | None = None  # 'path' is inside this installed Python package
+    num_ctx: int | None = None  # None: gencli's default context (ProviderSpec.context_length)
+    num_thread: int | None = None  # None: llama.cpp's choice
+    num_batch: int | None = None
+    num_gpu: int | None = None  # layers offloaded to a GPU
+    queue_limit: int = 16  # generations that may wait for the model (Settings.local_queue)
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
-    """Everything an adapter needs to build a request: already validated and resolved."""
+    """Everything an adapter needs to run one generation: validated and resolved."""
 
     model: str  # upstream model id
     name: str  # the registry name the user asked for
     base_url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     key_env: str | None  # name of the variable the key came from (for error messages)
-    headers: dict[str, str]
+    headers: Mapping[str, str]
     messages: list[Message]
-    options: dict[str, Any]
-    format: Any = None
+    options: Mapping[str, Any]  # per-request options the provider takes (gencli.options)
+    format: Any = None  # None | "json" | a JSON schema (dict)
     think: bool | str | None = None
     stream: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-    tools: list[dict] | None = None  # validated function tools (gencli.tools.validate_tools)
+    tools: list[dict[str, Any]] | None = None  # validated function tools (gencli.tools.validate_tools)
     # with tools: None (the upstream's default, auto) | "required" | {"name": tool} (gencli.tools.validate_tool_choice)
     tool_choice: Any = None
+    capabilities: tuple[str, ...] = ("completion",)
+    timeout: float | None = None  # upstream read timeout in seconds; None: the transport's default
+    retries: int = DEFAULT_RETRIES  # retries of a failure before any output (gencli.retry)
+    local: LocalModel | None = None  # the local provider's file and load settings
 
+
+# -- adapters ---------------------------------------------------------------------------------
+
+class StreamParser(Protocol):
+    """Turns a streamed response body into events, chunk by chunk (any chunk boundaries)."""
+
+    def feed(self, data: bytes) -> list[Event]: ...
+
+    def close(self) -> list[Event]: ...
+
+
+class HttpAdapter(Protocol):
+    """A provider reached over HTTP. Pure: no sockets, no clocks, no environment."""
+
+    provider: str
+    label: str
+    image_types: tuple[str, ...]  # MIME types the upstream accepts
+
+    def build(self, call: Call) -> HttpRequest: ...
+
+    def stream_parser(self, call: Call) -> StreamParser: ...
+
+    def parse_response(self, call: Call, body: bytes) -> list[Event]: ...
+
+    def parse_error(self, call: Call, status: int, headers: Mapping[str, str], body: bytes) -> GencliError: ...
+
+
+@runtime_checkable
+class LocalRun(Protocol):
+    """A generation running in this process: iterate it for lists of events; ``close()``
+    (from any thread) stops it before its next step and frees the model; ``await
+    ready()`` waits on the event loop until the model is free (the server)."""
+
+    def __iter__(self) -> Iterator[list[Event]]: ...
+
+    def __next__(self) -> list[Event]: ...
+
+    def close(self) -> None: ...
+
+    async def ready(self) -> None: ...
+
+
+@runtime_checkable
+class InProcessAdapter(Protocol):
+    """A provider that runs the model itself (the local GGUF models)."""
+
+    provider: str
+    label: str
+    image_types: tuple[str, ...]
+
+    def run(self, call: Call) -> LocalRun: ...
+
+
+Adapter = HttpAdapter | InProcessAdapter
+
+
+@runtime_checkable
+class HttpEmbedder(Protocol):
+    """An HTTP adapter that also embeds (OpenAI's /embeddings, Gemini's batchEmbedContents)."""
+
+    embed_batch: int  # inputs per request
+
+    def build_embed(self, call: Call, inputs: list[str]) -> HttpRequest: ...
+
+    def parse_embed(self, call: Call, body: bytes) -> tuple[list[list[float]], int | None]: ...
+
+    def parse_error(self, call: Call, status: int, headers: Mapping[str, str], body: bytes) -> GencliError: ...
+
+
+@runtime_checkable
+class InProcessEmbedder(Protocol):
+    """An in-process adapter that embeds: (vectors, prompt tokens)."""
+
+    embed_batch: int
+
+    def embed(self, call: Call, inputs: list[str]) -> tuple[list[list[float]], int | None]: ...
+
+
+# -- transports -------------------------------------------------------------------------------
+
+class SyncResponse(Protocol):
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def read(self) -> bytes: ...
+
+    def iter_bytes(self) -> Iterator[bytes]: ...
+
+
+class AsyncResponse(Protocol):
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def read(self) -> bytes: ...
+
+    def iter_bytes(self) -> AsyncIterator[bytes]: ...
+
+
+class SyncTransport(Protocol):
+    """Sends an HttpRequest (the CLI: httpx). Failures are typed errors (UpstreamTimeout,
+    UpstreamUnreachable); ``call.timeout`` is the read timeout."""
+
+    def open(self, request: HttpRequest, call: Call) -> AbstractContextManager[SyncResponse]: ...
+
+
+class AsyncTransport(Protocol):
+    """Sends an HttpRequest on the event loop (the server: aiohttp)."""
+
+    def open(self, request: HttpRequest, call: Call) -> AbstractAsyncContextManager[AsyncResponse]: ...
+
+
+class ImageFetcher(Protocol):
+    """Downloads an image URL named in a request (bytes; ImageError when it cannot)."""
+
+    def fetch_image(self, url: str) -> bytes: ...
+
+
+class AsyncImageFetcher(Protocol):
+    async def fetch_image(self, url: str) -> bytes: ...
+
+
+# -- a base for SSE stream parsers -------------------------------------------------------------
 
 class SSEParser:
     """Base of the SSE stream parsers: subclasses implement ``_event(payload, out)`` and
@@ -51,15 +213,15 @@ class SSEParser:
 
     __slots__ = ("adapter", "call", "sse")
 
-    def __init__(self, adapter, call: Call):
+    def __init__(self, adapter: HttpAdapter, call: Call):
         from gencli.sse import SSEDecoder
 
         self.adapter = adapter
         self.call = call
-        self.sse = SSEDecoder()
+        self.sse: SSEDecoder = SSEDecoder()
 
     def feed(self, data: bytes) -> list[Event]:
-        out: list = []
+        out: list[Event] = []
         try:
             for payload in self.sse.feed(data):
                 self._event(payload, out)
@@ -69,7 +231,7 @@ class SSEParser:
         return out
 
     def close(self) -> list[Event]:
-        out: list = []
+        out: list[Event] = []
         try:
             for payload in self.sse.close():
                 self._event(payload, out)
@@ -79,26 +241,8 @@ class SSEParser:
             raise
         return out
 
-    def _event(self, payload: bytes, out: list) -> None:
+    def _event(self, payload: bytes, out: list[Event]) -> None:
         raise NotImplementedError
 
-    def _end(self, out: list) -> None:
+    def _end(self, out: list[Event]) -> None:
         pass
-
-
-class StreamParser(Protocol):
-    def feed(self, data: bytes) -> list[Event]: ...
-
-    def close(self) -> list[Event]: ...
-
-
-class Adapter(Protocol):
-    provider: str
-
-    def build(self, call: Call) -> HttpRequest: ...
-
-    def stream_parser(self, call: Call) -> StreamParser: ...
-
-    def parse_response(self, call: Call, body: bytes) -> list[Event]: ...
-
-    def parse_error(self, call: Call, status: int, headers: dict[str, str], body: bytes) -> Exception: ...

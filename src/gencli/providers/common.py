@@ -12,18 +12,10 @@ from gencli.errors import (
     UpstreamError,
     UpstreamRateLimited,
 )
+from gencli.providers import PROVIDERS
 
 loads = orjson.loads
 dumps = orjson.dumps
-
-PROVIDER_LABELS = {
-    "openai": "OpenAI",
-    "openrouter": "OpenRouter",
-    "openai-compatible": "the OpenAI-compatible server",
-    "google": "Gemini",
-    "anthropic": "Anthropic",
-    "local": "the local model",
-}
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
@@ -50,8 +42,8 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         try:
             return max(0.0, float(value))
         except ValueError:
-            from email.utils import parsedate_to_datetime
             import time
+            from email.utils import parsedate_to_datetime
 
             try:
                 return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
@@ -191,7 +183,7 @@ def error_message(body: bytes) -> str:
 def http_error(call, provider: str, status: int, headers: Mapping[str, str], body: bytes,
                auth_statuses: tuple[int, ...] = (401, 403)) -> UpstreamError:
     """Map an upstream HTTP error to a typed error with a clear, key-free message."""
-    label = PROVIDER_LABELS.get(provider, provider)
+    label = PROVIDERS[provider].label if provider in PROVIDERS else provider
     detail = scrub(error_message(body), call.api_key, call_secrets(call))
     if status in auth_statuses:
         var = call.key_env or "the provider's API key variable"

@@ -12,10 +12,16 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from gencli.errors import UpstreamAuthError, UpstreamError, UpstreamRateLimited, UsageError
+from gencli.errors import (
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UsageError,
+)
 from gencli.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
+from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpRequest, SSEParser
-from gencli.providers.common import PROVIDER_LABELS, dumps, http_error, loads, retry_after, scrub
+from gencli.providers.common import dumps, http_error, loads, retry_after, scrub
 
 API_VERSION = "v1beta"
 MAX_STOPS = 5  # the Gemini API refuses more stop sequences than this
@@ -119,7 +125,7 @@ class GoogleAdapter:
 
     def __init__(self, provider: str = "google"):
         self.provider = provider
-        self.label = PROVIDER_LABELS.get(provider, "Gemini")
+        self.label = PROVIDERS[provider].label
 
     # -- request ----------------------------------------------------------------
     def url(self, call: Call) -> str:
@@ -168,7 +174,7 @@ class GoogleAdapter:
         return config
 
     def thinking_config(self, call: Call) -> dict[str, Any] | None:
-        if "thinking" not in call.extra.get("capabilities", ("thinking",)):
+        if "thinking" not in call.capabilities:
             return None  # models without thinking reject a thinkingConfig
         think = call.think
         version = _GENERATION.match(call.model.rsplit("/", 1)[-1])

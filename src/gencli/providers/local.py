@@ -1,27 +1,30 @@
 """The ``local`` provider: GGUF models run in-process with llama-cpp-python.
 
-Unlike the HTTP adapters it does not describe a request: it runs the model
-(``in_process = True``). ``run(call)`` returns a :class:`gencli.local_model.LocalRun`,
-a blocking iterator of event lists, one token at a time; the engine drives it
-directly (CLI) or from a worker thread (server). The heavy lifting lives in
-:mod:`gencli.local_model`; llama_cpp is imported only when a model loads.
+Unlike the HTTP adapters it does not describe a request: it runs the model (an
+:class:`~gencli.providers.base.InProcessAdapter`). ``run(call)`` returns a
+:class:`gencli.local_model.runner.LocalRun`, a blocking iterator of event lists, one
+token at a time; the engine drives it directly (CLI) or from a worker thread (server).
+The heavy lifting lives in :mod:`gencli.local_model`; llama_cpp is imported only when a
+model loads.
 """
 
 from __future__ import annotations
 
-from gencli.local_model import LocalRun, start
+from gencli.local_model.runner import LocalRun, start
+from gencli.providers import PROVIDERS
+from gencli.providers.base import Call
 
 
 class LocalAdapter:
     provider = "local"
-    label = "the local model"
-    in_process = True
+    label = PROVIDERS["local"].label
     image_types: tuple[str, ...] = ()
+    embed_batch = 256
 
-    def run(self, call) -> LocalRun:
+    def run(self, call: Call) -> LocalRun:
         return start(call)
 
-    def embed(self, call, inputs: list[str]) -> tuple[list[list[float]], int | None]:
+    def embed(self, call: Call, inputs: list[str]) -> tuple[list[list[float]], int | None]:
         """Embeddings for entries with the 'embedding' capability (gencli.local_embed)."""
         from gencli.local_embed import embed
 

@@ -10,8 +10,9 @@ from typing import Any
 
 from gencli.errors import UpstreamError, UsageError
 from gencli.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
+from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpRequest, SSEParser
-from gencli.providers.common import PROVIDER_LABELS, dumps, http_error, loads, scrub
+from gencli.providers.common import dumps, http_error, loads, scrub
 
 FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
           "content_filter": "content_filter", "eos": "stop", "end_turn": "stop", "max_tokens": "length"}
@@ -72,7 +73,7 @@ class OpenAIAdapter:
 
     def __init__(self, provider: str):
         self.provider = provider
-        self.label = PROVIDER_LABELS[provider]
+        self.label = PROVIDERS[provider].label
 
     # -- request ----------------------------------------------------------------
     def body(self, call: Call) -> dict[str, Any]:
@@ -126,7 +127,7 @@ class OpenAIAdapter:
                     body["reasoning"] = {"enabled": True}
                 else:
                     body["reasoning"] = {"effort": think}
-            elif "thinking" in call.extra.get("capabilities", ("thinking",)):
+            elif "thinking" in call.capabilities:
                 if isinstance(think, str):
                     body["reasoning_effort"] = think
                 elif think is False and self.provider == "openai":

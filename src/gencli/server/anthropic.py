@@ -444,7 +444,7 @@ async def count_tokens(app: "App", scope, receive, send) -> None:
     elif plan.entry.provider == "local":
         import asyncio
 
-        from gencli.local_model import count_tokens as local_count
+        from gencli.local_model.runner import count_tokens as local_count
 
         n = await asyncio.to_thread(local_count, call)
     else:

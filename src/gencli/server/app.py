@@ -43,6 +43,7 @@ from gencli.errors import GencliError, ImageError, ModelNotFound, UsageError
 from gencli.events import Done, ReasoningDelta, TextDelta
 from gencli.registry import ModelEntry, Registry, context_length
 from gencli.request import GenerateRequest, Message
+from gencli.settings import Settings
 from gencli.wire import generate_chunk, generate_final, load_reply, now_iso
 
 OLLAMA_VERSION = "0.14.0"  # what /api/version reports: the first Ollama with /v1/responses and /v1/messages
@@ -82,7 +83,7 @@ def local_details(entry: ModelEntry) -> dict | None:
     """A local model's real details from its GGUF metadata (None if the file is unavailable)."""
     if entry.provider != "local":
         return None
-    from gencli.local_model import local_details as details
+    from gencli.local_model.gguf import local_details as details
 
     try:
         return details(entry)
@@ -711,7 +712,7 @@ class App:
 
     async def run(self, scope: Scope, receive: Receive, send: Send, plan, stream: bool, shape) -> None:
         """Run a plan and write it with ``shape`` (Ollama generate/chat or OpenAI)."""
-        agen = aexecute(plan, self.transport)
+        agen = aexecute(plan, self.transport, self.transport)
         watch = Disconnect(receive)
         info = scope.setdefault("gencli", {})
         started = False
@@ -913,10 +914,14 @@ def build(app: App, config=None):
 
 def create_app(environ: dict | None = None, config=None, registry: Registry | None = None):
     """The ASGI application. ``config``: a :class:`gencli.server.config.ServeConfig`
-    (``gencli serve`` passes its own); without one it is read from ``environ`` (default
-    ``os.environ``), so other ASGI servers can run ``gencli.server.app:create_app`` as a factory."""
+    (``gencli serve`` passes its own, and the registry it loaded); without one it is read,
+    with the registry's settings, from ``environ`` (default: the environment over ./.env),
+    so other ASGI servers can run ``gencli.server.app:create_app`` as a factory."""
     from gencli.server.config import ServeConfig
 
     if config is None:
-        config = ServeConfig.load({}, os.environ if environ is None else environ)
+        settings = Settings.load(environ)
+        config = ServeConfig.load({}, settings.env)
+        if registry is None:
+            registry = Registry.load(config.models_path, settings=settings)
     return build(App(registry=registry, config=config), config)

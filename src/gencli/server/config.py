@@ -1,60 +1,31 @@
-"""Every setting of ``gencli serve``, read once and validated: flags first, then environment.
+"""Every setting of ``gencli serve``, read once and validated: flags first, then environment
+(``gencli serve`` passes the environment laid over ``.env``: gencli.settings.Settings.env).
 
 One table (``NUMBERS``) names each numeric setting's flag, environment variable, default and
-range; a value out of range, not a number, ``inf`` or ``nan`` is a one-line error (exit
-code 2) naming the flag or variable it came from. The app, the guard and the HTTP server
+range (the number rules, and the timeout and retries rows, are gencli.settings'); a value out
+of range, not a number, ``inf`` or ``nan`` is a one-line error (exit code 2) naming the flag
+or variable it came from. The app, the guard and the HTTP server
 all take their limits from the one :class:`ServeConfig` built here.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from gencli.errors import UsageError
+from gencli.settings import RETRIES, TIMEOUT, Number, SettingError, parse_flag, parse_number
+
+__all__ = ["BY_KEY", "MB", "NUMBERS", "Number", "ServeConfig", "SettingError", "parse_flag", "parse_number"]
 
 MB = 1024 * 1024
-
-
-class SettingError(UsageError):
-    """A bad flag or environment setting of ``gencli serve`` (exit code 2)."""
-
-    exit_code = 2
-
-    def __init__(self, message: str):
-        super().__init__(message)
-
-
-@dataclass(frozen=True, slots=True)
-class Number:
-    key: str
-    flag: str
-    env: str | None
-    default: float
-    lo: float
-    hi: float
-    integer: bool = False
-    unit: str = ""
-    lo_open: bool = False  # lo itself is not allowed
-
-    def describe(self) -> str:
-        kind = "a whole number" if self.integer else "a number"
-        lo = f"above {_fmt(self.lo)}" if self.lo_open else f"from {_fmt(self.lo)}"
-        unit = f" ({self.unit})" if self.unit else ""
-        return f"{kind} {lo} to {_fmt(self.hi)}{unit}"
-
-
-def _fmt(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
 NUMBERS: tuple[Number, ...] = (
     Number("port", "--port", None, 11434, 0, 65535, True),
     Number("workers", "--workers", None, 1, 1, 256, True),
     Number("grace", "--grace", "GENCLI_GRACE", 30, 0, 3600, unit="seconds"),
-    Number("timeout", "--timeout", "GENCLI_TIMEOUT", 300, 0, 86400, unit="seconds", lo_open=True),
-    Number("retries", "--retries", "GENCLI_RETRIES", 2, 0, 10, True),
+    TIMEOUT,  # the engine's settings (gencli.settings), here as serve's defaults for every model
+    RETRIES,
     Number("max_body_mb", "--max-body-mb", "GENCLI_MAX_BODY_MB", 32, 0.001, 4096, unit="MB"),
     Number("max_connections", "--max-connections", "GENCLI_MAX_CONNECTIONS", 1024, 1, 1_000_000, True),
     Number("max_header_kb", "--max-header-kb", "GENCLI_MAX_HEADER_KB", 64, 1, 1024, True, "KB"),
@@ -68,46 +39,6 @@ NUMBERS: tuple[Number, ...] = (
     Number("image_memory_mb", "--image-memory-mb", "GENCLI_IMAGE_MEMORY_MB", 256, 1, 65536, unit="MB"),
 )
 BY_KEY = {n.key: n for n in NUMBERS}
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
-def _shown(value: Any) -> str:
-    text = str(value)
-    return repr(text if len(text) <= 40 else text[:37] + "...")
-
-
-def parse_number(spec: Number, raw: Any, source: str) -> float | int:
-    """``raw`` (a flag's or variable's value) as ``spec`` allows it, or a SettingError."""
-    where = f"{source}={_shown(raw)}" if source.startswith("GENCLI_") else f"{source} {_shown(raw)}"
-    fix = "; fix or unset it" if source.startswith("GENCLI_") else ""
-    problem = SettingError(f"{where} is not {spec.describe()}{fix}")
-    if isinstance(raw, bool):
-        raise problem
-    if isinstance(raw, (int, float)):
-        value: float | int = raw
-    else:
-        text = str(raw).strip()
-        try:
-            value = int(text) if spec.integer else float(text)
-        except ValueError:
-            raise problem from None
-    if spec.integer and (not isinstance(value, int) and not float(value).is_integer()):
-        raise problem
-    if not math.isfinite(value) or value < spec.lo or value > spec.hi or (spec.lo_open and value <= spec.lo):
-        raise problem
-    return int(value) if spec.integer else float(value)
-
-
-def parse_flag(name: str, raw: Any) -> bool:
-    text = str(raw).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE or text == "":
-        return False
-    raise SettingError(f"{name}={_shown(raw)} is not a yes/no setting (use 1 or 0); fix or unset it")
-
 
 def _items(values: Any) -> list[str]:
     if values is None:
@@ -194,11 +125,3 @@ class ServeConfig:
         return Limits(max_connections=self.max_connections, max_header_bytes=self.max_header_bytes,
                       max_headers=self.max_headers, header_timeout=self.header_timeout,
                       body_timeout=self.body_timeout, keep_alive=self.keep_alive)
-
-    def export(self, env: dict) -> None:
-        """Write the settings the engine reads from the environment (timeout, retries; see
-        gencli.retry) so that every worker sees the same values."""
-        if self.timeout is not None:
-            env["GENCLI_TIMEOUT"] = repr(float(self.timeout))
-        if self.retries is not None:
-            env["GENCLI_RETRIES"] = str(self.retries)

@@ -176,7 +176,7 @@ class Chat:
             raise UsageError(f"/set {key}: unknown setting; one of: {', '.join(SET_NAMES)}")
 
     def _option(self, key: str, value: str):
-        from gencli.engine import validate_options
+        from gencli import options
 
         if not value:
             raise UsageError(f"/set {key} VALUE: give a value (/unset {key} removes it)")
@@ -192,7 +192,7 @@ class Chat:
                 parsed = float(value)
             except ValueError:
                 raise UsageError(f"/set {key}: '{value}' is not a number") from None
-        checked = validate_options({key: parsed})
+        checked, _ = options.check({key: parsed}, options.KNOWN)  # the model's provider may take fewer
         if key not in checked:  # e.g. num_predict -1 means "no limit": the same as unset
             raise UsageError(f"/set {key} {value}: no effect; /unset {key} removes it")
         return checked[key]

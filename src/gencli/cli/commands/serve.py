@@ -72,9 +72,14 @@ def run(**flags: Any) -> None:
     from gencli.registry import Registry
     from gencli.server.config import ServeConfig
     from gencli.server.guard import is_loopback_host
+    from gencli.settings import Settings
 
-    config = ServeConfig.load(flags, os.environ)  # a bad setting fails here: one line, exit 2
-    registry = Registry.load(config.models_path)  # a bad models.json fails here, before binding
+    # flags over the environment over ./.env, read once; a bad setting fails here: one line, exit 2
+    settings = Settings.load(models_path=flags.get("models_path"))
+    config = ServeConfig.load(flags, settings.env)
+    settings = settings.with_(timeout=settings.timeout if config.timeout is None else config.timeout,
+                              retries=settings.retries if config.retries is None else config.retries)
+    registry = Registry.load(settings=settings)  # a bad models.json fails here, before binding
     if registry.source is not None:
         config.models_path = str(registry.source.resolve())
     host = config.host
@@ -83,7 +88,6 @@ def run(**flags: Any) -> None:
         raise ExposureError(EXPOSURE.format(host=host))
     if config.workers > 1 and not hasattr(os, "fork"):
         raise ServeError("--workers above 1 needs fork(), which this system lacks; run one worker per port")
-    config.export(os.environ)
 
     from gencli.server.runner import raise_fd_limit
 

@@ -1,0 +1,352 @@
+"""The llama.cpp runner: load a GGUF once per process and generate token by token.
+
+* A model file is loaded once, with its models.json entry's load settings (``num_ctx``,
+  ``num_thread``, ``num_batch``, ``num_gpu``: :class:`gencli.providers.base.LocalModel`);
+  requests never change them. Loading happens while holding the model's gate, so no
+  generation uses a model being replaced.
+* :class:`LocalRun` is the blocking iterator the engine drives (directly in the CLI, from
+  a worker thread in the server, :mod:`gencli.bridge`). It yields lists of events token
+  by token; ``close()`` (from any thread) stops generation before the next token and
+  hands the model to the next waiter. Whoever starts a run closes it (the engine does,
+  in a ``finally``).
+
+llama_cpp is imported only when a model loads; only its public API is used.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gencli.errors import ConfigError, UsageError
+from gencli.events import Event, Finish, Loaded, TextDelta, Usage
+from gencli.local_model.files import extra_installed, gguf_path, missing_extra
+from gencli.local_model.gate import Gate, gate_for
+from gencli.local_model.gguf import read_gguf
+from gencli.providers import PROVIDERS
+from gencli.providers.base import Call, LocalModel
+
+DEFAULT_NUM_CTX = PROVIDERS["local"].context_length
+
+# Sampling defaults (Ollama's); a model entry's "options" and the request override them.
+DEFAULTS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "typical_p": 1.0,
+                            "repeat_penalty": 1.1}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSettings:
+    """How a file is loaded: the same for every request (from the models.json entry)."""
+
+    n_ctx: int
+    n_threads: int | None = None
+    n_batch: int | None = None
+    n_gpu_layers: int | None = None
+
+    @classmethod
+    def of(cls, local: LocalModel, path: Path) -> LoadSettings:
+        n_ctx = local.num_ctx or DEFAULT_NUM_CTX
+        meta = read_gguf(path)["metadata"]
+        train_ctx = meta.get(f"{meta.get('general.architecture', '')}.context_length")
+        if isinstance(train_ctx, int) and train_ctx > 0:
+            n_ctx = min(n_ctx, train_ctx)
+        return cls(n_ctx, local.num_thread, local.num_batch, local.num_gpu)
+
+
+@dataclass(slots=True)
+class Model:
+    """A loaded GGUF: the Llama, its load settings, its chat formatter and vocabulary."""
+
+    llm: Any  # llama_cpp.Llama
+    settings: LoadSettings
+    formatter: Any  # a llama_cpp chat formatter
+    vocab: Any  # llama_cpp.llama_vocab_p (for the end-of-generation check)
+
+
+_LOADED: dict[str, Model] = {}  # path -> the loaded model
+_LOCK = threading.Lock()  # guards _LOADED
+
+
+def load(path: Path, name: str, settings: LoadSettings) -> Model:
+    """The model for ``path`` loaded with ``settings``; loaded once, reloaded only when the
+    settings differ (another models.json entry naming the same file). Call it holding the gate."""
+    key = str(path)
+    with _LOCK:
+        model = _LOADED.get(key)
+        if model is not None and model.settings == settings:
+            return model
+    read_gguf(path)  # a clear error for a file that is not GGUF, before llama.cpp sees it
+    try:
+        import llama_cpp
+    except ImportError:
+        raise missing_extra(name) from None
+    if model is not None:
+        with _LOCK:
+            _LOADED.pop(key, None)
+        model.llm.close()
+    kwargs: dict[str, Any] = {"model_path": key, "n_ctx": settings.n_ctx, "verbose": False}
+    if settings.n_threads:
+        kwargs["n_threads"] = kwargs["n_threads_batch"] = settings.n_threads
+    if settings.n_batch:
+        kwargs["n_batch"] = settings.n_batch
+    if settings.n_gpu_layers is not None:
+        kwargs["n_gpu_layers"] = settings.n_gpu_layers
+    try:
+        llm = llama_cpp.Llama(**kwargs)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ConfigError(f"model '{name}': cannot load {path}: the GGUF file is corrupt or not supported "
+                          f"by this llama.cpp ({' '.join(str(exc).split())[:200]})") from None
+    if "tokenizer.chat_template" in llm.metadata:
+        llm.chat_format = "chat_template.default"  # the GGUF's own template, never a guessed one
+    model = Model(llm, settings, _formatter(llm), llama_cpp.llama_model_get_vocab(llm.model))
+    with _LOCK:
+        _LOADED[key] = model
+    return model
+
+
+def _token_text(llm: Any, token: int) -> str:
+    return "" if token == -1 else bytes(llm.detokenize([token], special=True)).decode("utf-8", "replace")
+
+
+def _formatter(llm: Any) -> Any:
+    """The GGUF's own chat template as a llama_cpp formatter (ChatML when the file has none)."""
+    from llama_cpp import llama_chat_format
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:  # no template in the file: ChatML, the most common format
+        return llama_chat_format.format_chatml
+    eos, bos = llm.token_eos(), llm.token_bos()
+    return llama_chat_format.Jinja2ChatFormatter(template=template, eos_token=_token_text(llm, eos),
+                                                 bos_token=_token_text(llm, bos), stop_token_ids=[eos])
+
+
+def prompt_tokens(model: Model, messages: list[dict[str, str]]) -> list[int]:
+    """Apply the GGUF's chat template (or llama_cpp's fallback format) and tokenize."""
+    result = model.formatter(messages=messages)
+    tokens: list[int] = model.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
+                                           special=True)
+    return tokens
+
+
+def grammar_for(fmt: Any) -> Any:
+    """A llama.cpp grammar for ``format``: "json" (any JSON object) or a JSON schema."""
+    if fmt is None:
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if fmt == "json":
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
+    except Exception as exc:  # llama_cpp raises plain Exceptions for schemas it cannot convert
+        raise UsageError(f"format: this JSON schema cannot be turned into a grammar "
+                         f"({' '.join(str(exc).split())[:200]})", "format") from None
+
+
+# -- a generation ----------------------------------------------------------------------------
+_EMPTY: list[Event] = []
+
+
+class LocalRun:
+    """One generation: iterate it for lists of events, token by token.
+
+    Safe to ``close()``/``cancel()`` from any thread at any time: generation stops before the
+    next token and the model is handed to the next waiter. ``await run.ready()`` waits for the
+    model on the event loop (the server); otherwise the first ``next()`` waits in its thread.
+    """
+
+    def __init__(self, name: str, path: Path, load: LoadSettings, queue_limit: int,
+                 messages: list[dict[str, str]], options: dict[str, Any], fmt: Any):
+        self.name = name
+        self.path = path
+        self.load = load
+        self.messages = messages
+        self.options = options
+        self.format = fmt
+        self.state = _State()  # shared with the token loop, which must not refer back to self (no cycle)
+        self.cancelled = self.state.cancelled
+        self.gate: Gate = gate_for(path, name, queue_limit)
+        self.ticket = self.gate.enter()  # ServerBusy (503) past the queue bound
+        self._gen: Iterator[list[Event]] | None = None
+        self._step = threading.Lock()  # held while a next() runs
+        self._finished = False
+
+    async def ready(self) -> None:
+        await self.gate.await_turn(self.ticket)
+
+    def __iter__(self) -> LocalRun:
+        return self
+
+    def __next__(self) -> list[Event]:
+        with self._step:
+            if self._finished:
+                raise StopIteration
+            try:
+                if self._gen is None:
+                    if not self.gate.wait(self.ticket, self.cancelled):
+                        self._finished = True
+                        raise StopIteration
+                    self._gen = _generate(self.state, self.name, self.path, self.load, self.messages,
+                                          self.options, self.format)
+                if self.cancelled.is_set():
+                    self._finish()
+                    raise StopIteration
+                return next(self._gen)
+            except StopIteration:
+                self._finish()
+                raise
+            except BaseException:  # an error, or Ctrl-C inside llama.cpp's loop
+                self._finish()
+                raise
+
+    @property
+    def generated(self) -> int:
+        """Tokens sampled so far."""
+        return self.state.generated
+
+    def cancel(self) -> None:
+        """Stop before the next token (from any thread)."""
+        self.cancelled.set()
+        if self._step.acquire(blocking=False):
+            try:
+                self._finish()
+            finally:
+                self._step.release()
+
+    close = cancel
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        gen, self._gen = self._gen, None
+        try:
+            if gen is not None:
+                gen.close()
+        finally:
+            self.gate.leave(self.ticket)
+
+
+class _State:
+    __slots__ = ("cancelled", "generated")
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.generated = 0
+
+
+def _generate(state: _State, name: str, path: Path, load_settings: LoadSettings, messages: list[dict[str, str]],
+              options: dict[str, Any], fmt: Any) -> Iterator[list[Event]]:
+    """The token loop: yields [TextDelta] as text arrives, then [.., Usage, Finish]."""
+    o = {**DEFAULTS, **options}
+    model = load(path, name, load_settings)
+    llm, n_ctx = model.llm, load_settings.n_ctx
+    yield [Loaded()]  # the time so far is load_duration
+    grammar = grammar_for(fmt)
+    tokens = prompt_tokens(model, messages)
+    n_prompt = len(tokens)
+    if n_prompt >= n_ctx:
+        raise UsageError(f"model '{name}': the prompt is {n_prompt} tokens, more than the context "
+                         f"window of {n_ctx}; shorten it, or raise options.num_ctx in the model's "
+                         f"models.json entry", "prompt")
+    room = n_ctx - n_prompt
+    max_tokens = o.get("num_predict")
+    max_tokens = room if not max_tokens or max_tokens < 0 else min(max_tokens, room)
+    seed = o.get("seed")
+    llm.set_seed(seed % 2**32 if seed is not None else random.randint(0, 2**32 - 1))
+
+    stops = [s for s in (o.get("stop") or []) if s]
+    keep = max((len(s) for s in stops), default=1) - 1
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    from llama_cpp import llama_vocab_is_eog
+
+    vocab = model.vocab
+    detok = llm.detokenize
+    finish = "length"
+    stop_sequence = None
+    pending = ""
+    n = 0
+    source = llm.generate(
+        tokens,
+        top_k=o["top_k"], top_p=o["top_p"], min_p=o["min_p"], typical_p=o["typical_p"], temp=o["temperature"],
+        repeat_penalty=o["repeat_penalty"],
+        frequency_penalty=o.get("frequency_penalty", 0.0), presence_penalty=o.get("presence_penalty", 0.0),
+        grammar=grammar,
+    )
+    try:
+        for token in source:
+            if llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            n += 1
+            state.generated = n
+            piece = decoder.decode(detok([token]))
+            if piece:
+                if stops:
+                    pending += piece
+                    hit, matched = min(((i, s) for s in stops if (i := pending.find(s)) >= 0), default=(-1, None))
+                    if hit >= 0:
+                        pending = pending[:hit]
+                        finish, stop_sequence = "stop", matched
+                        break
+                    cut = _safe_prefix(pending, stops, keep)
+                    if cut:
+                        out, pending = pending[:cut], pending[cut:]
+                        yield [TextDelta(out)]
+                else:
+                    yield [TextDelta(piece)]
+            if n >= max_tokens:
+                break
+            if state.cancelled.is_set():
+                return
+    finally:
+        source.close()
+    tail = pending + decoder.decode(b"", final=True)
+    yield ([TextDelta(tail)] if tail else _EMPTY) + [Usage(n_prompt, n), Finish(finish, stop_sequence)]
+
+
+def _safe_prefix(text: str, stops: list[str], keep: int) -> int:
+    """How much of ``text`` can be emitted: all of it except a tail that could start a stop sequence."""
+    start = max(0, len(text) - keep)
+    for i in range(start, len(text)):
+        tail = text[i:]
+        if any(s.startswith(tail) for s in stops):
+            return i
+    return len(text)
+
+
+def _located(call: Call) -> tuple[LocalModel, Path]:
+    local = call.local
+    if local is None:
+        raise ConfigError(f"model '{call.name}': not a local model")
+    path = gguf_path(call.name, local.path, local.package)
+    if not extra_installed():
+        raise missing_extra(call.name)
+    return local, path
+
+
+def count_tokens(call: Call) -> int:
+    """The prompt's length in the model's own tokens, its chat template applied (blocking: it
+    takes its turn at the model like a generation, loading it if need be)."""
+    local, path = _located(call)
+    gate = gate_for(path, call.name, local.queue_limit)
+    ticket = gate.enter()
+    try:
+        gate.wait(ticket, threading.Event())
+        model = load(path, call.name, LoadSettings.of(local, path))
+        return len(prompt_tokens(model, [{"role": m.role, "content": m.content} for m in call.messages]))
+    finally:
+        gate.leave(ticket)
+
+
+def start(call: Call) -> LocalRun:
+    """Check the file, take a place in the model's queue, and return the run."""
+    local, path = _located(call)
+    messages = [{"role": m.role, "content": m.content} for m in call.messages]
+    return LocalRun(call.name, path, LoadSettings.of(local, path), local.queue_limit, messages,
+                    dict(call.options), call.format)
