@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import pytest
 
-from gencli.errors import GencliError, UpstreamAuthError, UpstreamError, UpstreamRateLimited
+from gencli.errors import (
+    GencliError,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRateLimited,
+)
 from gencli.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers import get_adapter
 from gencli.providers.base import Call, HttpAdapter

@@ -80,7 +80,7 @@ def decode(ints: object, max_bytes: int | None = None) -> list[Message]:
     if any(type(i) is not int for i in ints):
         raise ContextError("context must be an array of integers")
     try:
-        blob = b"".join(i.to_bytes(3, "big") for i in ints)  # type: ignore[union-attr]
+        blob = b"".join(i.to_bytes(3, "big") for i in ints)
     except OverflowError:
         raise ContextError("context must be an array of integers from 0 to 16777215 as gencli returned it") from None
     if not blob.startswith(MAGIC):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -314,7 +314,7 @@ def _no_transport(plan: Plan) -> GencliError:
 
 
 def execute(plan: Plan, transport: SyncTransport | None, images: ImageFetcher | None = None,
-            sleep: Callable[[float], None] = time.sleep) -> Iterator[Event]:
+            sleep: Callable[[float], None] = time.sleep) -> Generator[Event, None, None]:
     """Run a prepared plan over a synchronous transport (the CLI's httpx; None for a local
     model). Image URLs are downloaded with ``images``. A failure before the first event is
     retried as :mod:`gencli.retry` decides, waiting with ``sleep``; never after output began."""
@@ -362,7 +362,7 @@ def execute(plan: Plan, transport: SyncTransport | None, images: ImageFetcher | 
 
 
 def _attempt(adapter: HttpAdapter, call: Call, run: Run, http: HttpRequest,
-             transport: SyncTransport) -> Iterator[Event]:
+             transport: SyncTransport) -> Generator[Event, None, None]:
     run.request_sent()
     with transport.open(http, call) as resp:
         if resp.status >= 400:
@@ -389,7 +389,7 @@ def generate(req: GenerateRequest, registry: Registry, transport: SyncTransport 
 
 
 async def aexecute(plan: Plan, transport: AsyncTransport | None, images: AsyncImageFetcher | None = None,
-                   sleep: Callable[[float], Awaitable[None]] | None = None) -> AsyncIterator[Event]:
+                   sleep: Callable[[float], Awaitable[None]] | None = None) -> AsyncGenerator[Event, None]:
     """Run a prepared plan over an asynchronous transport (the server's aiohttp); retried
     like :func:`execute`, waiting with ``sleep`` (``asyncio.sleep`` by default). A local
     model runs in a worker thread (:mod:`gencli.bridge`)."""
@@ -439,7 +439,7 @@ async def aexecute(plan: Plan, transport: AsyncTransport | None, images: AsyncIm
 
 
 async def _aattempt(adapter: HttpAdapter, call: Call, run: Run, http: HttpRequest,
-                    transport: AsyncTransport) -> AsyncIterator[Event]:
+                    transport: AsyncTransport) -> AsyncGenerator[Event, None]:
     run.request_sent()
     async with transport.open(http, call) as resp:
         if resp.status >= 400:

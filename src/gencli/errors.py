@@ -6,12 +6,14 @@ Messages never contain secrets.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GencliError(Exception):
     status = 500
     exit_code = 1
     kind = "server_error"
-    partial: list = []  # events parsed in the same read before a mid-stream error (kept)
+    partial: list[Any] = []  # events parsed in the same read before a mid-stream error (kept)
 
     def __init__(self, message: str):
         super().__init__(message)

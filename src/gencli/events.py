@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -21,7 +22,7 @@ class ToolCall:
 
     id: str
     name: str
-    arguments: dict = field(default_factory=dict)
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -69,7 +70,7 @@ class Done:
     tool_calls: list[ToolCall] = field(default_factory=list)
     stop_sequence: str | None = None  # the stop sequence that ended the answer, when known
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         out = {
             "total_duration": self.total_duration,
             "load_duration": self.load_duration,

@@ -27,7 +27,7 @@ __all__ = ["CAPABILITIES", "ModelEntry", "Registry", "find_models_file", "load_e
 BUILTIN_PATH = Path(__file__).with_name("models.json")
 LOCAL_DEFAULT = "smollm2"  # the default when no provider key is configured
 
-FIELDS = {
+FIELDS: dict[str, type | tuple[type, ...]] = {
     "provider": str,
     "model": str,
     "base_url": str,

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from gencli.errors import UpstreamTimeout, UpstreamUnreachable
-from gencli.providers.base import Call, HttpRequest
+from gencli.providers.base import AsyncImageFetcher, AsyncTransport, Call, HttpRequest
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0
@@ -146,6 +147,7 @@ class AiohttpTransport:
     async def open(self, req: HttpRequest, call: Call) -> AsyncIterator[Response]:
         if self.session is None:
             await self.start()
+        assert self.session is not None
         timeout = self._timeout(call.timeout)
         proxy, proxy_auth = self._proxy(req.url)
         try:
@@ -182,3 +184,7 @@ class AiohttpTransport:
             self.images.charge(0)
             return await netguard.fetch_image(self._images, url, allow_private=self.allow_private_images,
                                               quota=quota)
+
+
+if TYPE_CHECKING:  # mypy checks that the class is what the engine takes
+    _check: tuple[type[AsyncTransport], type[AsyncImageFetcher]] = (AiohttpTransport, AiohttpTransport)

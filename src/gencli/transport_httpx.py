@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlsplit
 
 # httpx's __init__ imports its optional command-line client (httpx._main: rich, pygments) when
 # those happen to be installed; gencli never uses it and it about doubles generate's start-up.
 # A None entry in sys.modules makes that import fail, and httpx then defines a stub instead.
-sys.modules.setdefault("httpx._main", None)
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import httpx  # noqa: E402
 
 from gencli.errors import ImageError, UpstreamTimeout, UpstreamUnreachable
 from gencli.images import MAX_IMAGE_BYTES
-from gencli.providers.base import Call, HttpRequest
+from gencli.providers.base import Call, HttpRequest, ImageFetcher, SyncTransport
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=10.0)
 
@@ -136,3 +136,7 @@ class _Guarded(Response):
 def _reason(exc: Exception) -> str:
     text = str(exc) or exc.__class__.__name__
     return " ".join(text.split())[:200]
+
+
+if TYPE_CHECKING:  # mypy checks that the class is what the engine takes
+    _check: tuple[type[SyncTransport], type[ImageFetcher]] = (HttpxTransport, HttpxTransport)

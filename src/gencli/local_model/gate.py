@@ -98,10 +98,14 @@ class Gate:
             nxt.granted = True
             self.cond.notify_all()
             if nxt.future is not None and nxt.loop is not None:
-                fut = nxt.future
-                nxt.loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_result(None))
+                nxt.loop.call_soon_threadsafe(_grant, nxt.future)
             return
         self.busy = False
+
+
+def _grant(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 _GATES: dict[str, Gate] = {}

@@ -19,7 +19,7 @@ import codecs
 import json
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,9 +149,6 @@ def grammar_for(fmt: Any) -> Any:
 
 
 # -- a generation ----------------------------------------------------------------------------
-_EMPTY: list[Event] = []
-
-
 class LocalRun:
     """One generation: iterate it for lists of events, token by token.
 
@@ -172,7 +169,7 @@ class LocalRun:
         self.cancelled = self.state.cancelled
         self.gate: Gate = gate_for(path, name, queue_limit)
         self.ticket = self.gate.enter()  # ServerBusy (503) past the queue bound
-        self._gen: Iterator[list[Event]] | None = None
+        self._gen: Generator[list[Event], None, None] | None = None
         self._step = threading.Lock()  # held while a next() runs
         self._finished = False
 
@@ -241,7 +238,7 @@ class _State:
 
 
 def _generate(state: _State, name: str, path: Path, load_settings: LoadSettings, messages: list[dict[str, str]],
-              options: dict[str, Any], fmt: Any) -> Iterator[list[Event]]:
+              options: dict[str, Any], fmt: Any) -> Generator[list[Event], None, None]:
     """The token loop: yields [TextDelta] as text arrives, then [.., Usage, Finish]."""
     o = {**DEFAULTS, **options}
     model = load(path, name, load_settings)
@@ -307,7 +304,8 @@ def _generate(state: _State, name: str, path: Path, load_settings: LoadSettings,
     finally:
         source.close()
     tail = pending + decoder.decode(b"", final=True)
-    yield ([TextDelta(tail)] if tail else _EMPTY) + [Usage(n_prompt, n), Finish(finish, stop_sequence)]
+    last: list[Event] = [TextDelta(tail)] if tail else []
+    yield [*last, Usage(n_prompt, n), Finish(finish, stop_sequence)]
 
 
 def _safe_prefix(text: str, stops: list[str], keep: int) -> int:

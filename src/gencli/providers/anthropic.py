@@ -21,13 +21,20 @@ turn, which gencli does not keep: such a request is sent without thinking.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from gencli.errors import UpstreamAuthError, UpstreamError, UpstreamRateLimited, UsageError
-from gencli.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
-from gencli.providers.base import Call, HttpRequest, SSEParser
+from gencli.errors import (
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UsageError,
+)
+from gencli.events import Event, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers import PROVIDERS
+from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
 from gencli.providers.common import dumps, http_error, loads, scrub
+from gencli.request import Message
 
 API_VERSION = "2023-06-01"  # the anthropic-version header
 DEFAULT_MAX_TOKENS = 8192  # Anthropic requires max_tokens; used when the caller sets no limit
@@ -66,13 +73,13 @@ def takes_sampling(model: str) -> bool:
     return version(model) < (4, 7)
 
 
-def _text_block(text: str) -> dict:
+def _text_block(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text}
 
 
-def _content(message) -> list[dict]:
+def _content(message: Message) -> list[dict[str, Any]]:
     """A user or assistant message as content blocks (images first, as Anthropic recommends)."""
-    blocks: list[dict] = [{"type": "image", "source": {"type": "base64", "media_type": image.mime,
+    blocks: list[dict[str, Any]] = [{"type": "image", "source": {"type": "base64", "media_type": image.mime,
                                                        "data": image.data}} for image in message.images]
     if message.content:
         blocks.append(_text_block(message.content))
@@ -81,7 +88,7 @@ def _content(message) -> list[dict]:
     return blocks
 
 
-def _tool_result(message) -> dict:
+def _tool_result(message: Message) -> dict[str, Any]:
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
     if message.content:
         block["content"] = message.content
@@ -89,7 +96,8 @@ def _tool_result(message) -> dict:
 
 
 class AnthropicAdapter:
-    image_types = ("image/jpeg", "image/png", "image/gif", "image/webp")
+    in_process: Literal[False] = False
+    image_types: tuple[str, ...] = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
     def __init__(self, provider: str = "anthropic"):
         self.provider = provider
@@ -108,10 +116,10 @@ class AnthropicAdapter:
         headers.update(call.headers)
         return headers
 
-    def conversation(self, call: Call) -> tuple[list[str], list[dict]]:
+    def conversation(self, call: Call) -> tuple[list[str], list[dict[str, Any]]]:
         """(system texts, messages) with tool results as user turns and same-role turns merged."""
         system: list[str] = []
-        messages: list[dict] = []
+        messages: list[dict[str, Any]] = []
         for m in call.messages:
             if m.role == "system":
                 if m.content:
@@ -137,14 +145,14 @@ class AnthropicAdapter:
             system.append(JSON_INSTRUCTION)
         return system, messages
 
-    def thinking(self, call: Call, messages: list[dict]) -> tuple[dict | None, str | None, int]:
+    def thinking(self, call: Call, messages: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str | None, int]:
         """(the ``thinking`` object, ``output_config.effort``, ``max_tokens``) for ``call.think``.
         Thinking counts toward max_tokens: without ``num_predict`` a budget is added to the
         default. Not while a tool call is forced (Anthropic refuses that) or replayed (see the
         module docstring)."""
         n = call.options.get("num_predict")
         explicit = isinstance(n, int) and n > 0
-        max_tokens = n if explicit else DEFAULT_MAX_TOKENS
+        max_tokens: int = n if isinstance(n, int) and n > 0 else DEFAULT_MAX_TOKENS
         think = call.think
         if think is None or "thinking" not in call.capabilities:
             return None, None, max_tokens
@@ -237,7 +245,7 @@ class AnthropicAdapter:
         return n
 
     # -- responses --------------------------------------------------------------
-    def parse_response(self, call: Call, body: bytes) -> list:
+    def parse_response(self, call: Call, body: bytes) -> list[Event]:
         try:
             data = loads(body)
         except ValueError:
@@ -249,7 +257,7 @@ class AnthropicAdapter:
         content = data.get("content")
         if not isinstance(content, list):
             raise UpstreamError(f"{call.name}: {self.label} sent a message without content")
-        out: list = []
+        out: list[Event] = []
         for block in content:
             if not isinstance(block, dict):
                 continue
@@ -282,7 +290,7 @@ class AnthropicAdapter:
     def stream_parser(self, call: Call) -> "AnthropicStreamParser":
         return AnthropicStreamParser(self, call)
 
-    def parse_error(self, call: Call, status: int, headers, body: bytes) -> Exception:
+    def parse_error(self, call: Call, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
         exc = http_error(call, self.provider, status, headers, body)
         if status == 529:  # Anthropic's "overloaded": a 503 for gencli's callers
             exc.status = 503
@@ -310,7 +318,7 @@ class AnthropicAdapter:
         return exc
 
 
-def _replays_tool_use(messages: list[dict]) -> bool:
+def _replays_tool_use(messages: list[dict[str, Any]]) -> bool:
     """Whether the last assistant turn called tools (Anthropic then wants its signed thinking back)."""
     for m in reversed(messages):
         if m["role"] == "assistant":
@@ -322,7 +330,7 @@ def _stop_sequence(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _input_tokens(usage: dict) -> int | None:
+def _input_tokens(usage: dict[str, Any]) -> int | None:
     n = usage.get("input_tokens")
     if not isinstance(n, int):
         return None
@@ -333,20 +341,20 @@ def _input_tokens(usage: dict) -> int | None:
     return n
 
 
-class AnthropicStreamParser(SSEParser):
+class AnthropicStreamParser(SSEParser["AnthropicAdapter"]):
     __slots__ = ("done", "tools")
 
     def __init__(self, adapter: AnthropicAdapter, call: Call):
         super().__init__(adapter, call)
         self.done = False  # saw message_stop
-        self.tools: dict[int, list] = {}  # open tool_use blocks by index: [id, name, input JSON pieces]
+        self.tools: dict[int, list[Any]] = {}  # open tool_use blocks by index: [id, name, input JSON pieces]
 
-    def _end(self, out: list) -> None:
+    def _end(self, out: list[Event]) -> None:
         if not self.done:
             raise UpstreamError(f"{self.call.name}: {self.adapter.label} closed the stream before the answer "
                                 f"was complete (no message_stop)")
 
-    def _event(self, payload: bytes, out: list) -> None:
+    def _event(self, payload: bytes, out: list[Event]) -> None:
         try:
             event = loads(payload)
         except ValueError:
@@ -402,5 +410,5 @@ class AnthropicStreamParser(SSEParser):
             raise self.adapter.error_event(self.call, event.get("error"))
 
 
-def adapter(provider: str) -> AnthropicAdapter:
+def adapter(provider: str) -> HttpAdapter:  # typed as the Protocol: mypy checks that the class conforms
     return AnthropicAdapter(provider)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from gencli.errors import GencliError
 from gencli.events import Event
@@ -204,8 +204,11 @@ class AsyncImageFetcher(Protocol):
 
 # -- a base for SSE stream parsers -------------------------------------------------------------
 
-class SSEParser:
-    """Base of the SSE stream parsers: subclasses implement ``_event(payload, out)`` and
+A = TypeVar("A")
+
+
+class SSEParser(Generic[A]):
+    """Base of the SSE stream parsers (``A``: the adapter class): subclasses implement ``_event(payload, out)`` and
     may override ``_end(out)`` (checks at the end of the stream).
 
     An error raised part-way through a read carries the events parsed before it in the
@@ -213,7 +216,7 @@ class SSEParser:
 
     __slots__ = ("adapter", "call", "sse")
 
-    def __init__(self, adapter: HttpAdapter, call: Call):
+    def __init__(self, adapter: A, call: Call):
         from gencli.sse import SSEDecoder
 
         self.adapter = adapter

@@ -13,6 +13,7 @@ from gencli.errors import (
     UpstreamRateLimited,
 )
 from gencli.providers import PROVIDERS
+from gencli.providers.base import Call
 
 loads = orjson.loads
 dumps = orjson.dumps
@@ -66,7 +67,7 @@ SHOWN = 500
 REDACTED = "[redacted]"
 
 _env_secrets: tuple[str, ...] | None = None
-_patterns: dict[frozenset, re.Pattern | None] = {}
+_patterns: dict[frozenset[str], re.Pattern[str] | None] = {}
 
 
 def configured_secrets() -> tuple[str, ...]:
@@ -94,7 +95,7 @@ def _forms(secret: str) -> set[str]:
     return {f for f in forms if f}
 
 
-def _pattern(secrets: frozenset) -> re.Pattern | None:
+def _pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
     pattern = _patterns.get(secrets)
     if pattern is None and secrets not in _patterns:
         forms: set[str] = set()
@@ -108,7 +109,7 @@ def _pattern(secrets: frozenset) -> re.Pattern | None:
     return pattern
 
 
-def _b64_hides(token: str, secrets: frozenset) -> bool:
+def _b64_hides(token: str, secrets: frozenset[str]) -> bool:
     """True when a base64-looking token decodes to bytes holding a secret or a key-shaped
     string (e.g. a Basic credential ``user:key`` echoed back)."""
     import base64
@@ -148,7 +149,7 @@ def scrub(message: str, key: str | None = None, extra: tuple[str, ...] = ()) -> 
     return text if len(text) <= SHOWN else text[:SHOWN - 3] + "..."
 
 
-def call_secrets(call) -> tuple[str, ...]:
+def call_secrets(call: Call) -> tuple[str, ...]:
     """The secrets a call carries besides its key: the values of its auth headers."""
     headers = getattr(call, "headers", None) or {}
     out = []
@@ -180,7 +181,7 @@ def error_message(body: bytes) -> str:
     return ""
 
 
-def http_error(call, provider: str, status: int, headers: Mapping[str, str], body: bytes,
+def http_error(call: Call, provider: str, status: int, headers: Mapping[str, str], body: bytes,
                auth_statuses: tuple[int, ...] = (401, 403)) -> UpstreamError:
     """Map an upstream HTTP error to a typed error with a clear, key-free message."""
     label = PROVIDERS[provider].label if provider in PROVIDERS else provider

@@ -9,6 +9,7 @@ SSE with CRLF line ends and no ``[DONE]``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -18,10 +19,11 @@ from gencli.errors import (
     UpstreamRateLimited,
     UsageError,
 )
-from gencli.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
+from gencli.events import Event, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers import PROVIDERS
-from gencli.providers.base import Call, HttpRequest, SSEParser
+from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
 from gencli.providers.common import dumps, http_error, loads, retry_after, scrub
+from gencli.request import Message
 
 API_VERSION = "v1beta"
 MAX_STOPS = 5  # the Gemini API refuses more stop sequences than this
@@ -49,14 +51,14 @@ _VERSIONS = ("/v1", "/v1beta", "/v1alpha")
 _GENERATION = re.compile(r"gemini-(\d+)")
 
 
-def _parts(message) -> list[dict]:
-    parts: list[dict] = [{"inlineData": {"mimeType": image.mime, "data": image.data}} for image in message.images]
+def _parts(message: Message) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = [{"inlineData": {"mimeType": image.mime, "data": image.data}} for image in message.images]
     if message.content:
         parts.append({"text": message.content})
     return parts
 
 
-def _function_response(message) -> dict:
+def _function_response(message: Message) -> dict[str, Any]:
     """A role "tool" message as a functionResponse part (the response must be an object)."""
     response: Any = None
     text = message.content
@@ -85,24 +87,23 @@ def _duration(value: Any) -> float | None:
     return None
 
 
-def _error_object(body: bytes) -> dict:
+def _error_object(body: bytes) -> dict[str, Any]:
     try:
         data: Any = loads(body)
     except ValueError:
         return {}
     if isinstance(data, list) and data:
         data = data[0]
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        return data["error"]
-    return {}
+    err = data.get("error") if isinstance(data, dict) else None
+    return err if isinstance(err, dict) else {}
 
 
-def _details(err: dict) -> list[dict]:
+def _details(err: dict[str, Any]) -> list[dict[str, Any]]:
     details = err.get("details")
     return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
 
 
-def _is_key_error(err: dict) -> bool:
+def _is_key_error(err: dict[str, Any]) -> bool:
     for d in _details(err):
         if d.get("reason") in ("API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED",
                                "API_KEY_IP_ADDRESS_BLOCKED", "API_KEY_ANDROID_APP_BLOCKED",
@@ -111,7 +112,7 @@ def _is_key_error(err: dict) -> bool:
     return False
 
 
-def _retry_delay(err: dict) -> float | None:
+def _retry_delay(err: dict[str, Any]) -> float | None:
     for d in _details(err):
         if str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
             wait = _duration(d.get("retryDelay"))
@@ -121,7 +122,7 @@ def _retry_delay(err: dict) -> float | None:
 
 
 class GoogleAdapter:
-    image_types = ("image/jpeg", "image/png", "image/webp", "image/gif")
+    image_types: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp", "image/gif")
 
     def __init__(self, provider: str = "google"):
         self.provider = provider
@@ -192,9 +193,9 @@ class GoogleAdapter:
         return {"includeThoughts": True, "thinkingBudget": BUDGETS[think]}
 
     def body(self, call: Call) -> dict[str, Any]:
-        system: list[dict] = []
-        contents: list[dict] = []
-        signed = False  # Gemini 3 wants a thoughtSignature on replayed functionCall parts
+        system: list[dict[str, Any]] = []
+        contents: list[dict[str, Any]] = []
+        signed = 0  # 1: Gemini 3, which wants a thoughtSignature on replayed functionCall parts; 2: older
         for m in call.messages:
             if m.role == "system":
                 if m.content:
@@ -298,7 +299,7 @@ class GoogleAdapter:
         return vectors, None  # batchEmbedContents reports no token counts
 
     # -- responses --------------------------------------------------------------
-    def events(self, call: Call, data: Any, out: list) -> None:
+    def events(self, call: Call, data: Any, out: list[Event]) -> None:
         """Append the events of one GenerateContentResponse (a whole reply or a stream chunk)."""
         if not isinstance(data, dict):
             raise UpstreamError(f"{call.name}: {self.label} sent an unexpected response")
@@ -322,14 +323,14 @@ class GoogleAdapter:
                     out.append(self.tool_call(call, part["functionCall"]))
             reason = candidate.get("finishReason")
             if reason and reason != "FINISH_REASON_UNSPECIFIED":
-                out.append(Finish(FINISH.get(reason, "stop")))
+                out.append(Finish(FINISH.get(str(reason), "stop")))
         usage = data.get("usageMetadata")
         if isinstance(usage, dict):
             answer, thoughts = usage.get("candidatesTokenCount"), usage.get("thoughtsTokenCount")
             completion = None if answer is None and thoughts is None else (answer or 0) + (thoughts or 0)
             out.append(Usage(usage.get("promptTokenCount"), completion))
 
-    def tool_call(self, call: Call, fc: dict) -> ToolCall:
+    def tool_call(self, call: Call, fc: dict[str, Any]) -> ToolCall:
         from gencli.tools import new_call_id
 
         name = fc.get("name")
@@ -343,23 +344,23 @@ class GoogleAdapter:
         cid = fc.get("id")
         return ToolCall(cid if isinstance(cid, str) and cid else new_call_id(), name, args)
 
-    def parse_response(self, call: Call, body: bytes) -> list:
+    def parse_response(self, call: Call, body: bytes) -> list[Event]:
         try:
             data = loads(body)
         except ValueError:
             raise UpstreamError(f"{call.name}: {self.label} sent a response that is not JSON") from None
-        out: list = []
+        out: list[Event] = []
         for item in data if isinstance(data, list) else (data,):  # a JSON array when not SSE
             self.events(call, item, out)
         return out
 
-    def stream_parser(self, call: Call) -> "GoogleStreamParser":
+    def stream_parser(self, call: Call) -> GoogleStreamParser:
         return GoogleStreamParser(self, call)
 
-    def parse_error(self, call: Call, status: int, headers, body: bytes) -> Exception:
+    def parse_error(self, call: Call, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
         return self.error(call, status, headers, _error_object(body), body)
 
-    def error(self, call: Call, status: int, headers, err: dict, body: bytes | None = None) -> UpstreamError:
+    def error(self, call: Call, status: int, headers: Mapping[str, str], err: dict[str, Any], body: bytes | None = None) -> UpstreamError:
         """A typed error from a Gemini error object ``{code, message, status, details}``."""
         if status in (401, 403) or (status == 400 and _is_key_error(err)) or err.get("status") == "UNAUTHENTICATED":
             var = call.key_env or "GEMINI_API_KEY"
@@ -380,10 +381,10 @@ class GoogleAdapter:
         return exc
 
 
-class GoogleStreamParser(SSEParser):
+class GoogleStreamParser(SSEParser["GoogleAdapter"]):
     __slots__ = ()
 
-    def _event(self, payload: bytes, out: list) -> None:
+    def _event(self, payload: bytes, out: list[Event]) -> None:
         if not payload.strip():
             return
         try:
@@ -393,5 +394,5 @@ class GoogleStreamParser(SSEParser):
         self.adapter.events(self.call, chunk, out)
 
 
-def adapter(provider: str) -> GoogleAdapter:
+def adapter(provider: str) -> HttpAdapter:  # typed as the Protocol: mypy checks that the class conforms
     return GoogleAdapter(provider)

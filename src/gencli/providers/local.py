@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from gencli.local_model.runner import LocalRun, start
 from gencli.providers import PROVIDERS
-from gencli.providers.base import Call
+from gencli.providers.base import Call, InProcessAdapter
 
 
 class LocalAdapter:
@@ -31,5 +31,5 @@ class LocalAdapter:
         return embed(call, inputs)
 
 
-def adapter(provider: str) -> LocalAdapter:
+def adapter(provider: str) -> InProcessAdapter:  # typed as the Protocol: mypy checks the class conforms
     return LocalAdapter()

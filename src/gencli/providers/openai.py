@@ -6,13 +6,15 @@ Reasoning arrives as OpenRouter ``reasoning`` / ``reasoning_details``, DeepSeek
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from gencli.errors import UpstreamError, UsageError
-from gencli.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
+from gencli.events import Event, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers import PROVIDERS
-from gencli.providers.base import Call, HttpRequest, SSEParser
+from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
 from gencli.providers.common import dumps, http_error, loads, scrub
+from gencli.request import Message
 
 FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
           "content_filter": "content_filter", "eos": "stop", "end_turn": "stop", "max_tokens": "length"}
@@ -20,10 +22,10 @@ FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "funct
 OPENAI_MAX_STOPS = 4
 
 
-def _content(message) -> Any:
+def _content(message: Message) -> Any:
     if not message.images:
         return message.content
-    parts: list[dict] = []
+    parts: list[dict[str, Any]] = []
     if message.content:
         parts.append({"type": "text", "text": message.content})
     for image in message.images:
@@ -31,7 +33,7 @@ def _content(message) -> Any:
     return parts
 
 
-def _message(m) -> dict:
+def _message(m: Message) -> dict[str, Any]:
     if m.role == "tool":
         return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
     if m.tool_calls:
@@ -41,11 +43,11 @@ def _message(m) -> dict:
     return {"role": m.role, "content": _content(m)}
 
 
-def _tool_calls(raw: Any, call: Call, label: str) -> list:
+def _tool_calls(raw: Any, call: Call, label: str) -> list[Event]:
     """ToolCall events from a message's ``tool_calls`` (arguments: a JSON string, parsed to a dict)."""
     from gencli.tools import new_call_id, parse_arguments
 
-    out = []
+    out: list[Event] = []
     for tc in raw if isinstance(raw, list) else ():
         fn = tc.get("function") if isinstance(tc, dict) else None
         if not isinstance(fn, dict) or not fn.get("name"):
@@ -56,7 +58,7 @@ def _tool_calls(raw: Any, call: Call, label: str) -> list:
     return out
 
 
-def _reasoning(obj: dict) -> str:
+def _reasoning(obj: dict[str, Any]) -> str:
     """Reasoning text from a message or delta, whichever form the upstream uses."""
     r = obj.get("reasoning_content") or obj.get("reasoning")
     if isinstance(r, str) and r:
@@ -69,7 +71,7 @@ def _reasoning(obj: dict) -> str:
 
 
 class OpenAIAdapter:
-    image_types = ("image/jpeg", "image/png", "image/webp", "image/gif")
+    image_types: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp", "image/gif")
 
     def __init__(self, provider: str):
         self.provider = provider
@@ -188,7 +190,7 @@ class OpenAIAdapter:
         return vectors, tokens if isinstance(tokens, int) else None
 
     # -- responses --------------------------------------------------------------
-    def parse_response(self, call: Call, body: bytes) -> list:
+    def parse_response(self, call: Call, body: bytes) -> list[Event]:
         try:
             data = loads(body)
         except ValueError:
@@ -197,7 +199,7 @@ class OpenAIAdapter:
             raise UpstreamError(f"{call.name}: {self.label} sent an unexpected response")
         if data.get("error"):
             raise self._inline_error(call, data["error"])
-        out: list = []
+        out: list[Event] = []
         choices = data.get("choices") or []
         if choices and isinstance(choices[0], dict):
             choice = choices[0]
@@ -212,16 +214,16 @@ class OpenAIAdapter:
                 out.extend(_tool_calls(message["tool_calls"], call, self.label))
             reason = choice.get("finish_reason")
             if reason:
-                out.append(Finish(FINISH.get(reason, reason)))
+                out.append(Finish(FINISH.get(str(reason), str(reason))))
         usage = data.get("usage")
         if isinstance(usage, dict):
             out.append(Usage(usage.get("prompt_tokens"), usage.get("completion_tokens")))
         return out
 
-    def stream_parser(self, call: Call) -> "OpenAIStreamParser":
+    def stream_parser(self, call: Call) -> OpenAIStreamParser:
         return OpenAIStreamParser(self, call)
 
-    def parse_error(self, call: Call, status: int, headers, body: bytes) -> Exception:
+    def parse_error(self, call: Call, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
         return http_error(call, self.provider, status, headers, body)
 
     def _inline_error(self, call: Call, err: Any) -> UpstreamError:
@@ -235,23 +237,23 @@ class OpenAIAdapter:
                              upstream_status=status)
 
 
-class OpenAIStreamParser(SSEParser):
+class OpenAIStreamParser(SSEParser["OpenAIAdapter"]):
     __slots__ = ("done", "finished", "calls")
 
     def __init__(self, adapter: OpenAIAdapter, call: Call):
         super().__init__(adapter, call)
         self.done = False  # saw data: [DONE]
         self.finished = False  # saw a finish_reason
-        self.calls: dict[int, list] = {}  # streamed tool calls by index: [id, name, argument pieces]
+        self.calls: dict[int, list[Any]] = {}  # streamed tool calls by index: [id, name, argument pieces]
 
-    def _end(self, out: list) -> None:
+    def _end(self, out: list[Event]) -> None:
         if self.calls and (self.done or self.finished):
             self._flush_calls(out)
         if not self.done and not self.finished:
             raise UpstreamError(f"{self.call.name}: {self.adapter.label} closed the stream before the answer "
                                 f"was complete (no finish_reason, no [DONE])")
 
-    def _event(self, payload: bytes, out: list) -> None:
+    def _event(self, payload: bytes, out: list[Event]) -> None:
         if payload == b"[DONE]":
             self.done = True
             if self.calls:
@@ -287,7 +289,7 @@ class OpenAIStreamParser(SSEParser):
                 self.finished = True
                 if self.calls:
                     self._flush_calls(out)
-                out.append(Finish(FINISH.get(reason, reason)))
+                out.append(Finish(FINISH.get(str(reason), str(reason))))
         usage = chunk.get("usage")
         if usage and isinstance(usage, dict):
             out.append(Usage(usage.get("prompt_tokens"), usage.get("completion_tokens")))
@@ -316,12 +318,12 @@ class OpenAIStreamParser(SSEParser):
                 elif isinstance(args, dict):  # some compatible servers send an object
                     slot[2] = [dumps(args).decode()]
 
-    def _flush_calls(self, out: list) -> None:
+    def _flush_calls(self, out: list[Event]) -> None:
         raw = [{"id": slot[0], "function": {"name": slot[1], "arguments": "".join(slot[2])}}
                for _, slot in sorted(self.calls.items())]
         self.calls = {}
         out.extend(_tool_calls(raw, self.call, self.adapter.label))
 
 
-def adapter(provider: str) -> OpenAIAdapter:
+def adapter(provider: str) -> HttpAdapter:  # typed as the Protocol: mypy checks that the class conforms
     return OpenAIAdapter(provider)
