@@ -62,7 +62,7 @@ class Call:
     api_key: str | None = field(repr=False)
     key_env: str | None  # name of the variable the key came from (for error messages)
     headers: Mapping[str, str]
-    messages: list[Message]
+    messages: list[Message]  # the engine attaches downloaded image URLs to the last one before the run
     options: Mapping[str, Any]  # per-request options the provider takes (gencli.options)
     format: Any = None  # None | "json" | a JSON schema (dict)
     think: bool | str | None = None
