@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from gencli.errors import UsageError
@@ -30,14 +29,18 @@ MAX_STOPS = 16
 MAX_STOP_CHARS = 1000
 
 
-@dataclass(frozen=True, slots=True)
 class Option:
-    """One option: ``kind`` is "number", "integer" or "stop" (a string or a list of strings)."""
+    """One option: ``kind`` is "number", "integer" or "stop" (a string or a list of strings);
+    ``drop``: integer values that mean "the default" (Ollama's -1 and -2 for num_predict).
+    (A plain class: this module is on the CLI's start-up path, and a dataclass costs ~1 ms.)"""
 
-    kind: str
-    lo: float = 0
-    hi: float = 0
-    drop: tuple[int, ...] = ()  # integer values that mean "the default" (Ollama's -1, -2 for num_predict)
+    __slots__ = ("kind", "lo", "hi", "drop")
+
+    def __init__(self, kind: str, lo: float = 0, hi: float = 0, drop: tuple[int, ...] = ()):
+        self.kind = kind
+        self.lo = lo
+        self.hi = hi
+        self.drop = drop
 
     def check(self, key: str, value: Any) -> Any:
         """The value, normalised; UsageError naming ``options.<key>`` when it is not allowed."""

@@ -10,7 +10,6 @@ base-URL variables, defaults) is its row in :data:`gencli.providers.PROVIDERS`.
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -218,6 +217,8 @@ class Registry:
         return entry
 
     def not_found_message(self, name: str) -> str:
+        import difflib  # lazily: only an unknown name needs it (a few ms of every start-up)
+
         close: list[str] = []
         if len(name) <= 200:  # a name this long is not a typo of a registered one
             close = difflib.get_close_matches(name, self.models, n=3, cutoff=0.5)

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gencli import options as o
 
@@ -27,8 +26,10 @@ if TYPE_CHECKING:
     from gencli.providers.base import Adapter
 
 
-@dataclass(frozen=True, slots=True)
-class ProviderSpec:
+class ProviderSpec(NamedTuple):
+    """One provider's row (a NamedTuple: immutable, and cheaper to define than a dataclass
+    on the CLI's start-up path)."""
+
     name: str
     module: str  # the adapter module under gencli.providers (it exposes ``adapter(provider)``)
     label: str  # how messages name the upstream ("OpenAI rejected the API key ...")
@@ -40,8 +41,8 @@ class ProviderSpec:
     local: bool = False  # runs in this process (no key, no URL; "ready" means installed)
     capabilities: tuple[str, ...] = ("completion",)  # a models.json entry's default
     context_length: int = 32768  # the window /api/show reports without options.num_ctx
-    options: Mapping[str, o.Option] = field(default_factory=dict)  # what a request may set
-    model_options: Mapping[str, o.Option] = field(default_factory=dict)  # models.json only (load-time)
+    options: Mapping[str, o.Option] = MappingProxyType({})  # what a request may set
+    model_options: Mapping[str, o.Option] = MappingProxyType({})  # models.json only (load-time)
 
     @property
     def entry_options(self) -> dict[str, o.Option]:

@@ -16,7 +16,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    NamedTuple,
+    Protocol,
+    TypeVar,
+    runtime_checkable,
+)
 
 from gencli.errors import GencliError
 from gencli.events import Event
@@ -38,8 +46,7 @@ class HttpRequest:
     stream: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class LocalModel:
+class LocalModel(NamedTuple):
     """Where a local model's GGUF file is and how it is loaded: from its models.json entry
     and the process settings, never from a request (one process, one way to load a file)."""
 
