@@ -152,7 +152,7 @@ def execute_embed(plan: EmbedPlan, transport: SyncTransport | None) -> Embedding
     sent = time.perf_counter_ns()
     adapter = plan.adapter
     for batch in _batches(plan):
-        if isinstance(adapter, InProcessEmbedder):
+        if adapter.in_process:
             vectors, tokens = adapter.embed(plan.call, batch)
         else:
             if transport is None:
@@ -172,7 +172,7 @@ async def aexecute_embed(plan: EmbedPlan, transport: AsyncTransport | None) -> E
     sent = time.perf_counter_ns()
     adapter = plan.adapter
     for batch in _batches(plan):
-        if isinstance(adapter, InProcessEmbedder):
+        if adapter.in_process:
             vectors, tokens = await asyncio.to_thread(adapter.embed, plan.call, batch)
         else:
             if transport is None:

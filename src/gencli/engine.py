@@ -52,7 +52,6 @@ from gencli.providers.base import (
     HttpAdapter,
     HttpRequest,
     ImageFetcher,
-    InProcessAdapter,
     LocalModel,
     SyncTransport,
 )
@@ -324,7 +323,7 @@ def execute(plan: Plan, transport: SyncTransport | None, images: ImageFetcher | 
         for index, url in plan.image_urls:
             plan.add_image(index, images.fetch_image(url))
     adapter, call = plan.adapter, plan.call
-    if isinstance(adapter, InProcessAdapter):
+    if adapter.in_process:
         run = Run(plan)
         run.request_sent()
         local = adapter.run(call)
@@ -399,7 +398,7 @@ async def aexecute(plan: Plan, transport: AsyncTransport | None, images: AsyncIm
         for index, url in plan.image_urls:
             plan.add_image(index, await images.fetch_image(url))
     adapter, call = plan.adapter, plan.call
-    if isinstance(adapter, InProcessAdapter):
+    if adapter.in_process:
         from gencli.bridge import in_thread
 
         run = Run(plan)

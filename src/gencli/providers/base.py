@@ -20,6 +20,7 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Generic,
+    Literal,
     NamedTuple,
     Protocol,
     TypeVar,
@@ -96,6 +97,7 @@ class StreamParser(Protocol):
 class HttpAdapter(Protocol):
     """A provider reached over HTTP. Pure: no sockets, no clocks, no environment."""
 
+    in_process: Literal[False]  # the tag the engine dispatches on (an attribute read, not an isinstance)
     provider: str
     label: str
     image_types: tuple[str, ...]  # MIME types the upstream accepts
@@ -109,7 +111,6 @@ class HttpAdapter(Protocol):
     def parse_error(self, call: Call, status: int, headers: Mapping[str, str], body: bytes) -> GencliError: ...
 
 
-@runtime_checkable
 class LocalRun(Protocol):
     """A generation running in this process: iterate it for lists of events; ``close()``
     (from any thread) stops it before its next step and frees the model; ``await
@@ -124,10 +125,10 @@ class LocalRun(Protocol):
     async def ready(self) -> None: ...
 
 
-@runtime_checkable
 class InProcessAdapter(Protocol):
     """A provider that runs the model itself (the local GGUF models)."""
 
+    in_process: Literal[True]
     provider: str
     label: str
     image_types: tuple[str, ...]
@@ -142,6 +143,7 @@ Adapter = HttpAdapter | InProcessAdapter
 class HttpEmbedder(Protocol):
     """An HTTP adapter that also embeds (OpenAI's /embeddings, Gemini's batchEmbedContents)."""
 
+    in_process: Literal[False]
     embed_batch: int  # inputs per request
 
     def build_embed(self, call: Call, inputs: list[str]) -> HttpRequest: ...
@@ -155,6 +157,7 @@ class HttpEmbedder(Protocol):
 class InProcessEmbedder(Protocol):
     """An in-process adapter that embeds: (vectors, prompt tokens)."""
 
+    in_process: Literal[True]
     embed_batch: int
 
     def embed(self, call: Call, inputs: list[str]) -> tuple[list[list[float]], int | None]: ...

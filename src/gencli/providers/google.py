@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from gencli.errors import (
@@ -122,6 +122,7 @@ def _retry_delay(err: dict[str, Any]) -> float | None:
 
 
 class GoogleAdapter:
+    in_process: Literal[False] = False
     image_types: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp", "image/gif")
 
     def __init__(self, provider: str = "google"):

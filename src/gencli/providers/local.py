@@ -10,12 +10,15 @@ model loads.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from gencli.local_model.runner import LocalRun, start
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, InProcessAdapter
 
 
 class LocalAdapter:
+    in_process: Literal[True] = True
     provider = "local"
     label = PROVIDERS["local"].label
     image_types: tuple[str, ...] = ()

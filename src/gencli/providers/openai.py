@@ -7,7 +7,7 @@ Reasoning arrives as OpenRouter ``reasoning`` / ``reasoning_details``, DeepSeek
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from gencli.errors import UpstreamError, UsageError
 from gencli.events import Event, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
@@ -71,6 +71,7 @@ def _reasoning(obj: dict[str, Any]) -> str:
 
 
 class OpenAIAdapter:
+    in_process: Literal[False] = False
     image_types: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp", "image/gif")
 
     def __init__(self, provider: str):
