@@ -108,7 +108,10 @@ def test_think_false(tmp_path, anthropic_fake, upstream, thinking, effort):
 def test_thinking_needs_room_and_the_capability(tmp_path, anthropic_fake):
     with pytest.raises(UsageError, match="num_predict"):
         run(registry(tmp_path, anthropic_fake, "claude-think"), think=True, options={"num_predict": 1000})
-    _, done = run(registry(tmp_path, anthropic_fake, "claude-think", capabilities=["completion"]), think=True)
+    nocap = registry(tmp_path, anthropic_fake, "claude-think", capabilities=["completion"])
+    with pytest.raises(UsageError, match="does not support thinking"):  # as Ollama: a 400
+        run(nocap, think=True)
+    _, done = run(nocap, think=False)
     assert "thinking" not in anthropic_fake.last().body and done.reasoning == ""
 
 
@@ -169,7 +172,7 @@ def test_tool_choice(tmp_path, anthropic_fake):
     run(reg, "x", tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}})
     assert anthropic_fake.last().body["tool_choice"] == {"type": "tool", "name": "get_weather"}
     _, done = run(reg, "x", tools=[WEATHER], tool_choice="none")
-    assert "tools" not in anthropic_fake.last().body and done.text == "You said: x"
+    assert anthropic_fake.last().body["tool_choice"] == {"type": "none"} and done.text == "You said: x"
     with pytest.raises(UsageError, match="not in tools"):
         run(reg, "x", tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}})
 

@@ -332,8 +332,16 @@ def test_openai_reasoning_effort(registry, openai_fake, think, expected):
     assert openai_fake.last().body.get("reasoning_effort") == expected
 
 
-def test_think_is_not_sent_to_a_model_without_thinking(registry, openai_fake):
-    run(registry, "oa-echo", think="high")
+def test_think_on_a_model_without_thinking_is_refused(registry, openai_fake):
+    """As Ollama: think true (or a level) on a model without the 'thinking' capability is a
+    usage error (HTTP 400), and nothing reaches the upstream; think false is fine."""
+    mark = openai_fake.mark()
+    for think in (True, "high"):
+        with pytest.raises(UsageError) as err:
+            run(registry, "oa-echo", think=think)
+        assert err.value.field == "think" and "does not support thinking" in err.value.message
+    assert openai_fake.since(mark) == []
+    run(registry, "oa-echo", think=False)
     body = openai_fake.last().body
     assert "reasoning_effort" not in body and "reasoning" not in body
 

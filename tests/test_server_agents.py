@@ -338,7 +338,7 @@ def test_messages_tool_choice_reaches_the_upstream(claude, anthropic_fake, opena
     assert openai_fake.last().body["tool_choice"] == "required"
     m = claude.messages.create(model="cl-tools", max_tokens=100, tools=[WEATHER_ANTH], tool_choice={"type": "none"},
                                messages=[{"role": "user", "content": "Rome"}])
-    assert m.stop_reason == "end_turn" and "tools" not in anthropic_fake.last().body
+    assert m.stop_reason == "end_turn" and anthropic_fake.last().body["tool_choice"] == {"type": "none"}
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -94,7 +94,7 @@ def test_openai_wire_request_carries_tools(registry, openai_fake):
     run(registry, [Message("user", "Paris")], "oa-tools", False)
     body = openai_fake.last().body
     assert body["tools"] == [WEATHER]
-    assert body["tool_choice"] == "auto"
+    assert "tool_choice" not in body  # not given: the upstream's default (auto), passed on exactly
 
 
 def test_gemini_wire_request_carries_function_declarations(registry, gemini_fake):
@@ -109,7 +109,9 @@ def test_gemini_wire_request_carries_function_declarations(registry, gemini_fake
     ("required", "required", {"mode": "ANY"}),
     ({"type": "function", "function": {"name": "get_time"}}, {"type": "function", "function": {"name": "get_time"}},
      {"mode": "ANY", "allowedFunctionNames": ["get_time"]}),
-    ("auto", "auto", None),
+    ("auto", "auto", {"mode": "AUTO"}),
+    ("none", "none", {"mode": "NONE"}),
+    (None, None, None),
 ])
 def test_tool_choice_reaches_both_wires(registry, openai_fake, gemini_fake, choice, openai_wire, gemini_config):
     for model in ("oa-tools", "gm-tools"):
@@ -118,18 +120,21 @@ def test_tool_choice_reaches_both_wires(registry, openai_fake, gemini_fake, choi
                               tool_choice=choice, stream=False)
         list(engine.generate(req, registry, transport))
         transport.close()
-    assert openai_fake.last().body["tool_choice"] == openai_wire
+    assert openai_fake.last().body.get("tool_choice") == openai_wire  # exactly as given (absent: absent)
+    assert openai_fake.last().body["tools"] == [WEATHER, TIME]
     assert gemini_fake.last("gemini-tools").body.get("toolConfig") == (
         None if gemini_config is None else {"functionCallingConfig": gemini_config})
 
 
-def test_tool_choice_none_sends_no_tools_and_bad_choices_are_refused(registry, openai_fake):
+def test_tool_choice_none_on_a_model_without_tools_and_bad_choices_are_refused(registry, openai_fake):
     transport = HttpxTransport(tls=False)
-    req = GenerateRequest(model="oa-tools", messages=[Message("user", "Rome")], tools=[WEATHER], tool_choice="none",
+    # a model without the tools capability: no tool may be called, so none is sent (and no 400)
+    req = GenerateRequest(model="oa-plain", messages=[Message("user", "Rome")], tools=[WEATHER], tool_choice="none",
                           stream=False)
     done = list(engine.generate(req, registry, transport))[-1]
     transport.close()
-    assert "tools" not in openai_fake.last().body and not done.tool_calls
+    assert "tools" not in openai_fake.last().body and "tool_choice" not in openai_fake.last().body
+    assert not done.tool_calls
     for bad, message in (("sometimes", "tool_choice must be"), ({"type": "function", "function": {"name": "x"}},
                                                                  "not in tools")):
         with pytest.raises(UsageError, match=message):

@@ -38,8 +38,10 @@ from gencli.events import (
     Event,
     Finish,
     Loaded,
+    Logprobs,
     ReasoningDelta,
     TextDelta,
+    TokenLogprob,
     ToolCall,
     Usage,
 )
@@ -106,6 +108,58 @@ def _local_model(entry: ModelEntry, queue_limit: int) -> LocalModel:
                       queue_limit=queue_limit)
 
 
+MAX_TOP_LOGPROBS = 20  # Ollama's and OpenAI's bound
+
+
+def _keep_alive(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise UsageError("keep_alive must be a number of seconds or a duration such as \"5m\"", "keep_alive")
+    return float(value)
+
+
+def _text_mode(req: GenerateRequest, entry: ModelEntry, prompt: str, fmt: Any,
+               tools: Any) -> tuple[str, str | None] | None:
+    """For ``raw``, ``suffix`` or ``template``: (the prompt to send as it is, the suffix); None
+    for a normal (chat) generation. What cannot be honoured is a UsageError, never dropped."""
+    raw, suffix, template = req.raw, req.suffix, req.template
+    if not isinstance(raw, bool):
+        raise UsageError("raw must be true or false", "raw")
+    if suffix is not None:
+        suffix = _check_text(suffix, "suffix") or None
+    if template is not None:
+        template = _check_text(template, "template") or None
+    if not (raw or suffix or template):
+        return None
+    spec = PROVIDERS[entry.provider]
+    if suffix and "insert" not in entry.capabilities:
+        raise UsageError(f"model '{entry.name}' does not support insert (fill-in-the-middle with suffix; "
+                         f"no 'insert' capability in models.json)", "suffix")
+    if raw and (template or req.system or req.context):
+        raise UsageError("raw mode does not support template, system, or context", "raw")
+    if suffix and (req.system or req.context):
+        raise UsageError("suffix (fill-in-the-middle) does not support system or context; send the code "
+                         "before the gap as prompt and the code after it as suffix", "suffix")
+    if template:
+        if req.context:
+            raise UsageError("template does not support context; put the conversation in the prompt", "template")
+        from gencli.template import render_template
+
+        prompt = render_template(template, prompt, req.system or "", suffix or "")
+        suffix = None
+    if not spec.local and spec.completions_path is None:
+        what = "fill-in-the-middle" if suffix else "raw prompts or templates"
+        raise UsageError(f"model '{entry.name}': {spec.label} has no text-completion endpoint, so {what} "
+                         f"cannot be sent; leave out raw, suffix and template", "raw")
+    if tools:
+        raise UsageError("tools cannot be used with raw, suffix or template (a text completion)", "tools")
+    if fmt is not None and not spec.local:
+        raise UsageError(f"format cannot be used with raw, suffix or template on {spec.label}'s text-completion "
+                         f"endpoint", "format")
+    return prompt, suffix
+
+
 def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True, *,
             timeout: float | None = None, retries: int | None = None) -> Plan:
     """Check ``req`` and resolve everything a run needs. ``timeout`` and ``retries`` are
@@ -133,21 +187,41 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
     think = req.think
     if think is not None and not isinstance(think, bool) and think not in ("low", "medium", "high"):
         raise UsageError("think must be true, false, \"low\", \"medium\" or \"high\"", "think")
+    if think not in (None, False) and "thinking" not in entry.capabilities:
+        raise UsageError(f"model '{entry.name}' does not support thinking (no 'thinking' capability); "
+                         f"leave out think or send false", "think")
+    fmt_name, fmt_strict = req.format_name, req.format_strict
+    if fmt_name is not None and (not isinstance(fmt_name, str) or not 1 <= len(fmt_name) <= 64):
+        raise UsageError("the schema's name must be a string of 1 to 64 characters", "format")
+    if fmt_strict is not None and not isinstance(fmt_strict, bool):
+        raise UsageError("the schema's strict must be true or false", "format")
+    if not isinstance(req.logprobs, bool):
+        raise UsageError("logprobs must be true or false", "logprobs")
+    top = req.top_logprobs
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise UsageError(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}", "top_logprobs")
+    if req.logprobs and not spec.logprobs:
+        raise UsageError(f"model '{entry.name}': {spec.label} does not return log probabilities; "
+                         f"leave out logprobs", "logprobs")
     tools = tool_choice = None
     if req.tools is not None or req.tool_choice is not None:
         from gencli.tools import validate_tool_choice, validate_tools
 
         tools = validate_tools(req.tools)
         tool_choice = validate_tool_choice(req.tool_choice, tools)
-        if tool_choice == "none":  # the model may not call any: it is not told about them
-            tools = tool_choice = None
+        if tool_choice == "none" and "tools" not in entry.capabilities:
+            tools = tool_choice = None  # no tool may be called: a model without tools need not hear of them
         if tools and "tools" not in entry.capabilities:
             raise UsageError(f"model '{entry.name}' does not support tools (no 'tools' capability)", "tools")
 
     messages: list[Message] = []
-    if req.system is not None and _check_text(req.system, "system"):
-        messages.append(Message("system", req.system))
+    text_prompt: str | None = None  # a text completion's prompt (raw, suffix, template), sent as it is
+    suffix: str | None = None
+    if req.system is not None:
+        _check_text(req.system, "system")
     if req.messages is not None:
+        if req.system:
+            messages.append(Message("system", req.system))
         messages.extend(req.messages)
         if not any(m.role == "user" for m in messages):
             raise UsageError("messages must contain at least one user message", "messages")
@@ -161,13 +235,22 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
         if req.prompt is None:
             raise UsageError("prompt is required", "prompt")
         prompt = _check_text(req.prompt, "prompt")
-        if not prompt.strip() and not req.images:
-            raise UsageError("prompt is empty", "prompt")
-        prior = ctx.decode(req.context)
-        messages.extend(prior)
-        messages.append(Message("user", prompt))
-        history = prior + [Message("user", prompt)]
-        want_context = True
+        text = _text_mode(req, entry, prompt, fmt, tools)
+        if text is not None:  # one prompt string for a text-completion endpoint (or the local model)
+            text_prompt, suffix = text
+            messages = [Message("user", text_prompt)]
+            history = [Message("user", text_prompt)]
+            want_context = suffix is None
+        else:
+            if not prompt.strip() and not req.images:
+                raise UsageError("prompt is empty", "prompt")
+            if req.system:
+                messages.append(Message("system", req.system))
+            prior = ctx.decode(req.context)
+            messages.extend(prior)
+            messages.append(Message("user", prompt))
+            history = prior + [Message("user", prompt)]
+            want_context = True
 
     if timeout is None:
         timeout = entry.timeout if entry.timeout is not None else settings.timeout
@@ -191,10 +274,20 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
         timeout=timeout,
         retries=retries,
         local=_local_model(entry, settings.local_queue) if spec.local else None,
+        format_name=fmt_name,
+        format_strict=fmt_strict,
+        prompt=text_prompt,
+        suffix=suffix,
+        logprobs=req.logprobs,
+        top_logprobs=top if req.logprobs else 0,
+        keep_alive=_keep_alive(req.keep_alive),
     )
     plan = Plan(entry, adapter, call, history, started=started, want_context=want_context)
 
     if req.images:
+        if text_prompt is not None:
+            raise UsageError("images cannot be sent with raw, suffix or template (a text completion); "
+                             "send them with a normal prompt", "images")
         if not isinstance(req.images, list):
             raise UsageError("images must be an array of base64 strings or http(s) URLs", "images")
         if "vision" not in entry.capabilities:
@@ -216,7 +309,7 @@ class Run:
     """Folds adapter events into engine events and the final Done (timings, context)."""
 
     __slots__ = ("plan", "splitter", "text", "reasoning", "first", "sent", "usage", "finish", "stream",
-                 "tool_calls", "stop_sequence")
+                 "tool_calls", "stop_sequence", "logprobs", "hide_reasoning")
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -230,6 +323,8 @@ class Run:
         self.finish = "stop"
         self.tool_calls: list[ToolCall] = []
         self.stop_sequence: str | None = None
+        self.logprobs: list[TokenLogprob] | None = [] if plan.call.logprobs else None
+        self.hide_reasoning = plan.call.think is False  # an upstream that reasons anyway: dropped here
 
     def request_sent(self) -> None:
         self.sent = time.perf_counter_ns()
@@ -261,11 +356,17 @@ class Run:
                     self.first = time.perf_counter_ns()
                 self.tool_calls.append(ev)
                 out.append(ev)
+            elif isinstance(ev, Logprobs):
+                if self.logprobs is not None and ev.tokens:
+                    self.logprobs.extend(ev.tokens)
+                    out.append(ev)
             elif isinstance(ev, Loaded):
                 self.sent = time.perf_counter_ns()
         return out
 
     def _emit(self, r: str, x: str, out: list[Event]) -> None:
+        if self.hide_reasoning:
+            r = ""
         if not self.first and (r or x):
             self.first = time.perf_counter_ns()
         if r:
@@ -304,8 +405,20 @@ class Run:
             context=context,
             tool_calls=self.tool_calls,
             stop_sequence=self.stop_sequence,
+            logprobs=self.logprobs,
         ))
         return out
+
+
+def unload(entry: ModelEntry, registry: Registry) -> bool:
+    """Free a local model's memory now (Ollama's ``keep_alive: 0`` with nothing to generate),
+    after the generations running or queued on it; blocking. True when it was loaded; a remote
+    model holds nothing here (False)."""
+    if not PROVIDERS[entry.provider].local:
+        return False
+    from gencli.providers.local import LocalAdapter
+
+    return LocalAdapter().unload(_local_model(entry, registry.settings.local_queue), entry.name)
 
 
 def _no_transport(plan: Plan) -> GencliError:

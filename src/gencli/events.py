@@ -26,6 +26,24 @@ class ToolCall:
 
 
 @dataclass(slots=True)
+class TokenLogprob:
+    """One token's log probability: ``bytes`` its UTF-8 bytes when the upstream gives them,
+    ``top`` the most likely alternatives at its position (when asked for)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Logprobs:
+    """Log probabilities of the tokens of the text that came before (in order)."""
+
+    tokens: list[TokenLogprob]
+
+
+@dataclass(slots=True)
 class Usage:
     """Token counts as the upstream reported them (adapters emit this; the engine folds it into Done)."""
 
@@ -69,6 +87,7 @@ class Done:
     context: list[int] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     stop_sequence: str | None = None  # the stop sequence that ended the answer, when known
+    logprobs: list[TokenLogprob] | None = None  # when the request asked for them
 
     def stats(self) -> dict[str, int]:
         out = {
@@ -84,4 +103,4 @@ class Done:
         return out
 
 
-Event = TextDelta | ReasoningDelta | ToolCall | Usage | Finish | Loaded | Done
+Event = TextDelta | ReasoningDelta | ToolCall | Logprobs | Usage | Finish | Loaded | Done

@@ -40,6 +40,7 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "path": str,
     "package": str,
     "description": str,
+    "context_length": int,
 }
 CAPABILITIES = ("completion", "vision", "thinking", "tools", "embedding", "insert")
 
@@ -61,11 +62,15 @@ class ModelEntry:
     path: str | None = None
     package: str | None = None  # local: 'path' is inside this installed Python package
     description: str = ""
+    context_length: int | None = None  # the model's window as models.json states it
 
 
 def context_length(entry: ModelEntry) -> int:
-    """``options.num_ctx`` from models.json, else the provider's usual window
-    (``ProviderSpec.context_length``; for a local model, the size it is loaded with)."""
+    """The model's context window: models.json's ``context_length``, else its ``options.num_ctx``,
+    else the provider's usual window (``ProviderSpec.context_length``; for a local model, the
+    size it is loaded with)."""
+    if entry.context_length:
+        return entry.context_length
     n = entry.options.get("num_ctx")
     if isinstance(n, int) and not isinstance(n, bool) and n > 0:
         return n
@@ -114,6 +119,12 @@ def _entry(path: str, name: str, raw: Any) -> ModelEntry:
     for cap in caps:
         if cap not in CAPABILITIES:
             raise ConfigError(f"{where}: unknown capability '{cap}' (known: {', '.join(CAPABILITIES)})")
+    if "insert" in caps and spec.completions_path is None and not spec.local:
+        raise ConfigError(f"{where}: capability 'insert' (fill-in-the-middle) needs an upstream with a text-"
+                          f"completion endpoint, which {spec.label} does not have")
+    n_ctx = raw.get("context_length")
+    if n_ctx is not None and not 1 <= n_ctx <= 100_000_000:
+        raise ConfigError(f"{where}: field 'context_length' must be a number of tokens from 1 to 100000000")
     headers = raw.get("headers", {})
     if not all(isinstance(v, str) for v in headers.values()):
         raise ConfigError(f"{where}: every value in 'headers' must be a string")
@@ -136,6 +147,7 @@ def _entry(path: str, name: str, raw: Any) -> ModelEntry:
         path=_local_path(raw.get("path"), raw.get("package"), path),
         package=raw.get("package"),
         description=raw.get("description", ""),
+        context_length=n_ctx,
     )
 
 

@@ -52,3 +52,17 @@ class GenerateRequest:
     tools: list[Any] | None = None
     # OpenAI's tool_choice forms: "auto" | "none" | "required" | {"type": "function", "function": {"name"}}
     tool_choice: Any = None
+    # a JSON-schema ``format``'s name and strictness (OpenAI's response_format.json_schema)
+    format_name: str | None = None
+    format_strict: bool | None = None
+    # text completion instead of chat: ``raw`` sends ``prompt`` as it is (no system, context or
+    # chat template); ``suffix`` asks for the text between ``prompt`` and it (fill-in-the-middle,
+    # models with the 'insert' capability); ``template``: Ollama's prompt template (see engine)
+    suffix: str | None = None
+    raw: bool = False
+    template: str | None = None
+    # log probabilities of the answer's tokens, and how many alternatives per token (0-20)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    # seconds a local model stays loaded after this run (None: the process's choice; <0: forever)
+    keep_alive: float | None = None

@@ -76,12 +76,13 @@ def validate_tools(raw: Any) -> list[dict] | None:
 
 
 def validate_tool_choice(raw: Any, tools: list[dict] | None) -> Any:
-    """OpenAI's ``tool_choice`` -> what adapters take: None (auto: the model decides),
-    ``"none"`` (the caller drops the tools), ``"required"`` (some tool must be called) or
-    ``{"name": tool}`` (that tool must be called). UsageError names the fault."""
-    if raw is None or raw == "auto":
+    """OpenAI's ``tool_choice`` -> what adapters take: None (not given: the upstream's default),
+    ``"auto"`` (the model decides), ``"none"`` (no tool may be called), ``"required"`` (some
+    tool must be called) or ``{"name": tool}`` (that tool must be called); each is passed on
+    as the caller gave it. UsageError names the fault."""
+    if raw is None:
         return None
-    if raw in ("none", "required"):
+    if raw in ("auto", "none", "required"):
         if raw == "required" and not tools:
             raise UsageError("tool_choice is \"required\" but no tools were given", "tool_choice")
         return raw

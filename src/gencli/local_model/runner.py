@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gencli.errors import ConfigError, UsageError
-from gencli.events import Event, Finish, Loaded, TextDelta, Usage
+from gencli.events import Event, Finish, Loaded, Logprobs, TextDelta, TokenLogprob, Usage
 from gencli.local_model.files import extra_installed, gguf_path, missing_extra
 from gencli.local_model.gate import Gate, gate_for
 from gencli.local_model.gguf import read_gguf
@@ -69,7 +69,64 @@ class Model:
 
 
 _LOADED: dict[str, Model] = {}  # path -> the loaded model
-_LOCK = threading.Lock()  # guards _LOADED
+_LOCK = threading.Lock()  # guards _LOADED and _EXPIRY
+_EXPIRY: dict[str, tuple[threading.Timer, int]] = {}  # path -> (the idle timer, the use it was set after)
+_USES: dict[str, int] = {}  # path -> runs started (a timer set before the latest run is stale)
+
+
+def is_loaded(path: Path) -> bool:
+    with _LOCK:
+        return str(path) in _LOADED
+
+
+def _free(key: str) -> bool:
+    """Close and forget the model loaded from ``key`` (call it holding the file's gate)."""
+    with _LOCK:
+        model = _LOADED.pop(key, None)
+        timer = _EXPIRY.pop(key, None)
+    if timer is not None:
+        timer[0].cancel()
+    if model is None:
+        return False
+    model.llm.close()
+    return True
+
+
+def unload(path: Path, name: str, queue_limit: int) -> bool:
+    """Free the model loaded from ``path`` once the generation running on it (and those queued
+    before) ends: blocking; True when a model was loaded. Ollama's ``keep_alive: 0``."""
+    gate = gate_for(path, name, queue_limit)
+    ticket = gate.enter()
+    try:
+        gate.wait(ticket, threading.Event())
+        return _free(str(path))
+    finally:
+        gate.leave(ticket)
+
+
+def _expire(key: str, use: int, name: str, queue_limit: int) -> None:
+    with _LOCK:
+        current = _EXPIRY.get(key)
+        if current is None or current[1] != use or _USES.get(key, 0) != use:
+            return  # used again since: a later timer decides
+    unload(Path(key), name, queue_limit)
+
+
+def keep_loaded(path: Path, name: str, queue_limit: int, seconds: float | None) -> None:
+    """After a run: free the model once it has been idle for ``seconds`` (0: now; None or
+    negative: keep it loaded for the life of the process)."""
+    if seconds is None or seconds < 0:
+        return
+    key = str(path)
+    with _LOCK:
+        use = _USES.get(key, 0)
+        old = _EXPIRY.pop(key, None)
+        timer = threading.Timer(seconds, _expire, (key, use, name, queue_limit))
+        timer.daemon = True
+        _EXPIRY[key] = (timer, use)
+    if old is not None:
+        old[0].cancel()
+    timer.start()
 
 
 def load(path: Path, name: str, settings: LoadSettings) -> Model:
@@ -158,13 +215,17 @@ class LocalRun:
     """
 
     def __init__(self, name: str, path: Path, load: LoadSettings, queue_limit: int,
-                 messages: list[dict[str, str]], options: dict[str, Any], fmt: Any):
+                 messages: list[dict[str, str]], options: dict[str, Any], fmt: Any, text: Text | None = None,
+                 keep_alive: float | None = None):
         self.name = name
         self.path = path
         self.load = load
         self.messages = messages
         self.options = options
         self.format = fmt
+        self.text = text or Text()
+        self.keep_alive = keep_alive
+        self.queue_limit = queue_limit
         self.state = _State()  # shared with the token loop, which must not refer back to self (no cycle)
         self.cancelled = self.state.cancelled
         self.gate: Gate = gate_for(path, name, queue_limit)
@@ -188,8 +249,10 @@ class LocalRun:
                     if not self.gate.wait(self.ticket, self.cancelled):
                         self._finished = True
                         raise StopIteration
+                    with _LOCK:
+                        _USES[str(self.path)] = _USES.get(str(self.path), 0) + 1
                     self._gen = _generate(self.state, self.name, self.path, self.load, self.messages,
-                                          self.options, self.format)
+                                          self.options, self.format, self.text)
                 if self.cancelled.is_set():
                     self._finish()
                     raise StopIteration
@@ -225,8 +288,23 @@ class LocalRun:
         try:
             if gen is not None:
                 gen.close()
+                if self.keep_alive == 0:  # Ollama's keep_alive 0: free the model right after the answer
+                    _free(str(self.path))
         finally:
             self.gate.leave(self.ticket)
+        if gen is not None and self.keep_alive:
+            keep_loaded(self.path, self.name, self.queue_limit, self.keep_alive)
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A text completion's prompt (sent without the chat template), its fill-in-the-middle
+    suffix, and the log probabilities asked for."""
+
+    prompt: str | None = None
+    suffix: str | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 class _State:
@@ -237,15 +315,54 @@ class _State:
         self.generated = 0
 
 
+def text_tokens(model: Model, name: str, text: Text) -> list[int]:
+    """A raw prompt's tokens (special tokens in it read as such, as Ollama's raw mode does), or
+    for fill-in-the-middle the GGUF's FIM tokens around prompt and suffix (prefix-suffix-middle)."""
+    llm = model.llm
+    prompt = (text.prompt or "").encode("utf-8")
+    if text.suffix is None:
+        tokens: list[int] = llm.tokenize(prompt, add_bos=True, special=True)
+        return tokens
+    import llama_cpp
+
+    pre, suf, mid = (llama_cpp.llama_vocab_fim_pre(model.vocab), llama_cpp.llama_vocab_fim_suf(model.vocab),
+                     llama_cpp.llama_vocab_fim_mid(model.vocab))
+    if min(pre, suf, mid) < 0:
+        raise UsageError(f"model '{name}' does not support insert: its GGUF file has no fill-in-the-middle "
+                         f"tokens (remove 'insert' from its capabilities in models.json)", "suffix")
+    bos = [llm.token_bos()] if llama_cpp.llama_vocab_get_add_bos(model.vocab) else []
+    return (bos + [pre] + llm.tokenize(prompt, add_bos=False, special=False) + [suf]
+            + llm.tokenize(text.suffix.encode("utf-8"), add_bos=False, special=False) + [mid])
+
+
+def _token_logprobs(llm: Any, token: int, top: int) -> TokenLogprob:
+    """The chosen token's log probability (and the ``top`` most likely alternatives) from the
+    logits it was sampled from: the last row the context computed (before the token is fed back)."""
+    import llama_cpp
+    import numpy as np
+
+    row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+    peak = float(row.max())
+    logsum = peak + float(np.log(np.exp(row - peak, dtype=np.float64).sum()))
+    piece = bytes(llm.detokenize([token], special=True))
+    out = TokenLogprob(piece.decode("utf-8", "replace"), float(row[token]) - logsum, list(piece))
+    if top:
+        best = np.argpartition(row, -top)[-top:]
+        for t in sorted(best.tolist(), key=lambda i: -row[i]):
+            alt = bytes(llm.detokenize([t], special=True))
+            out.top.append(TokenLogprob(alt.decode("utf-8", "replace"), float(row[t]) - logsum, list(alt)))
+    return out
+
+
 def _generate(state: _State, name: str, path: Path, load_settings: LoadSettings, messages: list[dict[str, str]],
-              options: dict[str, Any], fmt: Any) -> Generator[list[Event], None, None]:
+              options: dict[str, Any], fmt: Any, text: Text) -> Generator[list[Event], None, None]:
     """The token loop: yields [TextDelta] as text arrives, then [.., Usage, Finish]."""
     o = {**DEFAULTS, **options}
     model = load(path, name, load_settings)
     llm, n_ctx = model.llm, load_settings.n_ctx
     yield [Loaded()]  # the time so far is load_duration
     grammar = grammar_for(fmt)
-    tokens = prompt_tokens(model, messages)
+    tokens = prompt_tokens(model, messages) if text.prompt is None else text_tokens(model, name, text)
     n_prompt = len(tokens)
     if n_prompt >= n_ctx:
         raise UsageError(f"model '{name}': the prompt is {n_prompt} tokens, more than the context "
@@ -282,6 +399,8 @@ def _generate(state: _State, name: str, path: Path, load_settings: LoadSettings,
                 break
             n += 1
             state.generated = n
+            if text.logprobs:  # per token, before its text (which a stop sequence may hold back)
+                yield [Logprobs([_token_logprobs(llm, token, text.top_logprobs)])]
             piece = decoder.decode(detok([token]))
             if piece:
                 if stops:
@@ -346,5 +465,6 @@ def start(call: Call) -> LocalRun:
     """Check the file, take a place in the model's queue, and return the run."""
     local, path = _located(call)
     messages = [{"role": m.role, "content": m.content} for m in call.messages]
+    text = Text(call.prompt, call.suffix, call.logprobs, call.top_logprobs)
     return LocalRun(call.name, path, LoadSettings.of(local, path), local.queue_limit, messages,
-                    dict(call.options), call.format)
+                    dict(call.options), call.format, text, call.keep_alive)

@@ -40,7 +40,11 @@ class ProviderSpec(NamedTuple):
     base_url_required: bool = False  # every models.json entry must give a base_url
     local: bool = False  # runs in this process (no key, no URL; "ready" means installed)
     capabilities: tuple[str, ...] = ("completion",)  # a models.json entry's default
-    context_length: int = 32768  # the window /api/show reports without options.num_ctx
+    context_length: int = 32768  # the window /api/show reports without context_length or options.num_ctx
+    # the upstream's text-completion endpoint (a path under the base URL): raw prompts, and
+    # fill-in-the-middle with a suffix for entries with the 'insert' capability; None: it has none
+    completions_path: str | None = None
+    logprobs: bool = False  # the upstream can return the answer's token log probabilities
     options: Mapping[str, o.Option] = MappingProxyType({})  # what a request may set
     model_options: Mapping[str, o.Option] = MappingProxyType({})  # models.json only (load-time)
 
@@ -59,16 +63,17 @@ _WINDOW = MappingProxyType({"num_ctx": o.NUM_CTX})  # a remote model's num_ctx i
 
 PROVIDERS: Mapping[str, ProviderSpec] = MappingProxyType({spec.name: spec for spec in (
     ProviderSpec("openai", "openai", "OpenAI", ("OPENAI_API_KEY",), ("OPENAI_BASE_URL",),
-                 "https://api.openai.com/v1", context_length=128000, options=_options(),
-                 model_options=_WINDOW),
+                 "https://api.openai.com/v1", context_length=128000, completions_path="/completions",
+                 logprobs=True, options=_options(), model_options=_WINDOW),
     ProviderSpec("openrouter", "openai", "OpenRouter", ("OPENROUTER_API_KEY",), ("OPENROUTER_API_URL",),
-                 "https://openrouter.ai/api/v1", context_length=131072, options=_OPENAI_LIKE,
-                 model_options=_WINDOW),
+                 "https://openrouter.ai/api/v1", context_length=131072, completions_path="/completions",
+                 logprobs=True, options=_OPENAI_LIKE, model_options=_WINDOW),
     ProviderSpec("openai-compatible", "openai", "the OpenAI-compatible server", key_required=False,
-                 base_url_required=True, context_length=32768, options=_OPENAI_LIKE, model_options=_WINDOW),
+                 base_url_required=True, context_length=32768, completions_path="/completions", logprobs=True,
+                 options=_OPENAI_LIKE, model_options=_WINDOW),
     ProviderSpec("google", "google", "Gemini", ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
                  ("GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"), "https://generativelanguage.googleapis.com",
-                 context_length=1048576, options=_options(top_k=o.TOP_K), model_options=_WINDOW),
+                 context_length=1048576, logprobs=True, options=_options(top_k=o.TOP_K), model_options=_WINDOW),
     ProviderSpec("anthropic", "anthropic", "Anthropic", ("ANTHROPIC_API_KEY",), ("ANTHROPIC_BASE_URL",),
                  "https://api.anthropic.com", context_length=1000000,
                  # temperature 0-1 is checked by the adapter (the Messages API's range)
@@ -77,6 +82,7 @@ PROVIDERS: Mapping[str, ProviderSpec] = MappingProxyType({spec.name: spec for sp
                  model_options=_WINDOW),
     ProviderSpec("local", "local", "the local model", key_required=False, local=True,
                  context_length=2048,  # what a GGUF is loaded with when models.json sets no num_ctx
+                 logprobs=True,
                  options=_options(top_k=o.TOP_K, min_p=o.MIN_P, typical_p=o.TYPICAL_P,
                                   repeat_penalty=o.REPEAT_PENALTY),
                  model_options=MappingProxyType({"num_ctx": o.NUM_CTX, "num_thread": o.NUM_THREAD,

@@ -157,7 +157,8 @@ class AnthropicAdapter:
         if think is None or "thinking" not in call.capabilities:
             return None, None, max_tokens
         effort = think if isinstance(think, str) else None
-        skip = _replays_tool_use(messages) or bool(call.tools and call.tool_choice)
+        skip = _replays_tool_use(messages) or bool(call.tools and (call.tool_choice == "required"
+                                                                     or isinstance(call.tool_choice, dict)))
         if adaptive(call.model):
             if think is False:  # some of these models always think: ask for the least
                 return None, "low", max_tokens
@@ -211,6 +212,8 @@ class AnthropicAdapter:
             choice = call.tool_choice
             if choice == "required":
                 body["tool_choice"] = {"type": "any"}
+            elif choice in ("auto", "none"):
+                body["tool_choice"] = {"type": choice}
             elif isinstance(choice, dict):
                 body["tool_choice"] = {"type": "tool", "name": choice["name"]}
         output: dict[str, Any] = {}

@@ -82,6 +82,16 @@ class Call:
     timeout: float | None = None  # upstream read timeout in seconds; None: the transport's default
     retries: int = DEFAULT_RETRIES  # retries of a failure before any output (gencli.retry)
     local: LocalModel | None = None  # the local provider's file and load settings
+    # a JSON-schema format's name and strictness, as the caller gave them (OpenAI's json_schema)
+    format_name: str | None = None
+    format_strict: bool | None = None
+    # text completion: ``prompt`` is sent as it is (no chat template; ``messages`` is empty);
+    # with ``suffix``, fill-in-the-middle (the text between prompt and suffix)
+    prompt: str | None = None
+    suffix: str | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0  # alternatives per token, with logprobs
+    keep_alive: float | None = None  # seconds a local model stays loaded after the run (<0: forever)
 
 
 # -- adapters ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from gencli.errors import (
     UpstreamRateLimited,
     UsageError,
 )
-from gencli.events import Event, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
+from gencli.events import Event, Finish, Logprobs, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, Usage
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
 from gencli.providers.common import dumps, http_error, loads, retry_after, scrub
@@ -121,6 +121,29 @@ def _retry_delay(err: dict[str, Any]) -> float | None:
     return None
 
 
+
+def _logprob(item: Any) -> TokenLogprob | None:
+    if not isinstance(item, dict) or not isinstance(item.get("logProbability"), (int, float)):
+        return None
+    return TokenLogprob(str(item.get("token", "")), float(item["logProbability"]))
+
+
+def _logprobs(result: dict[str, Any]) -> Logprobs | None:
+    """Gemini's ``logprobsResult``: ``chosenCandidates`` (one per token) and ``topCandidates``
+    (the alternatives at each position)."""
+    chosen = result.get("chosenCandidates")
+    tops = result.get("topCandidates")
+    tops = tops if isinstance(tops, list) else []
+    out: list[TokenLogprob] = []
+    for i, item in enumerate(chosen if isinstance(chosen, list) else ()):
+        token = _logprob(item)
+        if token is None:
+            continue
+        top = tops[i].get("candidates") if i < len(tops) and isinstance(tops[i], dict) else None
+        token.top = [t for t in (_logprob(c) for c in (top if isinstance(top, list) else ())) if t is not None]
+        out.append(token)
+    return Logprobs(out) if out else None
+
 class GoogleAdapter:
     in_process: Literal[False] = False
     image_types: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp", "image/gif")
@@ -163,6 +186,10 @@ class GoogleAdapter:
             config["presencePenalty"] = o["presence_penalty"]
         if "frequency_penalty" in o:
             config["frequencyPenalty"] = o["frequency_penalty"]
+        if call.logprobs:
+            config["responseLogprobs"] = True
+            if call.top_logprobs:
+                config["logprobs"] = call.top_logprobs
         if call.format == "json":
             config["responseMimeType"] = "application/json"
         elif isinstance(call.format, dict):
@@ -241,7 +268,9 @@ class GoogleAdapter:
                     decl["parametersJsonSchema"] = fn["parameters"]  # full JSON Schema, as responseJsonSchema
                 decls.append(decl)
             body["tools"] = [{"functionDeclarations": decls}]
-            if call.tool_choice:  # a call is required (of the named function)
+            if call.tool_choice in ("auto", "none"):
+                body["toolConfig"] = {"functionCallingConfig": {"mode": call.tool_choice.upper()}}
+            elif call.tool_choice:  # a call is required (of the named function)
                 mode: dict[str, Any] = {"mode": "ANY"}
                 if isinstance(call.tool_choice, dict):
                     mode["allowedFunctionNames"] = [call.tool_choice["name"]]
@@ -322,6 +351,10 @@ class GoogleAdapter:
                     out.append(ReasoningDelta(text) if part.get("thought") else TextDelta(text))
                 elif isinstance(part, dict) and isinstance(part.get("functionCall"), dict):
                     out.append(self.tool_call(call, part["functionCall"]))
+            if call.logprobs and isinstance(candidate.get("logprobsResult"), dict):
+                lp = _logprobs(candidate["logprobsResult"])
+                if lp is not None:
+                    out.append(lp)
             reason = candidate.get("finishReason")
             if reason and reason != "FINISH_REASON_UNSPECIFIED":
                 out.append(Finish(FINISH.get(str(reason), "stop")))

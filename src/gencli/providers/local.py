@@ -14,7 +14,7 @@ from typing import Literal
 
 from gencli.local_model.runner import LocalRun, start
 from gencli.providers import PROVIDERS
-from gencli.providers.base import Call, InProcessAdapter
+from gencli.providers.base import Call, InProcessAdapter, LocalModel
 
 
 class LocalAdapter:
@@ -26,6 +26,13 @@ class LocalAdapter:
 
     def run(self, call: Call) -> LocalRun:
         return start(call)
+
+    def unload(self, local: LocalModel, name: str) -> bool:
+        """Free the model (after the generations running or queued on it); True if it was loaded."""
+        from gencli.local_model.files import gguf_path
+        from gencli.local_model.runner import unload
+
+        return unload(gguf_path(name, local.path, local.package), name, local.queue_limit)
 
     def embed(self, call: Call, inputs: list[str]) -> tuple[list[list[float]], int | None]:
         """Embeddings for entries with the 'embedding' capability (gencli.local_embed)."""

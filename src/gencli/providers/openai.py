@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from gencli.errors import UpstreamError, UsageError
-from gencli.events import Event, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
+from gencli.events import Event, Finish, Logprobs, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, Usage
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
 from gencli.providers.common import dumps, http_error, loads, scrub
@@ -70,6 +70,46 @@ def _reasoning(obj: dict[str, Any]) -> str:
     return ""
 
 
+def _token(item: Any) -> TokenLogprob | None:
+    if not isinstance(item, dict) or not isinstance(item.get("logprob"), (int, float)):
+        return None
+    raw = item.get("bytes")
+    return TokenLogprob(str(item.get("token", "")), float(item["logprob"]),
+                        raw if isinstance(raw, list) and all(isinstance(b, int) for b in raw) else None)
+
+
+def _logprobs(choice: dict[str, Any]) -> Logprobs | None:
+    """A choice's log probabilities: Chat Completions' ``logprobs.content`` (token objects with
+    ``top_logprobs``) or legacy Completions' ``tokens`` / ``token_logprobs`` / ``top_logprobs``."""
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return None
+    out: list[TokenLogprob] = []
+    content = lp.get("content")
+    if isinstance(content, list):
+        for item in content:
+            token = _token(item)
+            if token is None:
+                continue
+            for alt in item.get("top_logprobs") or ():
+                t = _token(alt)
+                if t is not None:
+                    token.top.append(t)
+            out.append(token)
+    elif isinstance(lp.get("tokens"), list) and isinstance(lp.get("token_logprobs"), list):
+        tops = lp.get("top_logprobs")
+        tops = tops if isinstance(tops, list) else []
+        for i, (tok, value) in enumerate(zip(lp["tokens"], lp["token_logprobs"])):
+            if not isinstance(value, (int, float)):
+                continue
+            token = TokenLogprob(str(tok), float(value))
+            alts = tops[i] if i < len(tops) else None
+            if isinstance(alts, dict):
+                token.top = [TokenLogprob(str(k), float(v)) for k, v in alts.items() if isinstance(v, (int, float))]
+            out.append(token)
+    return Logprobs(out) if out else None
+
+
 class OpenAIAdapter:
     in_process: Literal[False] = False
     image_types: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp", "image/gif")
@@ -80,6 +120,8 @@ class OpenAIAdapter:
 
     # -- request ----------------------------------------------------------------
     def body(self, call: Call) -> dict[str, Any]:
+        if call.prompt is not None:
+            return self.completion_body(call)
         o = call.options
         body: dict[str, Any] = {
             "model": call.model,
@@ -88,6 +130,10 @@ class OpenAIAdapter:
         if call.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+        if call.logprobs:
+            body["logprobs"] = True
+            if call.top_logprobs:
+                body["top_logprobs"] = call.top_logprobs
         if "temperature" in o:
             body["temperature"] = o["temperature"]
         if "top_p" in o:
@@ -113,14 +159,18 @@ class OpenAIAdapter:
                 body["min_p"] = o["min_p"]
         if call.tools:
             body["tools"] = call.tools
-            choice = call.tool_choice
-            body["tool_choice"] = ("required" if choice == "required" else
-                                   {"type": "function", "function": {"name": choice["name"]}} if choice else "auto")
+            choice = call.tool_choice  # passed on exactly as the caller gave it (none when not given)
+            if isinstance(choice, dict):
+                body["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+            elif choice is not None:
+                body["tool_choice"] = choice
         if call.format == "json":
             body["response_format"] = {"type": "json_object"}
         elif isinstance(call.format, dict):
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "response", "schema": call.format}}
+            schema: dict[str, Any] = {"name": call.format_name or "response", "schema": call.format}
+            if call.format_strict is not None:
+                schema["strict"] = call.format_strict
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
         think = call.think
         if think is not None:
             if self.provider == "openrouter":
@@ -137,6 +187,32 @@ class OpenAIAdapter:
                     body["reasoning_effort"] = "minimal"
         return body
 
+    def completion_body(self, call: Call) -> dict[str, Any]:
+        """A text completion (``{base}/completions``): the prompt as it is, and the suffix for
+        fill-in-the-middle. Sampling options as for chat; the legacy API's ``max_tokens``."""
+        o = call.options
+        body: dict[str, Any] = {"model": call.model, "prompt": call.prompt}
+        if call.suffix is not None:
+            body["suffix"] = call.suffix
+        if call.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        for key in ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty"):
+            if key in o:
+                body[key] = o[key]
+        if "num_predict" in o:
+            body["max_tokens"] = o["num_predict"]
+        if self.provider != "openai":
+            if "top_k" in o:
+                body["top_k"] = o["top_k"]
+            if "repeat_penalty" in o:
+                body["repetition_penalty"] = o["repeat_penalty"]
+            if "min_p" in o:
+                body["min_p"] = o["min_p"]
+        if call.logprobs:
+            body["logprobs"] = call.top_logprobs  # the legacy API's form: how many alternatives
+        return body
+
     def build(self, call: Call) -> HttpRequest:
         headers = {"Content-Type": "application/json",
                    "Accept": "text/event-stream" if call.stream else "application/json"}
@@ -146,8 +222,8 @@ class OpenAIAdapter:
             headers["HTTP-Referer"] = "https://github.com/gencli/gencli"
             headers["X-Title"] = "gencli"
         headers.update(call.headers)
-        return HttpRequest("POST", f"{call.base_url}/chat/completions", headers, dumps(self.body(call)),
-                           call.stream)
+        path = "/chat/completions" if call.prompt is None else (PROVIDERS[self.provider].completions_path or "")
+        return HttpRequest("POST", f"{call.base_url}{path}", headers, dumps(self.body(call)), call.stream)
 
     # -- embeddings (POST {base}/embeddings) -------------------------------------
     embed_batch = 2048  # OpenAI takes at most 2048 inputs per request
@@ -208,9 +284,13 @@ class OpenAIAdapter:
             reasoning = _reasoning(message)
             if reasoning:
                 out.append(ReasoningDelta(reasoning))
-            content = message.get("content")
+            content = message.get("content") if message else choice.get("text")  # chat, or a text completion
             if content:
                 out.append(TextDelta(content))
+            if call.logprobs:
+                lp = _logprobs(choice)
+                if lp is not None:
+                    out.append(lp)
             if message.get("tool_calls"):
                 out.extend(_tool_calls(message["tool_calls"], call, self.label))
             reason = choice.get("finish_reason")
@@ -283,6 +363,12 @@ class OpenAIStreamParser(SSEParser["OpenAIAdapter"]):
                 tcs = delta.get("tool_calls")
                 if tcs:
                     self._call_pieces(tcs)
+            elif isinstance(choice.get("text"), str) and choice["text"]:  # a text completion's chunk
+                out.append(TextDelta(choice["text"]))
+            if self.call.logprobs:
+                lp = _logprobs(choice)
+                if lp is not None:
+                    out.append(lp)
             reason = choice.get("finish_reason")
             if reason:
                 if reason == "error":
