@@ -235,8 +235,8 @@ def test_embedding_capability_in_tags_and_show(server):
     import ollama
 
     client = ollama.Client(host=server.url)
-    assert {"oa-embed", "gm-embed", "chat-only"} <= {m.model for m in client.list().models}
-    tags = {m["name"]: m["capabilities"] for m in httpx.get(server.url + "/api/tags").json()["models"]}
+    assert {"oa-embed", "gm-embed", "chat-only"} <= {m.model.removesuffix(":latest") for m in client.list().models}
+    tags = {m["name"].removesuffix(":latest"): m["capabilities"] for m in httpx.get(server.url + "/api/tags").json()["models"]}
     assert tags["oa-embed"] == ["embedding"] and tags["gm-embed"] == ["embedding"]
     assert "embedding" not in tags["chat-only"]
     assert client.show("gm-embed").capabilities == ["embedding"]

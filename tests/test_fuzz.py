@@ -73,6 +73,8 @@ def test_document_lists_every_route(tmp_path):
     app = App(registry=Registry.load(str(models)))
     served = {(m.lower(), p) for m, p in app.routes}
     doc = json.loads(DOC.read_text())
+    for method, prefix, _ in app.prefixes:  # a path with a parameter: /v1/models/{model}
+        served |= {(method.lower(), p) for p in doc["paths"] if p.startswith(prefix) and p[len(prefix):].startswith("{")}
     documented = {(m, p) for p, ops in doc["paths"].items() for m in ops
                   if m in ("get", "head", "post", "put", "patch", "delete", "options")}
     assert served - documented == set(), "routes missing from openapi.json"

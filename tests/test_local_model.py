@@ -327,7 +327,7 @@ def test_tags_and_show_report_the_gguf_details(local_server):
     import ollama
 
     client = ollama.Client(host=local_server.url)
-    smol = next(m for m in client.list().models if m.model == "smollm2")
+    smol = next(m for m in client.list().models if m.model == "smollm2:latest")
     assert smol.details.family == "llama" and smol.details.format == "gguf"
     assert smol.details.quantization_level == "Q4_1" and smol.details.parameter_size.endswith("M")
     assert smol.size == SMOL.stat().st_size

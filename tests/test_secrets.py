@@ -216,7 +216,7 @@ def test_server_outputs_never_show_a_key(server, fakes):
     assert statuses["messages cl False"] == 200 and statuses["count cl"] == 200
     assert statuses["messages cl-401 False"] == 502 and statuses["responses cl-401 True"] == 502
     assert "rejected the API key" in next(r for w, r in seen if w == "messages cl-401 False").text
-    assert "oa" in [m["name"] for m in next(r for w, r in seen if w == "/api/ps").json()["models"]]
+    assert "oa:latest" in [m["name"] for m in next(r for w, r in seen if w == "/api/ps").json()["models"]]
     for where, r in seen:
         assert_clean(r.text, where)
         assert_clean("\n".join(f"{k}: {v}" for k, v in r.headers.items()), f"headers of {where}")

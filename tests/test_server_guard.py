@@ -106,7 +106,7 @@ def test_wrong_key_is_401_and_v1_uses_openai_error_shape(keyed):
 
 def test_right_key_works_with_the_official_clients(keyed):
     client = ollama.Client(host=keyed.url, headers=AUTH)
-    assert "echo" in [m.model for m in client.list().models]
+    assert "echo:latest" in [m.model for m in client.list().models]
     out = client.generate(model="echo", prompt="hello there")
     assert out.response == "You said: hello there" and out.done
     oai = openai.OpenAI(base_url=keyed.url + "/v1", api_key=SERVER_KEY, max_retries=0)
@@ -169,7 +169,7 @@ def test_origins_added_by_env_and_by_flag(keyed, open_server):
 
 def test_requests_without_origin_or_key_pass_on_an_open_server(open_server):
     client = ollama.Client(host=open_server.url)
-    assert "echo" in [m.model for m in client.list().models]
+    assert "echo:latest" in [m.model for m in client.list().models]
     r = httpx.get(open_server.url + "/api/tags")
     assert r.status_code == 200 and _cors_headers(r) == {}
 

@@ -52,9 +52,9 @@ def test_version(client, server):
 def test_list_ready_models_only(client):
     listed = client.list()
     names = {m.model for m in listed.models}
-    assert {"echo", "reason", "tokens-5"} <= names
-    assert "needs-key" not in names  # its key variable is unset
-    echo = next(m for m in listed.models if m.model == "echo")
+    assert {"echo:latest", "reason:latest", "tokens-5:latest"} <= names  # Ollama always lists a tag
+    assert "needs-key:latest" not in names  # its key variable is unset
+    echo = next(m for m in listed.models if m.model == "echo:latest")
     assert echo.details.family == "openai-compatible"
     assert echo.details.format == "api"
     assert echo.modified_at is not None and isinstance(echo.size, int) and echo.digest
@@ -62,7 +62,7 @@ def test_list_ready_models_only(client):
 
 def test_tags_capabilities_raw(server):
     models = httpx.get(server.url + "/api/tags").json()["models"]
-    by_name = {m["name"]: m for m in models}
+    by_name = {m["name"].removesuffix(":latest"): m for m in models}
     assert by_name["echo"]["capabilities"] == ["completion", "vision"]
     assert by_name["reason"]["capabilities"] == ["completion", "thinking"]
     assert set(by_name["echo"]["details"]) == {"parent_model", "format", "family", "families",
@@ -77,7 +77,8 @@ def test_show(client, server):
     # older clients send "name"; the context length comes from options.num_ctx
     raw = httpx.post(server.url + "/api/show", json={"name": "ctx"}).json()
     assert raw["model_info"]["openai-compatible.context_length"] == 8192
-    assert "temperature 0.5" in raw["parameters"]
+    params = dict(line.split(None, 1) for line in raw["parameters"].splitlines())  # Ollama's "name  value" lines
+    assert params == {"num_ctx": "8192", "temperature": "0.5"}
     for key in ("modelfile", "template", "license", "modified_at", "details", "capabilities"):
         assert key in raw
 
@@ -93,7 +94,7 @@ def test_ps_lists_models_after_use(client):
     client.generate(model="tokens-5", prompt="warm up")
     ps = client.ps()
     assert isinstance(ps.models, list)
-    entry = next(m for m in ps.models if m.model == "tokens-5")
+    entry = next(m for m in ps.models if m.model == "tokens-5:latest")
     assert entry.expires_at is not None
 
 

@@ -342,10 +342,10 @@ def test_tools_to_a_model_without_the_capability_is_400(server, ollama_client, o
 
 
 def test_capabilities_in_tags_and_show(ollama_client):
-    tags = {m.model: m for m in ollama_client.list().models}
+    tags = {m.model.removesuffix(":latest"): m for m in ollama_client.list().models}
     caps = {m: ollama_client.show(m).capabilities for m in ("oa-tools", "plain")}
     assert "tools" in caps["oa-tools"] and "tools" not in caps["plain"]
     raw = httpx.get(ollama_client._client.base_url.join("/api/tags")).json()["models"]
-    by_name = {m["name"]: m["capabilities"] for m in raw}
+    by_name = {m["name"].removesuffix(":latest"): m["capabilities"] for m in raw}
     assert "tools" in by_name["gm-tools"] and "tools" not in by_name["plain"]
     assert set(tags) >= {"oa-tools", "plain", "gm-tools"}

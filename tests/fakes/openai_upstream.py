@@ -43,6 +43,16 @@ A real aiohttp server on 127.0.0.1 that speaks the wire described in
   careless upstream; tests/test_secrets.py checks gencli never shows it).
   ``FakeOpenAI.attempts`` counts requests per model; ``disconnect_times`` holds the
   ``time.monotonic()`` of each dropped stream.
+- ``logprobs: true`` (chat): every content piece carries ``logprobs.content`` with one token
+  object (``token``, ``logprob`` -0.25, ``bytes``, and ``top_logprobs`` alternatives: the token
+  itself, then ``alt1``, ``alt2``... at -2.5, -3.5... as many as ``top_logprobs`` asks).
+- ``POST /v1/completions`` (legacy completions, also what DeepSeek's FIM beta and Ollama
+  take): ``prompt`` and optional ``suffix``; answers "You said: <prompt>", or with a suffix
+  "Inserted between: <prompt> | <suffix>"; streamed or not, ``max_tokens`` and ``stop`` as for
+  chat; ``logprobs: N`` answers the legacy ``tokens`` / ``token_logprobs`` / ``top_logprobs``.
+  Model ``chat-only``: 404 as OpenAI answers a chat model there; ``error-*`` as for chat.
+- Every request body is recorded (``requests``): tests read ``tool_choice``,
+  ``response_format``, ``logprobs``, ``suffix``... exactly as they arrived.
 - ``gpt-5*`` / ``o1*`` / ``o3*`` / ``o4*``: like echo, but ``max_tokens`` is refused with
   400 ``unsupported_parameter`` as OpenAI's reasoning models do.
 
@@ -96,6 +106,8 @@ class _Reply:
     keepalive: int = 0
     midstream_error: bool = False
     truncate: bool = False  # the stream / body stops early, without finish_reason or [DONE]
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
@@ -147,6 +159,7 @@ class FakeOpenAI(ThreadedServer):
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/completions", self._completions)
         return app
 
     # -- helpers for tests ---------------------------------------------------
@@ -316,6 +329,9 @@ class FakeOpenAI(ThreadedServer):
                 r.keepalive = 3
         if model == "length":
             r.finish = "length"
+        r.logprobs = body.get("logprobs") is True
+        top = body.get("top_logprobs")
+        r.top_logprobs = top if isinstance(top, int) else 0
         r.completion_tokens = _words("".join(r.reasoning)) + _words("".join(r.content))
         return r
 
@@ -339,8 +355,10 @@ class FakeOpenAI(ThreadedServer):
         elif r.style == "deepseek":
             message["reasoning_content"] = reasoning
         message["refusal"] = None
+        logprobs = {"content": [_token_logprob(p, r.top_logprobs) for p in r.content], "refusal": None} \
+            if r.logprobs else None
         out = {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
-               "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": r.finish}],
+               "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": r.finish}],
                "usage": self._usage(r), "system_fingerprint": "fp_fake"}
         return web.Response(body=_dumps(out), content_type="application/json")
 
@@ -386,9 +404,15 @@ class FakeOpenAI(ThreadedServer):
                 await write(head + _dumps(delta) + tail)
                 if r.delay:
                     await asyncio.sleep(r.delay)
+            def piece_tail(piece: str) -> bytes:
+                if not r.logprobs:
+                    return tail
+                return (b',"logprobs":' + _dumps({"content": [_token_logprob(piece, r.top_logprobs)],
+                                                  "refusal": None}) + b',"finish_reason":null}]}\n\n')
+
             if first:  # the role arrives with the first content piece
                 await write(head + b'{"role":"assistant","content":' + _dumps(r.content[0] if r.content else "")
-                            + b'}' + tail)
+                            + b'}' + (piece_tail(r.content[0]) if r.content else tail))
                 pieces = r.content[1:]
                 if r.delay:
                     await asyncio.sleep(r.delay)
@@ -397,7 +421,7 @@ class FakeOpenAI(ThreadedServer):
             reasoning_null = b'"reasoning":null,' if r.style == "openrouter" else (
                 b'"reasoning_content":null,' if r.style == "deepseek" else b"")
             for piece in pieces:
-                await write(head + b"{" + reasoning_null + b'"content":' + _dumps(piece) + b"}" + tail)
+                await write(head + b"{" + reasoning_null + b'"content":' + _dumps(piece) + b"}" + piece_tail(piece))
                 if r.delay:
                     await asyncio.sleep(r.delay)
             if r.midstream_error:
@@ -560,6 +584,82 @@ class FakeOpenAI(ThreadedServer):
         await resp.write_eof()
         return resp
 
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        """Legacy text completions, with ``suffix`` for fill-in-the-middle."""
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        self.requests.append(Recorded(request.method, request.path,
+                                      {k.lower(): v for k, v in request.headers.items()}, body, raw))
+        denied = self._auth_failure(request)
+        if denied is not None:
+            return denied
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
+            return self._json_error(400, "you must provide a model parameter", "invalid_request_error", None, "model")
+        model = body["model"]
+        prompt, suffix = body.get("prompt"), body.get("suffix")
+        if not isinstance(prompt, str):
+            return self._json_error(400, "'prompt' must be a string", "invalid_request_error", None, "prompt")
+        if suffix is not None and not isinstance(suffix, str):
+            return self._json_error(400, "'suffix' must be a string", "invalid_request_error", None, "suffix")
+        if "messages" in body:
+            return self._json_error(400, "Unrecognized request argument supplied: messages", "invalid_request_error",
+                                    None)
+        if model == "chat-only":
+            return self._json_error(404, "This is a chat model and not supported in the v1/completions endpoint. "
+                                    "Did you mean to use v1/chat/completions?", "invalid_request_error", None, "model")
+        if model.startswith("error-"):
+            failure = self._failure(model)
+            if failure is not None:
+                return failure
+        text = f"Inserted between: {prompt} | {suffix}" if suffix else f"You said: {prompt}"
+        stops = body.get("stop")
+        for s in [stops] if isinstance(stops, str) else stops or ():
+            if isinstance(s, str) and s and s in text:
+                text = text[:text.index(s)]
+        pieces = _pieces(text)
+        finish = "stop"
+        limit = body.get("max_tokens")
+        if isinstance(limit, int) and len(pieces) > limit:
+            pieces, finish = pieces[:limit], "length"
+        top = body.get("logprobs")
+        usage = {"prompt_tokens": _words(prompt) + _words(suffix or ""), "completion_tokens": len(pieces),
+                 "total_tokens": _words(prompt) + _words(suffix or "") + len(pieces)}
+
+        def logprobs(part: list[str], offset: int) -> dict | None:
+            if not isinstance(top, int) or isinstance(top, bool):
+                return None
+            return {"tokens": part, "token_logprobs": [-0.25] * len(part),
+                    "top_logprobs": [{p: -0.25, **{f"alt{i}": -1.5 - i for i in range(1, top)}} for p in part],
+                    "text_offset": [offset + sum(len(x) for x in part[:i]) for i in range(len(part))]}
+
+        def choice(part: list[str], offset: int, end: str | None) -> dict:
+            return {"text": "".join(part), "index": 0, "logprobs": logprobs(part, offset), "finish_reason": end}
+
+        if body.get("stream") is not True:
+            out = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": model,
+                   "choices": [choice(pieces, 0, finish)], "usage": usage}
+            return web.Response(body=_dumps(out), content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await resp.prepare(request)
+
+        def event(obj: dict) -> bytes:
+            return b"data: " + _dumps({"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+                                       "model": model, **obj}) + b"\n\n"
+
+        offset = 0
+        for piece in pieces:
+            await resp.write(event({"choices": [choice([piece], offset, None)]}))
+            offset += len(piece)
+        await resp.write(event({"choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": finish}]}))
+        if isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage"):
+            await resp.write(event({"choices": [], "usage": usage}))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
     async def _embeddings(self, request: web.Request) -> web.Response:
         import base64
         import struct
@@ -602,6 +702,13 @@ class FakeOpenAI(ThreadedServer):
         out = {"object": "list", "data": data, "model": model,
                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
         return web.Response(body=_dumps(out), content_type="application/json")
+
+
+def _token_logprob(piece: str, top: int) -> dict:
+    """The fake's log probability of a piece (one token), with ``top`` alternatives."""
+    alts = [{"token": piece, "logprob": -0.25, "bytes": list(piece.encode())}]
+    alts += [{"token": f"alt{i}", "logprob": -1.5 - i, "bytes": list(f"alt{i}".encode())} for i in range(1, top)]
+    return {"token": piece, "logprob": -0.25, "bytes": list(piece.encode()), "top_logprobs": alts[:top]}
 
 
 def fake_vector(text: str, dims: int = 16) -> list[float]:

@@ -40,14 +40,15 @@ from gencli import __version__
 from gencli import images as img
 from gencli.engine import aexecute, prepare
 from gencli.errors import GencliError, ImageError, ModelNotFound, UsageError
-from gencli.events import Done, ReasoningDelta, TextDelta
+from gencli.events import Done, Logprobs, ReasoningDelta, TextDelta
 from gencli.registry import ModelEntry, Registry, context_length
 from gencli.request import GenerateRequest, Message
 from gencli.settings import Settings
 from gencli.wire import generate_chunk, generate_final, load_reply, now_iso
 
 OLLAMA_VERSION = "0.14.0"  # what /api/version reports: the first Ollama with /v1/responses and /v1/messages
-KEEP_ALIVE_NS = 5 * 60 * 10**9  # how long /api/ps lists a model after its last use
+KEEP_ALIVE = 300.0  # seconds a model stays loaded (listed in /api/ps; a local model in memory) after a request
+FOREVER = "2318-01-01T00:00:00Z"  # /api/ps's expires_at for a negative keep_alive (Ollama shows a far date)
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 MAX_MESSAGE = 1000  # characters of an error message sent to a client
 
@@ -311,6 +312,69 @@ def field_model(data: dict, key: str = "model") -> str:
     return v
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_KEEP_ALIVE = 10 * 365 * 86400.0  # beyond ten years a duration means "forever"
+
+
+def keep_alive_seconds(value: Any) -> float | None:
+    """Ollama's ``keep_alive``: seconds as a number, or a Go duration ("5m", "1h30m", "-1s"),
+    or a number in a string; negative: forever. None when absent."""
+    if value is None:
+        return None
+    where = "keep_alive must be a number of seconds or a duration such as \"5m\" (negative: keep loaded)"
+    if isinstance(value, bool):
+        raise UsageError(where, "keep_alive")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and len(value) <= 64:
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            sign = -1.0 if text.startswith("-") else 1.0
+            body = text.lstrip("+-")
+            parts = _DURATION.findall(body)
+            if not body or "".join(n + u for n, u in parts) != body:
+                raise UsageError(where, "keep_alive") from None
+            seconds = sign * sum(float(n) * _UNIT[u] for n, u in parts)
+    else:
+        raise UsageError(where, "keep_alive")
+    if not math.isfinite(seconds):
+        raise UsageError(where, "keep_alive")
+    return -1.0 if seconds < 0 or seconds > MAX_KEEP_ALIVE else seconds
+
+
+def tagged(name: str) -> str:
+    """The name as Ollama lists it: always with a tag (``llama3.1`` -> ``llama3.1:latest``)."""
+    return name if ":" in name else name + ":latest"
+
+
+def show_template(entry: ModelEntry) -> str:
+    """The Go template /api/show reports: what gencli sends for this model. Clients read
+    capabilities from it: LiteLLM "tools" in it (tools), Continue ``.Suffix`` (fill-in-the-middle)."""
+    caps = entry.capabilities
+    chat = ("{{- if .System }}system: {{ .System }}\n{{ end }}"
+            + ("{{- if .Tools }}tools: {{ range .Tools }}{{ . }}\n{{ end }}{{ end }}" if "tools" in caps else "")
+            + "{{- range .Messages }}{{ .Role }}: {{ .Content }}\n{{ end }}{{ .Prompt }}")
+    if "insert" in caps:
+        return "{{- if .Suffix }}{{ .Prompt }}<|fill-in-the-middle|>{{ .Suffix }}{{- else }}" + chat + "{{- end }}"
+    return chat
+
+
+def show_parameters(entry: ModelEntry, context: int) -> str:
+    """/api/show's ``parameters``, as Ollama writes them: one ``name value`` line each, strings quoted."""
+    lines = [f"{'num_ctx':<30} {context}"]
+    for key, value in entry.options.items():
+        if key == "num_ctx":
+            continue
+        if key == "stop" and isinstance(value, list):
+            lines.extend(f"{'stop':<30} {orjson.dumps(s).decode()}" for s in value)
+        elif not isinstance(value, (dict, list)):
+            lines.append(f"{key:<30} {value}")
+    return "\n".join(lines)
+
+
 class Disconnect:
     """Waits for the client's http.disconnect while a reply is produced; on it, cancels
     the request task (which closes the upstream connection).
@@ -374,6 +438,7 @@ class App:
         context.set_limit(self.max_body)  # a conversation in `context` is no larger than a body
         self.started = time.time()
         self.last_used: dict[str, int] = {}  # model name -> time.time_ns() of its last request
+        self.expires: dict[str, float] = {}  # model name -> when /api/ps stops listing it (time.time(); inf: never)
         mtime = self.started
         if self.registry.source is not None:
             try:
@@ -405,7 +470,18 @@ class App:
             ("POST", "/v1/messages"): lambda s, r, w: an.messages(self, s, r, w),
             ("POST", "/v1/messages/count_tokens"): lambda s, r, w: an.count_tokens(self, s, r, w),
             **routes_embed.routes(self),
+            ("POST", "/api/pull"): self.pull,
+            ("POST", "/v1/completions"): lambda s, r, w: oa.completions(self, s, r, w),
         }
+        for path in ("/api/push", "/api/create", "/api/copy"):
+            self.routes[("POST", path)] = self.not_here
+        self.routes[("DELETE", "/api/delete")] = self.not_here
+        # routes with a parameter in the path: (method, prefix) -> handler
+        self.prefixes: list[tuple[str, str, Callable]] = [
+            ("GET", "/v1/models/", lambda s, r, w: oa.model(self, s, r, w)),
+            ("POST", "/api/blobs/", self.not_here),
+            ("HEAD", "/api/blobs/", self.not_here),
+        ]
         self.paths: dict[str, list[str]] = {}
         for method, path in self.routes:
             self.paths.setdefault(path, []).append(method)
@@ -415,6 +491,8 @@ class App:
         kind = scope["type"]
         if kind == "http":
             handler = self.routes.get((scope["method"], scope["path"]))
+            if handler is None:
+                handler = self.prefixed(scope["method"], scope["path"])
             if handler is None:
                 await self.no_route(scope, send)
                 return
@@ -442,9 +520,18 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    def prefixed(self, method: str, path: str) -> Callable | None:
+        for m, prefix, handler in self.prefixes:
+            if m == method and path.startswith(prefix) and len(path) > len(prefix):
+                return handler
+        return None
+
     async def no_route(self, scope: Scope, send: Send) -> None:
         path = scope["path"]
         methods = self.paths.get(path)
+        if methods is None:
+            found = sorted({m for m, prefix, _ in self.prefixes if path.startswith(prefix) and len(path) > len(prefix)})
+            methods = found or None
         if methods is None:
             exc = GencliError(f"404 page not found: {scope['method']} {path}")
             exc.status, exc.kind = 404, "not_found_error"
@@ -492,7 +579,7 @@ class App:
         return self.registry.resolve(self.model_name(name))
 
     def model_name(self, name: str) -> str:
-        """The registry name for a requested name (Ollama clients may add ':latest')."""
+        """The registry name for a requested name (Ollama lists ``NAME:latest``; both resolve)."""
         if name not in self.registry.models and name.endswith(":latest") and name[:-7] in self.registry.models:
             return name[:-7]
         return name
@@ -520,9 +607,10 @@ class App:
     context_length = staticmethod(context_length)  # options.num_ctx, else the provider's usual window
 
     def tag(self, entry: ModelEntry) -> dict:
+        name = tagged(entry.name)
         return {
-            "name": entry.name,
-            "model": entry.name,
+            "name": name,
+            "model": name,
             "modified_at": self.modified_at,
             "size": (local_details(entry) or {}).get("size", 0),
             "digest": self.digest(entry),
@@ -530,8 +618,27 @@ class App:
             "capabilities": list(entry.capabilities),
         }
 
-    def touch(self, name: str) -> None:
-        self.last_used[name] = time.time_ns()
+    def touch(self, name: str, keep_alive: float | None = None) -> None:
+        """A request used the model: /api/ps lists it for ``keep_alive`` seconds (the default
+        when None; negative: for good; 0: not after this request)."""
+        now = time.time_ns()
+        self.last_used[name] = now
+        seconds = KEEP_ALIVE if keep_alive is None else keep_alive
+        self.expires[name] = math.inf if seconds < 0 else now / 1e9 + seconds
+
+    def keep_alive(self, data: dict) -> float:
+        """The request's keep_alive in seconds, the server's default when absent (negative: forever)."""
+        seconds = keep_alive_seconds(data.get("keep_alive"))
+        return KEEP_ALIVE if seconds is None else seconds
+
+    async def unload(self, entry: ModelEntry) -> None:
+        """Ollama's unload (keep_alive 0, nothing to generate): a local model's memory is freed
+        (after what runs on it) and the model leaves /api/ps."""
+        from gencli.engine import unload
+
+        self.last_used.pop(entry.name, None)
+        self.expires.pop(entry.name, None)
+        await asyncio.to_thread(unload, entry, self.registry)
 
     # -- simple routes ------------------------------------------------------------------------
     async def root(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -554,15 +661,16 @@ class App:
         await send_bytes(send, 200, doc, [H_JSON])
 
     async def ps(self, scope: Scope, receive: Receive, send: Send) -> None:
-        now = time.time_ns()
+        now = time.time()
         out = []
         for name, used in sorted(self.last_used.items(), key=lambda kv: -kv[1]):
             entry = self.registry.models.get(name)
-            if entry is None or now - used > KEEP_ALIVE_NS:
+            expires = self.expires.get(name, 0.0)
+            if entry is None or expires <= now:
                 continue
             item = self.tag(entry)
-            expires = (used + KEEP_ALIVE_NS) / 1e9
-            item["expires_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+            item["expires_at"] = FOREVER if expires == math.inf else time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
             item["size_vram"] = 0
             item["context_length"] = self.context_length(entry)
             out.append(item)
@@ -578,18 +686,24 @@ class App:
         entry = self.resolve(name)
         scope.setdefault("gencli", {})["model"] = entry.name
         arch = entry.provider
+        window = self.context_length(entry)
         info: dict[str, Any] = {"general.architecture": arch, "general.basename": entry.model or entry.name}
-        info[f"{arch}.context_length"] = self.context_length(entry)
         local = local_details(entry)
-        if local:  # the GGUF's own metadata: architecture, context length, parameter count, ...
+        if local:  # the GGUF's own metadata: architecture, parameter count, ...
             info = dict(local["model_info"])
-        params = "\n".join(f"{k} {v}" for k, v in entry.options.items() if not isinstance(v, (dict, list)))
+            arch = str(info.get("general.architecture") or arch)
+            info.setdefault("general.architecture", arch)
+            info.setdefault("general.basename", entry.name)
+            trained = local.get("context_length")
+            if isinstance(trained, int) and trained > 0 and not entry.context_length:
+                window = min(window, trained)  # what the model is loaded with (gencli.local_model.runner)
+        info[f"{arch}.context_length"] = window  # VS Code Copilot sizes its prompts from this
         missing = self.registry.missing_key(entry)
         reply = {
             "modelfile": f"# served by gencli {__version__}: {entry.provider} model {entry.model or entry.path}\n"
                          f"FROM {entry.model or entry.path}\n",
-            "parameters": params,
-            "template": "{{ .Prompt }}",
+            "parameters": show_parameters(entry, window),
+            "template": show_template(entry),
             "license": "",
             "details": self.details(entry),
             "model_info": info,
@@ -603,6 +717,41 @@ class App:
             reply["missing_key"] = missing
         await send_json(send, 200, reply)
 
+    # -- model management ---------------------------------------------------------------------
+    async def pull(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Ollama's pull: a model named in models.json is already here, so the pull succeeds at
+        once in Ollama's progress shape (streamed unless ``stream: false``); any other name is
+        a 404 saying where models come from."""
+        data = await self.read_json(receive)
+        name = data.get("model") or data.get("name")
+        if not name:
+            raise UsageError("model is required", "model")
+        if not isinstance(name, str):
+            raise UsageError("model must be a string", "model")
+        stream = field_bool(data, "stream", True)
+        try:
+            entry = self.resolve(name)
+        except ModelNotFound:
+            shown = bounded(name)[:200]
+            exc = ModelNotFound(f"model '{shown}' cannot be pulled: gencli serves the models named in its "
+                                f"models.json (run 'gencli models' to list them); add an entry there instead", name)
+            raise exc from None
+        scope.setdefault("gencli", {})["model"] = entry.name
+        if stream:
+            lines = [{"status": "pulling manifest"}, {"status": "verifying sha256 digest"},
+                     {"status": "writing manifest"}, {"status": "success"}]
+            await send_bytes(send, 200, b"".join(dumps(line) + b"\n" for line in lines), [H_NDJSON])
+        else:
+            await send_json(send, 200, {"status": "success"})
+
+    async def not_here(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """push, create, copy, delete and blobs: models are entries in models.json, not files here."""
+        path = scope["path"]
+        what = path.split("/")[2] if path.count("/") >= 2 else path
+        exc = UsageError(f"{what} is not supported by gencli serve: its models are the entries of models.json "
+                         f"(edit that file to add, copy or remove one)", None)
+        await self.fail(scope, send, exc)
+
     # -- generation ---------------------------------------------------------------------------
     async def generate(self, scope: Scope, receive: Receive, send: Send) -> None:
         data = await self.read_json(receive)
@@ -612,14 +761,20 @@ class App:
         stream = field_bool(data, "stream", False)
         prompt = field_str(data, "prompt")
         images = field_list(data, "images")
+        keep_alive = self.keep_alive(data)
         quota = self.image_quota()
         if images:
             quota.check_count(len(images))
         if not prompt and not images:
             entry = self.resolve(model)
-            self.touch(entry.name)
+            if keep_alive == 0:  # Ollama's unload (Open WebUI's unload button)
+                await self.unload(entry)
+                await self.send_load(send, {**load_reply(entry.name), "done_reason": "unload"}, stream)
+                return
+            self.touch(entry.name, keep_alive)
             await self.send_load(send, load_reply(entry.name), stream)
             return
+        logprobs, top = ollama_logprobs(data)
         req = GenerateRequest(
             model=model,
             prompt=prompt or "",
@@ -630,11 +785,17 @@ class App:
             think=data.get("think"),
             context=data.get("context"),
             stream=stream,
+            suffix=field_str(data, "suffix"),
+            raw=field_bool(data, "raw", False),
+            template=field_str(data, "template"),
+            logprobs=logprobs,
+            top_logprobs=top,
+            keep_alive=keep_alive,
         )
         plan = prepare(req, self.registry, model_default=False)
         try:
             await self.attach_images(plan, [], quota)
-            self.touch(plan.entry.name)
+            self.touch(plan.entry.name, keep_alive)
             await self.run(scope, receive, send, plan, stream, OllamaGenerate(plan.entry.name, stream))
         finally:
             quota.release()
@@ -646,13 +807,19 @@ class App:
         info["model"] = model
         stream = field_bool(data, "stream", True)  # Ollama streams chat unless told not to (the seed only covers generate)
         raw_messages = field_list(data, "messages")
+        keep_alive = self.keep_alive(data)
         if not raw_messages:
             entry = self.resolve(model)
-            self.touch(entry.name)
             reply = {"model": entry.name, "created_at": now_iso(),
                      "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"}
+            if keep_alive == 0:  # Ollama's unload (Open WebUI's unload button)
+                await self.unload(entry)
+                reply["done_reason"] = "unload"
+            else:
+                self.touch(entry.name, keep_alive)
             await self.send_load(send, reply, stream)
             return
+        logprobs, top = ollama_logprobs(data)
         messages, pending = ollama_messages(raw_messages)
         quota = self.image_quota()
         quota.check_count(len(pending))
@@ -664,11 +831,14 @@ class App:
             think=data.get("think"),
             stream=stream,
             tools=data.get("tools"),
+            logprobs=logprobs,
+            top_logprobs=top,
+            keep_alive=keep_alive,
         )
         plan = prepare(req, self.registry, model_default=False)
         try:
             await self.attach_images(plan, pending, quota)
-            self.touch(plan.entry.name)
+            self.touch(plan.entry.name, keep_alive)
             await self.run(scope, receive, send, plan, stream, OllamaChat(plan.entry.name, stream))
         finally:
             quota.release()
@@ -750,6 +920,8 @@ class App:
                         body = shape.text(event.text)
                     elif t is ReasoningDelta:
                         body = shape.reasoning(event.text)
+                    elif t is Logprobs:
+                        body = shape.logprobs(event.tokens)
                     else:
                         body = b""
                     if body:
@@ -800,11 +972,17 @@ class OllamaGenerate:
     def reasoning(self, text: str) -> bytes:
         return dumps(generate_chunk(self.model, "", text)) + b"\n"
 
+    def logprobs(self, tokens: list) -> bytes:
+        return dumps({**generate_chunk(self.model), "logprobs": ollama_logprob_list(tokens)}) + b"\n"
+
     def final(self, done: Done) -> bytes:
         return dumps(generate_final(done, True)) + b"\n"
 
     def whole(self, done: Done) -> dict:
-        return generate_final(done, False)
+        out = generate_final(done, False)
+        if done.logprobs is not None:
+            out["logprobs"] = ollama_logprob_list(done.logprobs)
+        return out
 
     def error_line(self, exc: GencliError) -> bytes:
         return dumps({"error": exc.message}) + b"\n"
@@ -823,6 +1001,10 @@ class OllamaChat(OllamaGenerate):
     def reasoning(self, text: str) -> bytes:
         return dumps({"model": self.model, "created_at": now_iso(),
                       "message": {"role": "assistant", "content": "", "thinking": text}, "done": False}) + b"\n"
+
+    def logprobs(self, tokens: list) -> bytes:
+        return dumps({"model": self.model, "created_at": now_iso(), "message": {"role": "assistant", "content": ""},
+                      "done": False, "logprobs": ollama_logprob_list(tokens)}) + b"\n"
 
     def _final(self, done: Done, content: str, thinking: bool) -> dict:
         message = {"role": "assistant", "content": content}
@@ -848,7 +1030,35 @@ class OllamaChat(OllamaGenerate):
         return line
 
     def whole(self, done: Done) -> dict:
-        return self._final(done, done.text, True)
+        out = self._final(done, done.text, True)
+        if done.logprobs is not None:
+            out["logprobs"] = ollama_logprob_list(done.logprobs)
+        return out
+
+
+def ollama_logprobs(data: dict) -> tuple[bool, int]:
+    """``logprobs`` and ``top_logprobs`` of an Ollama request (0-20, as Ollama checks)."""
+    logprobs = field_bool(data, "logprobs", False)
+    top = data.get("top_logprobs")
+    if top is None:
+        return logprobs, 0
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+        raise UsageError("top_logprobs must be between 0 and 20", "top_logprobs")
+    return logprobs, top
+
+
+def ollama_logprob_list(tokens: list) -> list[dict]:
+    """Log probabilities in Ollama's shape: ``[{token, logprob, bytes?, top_logprobs?}]``."""
+    out = []
+    for t in tokens:
+        item: dict[str, Any] = {"token": t.token, "logprob": t.logprob}
+        if t.bytes is not None:
+            item["bytes"] = t.bytes
+        if t.top:
+            item["top_logprobs"] = [{"token": a.token, "logprob": a.logprob, **({"bytes": a.bytes} if a.bytes
+                                                                               is not None else {})} for a in t.top]
+        out.append(item)
+    return out
 
 
 def ollama_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, Any]]]:

@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes: POST /v1/chat/completions and GET /v1/models.
+"""OpenAI-compatible routes: POST /v1/chat/completions, POST /v1/completions (legacy text
+completions, ``suffix`` for fill-in-the-middle), GET /v1/models and GET /v1/models/{id}.
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 Streams are SSE: a first delta with the role, content (and ``reasoning_content``)
@@ -9,6 +10,7 @@ deltas, a finish chunk, a usage chunk when ``stream_options.include_usage``, the
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +18,64 @@ from gencli.engine import prepare
 from gencli.errors import GencliError, UsageError
 from gencli.events import Done
 from gencli.request import GenerateRequest, Message
-from gencli.server.app import H_NOCACHE, H_SSE, dumps, field_bool, field_list, field_model, openai_error, send_json
+from gencli.server.app import (
+    H_NOCACHE,
+    H_SSE,
+    KEEP_ALIVE,
+    dumps,
+    field_bool,
+    field_list,
+    field_model,
+    openai_error,
+    send_json,
+)
 
 if TYPE_CHECKING:
     from gencli.server.app import App
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_TOP_LOGPROBS = 20
+
+
+def _unsupported(data: dict) -> None:
+    """Parameters gencli cannot honour are a 400 naming them, never silently ignored."""
+    n = data.get("n")
+    if n is not None and n != 1:
+        raise UsageError("n must be 1: gencli serve returns one choice per request (send n requests for more)", "n")
+    best_of = data.get("best_of")
+    if best_of is not None and best_of != 1:
+        raise UsageError("best_of must be 1: gencli serve returns one choice per request", "best_of")
+    if data.get("logit_bias"):
+        raise UsageError("logit_bias is not supported by gencli serve; leave it out", "logit_bias")
+    modalities = data.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise UsageError("modalities must be [\"text\"]: gencli serve answers with text only", "modalities")
+    if data.get("audio") is not None:
+        raise UsageError("audio output is not supported by gencli serve; leave out audio", "audio")
+
+
+def _chat_logprobs(data: dict) -> tuple[bool, int]:
+    lp = data.get("logprobs")
+    if lp is not None and not isinstance(lp, bool):
+        raise UsageError("logprobs must be true or false", "logprobs")
+    top = data.get("top_logprobs")
+    if top is None:
+        return bool(lp), 0
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise UsageError(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}", "top_logprobs")
+    if not lp:
+        raise UsageError("top_logprobs needs logprobs: true", "top_logprobs")
+    return True, top
+
+
+def _openai_logprobs(tokens: list) -> list[dict]:
+    """Chat Completions' ``logprobs.content``: token objects with ``bytes`` and ``top_logprobs``."""
+    def item(t: Any) -> dict:
+        return {"token": t.token, "logprob": t.logprob,
+                "bytes": t.bytes if t.bytes is not None else list(t.token.encode("utf-8"))}
+
+    return [{**item(t), "top_logprobs": [item(a) for a in t.top]} for t in tokens]
+
 
 ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 EFFORT = {"low": "low", "medium": "medium", "high": "high", "minimal": False, "none": False}
@@ -44,24 +100,31 @@ def _options(data: dict) -> dict:
     return options
 
 
-def _format(data: dict) -> Any:
+def _format(data: dict) -> tuple[Any, str | None, bool | None]:
+    """``response_format`` -> (the engine's format, the schema's name, its strict flag)."""
     rf = data.get("response_format")
     if rf is None:
-        return None
+        return None, None, None
     if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
         raise UsageError("response_format must be an object with a type", "response_format")
     kind = rf["type"]
     if kind == "text":
-        return None
+        return None, None, None
     if kind == "json_object":
-        return "json"
+        return "json", None, None
     if kind == "json_schema":
         js = rf.get("json_schema")
         schema = js.get("schema") if isinstance(js, dict) else None
         if not isinstance(schema, dict):
             raise UsageError("response_format.json_schema.schema must be a JSON schema object",
                              "response_format")
-        return schema
+        name, strict = js.get("name"), js.get("strict")
+        if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
+            raise UsageError("response_format.json_schema.name must be 1 to 64 letters, digits, _ or -",
+                             "response_format")
+        if strict is not None and not isinstance(strict, bool):
+            raise UsageError("response_format.json_schema.strict must be true or false", "response_format")
+        return schema, name, strict
     raise UsageError(f"response_format.type '{kind}' is not supported (text, json_object, json_schema)",
                      "response_format")
 
@@ -136,6 +199,12 @@ class OpenAIChat:
 
     __slots__ = ("model", "id", "created", "include_usage", "_sent_role")
 
+    def logprobs(self, tokens: list) -> bytes:
+        obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+               "choices": [{"index": 0, "delta": {}, "logprobs": {"content": _openai_logprobs(tokens), "refusal": None},
+                            "finish_reason": None}]}
+        return self._role() + b"data: " + dumps(obj) + b"\n\n"
+
     def __init__(self, model: str, include_usage: bool):
         self.model = model
         self.id = "chatcmpl-" + os.urandom(12).hex()
@@ -188,7 +257,9 @@ class OpenAIChat:
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": done.done_reason, "logprobs": None}],
+            "choices": [{"index": 0, "message": message, "finish_reason": done.done_reason,
+                         "logprobs": None if done.logprobs is None else {"content": _openai_logprobs(done.logprobs),
+                                                                         "refusal": None}}],
             "usage": _usage(done),
         }
 
@@ -211,12 +282,16 @@ async def chat_completions(app: "App", scope, receive, send) -> None:
     raw = field_list(data, "messages")
     if not raw:
         raise UsageError("messages is required (a non-empty array)", "messages")
+    _unsupported(data)
     messages, pending = openai_messages(raw)
     quota = app.image_quota()
     quota.check_count(len(pending))
-    req = GenerateRequest(model=model, messages=messages, options=_options(data), format=_format(data),
-                          think=_think(data), stream=stream, tools=data.get("tools"),
-                          tool_choice=data.get("tool_choice"))
+    fmt, fmt_name, fmt_strict = _format(data)
+    logprobs, top = _chat_logprobs(data)
+    req = GenerateRequest(model=model, messages=messages, options=_options(data), format=fmt, format_name=fmt_name,
+                          format_strict=fmt_strict, think=_think(data), stream=stream, tools=data.get("tools"),
+                          tool_choice=data.get("tool_choice"), logprobs=logprobs, top_logprobs=top,
+                          keep_alive=KEEP_ALIVE)
     plan = prepare(req, app.registry, model_default=False)
     try:
         await app.attach_images(plan, pending, quota)
@@ -226,7 +301,107 @@ async def chat_completions(app: "App", scope, receive, send) -> None:
         quota.release()
 
 
+def _model_object(app: "App", entry: Any) -> dict:
+    return {"id": entry.name, "object": "model", "created": app.modified_ts, "owned_by": entry.provider}
+
+
 async def models(app: "App", scope, receive, send) -> None:
-    data = [{"id": e.name, "object": "model", "created": app.modified_ts, "owned_by": e.provider}
-            for e in app.ready_models()]
+    data = [_model_object(app, e) for e in app.ready_models()]
     await send_json(send, 200, {"object": "list", "data": data})
+
+
+async def model(app: "App", scope, receive, send) -> None:
+    """GET /v1/models/{id} (the openai SDK's ``models.retrieve``): a registry name, with or
+    without ``:latest``; 404 in OpenAI's shape for any other."""
+    from urllib.parse import unquote
+
+    name = unquote(scope["path"][len("/v1/models/"):])
+    entry = app.resolve(name)
+    scope.setdefault("gencli", {})["model"] = entry.name
+    await send_json(send, 200, _model_object(app, entry))
+
+
+class OpenAICompletion:
+    """Legacy completions (``text_completion``): a choice with ``text``; streamed as SSE chunks."""
+
+    headers = [H_SSE, H_NOCACHE]
+
+    __slots__ = ("model", "id", "created", "include_usage", "top")
+
+    def __init__(self, model: str, include_usage: bool, top: int):
+        self.model = model
+        self.id = "cmpl-" + os.urandom(12).hex()
+        self.created = int(time.time())
+        self.include_usage = include_usage
+        self.top = top
+
+    def _event(self, choices: list, usage: dict | None = None) -> bytes:
+        obj: dict[str, Any] = {"id": self.id, "object": "text_completion", "created": self.created,
+                               "model": self.model, "choices": choices}
+        if usage is not None:
+            obj["usage"] = usage
+        return b"data: " + dumps(obj) + b"\n\n"
+
+    def _logprobs(self, tokens: list) -> dict:
+        return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+                "top_logprobs": [{a.token: a.logprob for a in t.top} for t in tokens] if self.top else None,
+                "text_offset": []}
+
+    def text(self, text: str) -> bytes:
+        return self._event([{"text": text, "index": 0, "logprobs": None, "finish_reason": None}])
+
+    def reasoning(self, text: str) -> bytes:
+        return b""
+
+    def logprobs(self, tokens: list) -> bytes:
+        return self._event([{"text": "", "index": 0, "logprobs": self._logprobs(tokens), "finish_reason": None}])
+
+    def final(self, done: Done) -> bytes:
+        out = self._event([{"text": "", "index": 0, "logprobs": None, "finish_reason": done.done_reason}])
+        if self.include_usage:
+            out += self._event([], _usage(done))
+        return out + b"data: [DONE]\n\n"
+
+    def whole(self, done: Done) -> dict:
+        logprobs = None if done.logprobs is None else self._logprobs(done.logprobs)
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [{"text": done.text, "index": 0, "logprobs": logprobs, "finish_reason": done.done_reason}],
+                "usage": _usage(done)}
+
+    def error_line(self, exc: GencliError) -> bytes:
+        return b"data: " + dumps(openai_error(exc)) + b"\n\n"
+
+    async def fail_before(self, app: "App", scope, send, exc: GencliError) -> None:
+        await app.fail(scope, send, exc)
+
+
+async def completions(app: "App", scope, receive, send) -> None:
+    """POST /v1/completions: ``prompt`` sent as it is (a text completion), ``suffix`` for
+    fill-in-the-middle on models with the 'insert' capability."""
+    data = await app.read_json(receive)
+    model = app.model_name(field_model(data))
+    scope.setdefault("gencli", {})["model"] = model
+    stream = field_bool(data, "stream", False)
+    so = data.get("stream_options")
+    if so is not None and not isinstance(so, dict):
+        raise UsageError("stream_options must be an object", "stream_options")
+    prompt = data.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise UsageError("prompt must be a string (one prompt per request)", "prompt")
+    suffix = data.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise UsageError("suffix must be a string", "suffix")
+    _unsupported(data)
+    if data.get("echo"):
+        raise UsageError("echo is not supported by gencli serve; leave it out", "echo")
+    top = data.get("logprobs")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 5):
+        raise UsageError("logprobs must be an integer from 0 to 5", "logprobs")
+    req = GenerateRequest(model=model, prompt=prompt, options=_options(data), stream=stream, raw=True,
+                          suffix=suffix or None, logprobs=top is not None, top_logprobs=top or 0, keep_alive=KEEP_ALIVE)
+    plan = prepare(req, app.registry, model_default=False)
+    app.touch(plan.entry.name)
+    await app.run(scope, receive, send, plan, stream,
+                  OpenAICompletion(plan.entry.name, bool(so and so.get("include_usage")), top or 0))
