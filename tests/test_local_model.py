@@ -393,3 +393,63 @@ def test_ctrl_c_stops_the_cli_at_once(tmp_path, workdir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- issue 11: raw prompts, log probabilities, keep_alive -------------------------------------
+def test_raw_prompt_and_logprobs_in_process(tmp_path):
+    from gencli.local_model import runner
+
+    reg = registry(tmp_path)
+    req = GenerateRequest(model="smollm2", prompt="<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n",
+                          raw=True, stream=True, logprobs=True, top_logprobs=3,
+                          options={"seed": 1, "num_predict": 6, "temperature": 0})
+    events = list(engine.execute(engine.prepare(req, reg), transport=None))
+    done = events[-1]
+    # the chat template is not applied again: the prompt is its own 15-odd tokens
+    assert done.prompt_eval_count < 20 and done.eval_count == 6
+    assert len(done.logprobs) == 6 and all(t.logprob <= 0 and len(t.top) == 3 for t in done.logprobs)
+    assert all(t.top[0].logprob >= t.top[1].logprob >= t.top[2].logprob for t in done.logprobs)
+    assert all(t.top[0].logprob >= t.logprob for t in done.logprobs)  # temperature 0: the best token
+    assert "".join(t.token for t in done.logprobs).startswith(done.text[:3])
+    with pytest.raises(Exception, match="does not support insert"):
+        engine.prepare(GenerateRequest(model="smollm2", prompt="a", suffix="b"), reg)
+    assert runner.is_loaded(SMOL)
+
+
+def test_keep_alive_frees_the_local_model(tmp_path):
+    from gencli.local_model import runner
+
+    reg = registry(tmp_path)
+
+    def run(keep_alive):
+        req = GenerateRequest(model="smollm2", prompt="hi", keep_alive=keep_alive, options={"num_predict": 2})
+        list(engine.execute(engine.prepare(req, reg), transport=None))
+
+    run(None)
+    assert runner.is_loaded(SMOL)
+    run(0)  # Ollama's keep_alive 0: freed right after the answer
+    assert not runner.is_loaded(SMOL)
+    run(0.5)  # idle past its keep-alive: freed by the timer
+    assert runner.is_loaded(SMOL)
+    deadline = time.monotonic() + 30
+    while runner.is_loaded(SMOL):
+        assert time.monotonic() < deadline, "the model was not freed after its keep_alive"
+        time.sleep(0.05)
+    run(None)
+    assert engine.unload(reg.resolve("smollm2"), reg) is True and not runner.is_loaded(SMOL)
+    assert engine.unload(reg.resolve("smollm2"), reg) is False
+
+
+def test_serve_unloads_the_local_model(local_server):
+    import ollama
+
+    client = ollama.Client(host=local_server.url)
+    client.generate(model="smollm2", prompt="hi", options={"num_predict": 2})
+    assert "smollm2:latest" in {m.model for m in client.ps().models}
+    loaded = local_server.status("VmRSS")
+    r = client.generate(model="smollm2", prompt="", keep_alive=0)
+    assert r.done_reason == "unload" and "smollm2:latest" not in {m.model for m in client.ps().models}
+    freed = loaded - local_server.status("VmRSS")
+    assert freed > 40_000, f"only {freed} kB freed"  # the model (~90 MB mapped, its context) is gone
+    r = client.generate(model="smollm2", prompt="hi", options={"num_predict": 2}, logprobs=True)
+    assert len(r.logprobs) == r.eval_count and all(isinstance(t.logprob, float) for t in r.logprobs)
