@@ -274,8 +274,14 @@ def test_json_schema_keeps_name_and_strict(oai, openai_fake):
               "additionalProperties": False}
     oai.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}], response_format={
         "type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": schema}})
-    assert openai_fake.last().body["response_format"] == {
-        "type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
+    want = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
+    assert openai_fake.last().body["response_format"] == want
+    oai.responses.create(model="echo", input="x", text={"format": {"type": "json_schema", "name": "person",
+                                                                  "strict": True, "schema": schema}})
+    assert openai_fake.last().body["response_format"] == want  # the Responses API's text.format too
+    with pytest.raises(openai.BadRequestError, match="name"):
+        oai.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}], response_format={
+            "type": "json_schema", "json_schema": {"name": "a b", "schema": schema}})
 
 
 def test_models_retrieve(oai):

@@ -228,6 +228,24 @@ def test_a_megabyte_key_is_never_echoed(hostile):
     works(hostile)
 
 
+def test_a_template_that_repeats_the_prompt_is_refused_before_it_grows(hostile, openai_fake):
+    """Ollama's template field: 200,000 copies of a 1 MB prompt would be 200 GB; the rendered
+    prompt is bounded (a few copies of the values) and checked before each copy."""
+    start_watch(hostile)
+    mark = openai_fake.mark()
+    body = json.dumps({"model": "echo", "prompt": "p" * MB, "template": "{{.Prompt}}" * 200_000}).encode()
+    r, took = post_raw(hostile, "/api/generate", body)
+    assert r.status_code == 400 and "template repeats" in r.json()["error"]
+    assert took < 5 and growth_mb(hostile) < 60
+    assert openai_fake.since(mark) == []
+    # keep_alive, logprobs and top_logprobs are checked by type and range
+    for extra in ({"keep_alive": "9" * 400}, {"keep_alive": [1] * 1000}, {"top_logprobs": 10**18},
+                  {"logprobs": "yes"}):
+        r = httpx.post(hostile.url + "/api/generate", json={"model": "echo", "prompt": "x", **extra}, timeout=30)
+        assert r.status_code == 400 and len(r.content) < 500, (extra, r.text[:200])
+    works(hostile)
+
+
 # -- 3. decompression -----------------------------------------------------------------------------
 
 def _context(payload_json: bytes) -> list[int]:

@@ -18,11 +18,16 @@ from gencli.errors import UsageError
 _ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
 _FIELDS = ("Prompt", "System", "Suffix", "Response")
 MAX_NESTING = 32
+MAX_COPIES = 4  # the rendered prompt is at most the template and this many copies of the values
 
 
 def render_template(template: str, prompt: str, system: str = "", suffix: str = "") -> str:
     """``template`` with the request's values; UsageError for what it cannot render."""
     values = {"Prompt": prompt, "System": system, "Suffix": suffix, "Response": ""}
+    # a template repeating {{ .Prompt }} must not turn one request into gigabytes: the rendered
+    # prompt is at most the template plus each value a few times over (checked before each copy)
+    limit = len(template) + MAX_COPIES * (len(prompt) + len(system) + len(suffix))
+    size = 0
     used: set[str] = set()
     out: list[str] = []
     # a stack of [this branch is shown, some branch was taken, the enclosing block is shown]
@@ -47,6 +52,9 @@ def render_template(template: str, prompt: str, system: str = "", suffix: str = 
         if field is not None:
             used.add(field)
             if shown:
+                size += len(text) + len(values[field])
+                if size > limit:
+                    raise UsageError(f"template repeats its values more than {MAX_COPIES} times over", "template")
                 out.append(values[field])
             continue
         words = action.split()

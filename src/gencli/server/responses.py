@@ -241,6 +241,10 @@ def request_in(data: dict, model: str) -> tuple[GenerateRequest, list, dict]:
     req = GenerateRequest(model=model, messages=messages, system=instructions or None, options=options, format=fmt,
                           think=think_in(data.get("reasoning")), stream=field_bool(data, "stream", False),
                           tools=tools, tool_choice=tool_choice_in(data.get("tool_choice")))
+    if isinstance(fmt, dict):  # the schema's name and strict reach an OpenAI upstream as given
+        name, strict = fmt_echo.get("name"), fmt_echo.get("strict")
+        req.format_name = name if isinstance(name, str) else None
+        req.format_strict = strict if isinstance(strict, bool) else None
     reasoning = data.get("reasoning") if isinstance(data.get("reasoning"), dict) else {}
     echo = {
         "instructions": instructions,
