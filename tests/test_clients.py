@@ -364,3 +364,29 @@ def test_ps_drops_expired_models(client):
         assert time.monotonic() < deadline, "qwen:7b still listed after its keep_alive ran out"
         time.sleep(0.2)
     assert json.dumps(httpx.get(client._client.base_url.join("/api/ps")).json())  # still valid JSON
+
+
+def test_clients_send_the_server_key(openai_fake, tmp_path_factory, tmp_path):
+    """With GENCLI_API_KEY set, each client sends it the way the README's Clients table says."""
+    key = "gencli-test-server-key-1234"
+    models = {"echo": {"provider": "openai-compatible", "model": "echo", "base_url": openai_fake.base_url, **KEY}}
+    s = ServeProcess(tmp_path_factory.mktemp("keyed"), models, env={"GENCLI_API_KEY": key})
+    try:
+        with pytest.raises(ollama.ResponseError) as err:
+            ollama.Client(host=s.url).list()
+        assert err.value.status_code == 401
+        auth = {"Authorization": f"Bearer {key}"}
+        assert ollama.Client(host=s.url, headers=auth).generate(model="echo", prompt="k").response == "You said: k"
+        from langchain_ollama import ChatOllama
+
+        chat = ChatOllama(model="echo", base_url=s.url, client_kwargs={"headers": auth}, validate_model_on_init=True)
+        assert chat.invoke("k").content == "You said: k"
+        llm = Path(sys.executable).with_name("llm")
+        env = clean_env(tmp_path, OLLAMA_HOST=s.url, LLM_USER_PATH=str(tmp_path / "llm"), OLLAMA_API_KEY=key)
+        r = subprocess.run([str(llm), "-m", "ollama/echo", "k", "--no-log"], env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 and r.stdout.strip() == "You said: k", r.stderr
+        oai = openai.OpenAI(base_url=s.url + "/v1", api_key=key, max_retries=0)
+        assert oai.models.retrieve("echo").id == "echo"
+    finally:
+        s.stop()
