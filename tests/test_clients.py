@@ -390,3 +390,34 @@ def test_clients_send_the_server_key(openai_fake, tmp_path_factory, tmp_path):
         assert oai.models.retrieve("echo").id == "echo"
     finally:
         s.stop()
+
+
+JS = Path(__file__).with_name("js")
+
+
+@pytest.mark.skipif(not (JS / "node_modules" / "ollama").is_dir(),
+                    reason="the JS client is not installed (.ci/run runs npm ci in tests/js)")
+def test_the_javascript_ollama_client(openai_fake, tmp_path_factory):
+    """The official JS client, with the Authorization header it needs for a host that is not ollama.com."""
+    import shutil
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    key = "gencli-test-server-key-js-5678"
+    models = {"echo": {"provider": "openai-compatible", "model": "echo", "base_url": openai_fake.base_url, **KEY}}
+    s = ServeProcess(tmp_path_factory.mktemp("js"), models, env={"GENCLI_API_KEY": key})
+    try:
+        r = subprocess.run([node, str(JS / "ollama_client.mjs"), s.url, key], capture_output=True, text=True,
+                           timeout=120, cwd=JS)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert "echo:latest" in out["models"] and [int(p) for p in out["version"].split(".")] >= [0, 6, 4]
+        assert out["show"]["capabilities"] == ["completion"] and isinstance(out["show"]["model_info"], dict)
+        assert out["generate"]["response"] == "You said: from js" and out["chat"] == "You said: stream js"
+        assert out["unload"] == "unload" and "models.json" in out["pull"]
+        denied = subprocess.run([node, str(JS / "ollama_client.mjs"), s.url], capture_output=True, text=True,
+                                timeout=120, cwd=JS)
+        assert denied.returncode != 0 and "API key" in denied.stderr
+    finally:
+        s.stop()
