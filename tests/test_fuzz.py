@@ -140,6 +140,7 @@ def test_server_survived_the_fuzz(fuzz_server):
 @pytest.mark.parametrize("path,body", [
     ("/v1/chat/completions", {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
     ("/api/generate", {"model": "echo", "stream": True, "prompt": "hi"}),
+    ("/v1/completions", {"model": "echo", "stream": True, "prompt": "hi"}),
     ("/api/chat", {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
     ("/v1/responses", {"model": "reason", "stream": True, "input": "hi"}),
     ("/v1/messages", {"model": "reason", "stream": True, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}),
