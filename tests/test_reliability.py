@@ -28,7 +28,7 @@ from gencli.events import Done, TextDelta
 from gencli.registry import Registry
 from gencli.request import GenerateRequest
 from gencli.retry import MAX_WAIT, Retrier, RetryPolicy, retryable
-from gencli.transport_aiohttp import AiohttpTransport
+from gencli.transport_async import ServerTransport
 from gencli.transport_httpx import HttpxTransport
 from tests.conftest import GENCLI, clean_env, run_gencli
 from tests.fakes import gemini_upstream
@@ -77,7 +77,7 @@ def run_async(reg: Registry, name: str, stream: bool = True, waits: list | None 
 
     async def main() -> list:
         plan = engine.prepare(GenerateRequest(model=name, prompt="hello there", stream=stream), reg)
-        transport = AiohttpTransport()
+        transport = ServerTransport()
         try:
             return [ev async for ev in engine.aexecute(plan, transport, transport, sleep=sleep)]
         finally:
@@ -240,7 +240,7 @@ def test_close_midstream_is_not_retried_and_keeps_the_partial_text(tmp_path, ope
 
     async def consume_async() -> None:
         plan = engine.prepare(GenerateRequest(model="m", prompt="x"), reg)
-        transport = AiohttpTransport()
+        transport = ServerTransport()
         try:
             async for ev in engine.aexecute(plan, transport):
                 seen.append(ev)

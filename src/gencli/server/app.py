@@ -11,7 +11,7 @@ streaming started, a failure becomes a final ``{"error": ...}`` line.
 
 While a generation runs, a watcher waits for the client's ``http.disconnect``; when
 it comes, the request task is cancelled, which closes the upstream connection at
-once (see ``transport_aiohttp``).
+once (see ``transport_async``).
 
 Settings come from one :class:`gencli.server.config.ServeConfig` (``gencli serve`` builds
 it from its flags and the environment; ``create_app()`` without one reads the environment:
@@ -425,15 +425,15 @@ class App:
                  max_body: int = DEFAULT_MAX_BODY, allow_private_images: bool = False, config=None):
         from gencli import context
         from gencli.server.config import ServeConfig
-        from gencli.transport_aiohttp import AiohttpTransport
+        from gencli.transport_async import ServerTransport
 
         if config is None:
             config = ServeConfig(max_body=max_body, allow_private_images=allow_private_images,
                                  models_path=models_path)
         self.config = config
         self.registry = registry if registry is not None else Registry.load(config.models_path)
-        self.transport = AiohttpTransport(allow_private_images=config.allow_private_images,
-                                          image_fetches=config.image_fetches, image_memory=config.image_memory)
+        self.transport = ServerTransport(allow_private_images=config.allow_private_images,
+                                         image_fetches=config.image_fetches, image_memory=config.image_memory)
         self.max_body = config.max_body
         context.set_limit(self.max_body)  # a conversation in `context` is no larger than a body
         self.started = time.time()
