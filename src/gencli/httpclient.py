@@ -163,7 +163,7 @@ class Response:
 
     __slots__ = ("conn", "status", "headers", "chunks", "size", "done", "error", "waiter", "until_close",
                  "inflater", "total", "max_body", "head_done", "skip", "header_bytes", "raw_headers", "seen",
-                 "left", "errors")
+                 "left", "errors", "whole")
 
     def __init__(self, conn: Connection, max_body: int):
         self.conn = conn
@@ -184,6 +184,7 @@ class Response:
         self.skip = False  # an informational (1xx) head: dropped
         self.seen = False  # a byte of the answer arrived
         self.left = False
+        self.whole = False  # read() wants the whole body: reading never pauses (max_body bounds it)
         # what read() and iter_bytes() raise for a failure: errors(exc), or exc itself
         self.errors: Callable[[HttpClientError], BaseException] | None = None
 
@@ -200,6 +201,8 @@ class Response:
 
     async def read(self) -> bytes:
         """The whole body (at most ``max_body`` bytes)."""
+        self.whole = True
+        self.conn.taken()
         while not self.done:
             if self.error is not None:
                 raise self._error()
@@ -396,7 +399,7 @@ class Connection(asyncio.Protocol):
             raise RemoteProtocolError(f"the response body is larger than {r.max_body // (1024 * 1024)} MB", True)
         r.chunks.append(body)
         r.size += len(body)
-        if r.size > BUFFER_HIGH and not self.paused and self.transport is not None:
+        if r.size > BUFFER_HIGH and not r.whole and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
         r.wake()
