@@ -96,8 +96,13 @@ def spec(provider: str) -> ProviderSpec:
     return PROVIDERS[provider]
 
 
+_ADAPTERS: dict[str, Adapter] = {}  # adapters hold no per-call state: one per provider
+
+
 def get_adapter(provider: str) -> Adapter:
     """The adapter object for ``provider`` (each module exposes ``adapter(provider)``)."""
-    module = importlib.import_module(f"gencli.providers.{PROVIDERS[provider].module}")
-    adapter: Adapter = module.adapter(provider)
-    return adapter
+    found = _ADAPTERS.get(provider)
+    if found is None:
+        module = importlib.import_module(f"gencli.providers.{PROVIDERS[provider].module}")
+        found = _ADAPTERS[provider] = module.adapter(provider)
+    return found

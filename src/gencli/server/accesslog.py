@@ -7,16 +7,23 @@ prompts, bodies, headers or keys. The app reports the model and the token count
 by filling ``scope["gencli"]`` (``{"model": ..., "tokens": ...}``) when it knows
 them. ``tokens`` is ``prompt/completion`` when the app reports both.
 
-Cheap: one formatted line per request, and the lines written within a few
-milliseconds of each other go out in one write (flushed at exit too), so a busy
-server does not pay a system call per request.
+The event loop never writes: it hands each request's facts to a :class:`LogWriter`
+(a list append), whose thread formats the lines of each few milliseconds and writes
+them in one system call. When stderr is not read (a full pipe), the thread waits and
+the server keeps serving; past ``MAX_PENDING`` lines waiting, lines are dropped and
+counted, and the count is written once stderr takes lines again.
+
+gencli's HTTP server records requests itself (:meth:`LogWriter.request`, from the
+connection when a request ends); :class:`AccessLog` is the same log as ASGI middleware,
+for the app run by another ASGI server (``create_app``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
+import os
 import sys
+import threading
 import time
 from typing import IO, Any
 
@@ -24,7 +31,7 @@ from gencli.server.guard import ASGIApp, Message, Receive, Scope, Send
 
 _MAX_FIELD = 200
 FLUSH_DELAY = 0.02  # seconds a line may wait for others to share its write
-FLUSH_LINES = 256
+MAX_PENDING = 5_000  # lines waiting for stderr before new ones are dropped
 
 
 def _clean(text: str) -> str:
@@ -44,46 +51,100 @@ def _tokens(value: Any) -> str:
     return str(value)
 
 
-class AccessLog:
-    """ASGI middleware: ``AccessLog(app, stream=sys.stderr)``."""
+class LogWriter:
+    """Formats and writes access-log lines in its own thread (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, stream: IO[str] | None = None):
-        self.app = app
+    def __init__(self, stream: IO[str] | None = None, delay: float = FLUSH_DELAY, max_pending: int = MAX_PENDING):
         self.stream = stream
+        self.delay = delay
+        self.max_pending = max_pending
+        self._pending: list[tuple] = []
+        self.dropped = 0
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._write_lock = threading.Lock()
         self._second = -1
         self._stamp = ""
-        self._lines: list[str] = []
         atexit.register(self.flush)
 
-    def flush(self) -> None:
-        if not self._lines:
+    def request(self, scope: Scope, status: int, seconds: float) -> None:
+        """Record one request (called on the event loop: an append, nothing more)."""
+        pending = self._pending
+        if len(pending) >= self.max_pending:
+            self.dropped += 1
             return
-        text = "".join(self._lines)
-        self._lines.clear()
-        try:
-            stream = self.stream or sys.stderr
-            stream.write(text)
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+        pending.append((time.time(), scope["method"], scope["path"], scope.get("gencli"), status, seconds))
+        if len(pending) == 1:
+            if self._thread is None:
+                self._start()
+            self._wake.set()
 
-    def _emit(self, line: str) -> None:
-        lines = self._lines
-        lines.append(line)
-        if len(lines) == 1:
-            try:
-                asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
-            except RuntimeError:  # no loop: write now
-                self.flush()
-        elif len(lines) >= FLUSH_LINES:
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gencli-access-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(self.delay)
             self.flush()
 
-    def _now(self) -> str:
-        second = int(time.time())
+    def flush(self, wait: float = 2.0) -> None:
+        """Format and write what is pending (from the writer thread; at shutdown and exit from
+        the main thread, which waits at most ``wait`` seconds for a write stuck on stderr)."""
+        if not self._write_lock.acquire(timeout=wait):
+            return  # the writer thread is stuck on a stderr nobody reads: do not hang with it
+        try:
+            pending = self._pending
+            self._pending = []
+            dropped, self.dropped = self.dropped, 0
+            if not pending and not dropped:
+                return
+            text = "".join(self._line(*p) for p in pending)
+            if dropped:
+                text += (f"gencli serve: {dropped} access-log line{'s' if dropped > 1 else ''} dropped "
+                         "(stderr was not being read)\n")
+            self._write(text)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._write_lock.release()
+
+    def _write(self, text: str) -> None:
+        if self.stream is not None:
+            self.stream.write(text)
+            self.stream.flush()
+            return
+        # straight to the descriptor: a write blocked on a full pipe holds none of sys.stderr's locks
+        sys.stderr.flush()
+        view = memoryview(text.encode("utf-8", "replace"))
+        fd = sys.stderr.fileno()
+        while view:
+            view = view[os.write(fd, view):]
+
+    def _line(self, when: float, method: str, path: str, info: dict | None, status: int, seconds: float) -> str:
+        second = int(when)
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
-        return self._stamp
+        model = tokens = None
+        if info:
+            model = info.get("model")
+            tokens = info.get("tokens")
+        return (f"{self._stamp} {method} {_clean(path)} model={_clean(str(model)) if model else '-'}"
+                f" status={status} {seconds * 1000.0:.1f}ms tokens={_tokens(tokens) if tokens is not None else '-'}\n")
+
+
+class AccessLog:
+    """ASGI middleware: ``AccessLog(app, stream=sys.stderr)``; ``writer`` holds its lines."""
+
+    def __init__(self, app: ASGIApp, stream: IO[str] | None = None, writer: LogWriter | None = None):
+        self.app = app
+        self.writer = writer or LogWriter(stream)
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -105,15 +166,6 @@ class AccessLog:
             failed = exc
             raise
         finally:
-            ms = (time.perf_counter() - start) * 1000.0
-            info = scope.get("gencli")
-            model = tokens = None
-            if info:
-                model = info.get("model")
-                tokens = info.get("tokens")
             if not status:
                 status = 499 if failed is not None and not isinstance(failed, Exception) else 500
-            line = (f"{self._now()} {scope['method']} {_clean(scope['path'])}"
-                    f" model={_clean(str(model)) if model else '-'} status={status} {ms:.1f}ms"
-                    f" tokens={_tokens(tokens) if tokens is not None else '-'}\n")
-            self._emit(line)
+            self.writer.request(scope, status, time.perf_counter() - start)

@@ -379,22 +379,35 @@ class Disconnect:
     """Waits for the client's http.disconnect while a reply is produced; on it, cancels
     the request task (which closes the upstream connection).
 
-    The watcher task starts only when the reply takes longer than ``DELAY`` seconds: fast
-    replies (most non-streamed ones) pay for a timer handle, not a task. A client that
-    left earlier is still seen, since ``receive()`` then returns http.disconnect at once.
+    On gencli's own server the connection calls back when the client leaves (the ASGI
+    extension ``gencli.on_disconnect``): no task, no timer. On another ASGI server a watcher
+    task starts when the reply takes longer than ``DELAY`` seconds: fast replies (most
+    non-streamed ones) pay for a timer handle, not a task. A client that left earlier is
+    still seen, since ``receive()`` then returns http.disconnect at once.
     """
 
     DELAY = 0.02
 
-    __slots__ = ("gone", "finished", "_task", "_watch", "_timer", "_receive")
+    __slots__ = ("gone", "finished", "_task", "_watch", "_timer", "_receive", "_hook")
 
-    def __init__(self, receive: Receive):
+    def __init__(self, receive: Receive, scope: Scope | None = None):
         self.gone = False
         self.finished = False
         self._task = asyncio.current_task()
         self._receive = receive
         self._watch: asyncio.Future | None = None
-        self._timer = asyncio.get_running_loop().call_later(self.DELAY, self._start)
+        self._timer = None
+        extensions = scope.get("extensions") if scope is not None else None
+        self._hook = extensions.get("gencli.on_disconnect") if extensions else None
+        if self._hook is not None:
+            self._hook(self._left)
+        else:
+            self._timer = asyncio.get_running_loop().call_later(self.DELAY, self._start)
+
+    def _left(self) -> None:
+        if not self.finished:
+            self.gone = True
+            self._task.cancel()
 
     def _start(self) -> None:
         if not self.finished:
@@ -404,16 +417,17 @@ class Disconnect:
         while True:
             msg = await self._receive()
             if msg["type"] == "http.disconnect":
-                if not self.finished:
-                    self.gone = True
-                    self._task.cancel()
+                self._left()
                 return
 
     def stop(self) -> None:
         if self.finished:
             return
         self.finished = True
-        self._timer.cancel()
+        if self._hook is not None:
+            self._hook(None)
+        if self._timer is not None:
+            self._timer.cancel()
         if self._watch is not None:
             self._watch.cancel()
 
@@ -883,7 +897,7 @@ class App:
     async def run(self, scope: Scope, receive: Receive, send: Send, plan, stream: bool, shape) -> None:
         """Run a plan and write it with ``shape`` (Ollama generate/chat or OpenAI)."""
         agen = aexecute(plan, self.transport, self.transport)
-        watch = Disconnect(receive)
+        watch = Disconnect(receive, scope)
         info = scope.setdefault("gencli", {})
         started = False
         try:
@@ -1096,20 +1110,23 @@ def ollama_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, 
 
 # -- assembly ---------------------------------------------------------------------------------
 
-def build(app: App, config=None):
+def build(app: App, config=None, server_log: bool = False):
     """Wrap the app in the guard (Host, origins, key, body cap) and the access log. Lifespan
-    events go straight to the app."""
+    events go straight to the app. ``server_log``: the HTTP server records each request
+    itself in ``asgi.access_log`` (gencli's own server), instead of the ASGI middleware."""
     from gencli.server.guard import Guard, is_loopback_host
 
     config = config or app.config
     wrapped: Any = Guard(app, api_key=config.api_key, allowed_origins=config.allowed_origins,
                          max_body=config.max_body, allowed_hosts=config.allowed_hosts,
                          check_hosts=is_loopback_host(config.host))
-    log = None
+    writer = None
     if config.access_log:
-        from gencli.server.accesslog import AccessLog
+        from gencli.server.accesslog import AccessLog, LogWriter
 
-        wrapped = log = AccessLog(wrapped)
+        writer = LogWriter()
+        if not server_log:
+            wrapped = AccessLog(wrapped, writer=writer)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -1118,15 +1135,19 @@ def build(app: App, config=None):
             await app(scope, receive, send)
 
     asgi.app = app  # type: ignore[attr-defined]
-    asgi.flush = log.flush if log is not None else (lambda: None)  # type: ignore[attr-defined]
+    asgi.http = wrapped  # type: ignore[attr-defined]  # what an HTTP request goes to
+    asgi.access_log = writer if server_log else None  # type: ignore[attr-defined]
+    asgi.flush = writer.flush if writer is not None else (lambda: None)  # type: ignore[attr-defined]
     return asgi
 
 
-def create_app(environ: dict | None = None, config=None, registry: Registry | None = None):
+def create_app(environ: dict | None = None, config=None, registry: Registry | None = None,
+               server_log: bool = False):
     """The ASGI application. ``config``: a :class:`gencli.server.config.ServeConfig`
     (``gencli serve`` passes its own, and the registry it loaded); without one it is read,
     with the registry's settings, from ``environ`` (default: the environment over ./.env),
-    so other ASGI servers can run ``gencli.server.app:create_app`` as a factory."""
+    so other ASGI servers can run ``gencli.server.app:create_app`` as a factory.
+    ``server_log``: see :func:`build`."""
     from gencli.server.config import ServeConfig
 
     if config is None:
@@ -1134,4 +1155,4 @@ def create_app(environ: dict | None = None, config=None, registry: Registry | No
         config = ServeConfig.load({}, settings.env)
         if registry is None:
             registry = Registry.load(config.models_path, settings=settings)
-    return build(App(registry=registry, config=config), config)
+    return build(App(registry=registry, config=config), config, server_log)

@@ -119,9 +119,13 @@ class _Reject(Exception):
 class ServerState:
     """What the connections of one server share: the app, the limits, the live connections."""
 
-    def __init__(self, app: Callable, limits: Limits, loop: asyncio.AbstractEventLoop | None = None):
-        self.app = app
+    def __init__(self, app: Callable, limits: Limits, loop: asyncio.AbstractEventLoop | None = None,
+                 log=None):
+        self.app = getattr(app, "http", app)  # an app that names its HTTP entry point: called directly
         self.limits = limits
+        self.log = log  # an access log with .request(scope, status, seconds), or None
+        self.active = 0  # requests in progress
+        self.served = 0  # requests answered
         self.loop = loop or asyncio.get_running_loop()
         self.connections: set[HttpConnection] = set()
         # connections with no request in progress, oldest first (the ones a new connection may evict)
@@ -170,7 +174,8 @@ class Cycle:
     """One request and its response: the ASGI ``receive`` and ``send`` of that request."""
 
     __slots__ = ("conn", "scope", "keep_alive", "expect_100", "head", "body", "buffered", "complete",
-                 "delivered", "waiter", "disconnected", "started", "finished", "chunked", "task")
+                 "delivered", "waiter", "disconnected", "started", "finished", "chunked", "task", "status",
+                 "begun", "on_gone")
 
     def __init__(self, conn: HttpConnection, scope: dict, keep_alive: bool, expect_100: bool, head: bool):
         self.conn = conn
@@ -188,6 +193,29 @@ class Cycle:
         self.finished = False  # response complete
         self.chunked = False
         self.task: asyncio.Task | None = None
+        self.status = 0
+        self.begun = time.perf_counter()
+        self.on_gone: Callable[[], None] | None = None
+        scope["extensions"] = {"gencli.on_disconnect": self.watch}
+
+    def watch(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` once if the client leaves before the response is complete (the
+        ASGI extension ``gencli.on_disconnect``: no task waiting on ``receive()``); None stops it."""
+        self.on_gone = callback
+        if callback is not None and self.disconnected and not self.finished:
+            self.conn.loop.call_soon(self._gone_now)
+
+    def gone(self) -> None:
+        """The client left (or its request broke off): the app sees http.disconnect."""
+        self.disconnected = True
+        self.wake()
+        if self.on_gone is not None and not self.finished:
+            self._gone_now()
+
+    def _gone_now(self) -> None:
+        callback, self.on_gone = self.on_gone, None
+        if callback is not None and not self.finished:
+            callback()
 
     def wake(self) -> None:
         w = self.waiter
@@ -248,9 +276,10 @@ class Cycle:
             if self.started:
                 raise RuntimeError("http.response.start sent twice")
             self.started = True
+            self.status = message["status"]
             if self.disconnected:
                 return
-            conn.write(self._head(message["status"], message.get("headers", ())))
+            conn.write(self._head(self.status, message.get("headers", ())))
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
@@ -354,8 +383,7 @@ class HttpConnection(asyncio.Protocol):
             self.write_stall = None
         for cycle in (self.cycle, *self.queue):
             if cycle is not None:
-                cycle.disconnected = True
-                cycle.wake()
+                cycle.gone()
         self.queue.clear()
         self._wake_drainers()
 
@@ -525,6 +553,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _start(self, cycle: Cycle) -> None:
         self.cycle = cycle
+        self.state.active += 1
         cycle.task = self.loop.create_task(self._run(cycle))
 
     async def _run(self, cycle: Cycle) -> None:
@@ -550,6 +579,7 @@ class HttpConnection(asyncio.Protocol):
     def _answer(self, cycle: Cycle, status: int, message: str) -> None:
         """The server's own reply to a request (the app's sends after it are dropped)."""
         cycle.started = cycle.finished = True
+        cycle.status = status
         cycle.keep_alive = False
         self.write(error_response(status, message, cycle.scope["path"], cycle.head))
         cycle.wake()
@@ -557,6 +587,12 @@ class HttpConnection(asyncio.Protocol):
     def _done(self, cycle: Cycle) -> None:
         if self.cycle is cycle:
             self.cycle = None
+        cycle.on_gone = None
+        state = self.state
+        state.active -= 1
+        state.served += 1
+        if state.log is not None:
+            state.log.request(cycle.scope, cycle.status or 499, time.perf_counter() - cycle.begun)
         cycle.wake()
         if self.closed:
             return
@@ -669,8 +705,7 @@ class HttpConnection(asyncio.Protocol):
             if parsing is self.cycle and not parsing.started:
                 self._answer(parsing, 408, f"the request body stopped arriving for {self.limits.body_timeout:g} s "
                                            "(--body-timeout)")
-            parsing.disconnected = True
-            parsing.wake()
+            parsing.gone()
             self.close()
         elif kind == _HEADERS:
             if self.begun and self.cycle is None:
@@ -702,8 +737,7 @@ class HttpConnection(asyncio.Protocol):
             # the request being answered broke mid-body: the app sees the client leave
             if not parsing.started:
                 self._answer(parsing, status, message)
-            parsing.disconnected = True
-            parsing.wake()
+            parsing.gone()
             self.close(linger=True)
             return
         if self.cycle is None and not self.queue:

@@ -108,7 +108,7 @@ async def serve(sock: socket.socket, app: Callable, limits, grace: float) -> int
     if not await life.startup():
         sys.stderr.write(f"gencli serve: the server could not start: {life.error}\n")
         return STARTUP_FAILED
-    state = ServerState(app, limits, loop)
+    state = ServerState(app, limits, loop, log=getattr(app, "access_log", None))
     server = await loop.create_server(state.protocol, sock=sock, backlog=2048)
     stop = loop.create_future()
 

@@ -125,7 +125,8 @@ def run(**flags: Any) -> None:
     def make_app():
         from gencli.server.app import create_app
 
-        return create_app(config=config, registry=registry)  # a forked worker shares the loaded registry
+        # a forked worker shares the loaded registry; gencli's HTTP server writes the access log
+        return create_app(config=config, registry=registry, server_log=True)
 
     limits = config.limits()
     if workers > 1:
