@@ -51,6 +51,7 @@ CATEGORIES = [
     ("gencli/server/http11.py", "on_", "server: HTTP parsing (httptools)"),
     ("gencli/server/http11.py", None, "server: connection, cycle, ASGI calls"),
     ("gencli/server/accesslog.py", None, "access log"),
+    ("threading.py", None, "access log"),
     ("gencli/server/guard.py", None, "guard (host, origin, key, body cap)"),
     ("gencli/server/app.py", "parse_json", "request JSON parse"),
     ("gencli/server/app.py", "read_json", "request body read"),
@@ -84,6 +85,9 @@ CATEGORIES = [
     ("<string>", None, "event loop (uvloop, callbacks)"),
 ]
 _FRAME = re.compile(r"^(.*) \((.*?):\d+\)$")
+# A thread waiting (the access-log writer between its writes) is not spending CPU; py-spy
+# may still sample it: such samples are left out.
+IDLE = ("Condition.wait (threading.py", "Event.wait (threading.py", "LogWriter._run (")
 
 
 def categorize(frames: list[str]) -> str:
@@ -103,7 +107,7 @@ def shares(raw: Path) -> tuple[dict[str, float], int]:
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
+        if not n.isdigit() or stack.rsplit(";", 1)[-1].startswith(IDLE):
             continue
         counts[categorize(stack.split(";"))] += int(n)
         total += int(n)

@@ -502,9 +502,18 @@ def generate(req: GenerateRequest, registry: Registry, transport: SyncTransport 
 
 async def aexecute(plan: Plan, transport: AsyncTransport | None, images: AsyncImageFetcher | None = None,
                    sleep: Callable[[float], Awaitable[None]] | None = None) -> AsyncGenerator[Event, None]:
-    """Run a prepared plan over an asynchronous transport (the server's aiohttp); retried
-    like :func:`execute`, waiting with ``sleep`` (``asyncio.sleep`` by default). A local
-    model runs in a worker thread (:mod:`gencli.bridge`)."""
+    """Run a prepared plan over an asynchronous transport (the server's); retried like
+    :func:`execute`, waiting with ``sleep`` (``asyncio.sleep`` by default). A local model
+    runs in a worker thread (:mod:`gencli.bridge`). One event at a time (see :func:`abatches`)."""
+    async for batch in abatches(plan, transport, images, sleep):
+        for ev in batch:
+            yield ev
+
+
+async def abatches(plan: Plan, transport: AsyncTransport | None, images: AsyncImageFetcher | None = None,
+                   sleep: Callable[[float], Awaitable[None]] | None = None) -> AsyncGenerator[list[Event], None]:
+    """:func:`aexecute` by batches: the events of each read from the upstream in one list
+    (never empty), so a reader that lags behind the upstream takes several at once."""
     if plan.image_urls:
         if images is None:
             raise UsageError("image URLs cannot be downloaded here; send the image data instead", "images")
@@ -517,10 +526,10 @@ async def aexecute(plan: Plan, transport: AsyncTransport | None, images: AsyncIm
         run = Run(plan)
         run.request_sent()
         async for events in in_thread(adapter.run(call)):  # a full queue fails here at once (503)
-            for ev in run.feed(events):
-                yield ev
-        for ev in run.done():
-            yield ev
+            out = run.feed(events)
+            if out:
+                yield out
+        yield run.done()
         return
     if transport is None:
         raise _no_transport(plan)
@@ -533,11 +542,11 @@ async def aexecute(plan: Plan, transport: AsyncTransport | None, images: AsyncIm
     while True:
         run = Run(plan)
         output = False
-        attempt = _aattempt(adapter, call, run, http, transport)
+        attempt = _abatches(adapter, call, run, http, transport)
         try:
-            async for ev in attempt:
+            async for batch in attempt:
                 output = True
-                yield ev
+                yield batch
             return
         except UpstreamError as exc:
             if output:
@@ -550,8 +559,8 @@ async def aexecute(plan: Plan, transport: AsyncTransport | None, images: AsyncIm
         await sleep(wait)
 
 
-async def _aattempt(adapter: HttpAdapter, call: Call, run: Run, http: HttpRequest,
-                    transport: AsyncTransport) -> AsyncGenerator[Event, None]:
+async def _abatches(adapter: HttpAdapter, call: Call, run: Run, http: HttpRequest,
+                    transport: AsyncTransport) -> AsyncGenerator[list[Event], None]:
     run.request_sent()
     async with transport.open(http, call) as resp:
         if resp.status >= 400:
@@ -560,16 +569,16 @@ async def _aattempt(adapter: HttpAdapter, call: Call, run: Run, http: HttpReques
             parser = adapter.stream_parser(call)
             try:
                 async for chunk in resp.iter_bytes():
-                    for ev in run.feed(parser.feed(chunk)):
-                        yield ev
-                for ev in run.feed(parser.close()):
-                    yield ev
+                    out = run.feed(parser.feed(chunk))
+                    if out:
+                        yield out
+                out = run.feed(parser.close())
             except GencliError as exc:
-                for ev in run.feed(exc.partial):  # the answer before a mid-stream error is kept
-                    yield ev
+                out = run.feed(exc.partial)  # the answer before a mid-stream error is kept
+                if out:
+                    yield out
                 raise
         else:
-            for ev in run.feed(adapter.parse_response(call, await resp.read())):
-                yield ev
-    for ev in run.done():
-        yield ev
+            out = run.feed(adapter.parse_response(call, await resp.read()))
+    out.extend(run.done())
+    yield out

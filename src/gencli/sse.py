@@ -17,18 +17,23 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[bytes]:
         """Return the ``data`` payload of every event completed by ``chunk``."""
         buf = self._buf + chunk if self._buf else chunk
+        lines = buf.split(b"\n")
+        self._buf = lines.pop()  # the line not ended yet (b"" after a final newline)
         out: list[bytes] = []
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
-            if nl < 0:
-                break
-            line = buf[start:nl]
-            start = nl + 1
+        data = self._data
+        for line in lines:
             if line.endswith(b"\r"):
                 line = line[:-1]
-            self._line(line, out)
-        self._buf = buf[start:]
+            if not line:  # the blank line that ends an event
+                if data:
+                    out.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data = self._data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                if value[:1] == b" ":
+                    value = value[1:]
+                data.append(value)
+            # ":" comments (keep-alives) and other fields (event:, id:, retry:) carry nothing we use
         return out
 
     def close(self) -> list[bytes]:

@@ -5,7 +5,7 @@
 No framework: routes are a dict lookup on (method, path), JSON is orjson, and
 replies are written straight to the ASGI ``send``. A generation runs
 ``engine.prepare`` (pure; a bad request becomes a status before anything is sent),
-then pulls the first event from ``engine.aexecute`` before the status line goes out,
+then pulls the first events from ``engine.abatches`` before the status line goes out,
 so upstream failures (bad key, 429, 5xx, timeout) get their real status too. Once
 streaming started, a failure becomes a final ``{"error": ...}`` line.
 
@@ -38,7 +38,7 @@ import orjson
 
 from gencli import __version__
 from gencli import images as img
-from gencli.engine import aexecute, prepare
+from gencli.engine import abatches, prepare
 from gencli.errors import GencliError, ImageError, ModelNotFound, UsageError
 from gencli.events import Done, Logprobs, ReasoningDelta, TextDelta
 from gencli.registry import ModelEntry, Registry, context_length
@@ -895,14 +895,15 @@ class App:
             await send_json(send, 200, reply)
 
     async def run(self, scope: Scope, receive: Receive, send: Send, plan, stream: bool, shape) -> None:
-        """Run a plan and write it with ``shape`` (Ollama generate/chat or OpenAI)."""
-        agen = aexecute(plan, self.transport, self.transport)
+        """Run a plan and write it with ``shape`` (Ollama generate/chat or OpenAI). The events
+        of one read from the upstream are written at once (:func:`gencli.engine.abatches`)."""
+        agen = abatches(plan, self.transport, self.transport)
         watch = Disconnect(receive, scope)
         info = scope.setdefault("gencli", {})
         started = False
         try:
             try:
-                event = await agen.__anext__()
+                batch = await agen.__anext__()
             except GencliError as exc:
                 watch.stop()
                 await shape.fail_before(self, scope, send, exc)
@@ -914,8 +915,9 @@ class App:
                 await shape.fail_before(self, scope, send, internal(exc))
                 return
             if not stream:
-                while type(event) is not Done:
-                    event = await agen.__anext__()
+                while type(batch[-1]) is not Done:
+                    batch = await agen.__anext__()
+                event = batch[-1]
                 info["tokens"] = {"prompt": event.prompt_eval_count, "completion": event.eval_count}
                 watch.stop()
                 await send_json(send, 200, shape.whole(event))
@@ -924,23 +926,29 @@ class App:
             await send({"type": "http.response.start", "status": 200, "headers": shape.headers})
             try:
                 while True:
-                    t = type(event)
-                    if t is Done:
-                        info["tokens"] = {"prompt": event.prompt_eval_count, "completion": event.eval_count}
-                        watch.stop()
-                        await send({"type": "http.response.body", "body": shape.final(event), "more_body": False})
-                        return
-                    if t is TextDelta:
-                        body = shape.text(event.text)
-                    elif t is ReasoningDelta:
-                        body = shape.reasoning(event.text)
-                    elif t is Logprobs:
-                        body = shape.logprobs(event.tokens)
-                    else:
-                        body = b""
-                    if body:
-                        await send({"type": "http.response.body", "body": body, "more_body": True})
-                    event = await agen.__anext__()
+                    parts = []
+                    for event in batch:
+                        t = type(event)
+                        if t is TextDelta:
+                            body = shape.text(event.text)
+                        elif t is ReasoningDelta:
+                            body = shape.reasoning(event.text)
+                        elif t is Logprobs:
+                            body = shape.logprobs(event.tokens)
+                        elif t is Done:
+                            info["tokens"] = {"prompt": event.prompt_eval_count, "completion": event.eval_count}
+                            watch.stop()
+                            parts.append(shape.final(event))
+                            await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
+                            return
+                        else:
+                            continue
+                        if body:
+                            parts.append(body)
+                    if parts:
+                        await send({"type": "http.response.body", "body": parts[0] if len(parts) == 1
+                                    else b"".join(parts), "more_body": True})
+                    batch = await agen.__anext__()
             except GencliError as exc:
                 watch.stop()
                 await send({"type": "http.response.body", "body": shape.error_line(exc), "more_body": False})
@@ -979,9 +987,10 @@ class OllamaGenerate:
     def __init__(self, model: str, stream: bool):
         self.model = model
         self.stream = stream
+        self._prefix = b'{"model":' + dumps(model) + b',"created_at":"'
 
-    def text(self, text: str) -> bytes:
-        return dumps(generate_chunk(self.model, text)) + b"\n"
+    def text(self, text: str) -> bytes:  # the bytes of dumps(generate_chunk(model, text)), spliced
+        return b"".join((self._prefix, now_iso().encode(), b'","response":', dumps(text), b',"done":false}\n'))
 
     def reasoning(self, text: str) -> bytes:
         return dumps(generate_chunk(self.model, "", text)) + b"\n"
@@ -1008,9 +1017,9 @@ class OllamaGenerate:
 class OllamaChat(OllamaGenerate):
     __slots__ = ()
 
-    def text(self, text: str) -> bytes:
-        return dumps({"model": self.model, "created_at": now_iso(),
-                      "message": {"role": "assistant", "content": text}, "done": False}) + b"\n"
+    def text(self, text: str) -> bytes:  # as dumps() of the object Ollama streams, spliced
+        return b"".join((self._prefix, now_iso().encode(), b'","message":{"role":"assistant","content":',
+                         dumps(text), b'},"done":false}\n'))
 
     def reasoning(self, text: str) -> bytes:
         return dumps({"model": self.model, "created_at": now_iso(),

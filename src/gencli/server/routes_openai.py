@@ -197,7 +197,7 @@ def _usage(done: Done) -> dict:
 class OpenAIChat:
     headers = [H_SSE, H_NOCACHE]
 
-    __slots__ = ("model", "id", "created", "include_usage", "_sent_role")
+    __slots__ = ("model", "id", "created", "include_usage", "_sent_role", "_text")
 
     def logprobs(self, tokens: list) -> bytes:
         obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -211,6 +211,10 @@ class OpenAIChat:
         self.created = int(time.time())
         self.include_usage = include_usage
         self._sent_role = False
+        # a content chunk is these bytes with the text's JSON string spliced in (as _chunk would write it)
+        head = self._chunk({"content": ""})
+        cut = head.index(b'"content":""') + len(b'"content":')
+        self._text = (head[:cut], head[cut + 2:])
 
     def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
         obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -224,7 +228,10 @@ class OpenAIChat:
         return self._chunk({"role": "assistant", "content": ""})
 
     def text(self, text: str) -> bytes:
-        return self._role() + self._chunk({"content": text})
+        before, after = self._text
+        if self._sent_role:
+            return b"".join((before, dumps(text), after))
+        return self._role() + b"".join((before, dumps(text), after))
 
     def reasoning(self, text: str) -> bytes:
         return self._role() + self._chunk({"reasoning_content": text})
