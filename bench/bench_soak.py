@@ -152,7 +152,8 @@ async def _stream(session, url: str, model: str, tokens: int, state: dict) -> No
         state["errors"].append(f"{exc.__class__.__name__}: {str(exc)[:200]}")
 
 
-async def drive(url: str, pid: int, streams: int, tokens: int, sample_s: float = 0.25) -> dict:
+async def drive(url: str, pid: int, streams: int, tokens: int, sample_s: float = 0.25,
+                settle_s: float = 5.0) -> dict:
     """One wave: warm up, measure idle RSS, hold ``streams`` streams of ``tokens`` tokens, measure after."""
     import aiohttp
 
@@ -175,9 +176,10 @@ async def drive(url: str, pid: int, streams: int, tokens: int, sample_s: float =
             peak = max(peak, rss_kb(pid))
             state["held_max"] = max(state["held_max"], state["open"])
         elapsed = time.monotonic() - t0
-    # after: every stream closed; let the server settle, then take the level it returns to
+    # after: every stream closed; the server goes quiet (2 s with no upstream request), closes
+    # its idle upstream connections and trims its heap: take the level it returns to
     after_samples = []
-    for _ in range(10):
+    for _ in range(int(settle_s / 0.3)):
         await asyncio.sleep(0.3)
         after_samples.append(rss_kb(pid))
     return {

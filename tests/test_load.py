@@ -4,7 +4,7 @@ about 10 s, then a second wave on the same server.
 
 Zero errors; every stream gets all its tokens and its final line; all 500 are open at
 once; the server's resident memory (VmRSS) is measured before, during (peak) and
-after, and must come back near its idle level and not climb from wave to wave. The
+after, and must come back within 15% of its idle level and not climb from wave to wave. The
 driver is bench/bench_soak.py (which runs the full 60 s soak).
 """
 
@@ -56,8 +56,9 @@ def test_500_streams_held_then_memory_returns(tmp_path):
     assert "Traceback" not in log and "internal server error" not in log
     before, peak, after = first["rss_before_mb"], first["rss_peak_mb"], first["rss_after_mb"]
     assert peak > before  # the measurement sees the load
-    # near idle: a generous bound (allocators keep some of a burst's high-water mark)
-    assert after <= before + 48, first
+    # memory goes back: once the clients are gone the server goes quiet, closes its idle upstream
+    # connections and trims its heap (gencli.server.memory): within 15% of the idle level
+    assert after <= before * 1.15, first
     assert peak <= before + 200, first  # about 0.4 MB a stream at most
     # no leak: a second identical wave does not raise the level it returns to
     assert second["rss_after_mb"] <= after + 8, (first, second)

@@ -412,7 +412,6 @@ class Connection(asyncio.Protocol):
         self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
         self._finish_body()
         r.done = True
-        self._cancel_timer()
         r.wake()
 
     def _finish_body(self) -> None:
@@ -460,9 +459,13 @@ class Connection(asyncio.Protocol):
         r = self.response = Response(self, max_body)
         self.read_timeout = read_timeout
         if read_timeout:
-            self.deadline = self.loop.time() + read_timeout
-            if self.timer is None:
-                self.timer = self.loop.call_at(self.deadline, self._timeout)
+            # one lazy timer per connection: left armed between requests, re-armed when it fires early
+            self.deadline = deadline = self.loop.time() + read_timeout
+            timer = self.timer
+            if timer is None or timer.when() > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self.timer = self.loop.call_at(deadline, self._timeout)
         transport = self.transport
         if body:
             transport.write(head + body if len(body) < 65536 else head)
@@ -482,7 +485,6 @@ class Connection(asyncio.Protocol):
         if self.response is not r:
             return
         self.response = None
-        self._cancel_timer()
         if r.done and r.error is None and self.keep_alive and not self.closed and not r.until_close:
             if self.paused:
                 self.paused = False
@@ -504,7 +506,7 @@ class Connection(asyncio.Protocol):
         self.timer = None
         r = self.response
         if r is None or r.done or self.closed or not self.read_timeout:
-            return
+            return  # idle, or the answer is complete: the timer lapses
         now = self.loop.time()
         if now < self.deadline:
             self.timer = self.loop.call_at(self.deadline, self._timeout)
@@ -693,8 +695,8 @@ class Pool:
         if self.active == 0 and self.busy_since_quiet and now - self.quiet_since >= self.quiet:
             self.busy_since_quiet = False
             self.close_idle()
-            if self.on_quiet is not None:
-                self.on_quiet()
+            if self.on_quiet is not None:  # once the closed connections are gone (a loop turn or two)
+                self.loop.call_later(0.1, self._quiet)
             return
         oldest = now - self.idle_timeout
         for key, conns in list(self.idle.items()):
@@ -709,6 +711,10 @@ class Pool:
                 del self.idle[key]
         if self.idle_count or (self.active == 0 and self.busy_since_quiet):
             self._sweeper = self.loop.call_later(_SWEEP, self._sweep)
+
+    def _quiet(self) -> None:
+        if self.active == 0 and not self.closed and self.on_quiet is not None:
+            self.on_quiet()
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:

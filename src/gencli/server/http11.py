@@ -269,6 +269,7 @@ class Cycle:
                     conn.write(body)
             if not more:
                 self.finished = True
+                conn.flush()  # the reply is complete: out now, not at the next loop iteration
                 self.wake()
             elif conn.write_paused and not self.disconnected:
                 await conn.drain()

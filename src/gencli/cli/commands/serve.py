@@ -89,6 +89,14 @@ def run(**flags: Any) -> None:
     if config.workers > 1 and not hasattr(os, "fork"):
         raise ServeError("--workers above 1 needs fork(), which this system lacks; run one worker per port")
 
+    from gencli.server.memory import system_malloc_argv
+
+    argv = system_malloc_argv(sys.argv, os.environ)
+    if argv is not None:  # the settings are valid: serve from Python running on glibc's malloc
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, argv, {**os.environ, "PYTHONMALLOC": "malloc"})
+
     from gencli.server.runner import raise_fd_limit
 
     fds = raise_fd_limit()
