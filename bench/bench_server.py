@@ -6,10 +6,12 @@ One gencli worker proxies /api/generate to the fake OpenAI upstream
 run and the script prints both rates and their ratios:
 
   (a) non-streamed /api/generate vs the fake's own non-streamed /v1/chat/completions
-      at 32 connections (target >= 0.25x);
+      at 32 connections (target >= 0.30x);
   (b) streamed /api/generate, N tokens per answer, vs the fake's own streamed rate
-      (target >= 0.12x);
-  (c) at one connection, p50 latency added by gencli (gencli p50 - fake p50, target < 1 ms).
+      (target >= 0.35x);
+  (c) /api/chat and /v1/chat/completions, non-streamed and streamed, within 10% of
+      /api/generate's rate (target: each >= 0.90x of generate's);
+  (d) at one connection, the latency gencli adds (gencli - fake): p50 < 0.5 ms, p99 < 2 ms.
 
 Each round measures the fake, then gencli, for each scenario; with several rounds the
 median of each is reported. By default the fake is pinned to one CPU and gencli to
@@ -47,9 +49,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = ROOT / "tests" / "fakes" / "openai_upstream.py"
 
-TARGET_PLAIN = 0.25
-TARGET_STREAM = 0.12
-TARGET_ADDED_MS = 1.0
+TARGET_PLAIN = 0.30
+TARGET_STREAM = 0.35
+TARGET_ROUTES = 0.90  # /api/chat and /v1/chat/completions vs /api/generate
+TARGET_ADDED_MS = 0.5  # p50 at one connection
+TARGET_ADDED_P99_MS = 2.0
 
 _DONE_LUA = """
 done = function(summary, latency, requests)
@@ -240,6 +244,11 @@ def main() -> int:
             "gencli_stream": _lua(tmp / "gencli_stream.lua", {"model": model, "prompt": "hi", "stream": True}),
         }
         scripts["ref_plain"], scripts["ref_stream"] = scripts["gencli_plain"], scripts["gencli_stream"]
+        chat = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        for route, path in (("chat", "/api/chat"), ("openai", "/v1/chat/completions")):
+            for kind, stream in (("plain", False), ("stream", True)):
+                scripts[f"{route}_{kind}"] = _lua(tmp / f"{route}_{kind}.lua", {**chat, "stream": stream})
+            urls[route], pids[route] = gencli_url + path, gencli.pid
 
         # Warm them up (connection pools, caches), unmeasured.
         for who in who_all:
@@ -248,7 +257,7 @@ def main() -> int:
         runs: dict[str, list[dict[str, float]]] = {}
         plan = [(f"{who}_{kind}", who, kind, conns)
                 for kind, conns in (("plain", args.connections), ("stream", args.connections), ("plain", 1))
-                for who in who_all]
+                for who in who_all + (["chat", "openai"] if conns > 1 else [])]
         for r in range(args.rounds):
             for key, who, kind, conns in plan:
                 name = f"{key}_c{conns}"
@@ -292,7 +301,8 @@ def main() -> int:
     print(f"gencli serve vs fake upstream — 1 worker, {c} connections, {args.rounds} round(s) of "
           f"{args.duration:g}s, medians; " + (f"fake on CPU {fake_cpu}, gencli on CPU {gencli_cpu}"
                                              if pin else "not pinned"))
-    print(f"{'scenario':<28} {'fake req/s':>11} {'gencli req/s':>13} {'ratio':>7} {'target':>8}  ok")
+    print(f"{'scenario':<28} {'fake req/s':>11} {'gencli req/s':>13} {'ratio':>7} {'target':>8}  ok"
+          "   (routes: /api/generate's rate, then the route's)")
     for label, fk, gk, target in rows:
         ratio = med[gk]["rps"] / med[fk]["rps"]
         good = ratio >= target
@@ -300,17 +310,32 @@ def main() -> int:
         results[gk.rsplit("_", 1)[0] + "_ratio"] = ratio
         print(f"{label:<28} {med[fk]['rps']:11.1f} {med[gk]['rps']:13.1f} {ratio:6.3f}x {'>=' + format(target, 'g') + 'x':>8}"
               f"  {'yes' if good else 'NO'}")
-    added = med["gencli_plain_c1"]["p50_ms"] - med["fake_plain_c1"]["p50_ms"]
-    good = added < TARGET_ADDED_MS
-    ok &= good
-    results["added_p50_ms"] = added
-    print(f"{'p50 latency, 1 connection':<28} {med['fake_plain_c1']['p50_ms']:8.3f} ms {med['gencli_plain_c1']['p50_ms']:10.3f} ms "
-          f"{'+' + format(added, '.3f'):>7} {'<' + format(TARGET_ADDED_MS, 'g') + ' ms':>8}  {'yes' if good else 'NO'}")
+    for label, kind in (("non-streamed", "plain"), ("streamed", "stream")):
+        base = med[f"gencli_{kind}_c{c}"]["rps"]
+        for route, name in (("chat", "/api/chat"), ("openai", "/v1/chat/completions")):
+            ratio = med[f"{route}_{kind}_c{c}"]["rps"] / base
+            good = ratio >= TARGET_ROUTES
+            ok &= good
+            results[f"{route}_{kind}_vs_generate"] = ratio
+            print(f"{name + ', ' + label:<28} {base:11.1f} {med[f'{route}_{kind}_c{c}']['rps']:13.1f} "
+                  f"{ratio:6.3f}x {'>=' + format(TARGET_ROUTES, 'g') + 'x':>8}  {'yes' if good else 'NO'}")
+    for pct, target in (("p50", TARGET_ADDED_MS), ("p99", TARGET_ADDED_P99_MS)):
+        added = med["gencli_plain_c1"][f"{pct}_ms"] - med["fake_plain_c1"][f"{pct}_ms"]
+        good = added < target
+        ok &= good
+        results[f"added_{pct}_ms"] = added
+        print(f"{pct + ' latency, 1 connection':<28} {med['fake_plain_c1'][f'{pct}_ms']:8.3f} ms "
+              f"{med['gencli_plain_c1'][f'{pct}_ms']:10.3f} ms {format(added, '+.3f'):>7} "
+              f"{'<' + format(target, 'g') + ' ms':>8}  {'yes' if good else 'NO'}")
     print()
     print("CPU time per request (the server process only; less sensitive to other load on the machine):")
     print(f"{'scenario':<28} {'fake us':>11} {'gencli us':>13} {'ratio':>7}")
     for label, fk, gk in ((f"non-streamed, {c} conns", f"fake_plain_c{c}", f"gencli_plain_c{c}"),
+                          ("  /api/chat", f"fake_plain_c{c}", f"chat_plain_c{c}"),
+                          ("  /v1/chat/completions", f"fake_plain_c{c}", f"openai_plain_c{c}"),
                           (f"streamed, {c} conns", f"fake_stream_c{c}", f"gencli_stream_c{c}"),
+                          ("  /api/chat", f"fake_stream_c{c}", f"chat_stream_c{c}"),
+                          ("  /v1/chat/completions", f"fake_stream_c{c}", f"openai_stream_c{c}"),
                           ("non-streamed, 1 conn", "fake_plain_c1", "gencli_plain_c1")):
         print(f"{label:<28} {med[fk]['cpu_us']:11.0f} {med[gk]['cpu_us']:13.0f} "
               f"{med[fk]['cpu_us'] / med[gk]['cpu_us']:6.3f}x")

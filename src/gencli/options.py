@@ -118,7 +118,7 @@ def check(raw: Any, allowed: Mapping[str, Option]) -> tuple[dict[str, Any], list
 
     Unknown names and names not in ``allowed`` are ignored (listed, never an error); an
     allowed option with a bad value raises UsageError. ``null`` values are dropped."""
-    if raw is None:
+    if not raw and (raw is None or raw == {}):
         return {}, []
     if not isinstance(raw, dict):
         raise UsageError("options must be an object, e.g. {\"temperature\": 0.7}", "options")
