@@ -41,7 +41,7 @@ import base64
 import ssl
 import urllib.request
 import zlib
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import unquote, urlsplit
 
 import httptools
@@ -147,7 +147,7 @@ def _env_proxy(scheme: str, host: str) -> str | None:
     proxies = urllib.request.getproxies_environment()
     if not proxies:
         return None
-    if urllib.request.proxy_bypass_environment(host, proxies):
+    if urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
         return None
     return proxies.get(scheme) or proxies.get("all")
 
@@ -179,7 +179,7 @@ class Response:
         self.error: HttpClientError | None = None
         self.waiter: asyncio.Future | None = None
         self.until_close = False  # no length and not chunked: the body ends with the connection
-        self.inflater = None
+        self.inflater: Any = None  # a zlib decompressor for a gzip/deflate body
         self.max_body = max_body
         self.skip = False  # an informational (1xx) head: dropped
         self.seen = False  # a byte of the answer arrived
@@ -232,7 +232,9 @@ class Response:
             await self._wait()
 
     def _error(self) -> BaseException:
-        return self.error if self.errors is None else self.errors(self.error)
+        error = self.error
+        assert error is not None
+        return error if self.errors is None else self.errors(error)
 
     def close(self) -> None:
         """Leave the response: back to the pool when it was read to its end, else closed."""
@@ -253,7 +255,7 @@ class Connection(asyncio.Protocol):
         self.pool = pool
         self.loop = pool.loop
         self.key = key
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.parser = httptools.HttpResponseParser(self)
         self.response: Response | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -327,17 +329,20 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         r = self.response
+        assert r is not None
         r.skip = False
         r.raw_headers = []
         r.header_bytes = 0
 
     def on_status(self, status: bytes) -> None:
         r = self.response
+        assert r is not None
         r.header_bytes += len(status)
         r.status = -1  # the status line began (the answer has started)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         r = self.response
+        assert r is not None
         limits = self.pool
         raw = r.raw_headers
         if len(raw) >= limits.max_headers:
@@ -349,6 +354,7 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         r = self.response
+        assert r is not None
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # 100 Continue, 103 Early Hints: the real answer follows
             r.skip = True
@@ -383,6 +389,7 @@ class Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         r = self.response
+        assert r is not None
         if r.skip:
             return
         if r.inflater is not None:
@@ -406,6 +413,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         r = self.response
+        assert r is not None
         if r.skip:
             r.skip = False
             return
@@ -416,6 +424,7 @@ class Connection(asyncio.Protocol):
 
     def _finish_body(self) -> None:
         r = self.response
+        assert r is not None
         if r.inflater is not None:
             tail = r.inflater.flush()
             if tail:
@@ -427,6 +436,7 @@ class Connection(asyncio.Protocol):
 
     def _tunnel_data(self, data: bytes) -> None:
         buf = self.tunnel_buf
+        assert buf is not None
         buf += data
         end = buf.find(b"\r\n\r\n")
         if end < 0:
@@ -761,4 +771,5 @@ class Pool:
                                                       server_hostname=target.host)
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConnectError(_reason(exc)) from None
+        assert tls_transport is not None
         conn.transport = tls_transport
