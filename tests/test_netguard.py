@@ -381,3 +381,18 @@ def test_fetch_refuses_loopback_without_allow(images):
     with pytest.raises(ImageError, match="loopback"):
         asyncio.run(go())
     assert len(images.hits) == before
+
+
+@pytest.mark.parametrize("host", ["a..example", "x" * 70 + ".example"])
+def test_a_host_name_idna_cannot_encode_is_an_image_error(host):
+    """An empty label or one over 63 characters fails in the resolver's IDNA encoding, before
+    any lookup: a 400-class ImageError naming it, not a 500 (found by the fuzz on count_tokens)."""
+    async def go():
+        session = netguard.image_session(allow_private=False)
+        try:
+            return await netguard.fetch_image(session, f"http://{host}/x.png")
+        finally:
+            await session.close()
+
+    with pytest.raises(ImageError, match="not a valid host name"):
+        asyncio.run(go())

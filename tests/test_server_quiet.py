@@ -1,29 +1,28 @@
-"""Work kept off the server's event loop, and memory handed back when the server goes quiet,
-checked on the real ``gencli serve`` process:
+"""Work kept off the server's event loop, and resources handed back when the server goes
+quiet, checked on the real ``gencli serve`` process:
 
 - the access log: a stderr nobody reads does not stop the server (lines wait in a bounded
   queue, then are dropped and counted);
-- after a burst of concurrent streams, once the clients are gone, the idle upstream
-  connections are closed and the resident memory returns close to its idle level.
+- once no upstream request has been in progress for 2 s, the idle upstream connections are
+  closed (and the heap trimmed; the resident memory after 500 streams: tests/test_load.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
 from tests.conftest import GENCLI, clean_env
 from tests.fakes.openai_upstream import FAKE_KEY
 from tests.server_fixture import KEY_VAR, ServeProcess
+from tests.test_httpclient import InThread, RawServer, openai_answer
 
 
 def _models(base_url: str) -> dict:
@@ -110,3 +109,26 @@ def _pipelined_gets(url: str, path: str, connections: int, each: int) -> int:
     for t in threads:
         t.join(120)
     return sum(counts)
+
+
+def test_idle_upstream_connections_close_when_the_server_goes_quiet(tmp_path):
+    with InThread(RawServer(openai_answer)) as up:
+        models = {"m": {"provider": "openai-compatible", "model": "x", "base_url": up.url + "/v1"}}
+        s = ServeProcess(tmp_path, models)
+        try:
+            def one(_):
+                return httpx.post(s.url + "/api/generate", json={"model": "m", "prompt": "hi"}, timeout=30)
+
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(one, range(8)))
+            assert all(r.status_code == 200 and r.json()["response"] == "over TLS" for r in answers)
+            opened = up.connections
+            assert opened >= 2 and up.closed_by_client == 0  # kept alive for reuse while busy
+            deadline = time.monotonic() + 15
+            while up.closed_by_client < opened and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert up.closed_by_client == opened  # all closed once quiet (2 s, checked each second)
+            assert one(0).status_code == 200  # and a new request opens a new one
+            assert up.connections == opened + 1
+        finally:
+            s.stop()

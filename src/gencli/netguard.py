@@ -296,6 +296,8 @@ async def fetch_image(session: aiohttp.ClientSession, url: str, allow_private: b
         raise ImageError(f"{where}: cannot connect ({_reason(exc.os_error)})") from None
     except aiohttp.InvalidURL:
         raise ImageError(f"{where}: not a valid URL (or a non-canonical IP address)") from None
+    except UnicodeError:  # the resolver's IDNA encoding: an empty label ("a..b") or one over 63 characters
+        raise ImageError(f"{where}: not a valid host name (an empty label or one over 63 characters)") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise ImageError(f"{where}: cannot download it ({_reason(exc)})") from None
     raise ImageError(f"{where}: more than {max_redirects} redirects")  # pragma: no cover
