@@ -6,7 +6,8 @@ with the fake, wrk and the sampler on CPU 1, so that every CPU sample of gencli 
 work (no other process on its core to be preempted by). For each route, non-streamed and
 streamed (N tokens per answer), at 32 connections:
 
-  1. wrk for ``--duration`` seconds: gencli's CPU time per request from /proc (user+system);
+  1. wrk for ``--duration`` seconds, ``--rounds`` times (with ``--ref``, the two sides
+     alternating): gencli's CPU time per request from /proc (user+system), the median;
   2. wrk again while py-spy samples gencli (``--rate`` Hz, non-blocking): the share of the
      samples each part of the server takes (by the innermost frame of each sample, see
      ``CATEGORIES``), applied to the CPU time per request of step 1.
@@ -32,6 +33,7 @@ import json
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -133,6 +135,7 @@ def scenarios(model: str, routes: str) -> list[tuple[str, str, dict]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=6, help="seconds per wrk run (default 6)")
+    ap.add_argument("--rounds", type=int, default=3, help="CPU measurements per side; medians (default 3)")
     ap.add_argument("--rate", type=int, default=400, help="py-spy samples per second (default 400)")
     ap.add_argument("--tokens", type=int, default=50, help="tokens per answer (default 50)")
     ap.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
@@ -204,7 +207,15 @@ def main() -> int:
             script = bs._lua(tmp / (re.sub(r"\W", "_", name) + ".lua"), body)
             for side, (url, pid) in servers.items():
                 wrk(url + path, script, 1, pid)  # warm-up
-                res = wrk(url + path, script, args.duration, pid)
+            cpu: dict[str, list[dict]] = {side: [] for side in servers}
+            for r in range(args.rounds):  # the sides alternate, and which goes first
+                order = list(servers.items())
+                for side, (url, pid) in (order if r % 2 == 0 else order[::-1]):
+                    cpu[side].append(wrk(url + path, script, args.duration, pid))
+            for side, (url, pid) in servers.items():
+                res = {"rps": statistics.median(x["rps"] for x in cpu[side]),
+                       "cpu_us": statistics.median(x["cpu_us"] for x in cpu[side]),
+                       "cpu_us_rounds": [round(x["cpu_us"]) for x in cpu[side]]}
                 if spy:
                     raw = tmp / "spy.raw"
                     sampler = subprocess.Popen(
@@ -216,7 +227,8 @@ def main() -> int:
                     sampler.wait(timeout=args.duration + 30)
                     res["shares"], res["samples"] = shares(raw) if raw.exists() else ({}, 0)
                 results.setdefault(name, {})[side] = res
-                print(f"{name:<22} {side:<8} {res['rps']:8.0f} req/s  CPU {res['cpu_us']:6.0f} us/req"
+                print(f"{name:<22} {side:<8} {res['rps']:8.0f} req/s  CPU {res['cpu_us']:6.0f} us/req "
+                      f"{res['cpu_us_rounds']}"
                       + (f"  ({res.get('samples', 0)} samples)" if spy else ""), file=sys.stderr, flush=True)
         for p in procs:
             if p.poll() is not None:

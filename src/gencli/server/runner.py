@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -108,6 +109,10 @@ async def serve(sock: socket.socket, app: Callable, limits, grace: float) -> int
     if not await life.startup():
         sys.stderr.write(f"gencli serve: the server could not start: {life.error}\n")
         return STARTUP_FAILED
+    # What start-up made lives as long as the process: out of the collector's way (a full
+    # collection then skips it; forked --workers keep sharing its pages).
+    gc.collect()
+    gc.freeze()
     state = ServerState(app, limits, loop, log=getattr(app, "access_log", None))
     server = await loop.create_server(state.protocol, sock=sock, backlog=2048)
     stop = loop.create_future()
