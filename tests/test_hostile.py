@@ -26,7 +26,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from gencli.server.app import OLLAMA_VERSION
+from gencli.server.ollama import OLLAMA_VERSION
 from tests.fakes.threaded import ThreadedServer
 from tests.server_fixture import KEY_VAR, ServeProcess, models_json
 

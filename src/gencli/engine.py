@@ -32,7 +32,7 @@ from typing import Any
 from gencli import context as ctx
 from gencli import images as img
 from gencli import options as opts
-from gencli.errors import GencliError, UpstreamError, UsageError
+from gencli.errors import GencliError, ImageError, UpstreamError, UsageError
 from gencli.events import (
     Done,
     Event,
@@ -92,13 +92,11 @@ class Plan:
     adapter: Adapter
     call: Call
     history: list[Message]  # conversation before this turn's answer (for context)
-    image_urls: list[tuple[int, str]] = field(default_factory=list)
+    # image URLs still to download: (the message, the image's place in its list, its number, the URL)
+    image_urls: list[tuple[Message, int, int, str]] = field(default_factory=list)
     started: int = 0  # perf_counter_ns at prepare()
     want_context: bool = True
-
-    def add_image(self, index: int, data: bytes) -> None:
-        image = img.from_bytes(data, f"image {index + 1}", self.adapter.image_types)
-        self.call.messages[-1].images.append(image)
+    quota: img.ImageQuota | None = None  # the request's image limits (gencli serve), downloads counted too
 
 
 def _local_model(entry: ModelEntry, queue_limit: int) -> LocalModel:
@@ -161,11 +159,16 @@ def _text_mode(req: GenerateRequest, entry: ModelEntry, prompt: str, fmt: Any,
 
 
 def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True, *,
-            timeout: float | None = None, retries: int | None = None) -> Plan:
+            timeout: float | None = None, retries: int | None = None, quota: img.ImageQuota | None = None) -> Plan:
     """Check ``req`` and resolve everything a run needs. ``timeout`` and ``retries`` are
     this call's own (the CLI's flags); unset, the model's (models.json) and then the
-    process settings (``registry.settings``) apply."""
+    process settings (``registry.settings``) apply. ``quota``: the request's image limits
+    (a server's), checked before any image is decoded and charged for every image."""
     started = time.perf_counter_ns()
+    if not isinstance(req.images, list):
+        raise UsageError("images must be an array of base64 strings or http(s) URLs", "images")
+    if quota is not None and (req.images or req.message_images):
+        quota.check_count(len(req.images) + len(req.message_images))  # before decoding any of them
     if not isinstance(req.model, str) or (not req.model and not model_default):
         raise UsageError("model is required", "model")
     entry = registry.resolve(req.model or None)
@@ -282,27 +285,65 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
         top_logprobs=top if req.logprobs else 0,
         keep_alive=_keep_alive(req.keep_alive),
     )
-    plan = Plan(entry, adapter, call, history, started=started, want_context=want_context)
-
-    if req.images:
-        if text_prompt is not None:
+    plan = Plan(entry, adapter, call, history, started=started, want_context=want_context, quota=quota)
+    if req.images or req.message_images:
+        if req.images and text_prompt is not None:
             raise UsageError("images cannot be sent with raw, suffix or template (a text completion); "
                              "send them with a normal prompt", "images")
-        if not isinstance(req.images, list):
-            raise UsageError("images must be an array of base64 strings or http(s) URLs", "images")
-        if "vision" not in entry.capabilities:
-            raise UsageError(f"model '{entry.name}' does not take images (no 'vision' capability)", "images")
-        for i, raw in enumerate(req.images):
-            where = f"image {i + 1}"
-            if isinstance(raw, (bytes, bytearray)):
-                plan.add_image(i, bytes(raw))
-            elif not isinstance(raw, str) or not raw:
-                raise UsageError(f"{where} must be a base64 string or an http(s) URL", "images")
-            elif img.is_url(raw):
-                plan.image_urls.append((i, raw))
-            else:
-                plan.add_image(i, img.decode_base64(raw, where))
+        _images(plan, [*req.message_images, *((messages[-1], raw) for raw in req.images)])
     return plan
+
+
+def _images(plan: Plan, raw_images: list[tuple[Message, Any]]) -> None:
+    """Check and decode a request's images onto their messages; URLs wait in ``plan.image_urls``
+    for :func:`fetch_images` (or :func:`afetch_images`), each keeping its place."""
+    entry, quota, types = plan.entry, plan.quota, plan.adapter.image_types
+    if "vision" not in entry.capabilities:
+        raise UsageError(f"model '{entry.name}' does not take images (no 'vision' capability)", "images")
+    places: dict[int, int] = {}  # id(message) -> the place of its next image
+    for n, (message, raw) in enumerate(raw_images):
+        where = f"image {n + 1}"
+        at = places.get(id(message), len(message.images))
+        places[id(message)] = at + 1
+        if isinstance(raw, (bytes, bytearray)):
+            data = bytes(raw)
+        elif not isinstance(raw, str) or not raw:
+            raise ImageError(f"{where} must be a base64 string or an http(s) URL")
+        elif img.is_url(raw):
+            plan.image_urls.append((message, at, n, raw))
+            continue
+        else:
+            data = img.decode_base64(raw, where)
+        if quota is not None:
+            quota.add(len(data))
+        message.images.append(img.from_bytes(data, where, types))
+
+
+def fetch_images(plan: Plan, fetcher: ImageFetcher | None) -> None:
+    """Download the plan's image URLs (the CLI: httpx) onto their messages, in their places."""
+    pending, plan.image_urls = plan.image_urls, []
+    if not pending:
+        return
+    if fetcher is None:
+        raise UsageError("image URLs cannot be downloaded here; send the image data instead", "images")
+    for message, at, n, url in pending:
+        data = fetcher.fetch_image(url)
+        if plan.quota is not None:
+            plan.quota.add(len(data))
+        message.images.insert(at, img.from_bytes(data, f"image {n + 1}", plan.adapter.image_types))
+
+
+async def afetch_images(plan: Plan, fetcher: AsyncImageFetcher | None) -> None:
+    """Download the plan's image URLs on the event loop (the server), counted by ``plan.quota``
+    as the bytes arrive, onto their messages in their places."""
+    pending, plan.image_urls = plan.image_urls, []
+    if not pending:
+        return
+    if fetcher is None:
+        raise UsageError("image URLs cannot be downloaded here; send the image data instead", "images")
+    for message, at, n, url in pending:
+        data = await fetcher.fetch_image(url, plan.quota)
+        message.images.insert(at, img.from_bytes(data, f"image {n + 1}", plan.adapter.image_types))
 
 
 class Run:
@@ -431,10 +472,7 @@ def execute(plan: Plan, transport: SyncTransport | None, images: ImageFetcher | 
     model). Image URLs are downloaded with ``images``. A failure before the first event is
     retried as :mod:`gencli.retry` decides, waiting with ``sleep``; never after output began."""
     if plan.image_urls:
-        if images is None:
-            raise UsageError("image URLs cannot be downloaded here; send the image data instead", "images")
-        for index, url in plan.image_urls:
-            plan.add_image(index, images.fetch_image(url))
+        fetch_images(plan, images)
     adapter, call = plan.adapter, plan.call
     if adapter.in_process:
         run = Run(plan)
@@ -515,10 +553,7 @@ async def abatches(plan: Plan, transport: AsyncTransport | None, images: AsyncIm
     """:func:`aexecute` by batches: the events of each read from the upstream in one list
     (never empty), so a reader that lags behind the upstream takes several at once."""
     if plan.image_urls:
-        if images is None:
-            raise UsageError("image URLs cannot be downloaded here; send the image data instead", "images")
-        for index, url in plan.image_urls:
-            plan.add_image(index, await images.fetch_image(url))
+        await afetch_images(plan, images)
     adapter, call = plan.adapter, plan.call
     if adapter.in_process:
         from gencli.bridge import in_thread

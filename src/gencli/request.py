@@ -34,8 +34,11 @@ class Message:
 class GenerateRequest:
     """One generation. Either ``prompt`` (with optional ``context``) or ``messages``.
 
-    ``images`` are raw inputs (base64, data URLs, http(s) URLs, or ``bytes``); the
-    engine turns them into :class:`Image` objects attached to the last user message.
+    Images come raw (base64, data URLs, http(s) URLs, or ``bytes``) and the engine checks
+    them (the model's vision capability, format, size, a server's limits), decodes them and
+    downloads the URLs, turning each into an :class:`Image` on its message: ``images`` go
+    to the last message (the prompt), ``message_images`` to the message each names (a chat
+    route's messages; the same objects as in ``messages``), in the order given.
     """
 
     model: str
@@ -43,6 +46,7 @@ class GenerateRequest:
     messages: list[Message] | None = None
     system: str | None = None
     images: list[Any] = field(default_factory=list)
+    message_images: list[tuple[Message, Any]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     format: Any = None  # None | "json" | dict (JSON schema)
     think: bool | str | None = None

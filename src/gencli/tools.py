@@ -5,6 +5,10 @@ Ollama clients send tool results as ``{"role": "tool", "tool_name": ...}`` with 
 call id; OpenAI clients send ``tool_call_id`` and no name; OpenAI upstreams need the
 id, Gemini upstreams need the name. :func:`pair_tool_messages` fills in whichever is
 missing from the assistant turn that made the calls, so every adapter finds both.
+
+A wire format's own tool fields are read by its server module (``server/ollama.py``,
+``server/openai.py``, ...); OpenAI's call objects are built here, where the OpenAI adapter
+and the server's OpenAI routes share them (Ollama's are in :mod:`gencli.wire`).
 """
 
 from __future__ import annotations
@@ -164,29 +168,6 @@ def pair_tool_messages(messages: list[Message]) -> None:
                 m.tool_name = "tool"
 
 
-def ollama_calls_in(raw: Any, where: str) -> list[ToolCall]:
-    """``message.tool_calls`` as Ollama clients send them: [{id?, function: {name, arguments: {..}}}]."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise UsageError(f"{where}.tool_calls must be an array", "messages")
-    out = []
-    for j, tc in enumerate(raw):
-        w = f"{where}.tool_calls[{j}]"
-        fn = tc.get("function") if isinstance(tc, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise UsageError(f"{w} must be {{\"function\": {{\"name\": ..., \"arguments\": {{...}}}}}}", "messages")
-        cid = tc.get("id")
-        out.append(ToolCall(cid if isinstance(cid, str) else "", fn["name"], check_arguments(fn.get("arguments"), w)))
-    return out
-
-
-def ollama_calls_out(calls: list[ToolCall]) -> list[dict]:
-    """Ollama's wire: arguments are an object."""
-    return [{"id": c.id, "function": {"index": i, "name": c.name, "arguments": c.arguments}}
-            for i, c in enumerate(calls)]
-
-
 def openai_calls_out(calls: list[ToolCall], with_index: bool = False) -> list[dict]:
     """OpenAI's wire: arguments are a JSON string."""
     out = []
@@ -197,48 +178,3 @@ def openai_calls_out(calls: list[ToolCall], with_index: bool = False) -> list[di
             item = {"index": i, **item}
         out.append(item)
     return out
-
-
-def openai_calls_in(raw: Any, where: str) -> list[ToolCall]:
-    """``tool_calls`` of an OpenAI assistant message: [{id, type: function, function: {name, arguments: str}}]."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise UsageError(f"{where}.tool_calls must be an array", "messages")
-    out = []
-    for j, tc in enumerate(raw):
-        w = f"{where}.tool_calls[{j}]"
-        fn = tc.get("function") if isinstance(tc, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise UsageError(f"{w} must be {{\"id\": ..., \"type\": \"function\", \"function\": {{\"name\": ..., "
-                             f"\"arguments\": \"...\"}}}}", "messages")
-        cid = tc.get("id")
-        out.append(ToolCall(cid if isinstance(cid, str) else "", fn["name"], check_arguments(fn.get("arguments"), w)))
-    return out
-
-
-def _opt_str(raw: dict, key: str, where: str) -> str | None:
-    v = raw.get(key)
-    if v is None or v == "":
-        return None
-    if not isinstance(v, str):
-        raise UsageError(f"{where}.{key} must be a string", "messages")
-    return v
-
-
-def ollama_message_tools(message: Message, raw: dict, where: str) -> None:
-    """Fill a Message's tool fields from an Ollama chat message (tool_calls, tool_name)."""
-    message.tool_calls = ollama_calls_in(raw.get("tool_calls"), where)
-    if message.role == "tool":
-        message.tool_name = _opt_str(raw, "tool_name", where) or _opt_str(raw, "name", where)
-        message.tool_call_id = _opt_str(raw, "tool_call_id", where)
-
-
-def openai_message_tools(message: Message, raw: dict, where: str) -> None:
-    """Fill a Message's tool fields from an OpenAI chat message (tool_calls, tool_call_id)."""
-    message.tool_calls = openai_calls_in(raw.get("tool_calls"), where)
-    if message.role == "tool":
-        message.tool_call_id = _opt_str(raw, "tool_call_id", where)
-        message.tool_name = _opt_str(raw, "name", where)
-        if not message.tool_call_id:
-            raise UsageError(f"{where}.tool_call_id is required for a tool message", "messages")

@@ -33,6 +33,7 @@ from gencli.request import Message
 from gencli.retry import DEFAULT_RETRIES
 
 if TYPE_CHECKING:
+    from gencli.images import ImageQuota
     from gencli.sse import SSEDecoder
 
 
@@ -70,7 +71,7 @@ class Call:
     api_key: str | None = field(repr=False)
     key_env: str | None  # name of the variable the key came from (for error messages)
     headers: Mapping[str, str]
-    messages: list[Message]  # the engine attaches downloaded image URLs to the last one before the run
+    messages: list[Message]  # the engine adds the images downloaded from URLs to them before the run
     options: Mapping[str, Any]  # per-request options the provider takes (gencli.options)
     format: Any = None  # None | "json" | a JSON schema (dict)
     think: bool | str | None = None
@@ -219,7 +220,10 @@ class ImageFetcher(Protocol):
 
 
 class AsyncImageFetcher(Protocol):
-    async def fetch_image(self, url: str) -> bytes: ...
+    """Downloads an image URL on the event loop (the server), its bytes counted by the
+    request's ``quota`` as they arrive (and charged to the process's image budget)."""
+
+    async def fetch_image(self, url: str, quota: ImageQuota | None = None) -> bytes: ...
 
 
 # -- a base for SSE stream parsers -------------------------------------------------------------

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import IO, Any
 
-from gencli.server.guard import ASGIApp, Message, Receive, Scope, Send
+from gencli.server.asgi import ASGIApp, Message, Receive, Scope, Send
 
 _MAX_FIELD = 200
 FLUSH_DELAY = 0.02  # seconds a line may wait for others to share its write

@@ -2,7 +2,8 @@
 ``POST /v1/messages/count_tokens`` (what Claude Code calls with ``ANTHROPIC_BASE_URL``).
 
 Pure translation first (request JSON -> engine request; engine events -> reply bytes),
-then the route glue, which reuses ``App.run``. Errors have Anthropic's shape
+then the route glue, which runs the plan with :func:`gencli.server.streaming.run`.
+Errors have Anthropic's shape (:func:`gencli.server.asgi.anthropic_error`)
 ``{"type": "error", "error": {"type", "message"}}``; once a stream started, a failure
 is an ``error`` event. Streams are SSE events named by their type: ``message_start``,
 ``ping``, ``content_block_start`` / ``content_block_delta`` (``text_delta``,
@@ -24,34 +25,36 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
-from gencli.engine import prepare
+from gencli.engine import afetch_images, prepare
 from gencli.errors import GencliError, UsageError
-from gencli.events import Done
+from gencli.events import Done, TokenLogprob
+from gencli.providers.base import Call
 from gencli.request import GenerateRequest, Message
-from gencli.server.app import H_NOCACHE, H_SSE, dumps, field_bool, field_model, send_json
-
-if TYPE_CHECKING:
-    from gencli.server.app import App
+from gencli.server.asgi import (
+    H_NOCACHE,
+    H_SSE,
+    Handler,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    anthropic_error,
+    dumps,
+    field_bool,
+    field_model,
+    send_json,
+)
+from gencli.server.state import State
+from gencli.server.streaming import run
 
 PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
-               529: "overloaded_error"}
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 IMAGE_TOKENS = 1600
 MAX_TOKENS_LIMIT = 10_000_000
-
-
-def error_body(exc: GencliError) -> dict:
-    """Anthropic's error object for an error gencli answers with ``exc.status``."""
-    kind = ERROR_TYPES.get(exc.status)
-    if kind is None:
-        kind = "overloaded_error" if exc.kind == "overloaded_error" else (
-            "invalid_request_error" if exc.status < 500 else "api_error")
-    return {"type": "error", "error": {"type": kind, "message": exc.message}}
 
 
 # -- request -> engine ------------------------------------------------------------------
@@ -127,15 +130,15 @@ def _result_content(block: dict, where: str, images: list[str]) -> str:
     return f"Error: {text}" if block.get("is_error") is True else text
 
 
-def messages_in(raw: Any) -> tuple[list[Message], list[tuple[Message, int, Any]]]:
+def messages_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
     """Anthropic messages -> engine Messages (tool results become role "tool" messages
-    before the rest of their user turn), plus the images still to decode or fetch."""
+    before the rest of their user turn), and their images (still raw) for the engine."""
     from gencli.events import ToolCall
 
     if not isinstance(raw, list) or not raw:
         raise UsageError("messages is required (a non-empty array of {\"role\", \"content\"})", "messages")
     out: list[Message] = []
-    pending: list[tuple[Message, int, Any]] = []
+    pending: list[tuple[Message, Any]] = []
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
@@ -178,7 +181,7 @@ def messages_in(raw: Any) -> tuple[list[Message], list[tuple[Message, int, Any]]
                                  "messages")
         if texts or images or calls:
             message = Message(role, "\n".join(texts), tool_calls=calls)
-            pending.extend((message, i, image) for image in images)
+            pending.extend((message, image) for image in images)
             out.append(message)
     return out, pending
 
@@ -261,8 +264,8 @@ def format_in(data: dict) -> Any:
     return fmt["schema"]
 
 
-def request_in(data: dict, model: str, counting: bool = False) -> tuple[GenerateRequest, list]:
-    """A Messages (or count_tokens) request body -> (engine request, images still to attach)."""
+def request_in(data: dict[str, Any], model: str, counting: bool = False) -> GenerateRequest:
+    """A Messages (or count_tokens) request body -> the engine request."""
     max_tokens = _int(data, "max_tokens", 1)
     if max_tokens is None and not counting:
         raise UsageError("max_tokens is required: the most tokens to generate, e.g. 1024", "max_tokens")
@@ -278,17 +281,18 @@ def request_in(data: dict, model: str, counting: bool = False) -> tuple[Generate
         if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
             raise UsageError("stop_sequences must be an array of strings", "stop_sequences")
         options["stop"] = stops
-    req = GenerateRequest(model=model, messages=messages, system=system_text(data.get("system")), options=options,
+    return GenerateRequest(model=model, messages=messages, message_images=pending,
+                          system=system_text(data.get("system")), options=options,
                           format=format_in(data), think=think_in(data, max_tokens),
                           stream=False if counting else field_bool(data, "stream", False),
                           tools=tools_in(data.get("tools")), tool_choice=tool_choice_in(data.get("tool_choice")))
-    return req, pending
 
 
-def estimate_tokens(call) -> int:
-    """The documented estimate: 4 characters a token, 4 per message, 1600 per image."""
+def estimate_tokens(call: Call, images: int = 0) -> int:
+    """The documented estimate: 4 characters a token, 4 per message, 1600 per image
+    (``images``: those not yet downloaded onto the messages)."""
     chars = 0
-    n = 0
+    n = IMAGE_TOKENS * images
     for m in call.messages:
         n += 4 + IMAGE_TOKENS * len(m.images)
         chars += len(m.content)
@@ -318,9 +322,10 @@ def stop_reason(done: Done) -> str:
 
 
 class AnthropicMessages:
-    """The reply shape of ``App.run`` for /v1/messages (streamed as SSE, or one message)."""
+    """The reply shape for /v1/messages (streamed as SSE, or one message; see
+    :mod:`gencli.server.streaming`)."""
 
-    headers = [H_SSE, H_NOCACHE]
+    headers: Headers = [H_SSE, H_NOCACHE]
 
     __slots__ = ("model", "id", "input_estimate", "_started", "_index", "_open", "_delta")
 
@@ -370,6 +375,9 @@ class AnthropicMessages:
         out = b"" if self._open == "thinking" else self._start() + self._block("thinking")
         return out + self._delta + dumps(text) + b"}}\n\n"
 
+    def logprobs(self, tokens: list[TokenLogprob]) -> bytes:
+        return b""  # this route never asks for log probabilities
+
     def final(self, done: Done) -> bytes:
         out = self._start() + self._close()
         for tc in done.tool_calls:
@@ -396,47 +404,41 @@ class AnthropicMessages:
                 "usage": {"input_tokens": done.prompt_eval_count or 0, "output_tokens": done.eval_count or 0}}
 
     def error_line(self, exc: GencliError) -> bytes:
-        return self._start() + _event("error", {"error": error_body(exc)["error"]})
-
-    async def fail_before(self, app: "App", scope, send, exc: GencliError) -> None:
-        await app.fail(scope, send, exc)
+        return self._start() + _event("error", {"error": anthropic_error(exc)["error"]})
 
 
 # -- routes -------------------------------------------------------------------------------
 
-async def messages(app: "App", scope, receive, send) -> None:
-    data = await app.read_json(receive)
-    model = app.model_name(field_model(data))
+async def messages(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    data = await state.read_json(receive)
+    model = state.model_name(field_model(data))
     scope.setdefault("gencli", {})["model"] = model
-    req, pending = request_in(data, model)
-    quota = app.image_quota()
-    quota.check_count(len(pending))
-    plan = prepare(req, app.registry, model_default=False)
+    req = request_in(data, model)
+    quota = state.image_quota()
     try:
-        await app.attach_images(plan, pending, quota)
-        app.touch(plan.entry.name)
-        shape = AnthropicMessages(plan.entry.name, estimate_tokens(plan.call) if req.stream else 0)
-        await app.run(scope, receive, send, plan, req.stream, shape)
+        plan = prepare(req, state.registry, model_default=False, quota=quota)
+        state.touch(plan.entry.name)
+        estimate = estimate_tokens(plan.call, len(plan.image_urls)) if req.stream else 0
+        await run(state.transport, scope, receive, send, plan, req.stream, AnthropicMessages(plan.entry.name, estimate))
     finally:
         quota.release()
 
 
-async def count_tokens(app: "App", scope, receive, send) -> None:
-    data = await app.read_json(receive)
-    model = app.model_name(field_model(data))
+async def count_tokens(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    data = await state.read_json(receive)
+    model = state.model_name(field_model(data))
     scope.setdefault("gencli", {})["model"] = model
-    req, pending = request_in(data, model, counting=True)
-    quota = app.image_quota()
-    quota.check_count(len(pending))
-    plan = prepare(req, app.registry, model_default=False)
+    req = request_in(data, model, counting=True)
+    quota = state.image_quota()
     try:
-        await app.attach_images(plan, pending, quota)
+        plan = prepare(req, state.registry, model_default=False, quota=quota)
+        await afetch_images(plan, state.transport)
     finally:
         quota.release()
     call = plan.call
     if plan.entry.provider == "anthropic":
         http = plan.adapter.build_count(call)
-        async with app.transport.open(http, call) as resp:
+        async with state.transport.open(http, call) as resp:
             body = await resp.read()
             if resp.status >= 400:
                 raise plan.adapter.parse_error(call, resp.status, resp.headers, body)
@@ -450,3 +452,11 @@ async def count_tokens(app: "App", scope, receive, send) -> None:
     else:
         n = estimate_tokens(call)
     await send_json(send, 200, {"input_tokens": n})
+
+
+def routes(state: State) -> dict[tuple[str, str], Handler]:
+    """Anthropic's Messages API, for the app's table."""
+    return {
+        ("POST", "/v1/messages"): partial(messages, state),
+        ("POST", "/v1/messages/count_tokens"): partial(count_tokens, state),
+    }

@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
-from typing import Any, Awaitable, Callable, Iterable
 
-import orjson
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-DEFAULT_MAX_BODY = 32 * 1024 * 1024
+from gencli.server.asgi import (
+    DEFAULT_MAX_BODY,
+    ASGIApp,
+    Headers,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    refusal,
+    send_error,
+    too_large,
+)
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
 _LOCAL_ORIGIN_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -248,7 +251,7 @@ class Guard:
             message = ("missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' (the server's "
                        "GENCLI_API_KEY)" if authorization is None and x_api_key is None else "invalid API key")
             await _reject(send, scope, 401, message, "invalid_request_error", "invalid_api_key", cors,
-                          extra=((b"www-authenticate", b"Bearer"),))
+                          extra=[(b"www-authenticate", b"Bearer")])
             return
 
         if length is not None:
@@ -261,7 +264,7 @@ class Guard:
                               None, cors)
                 return
             if n > self.max_body:
-                await _reject(send, scope, 413, self._too_large(), "invalid_request_error",
+                await _reject(send, scope, 413, too_large(self.max_body).message, "invalid_request_error",
                               "request_too_large", cors)
                 return
         elif chunked:
@@ -271,10 +274,6 @@ class Guard:
         if cors is not None:
             send = _with_headers(send, cors)
         await self.app(scope, receive, send)
-
-    def _too_large(self) -> str:
-        return (f"request body is larger than the server's limit of {_size(self.max_body)}; "
-                "raise it with --max-body-mb")
 
     async def _preflight(self, scope: Scope, send: Send, cors: list[tuple[bytes, bytes]]) -> None:
         headers = list(cors)
@@ -296,33 +295,9 @@ class Guard:
         await send({"type": "http.response.body", "body": b""})
 
 
-def _size(n: int) -> str:
-    if n >= 1024 * 1024 and n % (1024 * 1024) == 0:
-        return f"{n // (1024 * 1024)} MB"
-    return f"{n} bytes"
-
-
-_ANTHROPIC_TYPES = {401: "authentication_error", 403: "permission_error", 413: "request_too_large"}
-
-
-def _error_body(scope: Scope, status: int, message: str, kind: str, code: str | None) -> bytes:
-    if scope["path"].startswith("/v1/messages"):  # Anthropic's shape for Anthropic's routes
-        return orjson.dumps({"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "invalid_request_error"),
-                                                        "message": message}})
-    if scope["path"].startswith("/v1/") or scope["path"] == "/v1":
-        return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
-    return orjson.dumps({"error": message})
-
-
 async def _reject(send: Send, scope: Scope, status: int, message: str, kind: str, code: str | None,
-                  cors: list[tuple[bytes, bytes]] | None, extra: tuple = ()) -> None:
-    body = _error_body(scope, status, message, kind, code)
-    headers = [(b"content-type", b"application/json; charset=utf-8"),
-               (b"content-length", str(len(body)).encode()), *extra]
-    if cors:
-        headers.extend(cors)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body if scope["method"] != "HEAD" else b""})
+                  cors: Headers | None, extra: Headers | None = None) -> None:
+    await send_error(scope, send, refusal(status, message, kind), [*(extra or ()), *(cors or ())], code)
 
 
 def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
@@ -360,7 +335,7 @@ class _Capped:
                 self.closed = True
                 if not self.started:
                     self.started = True
-                    await _reject(self._send, self.scope, 413, self.guard._too_large(),
+                    await _reject(self._send, self.scope, 413, too_large(self.guard.max_body).message,
                                   "invalid_request_error", "request_too_large", self.cors)
                 return {"type": "http.disconnect"}
         return message

@@ -2,8 +2,8 @@
 newer OpenAI SDKs call).
 
 Pure translation first (request JSON -> engine request; engine events -> reply bytes),
-then the route glue, which reuses ``App.run``. gencli keeps no state between requests,
-as Ollama: ``previous_response_id``, ``conversation`` and ``store: true`` get a 400
+then the route glue, which runs the plan with :func:`gencli.server.streaming.run`.
+gencli keeps no state between requests, as Ollama: ``previous_response_id``, ``conversation`` and ``store: true`` get a 400
 that says to send the whole conversation in ``input``; ``reasoning`` items sent back
 are skipped (their encrypted content only means something to OpenAI).
 
@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
 from gencli.engine import prepare
 from gencli.errors import GencliError, UsageError
-from gencli.events import Done, ToolCall
+from gencli.events import Done, TokenLogprob, ToolCall
 from gencli.request import GenerateRequest, Message
-from gencli.server.app import H_NOCACHE, H_SSE, dumps, field_bool, field_model
-
-if TYPE_CHECKING:
-    from gencli.server.app import App
+from gencli.server.asgi import H_NOCACHE, H_SSE, Handler, Headers, Receive, Scope, Send, dumps, field_bool, field_model
+from gencli.server.state import State
+from gencli.server.streaming import run
+from gencli.tools import check_arguments
 
 ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 EFFORT = {"none": False, "minimal": False, "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
@@ -79,8 +80,8 @@ def _parts(content: Any, where: str, images: list[str]) -> str:
     return "\n".join(texts)
 
 
-def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, int, Any]]]:
-    """``input`` (a string or items) -> engine Messages, plus images still to decode or fetch.
+def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
+    """``input`` (a string or items) -> engine Messages, and their images (still raw) for the engine.
     A ``function_call`` joins the assistant turn before it; ``function_call_output`` is a
     role "tool" message."""
     if isinstance(raw, str):
@@ -88,7 +89,7 @@ def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, int, Any]]]:
     if not isinstance(raw, list) or not raw:
         raise UsageError("input is required: a string or a non-empty array of items", "input")
     out: list[Message] = []
-    pending: list[tuple[Message, int, Any]] = []
+    pending: list[tuple[Message, Any]] = []
     for i, item in enumerate(raw):
         where = f"input[{i}]"
         if not isinstance(item, dict):
@@ -104,7 +105,7 @@ def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, int, Any]]]:
             message = Message(role, _parts(item.get("content"), f"{where}.content", images))
             if images and role != "user":
                 raise UsageError(f"{where}: only user messages may hold images", "input")
-            pending.extend((message, i, image) for image in images)
+            pending.extend((message, image) for image in images)
             out.append(message)
         elif kind == "function_call":
             name = item.get("name")
@@ -113,8 +114,6 @@ def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, int, Any]]]:
             call_id = item.get("call_id")
             if not isinstance(call_id, str) or not call_id:
                 raise UsageError(f"{where}.call_id is required for a function_call", "input")
-            from gencli.tools import check_arguments
-
             try:
                 args = check_arguments(item.get("arguments"), where)
             except UsageError as exc:
@@ -133,7 +132,7 @@ def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, int, Any]]]:
             out.append(Message("tool", text, tool_call_id=call_id))
             if images:  # a tool's images reach the model in a user turn after the results
                 carrier = Message("user", "")
-                pending.extend((carrier, i, image) for image in images)
+                pending.extend((carrier, image) for image in images)
                 out.append(carrier)
         elif kind == "reasoning":
             continue  # encrypted for OpenAI's own models; nothing an upstream can read
@@ -206,9 +205,8 @@ def format_in(raw: Any) -> tuple[Any, dict]:
     raise UsageError("text.format.type must be text, json_object or json_schema", "text")
 
 
-def request_in(data: dict, model: str) -> tuple[GenerateRequest, list, dict]:
-    """A Responses request body -> (engine request, images still to attach, what the
-    response object echoes back)."""
+def request_in(data: dict[str, Any], model: str) -> tuple[GenerateRequest, dict[str, Any]]:
+    """A Responses request body -> (engine request, what the response object echoes back)."""
     if data.get("previous_response_id") is not None:
         raise UsageError(f"previous_response_id is not supported: {STATELESS}", "previous_response_id")
     if data.get("conversation") is not None:
@@ -238,7 +236,8 @@ def request_in(data: dict, model: str) -> tuple[GenerateRequest, list, dict]:
         raise UsageError("instructions contains a NUL character", "instructions")
     fmt, fmt_echo = format_in(data.get("text"))
     tools = tools_in(data.get("tools"))
-    req = GenerateRequest(model=model, messages=messages, system=instructions or None, options=options, format=fmt,
+    req = GenerateRequest(model=model, messages=messages, message_images=pending, system=instructions or None,
+                          options=options, format=fmt,
                           think=think_in(data.get("reasoning")), stream=field_bool(data, "stream", False),
                           tools=tools, tool_choice=tool_choice_in(data.get("tool_choice")))
     if isinstance(fmt, dict):  # the schema's name and strict reach an OpenAI upstream as given
@@ -261,7 +260,7 @@ def request_in(data: dict, model: str) -> tuple[GenerateRequest, list, dict]:
         "metadata": data.get("metadata") if isinstance(data.get("metadata"), dict) else {},
         "user": data.get("user") if isinstance(data.get("user"), str) else None,
     }
-    return req, pending, echo
+    return req, echo
 
 
 # -- engine events -> the Responses wire ------------------------------------------------
@@ -300,9 +299,10 @@ def _status(done: Done) -> tuple[str, dict | None]:
 
 
 class Responses:
-    """The reply shape of ``App.run`` for /v1/responses (streamed as SSE, or one object)."""
+    """The reply shape for /v1/responses (streamed as SSE, or one object; see
+    :mod:`gencli.server.streaming`)."""
 
-    headers = [H_SSE, H_NOCACHE]
+    headers: Headers = [H_SSE, H_NOCACHE]
 
     __slots__ = ("model", "id", "created", "echo", "_seq", "_started", "_items", "_open", "_buffer", "_delta")
 
@@ -407,6 +407,9 @@ class Responses:
     def reasoning(self, text: str) -> bytes:
         return self._delta_event("reasoning", text)
 
+    def logprobs(self, tokens: list[TokenLogprob]) -> bytes:
+        return b""  # this route never asks for log probabilities
+
     def final(self, done: Done) -> bytes:
         out = self._start() + self._close()
         for tc in done.tool_calls:
@@ -440,23 +443,23 @@ class Responses:
         return self._start() + self._event("response.failed", {
             "response": self.response("failed", self._items, error=error)})
 
-    async def fail_before(self, app: "App", scope, send, exc: GencliError) -> None:
-        await app.fail(scope, send, exc)
-
 
 # -- route ----------------------------------------------------------------------------------
 
-async def responses(app: "App", scope, receive, send) -> None:
-    data = await app.read_json(receive)
-    model = app.model_name(field_model(data))
+async def responses(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    data = await state.read_json(receive)
+    model = state.model_name(field_model(data))
     scope.setdefault("gencli", {})["model"] = model
-    req, pending, echo = request_in(data, model)
-    quota = app.image_quota()
-    quota.check_count(len(pending))
-    plan = prepare(req, app.registry, model_default=False)
+    req, echo = request_in(data, model)
+    quota = state.image_quota()
     try:
-        await app.attach_images(plan, pending, quota)
-        app.touch(plan.entry.name)
-        await app.run(scope, receive, send, plan, req.stream, Responses(plan.entry.name, echo))
+        plan = prepare(req, state.registry, model_default=False, quota=quota)
+        state.touch(plan.entry.name)
+        await run(state.transport, scope, receive, send, plan, req.stream, Responses(plan.entry.name, echo))
     finally:
         quota.release()
+
+
+def routes(state: State) -> dict[tuple[str, str], Handler]:
+    """OpenAI's Responses API, for the app's table."""
+    return {("POST", "/v1/responses"): partial(responses, state)}

@@ -14,30 +14,31 @@ from __future__ import annotations
 import base64
 import sys
 from array import array
-from typing import TYPE_CHECKING, Any, Callable
+from functools import partial
+from typing import Any, Callable
 
 from gencli.embeddings import Embeddings, aexecute_embed, check_inputs, prepare_embed
 from gencli.errors import GencliError, UsageError
-from gencli.server.app import field_model, internal, send_json
+from gencli.registry import ModelEntry
+from gencli.server.asgi import Handler, Receive, Scope, Send, field_model, internal, send_json
+from gencli.server.state import State
 
-if TYPE_CHECKING:
-    from gencli.server.app import App
 
-
-async def _embed(app: "App", scope, data: dict, inputs: Any, empty_ok: bool) -> tuple[Any, Embeddings | None]:
-    model = app.model_name(field_model(data))
+async def _embed(state: State, scope: Scope, data: dict[str, Any], inputs: Any,
+                 empty_ok: bool) -> tuple[ModelEntry, Embeddings | None]:
+    model = state.model_name(field_model(data))
     info = scope.setdefault("gencli", {})
     info["model"] = model
-    entry = app.resolve(model)
+    entry = state.resolve(model)
     if empty_ok and (inputs == "" or inputs == []):
         # Ollama answers an empty input with no vectors (a load probe), after checking the model
-        prepare_embed(app.registry, None, "x", entry=entry)
-        app.touch(entry.name)
+        prepare_embed(state.registry, None, "x", entry=entry)
+        state.touch(entry.name)
         return entry, None
-    plan = prepare_embed(app.registry, None, inputs, data.get("dimensions"), entry=entry)
-    app.touch(entry.name)
+    plan = prepare_embed(state.registry, None, inputs, data.get("dimensions"), entry=entry)
+    state.touch(entry.name)
     try:
-        result = await aexecute_embed(plan, app.transport)
+        result = await aexecute_embed(plan, state.transport)
     except GencliError:
         raise
     except Exception as exc:
@@ -46,11 +47,11 @@ async def _embed(app: "App", scope, data: dict, inputs: Any, empty_ok: bool) -> 
     return entry, result
 
 
-async def api_embed(app: "App", scope, receive, send) -> None:
-    data = await app.read_json(receive)
+async def api_embed(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    data = await state.read_json(receive)
     if "input" not in data or data["input"] is None:
         raise UsageError("input is required (a string or an array of strings)", "input")
-    entry, result = await _embed(app, scope, data, data["input"], empty_ok=True)
+    entry, result = await _embed(state, scope, data, data["input"], empty_ok=True)
     if result is None:
         await send_json(send, 200, {"model": entry.name, "embeddings": []})
         return
@@ -63,8 +64,8 @@ async def api_embed(app: "App", scope, receive, send) -> None:
     })
 
 
-async def api_embeddings(app: "App", scope, receive, send) -> None:
-    data = await app.read_json(receive)
+async def api_embeddings(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    data = await state.read_json(receive)
     prompt = data.get("prompt")
     if prompt is None:
         raise UsageError("prompt is required", "prompt")
@@ -72,7 +73,7 @@ async def api_embeddings(app: "App", scope, receive, send) -> None:
         raise UsageError("prompt must be a string", "prompt")
     if prompt:
         check_inputs(prompt, "prompt")  # errors name this route's field
-    _, result = await _embed(app, scope, data, prompt, empty_ok=True)
+    _, result = await _embed(state, scope, data, prompt, empty_ok=True)
     await send_json(send, 200, {"embedding": result.embeddings[0] if result is not None else []})
 
 
@@ -83,8 +84,8 @@ def _b64(vector: list[float]) -> str:
     return base64.b64encode(arr.tobytes()).decode("ascii")
 
 
-async def v1_embeddings(app: "App", scope, receive, send) -> None:
-    data = await app.read_json(receive)
+async def v1_embeddings(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    data = await state.read_json(receive)
     inputs = data.get("input")
     if inputs is None:
         raise UsageError("input is required (a string or an array of strings)", "input")
@@ -94,7 +95,7 @@ async def v1_embeddings(app: "App", scope, receive, send) -> None:
     fmt = data.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise UsageError("encoding_format must be \"float\" or \"base64\"", "encoding_format")
-    entry, result = await _embed(app, scope, data, inputs, empty_ok=False)
+    entry, result = await _embed(state, scope, data, inputs, empty_ok=False)
     encode: Callable[[list[float]], Any] = _b64 if fmt == "base64" else (lambda v: v)
     tokens = result.prompt_tokens or 0
     await send_json(send, 200, {
@@ -105,10 +106,10 @@ async def v1_embeddings(app: "App", scope, receive, send) -> None:
     })
 
 
-def routes(app: "App") -> dict[tuple[str, str], Callable]:
-    """The embedding routes, for App.routes."""
+def routes(state: State) -> dict[tuple[str, str], Handler]:
+    """The embedding routes, for the app's table."""
     return {
-        ("POST", "/api/embed"): lambda s, r, w: api_embed(app, s, r, w),
-        ("POST", "/api/embeddings"): lambda s, r, w: api_embeddings(app, s, r, w),
-        ("POST", "/v1/embeddings"): lambda s, r, w: v1_embeddings(app, s, r, w),
+        ("POST", "/api/embed"): partial(api_embed, state),
+        ("POST", "/api/embeddings"): partial(api_embeddings, state),
+        ("POST", "/v1/embeddings"): partial(v1_embeddings, state),
     }

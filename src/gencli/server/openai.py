@@ -12,26 +12,33 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
 from gencli.engine import prepare
 from gencli.errors import GencliError, UsageError
-from gencli.events import Done
+from gencli.events import Done, ToolCall
+from gencli.registry import ModelEntry
 from gencli.request import GenerateRequest, Message
-from gencli.server.app import (
+from gencli.server.asgi import (
     H_NOCACHE,
     H_SSE,
-    KEEP_ALIVE,
+    Handler,
+    Headers,
+    Receive,
+    Scope,
+    Send,
     dumps,
     field_bool,
     field_list,
     field_model,
     openai_error,
+    optional_str,
     send_json,
 )
-
-if TYPE_CHECKING:
-    from gencli.server.app import App
+from gencli.server.state import KEEP_ALIVE, State
+from gencli.server.streaming import run
+from gencli.tools import check_arguments, openai_calls_out
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_TOP_LOGPROBS = 20
@@ -138,9 +145,10 @@ def _think(data: dict) -> Any:
     return EFFORT[effort]
 
 
-def openai_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, Any]]]:
+def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]]]:
+    """OpenAI chat messages -> engine Messages, and their images (still raw) for the engine."""
     messages: list[Message] = []
-    pending: list[tuple[Message, int, Any]] = []
+    images: list[tuple[Message, Any]] = []
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -171,7 +179,7 @@ def openai_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, 
                     url = part.get("image_url")
                     if isinstance(url, dict):
                         url = url.get("url")
-                    pending.append((message, i, url))
+                    images.append((message, url))
                 else:
                     raise UsageError(f"{where}.content part type '{kind}' is not supported (text, image_url)",
                                      "messages")
@@ -181,11 +189,32 @@ def openai_messages(raw: list) -> tuple[list[Message], list[tuple[Message, int, 
         if "\x00" in message.content:
             raise UsageError(f"{where}.content contains a NUL character", "messages")
         if role == "tool" or m.get("tool_calls"):
-            from gencli.tools import openai_message_tools
-
-            openai_message_tools(message, m, where)
+            message.tool_calls = calls_in(m.get("tool_calls"), where)
+            if role == "tool":
+                message.tool_call_id = optional_str(m, "tool_call_id", where)
+                message.tool_name = optional_str(m, "name", where)
+                if not message.tool_call_id:
+                    raise UsageError(f"{where}.tool_call_id is required for a tool message", "messages")
         messages.append(message)
-    return messages, pending
+    return messages, images
+
+
+def calls_in(raw: Any, where: str) -> list[ToolCall]:
+    """``tool_calls`` of an OpenAI assistant message: [{id, type: function, function: {name, arguments: str}}]."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise UsageError(f"{where}.tool_calls must be an array", "messages")
+    out = []
+    for j, tc in enumerate(raw):
+        w = f"{where}.tool_calls[{j}]"
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise UsageError(f"{w} must be {{\"id\": ..., \"type\": \"function\", \"function\": {{\"name\": ..., "
+                             f"\"arguments\": \"...\"}}}}", "messages")
+        cid = tc.get("id")
+        out.append(ToolCall(cid if isinstance(cid, str) else "", fn["name"], check_arguments(fn.get("arguments"), w)))
+    return out
 
 
 def _usage(done: Done) -> dict:
@@ -195,7 +224,7 @@ def _usage(done: Done) -> dict:
 
 
 class OpenAIChat:
-    headers = [H_SSE, H_NOCACHE]
+    headers: Headers = [H_SSE, H_NOCACHE]
 
     __slots__ = ("model", "id", "created", "include_usage", "_sent_role", "_text")
 
@@ -239,8 +268,6 @@ class OpenAIChat:
     def final(self, done: Done) -> bytes:
         out = self._role()
         if done.tool_calls:  # OpenAI's streamed shape: tool_calls deltas with an index, arguments a JSON string
-            from gencli.tools import openai_calls_out
-
             out += self._chunk({"tool_calls": openai_calls_out(done.tool_calls, with_index=True)})
         out += self._chunk({}, done.done_reason)
         if self.include_usage:
@@ -254,8 +281,6 @@ class OpenAIChat:
         if done.reasoning:
             message["reasoning_content"] = done.reasoning
         if done.tool_calls:
-            from gencli.tools import openai_calls_out
-
             message["tool_calls"] = openai_calls_out(done.tool_calls)
             if not done.text:
                 message["content"] = None
@@ -273,13 +298,10 @@ class OpenAIChat:
     def error_line(self, exc: GencliError) -> bytes:
         return b"data: " + dumps(openai_error(exc)) + b"\n\n"
 
-    async def fail_before(self, app: "App", scope, send, exc: GencliError) -> None:
-        await app.fail(scope, send, exc)
 
-
-async def chat_completions(app: "App", scope, receive, send) -> None:
-    data = await app.read_json(receive)
-    model = app.model_name(field_model(data))
+async def chat_completions(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    data = await state.read_json(receive)
+    model = state.model_name(field_model(data))
     scope.setdefault("gencli", {})["model"] = model
     stream = field_bool(data, "stream", False)
     so = data.get("stream_options")
@@ -290,48 +312,46 @@ async def chat_completions(app: "App", scope, receive, send) -> None:
     if not raw:
         raise UsageError("messages is required (a non-empty array)", "messages")
     _unsupported(data)
-    messages, pending = openai_messages(raw)
-    quota = app.image_quota()
-    quota.check_count(len(pending))
+    messages, images = messages_in(raw)
     fmt, fmt_name, fmt_strict = _format(data)
     logprobs, top = _chat_logprobs(data)
-    req = GenerateRequest(model=model, messages=messages, options=_options(data), format=fmt, format_name=fmt_name,
-                          format_strict=fmt_strict, think=_think(data), stream=stream, tools=data.get("tools"),
-                          tool_choice=data.get("tool_choice"), logprobs=logprobs, top_logprobs=top,
-                          keep_alive=KEEP_ALIVE)
-    plan = prepare(req, app.registry, model_default=False)
+    req = GenerateRequest(model=model, messages=messages, message_images=images, options=_options(data), format=fmt,
+                          format_name=fmt_name, format_strict=fmt_strict, think=_think(data), stream=stream,
+                          tools=data.get("tools"), tool_choice=data.get("tool_choice"), logprobs=logprobs,
+                          top_logprobs=top, keep_alive=KEEP_ALIVE)
+    quota = state.image_quota()
     try:
-        await app.attach_images(plan, pending, quota)
-        app.touch(plan.entry.name)
-        await app.run(scope, receive, send, plan, stream, OpenAIChat(plan.entry.name, include_usage))
+        plan = prepare(req, state.registry, model_default=False, quota=quota)
+        state.touch(plan.entry.name)
+        await run(state.transport, scope, receive, send, plan, stream, OpenAIChat(plan.entry.name, include_usage))
     finally:
         quota.release()
 
 
-def _model_object(app: "App", entry: Any) -> dict:
-    return {"id": entry.name, "object": "model", "created": app.modified_ts, "owned_by": entry.provider}
+def _model_object(state: State, entry: ModelEntry) -> dict:
+    return {"id": entry.name, "object": "model", "created": state.modified_ts, "owned_by": entry.provider}
 
 
-async def models(app: "App", scope, receive, send) -> None:
-    data = [_model_object(app, e) for e in app.ready_models()]
+async def models(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    data = [_model_object(state, e) for e in state.ready_models()]
     await send_json(send, 200, {"object": "list", "data": data})
 
 
-async def model(app: "App", scope, receive, send) -> None:
+async def model(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     """GET /v1/models/{id} (the openai SDK's ``models.retrieve``): a registry name, with or
     without ``:latest``; 404 in OpenAI's shape for any other."""
     from urllib.parse import unquote
 
     name = unquote(scope["path"][len("/v1/models/"):])
-    entry = app.resolve(name)
+    entry = state.resolve(name)
     scope.setdefault("gencli", {})["model"] = entry.name
-    await send_json(send, 200, _model_object(app, entry))
+    await send_json(send, 200, _model_object(state, entry))
 
 
 class OpenAICompletion:
     """Legacy completions (``text_completion``): a choice with ``text``; streamed as SSE chunks."""
 
-    headers = [H_SSE, H_NOCACHE]
+    headers: Headers = [H_SSE, H_NOCACHE]
 
     __slots__ = ("model", "id", "created", "include_usage", "top")
 
@@ -378,15 +398,12 @@ class OpenAICompletion:
     def error_line(self, exc: GencliError) -> bytes:
         return b"data: " + dumps(openai_error(exc)) + b"\n\n"
 
-    async def fail_before(self, app: "App", scope, send, exc: GencliError) -> None:
-        await app.fail(scope, send, exc)
 
-
-async def completions(app: "App", scope, receive, send) -> None:
+async def completions(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     """POST /v1/completions: ``prompt`` sent as it is (a text completion), ``suffix`` for
     fill-in-the-middle on models with the 'insert' capability."""
-    data = await app.read_json(receive)
-    model = app.model_name(field_model(data))
+    data = await state.read_json(receive)
+    model = state.model_name(field_model(data))
     scope.setdefault("gencli", {})["model"] = model
     stream = field_bool(data, "stream", False)
     so = data.get("stream_options")
@@ -408,7 +425,21 @@ async def completions(app: "App", scope, receive, send) -> None:
         raise UsageError("logprobs must be an integer from 0 to 5", "logprobs")
     req = GenerateRequest(model=model, prompt=prompt, options=_options(data), stream=stream, raw=True,
                           suffix=suffix or None, logprobs=top is not None, top_logprobs=top or 0, keep_alive=KEEP_ALIVE)
-    plan = prepare(req, app.registry, model_default=False)
-    app.touch(plan.entry.name)
-    await app.run(scope, receive, send, plan, stream,
-                  OpenAICompletion(plan.entry.name, bool(so and so.get("include_usage")), top or 0))
+    plan = prepare(req, state.registry, model_default=False)
+    state.touch(plan.entry.name)
+    await run(state.transport, scope, receive, send, plan, stream,
+              OpenAICompletion(plan.entry.name, bool(so and so.get("include_usage")), top or 0))
+
+
+def routes(state: State) -> dict[tuple[str, str], Handler]:
+    """OpenAI's chat completions, completions and models list, for the app's table."""
+    return {
+        ("POST", "/v1/chat/completions"): partial(chat_completions, state),
+        ("POST", "/v1/completions"): partial(completions, state),
+        ("GET", "/v1/models"): partial(models, state),
+    }
+
+
+def prefix_routes(state: State) -> list[tuple[str, str, Handler]]:
+    """Routes with a parameter in the path: (method, path prefix, handler)."""
+    return [("GET", "/v1/models/", partial(model, state))]

@@ -1,0 +1,84 @@
+"""What one server process shares across its routes: its settings, the registry, the
+upstream transport (one pool per process, which also downloads image URLs), and which
+models were used when and stay loaded until when (Ollama's keep_alive and /api/ps)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from typing import Any
+
+from gencli import images as img
+from gencli.registry import ModelEntry, Registry
+from gencli.server.asgi import Receive, read_json
+from gencli.server.config import ServeConfig
+from gencli.transport_async import ServerTransport
+
+
+KEEP_ALIVE = 300.0  # seconds a model stays loaded (listed in /api/ps; a local model in memory) after a request
+
+
+class State:
+    def __init__(self, config: ServeConfig, registry: Registry | None = None):
+        from gencli import context
+
+        self.config = config
+        self.registry = registry if registry is not None else Registry.load(config.models_path)
+        from gencli.server.memory import trim
+
+        self.transport = ServerTransport(allow_private_images=config.allow_private_images,
+                                         image_fetches=config.image_fetches, image_memory=config.image_memory,
+                                         on_quiet=trim)  # quiet: idle upstream connections closed, memory trimmed
+        self.max_body = config.max_body
+        context.set_limit(self.max_body)  # a conversation in `context` is no larger than a body
+        self.started = time.time()
+        self.last_used: dict[str, int] = {}  # model name -> time.time_ns() of its last request
+        self.expires: dict[str, float] = {}  # model name -> when /api/ps stops listing it (time.time(); inf: never)
+        mtime = self.started
+        if self.registry.source is not None:
+            try:
+                mtime = os.stat(self.registry.source).st_mtime
+            except OSError:
+                pass
+        self.modified_ts = int(mtime)
+        self.modified_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+
+    async def read_json(self, receive: Receive) -> dict[str, Any]:
+        return await read_json(receive, self.max_body)
+
+    def ready_models(self) -> list[ModelEntry]:
+        """The models a request can use now (their provider's key is set)."""
+        return [e for e in self.registry.models.values() if self.registry.missing_key(e) is None]
+
+    def resolve(self, name: str) -> ModelEntry:
+        return self.registry.resolve(self.model_name(name))
+
+    def model_name(self, name: str) -> str:
+        """The registry name for a requested name (Ollama clients may add ':latest')."""
+        if name not in self.registry.models and name.endswith(":latest") and name[:-7] in self.registry.models:
+            return name[:-7]
+        return name
+
+    def touch(self, name: str, keep_alive: float | None = None) -> None:
+        """A request used the model: /api/ps lists it for ``keep_alive`` seconds (the default
+        when None; negative: for good; 0: not after this request)."""
+        now = time.time_ns()
+        self.last_used[name] = now
+        seconds = KEEP_ALIVE if keep_alive is None else keep_alive
+        self.expires[name] = math.inf if seconds < 0 else now / 1e9 + seconds
+
+    async def unload(self, entry: ModelEntry) -> None:
+        """Ollama's unload (keep_alive 0, nothing to generate): a local model's memory is freed
+        (after what runs on it) and the model leaves /api/ps."""
+        from gencli.engine import unload
+
+        self.last_used.pop(entry.name, None)
+        self.expires.pop(entry.name, None)
+        await asyncio.to_thread(unload, entry, self.registry)
+
+    def image_quota(self) -> img.ImageQuota:
+        """A request's image limits (count, bytes) and its share of the process's image budget."""
+        c = self.config
+        return img.ImageQuota(c.max_images, c.max_images_bytes, self.transport.images)
