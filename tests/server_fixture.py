@@ -53,9 +53,10 @@ class ServeProcess:
     """``gencli serve --port 0``; the port is read from the startup line. Output goes to files."""
 
     def __init__(self, tmp: Path, models: dict | Path, args: list[str] = (), env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1", memory_mb: int | None = None):
+                 host: str = "127.0.0.1", memory_mb: int | None = None, dotenv: str | None = None):
         """``memory_mb``: the server's address-space limit (RLIMIT_AS), so that a regression in
-        a bound fails the test (MemoryError, or the process dies) instead of the machine."""
+        a bound fails the test (MemoryError, or the process dies) instead of the machine.
+        ``dotenv``: the text of a ``.env`` file in the server's working directory."""
         tmp.mkdir(parents=True, exist_ok=True)
         if isinstance(models, Path):
             path = models
@@ -66,6 +67,8 @@ class ServeProcess:
         self.out_path = tmp / "serve.out"
         work = tmp / "work"
         work.mkdir(exist_ok=True)
+        if dotenv is not None:
+            (work / ".env").write_text(dotenv)
         self.proc = subprocess.Popen(
             [GENCLI, "serve", "--host", host, "--port", "0", "--models", str(path), *args],
             env=clean_env(tmp, **{KEY_VAR: FAKE_KEY, **(env or {})}), cwd=work, stdin=subprocess.DEVNULL,

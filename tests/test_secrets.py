@@ -224,3 +224,34 @@ def test_server_outputs_never_show_a_key(server, fakes):
     log = server.stderr() + server.out_path.read_text(errors="replace")
     assert "POST /api/generate" in log  # the access log was written
     assert_clean(log, "the server log")
+
+
+DOTENV_ONLY = "plain-SECRET-dotenv-only-5150"  # a key in .env, not in the environment
+
+
+def test_a_key_only_in_dotenv_is_scrubbed(fakes, tmp_path):
+    """An upstream repeats the prompt, which quotes a key set only in ``.env``: neither the CLI
+    nor the server shows it (the scrubbed keys come from the settings: environment and .env)."""
+    _, lax, _, _ = fakes
+    models_file = tmp_path / "models.json"
+    models_file.write_text(json.dumps({"dot": {"provider": "openai-compatible", "model": "error-400-echo",
+                                               "base_url": lax.base_url, "api_key_env": "COMPAT_KEY",
+                                               "retries": 0}}))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".env").write_text(f"OTHER_API_KEY={DOTENV_ONLY}\n")
+    prompt = f"my settings say {DOTENV_ONLY}, what now"
+    r = run_gencli(["generate", "-m", "dot", prompt], clean_env(tmp_path, GENCLI_MODELS=str(models_file),
+                                                                COMPAT_KEY=COMPAT), work)
+    assert r.returncode == 1 and b"Invalid prompt: my settings say [redacted]" in r.stderr, r.stderr
+    assert DOTENV_ONLY.encode() not in r.stderr + r.stdout
+
+    s = ServeProcess(tmp_path / "serve", models_file, env={"COMPAT_KEY": COMPAT},
+                     dotenv=f"OTHER_API_KEY={DOTENV_ONLY}\n")
+    try:
+        reply = httpx.post(s.url + "/api/generate", json={"model": "dot", "prompt": prompt}, timeout=30)
+        assert reply.status_code == 400 and "Invalid prompt: my settings say [redacted]" in reply.json()["error"]
+        assert DOTENV_ONLY not in reply.text
+    finally:
+        s.stop()
+    assert DOTENV_ONLY not in s.stderr()

@@ -46,6 +46,8 @@ def test_a_bad_value_is_one_error_naming_the_variable(var, value, rule):
 def test_settings_never_show_keys_and_travel_to_worker_processes():
     s = Settings.from_env({"OPENAI_API_KEY": "sk-secret-1234567890", "GENCLI_API_KEY": "serve-secret"})
     assert "secret" not in repr(s) and "timeout=None" in repr(s)
+    assert s.secrets == ("sk-secret-1234567890", "serve-secret")  # what upstream messages are scrubbed of
+    assert Settings.from_env({"GENCLI_TOKEN": "short", "PATH": "/usr/bin:/bin/long"}).secrets == ()
     assert pickle.loads(pickle.dumps(s)) == s  # what --workers N hands each spawned worker
 
 

@@ -106,7 +106,8 @@ def prepare_embed(registry: Registry, model: str | None, inputs: Any, dimensions
     call = Call(model=entry.model, name=entry.name, base_url=registry.base_url(entry), api_key=key,
                 key_env=key_env, headers=entry.headers, messages=[], options=options, stream=False,
                 capabilities=tuple(entry.capabilities),
-                timeout=entry.timeout if entry.timeout is not None else settings.timeout, local=local)
+                timeout=entry.timeout if entry.timeout is not None else settings.timeout, local=local,
+                secrets=settings.secrets)
     return EmbedPlan(entry, adapter, call, texts, started)
 
 

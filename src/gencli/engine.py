@@ -284,6 +284,7 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
         logprobs=req.logprobs,
         top_logprobs=top if req.logprobs else 0,
         keep_alive=_keep_alive(req.keep_alive),
+        secrets=settings.secrets,
     )
     plan = Plan(entry, adapter, call, history, started=started, want_context=want_context, quota=quota)
     if req.images or req.message_images:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -35,6 +36,7 @@ from gencli.errors import ConfigError, UsageError
 from gencli.retry import DEFAULT_RETRIES, MAX_RETRIES
 
 LOCAL_QUEUE = 16  # generations waiting per local model, beyond the one running
+_SECRET_NAME = re.compile(r"(?i)(key|token|secret|password)")  # variables whose values are scrubbed
 
 
 class SettingError(UsageError):
@@ -156,6 +158,12 @@ def load_env(cwd: Path | None = None, environ: Mapping[str, str] | None = None) 
     return env
 
 
+def secret_values(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The values of ``env``'s key-like variables (8 characters or more), longest first."""
+    found = {v.strip() for k, v in env.items() if _SECRET_NAME.search(k) and len(v.strip()) >= 8}
+    return tuple(sorted(found, key=len, reverse=True))
+
+
 class Settings(NamedTuple):
     """Every process-wide setting of the engine, read once. ``env`` is the environment laid
     over ``.env``: the registry looks provider keys and base-URL variables up in it.
@@ -168,6 +176,9 @@ class Settings(NamedTuple):
     timeout: float | None = None  # upstream read timeout for models without one; None: 300 s
     retries: int = DEFAULT_RETRIES  # for models without "retries" in models.json
     local_queue: int = LOCAL_QUEUE
+    # the values of key-like variables (*_API_KEY, *_TOKEN, GENCLI_API_KEY, any api_key_env of
+    # models.json, ...), longest first: scrubbed from every upstream message (never printed)
+    secrets: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None, *,
@@ -192,6 +203,7 @@ class Settings(NamedTuple):
             timeout=timeout if timeout is not None else (None if env_timeout is None else float(env_timeout)),
             retries=retries if retries is not None else (DEFAULT_RETRIES if env_retries is None else int(env_retries)),
             local_queue=LOCAL_QUEUE if queue is None else int(queue),
+            secrets=secret_values(env),
         )
 
     def with_(self, **changes: Any) -> Settings:
@@ -199,5 +211,5 @@ class Settings(NamedTuple):
         return self._replace(**changes)
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._fields if k != "env")
+        shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._fields if k not in ("env", "secrets"))
         return f"Settings({shown})"

@@ -31,10 +31,10 @@ def _host(url: str) -> str:
     return urlsplit(url).netloc.rsplit("@", 1)[-1] or url
 
 
-def _reason(exc: BaseException) -> str:
-    from gencli.providers.common import scrub
+def _reason(exc: BaseException, call: Call) -> str:
+    from gencli.providers.common import call_secrets, scrub
 
-    text = scrub(str(exc) or exc.__class__.__name__)  # a URL in the message may carry a key
+    text = scrub(str(exc) or exc.__class__.__name__, call.api_key, call_secrets(call))  # a URL may carry a key
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -64,7 +64,7 @@ class _Open:
         except (ConnectTimeout, ReadTimeout):
             raise UpstreamTimeout(f"{call.name}: {_host(req.url)} did not answer in time") from None
         except (HttpClientError, ValueError) as exc:
-            raise UpstreamUnreachable(f"{call.name}: cannot reach {_host(req.url)} ({_reason(exc)})") from None
+            raise UpstreamUnreachable(f"{call.name}: cannot reach {_host(req.url)} ({_reason(exc, call)})") from None
         r.errors = self._mid_response
         self.resp = r
         return r
@@ -73,7 +73,7 @@ class _Open:
         url, name = self.req.url, self.call.name
         if isinstance(exc, ReadTimeout):
             return UpstreamTimeout(f"{name}: {_host(url)} stopped sending (read timeout)")
-        return UpstreamUnreachable(f"{name}: the connection to {_host(url)} failed mid-response ({_reason(exc)})")
+        return UpstreamUnreachable(f"{name}: the connection to {_host(url)} failed mid-response ({_reason(exc, self.call)})")
 
     async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> None:
         # back to the pool when read to its end; else closed (the upstream sees it and stops)

@@ -79,7 +79,7 @@ class HttpxTransport:
         except httpx.TimeoutException:
             raise UpstreamTimeout(f"{call.name}: {_host(req.url)} did not answer in time") from None
         except httpx.HTTPError as exc:
-            raise UpstreamUnreachable(f"{call.name}: cannot reach {_host(req.url)} ({_reason(exc)})") from None
+            raise UpstreamUnreachable(f"{call.name}: cannot reach {_host(req.url)} ({_reason(exc, call)})") from None
         try:
             yield _Guarded(r, call, req.url)
         finally:
@@ -129,13 +129,16 @@ class _Guarded(Response):
             raise UpstreamTimeout(f"{self.call.name}: {_host(self.url)} stopped sending (read timeout)") from None
         except httpx.HTTPError as exc:
             raise UpstreamUnreachable(
-                f"{self.call.name}: the connection to {_host(self.url)} failed mid-response ({_reason(exc)})"
+                f"{self.call.name}: the connection to {_host(self.url)} failed mid-response ({_reason(exc, self.call)})"
             ) from None
 
 
-def _reason(exc: Exception) -> str:
-    text = str(exc) or exc.__class__.__name__
-    return " ".join(text.split())[:200]
+def _reason(exc: Exception, call: Call | None = None) -> str:
+    from gencli.providers.common import call_secrets, scrub
+
+    text = str(exc) or exc.__class__.__name__  # a URL in the message may carry a key
+    text = scrub(text, call.api_key, call_secrets(call)) if call is not None else scrub(text)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 if TYPE_CHECKING:  # mypy checks that the class is what the engine takes

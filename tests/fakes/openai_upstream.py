@@ -237,6 +237,9 @@ class FakeOpenAI(ThreadedServer):
                                     "model. Use 'max_completion_tokens' instead.", "invalid_request_error",
                                     "unsupported_parameter", "max_tokens")
 
+        if model == "error-400-echo":  # an upstream that repeats the prompt in its error message
+            last = messages[-1].get("content") if isinstance(messages[-1], dict) else None
+            return self._json_error(400, f"Invalid prompt: {last}", "invalid_request_error", None)
         if model.startswith("error-"):
             failure = self._failure(model)
             if failure is not None:

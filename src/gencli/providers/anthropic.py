@@ -33,7 +33,7 @@ from gencli.errors import (
 from gencli.events import Event, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
-from gencli.providers.common import dumps, http_error, loads, scrub
+from gencli.providers.common import call_secrets, dumps, http_error, loads, scrub
 from gencli.request import Message
 
 API_VERSION = "2023-06-01"  # the anthropic-version header
@@ -304,7 +304,7 @@ class AnthropicAdapter:
         """A typed error from an ``error`` object (in a stream, or a body with HTTP 200)."""
         err = err if isinstance(err, dict) else {}
         kind = str(err.get("type") or "api_error")
-        message = scrub(str(err.get("message") or kind), call.api_key)
+        message = scrub(str(err.get("message") or kind), call.api_key, call_secrets(call))
         status = ERROR_STATUS.get(kind, 500)
         if status in (401, 403):
             var = call.key_env or "ANTHROPIC_API_KEY"

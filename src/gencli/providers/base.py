@@ -93,6 +93,8 @@ class Call:
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token, with logprobs
     keep_alive: float | None = None  # seconds a local model stays loaded after the run (<0: forever)
+    # every configured key (Settings.secrets), scrubbed from upstream messages with api_key
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
 # -- adapters ---------------------------------------------------------------------------------

@@ -61,25 +61,11 @@ _AUTH = re.compile(r"(?i)\b(bearer|basic|token)(\s+|%20|\+)[a-z0-9._~+/=\-]{8,}"
 _QUERY = re.compile(r"(?i)([?&](?:key|api[_-]?key|access[_-]?token|token)=)[^&\s\"'<>]+")
 _B64 = re.compile(r"[A-Za-z0-9+/_\-]{12,}={0,2}")
 _AUTH_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key", "proxy-authorization"})
-_SECRET_ENV = re.compile(r"(?i)(key|token|secret|password)")
 SCRUB_WINDOW = 64 * 1024  # characters of an upstream message scrubbed (the shown part is far shorter)
 SHOWN = 500
 REDACTED = "[redacted]"
 
-_env_secrets: tuple[str, ...] | None = None
 _patterns: dict[frozenset[str], re.Pattern[str] | None] = {}
-
-
-def configured_secrets() -> tuple[str, ...]:
-    """Values of the environment's key-like variables (``*_API_KEY``, ``*_TOKEN``, ``GENCLI_API_KEY``,
-    any variable models.json names in ``api_key_env``...): read once per process."""
-    global _env_secrets
-    if _env_secrets is None:
-        import os
-
-        _env_secrets = tuple(sorted({v.strip() for k, v in os.environ.items()
-                                     if _SECRET_ENV.search(k) and len(v.strip()) >= 8}, key=len, reverse=True))
-    return _env_secrets
 
 
 def _forms(secret: str) -> set[str]:
@@ -129,11 +115,11 @@ def _b64_hides(token: str, secrets: frozenset[str]) -> bool:
 
 
 def scrub(message: str, key: str | None = None, extra: tuple[str, ...] = ()) -> str:
-    """Remove secrets from an upstream's message and make it one short line: the call's key,
-    ``extra`` secrets and every configured key (plain, URL-encoded, base64, any case), key-shaped
-    tokens, credentials after ``Bearer``/``Basic`` and in key query parameters; only then is it
-    cut to ``SHOWN`` characters."""
-    secrets = frozenset(s for s in (key, *extra, *configured_secrets()) if s and len(s) >= 4)
+    """Remove secrets from an upstream's message and make it one short line: the call's key and
+    the ``extra`` secrets (:func:`call_secrets`: its auth headers and every configured key) in any
+    form (plain, URL-encoded, base64, any case), key-shaped tokens, credentials after
+    ``Bearer``/``Basic`` and in key query parameters; only then is it cut to ``SHOWN`` characters."""
+    secrets = frozenset(s for s in (key, *extra) if s and len(s) >= 4)
     text = " ".join(message.split())
     if len(text) > SCRUB_WINDOW:
         # a secret cut by the window would survive as a fragment: drop the tail it could be in
@@ -150,7 +136,8 @@ def scrub(message: str, key: str | None = None, extra: tuple[str, ...] = ()) -> 
 
 
 def call_secrets(call: Call) -> tuple[str, ...]:
-    """The secrets a call carries besides its key: the values of its auth headers."""
+    """The secrets a call carries besides its key: the values of its auth headers, and every
+    configured key (``call.secrets``, from the settings: the environment and ``.env``)."""
     headers = getattr(call, "headers", None) or {}
     out = []
     for name, value in headers.items():
@@ -159,7 +146,7 @@ def call_secrets(call: Call) -> tuple[str, ...]:
             scheme, _, rest = value.partition(" ")
             if rest and scheme.lower() in ("bearer", "basic", "token"):
                 out.append(rest.strip())
-    return tuple(out)
+    return (*out, *call.secrets)
 
 
 def error_message(body: bytes) -> str:

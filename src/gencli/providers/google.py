@@ -22,7 +22,7 @@ from gencli.errors import (
 from gencli.events import Event, Finish, Logprobs, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, Usage
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
-from gencli.providers.common import dumps, http_error, loads, retry_after, scrub
+from gencli.providers.common import call_secrets, dumps, http_error, loads, retry_after, scrub
 from gencli.request import Message
 
 API_VERSION = "v1beta"
@@ -408,7 +408,7 @@ class GoogleAdapter:
             if wait is None:
                 wait = retry_after(headers)
             if not isinstance(exc, UpstreamRateLimited):
-                detail = scrub(str(err.get("message") or ""), call.api_key)
+                detail = scrub(str(err.get("message") or ""), call.api_key, call_secrets(call))
                 exc = UpstreamRateLimited(f"{call.name}: {self.label} is rate limiting requests"
                                           + (f": {detail}" if detail else ""), upstream_status=status or 429)
             exc.retry_after = wait

@@ -13,7 +13,7 @@ from gencli.errors import UpstreamError, UsageError
 from gencli.events import Event, Finish, Logprobs, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, Usage
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
-from gencli.providers.common import dumps, http_error, loads, scrub
+from gencli.providers.common import call_secrets, dumps, http_error, loads, scrub
 from gencli.request import Message
 
 FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
@@ -314,7 +314,8 @@ class OpenAIAdapter:
         else:
             msg, code = str(err), None
         status = code if isinstance(code, int) and 400 <= code < 600 else 0
-        return UpstreamError(f"{call.name}: {self.label} reported an error: {scrub(str(msg), call.api_key)}",
+        detail = scrub(str(msg), call.api_key, call_secrets(call))
+        return UpstreamError(f"{call.name}: {self.label} reported an error: {detail}",
                              upstream_status=status)
 
 
