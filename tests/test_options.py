@@ -103,6 +103,43 @@ def test_cli_warns_about_an_option_the_provider_does_not_take(tmp_path, workdir,
     assert body["temperature"] == 0.2 and "top_k" not in body
 
 
+def test_the_server_warns_once_per_ignored_option(tmp_path, openai_fake):
+    """Open WebUI sends num_ctx with every chat: one warning line, not one a request."""
+    from tests.server_fixture import ServeProcess, models_json
+
+    serve = ServeProcess(tmp_path, models_json(openai_fake.base_url))
+    try:
+        def chat(options: dict) -> None:
+            r = httpx.post(serve.url + "/api/chat", timeout=30, json={
+                "model": "echo", "stream": False, "options": options,
+                "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200, r.text
+
+        for _ in range(5):
+            chat({"num_ctx": 8192, "temperature": 0.5})
+        chat({"num_ctx": 4096, "num_thread": 4})
+        chat({"num_thread": 8})
+        lines = [line for line in serve.stderr().splitlines() if "ignored options" in line]
+        assert lines == ["gencli: warning: model 'echo': ignored options: num_ctx is set per model in "
+                         "models.json, not per request",
+                         "gencli: warning: model 'echo': ignored options: num_thread is set per model in "
+                         "models.json, not per request"]
+    finally:
+        serve.stop()
+
+
+def test_what_is_remembered_of_ignored_options_is_bounded(capsys):
+    from gencli.engine import IgnoredOptions
+
+    ignored = IgnoredOptions()
+    for i in range(50):
+        ignored.warn("m" * 10_000, "OpenAI", [f"k{i}-{j}" + "x" * 10_000 for j in range(100)])
+    assert len(ignored.seen) <= IgnoredOptions.LIMIT
+    assert all(len(model) + len(name) <= 160 for model, name in ignored.seen)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 50 and len(err) < 50 * 1000  # one short line for each request with new names
+
+
 # -- hostile options against gencli serve with the local model --------------------------------
 needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                                  reason="needs the local extra: pip install -e '.[local]'")
@@ -151,7 +188,9 @@ def test_hostile_options_do_not_crash_reload_or_slow_the_model(local_serve):
     assert long["prompt_eval_count"] > 200
 
     log = local_serve.stderr()[log_before:]
-    assert log.count("ignored options") == len(hostile) + 1
+    # once per option name: num_thread (not again for the second request), the load options, the
+    # 2001 unknown names, and num_ctx again (the 2001 names overflowed what is remembered)
+    assert log.count("ignored options") == len(hostile)
     assert len(log) < 8000  # a megabyte key name is not echoed: each warning is one short line
     after = [_generate(local_serve, SEEDED) for _ in range(2)]
     assert after[0]["response"] == cold["response"]  # the next client gets what the first one got

@@ -72,6 +72,34 @@ def warn(message: str) -> None:
         pass
 
 
+class IgnoredOptions:
+    """Warns about the options a request set that its model ignores, once per model and option
+    name in a process: a client that sends ``num_ctx`` with every chat (Open WebUI) gets one
+    line in the server's log, not one a request. Bounded: the names remembered are cut short
+    and at most ``LIMIT`` (then forgotten all at once), and a line names a few of them."""
+
+    LIMIT = 1024
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str]] = set()
+
+    def warn(self, model: str, label: str, names: list[str]) -> None:
+        seen = self.seen
+        model_key = model[:80]
+        new = [n for n in names if (model_key, n[:80]) not in seen]
+        if not new:
+            return
+        warn(opts.ignored_message(model, label, new))
+        if len(seen) + len(new) > self.LIMIT:
+            seen.clear()
+        seen.update((model_key, n[:80]) for n in new[:self.LIMIT])
+
+
+_IGNORED = IgnoredOptions()
+
+
 def _check_text(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise UsageError(f"{name} must be a string", name)
@@ -179,7 +207,7 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
 
     asked, ignored = opts.check(req.options, spec.options)
     if ignored:
-        warn(opts.ignored_message(entry.name, spec.label, ignored))
+        _IGNORED.warn(entry.name, spec.label, ignored)
     options = {k: v for k, v in entry.options.items() if k in spec.options}  # models.json defaults
     options.update(asked)
     fmt = req.format
