@@ -35,7 +35,7 @@ GENCLI = str(Path(sys.executable).with_name("gencli"))
 PROMPT = "Write a long story about a dragon who learns to bake bread."
 SEED = 1234
 N_CTX = 2048
-# gencli's sampling for smollm2 (models.json options over gencli.local_model.DEFAULTS), passed to both
+# gencli's sampling for smollm2 (models.json options over gencli.providers.llama.runner.DEFAULTS), to both
 SAMPLING = {"temperature": 0.2, "top_p": 0.9, "top_k": 40, "min_p": 0.0, "repeat_penalty": 1.1}
 
 BASELINE = r"""

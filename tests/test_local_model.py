@@ -16,9 +16,9 @@ import pytest
 pytest.importorskip("llama_cpp", reason="needs the local extra: pip install -e '.[local]'")
 
 from gencli import engine  # noqa: E402
-from gencli.local_model import gguf  # noqa: E402
-from gencli.local_model.files import package_dir  # noqa: E402
-from gencli.local_model.gate import Gate, gate_for  # noqa: E402
+from gencli.providers.llama import gguf  # noqa: E402
+from gencli.providers.llama.files import package_dir  # noqa: E402
+from gencli.providers.llama.gate import Gate, gate_for  # noqa: E402
 from gencli.errors import ConfigError, ServerBusy  # noqa: E402
 from gencli.registry import Registry  # noqa: E402
 from gencli.request import GenerateRequest  # noqa: E402
@@ -397,7 +397,7 @@ def test_ctrl_c_stops_the_cli_at_once(tmp_path, workdir):
 
 # -- issue 11: raw prompts, log probabilities, keep_alive -------------------------------------
 def test_raw_prompt_and_logprobs_in_process(tmp_path):
-    from gencli.local_model import runner
+    from gencli.providers.llama import runner
 
     reg = registry(tmp_path)
     req = GenerateRequest(model="smollm2", prompt="<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n",
@@ -417,7 +417,7 @@ def test_raw_prompt_and_logprobs_in_process(tmp_path):
 
 
 def test_keep_alive_frees_the_local_model(tmp_path):
-    from gencli.local_model import runner
+    from gencli.providers.llama import runner
 
     reg = registry(tmp_path)
 

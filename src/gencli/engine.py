@@ -484,11 +484,10 @@ def unload(entry: ModelEntry, registry: Registry) -> bool:
     """Free a local model's memory now (Ollama's ``keep_alive: 0`` with nothing to generate),
     after the generations running or queued on it; blocking. True when it was loaded; a remote
     model holds nothing here (False)."""
-    if not PROVIDERS[entry.provider].local:
+    adapter = get_adapter(entry.provider)
+    if not adapter.in_process:
         return False
-    from gencli.providers.local import LocalAdapter
-
-    return LocalAdapter().unload(_local_model(entry, registry.settings.local_queue), entry.name)
+    return adapter.unload(_local_model(entry, registry.settings.local_queue), entry.name)
 
 
 def _no_transport(plan: Plan) -> GencliError:

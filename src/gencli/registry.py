@@ -274,7 +274,7 @@ class Registry:
     def missing_key(self, entry: ModelEntry) -> str | None:
         """The variable to set (for a local model: what to install), or None when the model is ready."""
         if PROVIDERS[entry.provider].local:
-            from gencli.local_model.files import readiness
+            from gencli.providers.llama.files import readiness
 
             return readiness(entry)
         try:

@@ -148,6 +148,10 @@ class InProcessAdapter(Protocol):
 
     def run(self, call: Call) -> LocalRun: ...
 
+    def unload(self, local: LocalModel, name: str) -> bool:
+        """Free the model now (after what runs or waits on it); True if it was loaded."""
+        ...
+
 
 Adapter = HttpAdapter | InProcessAdapter
 

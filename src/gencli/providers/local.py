@@ -2,9 +2,9 @@
 
 Unlike the HTTP adapters it does not describe a request: it runs the model (an
 :class:`~gencli.providers.base.InProcessAdapter`). ``run(call)`` returns a
-:class:`gencli.local_model.runner.LocalRun`, a blocking iterator of event lists, one
+:class:`gencli.providers.llama.runner.LocalRun`, a blocking iterator of event lists, one
 token at a time; the engine drives it directly (CLI) or from a worker thread (server).
-The heavy lifting lives in :mod:`gencli.local_model`; llama_cpp is imported only when a
+The heavy lifting lives in :mod:`gencli.providers.llama`; llama_cpp is imported only when a
 model loads.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from gencli.local_model.runner import LocalRun, start
+from gencli.providers.llama.runner import LocalRun, start
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, InProcessAdapter, LocalModel
 
@@ -29,14 +29,14 @@ class LocalAdapter:
 
     def unload(self, local: LocalModel, name: str) -> bool:
         """Free the model (after the generations running or queued on it); True if it was loaded."""
-        from gencli.local_model.files import gguf_path
-        from gencli.local_model.runner import unload
+        from gencli.providers.llama.files import gguf_path
+        from gencli.providers.llama.runner import unload
 
         return unload(gguf_path(name, local.path, local.package), name, local.queue_limit)
 
     def embed(self, call: Call, inputs: list[str]) -> tuple[list[list[float]], int | None]:
-        """Embeddings for entries with the 'embedding' capability (gencli.local_embed)."""
-        from gencli.local_embed import embed
+        """Embeddings for entries with the 'embedding' capability (gencli.providers.llama.embed)."""
+        from gencli.providers.llama.embed import embed
 
         return embed(call, inputs)
 

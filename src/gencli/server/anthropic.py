@@ -446,7 +446,7 @@ async def count_tokens(state: State, scope: Scope, receive: Receive, send: Send)
     elif plan.entry.provider == "local":
         import asyncio
 
-        from gencli.local_model.runner import count_tokens as local_count
+        from gencli.providers.llama.runner import count_tokens as local_count
 
         n = await asyncio.to_thread(local_count, call)
     else:

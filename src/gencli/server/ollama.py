@@ -128,7 +128,7 @@ def local_details(entry: ModelEntry) -> dict[str, Any] | None:
     """A local model's real details from its GGUF metadata (None if the file is unavailable)."""
     if entry.provider != "local":
         return None
-    from gencli.local_model.gguf import local_details as details
+    from gencli.providers.llama.gguf import local_details as details
 
     try:
         return details(entry)

@@ -26,9 +26,9 @@ from typing import Any
 
 from gencli.errors import ConfigError, UsageError
 from gencli.events import Event, Finish, Loaded, Logprobs, TextDelta, TokenLogprob, Usage
-from gencli.local_model.files import extra_installed, gguf_path, missing_extra
-from gencli.local_model.gate import Gate, gate_for
-from gencli.local_model.gguf import read_gguf
+from gencli.providers.llama.files import extra_installed, gguf_path, missing_extra
+from gencli.providers.llama.gate import Gate, gate_for
+from gencli.providers.llama.gguf import read_gguf
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, LocalModel
 
@@ -330,9 +330,10 @@ def text_tokens(model: Model, name: str, text: Text) -> list[int]:
     if min(pre, suf, mid) < 0:
         raise UsageError(f"model '{name}' does not support insert: its GGUF file has no fill-in-the-middle "
                          f"tokens (remove 'insert' from its capabilities in models.json)", "suffix")
-    bos = [llm.token_bos()] if llama_cpp.llama_vocab_get_add_bos(model.vocab) else []
-    return (bos + [pre] + llm.tokenize(prompt, add_bos=False, special=False) + [suf]
-            + llm.tokenize(text.suffix.encode("utf-8"), add_bos=False, special=False) + [mid])
+    bos: list[int] = [llm.token_bos()] if llama_cpp.llama_vocab_get_add_bos(model.vocab) else []
+    fim: list[int] = (bos + [pre] + llm.tokenize(prompt, add_bos=False, special=False) + [suf]
+                      + llm.tokenize(text.suffix.encode("utf-8"), add_bos=False, special=False) + [mid])
+    return fim
 
 
 def _token_logprobs(llm: Any, token: int, top: int) -> TokenLogprob:

@@ -21,8 +21,8 @@ N_CTX = 2048
 
 
 def _load(call: Call) -> tuple[Any, threading.Lock]:
-    from gencli.local_model.files import gguf_path, missing_extra
-    from gencli.local_model.gguf import read_gguf
+    from gencli.providers.llama.files import gguf_path, missing_extra
+    from gencli.providers.llama.gguf import read_gguf
 
     local = call.local
     if local is None:
