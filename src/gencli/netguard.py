@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -36,6 +36,9 @@ import aiohttp.abc
 
 from gencli.errors import ImageError
 from gencli.images import MAX_IMAGE_BYTES, sniff
+
+if TYPE_CHECKING:
+    from aiohttp.abc import ResolveResult
 
 MAX_REDIRECTS = 3
 IMAGE_TIMEOUT = 30.0  # seconds for the whole fetch, redirects included
@@ -144,15 +147,15 @@ class GuardedResolver(aiohttp.abc.AbstractResolver):
         self.allow_private = allow_private
 
     async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[dict[str, Any]]:
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
         except socket.gaierror as exc:
             raise OSError(f"cannot resolve {host} ({exc.strerror})") from None
-        out: list[dict[str, Any]] = []
+        out: list[ResolveResult] = []
         for fam, _, proto, _, sockaddr in infos:
-            ip = sockaddr[0]
+            ip = str(sockaddr[0])
             problem = address_problem(ip, self.allow_private)
             if problem is not None:
                 raise Refused(f"{host} resolves to {ip}, a {problem} address; the server fetches image "
@@ -160,7 +163,7 @@ class GuardedResolver(aiohttp.abc.AbstractResolver):
                               f"allows private ones)")
             if fam == socket.AF_INET6 and len(sockaddr) >= 4 and sockaddr[3]:
                 continue  # scoped (link-local) IPv6: only reachable with allow_private; skip
-            out.append({"hostname": host, "host": ip, "port": sockaddr[1], "family": fam, "proto": proto,
+            out.append({"hostname": host, "host": ip, "port": int(sockaddr[1]), "family": fam, "proto": proto,
                         "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV})
         if not out:
             raise OSError(f"cannot resolve {host} (no usable address)")

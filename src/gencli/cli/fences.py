@@ -22,7 +22,7 @@ def fence_marker(line: str) -> str | None:
 def closes(line: str, opened: str) -> bool:
     """Whether ``line`` closes the fence opened with ``opened``."""
     marker = fence_marker(line)
-    return bool(marker) and marker[0] == opened[0] and len(marker) >= len(opened) \
+    return marker is not None and marker[0] == opened[0] and len(marker) >= len(opened) \
         and not line.strip()[len(marker):].strip()
 
 

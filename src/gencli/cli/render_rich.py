@@ -128,10 +128,8 @@ def _tail_lines(text: str, console, width: int, height: int) -> str:
     # Only look at a bounded suffix: enough characters for the screen, whatever the text's length.
     budget = max(1, width) * height * 2
     chunk = text[-budget:] if len(text) > budget else text
-    lines = Text(chunk.rstrip("\n"), overflow="fold").wrap(console, max(1, width))
-    if len(lines) > height:
-        lines = lines[-height:]
-    return "\n".join(line.plain for line in lines)
+    lines = list(Text(chunk.rstrip("\n"), overflow="fold").wrap(console, max(1, width)))
+    return "\n".join(line.plain for line in lines[-height:])
 
 
 class RichRenderer:

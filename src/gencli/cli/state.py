@@ -87,9 +87,10 @@ def _read(path: Path, used: float) -> Conversation | None:
     if not isinstance(data, dict) or not isinstance(data.get("context"), list):
         return None
     turns = data.get("turns")
+    model = data.get("model")
     return Conversation(
         name=path.stem,
-        model=data.get("model") if isinstance(data.get("model"), str) else "",
+        model=model if isinstance(model, str) else "",
         turns=turns if isinstance(turns, int) and not isinstance(turns, bool) else 0,
         updated=used,
         context=data["context"],

@@ -21,7 +21,7 @@ from gencli.errors import GencliError, UsageError
 def sampling_options(temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
                      num_predict: int | None = None, seed: int | None = None,
                      stop: list[str] | None = None) -> dict[str, Any]:
-    options = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
+    options: dict[str, Any] = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
                                  ("num_predict", num_predict), ("seed", seed)) if v is not None}
     if stop:
         options["stop"] = list(stop)

@@ -30,7 +30,7 @@ from typing import Any
 
 from gencli.engine import afetch_images, prepare
 from gencli.errors import GencliError, UsageError
-from gencli.events import Done, TokenLogprob
+from gencli.events import Done, TokenLogprob, ToolCall
 from gencli.providers.base import Call
 from gencli.request import GenerateRequest, Message
 from gencli.server.asgi import (
@@ -59,7 +59,7 @@ MAX_TOKENS_LIMIT = 10_000_000
 
 # -- request -> engine ------------------------------------------------------------------
 
-def _int(data: dict, key: str, lo: int, hi: int = MAX_TOKENS_LIMIT) -> int | None:
+def _int(data: dict[str, Any], key: str, lo: int, hi: int = MAX_TOKENS_LIMIT) -> int | None:
     v = data.get(key)
     if v is None:
         return None
@@ -92,19 +92,19 @@ def system_text(raw: Any) -> str | None:
     return "\n".join(texts)
 
 
-def _image(block: dict, where: str) -> str:
+def _image(block: dict[str, Any], where: str) -> str:
     """An image block's base64 data or URL (decoded or fetched by the route)."""
     source = block.get("source")
-    kind = source.get("type") if isinstance(source, dict) else None
-    if kind == "base64" and isinstance(source.get("data"), str) and source["data"]:
-        return source["data"]
-    if kind == "url" and isinstance(source.get("url"), str) and source["url"]:
-        return source["url"]
+    if isinstance(source, dict):
+        kind = source.get("type")
+        value = source.get("data") if kind == "base64" else source.get("url") if kind == "url" else None
+        if isinstance(value, str) and value:
+            return value
     raise UsageError(f"{where}.source must be {{\"type\": \"base64\", \"media_type\", \"data\"}} or "
                      f"{{\"type\": \"url\", \"url\"}}", "messages")
 
 
-def _result_content(block: dict, where: str, images: list[str]) -> str:
+def _result_content(block: dict[str, Any], where: str, images: list[str]) -> str:
     """A tool_result's content: a string or text and image blocks (images go to ``images``)."""
     content = block.get("content")
     if content is None:
@@ -133,8 +133,6 @@ def _result_content(block: dict, where: str, images: list[str]) -> str:
 def messages_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
     """Anthropic messages -> engine Messages (tool results become role "tool" messages
     before the rest of their user turn), and their images (still raw) for the engine."""
-    from gencli.events import ToolCall
-
     if not isinstance(raw, list) or not raw:
         raise UsageError("messages is required (a non-empty array of {\"role\", \"content\"})", "messages")
     out: list[Message] = []
@@ -186,7 +184,7 @@ def messages_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
     return out, pending
 
 
-def tools_in(raw: Any) -> list[dict] | None:
+def tools_in(raw: Any) -> list[dict[str, Any]] | None:
     """Anthropic tools (``name``, ``description``, ``input_schema``) -> function tools."""
     if raw is None:
         return None
@@ -222,14 +220,14 @@ def tool_choice_in(raw: Any) -> Any:
     raise UsageError("tool_choice must be {\"type\": \"auto\" | \"any\" | \"tool\" | \"none\"}", "tool_choice")
 
 
-def think_in(data: dict, max_tokens: int | None) -> Any:
+def think_in(data: dict[str, Any], max_tokens: int | None) -> Any:
     """``thinking`` (and ``output_config.effort``) -> the engine's think: a budget becomes a level."""
     raw = data.get("thinking")
     oc = data.get("output_config")
     effort = oc.get("effort") if isinstance(oc, dict) else None
     if effort is not None and effort not in ("low", "medium", "high", "xhigh", "max"):
         raise UsageError("output_config.effort must be low, medium, high, xhigh or max", "output_config")
-    level = {"xhigh": "high", "max": "high"}.get(effort, effort)
+    level = None if effort is None else {"xhigh": "high", "max": "high"}.get(effort, effort)
     if raw is None:
         return level
     kind = raw.get("type") if isinstance(raw, dict) else None
@@ -249,7 +247,7 @@ def think_in(data: dict, max_tokens: int | None) -> Any:
                      "or {\"type\": \"disabled\"}", "thinking")
 
 
-def format_in(data: dict) -> Any:
+def format_in(data: dict[str, Any]) -> Any:
     oc = data.get("output_config")
     if oc is None:
         return None
@@ -305,11 +303,11 @@ def estimate_tokens(call: Call, images: int = 0) -> int:
 
 # -- engine events -> Anthropic's wire -------------------------------------------------
 
-def _event(kind: str, data: dict) -> bytes:
+def _event(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + dumps({"type": kind, **data}) + b"\n\n"
 
 
-def _tool_use(tc) -> dict:
+def _tool_use(tc: ToolCall) -> dict[str, Any]:
     return {"type": "tool_use", "id": tc.id, "name": tc.name, "input": tc.arguments}
 
 
@@ -342,7 +340,8 @@ class AnthropicMessages:
         if self._started:
             return b""
         self._started = True
-        message = {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+        message: dict[str, Any] = {"id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                                   "content": [],
                    "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": self.input_estimate, "output_tokens": 0}}
         return _event("message_start", {"message": message}) + _event("ping", {})
@@ -392,8 +391,8 @@ class AnthropicMessages:
                                                          "stop_sequence": done.stop_sequence}, "usage": usage})
                 + _event("message_stop", {}))
 
-    def whole(self, done: Done) -> dict:
-        content: list[dict] = []
+    def whole(self, done: Done) -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
         if done.reasoning:
             content.append({"type": "thinking", "thinking": done.reasoning, "signature": ""})
         if done.text:
@@ -435,14 +434,16 @@ async def count_tokens(state: State, scope: Scope, receive: Receive, send: Send)
         await afetch_images(plan, state.transport)
     finally:
         quota.release()
-    call = plan.call
-    if plan.entry.provider == "anthropic":
-        http = plan.adapter.build_count(call)
+    call, adapter = plan.call, plan.adapter
+    from gencli.providers.anthropic import AnthropicAdapter
+
+    if isinstance(adapter, AnthropicAdapter):  # Anthropic counts itself
+        http = adapter.build_count(call)
         async with state.transport.open(http, call) as resp:
             body = await resp.read()
             if resp.status >= 400:
-                raise plan.adapter.parse_error(call, resp.status, resp.headers, body)
-        n = plan.adapter.parse_count(call, body)
+                raise adapter.parse_error(call, resp.status, resp.headers, body)
+        n = adapter.parse_count(call, body)
     elif plan.entry.provider == "local":
         import asyncio
 

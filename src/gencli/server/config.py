@@ -11,9 +11,12 @@ all take their limits from the one :class:`ServeConfig` built here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from gencli.settings import RETRIES, TIMEOUT, Number, SettingError, parse_flag, parse_number
+
+if TYPE_CHECKING:
+    from gencli.server.http11 import Limits
 
 __all__ = ["BY_KEY", "MB", "NUMBERS", "Number", "ServeConfig", "SettingError", "parse_flag", "parse_number"]
 
@@ -119,7 +122,7 @@ class ServeConfig:
         cfg.models_path = flags.get("models_path") or env.get("GENCLI_MODELS") or None
         return cfg
 
-    def limits(self):
+    def limits(self) -> Limits:
         from gencli.server.http11 import Limits
 
         return Limits(max_connections=self.max_connections, max_header_bytes=self.max_header_bytes,

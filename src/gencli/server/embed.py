@@ -96,6 +96,7 @@ async def v1_embeddings(state: State, scope: Scope, receive: Receive, send: Send
     if fmt not in ("float", "base64"):
         raise UsageError("encoding_format must be \"float\" or \"base64\"", "encoding_format")
     entry, result = await _embed(state, scope, data, inputs, empty_ok=False)
+    assert result is not None  # _embed answers None only for an empty input with empty_ok
     encode: Callable[[list[float]], Any] = _b64 if fmt == "base64" else (lambda v: v)
     tokens = result.prompt_tokens or 0
     await send_json(send, 200, {

@@ -194,9 +194,9 @@ class Guard:
         return ok
 
     def _key_ok(self, authorization: bytes | None) -> bool:
-        if authorization is None:
-            return False
         key = self._key
+        if authorization is None or key is None:
+            return False
         # The scheme is case-insensitive ("bearer KEY" is fine); the key is compared in constant time.
         if authorization[:7].lower() == b"bearer ":
             authorization = b"Bearer " + authorization[7:].strip()

@@ -224,7 +224,7 @@ async def show(state: State, scope: Scope, receive: Receive, send: Send) -> None
             window = min(window, trained)  # what the model is loaded with (gencli.providers.llama.runner)
     info[f"{arch}.context_length"] = window  # VS Code Copilot sizes its prompts from this
     missing = state.registry.missing_key(entry)
-    reply = {
+    reply: dict[str, Any] = {
         "modelfile": f"# served by gencli {__version__}: {entry.provider} model {entry.model or entry.path}\n"
                      f"FROM {entry.model or entry.path}\n",
         "parameters": show_parameters(entry, window),

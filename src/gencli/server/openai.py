@@ -17,7 +17,7 @@ from typing import Any
 
 from gencli.engine import prepare
 from gencli.errors import GencliError, UsageError
-from gencli.events import Done, ToolCall
+from gencli.events import Done, TokenLogprob, ToolCall
 from gencli.registry import ModelEntry
 from gencli.request import GenerateRequest, Message
 from gencli.server.asgi import (
@@ -44,7 +44,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_TOP_LOGPROBS = 20
 
 
-def _unsupported(data: dict) -> None:
+def _unsupported(data: dict[str, Any]) -> None:
     """Parameters gencli cannot honour are a 400 naming them, never silently ignored."""
     n = data.get("n")
     if n is not None and n != 1:
@@ -61,7 +61,7 @@ def _unsupported(data: dict) -> None:
         raise UsageError("audio output is not supported by gencli serve; leave out audio", "audio")
 
 
-def _chat_logprobs(data: dict) -> tuple[bool, int]:
+def _chat_logprobs(data: dict[str, Any]) -> tuple[bool, int]:
     lp = data.get("logprobs")
     if lp is not None and not isinstance(lp, bool):
         raise UsageError("logprobs must be true or false", "logprobs")
@@ -75,9 +75,9 @@ def _chat_logprobs(data: dict) -> tuple[bool, int]:
     return True, top
 
 
-def _openai_logprobs(tokens: list) -> list[dict]:
+def _openai_logprobs(tokens: list[TokenLogprob]) -> list[dict[str, Any]]:
     """Chat Completions' ``logprobs.content``: token objects with ``bytes`` and ``top_logprobs``."""
-    def item(t: Any) -> dict:
+    def item(t: Any) -> dict[str, Any]:
         return {"token": t.token, "logprob": t.logprob,
                 "bytes": t.bytes if t.bytes is not None else list(t.token.encode("utf-8"))}
 
@@ -88,7 +88,7 @@ ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistan
 EFFORT = {"low": "low", "medium": "medium", "high": "high", "minimal": False, "none": False}
 
 
-def _options(data: dict) -> dict:
+def _options(data: dict[str, Any]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for key in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p"):
         if data.get(key) is not None:
@@ -107,7 +107,7 @@ def _options(data: dict) -> dict:
     return options
 
 
-def _format(data: dict) -> tuple[Any, str | None, bool | None]:
+def _format(data: dict[str, Any]) -> tuple[Any, str | None, bool | None]:
     """``response_format`` -> (the engine's format, the schema's name, its strict flag)."""
     rf = data.get("response_format")
     if rf is None:
@@ -121,8 +121,7 @@ def _format(data: dict) -> tuple[Any, str | None, bool | None]:
         return "json", None, None
     if kind == "json_schema":
         js = rf.get("json_schema")
-        schema = js.get("schema") if isinstance(js, dict) else None
-        if not isinstance(schema, dict):
+        if not isinstance(js, dict) or not isinstance(js.get("schema"), dict):
             raise UsageError("response_format.json_schema.schema must be a JSON schema object",
                              "response_format")
         name, strict = js.get("name"), js.get("strict")
@@ -131,12 +130,12 @@ def _format(data: dict) -> tuple[Any, str | None, bool | None]:
                              "response_format")
         if strict is not None and not isinstance(strict, bool):
             raise UsageError("response_format.json_schema.strict must be true or false", "response_format")
-        return schema, name, strict
+        return js["schema"], name, strict
     raise UsageError(f"response_format.type '{kind}' is not supported (text, json_object, json_schema)",
                      "response_format")
 
 
-def _think(data: dict) -> Any:
+def _think(data: dict[str, Any]) -> Any:
     effort = data.get("reasoning_effort")
     if effort is None:
         return None
@@ -217,7 +216,7 @@ def calls_in(raw: Any, where: str) -> list[ToolCall]:
     return out
 
 
-def _usage(done: Done) -> dict:
+def _usage(done: Done) -> dict[str, Any]:
     p = done.prompt_eval_count or 0
     c = done.eval_count or 0
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
@@ -228,7 +227,7 @@ class OpenAIChat:
 
     __slots__ = ("model", "id", "created", "include_usage", "_sent_role", "_text")
 
-    def logprobs(self, tokens: list) -> bytes:
+    def logprobs(self, tokens: list[TokenLogprob]) -> bytes:
         obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                "choices": [{"index": 0, "delta": {}, "logprobs": {"content": _openai_logprobs(tokens), "refusal": None},
                             "finish_reason": None}]}
@@ -245,7 +244,7 @@ class OpenAIChat:
         cut = head.index(b'"content":""') + len(b'"content":')
         self._text = (head[:cut], head[cut + 2:])
 
-    def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
         return b"data: " + dumps(obj) + b"\n\n"
@@ -276,7 +275,7 @@ class OpenAIChat:
             out += b"data: " + dumps(obj) + b"\n\n"
         return out + b"data: [DONE]\n\n"
 
-    def whole(self, done: Done) -> dict:
+    def whole(self, done: Done) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": done.text}
         if done.reasoning:
             message["reasoning_content"] = done.reasoning
@@ -328,7 +327,7 @@ async def chat_completions(state: State, scope: Scope, receive: Receive, send: S
         quota.release()
 
 
-def _model_object(state: State, entry: ModelEntry) -> dict:
+def _model_object(state: State, entry: ModelEntry) -> dict[str, Any]:
     return {"id": entry.name, "object": "model", "created": state.modified_ts, "owned_by": entry.provider}
 
 
@@ -362,14 +361,14 @@ class OpenAICompletion:
         self.include_usage = include_usage
         self.top = top
 
-    def _event(self, choices: list, usage: dict | None = None) -> bytes:
+    def _event(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
         obj: dict[str, Any] = {"id": self.id, "object": "text_completion", "created": self.created,
                                "model": self.model, "choices": choices}
         if usage is not None:
             obj["usage"] = usage
         return b"data: " + dumps(obj) + b"\n\n"
 
-    def _logprobs(self, tokens: list) -> dict:
+    def _logprobs(self, tokens: list[TokenLogprob]) -> dict[str, Any]:
         return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
                 "top_logprobs": [{a.token: a.logprob for a in t.top} for t in tokens] if self.top else None,
                 "text_offset": []}
@@ -380,7 +379,7 @@ class OpenAICompletion:
     def reasoning(self, text: str) -> bytes:
         return b""
 
-    def logprobs(self, tokens: list) -> bytes:
+    def logprobs(self, tokens: list[TokenLogprob]) -> bytes:
         return self._event([{"text": "", "index": 0, "logprobs": self._logprobs(tokens), "finish_reason": None}])
 
     def final(self, done: Done) -> bytes:
@@ -389,7 +388,7 @@ class OpenAICompletion:
             out += self._event([], _usage(done))
         return out + b"data: [DONE]\n\n"
 
-    def whole(self, done: Done) -> dict:
+    def whole(self, done: Done) -> dict[str, Any]:
         logprobs = None if done.logprobs is None else self._logprobs(done.logprobs)
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": [{"text": done.text, "index": 0, "logprobs": logprobs, "finish_reason": done.done_reason}],

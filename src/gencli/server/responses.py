@@ -48,7 +48,7 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def _image_url(part: dict, where: str) -> str:
+def _image_url(part: dict[str, Any], where: str) -> str:
     url = part.get("image_url")
     if isinstance(url, dict):  # chat-completions habit
         url = url.get("url")
@@ -144,7 +144,7 @@ def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
     return out, pending
 
 
-def tools_in(raw: Any) -> list[dict] | None:
+def tools_in(raw: Any) -> list[dict[str, Any]] | None:
     """Responses function tools (name, description, parameters at the top) -> chat's nested form."""
     if raw is None:
         return None
@@ -186,7 +186,7 @@ def think_in(raw: Any) -> Any:
     return EFFORT[effort]
 
 
-def format_in(raw: Any) -> tuple[Any, dict]:
+def format_in(raw: Any) -> tuple[Any, dict[str, Any]]:
     """``text.format`` -> (the engine's format, the format echoed in the response)."""
     if raw is None:
         return None, {"type": "text"}
@@ -244,7 +244,8 @@ def request_in(data: dict[str, Any], model: str) -> tuple[GenerateRequest, dict[
         name, strict = fmt_echo.get("name"), fmt_echo.get("strict")
         req.format_name = name if isinstance(name, str) else None
         req.format_strict = strict if isinstance(strict, bool) else None
-    reasoning = data.get("reasoning") if isinstance(data.get("reasoning"), dict) else {}
+    raw_reasoning = data.get("reasoning")
+    reasoning: dict[str, Any] = raw_reasoning if isinstance(raw_reasoning, dict) else {}
     echo = {
         "instructions": instructions,
         "max_output_tokens": limit,
@@ -265,32 +266,32 @@ def request_in(data: dict[str, Any], model: str) -> tuple[GenerateRequest, dict[
 
 # -- engine events -> the Responses wire ------------------------------------------------
 
-def _usage(done: Done) -> dict:
+def _usage(done: Done) -> dict[str, Any]:
     p, c = done.prompt_eval_count or 0, done.eval_count or 0
     return {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": c,
             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": p + c}
 
 
-def _text_part(text: str) -> dict:
+def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _message_item(item_id: str, text: str, status: str = "completed") -> dict:
+def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
     return {"id": item_id, "type": "message", "status": status, "role": "assistant",
             "content": [_text_part(text)] if status == "completed" else []}
 
 
-def _reasoning_item(item_id: str, text: str | None) -> dict:
+def _reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
     return {"id": item_id, "type": "reasoning", "summary": [] if text is None else
             [{"type": "summary_text", "text": text}]}
 
 
-def _call_item(item_id: str, tc, status: str = "completed") -> dict:
+def _call_item(item_id: str, tc: ToolCall, status: str = "completed") -> dict[str, Any]:
     return {"id": item_id, "type": "function_call", "status": status, "call_id": tc.id, "name": tc.name,
             "arguments": dumps(tc.arguments).decode() if status == "completed" else ""}
 
 
-def _status(done: Done) -> tuple[str, dict | None]:
+def _status(done: Done) -> tuple[str, dict[str, Any] | None]:
     if done.done_reason == "length" and not done.tool_calls:
         return "incomplete", {"reason": "max_output_tokens"}
     if done.done_reason == "content_filter":
@@ -306,20 +307,20 @@ class Responses:
 
     __slots__ = ("model", "id", "created", "echo", "_seq", "_started", "_items", "_open", "_buffer", "_delta")
 
-    def __init__(self, model: str, echo: dict):
+    def __init__(self, model: str, echo: dict[str, Any]):
         self.model = model
         self.id = "resp_" + os.urandom(16).hex()
         self.created = int(time.time())
         self.echo = echo
         self._seq = 0
         self._started = False
-        self._items: list[dict] = []  # finished output items
+        self._items: list[dict[str, Any]] = []  # finished output items
         self._open: str | None = None  # "message" | "reasoning": the item being streamed
         self._buffer: list[str] = []  # its text so far
         self._delta = (b"", b"")  # the open item's delta event around its sequence number (the hot path)
 
-    def response(self, status: str, output: list[dict], done: Done | None = None,
-                 error: dict | None = None, incomplete: dict | None = None) -> dict:
+    def response(self, status: str, output: list[dict[str, Any]], done: Done | None = None,
+                 error: dict[str, Any] | None = None, incomplete: dict[str, Any] | None = None) -> dict[str, Any]:
         obj = {"id": self.id, "object": "response", "created_at": self.created, "status": status,
                "background": False, "error": error, "incomplete_details": incomplete,
                "model": self.model, "output": output, "previous_response_id": None, "service_tier": "default",
@@ -329,7 +330,7 @@ class Responses:
             obj["completed_at"] = int(time.time())
         return obj
 
-    def _event(self, kind: str, data: dict) -> bytes:
+    def _event(self, kind: str, data: dict[str, Any]) -> bytes:
         data = {"type": kind, "sequence_number": self._seq, **data}
         self._seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + dumps(data) + b"\n\n"
@@ -427,8 +428,8 @@ class Responses:
         response = self.response(status, self._items, done, incomplete=incomplete)
         return out + self._event(f"response.{status}", {"response": response})
 
-    def whole(self, done: Done) -> dict:
-        items: list[dict] = []
+    def whole(self, done: Done) -> dict[str, Any]:
+        items: list[dict[str, Any]] = []
         if done.reasoning:
             items.append(_reasoning_item(f"rs_{self.id[5:21]}000", done.reasoning))
         if done.text or not done.tool_calls:

@@ -19,7 +19,12 @@ import socket
 import sys
 import time
 import traceback
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+from gencli.server.asgi import ASGIApp, Message, Scope
+
+if TYPE_CHECKING:
+    from gencli.server.http11 import Limits
 
 STARTUP_FAILED = 3  # a worker's exit status when the app did not start
 
@@ -48,19 +53,19 @@ def raise_fd_limit() -> int:
 class Lifespan:
     """The ASGI lifespan protocol, server side."""
 
-    def __init__(self, app: Callable):
+    def __init__(self, app: ASGIApp):
         self.app = app
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.queue: asyncio.Queue[Message] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self.started = loop.create_future()
-        self.stopped = loop.create_future()
+        self.started: asyncio.Future[bool] = loop.create_future()
+        self.stopped: asyncio.Future[None] = loop.create_future()
         self.error = ""
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
 
-    async def _receive(self) -> dict:
+    async def _receive(self) -> Message:
         return await self.queue.get()
 
-    async def _send(self, message: dict) -> None:
+    async def _send(self, message: Message) -> None:
         kind = message["type"]
         if kind in ("lifespan.startup.complete", "lifespan.startup.failed"):
             if kind.endswith("failed"):
@@ -71,7 +76,7 @@ class Lifespan:
             self.stopped.set_result(None)
 
     async def _main(self) -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+        scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
         try:
             await self.app(scope, self._receive, self._send)
         except BaseException as exc:
@@ -100,7 +105,7 @@ class Lifespan:
             self.task.cancel()
 
 
-async def serve(sock: socket.socket, app: Callable, limits, grace: float) -> int:
+async def serve(sock: socket.socket, app: ASGIApp, limits: Limits, grace: float) -> int:
     """Serve on ``sock`` until SIGTERM/SIGINT; the exit status."""
     from gencli.server.http11 import ServerState
 
@@ -136,7 +141,7 @@ async def serve(sock: socket.socket, app: Callable, limits, grace: float) -> int
     return 0
 
 
-def serve_process(sock: socket.socket, make_app: Callable[[], Callable], limits, grace: float) -> int:
+def serve_process(sock: socket.socket, make_app: Callable[[], ASGIApp], limits: Limits, grace: float) -> int:
     """Build the app and serve it in this process; the exit status."""
     try:
         import uvloop
@@ -176,7 +181,7 @@ def supervise(sock: socket.socket, workers: int, child: Callable[[], int], grace
                 os._exit(code)
         children[pid] = time.monotonic()
 
-    def stop(*_) -> None:
+    def stop(*_: object) -> None:
         nonlocal stopping
         if stopping:
             return

@@ -28,9 +28,9 @@ def run(delete: str | None, as_json: bool) -> None:
         return
     found = state.listing()
     if as_json:
-        rows = [{"name": c.name, "model": c.model, "turns": c.turns, "last_used": round(c.updated, 3),
-                 "path": str(c.path)} for c in found]
-        sys.stdout.write(json.dumps({"directory": str(state.conversations_dir()), "conversations": rows},
+        items = [{"name": c.name, "model": c.model, "turns": c.turns, "last_used": round(c.updated, 3),
+                  "path": str(c.path)} for c in found]
+        sys.stdout.write(json.dumps({"directory": str(state.conversations_dir()), "conversations": items},
                                     indent=2) + "\n")
         return
     if not found:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from gencli.registry import Registry, context_length
 
@@ -11,7 +12,7 @@ from gencli.registry import Registry, context_length
 def run(as_json: bool, models_path: str | None) -> None:
     registry = Registry.load(models_path)
     default = registry.default_name()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for entry in registry.models.values():
         missing = registry.missing_key(entry)
         rows.append({
