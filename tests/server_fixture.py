@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -139,9 +138,3 @@ def server(openai_fake, tmp_path_factory):
     s = ServeProcess(tmp_path_factory.mktemp("serve"), models_json(openai_fake.base_url))
     yield s
     s.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -8,13 +8,13 @@ the field at fault; after the whole corpus the server still answers a normal req
 from __future__ import annotations
 
 import base64
-import json
 
 import httpx
 import pytest
 
 from gencli import context as ctx
 from gencli.request import Message
+from tests.helpers import post
 from tests.server_fixture import server  # noqa: F401  (fixture)
 
 G, C, O = "/api/generate", "/api/chat", "/v1/chat/completions"
@@ -196,13 +196,6 @@ CASES: list[tuple[str, str, object, str]] = [
     ("oa-tools-string", O, chat(tools="abc"), "tools"),
     ("oa-tools-empty-function", O, chat(tools=[{"type": "function", "function": {}}]), "tools"),
 ]
-
-
-def post(url: str, path: str, body: object) -> httpx.Response:
-    if isinstance(body, bytes):
-        return httpx.post(url + path, content=body, headers={"content-type": "application/json"}, timeout=60)
-    return httpx.post(url + path, content=json.dumps(body).encode(), headers={"content-type": "application/json"},
-                      timeout=60)
 
 
 def message_of(r: httpx.Response) -> str:

@@ -14,6 +14,7 @@ import pytest
 from gencli import __version__
 from tests.conftest import GENCLI, ROOT, clean_env, run_gencli
 from tests.fakes.openai_upstream import FAKE_KEY
+from tests.helpers import one_line_error
 from tests.test_openai_provider import png_bytes
 
 STAT_KEYS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
@@ -56,14 +57,6 @@ def out(p: subprocess.CompletedProcess) -> str:
 
 def err(p: subprocess.CompletedProcess) -> str:
     return p.stderr.decode()
-
-
-def one_line_error(p: subprocess.CompletedProcess, code: int) -> str:
-    text = err(p)
-    assert p.returncode == code, (p.returncode, text)
-    assert text.startswith("gencli: error: ") and text.endswith("\n") and text.count("\n") == 1, text
-    assert "Traceback" not in text
-    return text
 
 
 def last_user(fake) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import clean_env, run_gencli
 from tests.fakes.openai_upstream import FAKE_KEY
+from tests.helpers import one_line_error
 
 
 @pytest.fixture
@@ -37,13 +38,6 @@ def gencli(args, env, cwd, input=None):
 
 def sent(fake) -> list[str]:
     return [m["content"] for m in fake.last().body["messages"]]
-
-
-def one_line_error(p, code: int) -> str:
-    text = p.stderr.decode()
-    assert p.returncode == code, (p.returncode, text)
-    assert text.startswith("gencli: error: ") and text.count("\n") == 1, text
-    return text
 
 
 # -- -c / --continue and --conversation ------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 
 from gencli.server.http11 import Limits
 from gencli.server.runner import STARTUP_FAILED, serve
+from tests.helpers import wait_until
 
 
 class Running:
@@ -150,9 +151,7 @@ def test_client_disconnect_reaches_the_app(server):
     sock.sendall(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
     time.sleep(0.2)
     sock.close()
-    deadline = time.monotonic() + 5
-    while "disconnect" not in server.events and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: "disconnect" in server.events, 5)
     assert server.events == ["disconnect"]
 
 

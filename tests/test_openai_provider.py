@@ -23,6 +23,7 @@ from gencli.registry import Registry
 from gencli.request import GenerateRequest, Message
 from gencli.transport_httpx import HttpxTransport
 from tests.fakes.openai_upstream import FAKE_KEY, FakeOpenAI
+from tests.helpers import wait_until
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY, "OPENROUTER_API_KEY": FAKE_KEY, "COMPAT_KEY": FAKE_KEY}
 
@@ -485,7 +486,6 @@ def test_body_cut_short_is_an_error(registry):
 
 
 def test_connections_are_closed_after_a_run_and_when_the_reader_stops(tmp_path):
-    import time
 
     fake = FakeOpenAI(api_key=None).start()
     try:
@@ -499,9 +499,7 @@ def test_connections_are_closed_after_a_run_and_when_the_reader_stops(tmp_path):
         assert fake.open_connections == 1
         events.close()  # the reader stops after one token (as a client that goes away would)
         transport.close()
-        deadline = time.monotonic() + 5
-        while (fake.open_connections or not fake.disconnects) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: not fake.open_connections and fake.disconnects, 5, 0.01)
         assert fake.open_connections == 0
         assert fake.disconnects == 1  # the fake saw the stream dropped well before its 100 tokens
     finally:

@@ -33,18 +33,13 @@ from gencli.transport_httpx import HttpxTransport
 from tests.conftest import GENCLI, clean_env, run_gencli
 from tests.fakes import gemini_upstream
 from tests.fakes.openai_upstream import FAKE_KEY, FakeOpenAI
+from tests.helpers import free_port, ndjson, post, wait_until
 from tests.server_fixture import KEY_VAR, ServeProcess
 
 
 def tag(mode: str) -> str:
     """A fault mode with a fresh attempt counter in the shared fake."""
     return f"{mode}@{uuid.uuid4().hex[:8]}"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens once it is closed
 
 
 def entry(base_url: str, model: str, **kw) -> dict:
@@ -215,7 +210,7 @@ def test_gemini_retry_info_is_honoured(tmp_path, gemini_fake):
 
 @pytest.mark.parametrize("loop", RUNNERS)
 def test_connection_refused_is_retried_then_reported(tmp_path, loop):
-    reg = registry(tmp_path, {"m": entry(f"http://127.0.0.1:{closed_port()}/v1", "echo", retries=2)})
+    reg = registry(tmp_path, {"m": entry(f"http://127.0.0.1:{free_port()}/v1", "echo", retries=2)})
     waits: list = []
     with pytest.raises(UpstreamUnreachable) as info:
         RUNNERS[loop](reg, "m", True, waits)
@@ -290,7 +285,7 @@ def test_garbage_is_a_clear_error(tmp_path, openai_fake, loop, stream):
 def cli_env(openai_fake, tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     url = openai_fake.base_url
-    models = {"refused": entry(f"http://127.0.0.1:{closed_port()}/v1", "echo"),
+    models = {"refused": entry(f"http://127.0.0.1:{free_port()}/v1", "echo"),
               "midstream": entry(url, "close-midstream"), "garbage": entry(url, "garbage"),
               "drip": entry(url, "slow-300-4"), "hang": entry(url, "hang"),
               "hang-fast": entry(url, "hang", timeout=0.3)}
@@ -419,20 +414,12 @@ def server(openai_fake, drop_fake, tmp_path_factory):
               "hang": entry(url, "hang"), "drip": entry(url, "slow-250-4"),
               "limited": entry(url, tag("retry-after-1")), "capped": entry(url, tag("retry-after-30-99")),
               "burst": entry(url, tag("burst503-9")), "burst-ok": entry(url, tag("burst503-1")),
-              "refused": entry(f"http://127.0.0.1:{closed_port()}/v1", "echo"),
+              "refused": entry(f"http://127.0.0.1:{free_port()}/v1", "echo"),
               "long": entry(drop_fake.base_url, "slow-20-500")}
     s = ServeProcess(tmp_path_factory.mktemp("serve-rel"), models, args=["--timeout", "1", "--retries", "1"])
     s.models = models
     yield s
     s.stop()
-
-
-def post(server, path: str, body: dict, timeout: float = 30) -> httpx.Response:
-    return httpx.post(server.url + path, json=body, timeout=timeout)
-
-
-def ndjson(r: httpx.Response) -> list[dict]:
-    return [json.loads(line) for line in r.text.splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
@@ -527,9 +514,7 @@ def test_serve_client_disconnect_cancels_the_upstream_within_100ms(server, drop_
     assert drop_fake.open_connections == 1 and drop_fake.disconnects == 0
     t_close = time.monotonic()
     sock.close()
-    deadline = t_close + 5
-    while (drop_fake.open_connections or not drop_fake.disconnects) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: not drop_fake.open_connections and drop_fake.disconnects, 5, 0.005)
     assert drop_fake.disconnects == 1 and drop_fake.open_connections == 0
     assert drop_fake.disconnect_times[0] - t_close < 0.1
     assert len(drop_fake.requests) == 1  # not retried

@@ -5,7 +5,6 @@ and ``gencli serve``'s responses, error bodies and log. Keys in models.json are 
 from __future__ import annotations
 
 import json
-import socket
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ from tests.conftest import clean_env, run_gencli
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.helpers import free_port
 from tests.server_fixture import ServeProcess
 
 OPENAI = "sk-test-SECRET-openai-4f9a2c7e1b"
@@ -26,12 +26,6 @@ CLIENT_WRONG = "client-SECRET-wrong-key-31"  # a wrong key a client sends to gen
 KEYS = {"OPENAI_API_KEY": OPENAI, "OPENROUTER_API_KEY": OPENROUTER, "GEMINI_API_KEY": GEMINI,
         "ANTHROPIC_API_KEY": ANTHROPIC, "COMPAT_KEY": COMPAT}
 NEEDLES = [OPENAI, OPENROUTER, GEMINI, ANTHROPIC, COMPAT, GENCLI, CLIENT_WRONG, "SECRET"]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def assert_clean(text: str | bytes, where: str) -> None:
@@ -55,7 +49,7 @@ def fakes():
 
 def models(fakes) -> dict:
     strict, lax, gemini, claude = fakes
-    down = f"http://127.0.0.1:{closed_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
 
     def oa(model, url=strict.base_url, provider="openai", **kw):
         return {"provider": provider, "model": model, "base_url": url, **kw}

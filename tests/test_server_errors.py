@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import clean_env, run_gencli
 from tests.fakes.openai_upstream import FAKE_KEY
+from tests.helpers import post, wait_until
 from tests.server_fixture import KEY_VAR, ServeProcess, models_json
 
 
@@ -39,11 +40,6 @@ def server(openai_fake, blackhole, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(server):
     return ollama.Client(host=server.url)
-
-
-def post(server, path: str, body) -> httpx.Response:
-    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(server.url + path, content=data, headers={"Content-Type": "application/json"}, timeout=30)
 
 
 # -- request errors ------------------------------------------------------------------------
@@ -161,15 +157,6 @@ def test_upstream_error_event_in_stream(server, client):
 
 # -- cancellation ---------------------------------------------------------------------------
 
-def _wait(pred, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
-
-
 @pytest.mark.parametrize("path, body", [
     ("/api/generate", {"model": "slow", "prompt": "go", "stream": True}),
     ("/api/chat", {"model": "slow", "messages": [{"role": "user", "content": "go"}], "stream": True}),
@@ -189,9 +176,9 @@ def test_client_disconnect_closes_upstream(server, openai_fake, path, body):
         assert open_during >= 1
         started = time.monotonic()
     # leaving the block closed our connection to the server
-    assert _wait(lambda: openai_fake.disconnects > before), "the upstream stream was not cancelled"
+    assert wait_until(lambda: openai_fake.disconnects > before), "the upstream stream was not cancelled"
     assert time.monotonic() - started < 2.0
-    assert _wait(lambda: openai_fake.open_connections <= open_during - 1)
+    assert wait_until(lambda: openai_fake.open_connections <= open_during - 1)
     assert len(openai_fake.since(mark)) == 1
     # the server is fine afterwards
     assert post(server, "/api/generate", {"model": "echo", "prompt": "still ok"}).json()["response"] \
@@ -281,4 +268,4 @@ def test_in_thread_bridge():
         asyncio.run(collect(_CountingRun(5, fail_at=2)))
     slow = _CountingRun(1000, delay=0.005)
     assert asyncio.run(collect(slow, limit=3)) == [0, 1, 2]
-    assert _wait(lambda: slow.closed, 2.0) and slow.produced < 50  # the thread stopped early
+    assert wait_until(lambda: slow.closed, 2.0) and slow.produced < 50  # the thread stopped early

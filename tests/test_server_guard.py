@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,11 +16,10 @@ import ollama
 import openai
 import pytest
 
-import subprocess
-
 from gencli.server.guard import is_loopback_host
 from tests.conftest import GENCLI, clean_env
 from tests.fakes.openai_upstream import FAKE_KEY
+from tests.helpers import wait_until
 from tests.server_fixture import KEY_VAR, ServeProcess
 
 SERVER_KEY = "gk-server-secret-7f3a9c"
@@ -34,12 +34,8 @@ class Server(ServeProcess):
 
     def log_lines(self, *needles: str, timeout: float = 3) -> list[str]:
         """Access-log lines containing every needle; waits briefly since the line follows the response."""
-        deadline = time.monotonic() + timeout
-        while True:
-            lines = [ln for ln in self.stderr().splitlines() if all(n in ln for n in needles)]
-            if lines or time.monotonic() > deadline:
-                return lines
-            time.sleep(0.05)
+        return wait_until(lambda: [ln for ln in self.stderr().splitlines() if all(n in ln for n in needles)],
+                          timeout, 0.05)
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ against the real server subprocess in front of the fake OpenAI upstream."""
 from __future__ import annotations
 
 import base64
-import json
 
 import httpx
 import ollama
 import pytest
 
+from tests.helpers import ndjson
 from tests.server_fixture import server  # noqa: F401  (module-scoped fixture)
 
 PNG = base64.b64decode(
@@ -19,17 +19,6 @@ PNG = base64.b64decode(
 @pytest.fixture(scope="module")
 def client(server):
     return ollama.Client(host=server.url)
-
-
-def ndjson(resp: httpx.Response) -> list[dict]:
-    """Every line of an NDJSON body, checking none is blank and all are JSON objects."""
-    body = resp.text
-    assert body.endswith("\n")
-    lines = body[:-1].split("\n")
-    assert all(line.strip() for line in lines), f"blank line in {body!r}"
-    objs = [json.loads(line) for line in lines]
-    assert all(isinstance(o, dict) for o in objs)
-    return objs
 
 
 # -- probes ----------------------------------------------------------------------------

@@ -1,0 +1,68 @@
+"""Helpers the test modules share, each defined once: ports, posting JSON to a server, reading
+NDJSON, the CLI's one-line errors, and waiting for a condition with a deadline. (``gencli
+serve`` as a subprocess is :class:`tests.server_fixture.ServeProcess`; the upstream fakes
+are in ``tests/fakes/``; running the CLI is :func:`tests.conftest.run_gencli`.)"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from typing import Any, Callable, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released): for a server to take, or
+    for a client to find closed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(base: Any, path: str, body: Any, timeout: float = 60) -> httpx.Response:
+    """POST ``body`` to ``base + path`` (``base``: a URL, or anything with ``.url`` such as a
+    ServeProcess): a dict or list goes as JSON, bytes or a string as they are, both with
+    ``Content-Type: application/json``."""
+    url = (base if isinstance(base, str) else base.url) + path
+    if isinstance(body, (bytes, str)):
+        content = body.encode() if isinstance(body, str) else body
+    else:
+        content = json.dumps(body).encode()
+    return httpx.post(url, content=content, headers={"content-type": "application/json"}, timeout=timeout)
+
+
+def ndjson(resp: httpx.Response) -> list[dict]:
+    """Every line of an NDJSON body, checking it ends with a newline, no line is blank and
+    every line is a JSON object."""
+    body = resp.text
+    assert body.endswith("\n")
+    lines = body[:-1].split("\n")
+    assert all(lines), "blank line in NDJSON stream"
+    objs = [json.loads(line) for line in lines]
+    assert all(isinstance(o, dict) for o in objs)
+    return objs
+
+
+def one_line_error(p: subprocess.CompletedProcess, code: int) -> str:
+    """The CLI's stderr, checked to be one ``gencli: error: ...`` line and exit ``code``."""
+    text = p.stderr.decode("utf-8", "replace")
+    assert p.returncode == code, (p.returncode, text)
+    assert text.startswith("gencli: error: ") and text.endswith("\n") and text.count("\n") == 1, text
+    assert "Traceback" not in text
+    return text
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Poll ``condition`` until it returns something true or ``timeout`` seconds pass; its last
+    value (falsy when the deadline passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
