@@ -85,7 +85,7 @@ class Case:
     def run(self, record: bool = True) -> None:
         t0 = time.perf_counter()
         out = subprocess.run(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+                             capture_output=True, timeout=120)
         elapsed = time.perf_counter() - t0
         if out.returncode != 0:
             raise BenchError(f"{self.label} failed (exit {out.returncode}): "

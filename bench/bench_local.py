@@ -121,7 +121,7 @@ def main() -> int:
 
     b_tps, g_tps = med("llama-cpp-python", "tok_s"), med("gencli", "tok_s")
     b_ttft, g_ttft = med("llama-cpp-python", "ttft"), med("gencli", "ttft")
-    pairs = list(zip(runs["llama-cpp-python"], runs["gencli"]))
+    pairs = list(zip(runs["llama-cpp-python"], runs["gencli"], strict=True))
     ratio = statistics.median(g["tok_s"] / b["tok_s"] for b, g in pairs)  # per round, side by side
     ttft_diff = statistics.median(g["ttft"] - b["ttft"] for b, g in pairs)
     same_text = runs["gencli"][-1]["text"] == runs["llama-cpp-python"][-1]["text"]

@@ -210,7 +210,7 @@ def main() -> int:
 
         for name, path, body in scenarios(model, args.routes):
             script = bs._lua(tmp / (re.sub(r"\W", "_", name) + ".lua"), body)
-            for side, (url, pid) in servers.items():
+            for url, pid in servers.values():
                 wrk(url + path, script, 1, pid)  # warm-up
             cpu: dict[str, list[dict]] = {side: [] for side in servers}
             for r in range(args.rounds):  # the sides alternate, and which goes first

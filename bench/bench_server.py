@@ -259,7 +259,7 @@ def main() -> int:
                 for kind, conns in (("plain", args.connections), ("stream", args.connections), ("plain", 1))
                 for who in who_all + (["chat", "openai"] if conns > 1 else [])]
         for r in range(args.rounds):
-            for key, who, kind, conns in plan:
+            for key, who, _kind, conns in plan:
                 name = f"{key}_c{conns}"
                 res = _wrk(urls[who], scripts[key], conns, args.duration, pids[who])
                 runs.setdefault(name, []).append(res)

@@ -185,7 +185,7 @@ def main() -> int:
                     try:
                         bs._wait_http(f"http://127.0.0.1:{port}/", proc, server, timeout=30) if app == "generate" \
                             else _wait_port(port, proc, server)
-                        run = lambda d: _wrk(url, script, d, proc.pid, rest)  # noqa: E731
+                        run = lambda d, url=url, proc=proc: _wrk(url, script, d, proc.pid, rest)  # noqa: E731
                         run(1)  # warm-up
                         res = run(args.duration)
                     finally:

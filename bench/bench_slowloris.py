@@ -202,7 +202,7 @@ def main() -> int:
             _check_answers(f"http://127.0.0.1:{port}", model, 50)
             servers[name] = (f"http://127.0.0.1:{port}/api/generate", p.pid)
         script = _lua(tmp / "plain.lua", {"model": model, "prompt": "hi", "stream": False})
-        for name, (url, pid) in servers.items():
+        for url, pid in servers.values():
             _wrk(url, script, 8, 1, pid)  # warm-up
         for r in range(args.rounds):
             for name, (url, pid) in servers.items():

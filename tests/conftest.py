@@ -49,8 +49,6 @@ def run_gencli(args: list[str], env: dict[str, str], cwd: Path, input: bytes | N
         timeout=timeout,
     )
 
-from tests.fakes.openai_upstream import openai_fake  # noqa: E402,F401  (fixture)
-
-from tests.fakes.gemini_upstream import gemini_fake  # noqa: E402,F401  (fixture)
-
 from tests.fakes.anthropic_upstream import anthropic_fake  # noqa: E402,F401  (fixture)
+from tests.fakes.gemini_upstream import gemini_fake  # noqa: E402,F401  (fixture)
+from tests.fakes.openai_upstream import openai_fake  # noqa: E402,F401  (fixture)

@@ -9,7 +9,8 @@ import json
 import socket
 import subprocess
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 

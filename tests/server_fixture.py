@@ -96,7 +96,7 @@ class ServeProcess:
             except httpx.TransportError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     self.stop()
-                    raise AssertionError(f"gencli serve does not answer: {self.stderr()}")
+                    raise AssertionError(f"gencli serve does not answer: {self.stderr()}") from None
                 time.sleep(0.05)
 
     def status(self, field: str) -> int:

@@ -17,7 +17,7 @@ from gencli.request import Message
 from tests.helpers import post
 from tests.server_fixture import server  # noqa: F401  (fixture)
 
-G, C, O = "/api/generate", "/api/chat", "/v1/chat/completions"
+G, C, OA = "/api/generate", "/api/chat", "/v1/chat/completions"
 
 NOT_IMAGE = base64.b64encode(b"hello, I am plain text and not a picture at all").decode()
 GOOD_CONTEXT = ctx.encode([Message("user", "hi"), Message("assistant", "hello there, how can I help?")])
@@ -47,32 +47,32 @@ def deep(n: int) -> str:
 # (id, path, body, word the message must contain)
 CASES: list[tuple[str, str, object, str]] = [
     # -- the body itself, on each route
-    *[(f"{p}-malformed", p, b'{"model": "echo", "prompt": ', "body") for p in (G, C, O)],
-    *[(f"{p}-empty", p, b"", "body") for p in (G, C, O)],
-    *[(f"{p}-array", p, b'[{"model": "echo"}]', "body") for p in (G, C, O)],
-    *[(f"{p}-string", p, b'"model"', "body") for p in (G, C, O)],
-    *[(f"{p}-null", p, b"null", "body") for p in (G, C, O)],
-    *[(f"{p}-trailing-garbage", p, b'{"model": "echo"} xyz', "body") for p in (G, C, O)],
-    *[(f"{p}-bad-utf8", p, b'{"model": "echo", "prompt": "\xff\xfe"}', "body") for p in (G, C, O)],
-    *[(f"{p}-deep-nesting", p, raw('{"model": "echo", "x": ' + deep(5000) + "}"), "body") for p in (G, C, O)],
+    *[(f"{p}-malformed", p, b'{"model": "echo", "prompt": ', "body") for p in (G, C, OA)],
+    *[(f"{p}-empty", p, b"", "body") for p in (G, C, OA)],
+    *[(f"{p}-array", p, b'[{"model": "echo"}]', "body") for p in (G, C, OA)],
+    *[(f"{p}-string", p, b'"model"', "body") for p in (G, C, OA)],
+    *[(f"{p}-null", p, b"null", "body") for p in (G, C, OA)],
+    *[(f"{p}-trailing-garbage", p, b'{"model": "echo"} xyz', "body") for p in (G, C, OA)],
+    *[(f"{p}-bad-utf8", p, b'{"model": "echo", "prompt": "\xff\xfe"}', "body") for p in (G, C, OA)],
+    *[(f"{p}-deep-nesting", p, raw('{"model": "echo", "x": ' + deep(5000) + "}"), "body") for p in (G, C, OA)],
     *[(f"{p}-50MB", p, b'{"model": "echo", "prompt": "' + b"a" * (50 * 1024 * 1024) + b'"}', "body")
-      for p in (G, C, O)],
+      for p in (G, C, OA)],
     # -- model
     *[(f"{p}-no-model", p, {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, "model")
-      for p in (G, C, O)],
+      for p in (G, C, OA)],
     *[(f"{p}-model-empty", p, {"model": "", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]},
-       "model") for p in (G, C, O)],
+       "model") for p in (G, C, OA)],
     *[(f"{p}-model-number", p, {"model": 42, "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]},
-       "model") for p in (G, C, O)],
+       "model") for p in (G, C, OA)],
     *[(f"{p}-model-list", p, {"model": ["echo"], "prompt": "x", "messages": [{"role": "user", "content": "x"}]},
-       "model") for p in (G, C, O)],
+       "model") for p in (G, C, OA)],
     *[(f"{p}-model-unknown", p, {"model": "no-such-model", "prompt": "hi",
-                                 "messages": [{"role": "user", "content": "hi"}]}, "model") for p in (G, C, O)],
+                                 "messages": [{"role": "user", "content": "hi"}]}, "model") for p in (G, C, OA)],
     ("model-huge-name", G, {"model": "m" * 100_000, "prompt": "hi"}, "model"),
     ("model-nul", G, {"model": "ech\u0000o", "prompt": "hi"}, "model"),
     ("model-newline", G, {"model": "echo\nInjected: line", "prompt": "hi"}, "model"),
-    ("model-surrogate", O, raw('{"model": "\\udbff", "messages": [{"role": "user", "content": "x"}]}'), "model"),
-    ("tools-surrogate-key", O, raw('{"model": "echo", "messages": [{"role": "user", "content": "x"}], '
+    ("model-surrogate", OA, raw('{"model": "\\udbff", "messages": [{"role": "user", "content": "x"}]}'), "model"),
+    ("tools-surrogate-key", OA, raw('{"model": "echo", "messages": [{"role": "user", "content": "x"}], '
                                    '"tools": [{"type": "function", "function": {"name": "f", "\\ud800": 1}}]}'),
      "tools"),
     # -- /api/generate fields
@@ -158,43 +158,43 @@ CASES: list[tuple[str, str, object, str]] = [
     ("chat-stop-huge", C, chat(options={"stop": ["x"] * 5000}), "stop"),
     ("chat-format-list", C, chat(format=["json"]), "format"),
     # -- /v1/chat/completions fields
-    ("oa-messages-missing", O, {"model": "echo"}, "messages"),
-    ("oa-messages-empty", O, {"model": "echo", "messages": []}, "messages"),
-    ("oa-messages-string", O, {"model": "echo", "messages": "hi"}, "messages"),
-    ("oa-message-number", O, {"model": "echo", "messages": [5]}, "messages"),
-    ("oa-role-bogus", O, {"model": "echo", "messages": [{"role": "robot", "content": "x"}]}, "role"),
-    ("oa-content-number", O, user(5), "content"),
-    ("oa-content-part-string", O, user(["text"]), "content"),
-    ("oa-content-part-audio", O, user([{"type": "input_audio", "input_audio": {}}]), "content"),
-    ("oa-content-text-number", O, user([{"type": "text", "text": 5}]), "text"),
-    ("oa-content-nul", O, user("\u0000"), "content"),
-    ("oa-content-surrogate", O, raw('{"model": "echo", "messages": [{"role": "user", "content": '
+    ("oa-messages-missing", OA, {"model": "echo"}, "messages"),
+    ("oa-messages-empty", OA, {"model": "echo", "messages": []}, "messages"),
+    ("oa-messages-string", OA, {"model": "echo", "messages": "hi"}, "messages"),
+    ("oa-message-number", OA, {"model": "echo", "messages": [5]}, "messages"),
+    ("oa-role-bogus", OA, {"model": "echo", "messages": [{"role": "robot", "content": "x"}]}, "role"),
+    ("oa-content-number", OA, user(5), "content"),
+    ("oa-content-part-string", OA, user(["text"]), "content"),
+    ("oa-content-part-audio", OA, user([{"type": "input_audio", "input_audio": {}}]), "content"),
+    ("oa-content-text-number", OA, user([{"type": "text", "text": 5}]), "text"),
+    ("oa-content-nul", OA, user("\u0000"), "content"),
+    ("oa-content-surrogate", OA, raw('{"model": "echo", "messages": [{"role": "user", "content": '
                                     '[{"type": "text", "text": "\\udfff"}]}]}'), "content"),
-    ("oa-image-bad", O, user([{"type": "image_url", "image_url": {"url": "!!!"}}]), "image"),
-    ("oa-image-not-image", O, user([{"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+    ("oa-image-bad", OA, user([{"type": "image_url", "image_url": {"url": "!!!"}}]), "image"),
+    ("oa-image-not-image", OA, user([{"type": "image_url", "image_url": {"url": "data:image/png;base64,"
                                                                         + NOT_IMAGE}}]), "image"),
-    ("oa-image-url-missing", O, user([{"type": "image_url", "image_url": {}}]), "image"),
-    ("oa-temperature-string", O, chat(temperature="hot"), "temperature"),
-    ("oa-temperature-3", O, chat(temperature=3), "temperature"),
-    ("oa-top-p-negative", O, chat(top_p=-0.5), "top_p"),
-    ("oa-presence-penalty-5", O, chat(presence_penalty=5), "presence_penalty"),
-    ("oa-frequency-penalty-string", O, chat(frequency_penalty="x"), "frequency_penalty"),
-    ("oa-seed-float", O, chat(seed=1.5), "seed"),
-    ("oa-max-tokens-negative", O, chat(max_tokens=-5), "max_tokens"),
-    ("oa-max-tokens-minus-one", O, chat(max_tokens=-1), "max_tokens"),
-    ("oa-max-tokens-string", O, chat(max_tokens="ten"), "max_tokens"),
-    ("oa-max-tokens-absurd", O, chat(max_tokens=10**30), "max_tokens"),
-    ("oa-max-completion-tokens-zero", O, chat(max_completion_tokens=0), "max_completion_tokens"),
-    ("oa-stop-number", O, chat(stop=5), "stop"),
-    ("oa-stop-huge", O, chat(stop=["x"] * 1000), "stop"),
-    ("oa-response-format-string", O, chat(response_format="json"), "response_format"),
-    ("oa-response-format-xml", O, chat(response_format={"type": "xml"}), "response_format"),
-    ("oa-response-format-schema-missing", O, chat(response_format={"type": "json_schema"}), "response_format"),
-    ("oa-reasoning-effort", O, chat(reasoning_effort="ultra"), "reasoning_effort"),
-    ("oa-stream-options-string", O, chat(stream_options="yes"), "stream_options"),
-    ("oa-stream-string", O, chat(stream="yes"), "stream"),
-    ("oa-tools-string", O, chat(tools="abc"), "tools"),
-    ("oa-tools-empty-function", O, chat(tools=[{"type": "function", "function": {}}]), "tools"),
+    ("oa-image-url-missing", OA, user([{"type": "image_url", "image_url": {}}]), "image"),
+    ("oa-temperature-string", OA, chat(temperature="hot"), "temperature"),
+    ("oa-temperature-3", OA, chat(temperature=3), "temperature"),
+    ("oa-top-p-negative", OA, chat(top_p=-0.5), "top_p"),
+    ("oa-presence-penalty-5", OA, chat(presence_penalty=5), "presence_penalty"),
+    ("oa-frequency-penalty-string", OA, chat(frequency_penalty="x"), "frequency_penalty"),
+    ("oa-seed-float", OA, chat(seed=1.5), "seed"),
+    ("oa-max-tokens-negative", OA, chat(max_tokens=-5), "max_tokens"),
+    ("oa-max-tokens-minus-one", OA, chat(max_tokens=-1), "max_tokens"),
+    ("oa-max-tokens-string", OA, chat(max_tokens="ten"), "max_tokens"),
+    ("oa-max-tokens-absurd", OA, chat(max_tokens=10**30), "max_tokens"),
+    ("oa-max-completion-tokens-zero", OA, chat(max_completion_tokens=0), "max_completion_tokens"),
+    ("oa-stop-number", OA, chat(stop=5), "stop"),
+    ("oa-stop-huge", OA, chat(stop=["x"] * 1000), "stop"),
+    ("oa-response-format-string", OA, chat(response_format="json"), "response_format"),
+    ("oa-response-format-xml", OA, chat(response_format={"type": "xml"}), "response_format"),
+    ("oa-response-format-schema-missing", OA, chat(response_format={"type": "json_schema"}), "response_format"),
+    ("oa-reasoning-effort", OA, chat(reasoning_effort="ultra"), "reasoning_effort"),
+    ("oa-stream-options-string", OA, chat(stream_options="yes"), "stream_options"),
+    ("oa-stream-string", OA, chat(stream="yes"), "stream"),
+    ("oa-tools-string", OA, chat(tools="abc"), "tools"),
+    ("oa-tools-empty-function", OA, chat(tools=[{"type": "function", "function": {}}]), "tools"),
 ]
 
 
@@ -208,7 +208,7 @@ def message_of(r: httpx.Response) -> str:
 def test_corpus_size():
     assert len(CASES) >= 60
     assert len({c[0] for c in CASES}) == len(CASES)
-    for path in (G, C, O):
+    for path in (G, C, OA):
         assert sum(1 for c in CASES if c[1] == path) >= 20
 
 
@@ -228,5 +228,5 @@ def test_still_serving_after_the_corpus(server):  # noqa: F811
     assert "Traceback" not in server.stderr()
     r = httpx.post(server.url + G, json={"model": "echo", "prompt": "still here?"}, timeout=30)
     assert r.status_code == 200 and "still here?" in r.json()["response"]
-    r = httpx.post(server.url + O, json=chat(), timeout=30)
+    r = httpx.post(server.url + OA, json=chat(), timeout=30)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]

@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -182,7 +182,7 @@ def _ps(client) -> dict:
 def test_keep_alive_sets_expires_at_and_zero_unloads(client):
     client.generate(model="echo", prompt="hi", keep_alive="10m")
     entry = _ps(client)["echo:latest"]
-    left = (entry.expires_at - datetime.now(timezone.utc)).total_seconds()
+    left = (entry.expires_at - datetime.now(UTC)).total_seconds()
     assert 540 < left <= 600 and isinstance(entry.size_vram, int)
     client.generate(model="echo", prompt="hi", keep_alive=-1)
     assert _ps(client)["echo:latest"].expires_at.year >= 2300  # kept for good

@@ -64,7 +64,7 @@ def test_openai_vectors_are_normalised_in_input_order(registry, openai_fake):
     r = run_embed(registry, "oa-embed", ["alpha beta", "gamma"])
     assert r.model == "oa-embed"
     assert len(r.embeddings) == 2
-    for vec, text in zip(r.embeddings, ["alpha beta", "gamma"]):
+    for vec, text in zip(r.embeddings, ["alpha beta", "gamma"], strict=True):
         assert abs(norm(vec) - 1) < 1e-9
         assert vec == pytest.approx(unit(fake_vector(text)))
     assert abs(norm(fake_vector("gamma")) - 1) > 0.1  # the fake's raw vectors are not unit length
@@ -316,7 +316,7 @@ def test_local_model_embeds_in_process(tmp_path):
     assert len(a) == 576  # SmolLM2-135M's hidden size
     assert all(abs(norm(v) - 1) < 1e-9 for v in r.embeddings)
     assert a == pytest.approx(c)
-    assert sum(x * y for x, y in zip(a, b)) < 0.999
+    assert sum(x * y for x, y in zip(a, b, strict=True)) < 0.999
     assert r.prompt_tokens and r.prompt_tokens > 0
 
 

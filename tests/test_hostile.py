@@ -28,7 +28,7 @@ from aiohttp import web
 
 from gencli.server.ollama import OLLAMA_VERSION
 from tests.fakes.threaded import ThreadedServer
-from tests.server_fixture import KEY_VAR, ServeProcess, models_json
+from tests.server_fixture import ServeProcess, models_json
 
 MB = 1024 * 1024
 MEMORY_MB = 1024  # the server's address-space limit in these tests

@@ -240,7 +240,7 @@ def test_gzip_and_deflate_bodies_are_inflated_and_identity_is_asked_for():
     async def main():
         for encoding, data in (("gzip", gzip.compress(text)), ("deflate", zlib.compress(text))):
             answer = reply(data, extra=f"content-encoding: {encoding}\r\n".encode())
-            async with RawServer(lambda n, req: answer) as up:
+            async with RawServer(lambda n, req, answer=answer: answer) as up:
                 pool = hc.Pool(trust_env=False)
                 assert await fetch(pool, up.url) == (200, text)
                 assert b"\r\nAccept-Encoding: identity\r\n" in up.requests[0]
@@ -283,7 +283,7 @@ def test_connection_close_and_until_close_answers_are_not_reused():
     async def main():
         answers = [reply(extra=b"connection: close\r\n"), b"HTTP/1.1 200 OK\r\n\r\nuntil close"]
         for answer in answers:
-            async with RawServer(lambda n, req: answer, close=lambda n: True) as up:
+            async with RawServer(lambda n, req, answer=answer: answer, close=lambda n: True) as up:
                 pool = hc.Pool(trust_env=False)
                 for _ in range(3):
                     assert (await fetch(pool, up.url))[0] == 200

@@ -16,10 +16,10 @@ import pytest
 pytest.importorskip("llama_cpp", reason="needs the local extra: pip install -e '.[local]'")
 
 from gencli import engine  # noqa: E402
+from gencli.errors import ConfigError, ServerBusy  # noqa: E402
 from gencli.providers.llama import gguf  # noqa: E402
 from gencli.providers.llama.files import package_dir  # noqa: E402
 from gencli.providers.llama.gate import Gate, gate_for  # noqa: E402
-from gencli.errors import ConfigError, ServerBusy  # noqa: E402
 from gencli.registry import Registry  # noqa: E402
 from gencli.request import GenerateRequest  # noqa: E402
 from tests.conftest import clean_env, run_gencli  # noqa: E402

@@ -175,7 +175,7 @@ class ImageServer:
             await resp.write(b"\x00")
         return resp
 
-    def start(self) -> "ImageServer":
+    def start(self) -> ImageServer:
         app = web.Application()
         app.router.add_get("/img.png", self.png)
         app.router.add_get("/page.html", self.text)

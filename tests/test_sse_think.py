@@ -99,7 +99,7 @@ def test_think_every_split_gives_the_same_result(seed):
     whole = "  <think>first thought\nsecond</think>\n\nThe <b>answer</b> is 42.\n"
     rng = random.Random(seed)
     cuts = sorted(set(rng.sample(range(1, len(whole)), rng.randint(1, 20))))
-    chunks = [whole[i:j] for i, j in zip([0] + cuts, cuts + [len(whole)])]
+    chunks = [whole[i:j] for i, j in zip([0] + cuts, cuts + [len(whole)], strict=True)]
     assert stream_split(chunks) == ("first thought\nsecond", "The <b>answer</b> is 42.\n")
 
 

@@ -41,7 +41,8 @@ import base64
 import ssl
 import urllib.request
 import zlib
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httptools

@@ -127,7 +127,7 @@ def _b64(data: str, where: str) -> bytes:
     try:
         return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest(f"Invalid value at '{where}' (TYPE_BYTES), Base64 decoding failed for \"{data[:20]}\"")
+        raise BadRequest(f"Invalid value at '{where}' (TYPE_BYTES), Base64 decoding failed for \"{data[:20]}\"") from None
 
 
 @dataclass

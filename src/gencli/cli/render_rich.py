@@ -93,7 +93,7 @@ class _View:
     line that Rich does not know about and leave a stale copy of the live area behind.
     """
 
-    def __init__(self, renderer: "RichRenderer"):
+    def __init__(self, renderer: RichRenderer):
         self.r = renderer
 
     def parts(self, console, width: int, height: int) -> list:

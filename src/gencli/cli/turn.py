@@ -124,7 +124,7 @@ class Thread:
     explicit: bool = False  # the user asked for it: failing to keep it is an error, not a warning
 
     @classmethod
-    def open(cls, context_file: str | None = None, cont: bool = False, name: str | None = None) -> "Thread":
+    def open(cls, context_file: str | None = None, cont: bool = False, name: str | None = None) -> Thread:
         if context_file and (cont or name):
             raise UsageError("--context FILE cannot be combined with -c/--continue or --conversation "
                              "(use one way to continue a conversation)")

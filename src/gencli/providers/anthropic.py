@@ -290,7 +290,7 @@ class AnthropicAdapter:
             raise UpstreamError(f"{call.name}: {self.label} sent an input for tool '{name}' that is not an object")
         return ToolCall(cid if isinstance(cid, str) and cid else new_call_id(), name, args)
 
-    def stream_parser(self, call: Call) -> "AnthropicStreamParser":
+    def stream_parser(self, call: Call) -> AnthropicStreamParser:
         return AnthropicStreamParser(self, call)
 
     def parse_error(self, call: Call, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:

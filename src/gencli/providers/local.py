@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from gencli.providers.llama.runner import LocalRun, start
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, InProcessAdapter, LocalModel
+from gencli.providers.llama.runner import LocalRun, start
 
 
 class LocalAdapter:

@@ -99,7 +99,7 @@ def _logprobs(choice: dict[str, Any]) -> Logprobs | None:
     elif isinstance(lp.get("tokens"), list) and isinstance(lp.get("token_logprobs"), list):
         tops = lp.get("top_logprobs")
         tops = tops if isinstance(tops, list) else []
-        for i, (tok, value) in enumerate(zip(lp["tokens"], lp["token_logprobs"])):
+        for i, (tok, value) in enumerate(zip(lp["tokens"], lp["token_logprobs"], strict=False)):  # upstream data
             if not isinstance(value, (int, float)):
                 continue
             token = TokenLogprob(str(tok), float(value))

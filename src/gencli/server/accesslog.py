@@ -58,7 +58,7 @@ class LogWriter:
         self.stream = stream
         self.delay = delay
         self.max_pending = max_pending
-        self._pending: list[tuple] = []
+        self._pending: list[tuple[float, str, str, dict[str, Any] | None, int, float]] = []
         self.dropped = 0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -123,7 +123,8 @@ class LogWriter:
         while view:
             view = view[os.write(fd, view):]
 
-    def _line(self, when: float, method: str, path: str, info: dict | None, status: int, seconds: float) -> str:
+    def _line(self, when: float, method: str, path: str, info: dict[str, Any] | None, status: int,
+              seconds: float) -> str:
         second = int(when)
         if second != self._second:
             self._second = second

@@ -10,8 +10,9 @@ all take their limits from the one :class:`ServeConfig` built here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from gencli.settings import RETRIES, TIMEOUT, Number, SettingError, parse_flag, parse_number
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import base64
 import sys
 from array import array
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from gencli.embeddings import Embeddings, aexecute_embed, check_inputs, prepare_embed
 from gencli.errors import GencliError, UsageError

@@ -34,8 +34,8 @@ import http
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import unquote
 
 import httptools
@@ -163,7 +163,7 @@ class ServerState:
             self._empty = self.loop.create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self._empty), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         for conn in list(self.connections):
             conn.abort()

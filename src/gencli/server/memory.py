@@ -21,14 +21,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import os
 import sys
+from collections.abc import Callable, Mapping
 
-_trim = None
+_trim: Callable[[int], int] | None = None
 _looked = False
 
 
-def _malloc_trim():
+def _malloc_trim() -> Callable[[int], int] | None:
     global _trim, _looked
     if not _looked:
         _looked = True
@@ -56,7 +56,7 @@ def trim() -> None:
         fn(0)
 
 
-def system_malloc_argv(argv: list[str], environ: dict) -> list[str] | None:
+def system_malloc_argv(argv: list[str], environ: Mapping[str, str]) -> list[str] | None:
     """The command line that runs this gencli command again with ``PYTHONMALLOC=malloc``, or
     None when it should run as it is (already set, set otherwise by the user, or no glibc)."""
     if environ.get("PYTHONMALLOC") or not can_trim():

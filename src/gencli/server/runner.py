@@ -19,7 +19,8 @@ import socket
 import sys
 import time
 import traceback
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gencli.server.asgi import ASGIApp, Message, Scope
 
@@ -99,7 +100,7 @@ class Lifespan:
         self.queue.put_nowait({"type": "lifespan.shutdown"})
         try:
             await asyncio.wait_for(asyncio.shield(self.stopped), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if self.task is not None and not self.task.done():
             self.task.cancel()

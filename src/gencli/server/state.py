@@ -16,7 +16,6 @@ from gencli.server.asgi import Receive, read_json
 from gencli.server.config import ServeConfig
 from gencli.transport_async import ServerTransport
 
-
 KEEP_ALIVE = 300.0  # seconds a model stays loaded (listed in /api/ps; a local model in memory) after a request
 
 

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 from gencli.engine import Plan, abatches
 from gencli.errors import GencliError
 from gencli.events import Done, Logprobs, ReasoningDelta, TextDelta, TokenLogprob
-from gencli.server.asgi import Headers, Receive, Scope, Send, internal, send_error, send_json
 from gencli.providers.base import AsyncImageFetcher, AsyncTransport
+from gencli.server.asgi import Headers, Receive, Scope, Send, internal, send_error, send_json
 
 
 class Upstream(AsyncTransport, AsyncImageFetcher, Protocol):

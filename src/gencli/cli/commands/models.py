@@ -30,7 +30,7 @@ def run(as_json: bool, models_path: str | None) -> None:
         sys.stdout.write(json.dumps({"source": source, "default": default, "models": rows}, indent=2) + "\n")
         return
     widths = [max(len(r[k]) for r in rows) for k in ("name", "provider", "model")]
-    widths = [max(w, len(h)) for w, h in zip(widths, ("NAME", "PROVIDER", "MODEL"))]
+    widths = [max(w, len(h)) for w, h in zip(widths, ("NAME", "PROVIDER", "MODEL"), strict=True)]
     widths[0] += 2  # room for the default marker
     lines = [f"{'NAME':<{widths[0]}}  {'PROVIDER':<{widths[1]}}  {'MODEL':<{widths[2]}}  STATUS"]
     for r in rows:

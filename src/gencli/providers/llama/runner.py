@@ -26,11 +26,11 @@ from typing import Any
 
 from gencli.errors import ConfigError, UsageError
 from gencli.events import Event, Finish, Loaded, Logprobs, TextDelta, TokenLogprob, Usage
+from gencli.providers import PROVIDERS
+from gencli.providers.base import Call, LocalModel
 from gencli.providers.llama.files import extra_installed, gguf_path, missing_extra
 from gencli.providers.llama.gate import Gate, gate_for
 from gencli.providers.llama.gguf import read_gguf
-from gencli.providers import PROVIDERS
-from gencli.providers.base import Call, LocalModel
 
 DEFAULT_NUM_CTX = PROVIDERS["local"].context_length
 
