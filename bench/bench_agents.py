@@ -46,11 +46,15 @@ TARGET = 0.8
 def bodies(model: str) -> dict[str, tuple[str, dict]]:
     """protocol -> (path, streamed request body)."""
     return {
-        "chat": ("/v1/chat/completions", {"model": model, "stream": True,
-                                          "messages": [{"role": "user", "content": "hi"}]}),
+        "chat": (
+            "/v1/chat/completions",
+            {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        ),
         "responses": ("/v1/responses", {"model": model, "stream": True, "input": "hi"}),
-        "messages": ("/v1/messages", {"model": model, "stream": True, "max_tokens": 1000,
-                                      "messages": [{"role": "user", "content": "hi"}]}),
+        "messages": (
+            "/v1/messages",
+            {"model": model, "stream": True, "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]},
+        ),
     }
 
 
@@ -98,35 +102,50 @@ def main() -> int:
     try:
         fake_port, gencli_port = bs._free_port(), bs._free_port()
         model = f"tokens-{args.tokens}"
-        fake = subprocess.Popen(bs._taskset(fake_cpu) + [bs._python(), str(bs.FAKE), "--port", str(fake_port)],
-                                env=bs._env(), stdout=subprocess.DEVNULL, stderr=open(tmp / "fake.log", "wb"))
+        fake = subprocess.Popen(
+            bs._taskset(fake_cpu) + [bs._python(), str(bs.FAKE), "--port", str(fake_port)],
+            env=bs._env(),
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "fake.log", "wb"),
+        )
         procs.append(fake)
         fake_url = f"http://127.0.0.1:{fake_port}"
         bs._wait_http(f"{fake_url}/v1/models", fake, "the fake upstream")
         models = tmp / "models.json"
-        models.write_text(json.dumps({model: {"provider": "openai-compatible", "model": model,
-                                              "base_url": f"{fake_url}/v1"}}))
+        models.write_text(
+            json.dumps({model: {"provider": "openai-compatible", "model": model, "base_url": f"{fake_url}/v1"}})
+        )
         log = open(tmp / "gencli.log", "wb")
         gencli = subprocess.Popen(
-            bs._taskset(gencli_cpu) + bs._gencli() + ["serve", "--host", "127.0.0.1", "--port", str(gencli_port),
-                                                      "--models", str(models), "--workers", "1"],
-            env={**bs._env(), "GENCLI_ACCESS_LOG": "0"}, cwd=tmp, stdout=log, stderr=log)
+            bs._taskset(gencli_cpu)
+            + bs._gencli()
+            + ["serve", "--host", "127.0.0.1", "--port", str(gencli_port), "--models", str(models), "--workers", "1"],
+            env={**bs._env(), "GENCLI_ACCESS_LOG": "0"},
+            cwd=tmp,
+            stdout=log,
+            stderr=log,
+        )
         procs.append(gencli)
         url = f"http://127.0.0.1:{gencli_port}"
         bs._wait_http(f"{url}/", gencli, "gencli serve")
         check(url, model, args.tokens)
-        scripts = {name: (url + path, bs._lua(tmp / f"{name}.lua", body))
-                   for name, (path, body) in bodies(model).items()}
+        scripts = {
+            name: (url + path, bs._lua(tmp / f"{name}.lua", body)) for name, (path, body) in bodies(model).items()
+        }
         for name in names:  # warm-up, unmeasured
             bs._wrk(scripts[name][0], scripts[name][1], args.connections, 1, gencli.pid)
         runs: dict[str, list[dict[str, float]]] = {}
         for r in range(args.rounds):
-            order = names[r % 3:] + names[:r % 3]
+            order = names[r % 3 :] + names[: r % 3]
             for name in order:
                 res = bs._wrk(scripts[name][0], scripts[name][1], args.connections, args.duration, gencli.pid)
                 runs.setdefault(name, []).append(res)
-                print(f"round {r + 1}/{args.rounds} {name:<10} {res['rps']:9.1f} req/s  p50 {res['p50_ms']:7.3f} ms"
-                      f"  CPU {res['cpu_us']:6.0f} us/req", file=sys.stderr, flush=True)
+                print(
+                    f"round {r + 1}/{args.rounds} {name:<10} {res['rps']:9.1f} req/s  p50 {res['p50_ms']:7.3f} ms"
+                    f"  CPU {res['cpu_us']:6.0f} us/req",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if gencli.poll() is not None:
             raise RuntimeError(f"gencli serve exited with code {gencli.returncode} during the run")
     except Exception as exc:
@@ -149,12 +168,20 @@ def main() -> int:
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50_ms", "cpu_us")} for k, v in runs.items()}
     ref = med["chat"]
     ok = True
-    results = {"connections": args.connections, "tokens": args.tokens, "rounds": args.rounds,
-               "duration_s": args.duration, "runs": runs, "medians": med}
+    results = {
+        "connections": args.connections,
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "runs": runs,
+        "medians": med,
+    }
     print()
-    print(f"gencli serve, streamed {args.tokens} tokens from one fake upstream — 1 worker, {args.connections} "
-          f"connections, {args.rounds} round(s) of {args.duration:g}s, medians; "
-          + (f"fake on CPU {fake_cpu}, gencli on CPU {gencli_cpu}" if pin else "not pinned"))
+    print(
+        f"gencli serve, streamed {args.tokens} tokens from one fake upstream — 1 worker, {args.connections} "
+        f"connections, {args.rounds} round(s) of {args.duration:g}s, medians; "
+        + (f"fake on CPU {fake_cpu}, gencli on CPU {gencli_cpu}" if pin else "not pinned")
+    )
     print(f"{'protocol':<22} {'req/s':>9} {'ratio':>7} {'target':>8}  ok  {'CPU us/req':>11} {'CPU ratio':>9}")
     for name in names:
         ratio = med[name]["rps"] / ref["rps"]
@@ -163,11 +190,15 @@ def main() -> int:
         ok &= good
         results[f"{name}_ratio"] = ratio
         results[f"{name}_cpu_ratio"] = cpu_ratio
-        print(f"{bodies(model)[name][0]:<22} {med[name]['rps']:9.1f} {ratio:6.3f}x "
-              f"{'' if name == 'chat' else '>=' + format(TARGET, 'g') + 'x':>8}  "
-              f"{'  ' if name == 'chat' else 'yes' if good else 'NO '} {med[name]['cpu_us']:11.0f} {cpu_ratio:8.3f}x")
-    print("(CPU ratio: chat's CPU time per request over the protocol's, the server process only; "
-          "less sensitive to other load on the machine)")
+        print(
+            f"{bodies(model)[name][0]:<22} {med[name]['rps']:9.1f} {ratio:6.3f}x "
+            f"{'' if name == 'chat' else '>=' + format(TARGET, 'g') + 'x':>8}  "
+            f"{'  ' if name == 'chat' else 'yes' if good else 'NO '} {med[name]['cpu_us']:11.0f} {cpu_ratio:8.3f}x"
+        )
+    print(
+        "(CPU ratio: chat's CPU time per request over the protocol's, the server process only; "
+        "less sensitive to other load on the machine)"
+    )
     if args.json:
         print(json.dumps(results, indent=2))
     return 0 if ok else 1

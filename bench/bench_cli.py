@@ -51,14 +51,31 @@ CHAT_TARGET = 0.4
 RATIO_TARGET = 0.3
 TOKENS = 50
 
-_SCRUB = ("OPENAI_", "GEMINI_", "GOOGLE_", "OPENROUTER_", "GENCLI_", "OLLAMA_", "LLM_", "HTTP_PROXY",
-          "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+_SCRUB = (
+    "OPENAI_",
+    "GEMINI_",
+    "GOOGLE_",
+    "OPENROUTER_",
+    "GENCLI_",
+    "OLLAMA_",
+    "LLM_",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
 
 
 def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
-    env.update(HOME=str(tmp / "home"), XDG_CONFIG_HOME=str(tmp / "config"), NO_PROXY="127.0.0.1,localhost",
-               no_proxy="127.0.0.1,localhost")
+    env.update(
+        HOME=str(tmp / "home"),
+        XDG_CONFIG_HOME=str(tmp / "config"),
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
     env.update(extra)
     return env
 
@@ -84,12 +101,14 @@ class Case:
 
     def run(self, record: bool = True) -> None:
         t0 = time.perf_counter()
-        out = subprocess.run(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                             capture_output=True, timeout=120)
+        out = subprocess.run(
+            self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, capture_output=True, timeout=120
+        )
         elapsed = time.perf_counter() - t0
         if out.returncode != 0:
-            raise BenchError(f"{self.label} failed (exit {out.returncode}): "
-                             f"{out.stderr.decode(errors='replace').strip()[-400:]}")
+            raise BenchError(
+                f"{self.label} failed (exit {out.returncode}): {out.stderr.decode(errors='replace').strip()[-400:]}"
+            )
         if self.expect is not None and self.expect not in out.stdout.decode(errors="replace"):
             raise BenchError(f"{self.label} printed {out.stdout[:200]!r}, expected {self.expect!r}")
         if record:
@@ -146,8 +165,9 @@ class ChatCase(Case):
             _, status = os.waitpid(pid, 0)
             os.close(fd)
         if elapsed is None or os.waitstatus_to_exitcode(status) != 0:
-            raise BenchError(f"{self.label}: no prompt or a failed exit "
-                             f"({os.waitstatus_to_exitcode(status)}): {seen[-400:]!r}")
+            raise BenchError(
+                f"{self.label}: no prompt or a failed exit ({os.waitstatus_to_exitcode(status)}): {seen[-400:]!r}"
+            )
         if record:
             self.times.append(elapsed)
 
@@ -174,18 +194,34 @@ def main() -> int:
     try:
         work = tmp / "work"
         work.mkdir()
-        (work / "models.json").write_text(json.dumps({"m": {
-            "provider": "openai-compatible", "model": f"tokens-{TOKENS}", "base_url": fake.base_url,
-            "api_key_env": "BENCH_FAKE_KEY"}}))
+        (work / "models.json").write_text(
+            json.dumps(
+                {
+                    "m": {
+                        "provider": "openai-compatible",
+                        "model": f"tokens-{TOKENS}",
+                        "base_url": fake.base_url,
+                        "api_key_env": "BENCH_FAKE_KEY",
+                    }
+                }
+            )
+        )
         llm_home = tmp / "llm"
         llm_home.mkdir()
         (llm_home / "extra-openai-models.yaml").write_text(
-            f"- model_id: fake{TOKENS}\n  model_name: tokens-{TOKENS}\n  api_base: \"{fake.base_url}\"\n"
-            f"  api_key_name: benchfake\n")
+            f'- model_id: fake{TOKENS}\n  model_name: tokens-{TOKENS}\n  api_base: "{fake.base_url}"\n'
+            f"  api_key_name: benchfake\n"
+        )
         genv = clean_env(tmp, BENCH_FAKE_KEY=FAKE_KEY)
         lenv = clean_env(tmp, LLM_USER_PATH=str(llm_home), LLM_LOAD_PLUGINS="")
-        subprocess.run([llm, "keys", "set", "benchfake", "--value", FAKE_KEY], env=lenv, check=True,
-                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        subprocess.run(
+            [llm, "keys", "set", "benchfake", "--value", FAKE_KEY],
+            env=lenv,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+        )
         last = f"tok{TOKENS - 1}"
 
         startup = [
@@ -194,8 +230,13 @@ def main() -> int:
             Case("gencli models", [gencli, "models"], genv, work, "m"),
         ]
         alternate(startup, args.runs)
-        chat = ChatCase("gencli chat (ready for input)", [gencli, "chat", "-m", "m"],
-                        dict(genv, TERM="xterm-256color"), work, ">>> ")
+        chat = ChatCase(
+            "gencli chat (ready for input)",
+            [gencli, "chat", "-m", "m"],
+            dict(genv, TERM="xterm-256color"),
+            work,
+            ">>> ",
+        )
         alternate([chat], args.runs)
         python = sys.executable
         imports = [
@@ -206,8 +247,9 @@ def main() -> int:
         alternate(imports, args.runs)
 
         gen = Case(f"gencli generate ({TOKENS} tokens)", [gencli, "generate", "-m", "m", "hi"], genv, work, last)
-        ref = Case(f"llm prompt ({TOKENS} tokens)", [llm, "prompt", "--no-log", "-m", f"fake{TOKENS}", "hi"],
-                   lenv, work, last)
+        ref = Case(
+            f"llm prompt ({TOKENS} tokens)", [llm, "prompt", "--no-log", "-m", f"fake{TOKENS}", "hi"], lenv, work, last
+        )
         alternate([gen, ref], args.runs)
         before = len(fake.requests)
     finally:
@@ -215,22 +257,40 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     ratio = gen.median / ref.median
-    targets = {"gencli --help": STARTUP_TARGET, "gencli --version": STARTUP_TARGET, "gencli models": MODELS_TARGET,
-               chat.label: CHAT_TARGET}
-    rows = [(c.label, c.median, min(c.times), f"< {targets[c.label]} s", c.median < targets[c.label])
-            for c in (*startup, chat)]
+    targets = {
+        "gencli --help": STARTUP_TARGET,
+        "gencli --version": STARTUP_TARGET,
+        "gencli models": MODELS_TARGET,
+        chat.label: CHAT_TARGET,
+    }
+    rows = [
+        (c.label, c.median, min(c.times), f"< {targets[c.label]} s", c.median < targets[c.label])
+        for c in (*startup, chat)
+    ]
     rows += [(c.label, c.median, min(c.times), "", True) for c in (*imports, gen, ref)]
     typer_cost = imports[1].median - imports[0].median
     app_cost = imports[2].median - imports[1].median
     ok = all(r[4] for r in rows) and ratio <= RATIO_TARGET
     if args.json:
-        print(json.dumps({"runs": args.runs, "upstream_requests": before,
-                          "median_s": {c.label: round(c.median, 4) for c in (*startup, chat, *imports, gen, ref)},
-                          "typer_import_s": round(typer_cost, 4), "app_adds_s": round(app_cost, 4),
-                          "ratio_gencli_llm": round(ratio, 3), "ok": ok}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "runs": args.runs,
+                    "upstream_requests": before,
+                    "median_s": {c.label: round(c.median, 4) for c in (*startup, chat, *imports, gen, ref)},
+                    "typer_import_s": round(typer_cost, 4),
+                    "app_adds_s": round(app_cost, 4),
+                    "ratio_gencli_llm": round(ratio, 3),
+                    "ok": ok,
+                },
+                indent=2,
+            )
+        )
         return 0 if ok else 1
-    print(f"gencli CLI benchmark: {args.runs} runs each after 2 warm-ups; "
-          f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+    print(
+        f"gencli CLI benchmark: {args.runs} runs each after 2 warm-ups; "
+        f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}"
+    )
     print(f"{'command':38} {'median':>9} {'min':>9}  target")
     for label, med, best, target, good in rows:
         mark = "" if not target else ("  ok" if good else "  MISSED")

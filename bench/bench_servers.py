@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_server as bs  # noqa: E402  (the shared wrk / process helpers)
 
-TINY = '''
+TINY = """
 import os, socket, sys
 
 ANSWER = b'{"model":"m","response":"ok","done":true,"done_reason":"stop"}'
@@ -91,7 +91,7 @@ def http11(port, app_name):
 
 if __name__ == "__main__":
     http11(int(sys.argv[1]), sys.argv[2])
-'''
+"""
 
 
 def _tree_cpu(pid: int) -> float:
@@ -121,17 +121,51 @@ def commands(server: str, app: str, port: int) -> list[str] | None:
         return [py, "tinyapps.py", str(port), app]
     if server == "uvicorn":
         target = ["tinyapps:asgi"] if app == "tiny" else ["--factory", "tinyapps:gencli_app"]
-        return [py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http",
-                "httptools", "--no-access-log", "--log-level", "warning", *target]
+        return [
+            py,
+            "-m",
+            "uvicorn",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            *target,
+        ]
     if server.startswith("granian"):
         rsgi = server == "granian-rsgi"
         if rsgi and app != "tiny":
             return None
-        target = ["tinyapps:rsgi" if rsgi else "tinyapps:asgi"] if app == "tiny" else ["--factory",
-                                                                                         "tinyapps:gencli_app"]
-        return [py, "-m", "granian", "--interface", "rsgi" if rsgi else "asgi", "--host", "127.0.0.1", "--port",
-                str(port), "--workers", "1", "--runtime-threads", "1", "--loop", "uvloop", "--no-ws",
-                "--log-level", "warning", *target]
+        target = (
+            ["tinyapps:rsgi" if rsgi else "tinyapps:asgi"] if app == "tiny" else ["--factory", "tinyapps:gencli_app"]
+        )
+        return [
+            py,
+            "-m",
+            "granian",
+            "--interface",
+            "rsgi" if rsgi else "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--runtime-threads",
+            "1",
+            "--loop",
+            "uvloop",
+            "--no-ws",
+            "--log-level",
+            "warning",
+            *target,
+        ]
     raise ValueError(server)
 
 
@@ -160,31 +194,50 @@ def main() -> int:
     try:
         fake_port = bs._free_port()
         model = f"tokens-{args.tokens}"
-        fake = subprocess.Popen(bs._taskset(rest) + [bs._python(), str(bs.FAKE), "--port", str(fake_port)],
-                                env=bs._env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        fake = subprocess.Popen(
+            bs._taskset(rest) + [bs._python(), str(bs.FAKE), "--port", str(fake_port)],
+            env=bs._env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(fake)
         bs._wait_http(f"http://127.0.0.1:{fake_port}/v1/models", fake, "the fake upstream")
         models = tmp / "models.json"
-        models.write_text(json.dumps({model: {"provider": "openai-compatible", "model": model,
-                                              "base_url": f"http://127.0.0.1:{fake_port}/v1"}}))
+        models.write_text(
+            json.dumps(
+                {
+                    model: {
+                        "provider": "openai-compatible",
+                        "model": model,
+                        "base_url": f"http://127.0.0.1:{fake_port}/v1",
+                    }
+                }
+            )
+        )
         env = {**bs._env(), "PYTHONPATH": str(tmp), "GENCLI_MODELS": str(models)}
         script = bs._lua(tmp / "generate.lua", {"model": model, "prompt": "hi", "stream": False})
         for r in range(args.rounds):
             for app in ("tiny", "generate"):
-                order = servers[r % len(servers):] + servers[:r % len(servers)]
+                order = servers[r % len(servers) :] + servers[: r % len(servers)]
                 for server in order:
                     cmd = commands(server, app, 0)
                     if cmd is None:
                         continue
                     port = bs._free_port()
-                    proc = subprocess.Popen(bs._taskset(mine) + commands(server, app, port), cwd=tmp, env=env,
-                                            stdout=subprocess.DEVNULL, stderr=open(tmp / f"{server}.log", "ab"),
-                                            start_new_session=True)
+                    proc = subprocess.Popen(
+                        bs._taskset(mine) + commands(server, app, port),
+                        cwd=tmp,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=open(tmp / f"{server}.log", "ab"),
+                        start_new_session=True,
+                    )
                     procs.append(proc)
                     url = f"http://127.0.0.1:{port}/api/generate"
                     try:
-                        bs._wait_http(f"http://127.0.0.1:{port}/", proc, server, timeout=30) if app == "generate" \
-                            else _wait_port(port, proc, server)
+                        bs._wait_http(
+                            f"http://127.0.0.1:{port}/", proc, server, timeout=30
+                        ) if app == "generate" else _wait_port(port, proc, server)
                         run = lambda d, url=url, proc=proc: _wrk(url, script, d, proc.pid, rest)  # noqa: E731
                         run(1)  # warm-up
                         res = run(args.duration)
@@ -196,8 +249,12 @@ def main() -> int:
                             os.killpg(proc.pid, signal.SIGKILL)
                         procs.remove(proc)
                     results.setdefault(app, {}).setdefault(server, []).append(res)
-                    print(f"round {r + 1}/{args.rounds} {app:<9} {server:<13} {res['rps']:8.0f} req/s  "
-                          f"CPU {res['cpu_us']:6.0f} us/req", file=sys.stderr, flush=True)
+                    print(
+                        f"round {r + 1}/{args.rounds} {app:<9} {server:<13} {res['rps']:8.0f} req/s  "
+                        f"CPU {res['cpu_us']:6.0f} us/req",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     except Exception as exc:
         print(f"bench_servers: {exc}", file=sys.stderr)
         for log in tmp.glob("*.log"):
@@ -210,11 +267,15 @@ def main() -> int:
                 p.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    med = {app: {s: {k: statistics.median(x[k] for x in v) for k in ("rps", "cpu_us")} for s, v in by.items()}
-           for app, by in results.items()}
+    med = {
+        app: {s: {k: statistics.median(x[k] for x in v) for k in ("rps", "cpu_us")} for s, v in by.items()}
+        for app, by in results.items()
+    }
     print()
-    print(f"HTTP servers, 1 worker on CPU {mine} alone, wrk (32 connections) and the fake upstream on CPU {rest}; "
-          f"medians of {args.rounds} rounds of {args.duration:g} s")
+    print(
+        f"HTTP servers, 1 worker on CPU {mine} alone, wrk (32 connections) and the fake upstream on CPU {rest}; "
+        f"medians of {args.rounds} rounds of {args.duration:g} s"
+    )
     print(f"{'server':<14}" + "".join(f"{app + ' req/s':>16}{'CPU us/req':>12}{'vs http11':>10}" for app in med))
     for server in servers:
         row = f"{server:<14}"
@@ -250,8 +311,12 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
 
 def _wrk(url: str, script: Path, duration: float, pid: int, cpu: int) -> dict:
     cpu0 = _tree_cpu(pid)
-    out = subprocess.run(bs._taskset(cpu) + ["wrk", "-t1", "-c32", f"-d{duration:g}s", "--timeout", "10s", "-s",
-                                             str(script), url], capture_output=True, text=True, timeout=duration + 60)
+    out = subprocess.run(
+        bs._taskset(cpu) + ["wrk", "-t1", "-c32", f"-d{duration:g}s", "--timeout", "10s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+    )
     used = _tree_cpu(pid) - cpu0
     m = re.search(r"BENCH (.*)", out.stdout)
     if out.returncode != 0 or not m:

@@ -62,6 +62,7 @@ SPREAD = 8.0  # seconds over which the drip connections open
 
 # -- the drip client (a separate process: python bench_slowloris.py --drip-client ...) -----------
 
+
 async def drip_client(port: int, count: int, interval: float, stats_path: Path) -> None:
     stats = {"open": 0, "opened": 0, "cut": 0, "failed": 0, "refused": 0}
     stop = asyncio.Event()
@@ -82,8 +83,10 @@ async def drip_client(port: int, count: int, interval: float, stats_path: Path) 
             stats["opened"] += 1
             try:
                 if body_drip:
-                    writer.write(b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n"
-                                 b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{")
+                    writer.write(
+                        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{"
+                    )
                 else:
                     writer.write(b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nX-Drip: ")
                 closed = asyncio.ensure_future(reader.read(65536))
@@ -121,6 +124,7 @@ async def drip_client(port: int, count: int, interval: float, stats_path: Path) 
 
 # -- the benchmark --------------------------------------------------------------------------------
 
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -128,8 +132,9 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _window(url: str, script: Path, pid: int, duration: float, drip: subprocess.Popen | None,
-            stats_path: Path, want: int) -> dict:
+def _window(
+    url: str, script: Path, pid: int, duration: float, drip: subprocess.Popen | None, stats_path: Path, want: int
+) -> dict:
     if drip is not None:
         deadline = time.monotonic() + SPREAD + 30
         while True:  # wait until the drip connections are open
@@ -179,13 +184,26 @@ def main() -> int:
     try:
         model = "tokens-50"
         fake_port = _free_port()
-        fake = subprocess.Popen(_taskset(other_cpu) + [_python(), str(FAKE), "--port", str(fake_port)], env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=open(tmp / "fake.log", "wb"))
+        fake = subprocess.Popen(
+            _taskset(other_cpu) + [_python(), str(FAKE), "--port", str(fake_port)],
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "fake.log", "wb"),
+        )
         procs.append(fake)
         _wait_http(f"http://127.0.0.1:{fake_port}/v1/models", fake, "the fake upstream")
         models = tmp / "models.json"
-        models.write_text(json.dumps({model: {"provider": "openai-compatible", "model": model,
-                                              "base_url": f"http://127.0.0.1:{fake_port}/v1"}}))
+        models.write_text(
+            json.dumps(
+                {
+                    model: {
+                        "provider": "openai-compatible",
+                        "model": model,
+                        "base_url": f"http://127.0.0.1:{fake_port}/v1",
+                    }
+                }
+            )
+        )
         servers: dict[str, tuple[str, int]] = {}
         variants = [("gencli", _gencli(), _env())]
         if args.ref:
@@ -194,9 +212,13 @@ def main() -> int:
         for name, command, env in variants:
             port = _free_port()
             env = {**env, "GENCLI_ACCESS_LOG": "0"}
-            p = subprocess.Popen(_taskset(server_cpu) + command + ["serve", "--port", str(port), "--models",
-                                                                   str(models)],
-                                 env=env, cwd=tmp, stdout=open(tmp / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
+            p = subprocess.Popen(
+                _taskset(server_cpu) + command + ["serve", "--port", str(port), "--models", str(models)],
+                env=env,
+                cwd=tmp,
+                stdout=open(tmp / f"{name}.log", "wb"),
+                stderr=subprocess.STDOUT,
+            )
             procs.append(p)
             _wait_http(f"http://127.0.0.1:{port}/", p, f"gencli serve ({name})")
             _check_answers(f"http://127.0.0.1:{port}", model, 50)
@@ -211,9 +233,20 @@ def main() -> int:
                     stats_path = tmp / f"drip-{name}-{r}.json"
                     if drip_on:
                         port = url.split(":")[2].split("/")[0]
-                        drip = subprocess.Popen(_taskset(other_cpu) + [
-                            _python(), __file__, "--interval", str(args.interval),
-                            "--drip-client", port, str(args.drip), str(stats_path)], env=_env())
+                        drip = subprocess.Popen(
+                            _taskset(other_cpu)
+                            + [
+                                _python(),
+                                __file__,
+                                "--interval",
+                                str(args.interval),
+                                "--drip-client",
+                                port,
+                                str(args.drip),
+                                str(stats_path),
+                            ],
+                            env=_env(),
+                        )
                         procs.append(drip)
                     try:
                         res = _window(url, script, pid, args.duration, drip, stats_path, args.drip)
@@ -224,11 +257,18 @@ def main() -> int:
                             procs.remove(drip)
                     key = f"{name}_{'drip' if drip_on else 'quiet'}"
                     runs.setdefault(key, []).append(res)
-                    extra = (f"  drip open {res['drip_open']}, cut+reopened {res['drip_cut']}, refused "
-                             f"{res['drip_refused']}" if drip_on else "")
-                    print(f"round {r + 1}/{args.rounds} {key:<12} {res['rps']:8.1f} req/s  p50 {res['p50_ms']:7.3f} ms"
-                          f"  p99 {res['p99_ms']:8.3f} ms  socket errors {res['socket_errors']}  RSS "
-                          f"{res['rss_mb']:.0f} MB{extra}", file=sys.stderr, flush=True)
+                    extra = (
+                        f"  drip open {res['drip_open']}, cut+reopened {res['drip_cut']}, refused {res['drip_refused']}"
+                        if drip_on
+                        else ""
+                    )
+                    print(
+                        f"round {r + 1}/{args.rounds} {key:<12} {res['rps']:8.1f} req/s  p50 {res['p50_ms']:7.3f} ms"
+                        f"  p99 {res['p99_ms']:8.3f} ms  socket errors {res['socket_errors']}  RSS "
+                        f"{res['rss_mb']:.0f} MB{extra}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     time.sleep(1)
     except Exception as exc:
         print(f"bench_slowloris: {exc}", file=sys.stderr)
@@ -250,14 +290,18 @@ def main() -> int:
     ok = True
     results: dict = {"drip": args.drip, "interval_s": args.interval, "rounds": args.rounds, "runs": runs}
     print()
-    print(f"normal traffic (wrk, 8 connections, non-streamed /api/generate) with and without {args.drip} slow-drip "
-          f"connections; medians of {args.rounds} rounds of {args.duration:g}s")
+    print(
+        f"normal traffic (wrk, 8 connections, non-streamed /api/generate) with and without {args.drip} slow-drip "
+        f"connections; medians of {args.rounds} rounds of {args.duration:g}s"
+    )
     print(f"{'server':<8} {'':<6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>9} {'sock err':>9} {'RSS MB':>7}")
     for name in servers:
         for state in ("quiet", "drip"):
             k = f"{name}_{state}"
-            print(f"{name:<8} {state:<6} {med(k, 'rps'):8.1f} {med(k, 'p50_ms'):8.3f} {med(k, 'p99_ms'):9.3f} "
-                  f"{sum(x['socket_errors'] for x in runs[k]):9d} {med(k, 'rss_mb'):7.0f}")
+            print(
+                f"{name:<8} {state:<6} {med(k, 'rps'):8.1f} {med(k, 'p50_ms'):8.3f} {med(k, 'p99_ms'):9.3f} "
+                f"{sum(x['socket_errors'] for x in runs[k]):9d} {med(k, 'rss_mb'):7.0f}"
+            )
     print()
     print(f"{'server':<8} {'p50 drip/quiet':>15} {'p99 drip/quiet':>15} {'rate drip/quiet':>16}")
     for name in servers:
@@ -269,9 +313,15 @@ def main() -> int:
         good = p50 <= TARGET_P50 and p99 <= TARGET_P99 and rate >= TARGET_RATE and errors == 0
         if name == "gencli":
             ok &= good
-        print(f"{name:<8} {p50:14.2f}x {p99:14.2f}x {rate:15.2f}x   "
-              + (("ok" if good else "MISSED") + f" (targets <= {TARGET_P50}x, <= {TARGET_P99}x, >= {TARGET_RATE}x, "
-                 "no socket errors)" if name == "gencli" else ""))
+        print(
+            f"{name:<8} {p50:14.2f}x {p99:14.2f}x {rate:15.2f}x   "
+            + (
+                ("ok" if good else "MISSED") + f" (targets <= {TARGET_P50}x, <= {TARGET_P99}x, >= {TARGET_RATE}x, "
+                "no socket errors)"
+                if name == "gencli"
+                else ""
+            )
+        )
     if args.json:
         print(json.dumps(results, indent=2))
     return 0 if ok else 1

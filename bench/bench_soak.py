@@ -33,8 +33,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = ROOT / "tests" / "fakes" / "openai_upstream.py"
 GENCLI = str(Path(sys.executable).with_name("gencli"))
-_SCRUB = ("OPENAI_", "GEMINI_", "GOOGLE_", "OPENROUTER_", "GENCLI_", "OLLAMA_", "HTTP_PROXY", "HTTPS_PROXY",
-          "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+_SCRUB = (
+    "OPENAI_",
+    "GEMINI_",
+    "GOOGLE_",
+    "OPENROUTER_",
+    "GENCLI_",
+    "OLLAMA_",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
 
 
 def raise_fd_limit(wanted: int = 8192) -> int:
@@ -66,23 +78,33 @@ class Procs:
 
     def __init__(self, tmp: Path, interval_ms: int, tokens: int):
         self.tmp = tmp
-        self.fake = subprocess.Popen([sys.executable, str(FAKE), "--port", "0"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=_env(tmp),
-                                     preexec_fn=raise_fd_limit, cwd=ROOT)
+        self.fake = subprocess.Popen(
+            [sys.executable, str(FAKE), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            env=_env(tmp),
+            preexec_fn=raise_fd_limit,
+            cwd=ROOT,
+        )
         line = self.fake.stdout.readline().decode()
         if "upstream on " not in line:
             self.stop()
             raise RuntimeError(f"the fake upstream did not start: {line!r}")
         base = line.split("upstream on ", 1)[1].strip()
         common = {"provider": "openai-compatible", "base_url": base, "api_key_env": "SOAK_KEY"}
-        models = {"slow": {**common, "model": f"slow-{interval_ms}-{tokens}"},
-                  "quick": {**common, "model": "tokens-5"}}
+        models = {"slow": {**common, "model": f"slow-{interval_ms}-{tokens}"}, "quick": {**common, "model": "tokens-5"}}
         (tmp / "models.json").write_text(json.dumps(models))
         self.err = tmp / "serve.err"
         self.serve = subprocess.Popen(
             [GENCLI, "serve", "--port", "0", "--models", str(tmp / "models.json")],
-            stdout=subprocess.DEVNULL, stderr=open(self.err, "wb"), stdin=subprocess.DEVNULL,
-            env=_env(tmp, SOAK_KEY="soak-key"), preexec_fn=raise_fd_limit, cwd=tmp)
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.err, "wb"),
+            stdin=subprocess.DEVNULL,
+            env=_env(tmp, SOAK_KEY="soak-key"),
+            preexec_fn=raise_fd_limit,
+            cwd=tmp,
+        )
         self.url = ""
         deadline = time.monotonic() + 30
         while not self.url:
@@ -114,8 +136,7 @@ async def _stream(session, url: str, model: str, tokens: int, state: dict) -> No
     got = 0
     started = time.monotonic()
     try:
-        async with session.post(url + "/api/generate",
-                                json={"model": model, "prompt": "soak", "stream": True}) as r:
+        async with session.post(url + "/api/generate", json={"model": model, "prompt": "soak", "stream": True}) as r:
             if r.status != 200:
                 state["errors"].append(f"HTTP {r.status}: {(await r.text())[:200]}")
                 return
@@ -152,8 +173,7 @@ async def _stream(session, url: str, model: str, tokens: int, state: dict) -> No
         state["errors"].append(f"{exc.__class__.__name__}: {str(exc)[:200]}")
 
 
-async def drive(url: str, pid: int, streams: int, tokens: int, sample_s: float = 0.25,
-                settle_s: float = 5.0) -> dict:
+async def drive(url: str, pid: int, streams: int, tokens: int, sample_s: float = 0.25, settle_s: float = 5.0) -> dict:
     """One wave: warm up, measure idle RSS, hold ``streams`` streams of ``tokens`` tokens, measure after."""
     import aiohttp
 
@@ -163,8 +183,12 @@ async def drive(url: str, pid: int, streams: int, tokens: int, sample_s: float =
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         # warm-up: code paths, connection pools, first allocations
         for _ in range(3):
-            await asyncio.gather(*[_stream(session, url, "quick", 5, {"ok": 0, "open": 0, "errors": [],
-                                                                      "durations": []}) for _ in range(20)])
+            await asyncio.gather(
+                *[
+                    _stream(session, url, "quick", 5, {"ok": 0, "open": 0, "errors": [], "durations": []})
+                    for _ in range(20)
+                ]
+            )
         await asyncio.sleep(1.0)
         before = rss_kb(pid)
         peak = before
@@ -198,8 +222,9 @@ async def drive(url: str, pid: int, streams: int, tokens: int, sample_s: float =
     }
 
 
-def run_soak(streams: int = 500, hold: float = 60.0, interval_ms: int = 500, waves: int = 1,
-             sample_s: float = 0.25) -> list[dict]:
+def run_soak(
+    streams: int = 500, hold: float = 60.0, interval_ms: int = 500, waves: int = 1, sample_s: float = 0.25
+) -> list[dict]:
     """Run ``waves`` soaks one after the other on one server; the figures of each."""
     raise_fd_limit(max(8192, 4 * streams + 256))
     tokens = max(2, round(hold * 1000 / interval_ms))
@@ -210,8 +235,9 @@ def run_soak(streams: int = 500, hold: float = 60.0, interval_ms: int = 500, wav
             for _ in range(waves):
                 result = asyncio.run(drive(procs.url, procs.serve.pid, streams, tokens, sample_s))
                 result["server_alive"] = procs.serve.poll() is None
-                result["server_log_errors"] = sum(1 for line in procs.stderr().splitlines()
-                                                  if "Traceback" in line or "internal server error" in line)
+                result["server_log_errors"] = sum(
+                    1 for line in procs.stderr().splitlines() if "Traceback" in line or "internal server error" in line
+                )
                 results.append(result)
             return results
         finally:
@@ -223,8 +249,12 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=500)
     parser.add_argument("--hold", type=float, default=60.0, help="seconds each stream is held open")
     parser.add_argument("--interval-ms", type=int, default=500, help="ms between upstream tokens")
-    parser.add_argument("--waves", type=int, default=2, help="soaks in a row on one server (a leak grows "
-                        "the after-level from wave to wave)")
+    parser.add_argument(
+        "--waves",
+        type=int,
+        default=2,
+        help="soaks in a row on one server (a leak grows the after-level from wave to wave)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     try:
@@ -237,13 +267,16 @@ def main() -> int:
         return 0 if all(r["errors"] == 0 and r["completed"] == r["streams"] for r in results) else 1
     for n, r in enumerate(results, 1):
         print(f"-- wave {n}")
-        print(f"streams held concurrently: {r['held_concurrently']} of {r['streams']} "
-              f"({r['tokens_per_stream']} tokens each, {r['stream_seconds_min']}-{r['stream_seconds_max']} s a stream, "
-              f"{r['seconds']} s in all)")
-        print(f"completed: {r['completed']}   errors: {r['errors']}"
-              + (f"   e.g. {r['error_samples']}" if r["errors"] else ""))
-        print(f"server RSS: before {r['rss_before_mb']} MB   peak {r['rss_peak_mb']} MB   "
-              f"after {r['rss_after_mb']} MB")
+        print(
+            f"streams held concurrently: {r['held_concurrently']} of {r['streams']} "
+            f"({r['tokens_per_stream']} tokens each, {r['stream_seconds_min']}-{r['stream_seconds_max']} s a stream, "
+            f"{r['seconds']} s in all)"
+        )
+        print(
+            f"completed: {r['completed']}   errors: {r['errors']}"
+            + (f"   e.g. {r['error_samples']}" if r["errors"] else "")
+        )
+        print(f"server RSS: before {r['rss_before_mb']} MB   peak {r['rss_peak_mb']} MB   after {r['rss_after_mb']} MB")
     return 0 if all(r["errors"] == 0 and r["completed"] == r["streams"] for r in results) else 1
 
 

@@ -34,25 +34,58 @@ MODELS = {
 
 
 def models_json(base_url: str) -> dict:
-    out: dict = {name: {"provider": "openai-compatible", "model": model, "base_url": base_url,
-                        "api_key_env": KEY_VAR, "capabilities": caps}
-                 for name, (model, caps) in MODELS.items()}
-    out["sluggish"] = {"provider": "openai-compatible", "model": "slow-1500-3", "base_url": base_url,
-                       "api_key_env": KEY_VAR, "timeout": 0.5}
-    out["unreachable"] = {"provider": "openai-compatible", "model": "echo", "base_url": "http://127.0.0.1:9/v1",
-                          "api_key_env": KEY_VAR}
-    out["needs-key"] = {"provider": "openai-compatible", "model": "echo", "base_url": base_url,
-                        "api_key_env": "GENCLI_TEST_UNSET_KEY"}
-    out["ctx"] = {"provider": "openai-compatible", "model": "echo", "base_url": base_url, "api_key_env": KEY_VAR,
-                  "options": {"num_ctx": 8192, "temperature": 0.5}}
+    out: dict = {
+        name: {
+            "provider": "openai-compatible",
+            "model": model,
+            "base_url": base_url,
+            "api_key_env": KEY_VAR,
+            "capabilities": caps,
+        }
+        for name, (model, caps) in MODELS.items()
+    }
+    out["sluggish"] = {
+        "provider": "openai-compatible",
+        "model": "slow-1500-3",
+        "base_url": base_url,
+        "api_key_env": KEY_VAR,
+        "timeout": 0.5,
+    }
+    out["unreachable"] = {
+        "provider": "openai-compatible",
+        "model": "echo",
+        "base_url": "http://127.0.0.1:9/v1",
+        "api_key_env": KEY_VAR,
+    }
+    out["needs-key"] = {
+        "provider": "openai-compatible",
+        "model": "echo",
+        "base_url": base_url,
+        "api_key_env": "GENCLI_TEST_UNSET_KEY",
+    }
+    out["ctx"] = {
+        "provider": "openai-compatible",
+        "model": "echo",
+        "base_url": base_url,
+        "api_key_env": KEY_VAR,
+        "options": {"num_ctx": 8192, "temperature": 0.5},
+    }
     return out
 
 
 class ServeProcess:
     """``gencli serve --port 0``; the port is read from the startup line. Output goes to files."""
 
-    def __init__(self, tmp: Path, models: dict | Path, args: list[str] = (), env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1", memory_mb: int | None = None, dotenv: str | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        models: dict | Path,
+        args: list[str] = (),
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        memory_mb: int | None = None,
+        dotenv: str | None = None,
+    ):
         """``memory_mb``: the server's address-space limit (RLIMIT_AS), so that a regression in
         a bound fails the test (MemoryError, or the process dies) instead of the machine.
         ``dotenv``: the text of a ``.env`` file in the server's working directory."""
@@ -70,9 +103,13 @@ class ServeProcess:
             (work / ".env").write_text(dotenv)
         self.proc = subprocess.Popen(
             [GENCLI, "serve", "--host", host, "--port", "0", "--models", str(path), *args],
-            env=clean_env(tmp, **{KEY_VAR: FAKE_KEY, **(env or {})}), cwd=work, stdin=subprocess.DEVNULL,
-            stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"),
-            preexec_fn=_limit_memory(memory_mb) if memory_mb else None)
+            env=clean_env(tmp, **{KEY_VAR: FAKE_KEY, **(env or {})}),
+            cwd=work,
+            stdin=subprocess.DEVNULL,
+            stdout=open(self.out_path, "wb"),
+            stderr=open(self.err_path, "wb"),
+            preexec_fn=_limit_memory(memory_mb) if memory_mb else None,
+        )
         deadline = time.monotonic() + 30
         self.url = ""
         while not self.url:

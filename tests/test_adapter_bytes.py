@@ -25,9 +25,18 @@ from gencli.providers.base import Call, HttpAdapter
 
 
 def call(provider: str, stream: bool = True) -> Call:
-    return Call(model="m", name="m", base_url="http://127.0.0.1:1", api_key="sk-test-0123456789abcdef",
-                key_env="TEST_KEY", headers={}, messages=[], options={}, stream=stream,
-                capabilities=("completion", "thinking", "tools"))
+    return Call(
+        model="m",
+        name="m",
+        base_url="http://127.0.0.1:1",
+        api_key="sk-test-0123456789abcdef",
+        key_env="TEST_KEY",
+        headers={},
+        messages=[],
+        options={},
+        stream=stream,
+        capabilities=("completion", "thinking", "tools"),
+    )
 
 
 def feed(adapter: HttpAdapter, c: Call, pieces: list[bytes]) -> tuple[list, GencliError | None]:
@@ -45,7 +54,7 @@ def feed(adapter: HttpAdapter, c: Call, pieces: list[bytes]) -> tuple[list, Genc
 
 def splits(data: bytes) -> list[list[bytes]]:
     """The stream whole, byte by byte, and cut in two at every byte boundary."""
-    return [[data], [data[i:i + 1] for i in range(len(data))], *([data[:i], data[i:]] for i in range(1, len(data)))]
+    return [[data], [data[i : i + 1] for i in range(len(data))], *([data[:i], data[i:]] for i in range(1, len(data)))]
 
 
 def _same(events: list) -> list:
@@ -83,7 +92,7 @@ OPENAI_TEXT = (
     b'":9,"completion_tokens":3,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"c'
     b'ompletion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_p'
     b'rediction_tokens":0}}}\n\n'
-    b'data: [DONE]\n\n'
+    b"data: [DONE]\n\n"
 )
 
 
@@ -107,7 +116,7 @@ DEEPSEEK_REASONING = (
     b'em_fingerprint":"fp_7e73fd9a08_prod0225","choices":[{"index":0,"delta":{"content":"","reasoning_content":'
     b'null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":40,"total_'
     b'tokens":52,"completion_tokens_details":{"reasoning_tokens":38}}}\r\n\r\n'
-    b'data: [DONE]\r\n\r\n'
+    b"data: [DONE]\r\n\r\n"
 )
 
 
@@ -118,8 +127,8 @@ def test_deepseek_reasoning_content_stream():
 
 
 OPENROUTER_REASONING = (
-    b': OPENROUTER PROCESSING\n\n'
-    b': OPENROUTER PROCESSING\n\n'
+    b": OPENROUTER PROCESSING\n\n"
+    b": OPENROUTER PROCESSING\n\n"
     b'data: {"id":"gen-1745","provider":"DeepInfra","model":"deepseek/deepseek-r1","object":"chat.completion.chun'
     b'k","created":1745000000,"choices":[{"index":0,"delta":{"role":"assistant","content":"","reasoning":"Let me '
     b'think.","reasoning_details":[{"type":"reasoning.text","text":"Let me think.","format":"unknown","index":0}]'
@@ -134,7 +143,7 @@ OPENROUTER_REASONING = (
     b'k","created":1745000000,"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":nu'
     b'll,"native_finish_reason":null,"logprobs":null}],"usage":{"prompt_tokens":10,"completion_tokens":7,"total_'
     b'tokens":17}}\n\n'
-    b'data: [DONE]\n\n'
+    b"data: [DONE]\n\n"
 )
 
 
@@ -160,7 +169,7 @@ OPENAI_TOOLS = (
     b'ull,"finish_reason":null}],"usage":null}\n\n'
     b'data: {"id":"chatcmpl-T1","object":"chat.completion.chunk","created":1741570000,"model":"gpt-4o-2024-08-06"'
     b',"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"tool_calls"}],"usage":null}\n\n'
-    b'data: [DONE]\n\n'
+    b"data: [DONE]\n\n"
 )
 
 
@@ -187,8 +196,8 @@ def test_a_midstream_error_keeps_the_partial_answer_and_no_key():
 
 
 def test_a_stream_cut_before_the_end_is_an_error_keeping_the_text():
-    cut = OPENAI_TEXT[:OPENAI_TEXT.index(b'"finish_reason":"stop"')]
-    cut = cut[:cut.rindex(b"data: ")]  # the connection closed between two events
+    cut = OPENAI_TEXT[: OPENAI_TEXT.index(b'"finish_reason":"stop"')]
+    cut = cut[: cut.rindex(b"data: ")]  # the connection closed between two events
     events, error = parse_stream("openai", cut)
     assert events == [TextDelta("Hello"), TextDelta(" wörld 🌍")]
     assert isinstance(error, UpstreamError) and "closed the stream before the answer was complete" in str(error)
@@ -216,18 +225,35 @@ def test_openai_json_body():
     assert events == [TextDelta("The sky is blue."), Finish("length"), Usage(1117, 46)]
 
 
-@pytest.mark.parametrize("status, headers, body, kind, words", [
-    (401, {}, b'{\n    "error": {\n        "message": "Incorrect API key provided: sk-test-*****cdef. You can find '
-              b'your API key at https://platform.openai.com/account/api-keys.",\n        "type": "invalid_request_e'
-              b'rror",\n        "param": null,\n        "code": "invalid_api_key"\n    }\n}\n',
-     UpstreamAuthError, "OpenAI rejected the API key (HTTP 401); check TEST_KEY"),
-    (429, {"retry-after-ms": "1500", "x-ratelimit-remaining-requests": "0"},
-     b'{"error":{"message":"Rate limit reached for gpt-4o-mini in organization org-x on requests per min (RPM): '
-     b'Limit 3, Used 3, Requested 1.","type":"requests","param":null,"code":"rate_limit_exceeded"}}',
-     UpstreamRateLimited, "OpenAI is rate limiting requests (HTTP 429): Rate limit reached"),
-    (503, {}, b"<html><body><h1>503 Service Unavailable</h1> upstream sk-test-0123456789abcdef</body></html>",
-     UpstreamError, "OpenAI returned HTTP 503"),
-])
+@pytest.mark.parametrize(
+    "status, headers, body, kind, words",
+    [
+        (
+            401,
+            {},
+            b'{\n    "error": {\n        "message": "Incorrect API key provided: sk-test-*****cdef. You can find '
+            b'your API key at https://platform.openai.com/account/api-keys.",\n        "type": "invalid_request_e'
+            b'rror",\n        "param": null,\n        "code": "invalid_api_key"\n    }\n}\n',
+            UpstreamAuthError,
+            "OpenAI rejected the API key (HTTP 401); check TEST_KEY",
+        ),
+        (
+            429,
+            {"retry-after-ms": "1500", "x-ratelimit-remaining-requests": "0"},
+            b'{"error":{"message":"Rate limit reached for gpt-4o-mini in organization org-x on requests per min (RPM): '
+            b'Limit 3, Used 3, Requested 1.","type":"requests","param":null,"code":"rate_limit_exceeded"}}',
+            UpstreamRateLimited,
+            "OpenAI is rate limiting requests (HTTP 429): Rate limit reached",
+        ),
+        (
+            503,
+            {},
+            b"<html><body><h1>503 Service Unavailable</h1> upstream sk-test-0123456789abcdef</body></html>",
+            UpstreamError,
+            "OpenAI returned HTTP 503",
+        ),
+    ],
+)
 def test_openai_error_bodies(status, headers, body, kind, words):
     err = get_adapter("openai").parse_error(call("openai"), status, headers, body)
     assert type(err) is kind and words in str(err) and "0123456789abcdef" not in str(err)
@@ -256,9 +282,13 @@ def test_gemini_stream_with_thoughts():
     events, error = parse_stream("google", GEMINI_THOUGHTS)
     assert error is None
     assert events == [
-        ReasoningDelta("**Weighing the question**\n\nThe user asks about the sky."), Usage(8, 52),
-        TextDelta("Rayleigh scattering makes it blue — shorter wavelengths scatter more."), Usage(8, 63),
-        Finish("stop"), Usage(8, 64)]
+        ReasoningDelta("**Weighing the question**\n\nThe user asks about the sky."),
+        Usage(8, 52),
+        TextDelta("Rayleigh scattering makes it blue — shorter wavelengths scatter more."),
+        Usage(8, 63),
+        Finish("stop"),
+        Usage(8, 64),
+    ]
 
 
 GEMINI_FUNCTION_CALL = (
@@ -274,8 +304,10 @@ def test_gemini_stream_function_call():
     events, error = parse_stream("google", GEMINI_FUNCTION_CALL)
     assert error is None
     (tool, finish, usage) = events
-    assert type(tool) is ToolCall and (tool.name, tool.arguments) == ("get_weather", {"city": "Tokyo",
-                                                                                     "unit": "celsius"})
+    assert type(tool) is ToolCall and (tool.name, tool.arguments) == (
+        "get_weather",
+        {"city": "Tokyo", "unit": "celsius"},
+    )
     assert tool.id  # Gemini sends no id: one is made up for the OpenAI-shaped replies
     assert (finish, usage) == (Finish("stop"), Usage(83, 118))
 
@@ -312,24 +344,38 @@ def test_gemini_json_body_and_json_array():
 
 
 def test_gemini_blocked_prompt_is_a_400():
-    body = (b'{"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},"usageMetadata": {"promptTokenCount": 9,'
-            b'"totalTokenCount": 9},"modelVersion": "gemini-2.5-flash"}')
+    body = (
+        b'{"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},"usageMetadata": {"promptTokenCount": 9,'
+        b'"totalTokenCount": 9},"modelVersion": "gemini-2.5-flash"}'
+    )
     with pytest.raises(UpstreamError) as info:
         get_adapter("google").parse_response(call("google", stream=False), body)
     assert info.value.status == 400 and "blockReason PROHIBITED_CONTENT" in str(info.value)
 
 
-@pytest.mark.parametrize("status, body, kind, words", [
-    (400, b'{\n  "error": {\n    "code": 400,\n    "message": "API key not valid. Please pass a valid API key.",\n'
-          b'    "status": "INVALID_ARGUMENT",\n    "details": [\n      {\n        "@type": "type.googleapis.com/goog'
-          b'le.rpc.ErrorInfo",\n        "reason": "API_KEY_INVALID",\n        "domain": "googleapis.com"\n      }\n'
-          b'    ]\n  }\n}\n',
-     UpstreamAuthError, "Gemini rejected the API key (HTTP 400); check TEST_KEY"),
-    (429, b'{\n  "error": {\n    "code": 429,\n    "message": "You exceeded your current quota, please check your '
-          b'plan and billing details.",\n    "status": "RESOURCE_EXHAUSTED",\n    "details": [\n      {\n        "@'
-          b'type": "type.googleapis.com/google.rpc.RetryInfo",\n        "retryDelay": "1.5s"\n      }\n    ]\n  }\n}\n',
-     UpstreamRateLimited, "Gemini is rate limiting requests (HTTP 429): You exceeded your current quota"),
-])
+@pytest.mark.parametrize(
+    "status, body, kind, words",
+    [
+        (
+            400,
+            b'{\n  "error": {\n    "code": 400,\n    "message": "API key not valid. Please pass a valid API key.",\n'
+            b'    "status": "INVALID_ARGUMENT",\n    "details": [\n      {\n        "@type": "type.googleapis.com/goog'
+            b'le.rpc.ErrorInfo",\n        "reason": "API_KEY_INVALID",\n        "domain": "googleapis.com"\n      }\n'
+            b"    ]\n  }\n}\n",
+            UpstreamAuthError,
+            "Gemini rejected the API key (HTTP 400); check TEST_KEY",
+        ),
+        (
+            429,
+            b'{\n  "error": {\n    "code": 429,\n    "message": "You exceeded your current quota, please check your '
+            b'plan and billing details.",\n    "status": "RESOURCE_EXHAUSTED",\n    "details": [\n      {\n'
+            b'        "@type": "type.googleapis.com/google.rpc.RetryInfo",\n        "retryDelay": "1.5s"\n'
+            b"      }\n    ]\n  }\n}\n",
+            UpstreamRateLimited,
+            "Gemini is rate limiting requests (HTTP 429): You exceeded your current quota",
+        ),
+    ],
+)
 def test_gemini_error_bodies(status, body, kind, words):
     err = get_adapter("google").parse_error(call("google"), status, {}, body)
     assert type(err) is kind and words in str(err)

@@ -19,8 +19,14 @@ from tests.fakes.anthropic_upstream import FAKE_KEY
 
 ALL = ["completion", "vision", "thinking", "tools"]
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x01" * 20
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}},
+    },
+}
 
 
 def registry(tmp_path, fake, upstream: str = "claude-echo", env=None, base_url=True, **entry) -> Registry:
@@ -58,8 +64,12 @@ def test_text_usage_and_wire(tmp_path, anthropic_fake, stream):
     assert rec.path == "/v1/messages"
     assert rec.headers["x-api-key"] == FAKE_KEY and rec.headers["anthropic-version"] == "2023-06-01"
     assert "authorization" not in rec.headers
-    expected = {"model": "claude-echo", "max_tokens": 8192, "system": "Be brief.",
-                "messages": [{"role": "user", "content": [{"type": "text", "text": "hello world"}]}]}
+    expected = {
+        "model": "claude-echo",
+        "max_tokens": 8192,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello world"}]}],
+    }
     if stream:
         expected["stream"] = True
     assert rec.body == expected
@@ -77,16 +87,20 @@ def test_stop_sequence_and_max_tokens(tmp_path, anthropic_fake, stream):
 
 
 @pytest.mark.parametrize("stream", [True, False])
-@pytest.mark.parametrize("upstream,think,options,thinking,effort,max_tokens", [
-    ("claude-think", True, {}, {"type": "enabled", "budget_tokens": 8192}, None, 8192 + 8192),
-    ("claude-think", "high", {}, {"type": "enabled", "budget_tokens": 24576}, None, 8192 + 24576),
-    ("claude-think", "high", {"num_predict": 4000}, {"type": "enabled", "budget_tokens": 3999}, None, 4000),
-    ("claude-think", "low", {}, {"type": "enabled", "budget_tokens": 1024}, None, 8192 + 1024),
-    ("claude-think-5", True, {}, {"type": "adaptive", "display": "summarized"}, None, 8192),
-    ("claude-think-5", "medium", {}, {"type": "adaptive", "display": "summarized"}, "medium", 8192),
-])
-def test_thinking_becomes_reasoning(tmp_path, anthropic_fake, stream, upstream, think, options, thinking, effort,
-                                    max_tokens):
+@pytest.mark.parametrize(
+    "upstream,think,options,thinking,effort,max_tokens",
+    [
+        ("claude-think", True, {}, {"type": "enabled", "budget_tokens": 8192}, None, 8192 + 8192),
+        ("claude-think", "high", {}, {"type": "enabled", "budget_tokens": 24576}, None, 8192 + 24576),
+        ("claude-think", "high", {"num_predict": 4000}, {"type": "enabled", "budget_tokens": 3999}, None, 4000),
+        ("claude-think", "low", {}, {"type": "enabled", "budget_tokens": 1024}, None, 8192 + 1024),
+        ("claude-think-5", True, {}, {"type": "adaptive", "display": "summarized"}, None, 8192),
+        ("claude-think-5", "medium", {}, {"type": "adaptive", "display": "summarized"}, "medium", 8192),
+    ],
+)
+def test_thinking_becomes_reasoning(
+    tmp_path, anthropic_fake, stream, upstream, think, options, thinking, effort, max_tokens
+):
     events, done = run(registry(tmp_path, anthropic_fake, upstream), think=think, stream=stream, options=options)
     assert done.reasoning == "Let me think about this. The user wants an echo."
     assert "".join(texts(events, ReasoningDelta)) == done.reasoning
@@ -96,8 +110,9 @@ def test_thinking_becomes_reasoning(tmp_path, anthropic_fake, stream, upstream, 
     assert body.get("output_config", {}).get("effort") == effort
 
 
-@pytest.mark.parametrize("upstream,thinking,effort", [("claude-think", {"type": "disabled"}, None),
-                                                      ("claude-think-5", None, "low")])
+@pytest.mark.parametrize(
+    "upstream,thinking,effort", [("claude-think", {"type": "disabled"}, None), ("claude-think-5", None, "low")]
+)
 def test_think_false(tmp_path, anthropic_fake, upstream, thinking, effort):
     _, done = run(registry(tmp_path, anthropic_fake, upstream), think=False)
     assert done.reasoning == "" and done.text == "You said: hello world"
@@ -133,8 +148,10 @@ def test_images_and_formats(tmp_path, anthropic_fake):
     _, done = run(reg, "look", images=[base64.b64encode(PNG).decode()])
     assert done.text == "You said: look [1 image]"
     content = anthropic_fake.last().body["messages"][0]["content"]
-    assert content[0] == {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                                      "data": base64.b64encode(PNG).decode()}}
+    assert content[0] == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": base64.b64encode(PNG).decode()},
+    }
     _, done = run(reg, "hi", format={"type": "object", "properties": {"echo": {"type": "string"}}})
     assert json.loads(done.text) == {"echo": "You said: hi"}
     assert anthropic_fake.last().body["output_config"]["format"]["type"] == "json_schema"
@@ -151,18 +168,22 @@ def test_tool_round_trip(tmp_path, anthropic_fake, stream):
     assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Paris", "days": 42})]
     assert done.done_reason == "tool_calls" and done.tool_calls == calls
     body = anthropic_fake.last().body
-    assert body["tools"] == [{"name": "get_weather", "description": "Weather in a city",
-                              "input_schema": WEATHER["function"]["parameters"]}]
+    assert body["tools"] == [
+        {"name": "get_weather", "description": "Weather in a city", "input_schema": WEATHER["function"]["parameters"]}
+    ]
     assert "tool_choice" not in body and body["system"] == "Use tools."
-    history = msgs + [Message("assistant", "", tool_calls=calls),
-                      Message("tool", "sunny", tool_call_id=calls[0].id)]
+    history = msgs + [Message("assistant", "", tool_calls=calls), Message("tool", "sunny", tool_call_id=calls[0].id)]
     _, done = run(reg, None, messages=history, tools=[WEATHER], stream=stream)
     assert done.text == "Tool results: sunny" and done.done_reason == "stop"
     sent = anthropic_fake.last().body["messages"]
-    assert sent[1] == {"role": "assistant", "content": [{"type": "tool_use", "id": calls[0].id,
-                                                          "name": "get_weather", "input": calls[0].arguments}]}
-    assert sent[2] == {"role": "user", "content": [{"type": "tool_result", "tool_use_id": calls[0].id,
-                                                     "content": "sunny"}]}
+    assert sent[1] == {
+        "role": "assistant",
+        "content": [{"type": "tool_use", "id": calls[0].id, "name": "get_weather", "input": calls[0].arguments}],
+    }
+    assert sent[2] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": calls[0].id, "content": "sunny"}],
+    }
 
 
 def test_tool_choice(tmp_path, anthropic_fake):
@@ -209,8 +230,12 @@ def test_midstream_error_keeps_the_partial_answer(tmp_path, anthropic_fake):
 
 
 def test_key_and_base_url_from_the_environment(tmp_path, anthropic_fake):
-    reg = registry(tmp_path, anthropic_fake, base_url=False,
-                   env={"ANTHROPIC_API_KEY": FAKE_KEY, "ANTHROPIC_BASE_URL": anthropic_fake.base_url + "/"})
+    reg = registry(
+        tmp_path,
+        anthropic_fake,
+        base_url=False,
+        env={"ANTHROPIC_API_KEY": FAKE_KEY, "ANTHROPIC_BASE_URL": anthropic_fake.base_url + "/"},
+    )
     _, done = run(reg)
     assert done.text == "You said: hello world"
     reg = registry(tmp_path, anthropic_fake, base_url=False, env={})

@@ -55,26 +55,59 @@ CASES: list[tuple[str, str, object, str]] = [
     *[(f"{p}-trailing-garbage", p, b'{"model": "echo"} xyz', "body") for p in (G, C, OA)],
     *[(f"{p}-bad-utf8", p, b'{"model": "echo", "prompt": "\xff\xfe"}', "body") for p in (G, C, OA)],
     *[(f"{p}-deep-nesting", p, raw('{"model": "echo", "x": ' + deep(5000) + "}"), "body") for p in (G, C, OA)],
-    *[(f"{p}-50MB", p, b'{"model": "echo", "prompt": "' + b"a" * (50 * 1024 * 1024) + b'"}', "body")
-      for p in (G, C, OA)],
+    *[
+        (f"{p}-50MB", p, b'{"model": "echo", "prompt": "' + b"a" * (50 * 1024 * 1024) + b'"}', "body")
+        for p in (G, C, OA)
+    ],
     # -- model
-    *[(f"{p}-no-model", p, {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, "model")
-      for p in (G, C, OA)],
-    *[(f"{p}-model-empty", p, {"model": "", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]},
-       "model") for p in (G, C, OA)],
-    *[(f"{p}-model-number", p, {"model": 42, "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]},
-       "model") for p in (G, C, OA)],
-    *[(f"{p}-model-list", p, {"model": ["echo"], "prompt": "x", "messages": [{"role": "user", "content": "x"}]},
-       "model") for p in (G, C, OA)],
-    *[(f"{p}-model-unknown", p, {"model": "no-such-model", "prompt": "hi",
-                                 "messages": [{"role": "user", "content": "hi"}]}, "model") for p in (G, C, OA)],
+    *[
+        (f"{p}-no-model", p, {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, "model")
+        for p in (G, C, OA)
+    ],
+    *[
+        (f"{p}-model-empty", p, {"model": "", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, "model")
+        for p in (G, C, OA)
+    ],
+    *[
+        (
+            f"{p}-model-number",
+            p,
+            {"model": 42, "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]},
+            "model",
+        )
+        for p in (G, C, OA)
+    ],
+    *[
+        (
+            f"{p}-model-list",
+            p,
+            {"model": ["echo"], "prompt": "x", "messages": [{"role": "user", "content": "x"}]},
+            "model",
+        )
+        for p in (G, C, OA)
+    ],
+    *[
+        (
+            f"{p}-model-unknown",
+            p,
+            {"model": "no-such-model", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]},
+            "model",
+        )
+        for p in (G, C, OA)
+    ],
     ("model-huge-name", G, {"model": "m" * 100_000, "prompt": "hi"}, "model"),
     ("model-nul", G, {"model": "ech\u0000o", "prompt": "hi"}, "model"),
     ("model-newline", G, {"model": "echo\nInjected: line", "prompt": "hi"}, "model"),
     ("model-surrogate", OA, raw('{"model": "\\udbff", "messages": [{"role": "user", "content": "x"}]}'), "model"),
-    ("tools-surrogate-key", OA, raw('{"model": "echo", "messages": [{"role": "user", "content": "x"}], '
-                                   '"tools": [{"type": "function", "function": {"name": "f", "\\ud800": 1}}]}'),
-     "tools"),
+    (
+        "tools-surrogate-key",
+        OA,
+        raw(
+            '{"model": "echo", "messages": [{"role": "user", "content": "x"}], '
+            '"tools": [{"type": "function", "function": {"name": "f", "\\ud800": 1}}]}'
+        ),
+        "tools",
+    ),
     # -- /api/generate fields
     ("prompt-number", G, gen(prompt=42), "prompt"),
     ("prompt-object", G, gen(prompt={"text": "hi"}), "prompt"),
@@ -92,8 +125,7 @@ CASES: list[tuple[str, str, object, str]] = [
     ("temperature-negative", G, gen(options={"temperature": -1}), "temperature"),
     ("temperature-absurd", G, gen(options={"temperature": 1e308}), "temperature"),
     ("temperature-string", G, gen(options={"temperature": "0.5"}), "temperature"),
-    ("temperature-nan", G, raw('{"model": "echo", "prompt": "x", "options": {"temperature": NaN}}'),
-     "temperature"),
+    ("temperature-nan", G, raw('{"model": "echo", "prompt": "x", "options": {"temperature": NaN}}'), "temperature"),
     ("temperature-nested", G, gen(options={"temperature": {"a": [[[[]]]]}}), "temperature"),
     ("top-p-5", G, gen(options={"top_p": 5}), "top_p"),
     ("top-k-negative", G, gen(options={"top_k": -1}), "top_k"),
@@ -141,8 +173,12 @@ CASES: list[tuple[str, str, object, str]] = [
     ("chat-content-number", C, user(5), "content"),
     ("chat-content-list", C, user(["x"]), "content"),
     ("chat-content-nul", C, user("a\u0000b"), "content"),
-    ("chat-content-surrogate", C, raw('{"model": "echo", "messages": [{"role": "user", "content": "\\ud800"}]}'),
-     "content"),
+    (
+        "chat-content-surrogate",
+        C,
+        raw('{"model": "echo", "messages": [{"role": "user", "content": "\\ud800"}]}'),
+        "content",
+    ),
     ("chat-only-system", C, {"model": "echo", "messages": [{"role": "system", "content": "x"}]}, "messages"),
     ("chat-images-string", C, user("x", images="abc"), "images"),
     ("chat-image-bad-base64", C, user("x", images=["%%%"]), "image"),
@@ -150,8 +186,12 @@ CASES: list[tuple[str, str, object, str]] = [
     ("chat-image-number", C, user("x", images=[7]), "image"),
     ("chat-tools-string", C, chat(tools="abc"), "tools"),
     ("chat-tools-no-function", C, chat(tools=[{"type": "function"}]), "tools"),
-    ("chat-tool-message-stray", C, {"model": "echo", "messages": [{"role": "user", "content": "x"},
-                                                                  {"role": "tool", "content": 5}]}, "content"),
+    (
+        "chat-tool-message-stray",
+        C,
+        {"model": "echo", "messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": 5}]},
+        "content",
+    ),
     ("chat-stream-string", C, chat(stream="true"), "stream"),
     ("chat-think-extreme", C, chat(think="extreme"), "think"),
     ("chat-temperature-99", C, chat(options={"temperature": 99}), "temperature"),
@@ -168,11 +208,19 @@ CASES: list[tuple[str, str, object, str]] = [
     ("oa-content-part-audio", OA, user([{"type": "input_audio", "input_audio": {}}]), "content"),
     ("oa-content-text-number", OA, user([{"type": "text", "text": 5}]), "text"),
     ("oa-content-nul", OA, user("\u0000"), "content"),
-    ("oa-content-surrogate", OA, raw('{"model": "echo", "messages": [{"role": "user", "content": '
-                                    '[{"type": "text", "text": "\\udfff"}]}]}'), "content"),
+    (
+        "oa-content-surrogate",
+        OA,
+        raw('{"model": "echo", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}'),
+        "content",
+    ),
     ("oa-image-bad", OA, user([{"type": "image_url", "image_url": {"url": "!!!"}}]), "image"),
-    ("oa-image-not-image", OA, user([{"type": "image_url", "image_url": {"url": "data:image/png;base64,"
-                                                                        + NOT_IMAGE}}]), "image"),
+    (
+        "oa-image-not-image",
+        OA,
+        user([{"type": "image_url", "image_url": {"url": "data:image/png;base64," + NOT_IMAGE}}]),
+        "image",
+    ),
     ("oa-image-url-missing", OA, user([{"type": "image_url", "image_url": {}}]), "image"),
     ("oa-temperature-string", OA, chat(temperature="hot"), "temperature"),
     ("oa-temperature-3", OA, chat(temperature=3), "temperature"),

@@ -18,12 +18,22 @@ from tests.tmux import Pane, needs_tmux
 
 def models(url: str) -> dict:
     def m(model: str, **kw) -> dict:
-        return {"provider": "openai-compatible", "model": model, "base_url": url, "api_key_env": "FAKE_UPSTREAM_KEY",
-                **kw}
+        return {
+            "provider": "openai-compatible",
+            "model": model,
+            "base_url": url,
+            "api_key_env": "FAKE_UPSTREAM_KEY",
+            **kw,
+        }
 
-    return {"default": "m", "m": m("echo"), "slow": m("slow-100-300"), "broken": m("error-500"),
-            "reason": m("reason-deepseek", capabilities=["completion", "thinking"]),
-            "mid": m("error-midstream")}
+    return {
+        "default": "m",
+        "m": m("echo"),
+        "slow": m("slow-100-300"),
+        "broken": m("error-500"),
+        "reason": m("reason-deepseek", capabilities=["completion", "thinking"]),
+        "mid": m("error-midstream"),
+    }
 
 
 @pytest.fixture
@@ -73,6 +83,7 @@ def bodies(fake, before: int) -> list[dict]:
 
 
 # -- the terminal -------------------------------------------------------------------------
+
 
 @needs_tmux
 def test_a_conversation_at_the_prompt(chat, openai_fake):
@@ -145,7 +156,7 @@ def test_set_and_show(chat, openai_fake):
     assert body["messages"][0] == {"role": "system", "content": "Answer like a pirate."}
     assert body["temperature"] == 0.25 and body["top_p"] == 0.5 and body["stop"] == ["END", "two words"]
     screen = say(pane, "/show", "tokens", 9)
-    show = screen[screen.rindex("/show"):]
+    show = screen[screen.rindex("/show") :]
     assert "model         m (openai-compatible: echo)" in show
     assert "Answer like a pirate." in show and "think         off" in show
     assert "temperature=0.25" in show and "top_p=0.5" in show
@@ -227,7 +238,8 @@ def test_several_lines_between_triple_quotes(chat, openai_fake):
     pane.wait_for("You said: first line")
     pane.wait_for(">>> ", count=2)
     assert bodies(openai_fake, before)[-1]["messages"] == [
-        {"role": "user", "content": "first line\nsecond line\nthird"}]
+        {"role": "user", "content": "first line\nsecond line\nthird"}
+    ]
 
 
 @needs_tmux
@@ -253,6 +265,7 @@ def test_unknown_model_fails_before_the_prompt(home, env):
 
 
 # -- piped ---------------------------------------------------------------------------------
+
 
 def test_piped_each_line_is_a_turn_and_only_answers_are_printed(home, env, openai_fake):
     before = openai_fake.mark()
@@ -294,7 +307,10 @@ def test_piped_chat_then_generate_continues_it(home, env, openai_fake):
     p = run_gencli(["generate", "-c", "which code word?"], env, home)
     assert p.returncode == 0, p.stderr
     assert [m["content"] for m in bodies(openai_fake, before)[-1]["messages"]] == [
-        "the code word is mango", "You said: the code word is mango", "which code word?"]
+        "the code word is mango",
+        "You said: the code word is mango",
+        "which code word?",
+    ]
     # and chat -c carries on from generate
     before = openai_fake.mark()
     p = run_gencli(["chat", "-c"], env, home, input=b"and again?\n")
@@ -305,7 +321,8 @@ def test_piped_chat_then_generate_continues_it(home, env, openai_fake):
 def test_piped_chat_never_imports_rich(home, env):
     p = run_gencli(["chat", "-m", "m"], dict(env, PYTHONPROFILEIMPORTTIME="1"), home, input=b"hi\n")
     assert p.returncode == 0, p.stderr
-    imported = {line.split("|")[-1].strip() for line in p.stderr.decode().splitlines()
-                if line.startswith("import time:")}
+    imported = {
+        line.split("|")[-1].strip() for line in p.stderr.decode().splitlines() if line.startswith("import time:")
+    }
     assert "gencli.engine" in imported
     assert not {m for m in imported if m.split(".")[0] in ("rich", "pygments", "markdown_it", "readline")}

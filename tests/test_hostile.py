@@ -35,9 +35,29 @@ MEMORY_MB = 1024  # the server's address-space limit in these tests
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 24
 ENV = {"MALLOC_ARENA_MAX": "2"}  # keeps the address space of a few threads small and predictable
 
-ARGS = ["--max-body-mb", "4", "--header-timeout", "1", "--body-timeout", "1", "--keep-alive", "3",
-        "--max-connections", "64", "--max-images", "4", "--max-images-mb", "8", "--image-memory-mb", "12",
-        "--image-fetches", "2", "--allow-private-images", "--allowed-hosts", "my.lan, *.corp.example"]
+ARGS = [
+    "--max-body-mb",
+    "4",
+    "--header-timeout",
+    "1",
+    "--body-timeout",
+    "1",
+    "--keep-alive",
+    "3",
+    "--max-connections",
+    "64",
+    "--max-images",
+    "4",
+    "--max-images-mb",
+    "8",
+    "--image-memory-mb",
+    "12",
+    "--image-fetches",
+    "2",
+    "--allow-private-images",
+    "--allowed-hosts",
+    "my.lan, *.corp.example",
+]
 
 
 class Images(ThreadedServer):
@@ -53,8 +73,7 @@ class Images(ThreadedServer):
 
     def peak(self, since: float = 0.0) -> int:
         """The most whole downloads in progress at once (started after ``since``)."""
-        edges = sorted([(s, 1) for s, e in self.whole if s >= since] + [(e, -1) for s, e in self.whole
-                                                                        if s >= since])
+        edges = sorted([(s, 1) for s, e in self.whole if s >= since] + [(e, -1) for s, e in self.whole if s >= since])
         peak = now = 0
         for _, step in edges:
             now += step
@@ -103,13 +122,15 @@ def images():
 
 @pytest.fixture(scope="module")
 def hostile(openai_fake, tmp_path_factory):
-    s = ServeProcess(tmp_path_factory.mktemp("hostile"), models_json(openai_fake.base_url), args=ARGS, env=ENV,
-                     memory_mb=MEMORY_MB)
+    s = ServeProcess(
+        tmp_path_factory.mktemp("hostile"), models_json(openai_fake.base_url), args=ARGS, env=ENV, memory_mb=MEMORY_MB
+    )
     yield s
     s.stop()
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
 
 def connect(server: ServeProcess, timeout: float = 10) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
@@ -191,6 +212,7 @@ def post_raw(server: ServeProcess, path: str, body: bytes, timeout: float = 30) 
 
 # -- 2. error-path amplification ---------------------------------------------------------------
 
+
 def test_a_nan_deep_in_a_large_body_is_named_in_linear_time(hostile):
     works(hostile)
     start_watch(hostile)
@@ -239,8 +261,7 @@ def test_a_template_that_repeats_the_prompt_is_refused_before_it_grows(hostile, 
     assert took < 5 and growth_mb(hostile) < 60
     assert openai_fake.since(mark) == []
     # keep_alive, logprobs and top_logprobs are checked by type and range
-    for extra in ({"keep_alive": "9" * 400}, {"keep_alive": [1] * 1000}, {"top_logprobs": 10**18},
-                  {"logprobs": "yes"}):
+    for extra in ({"keep_alive": "9" * 400}, {"keep_alive": [1] * 1000}, {"top_logprobs": 10**18}, {"logprobs": "yes"}):
         r = httpx.post(hostile.url + "/api/generate", json={"model": "echo", "prompt": "x", **extra}, timeout=30)
         assert r.status_code == 400 and len(r.content) < 500, (extra, r.text[:200])
     works(hostile)
@@ -248,11 +269,12 @@ def test_a_template_that_repeats_the_prompt_is_refused_before_it_grows(hostile, 
 
 # -- 3. decompression -----------------------------------------------------------------------------
 
+
 def _context(payload_json: bytes) -> list[int]:
     payload = zlib.compress(payload_json, 9)
     blob = b"gc\x01" + struct.pack(">II", zlib.crc32(payload), len(payload)) + payload
     blob += b"\0" * (-len(blob) % 3)
-    return [int.from_bytes(blob[i:i + 3], "big") for i in range(0, len(blob), 3)]
+    return [int.from_bytes(blob[i : i + 3], "big") for i in range(0, len(blob), 3)]
 
 
 def test_a_context_bomb_is_refused_before_it_inflates(hostile):
@@ -271,17 +293,18 @@ def test_a_context_bomb_is_refused_before_it_inflates(hostile):
     assert r.status_code == 400 and "longer than" in r.json()["error"]
     # a real context under the limit still works
     first = httpx.post(hostile.url + "/api/generate", json={"model": "echo", "prompt": "one"}, timeout=30).json()
-    again = httpx.post(hostile.url + "/api/generate", json={"model": "echo", "prompt": "two",
-                                                            "context": first["context"]}, timeout=30)
+    again = httpx.post(
+        hostile.url + "/api/generate", json={"model": "echo", "prompt": "two", "context": first["context"]}, timeout=30
+    )
     assert again.status_code == 200
     works(hostile)
 
 
 # -- 4. image fan-out -------------------------------------------------------------------------------
 
+
 def _chat_with_images(urls: list[str]) -> dict:
-    return {"model": "echo", "stream": False,
-            "messages": [{"role": "user", "content": "look", "images": urls}]}
+    return {"model": "echo", "stream": False, "messages": [{"role": "user", "content": "look", "images": urls}]}
 
 
 def test_image_count_and_bytes_per_request_are_bounded(hostile, images, openai_fake):
@@ -291,8 +314,11 @@ def test_image_count_and_bytes_per_request_are_bounded(hostile, images, openai_f
     hits = images.hits
     r = httpx.post(hostile.url + "/api/chat", json=_chat_with_images([images.url(19)] * 40), timeout=30)
     assert r.status_code == 400 and "too many images: 40" in r.json()["error"] and "--max-images" in r.json()["error"]
-    r = httpx.post(hostile.url + "/api/generate", json={"model": "echo", "prompt": "x",
-                                                        "images": [images.url(19)] * 40}, timeout=30)
+    r = httpx.post(
+        hostile.url + "/api/generate",
+        json={"model": "echo", "prompt": "x", "images": [images.url(19)] * 40},
+        timeout=30,
+    )
     assert r.status_code == 400 and "too many images" in r.json()["error"]
     assert images.hits == hits
     # 4 URLs of 3 MB: the third passes the 8 MB a request, and the download stops there
@@ -302,8 +328,16 @@ def test_image_count_and_bytes_per_request_are_bounded(hostile, images, openai_f
     assert time.monotonic() - t < 15
     assert images.hits - hits == 3
     # a declared Content-Length over what is left is refused from the header
-    r = httpx.post(hostile.url + "/v1/chat/completions", timeout=60, json={"model": "echo", "messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": images.url(9, declare=1)}}]}]})
+    r = httpx.post(
+        hostile.url + "/v1/chat/completions",
+        timeout=60,
+        json={
+            "model": "echo",
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": images.url(9, declare=1)}}]}
+            ],
+        },
+    )
     assert r.status_code == 413 and "--max-images-mb" in r.json()["error"]["message"]
     assert openai_fake.since(mark) == []  # nothing went upstream
     assert growth_mb(hostile) < 120
@@ -321,8 +355,9 @@ def test_image_fetches_and_bytes_in_flight_are_bounded_process_wide(hostile, ima
     results: list[httpx.Response] = []
 
     def one() -> None:
-        results.append(httpx.post(hostile.url + "/api/chat", timeout=120,
-                                  json=_chat_with_images([images.url(2.5, slow=1)] * 2)))
+        results.append(
+            httpx.post(hostile.url + "/api/chat", timeout=120, json=_chat_with_images([images.url(2.5, slow=1)] * 2))
+        )
 
     threads = [threading.Thread(target=one) for _ in range(6)]
     for th in threads:
@@ -342,6 +377,7 @@ def test_image_fetches_and_bytes_in_flight_are_bounded_process_wide(hostile, ima
 
 
 # -- 5. transport, before auth ----------------------------------------------------------------------
+
 
 def test_an_endless_header_is_431_at_the_limit(hostile):
     start_watch(hostile)
@@ -411,8 +447,10 @@ def test_slow_headers_get_408_and_a_silent_socket_is_closed(hostile):
 
 def test_a_stalled_body_gets_408(hostile):
     sock = connect(hostile)
-    sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 100\r\n\r\n{\"model\": ")
+    sock.sendall(
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"model": '
+    )
     t0 = time.monotonic()
     closed, got = closed_within(sock, 6)
     assert closed and got.startswith(b"HTTP/1.1 408"), got[:200]
@@ -422,7 +460,7 @@ def test_a_stalled_body_gets_408(hostile):
     sock = connect(hostile)
     sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % len(body))
     for i in range(0, len(body), 4):
-        sock.sendall(body[i:i + 4])
+        sock.sendall(body[i : i + 4])
         time.sleep(0.3)
     got = read_responses(sock)
     assert got[0][0] == 200 and json.loads(got[0][2])["response"] == "You said: drip"
@@ -448,8 +486,10 @@ def test_idle_sockets_cannot_lock_clients_out(hostile):
 
 def test_connections_past_the_limit_with_requests_in_progress_get_503(hostile):
     busy = []
-    request = (b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n%s")
+    request = (
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s"
+    )
     body = json.dumps({"model": "slow", "prompt": "x", "stream": True}).encode()  # 200 tokens, 100 ms each
     try:
         for _ in range(64):
@@ -488,10 +528,12 @@ def test_open_file_limit_is_raised_to_the_hard_limit(hostile):
 def test_pipelined_requests_are_answered_in_order(hostile):
     body = json.dumps({"model": "echo", "prompt": "second"}).encode()
     sock = connect(hostile)
-    sock.sendall(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n"
-                 b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s"
-                 b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\n\r\n"
-                 b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n" % (len(body), body))
+    sock.sendall(
+        b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s"
+        b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n" % (len(body), body)
+    )
     got = read_responses(sock, 4)
     assert [g[0] for g in got] == [200, 200, 200, 404]
     assert json.loads(got[0][2]) == {"version": OLLAMA_VERSION}
@@ -502,7 +544,7 @@ def test_pipelined_requests_are_answered_in_order(hostile):
 def test_a_chunked_body_in_tiny_chunks_is_collected_in_linear_time(hostile):
     start_watch(hostile)
     payload = json.dumps({"model": "echo", "prompt": "p" * 300_000}).encode()
-    chunked = b"".join(b"1\r\n" + payload[i:i + 1] + b"\r\n" for i in range(len(payload))) + b"0\r\n\r\n"
+    chunked = b"".join(b"1\r\n" + payload[i : i + 1] + b"\r\n" for i in range(len(payload))) + b"0\r\n\r\n"
     sock = connect(hostile, timeout=60)
     t0 = time.monotonic()
     sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
@@ -512,17 +554,23 @@ def test_a_chunked_body_in_tiny_chunks_is_collected_in_linear_time(hostile):
     assert growth_mb(hostile) < 60
 
 
-@pytest.mark.parametrize("request_bytes, status", [
-    (b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"5\r\nhello\r\n0\r\n\r\n", 400),
-    (b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n", 400),
-    (b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n\r\n", 400),
-    (b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 9999999999999999999999\r\n\r\n", 400),
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
-    (b"GET / HTTP/9.9\r\n\r\n", 400),
-    (b"GET /\x00 HTTP/1.1\r\n\r\n", 400),
-])
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (
+            b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n",
+            400,
+        ),
+        (b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n", 400),
+        (b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n\r\n", 400),
+        (b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 9999999999999999999999\r\n\r\n", 400),
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
+        (b"GET / HTTP/9.9\r\n\r\n", 400),
+        (b"GET /\x00 HTTP/1.1\r\n\r\n", 400),
+    ],
+)
 def test_bad_framing_is_400_and_the_server_keeps_serving(hostile, request_bytes, status):
     sock = connect(hostile)
     sock.sendall(request_bytes)
@@ -536,8 +584,10 @@ def test_bad_framing_is_400_and_the_server_keeps_serving(hostile, request_bytes,
 def test_expect_100_continue(hostile, openai_fake):
     body = json.dumps({"model": "echo", "prompt": "after continue"}).encode()
     sock = connect(hostile)
-    sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
-                 b"Content-Length: %d\r\n\r\n" % len(body))
+    sock.sendall(
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
     assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
     sock.sendall(body)
     got = read_responses(sock)
@@ -545,8 +595,10 @@ def test_expect_100_continue(hostile, openai_fake):
     # a body over the limit is refused without a 100, so the client never sends it
     mark = openai_fake.mark()
     sock = connect(hostile)
-    sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
-                 b"Content-Length: %d\r\n\r\n" % (64 * MB))
+    sock.sendall(
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % (64 * MB)
+    )
     got = read_responses(sock)
     assert got[0][0] == 413 and got[0][1].get("connection") == "close"
     assert openai_fake.since(mark) == []
@@ -554,7 +606,9 @@ def test_expect_100_continue(hostile, openai_fake):
 
 def test_head_has_headers_and_no_body(hostile):
     sock = connect(hostile)
-    sock.sendall(b"HEAD /api/tags HTTP/1.1\r\nHost: localhost\r\n\r\nGET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    sock.sendall(
+        b"HEAD /api/tags HTTP/1.1\r\nHost: localhost\r\n\r\nGET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
     data = b""
     deadline = time.monotonic() + 5
     while data.count(b"HTTP/1.1 200") < 2 and time.monotonic() < deadline:
@@ -582,12 +636,28 @@ def test_a_client_that_stops_reading_is_dropped(hostile, openai_fake):
 
 # -- 6. DNS rebinding ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("host, ok", [
-    ("localhost", True), ("localhost:11434", True), ("app.localhost:8080", True), ("127.0.0.1", True),
-    ("127.0.0.5:1", True), ("[::1]:11434", True), ("[::1]", True), ("my.lan", True), ("my.lan:1234", True),
-    ("a.corp.example", True), ("rebind.attacker.example", False), ("evil.example:11434", False),
-    ("localhost.attacker.example", False), ("10.0.0.1", False), ("corp.example", False), ("[::2]", False),
-])
+
+@pytest.mark.parametrize(
+    "host, ok",
+    [
+        ("localhost", True),
+        ("localhost:11434", True),
+        ("app.localhost:8080", True),
+        ("127.0.0.1", True),
+        ("127.0.0.5:1", True),
+        ("[::1]:11434", True),
+        ("[::1]", True),
+        ("my.lan", True),
+        ("my.lan:1234", True),
+        ("a.corp.example", True),
+        ("rebind.attacker.example", False),
+        ("evil.example:11434", False),
+        ("localhost.attacker.example", False),
+        ("10.0.0.1", False),
+        ("corp.example", False),
+        ("[::2]", False),
+    ],
+)
 def test_host_allowlist_on_a_loopback_bind(hostile, host, ok):
     for method, path in (("GET", "/api/tags"), ("POST", "/api/show"), ("GET", "/api/ps"), ("GET", "/")):
         r = httpx.request(method, hostile.url + path, headers={"Host": host}, json={"model": "echo"}, timeout=10)
@@ -596,8 +666,12 @@ def test_host_allowlist_on_a_loopback_bind(hostile, host, ok):
         else:
             assert r.status_code == 403, (host, path, r.text)
             assert "host not allowed" in r.json()["error"] and "--allowed-hosts" in r.json()["error"]
-    r = httpx.post(hostile.url + "/v1/chat/completions", headers={"Host": host}, timeout=10,
-                   json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(
+        hostile.url + "/v1/chat/completions",
+        headers={"Host": host},
+        timeout=10,
+        json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == (200 if ok else 403)
     if not ok:
         assert r.json()["error"]["code"] == "host_not_allowed"
@@ -630,31 +704,36 @@ class EchoingUpstream(ThreadedServer):
         if mode == "forms":
             from urllib.parse import quote
 
-            text = (f"{key.upper()} | {key.lower()} | {quote(key + '/+')} | {base64.b64encode(key.encode()).decode()}"
-                    f" | https://x.example/v1?key={key}&q=1 | SK-PROJ-AbCdEf0123456789")
+            text = (
+                f"{key.upper()} | {key.lower()} | {quote(key + '/+')} | {base64.b64encode(key.encode()).decode()}"
+                f" | https://x.example/v1?key={key}&q=1 | SK-PROJ-AbCdEf0123456789"
+            )
             return web.json_response({"error": {"message": text}}, status=400)
-        return web.json_response({"error": {"message": f"rejected {auth}"}}, status=429,
-                                 headers={"Retry-After": "0"})
+        return web.json_response({"error": {"message": f"rejected {auth}"}}, status=429, headers={"Retry-After": "0"})
 
 
 def test_upstream_errors_never_show_a_key(openai_fake, tmp_path_factory):
     upstream = EchoingUpstream().start()
     base = f"http://127.0.0.1:{upstream.port}/v1"
-    models = {m: {"provider": "openai-compatible", "model": m, "base_url": base, "api_key_env": "ECHO_KEY"}
-              for m in ("cut", "basic", "forms", "plain")}
-    server = ServeProcess(tmp_path_factory.mktemp("echo"), models, env={"ECHO_KEY": ECHO_KEY, **ENV,
-                                                                          "GENCLI_RETRIES": "0"})
+    models = {
+        m: {"provider": "openai-compatible", "model": m, "base_url": base, "api_key_env": "ECHO_KEY"}
+        for m in ("cut", "basic", "forms", "plain")
+    }
+    server = ServeProcess(
+        tmp_path_factory.mktemp("echo"), models, env={"ECHO_KEY": ECHO_KEY, **ENV, "GENCLI_RETRIES": "0"}
+    )
     try:
         for model in models:
-            for route, body in (("/api/generate", {"model": model, "prompt": "x"}),
-                                ("/v1/chat/completions", {"model": model,
-                                                          "messages": [{"role": "user", "content": "x"}]})):
+            for route, body in (
+                ("/api/generate", {"model": model, "prompt": "x"}),
+                ("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "x"}]}),
+            ):
                 r = httpx.post(server.url + route, json=body, timeout=30)
                 assert r.status_code >= 400
                 text = r.text
                 assert "[redacted]" in text, text
                 low = text.lower()
-                fragments = {ECHO_KEY[i:i + 8].lower() for i in range(len(ECHO_KEY) - 7)}
+                fragments = {ECHO_KEY[i : i + 8].lower() for i in range(len(ECHO_KEY) - 7)}
                 assert not [f for f in fragments if f in low], text
                 assert "sk-proj-abcdef" not in low
         log = server.stderr().lower()

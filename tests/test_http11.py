@@ -107,10 +107,21 @@ def make_app(events: list):
                 msg = await receive()
                 chunks.append(msg.get("body", b""))
                 more = msg.get("more_body", False)
-            body = json.dumps({"path": path, "query": scope["query_string"].decode(), "method": scope["method"],
-                               "body": len(b"".join(chunks))}).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+            body = json.dumps(
+                {
+                    "path": path,
+                    "query": scope["query_string"].decode(),
+                    "method": scope["method"],
+                    "body": len(b"".join(chunks)),
+                }
+            ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     return app

@@ -86,8 +86,12 @@ class RawServer:
 
 
 def reply(body: bytes = BODY, status: str = "200 OK", extra: bytes = b"") -> bytes:
-    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n".encode()
-            + extra + b"\r\n" + body)
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n".encode()
+        + extra
+        + b"\r\n"
+        + body
+    )
 
 
 async def fetch(pool: hc.Pool, url: str, body: bytes | None = b"{}") -> tuple[int, bytes]:
@@ -107,8 +111,9 @@ def run(coro):
 CORPUS = {
     "content-length": reply(),
     "chunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-    "chunked, extensions and trailers": (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
-                                         b"5;ext=1\r\nhello\r\n0\r\nx-trailer: 1\r\n\r\n"),
+    "chunked, extensions and trailers": (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nx-trailer: 1\r\n\r\n"
+    ),
     "until close": b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nthe body ends with the connection",
     "204": b"HTTP/1.1 204 No Content\r\n\r\n",
     "100 then 200": b"HTTP/1.1 100 Continue\r\n\r\n" + reply(),
@@ -194,13 +199,19 @@ def test_the_corpus_holds_both_kinds():
 
 # -- the client's own bounds --------------------------------------------------------------------
 
-@pytest.mark.parametrize("raw, message", [
-    (b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-h%d: v\r\n" % i for i in range(300)) + b"content-length: 0\r\n\r\n",
-     "more than 200 headers"),
-    (b"HTTP/1.1 200 OK\r\nx-big: " + b"v" * 70_000 + b"\r\ncontent-length: 0\r\n\r\n", "larger than 64 KB"),
-    (b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 2\r\n\r\nok", "unsupported content-encoding"),
-    (b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 9\r\n\r\nnot gzip!", "damaged"),
-])
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-h%d: v\r\n" % i for i in range(300)) + b"content-length: 0\r\n\r\n",
+            "more than 200 headers",
+        ),
+        (b"HTTP/1.1 200 OK\r\nx-big: " + b"v" * 70_000 + b"\r\ncontent-length: 0\r\n\r\n", "larger than 64 KB"),
+        (b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 2\r\n\r\nok", "unsupported content-encoding"),
+        (b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 9\r\n\r\nnot gzip!", "damaged"),
+    ],
+)
 def test_bounds_on_the_head_and_encodings(raw, message):
     async def main():
         async with RawServer(lambda n, req: raw, close=lambda n: True) as up:
@@ -262,6 +273,7 @@ def test_a_header_with_a_line_break_is_refused_before_sending():
 
 
 # -- the pool -------------------------------------------------------------------------------
+
 
 def test_connections_are_reused_and_the_request_is_what_was_asked():
     async def main():
@@ -365,6 +377,7 @@ def test_an_idle_connection_past_idle_timeout_is_closed_while_others_work():
 
 
 # -- timeouts, cancellation, flow control ----------------------------------------------------------
+
 
 def test_read_timeouts_before_and_during_the_answer():
     async def main():
@@ -477,6 +490,7 @@ def test_a_slow_reader_pauses_reading_and_gets_every_byte():
 
 # -- TLS and proxies -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory):
     return make_ca(tmp_path_factory.mktemp("ca"))
@@ -533,8 +547,9 @@ class Proxy(RawServer):
             host, port = hostport.rsplit(":", 1)
             up_reader, up_writer = await asyncio.open_connection(host, int(port))
             rest = head.replace(target, b"/" + path.encode(), 1)
-            rest = b"\r\n".join(line for line in rest.split(b"\r\n")
-                                if not line.lower().startswith(b"proxy-authorization:"))
+            rest = b"\r\n".join(
+                line for line in rest.split(b"\r\n") if not line.lower().startswith(b"proxy-authorization:")
+            )
             up_writer.write(rest)
 
         async def pipe(src, dst):
@@ -564,7 +579,9 @@ def test_plain_http_through_a_proxy_in_absolute_form(monkeypatch, credentials):
             assert await fetch(pool, up.url) == (200, BODY)
             assert proxy.heads[0].startswith(b"POST http://127.0.0.1:%d/v1/chat/completions HTTP/1.1" % up.port)
             assert up.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1")
-            assert b"roxy-authorization" not in up.requests[0].lower()  # the upstream never sees the proxy's credentials
+            assert (
+                b"roxy-authorization" not in up.requests[0].lower()
+            )  # the upstream never sees the proxy's credentials
             await pool.close()
 
     run(main())
@@ -572,15 +589,16 @@ def test_plain_http_through_a_proxy_in_absolute_form(monkeypatch, credentials):
 
 def test_https_through_a_connect_tunnel_with_credentials(monkeypatch, ca):
     async def main():
-        async with RawServer(lambda n, req: reply(), ssl_context=ca.server_context()) as up, \
-                Proxy("u:pw") as proxy:
+        async with RawServer(lambda n, req: reply(), ssl_context=ca.server_context()) as up, Proxy("u:pw") as proxy:
             monkeypatch.setenv("HTTPS_PROXY", f"http://u:pw@127.0.0.1:{proxy.port}")
             monkeypatch.setenv("NO_PROXY", "")
             pool = hc.Pool(ssl_context=ca.client_context())
             assert await fetch(pool, up.url) == (200, BODY)
             assert await fetch(pool, up.url) == (200, BODY)  # the tunnel is kept alive and reused
-            assert proxy.heads == [b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
-                                   b"Proxy-Authorization: Basic dTpwdw==\r\n\r\n" % (up.port, up.port)]
+            assert proxy.heads == [
+                b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                b"Proxy-Authorization: Basic dTpwdw==\r\n\r\n" % (up.port, up.port)
+            ]
             assert up.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1")
             await pool.close()
             monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")  # no credentials: 407
@@ -607,6 +625,7 @@ def test_no_proxy_bypasses_the_proxy(monkeypatch):
 
 # -- end to end: gencli serve to a TLS upstream, directly and through a proxy --------------------
 
+
 class InThread:
     """Runs an async server (RawServer, Proxy) on an event loop in a thread."""
 
@@ -626,16 +645,17 @@ class InThread:
 
 
 def openai_answer(n, req):
-    return reply(b'{"id": "c", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": '
-                 b'"assistant", "content": "over TLS"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, '
-                 b'"completion_tokens": 2}}')
+    return reply(
+        b'{"id": "c", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": '
+        b'"assistant", "content": "over TLS"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, '
+        b'"completion_tokens": 2}}'
+    )
 
 
 def test_gencli_serve_reaches_a_tls_upstream_directly_and_through_a_proxy(tmp_path, ca):
     with InThread(RawServer(openai_answer, ssl_context=ca.server_context())) as up, InThread(Proxy()) as proxy:
         models = {"m": {"provider": "openai-compatible", "model": "x", "base_url": up.url + "/v1"}}
-        for name, env in (("direct", {}),
-                          ("proxy", {"HTTPS_PROXY": proxy.url, "NO_PROXY": "", "no_proxy": ""})):
+        for name, env in (("direct", {}), ("proxy", {"HTTPS_PROXY": proxy.url, "NO_PROXY": "", "no_proxy": ""})):
             s = ServeProcess(tmp_path / name, models, env={"SSL_CERT_FILE": str(ca.ca_pem), **env})
             try:
                 r = httpx.post(s.url + "/api/generate", json={"model": "m", "prompt": "hi"}, timeout=30)

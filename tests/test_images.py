@@ -14,8 +14,9 @@ GIF = b"GIF89a" + b"\0" * 16
 ALL = ("image/jpeg", "image/png", "image/webp", "image/gif")
 
 
-@pytest.mark.parametrize("data, mime", [(PNG, "image/png"), (JPEG, "image/jpeg"), (WEBP, "image/webp"),
-                                        (GIF, "image/gif")])
+@pytest.mark.parametrize(
+    "data, mime", [(PNG, "image/png"), (JPEG, "image/jpeg"), (WEBP, "image/webp"), (GIF, "image/gif")]
+)
 def test_sniffs_format_from_bytes(data, mime):
     assert images.sniff(data) == mime
     assert images.from_bytes(data, "image 1", ALL).mime == mime

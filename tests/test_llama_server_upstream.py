@@ -29,9 +29,28 @@ def llama_server(tmp_path_factory):
     port = free_port()
     log = open(tmp / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(SMOL), "--model_alias", "smollm2-upstream",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "false"],
-        env=clean_env(tmp), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(SMOL),
+            "--model_alias",
+            "smollm2-upstream",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--verbose",
+            "false",
+        ],
+        env=clean_env(tmp),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 90
     try:
@@ -59,14 +78,28 @@ def llama_server(tmp_path_factory):
 def models_dir(llama_server, tmp_path) -> Path:
     work = tmp_path / "work"
     work.mkdir()
-    (work / "models.json").write_text(json.dumps({
-        "llama-up": {"provider": "openai-compatible", "model": "smollm2-upstream", "base_url": llama_server},
-    }))
+    (work / "models.json").write_text(
+        json.dumps(
+            {
+                "llama-up": {"provider": "openai-compatible", "model": "smollm2-upstream", "base_url": llama_server},
+            }
+        )
+    )
     return work
 
 
-ARGS = ["generate", "-m", "llama-up", "Why is the sky blue?", "--seed", "11", "--num-predict", "16",
-        "--temperature", "0.3"]
+ARGS = [
+    "generate",
+    "-m",
+    "llama-up",
+    "Why is the sky blue?",
+    "--seed",
+    "11",
+    "--num-predict",
+    "16",
+    "--temperature",
+    "0.3",
+]
 
 
 def test_generate_streamed_and_not_against_llama_cpp_server(models_dir, tmp_path):

@@ -75,17 +75,36 @@ def test_json_stream_counts_real_tokens(tmp_path, workdir):
 def test_format_json_and_schema_constrain_the_output(tmp_path, workdir):
     ask = 'Reply with a JSON object with the keys "name" and "color" for a cat.'
     for mode in ([], ["--no-stream"]):
-        r = gencli(["generate", ask, "--format", "json", "--seed", "7", "--num-predict", "200", *mode],
-                   tmp_path, workdir)
+        r = gencli(
+            ["generate", ask, "--format", "json", "--seed", "7", "--num-predict", "200", *mode], tmp_path, workdir
+        )
         assert r.returncode == 0, r.stderr
         assert isinstance(json.loads(r.stdout), dict)
 
     schema = tmp_path / "schema.json"
-    schema.write_text(json.dumps({"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
-                                                                   "age": {"type": "integer"}},
-                                  "required": ["name", "age"]}))
-    r = gencli(["generate", "A cat named Tom, 3 years old, as JSON.", "--format", str(schema), "--seed", "7",
-                "--num-predict", "200"], tmp_path, workdir)
+    schema.write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+                "required": ["name", "age"],
+            }
+        )
+    )
+    r = gencli(
+        [
+            "generate",
+            "A cat named Tom, 3 years old, as JSON.",
+            "--format",
+            str(schema),
+            "--seed",
+            "7",
+            "--num-predict",
+            "200",
+        ],
+        tmp_path,
+        workdir,
+    )
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout)
     assert set(obj) == {"name", "age"} and isinstance(obj["name"], str) and isinstance(obj["age"], int)
@@ -112,10 +131,19 @@ def test_models_marks_smollm2_as_default_and_ready(tmp_path, workdir):
 
 def _without(modules: list[str], args: list[str], tmp_path: Path, workdir: Path):
     """Run gencli in a Python where ``modules`` cannot be imported (as if not installed)."""
-    code = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules) + \
-        "from gencli.cli import main\nsys.argv = ['gencli', *sys.argv[1:]]\nmain()\n"
-    return subprocess.run([sys.executable, "-c", code, *args], env=clean_env(tmp_path), cwd=workdir,
-                          stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    code = (
+        "import sys\n"
+        + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
+        + "from gencli.cli import main\nsys.argv = ['gencli', *sys.argv[1:]]\nmain()\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=clean_env(tmp_path),
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def test_missing_extra_says_how_to_install_it(tmp_path, workdir):
@@ -140,14 +168,20 @@ def test_missing_or_corrupt_gguf_names_the_path(tmp_path, workdir):
     truncated = workdir / "truncated.gguf"
     with open(SMOL, "rb") as src:
         truncated.write_bytes(src.read(8 << 20))  # the header survives, the tensors do not
-    (workdir / "models.json").write_text(json.dumps({
-        "gone": {"provider": "local", "path": "nowhere/model.gguf"},
-        "garbage": {"provider": "local", "path": "garbage.gguf"},
-        "truncated": {"provider": "local", "path": str(truncated)},
-    }))
-    for name, path, words in (("gone", workdir / "nowhere" / "model.gguf", "not found"),
-                              ("garbage", garbage, "not a GGUF file"),
-                              ("truncated", truncated, "corrupt")):
+    (workdir / "models.json").write_text(
+        json.dumps(
+            {
+                "gone": {"provider": "local", "path": "nowhere/model.gguf"},
+                "garbage": {"provider": "local", "path": "garbage.gguf"},
+                "truncated": {"provider": "local", "path": str(truncated)},
+            }
+        )
+    )
+    for name, path, words in (
+        ("gone", workdir / "nowhere" / "model.gguf", "not found"),
+        ("garbage", garbage, "not a GGUF file"),
+        ("truncated", truncated, "corrupt"),
+    ):
         r = gencli(["generate", "-m", name, "hi"], tmp_path, workdir)
         err = r.stderr.decode()
         assert r.returncode == 1, err
@@ -161,9 +195,18 @@ def test_a_models_json_entry_can_name_any_gguf_file(tmp_path, workdir):
     copy = workdir / "models" / "smol.gguf"
     copy.parent.mkdir()
     shutil.copyfile(SMOL, copy)
-    (workdir / "models.json").write_text(json.dumps({
-        "mine": {"provider": "local", "path": "models/smol.gguf", "options": {"temperature": 0.2, "top_p": 0.9}},
-        "default": "mine"}))
+    (workdir / "models.json").write_text(
+        json.dumps(
+            {
+                "mine": {
+                    "provider": "local",
+                    "path": "models/smol.gguf",
+                    "options": {"temperature": 0.2, "top_p": 0.9},
+                },
+                "default": "mine",
+            }
+        )
+    )
     r = gencli(["generate", PROMPT, *SEEDED], tmp_path, workdir)
     assert r.returncode == 0, r.stderr
     builtin = gencli(["generate", "-m", "smollm2", PROMPT, *SEEDED], tmp_path, workdir)
@@ -258,8 +301,9 @@ def test_queue_is_bounded():
 
 def test_prompt_longer_than_the_context_is_a_clear_error(tmp_path):
     # the context a model is loaded with is its models.json entry's num_ctx, never a request's
-    (tmp_path / "models.json").write_text(json.dumps({"tiny": {
-        "provider": "local", "path": str(SMOL), "options": {"num_ctx": 64}}}))
+    (tmp_path / "models.json").write_text(
+        json.dumps({"tiny": {"provider": "local", "path": str(SMOL), "options": {"num_ctx": 64}}})
+    )
     tiny = Registry.load(env=clean_env(tmp_path), cwd=tmp_path)
     req = GenerateRequest(model="tiny", prompt="sky " * 300, options={"num_predict": 4})
     with pytest.raises(Exception) as exc:
@@ -290,13 +334,16 @@ def test_serve_generates_with_smollm2_through_the_ollama_client(local_server):
     r = client.generate(model="smollm2", prompt=PROMPT, options={"seed": 42, "num_predict": 16})
     assert r.done and r.eval_count == 16 and r.done_reason == "length" and r.prompt_eval_count > 5
     assert len(r.response.split()) >= 5
-    parts = list(client.generate(model="smollm2", prompt=PROMPT, stream=True,
-                                 options={"seed": 42, "num_predict": 16}))
+    parts = list(client.generate(model="smollm2", prompt=PROMPT, stream=True, options={"seed": 42, "num_predict": 16}))
     assert len(parts) >= 8 and parts[-1].done and parts[-1].eval_count == 16
     assert "".join(p.response for p in parts).strip()
     ask = 'Reply with a JSON object with the keys "name" and "color" for a cat.'
-    chat = client.chat(model="smollm2", messages=[{"role": "user", "content": ask}],
-                       format="json", options={"seed": 7, "num_predict": 200})
+    chat = client.chat(
+        model="smollm2",
+        messages=[{"role": "user", "content": ask}],
+        format="json",
+        options={"seed": 7, "num_predict": 200},
+    )
     assert isinstance(json.loads(chat.message.content), dict)
 
 
@@ -345,8 +392,13 @@ def test_one_generation_at_a_time_then_503_and_disconnect_frees_the_model(local_
     url = local_server.url + "/api/generate"
     # a schema that forces a long answer (at least 1000 numbers), so A holds the model whatever it samples
     long_answer = {"type": "array", "items": {"type": "integer"}, "minItems": 1000}
-    body = {"model": "smollm2", "prompt": "List numbers.", "stream": True, "format": long_answer,
-            "options": {"seed": 5, "num_predict": 3000}}
+    body = {
+        "model": "smollm2",
+        "prompt": "List numbers.",
+        "stream": True,
+        "format": long_answer,
+        "options": {"seed": 5, "num_predict": 3000},
+    }
     with httpx.Client(timeout=120) as a_client, a_client.stream("POST", url, json=body) as a:
         assert a.status_code == 200
         lines = a.iter_lines()
@@ -379,9 +431,14 @@ def test_ctrl_c_stops_the_cli_at_once(tmp_path, workdir):
 
     from tests.conftest import GENCLI
 
-    proc = subprocess.Popen([GENCLI, "generate", PROMPT, "--seed", "1", "--num-predict", "3000"],
-                            env=clean_env(tmp_path), cwd=workdir, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [GENCLI, "generate", PROMPT, "--seed", "1", "--num-predict", "3000"],
+        env=clean_env(tmp_path),
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert proc.stdout.read(1)  # generation has started
         sent = time.monotonic()
@@ -400,9 +457,15 @@ def test_raw_prompt_and_logprobs_in_process(tmp_path):
     from gencli.providers.llama import runner
 
     reg = registry(tmp_path)
-    req = GenerateRequest(model="smollm2", prompt="<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n",
-                          raw=True, stream=True, logprobs=True, top_logprobs=3,
-                          options={"seed": 1, "num_predict": 6, "temperature": 0})
+    req = GenerateRequest(
+        model="smollm2",
+        prompt="<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n",
+        raw=True,
+        stream=True,
+        logprobs=True,
+        top_logprobs=3,
+        options={"seed": 1, "num_predict": 6, "temperature": 0},
+    )
     events = list(engine.execute(engine.prepare(req, reg), transport=None))
     done = events[-1]
     # the chat template is not applied again: the prompt is its own 15-odd tokens

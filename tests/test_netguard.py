@@ -30,19 +30,39 @@ MB = 1024 * 1024
 # -- the decision ------------------------------------------------------------------------------
 
 REFUSED = [
-    ("127.0.0.1", "loopback"), ("127.255.255.254", "loopback"), ("::1", "loopback"),
-    ("10.0.0.1", "private"), ("172.16.5.4", "private"), ("172.31.255.255", "private"),
-    ("192.168.1.1", "private"), ("fc00::1", "unique-local"), ("fd12:3456::1", "unique-local"),
-    ("169.254.169.254", "link-local"), ("169.254.0.1", "link-local"), ("fe80::1", "link-local"),
+    ("127.0.0.1", "loopback"),
+    ("127.255.255.254", "loopback"),
+    ("::1", "loopback"),
+    ("10.0.0.1", "private"),
+    ("172.16.5.4", "private"),
+    ("172.31.255.255", "private"),
+    ("192.168.1.1", "private"),
+    ("fc00::1", "unique-local"),
+    ("fd12:3456::1", "unique-local"),
+    ("169.254.169.254", "link-local"),
+    ("169.254.0.1", "link-local"),
+    ("fe80::1", "link-local"),
     ("fe80::1%eth0", "link-local"),
-    ("224.0.0.1", "multicast"), ("239.255.255.250", "multicast"), ("ff02::1", "multicast"),
-    ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("0.1.2.3", "private"),
-    ("255.255.255.255", "broadcast"), ("240.0.0.1", "reserved"), ("100.64.0.1", "shared address space"),
-    ("192.0.2.1", "private"), ("198.51.100.7", "private"), ("203.0.113.9", "private"),
-    ("198.18.0.1", "private"), ("2001:db8::1", "private"), ("fec0::1", "site-local"),
+    ("224.0.0.1", "multicast"),
+    ("239.255.255.250", "multicast"),
+    ("ff02::1", "multicast"),
+    ("0.0.0.0", "unspecified"),
+    ("::", "unspecified"),
+    ("0.1.2.3", "private"),
+    ("255.255.255.255", "broadcast"),
+    ("240.0.0.1", "reserved"),
+    ("100.64.0.1", "shared address space"),
+    ("192.0.2.1", "private"),
+    ("198.51.100.7", "private"),
+    ("203.0.113.9", "private"),
+    ("198.18.0.1", "private"),
+    ("2001:db8::1", "private"),
+    ("fec0::1", "site-local"),
     # IPv6 forms that carry an IPv4 address
-    ("::ffff:127.0.0.1", "loopback"), ("::ffff:169.254.169.254", "link-local"),
-    ("::ffff:10.1.2.3", "private"), ("::127.0.0.1", "reserved"),
+    ("::ffff:127.0.0.1", "loopback"),
+    ("::ffff:169.254.169.254", "link-local"),
+    ("::ffff:10.1.2.3", "private"),
+    ("::127.0.0.1", "reserved"),
     ("2002:7f00:0001::1", "loopback"),  # 6to4 of 127.0.0.1
     ("2002:a9fe:a9fe::1", "link-local"),  # 6to4 of 169.254.169.254
     ("2002:c0a8:0101::", "private"),  # 6to4 of 192.168.1.1
@@ -50,12 +70,24 @@ REFUSED = [
     ("64:ff9b::7f00:1", "loopback"),  # NAT64 of 127.0.0.1
     ("64:ff9b:1::1", "private"),
     ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "private"),  # Teredo
-    ("not-an-ip", "not an IP address"), ("", "not an IP address"),
+    ("not-an-ip", "not an IP address"),
+    ("", "not an IP address"),
 ]
 
-PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.215.14", "2606:4700:4700::1111", "2a00:1450:4001:82a::200e",
-          "::ffff:8.8.8.8", "2002:0808:0808::1", "64:ff9b::808:808", "172.32.0.1", "100.128.0.1",
-          "11.0.0.1", "192.169.0.1"]
+PUBLIC = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "93.184.215.14",
+    "2606:4700:4700::1111",
+    "2a00:1450:4001:82a::200e",
+    "::ffff:8.8.8.8",
+    "2002:0808:0808::1",
+    "64:ff9b::808:808",
+    "172.32.0.1",
+    "100.128.0.1",
+    "11.0.0.1",
+    "192.169.0.1",
+]
 
 
 @pytest.mark.parametrize("ip,kind", REFUSED)
@@ -71,8 +103,21 @@ def test_public_addresses(ip):
     assert netguard.address_problem(ip, allow_private=True) is None
 
 
-@pytest.mark.parametrize("ip", ["127.0.0.1", "::1", "10.0.0.1", "192.168.1.1", "169.254.169.254", "fe80::1",
-                                "fd00::1", "::ffff:127.0.0.1", "2002:7f00:1::1", "100.64.0.1"])
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "127.0.0.1",
+        "::1",
+        "10.0.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "fe80::1",
+        "fd00::1",
+        "::ffff:127.0.0.1",
+        "2002:7f00:1::1",
+        "100.64.0.1",
+    ],
+)
 def test_allow_private_lets_private_through(ip):
     assert netguard.address_problem(ip) is not None
     assert netguard.address_problem(ip, allow_private=True) is None
@@ -83,16 +128,19 @@ def test_allow_private_still_refuses_the_rest(ip):
     assert netguard.address_problem(ip, allow_private=True) is not None
 
 
-@pytest.mark.parametrize("url,message", [
-    ("http://169.254.169.254/latest/meta-data/", "link-local"),
-    ("http://[::ffff:169.254.169.254]/", "link-local"),
-    ("http://10.0.0.1/x.png", "private"),
-    ("http://[fe80::1%25eth0]/x.png", "link-local"),
-    ("ftp://example.com/x.png", "only http(s)"),
-    ("file:///etc/passwd", "only http(s)"),
-    ("http:///x.png", "only http(s)"),
-    ("http://example.com:99999/x.png", "not a valid URL"),
-])
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://[::ffff:169.254.169.254]/", "link-local"),
+        ("http://10.0.0.1/x.png", "private"),
+        ("http://[fe80::1%25eth0]/x.png", "link-local"),
+        ("ftp://example.com/x.png", "only http(s)"),
+        ("file:///etc/passwd", "only http(s)"),
+        ("http:///x.png", "only http(s)"),
+        ("http://example.com:99999/x.png", "not a valid URL"),
+    ],
+)
 def test_check_url_refuses_before_connecting(url, message):
     with pytest.raises(ImageError, match=re.escape(message)):
         netguard.check_url(url, "image", allow_private=False)
@@ -100,6 +148,7 @@ def test_check_url_refuses_before_connecting(url, message):
 
 def test_resolver_decides_on_resolved_names():
     """localhost resolves (from /etc/hosts) to loopback: refused, unless allowed."""
+
     async def go(allow):
         return await netguard.GuardedResolver(allow).resolve("localhost", 80, socket.AF_UNSPEC)
 
@@ -111,6 +160,7 @@ def test_resolver_decides_on_resolved_names():
 
 
 # -- a local image server -----------------------------------------------------------------------
+
 
 class ImageServer:
     """Serves images, redirects, oversized and non-image bodies on 127.0.0.1."""
@@ -237,20 +287,29 @@ def strict(openai_fake, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lenient(openai_fake, tmp_path_factory):
-    s = ServeProcess(tmp_path_factory.mktemp("lenient"), models_json(openai_fake.base_url),
-                     args=["--allow-private-images"])
+    s = ServeProcess(
+        tmp_path_factory.mktemp("lenient"), models_json(openai_fake.base_url), args=["--allow-private-images"]
+    )
     yield s
     s.stop()
 
 
 def generate(server: ServeProcess, image: str) -> httpx.Response:
-    return httpx.post(server.url + "/api/generate",
-                      json={"model": "echo", "prompt": "describe", "images": [image]}, timeout=60)
+    return httpx.post(
+        server.url + "/api/generate", json={"model": "echo", "prompt": "describe", "images": [image]}, timeout=60
+    )
 
 
 def chat_openai(server: ServeProcess, image: str) -> httpx.Response:
-    body = {"model": "echo", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": image}}]}]}
+    body = {
+        "model": "echo",
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": image}}],
+            }
+        ],
+    }
     return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
 
 
@@ -262,6 +321,7 @@ def sent_image(openai_fake) -> bytes:
 
 
 # -- through the server ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "127.1", "2130706433"])
 def test_server_refuses_loopback_by_default(strict, images, host):
@@ -275,12 +335,20 @@ def test_server_refuses_loopback_by_default(strict, images, host):
 
 
 def test_server_refuses_metadata_address_on_all_routes(strict):
-    for r in (generate(strict, "http://169.254.169.254/latest/meta-data/iam/"),
-              chat_openai(strict, "http://169.254.169.254/latest/meta-data/iam/")):
+    for r in (
+        generate(strict, "http://169.254.169.254/latest/meta-data/iam/"),
+        chat_openai(strict, "http://169.254.169.254/latest/meta-data/iam/"),
+    ):
         assert r.status_code == 400, r.text
         assert "link-local" in r.text
-    r = httpx.post(strict.url + "/api/chat", json={"model": "echo", "messages": [
-        {"role": "user", "content": "x", "images": ["http://[::ffff:a9fe:a9fe]/"]}]}, timeout=30)
+    r = httpx.post(
+        strict.url + "/api/chat",
+        json={
+            "model": "echo",
+            "messages": [{"role": "user", "content": "x", "images": ["http://[::ffff:a9fe:a9fe]/"]}],
+        },
+        timeout=30,
+    )
     assert r.status_code == 400 and "link-local" in r.text, r.text
 
 
@@ -357,6 +425,7 @@ def test_server_keeps_serving(lenient, strict):
 
 # -- the time cap (in-process, on the real function) --------------------------------------------
 
+
 def test_total_time_cap(images):
     async def go():
         session = netguard.image_session(allow_private=True)
@@ -387,6 +456,7 @@ def test_fetch_refuses_loopback_without_allow(images):
 def test_a_host_name_idna_cannot_encode_is_an_image_error(host):
     """An empty label or one over 63 characters fails in the resolver's IDNA encoding, before
     any lookup: a 400-class ImageError naming it, not a 500 (found by the fuzz on count_tokens)."""
+
     async def go():
         session = netguard.image_session(allow_private=False)
         try:

@@ -30,10 +30,16 @@ ENV = {"OPENAI_API_KEY": FAKE_KEY, "OPENROUTER_API_KEY": FAKE_KEY, "COMPAT_KEY":
 
 def png_bytes() -> bytes:
     """A valid 1x1 PNG."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +55,7 @@ def registry(openai_fake, tmp_path_factory) -> Registry:
         return {"provider": "openrouter", "model": model, "base_url": url, **kw}
 
     def cp(model, **kw):
-        return {"provider": "openai-compatible", "model": model, "base_url": url, "api_key_env": "COMPAT_KEY",
-                **kw}
+        return {"provider": "openai-compatible", "model": model, "base_url": url, "api_key_env": "COMPAT_KEY", **kw}
 
     models = {
         "oa-echo": oa("echo", capabilities=vision),
@@ -101,6 +106,7 @@ def parts(events: list) -> tuple[str, str, Done]:
 
 
 # -- plain generation ------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model", ["oa-echo", "or-echo", "cp-echo"])
 @pytest.mark.parametrize("stream", [True, False])
@@ -173,11 +179,15 @@ def test_system_message_goes_first(registry, openai_fake):
 
 # -- reasoning forms -----------------------------------------------------------
 
+
 def reasoning_first(events: list) -> bool:
     kinds = [type(e) for e in events if type(e) in (TextDelta, ReasoningDelta)]
     first_text = kinds.index(TextDelta)
-    return ReasoningDelta in kinds and all(k is ReasoningDelta for k in kinds[:first_text]) \
+    return (
+        ReasoningDelta in kinds
+        and all(k is ReasoningDelta for k in kinds[:first_text])
         and ReasoningDelta not in kinds[first_text:]
+    )
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -236,8 +246,16 @@ def test_context_keeps_only_the_answer_not_the_reasoning(registry, openai_fake):
 
 # -- options mapping -------------------------------------------------------------
 
-OPTS = {"temperature": 0.5, "top_p": 0.9, "top_k": 40, "num_predict": 64, "stop": ["END", "STOP"],
-        "seed": 1234, "presence_penalty": 0.1, "frequency_penalty": 0.2}
+OPTS = {
+    "temperature": 0.5,
+    "top_p": 0.9,
+    "top_k": 40,
+    "num_predict": 64,
+    "stop": ["END", "STOP"],
+    "seed": 1234,
+    "presence_penalty": 0.1,
+    "frequency_penalty": 0.2,
+}
 
 
 def body_without_messages(fake) -> dict:
@@ -249,8 +267,14 @@ def body_without_messages(fake) -> dict:
 def test_options_for_openai(registry, openai_fake):
     run(registry, "oa-echo", options=OPTS, stream=False)
     assert body_without_messages(openai_fake) == {
-        "model": "echo", "temperature": 0.5, "top_p": 0.9, "max_completion_tokens": 64,
-        "stop": ["END", "STOP"], "seed": 1234, "presence_penalty": 0.1, "frequency_penalty": 0.2,
+        "model": "echo",
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "max_completion_tokens": 64,
+        "stop": ["END", "STOP"],
+        "seed": 1234,
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.2,
     }
 
 
@@ -258,9 +282,17 @@ def test_options_for_openai(registry, openai_fake):
 def test_options_for_openrouter_and_compatible(registry, openai_fake, model):
     run(registry, model, options={**OPTS, "repeat_penalty": 1.1, "min_p": 0.05}, stream=False)
     assert body_without_messages(openai_fake) == {
-        "model": "echo", "temperature": 0.5, "top_p": 0.9, "max_tokens": 64, "stop": ["END", "STOP"],
-        "seed": 1234, "presence_penalty": 0.1, "frequency_penalty": 0.2, "top_k": 40,
-        "repetition_penalty": 1.1, "min_p": 0.05,
+        "model": "echo",
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "max_tokens": 64,
+        "stop": ["END", "STOP"],
+        "seed": 1234,
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.2,
+        "top_k": 40,
+        "repetition_penalty": 1.1,
+        "min_p": 0.05,
     }
 
 
@@ -310,7 +342,9 @@ def test_format_schema(registry, openai_fake):
     text, _, _ = parts(run(registry, "oa-json", "yo", format=schema, stream=False))
     assert json.loads(text)["you_said"] == "yo"
     assert openai_fake.last().body["response_format"] == {
-        "type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": schema},
+    }
 
 
 def test_bad_format_is_refused(registry):
@@ -318,8 +352,9 @@ def test_bad_format_is_refused(registry):
         run(registry, "oa-json", format="yaml")
 
 
-@pytest.mark.parametrize("think,expected", [
-    (True, {"enabled": True}), (False, {"exclude": True}), ("high", {"effort": "high"})])
+@pytest.mark.parametrize(
+    "think,expected", [(True, {"enabled": True}), (False, {"exclude": True}), ("high", {"effort": "high"})]
+)
 def test_openrouter_reasoning_controls(registry, openai_fake, think, expected):
     events = run(registry, "or-reason", think=think)
     assert openai_fake.last().body["reasoning"] == expected
@@ -354,18 +389,28 @@ def test_think_value_is_validated(registry):
 
 # -- images ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("form", ["bytes", "base64", "data-url", "urlsafe-nopad"])
 def test_images_become_data_urls(registry, openai_fake, form):
     raw = png_bytes()
     b64 = base64.b64encode(raw).decode()
-    value = {"bytes": raw, "base64": b64, "data-url": f"data:image/png;base64,{b64}",
-             "urlsafe-nopad": base64.urlsafe_b64encode(raw).decode().rstrip("=")}[form]
+    value = {
+        "bytes": raw,
+        "base64": b64,
+        "data-url": f"data:image/png;base64,{b64}",
+        "urlsafe-nopad": base64.urlsafe_b64encode(raw).decode().rstrip("="),
+    }[form]
     text, _, _ = parts(run(registry, "or-echo", "what is this?", images=[value]))
     assert text == "You said: what is this? [1 image]"
-    assert openai_fake.last().body["messages"] == [{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"},
-        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}},
-    ]}]
+    assert openai_fake.last().body["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}},
+            ],
+        }
+    ]
 
 
 def test_not_an_image_is_refused(registry, openai_fake):
@@ -384,6 +429,7 @@ def test_image_to_a_model_without_vision_is_refused(registry):
 
 # -- errors ----------------------------------------------------------------------
 
+
 def test_401_names_the_variable_never_the_key(registry):
     with pytest.raises(UpstreamAuthError) as err:
         run(registry, "oa-401")
@@ -397,8 +443,7 @@ def test_401_names_the_variable_never_the_key(registry):
 def test_wrong_key_is_rejected_by_the_fake_and_not_echoed(openai_fake, tmp_path):
     secret = "sk-wrong-SECRET-value-0000"
     path = tmp_path / "models.json"
-    path.write_text(json.dumps({"m": {"provider": "openrouter", "model": "echo",
-                                      "base_url": openai_fake.base_url}}))
+    path.write_text(json.dumps({"m": {"provider": "openrouter", "model": "echo", "base_url": openai_fake.base_url}}))
     reg = Registry.load(path=str(path), env={"OPENROUTER_API_KEY": secret})
     with pytest.raises(UpstreamAuthError) as err:
         run(reg, "m")
@@ -490,8 +535,9 @@ def test_connections_are_closed_after_a_run_and_when_the_reader_stops(tmp_path):
     fake = FakeOpenAI(api_key=None).start()
     try:
         path = tmp_path / "models.json"
-        path.write_text(json.dumps({"slow": {"provider": "openai-compatible", "model": "slow-10-100",
-                                             "base_url": fake.base_url}}))
+        path.write_text(
+            json.dumps({"slow": {"provider": "openai-compatible", "model": "slow-10-100", "base_url": fake.base_url}})
+        )
         reg = Registry.load(path=str(path), env={})
         transport = HttpxTransport(tls=False)
         events = engine.execute(engine.prepare(GenerateRequest(model="slow", prompt="x"), reg), transport)
@@ -521,8 +567,9 @@ def test_compatible_without_key_sends_no_authorization(tmp_path):
     fake = FakeOpenAI(api_key=None).start()
     try:
         path = tmp_path / "models.json"
-        path.write_text(json.dumps({"m": {"provider": "openai-compatible", "model": "echo",
-                                          "base_url": fake.base_url}}))
+        path.write_text(
+            json.dumps({"m": {"provider": "openai-compatible", "model": "echo", "base_url": fake.base_url}})
+        )
         text, _, _ = parts(run(Registry.load(path=str(path), env={}), "m", "local"))
         assert text == "You said: local"
         assert "authorization" not in fake.last().headers
@@ -532,12 +579,14 @@ def test_compatible_without_key_sends_no_authorization(tmp_path):
 
 # -- context round trip ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_context_round_trip(registry, openai_fake, stream):
     _, _, first = parts(run(registry, "or-echo", "my name is Ada", system="sys", stream=stream))
     assert first.context and all(0 <= i < 2**24 for i in first.context)
-    _, _, second = parts(run(registry, "or-echo", "what is my name?", system="sys", context=first.context,
-                             stream=stream))
+    _, _, second = parts(
+        run(registry, "or-echo", "what is my name?", system="sys", context=first.context, stream=stream)
+    )
     assert openai_fake.last().body["messages"] == [
         {"role": "system", "content": "sys"},
         {"role": "user", "content": "my name is Ada"},
@@ -546,8 +595,13 @@ def test_context_round_trip(registry, openai_fake, stream):
     ]
     run(registry, "oa-echo", "third", context=second.context)
     msgs = openai_fake.last().body["messages"]
-    assert [m["content"] for m in msgs] == ["my name is Ada", "You said: my name is Ada", "what is my name?",
-                                             "You said: what is my name?", "third"]
+    assert [m["content"] for m in msgs] == [
+        "my name is Ada",
+        "You said: my name is Ada",
+        "what is my name?",
+        "You said: what is my name?",
+        "third",
+    ]
 
 
 def test_damaged_context_is_refused(registry, openai_fake):
@@ -563,8 +617,9 @@ def test_damaged_context_is_refused(registry, openai_fake):
 
 
 def test_messages_request_has_no_context(registry, openai_fake):
-    req = GenerateRequest(model="cp-echo", messages=[Message("user", "a"), Message("assistant", "b"),
-                                                     Message("user", "c")])
+    req = GenerateRequest(
+        model="cp-echo", messages=[Message("user", "a"), Message("assistant", "b"), Message("user", "c")]
+    )
     transport = HttpxTransport(tls=False)
     try:
         events = list(engine.execute(engine.prepare(req, registry), transport))
@@ -576,8 +631,11 @@ def test_messages_request_has_no_context(registry, openai_fake):
 
 
 def test_env_base_url_is_used_by_the_builtin_provider(openai_fake, tmp_path):
-    env = {"OPENAI_API_KEY": FAKE_KEY, "OPENAI_BASE_URL": openai_fake.base_url + "/",
-           "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env = {
+        "OPENAI_API_KEY": FAKE_KEY,
+        "OPENAI_BASE_URL": openai_fake.base_url + "/",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
     reg = Registry.load(env=env, cwd=tmp_path)  # no models.json anywhere: the built-ins
     text, _, _ = parts(run(reg, "gpt-5-nano", "builtin", options={"num_predict": 9}))
     assert text == "You said: builtin"

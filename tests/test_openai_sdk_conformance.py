@@ -54,8 +54,9 @@ def test_non_streamed(client, openai_fake):
 
 
 def test_streamed_with_usage(client, openai_fake):
-    stream = client.chat.completions.create(model="echo", messages=MSG, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="echo", messages=MSG, stream=True, stream_options={"include_usage": True}
+    )
     chunks, content, _, finish, usage = collect(stream)
     assert content == "You said: hello sdk"
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -68,7 +69,8 @@ def test_streamed_with_usage(client, openai_fake):
 
 def test_streamed_without_usage_has_no_usage_chunk(client):
     chunks, content, _, finish, usage = collect(
-        client.chat.completions.create(model="tokens-5", messages=MSG, stream=True))
+        client.chat.completions.create(model="tokens-5", messages=MSG, stream=True)
+    )
     assert content == "tok0 tok1 tok2 tok3 tok4" and finish == "stop" and usage is None
     assert all(ch.choices for ch in chunks)
 
@@ -83,20 +85,27 @@ def test_openrouter_reasoning_fields(client):
     resp = client.chat.completions.create(model="reason-openrouter", messages=MSG)
     extra = resp.choices[0].message.model_extra
     assert extra["reasoning"] == "Let me think about this."
-    assert extra["reasoning_details"][0] == {"type": "reasoning.text", "text": "Let me think about this.",
-                                             "format": "unknown", "index": 0}
+    assert extra["reasoning_details"][0] == {
+        "type": "reasoning.text",
+        "text": "Let me think about this.",
+        "format": "unknown",
+        "index": 0,
+    }
     assert resp.choices[0].message.content == "The answer is 42."
-    chunks, content, reasoning, _, _ = collect(client.chat.completions.create(
-        model="reason-openrouter", messages=MSG, stream=True))
+    chunks, content, reasoning, _, _ = collect(
+        client.chat.completions.create(model="reason-openrouter", messages=MSG, stream=True)
+    )
     assert reasoning == "Let me think about this." and content == "The answer is 42."
-    thinking_deltas = [c.choices[0].delta for c in chunks if c.choices and (c.choices[0].delta.model_extra or {})
-                       .get("reasoning")]
+    thinking_deltas = [
+        c.choices[0].delta for c in chunks if c.choices and (c.choices[0].delta.model_extra or {}).get("reasoning")
+    ]
     assert thinking_deltas and all(d.content == "" for d in thinking_deltas)  # content is "" while it thinks
 
 
 def test_openrouter_exclude_reasoning(client, openai_fake):
-    resp = client.chat.completions.create(model="reason-openrouter", messages=MSG,
-                                          extra_body={"reasoning": {"exclude": True}})
+    resp = client.chat.completions.create(
+        model="reason-openrouter", messages=MSG, extra_body={"reasoning": {"exclude": True}}
+    )
     assert "reasoning" not in (resp.choices[0].message.model_extra or {})
     assert openai_fake.last().body["reasoning"] == {"exclude": True}
 
@@ -104,11 +113,13 @@ def test_openrouter_exclude_reasoning(client, openai_fake):
 def test_deepseek_reasoning_content(client):
     resp = client.chat.completions.create(model="reason-deepseek", messages=MSG)
     assert resp.choices[0].message.model_extra["reasoning_content"] == "Hmm, the user wants an answer."
-    chunks, content, reasoning, _, _ = collect(client.chat.completions.create(
-        model="reason-deepseek", messages=MSG, stream=True))
+    chunks, content, reasoning, _, _ = collect(
+        client.chat.completions.create(model="reason-deepseek", messages=MSG, stream=True)
+    )
     assert reasoning == "Hmm, the user wants an answer." and content == "Here it is: 42."
-    thinking = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.model_extra
-                .get("reasoning_content")]
+    thinking = [
+        c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.model_extra.get("reasoning_content")
+    ]
     assert thinking and all(d.content is None for d in thinking)  # content is null while it thinks
 
 
@@ -118,8 +129,7 @@ def test_think_tags_arrive_split_in_content(client):
 
 
 def test_keepalive_comments_and_length(client):
-    _, content, _, finish, _ = collect(client.chat.completions.create(model="keepalive", messages=MSG,
-                                                                      stream=True))
+    _, content, _, finish, _ = collect(client.chat.completions.create(model="keepalive", messages=MSG, stream=True))
     assert content == "You said: hello sdk" and finish == "stop"
     resp = client.chat.completions.create(model="length", messages=MSG)
     assert resp.choices[0].finish_reason == "length"
@@ -127,10 +137,18 @@ def test_keepalive_comments_and_length(client):
 
 def test_image_parts_and_sampling_fields(client, openai_fake):
     b64 = base64.b64encode(png_bytes()).decode()
-    content = [{"type": "text", "text": "look"},
-               {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}}]
-    resp = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": content}],
-                                          temperature=0.1, seed=3, stop=["x"], max_tokens=20)
+    content = [
+        {"type": "text", "text": "look"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}},
+    ]
+    resp = client.chat.completions.create(
+        model="echo",
+        messages=[{"role": "user", "content": content}],
+        temperature=0.1,
+        seed=3,
+        stop=["x"],
+        max_tokens=20,
+    )
     assert resp.choices[0].message.content == "You said: look [1 image]"
     body = openai_fake.last().body
     assert body["messages"][0]["content"] == content
@@ -152,12 +170,15 @@ def test_reasoning_model_rejects_max_tokens(client):
     assert resp.choices[0].message.content == "You said: hello sdk"
 
 
-@pytest.mark.parametrize("model,exc,status,code", [
-    ("error-401", openai.AuthenticationError, 401, "invalid_api_key"),
-    ("error-404", openai.NotFoundError, 404, "model_not_found"),
-    ("error-429", openai.RateLimitError, 429, "rate_limit_exceeded"),
-    ("error-500", openai.InternalServerError, 500, None),
-])
+@pytest.mark.parametrize(
+    "model,exc,status,code",
+    [
+        ("error-401", openai.AuthenticationError, 401, "invalid_api_key"),
+        ("error-404", openai.NotFoundError, 404, "model_not_found"),
+        ("error-429", openai.RateLimitError, 429, "rate_limit_exceeded"),
+        ("error-500", openai.InternalServerError, 500, None),
+    ],
+)
 @pytest.mark.parametrize("stream", [False, True])
 def test_error_statuses(client, model, exc, status, code, stream):
     with pytest.raises(exc) as err:
@@ -195,8 +216,9 @@ def test_models_list(client):
 def test_async_client_streams(openai_fake):
     async def main():
         async with openai.AsyncOpenAI(api_key=FAKE_KEY, base_url=openai_fake.base_url, max_retries=0) as c:
-            stream = await c.chat.completions.create(model="tokens-20", messages=MSG, stream=True,
-                                                     stream_options={"include_usage": True})
+            stream = await c.chat.completions.create(
+                model="tokens-20", messages=MSG, stream=True, stream_options={"include_usage": True}
+            )
             text, usage = [], None
             async for chunk in stream:
                 usage = chunk.usage or usage

@@ -27,20 +27,25 @@ def test_each_provider_takes_its_own_options():
     assert taken["openai"] == ({"temperature": 0.5}, ["top_k", "min_p", "typical_p", "num_ctx", "mirostat"])
     assert taken["google"] == ({"temperature": 0.5, "top_k": 20}, ["min_p", "typical_p", "num_ctx", "mirostat"])
     assert taken["openai-compatible"][0] == {"temperature": 0.5, "top_k": 20, "min_p": 0.1}
-    assert taken["local"] == ({"temperature": 0.5, "top_k": 20, "min_p": 0.1, "typical_p": 0.9},
-                              ["num_ctx", "mirostat"])
+    assert taken["local"] == (
+        {"temperature": 0.5, "top_k": 20, "min_p": 0.1, "typical_p": 0.9},
+        ["num_ctx", "mirostat"],
+    )
     for spec in PROVIDERS.values():  # load-time options are never taken from a request
         assert not set(spec.options) & opts.RUNNER_NAMES
 
 
-@pytest.mark.parametrize("raw, field", [
-    ({"temperature": "hot"}, "options.temperature"),
-    ({"temperature": float("inf")}, "options.temperature"),
-    ({"top_k": 2.5}, "options.top_k"),
-    ({"seed": True}, "options.seed"),
-    ({"stop": [1]}, "options.stop"),
-    ({"num_predict": 10**9}, "options.num_predict"),
-])
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        ({"temperature": "hot"}, "options.temperature"),
+        ({"temperature": float("inf")}, "options.temperature"),
+        ({"top_k": 2.5}, "options.top_k"),
+        ({"seed": True}, "options.seed"),
+        ({"stop": [1]}, "options.stop"),
+        ({"num_predict": 10**9}, "options.num_predict"),
+    ],
+)
 def test_a_bad_value_of_a_known_option_is_a_400_naming_it(raw, field):
     with pytest.raises(UsageError) as info:
         opts.check(raw, PROVIDERS["local"].options)
@@ -48,8 +53,9 @@ def test_a_bad_value_of_a_known_option_is_a_400_naming_it(raw, field):
 
 
 def test_defaults_and_nulls_are_dropped_and_integers_normalised():
-    got, ignored = opts.check({"num_predict": -1, "seed": 4.0, "stop": "END", "top_p": None},
-                              PROVIDERS["local"].options)
+    got, ignored = opts.check(
+        {"num_predict": -1, "seed": 4.0, "stop": "END", "top_p": None}, PROVIDERS["local"].options
+    )
     assert got == {"seed": 4, "stop": ["END"]} and ignored == []
 
 
@@ -68,15 +74,24 @@ def _registry(tmp_path, entry: dict) -> Registry:
     return Registry.load(str(path), env={})
 
 
-@pytest.mark.parametrize("entry, words", [
-    ({"provider": "local", "path": "x.gguf", "options": {"num_thread": 2147483647}},
-     "options.num_thread is 2147483647; it must be from 1 to 1024"),
-    ({"provider": "openai", "model": "gpt-4o-mini", "options": {"num_thread": 4}},
-     "unknown option 'num_thread' for this provider"),
-    ({"provider": "google", "model": "gemini-2.5-flash", "options": {"temperature": 5}},
-     "options.temperature is 5; it must be from 0 to 2"),
-    ({"provider": "local", "path": "x.gguf", "options": {"flash": True}}, "unknown option 'flash'"),
-])
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        (
+            {"provider": "local", "path": "x.gguf", "options": {"num_thread": 2147483647}},
+            "options.num_thread is 2147483647; it must be from 1 to 1024",
+        ),
+        (
+            {"provider": "openai", "model": "gpt-4o-mini", "options": {"num_thread": 4}},
+            "unknown option 'num_thread' for this provider",
+        ),
+        (
+            {"provider": "google", "model": "gemini-2.5-flash", "options": {"temperature": 5}},
+            "options.temperature is 5; it must be from 0 to 2",
+        ),
+        ({"provider": "local", "path": "x.gguf", "options": {"flash": True}}, "unknown option 'flash'"),
+    ],
+)
 def test_models_json_options_are_checked_at_load(tmp_path, entry, words):
     with pytest.raises(ConfigError) as info:
         _registry(tmp_path, entry)
@@ -84,21 +99,35 @@ def test_models_json_options_are_checked_at_load(tmp_path, entry, words):
 
 
 def test_models_json_sets_the_load_options_and_sampling_defaults(tmp_path):
-    reg = _registry(tmp_path, {"provider": "local", "path": "x.gguf", "options": {
-        "num_ctx": 512.0, "num_thread": 2, "num_batch": 64, "num_gpu": 0, "temperature": 0.3}})
-    assert reg.models["m"].options == {"num_ctx": 512, "num_thread": 2, "num_batch": 64, "num_gpu": 0,
-                                       "temperature": 0.3}
+    reg = _registry(
+        tmp_path,
+        {
+            "provider": "local",
+            "path": "x.gguf",
+            "options": {"num_ctx": 512.0, "num_thread": 2, "num_batch": 64, "num_gpu": 0, "temperature": 0.3},
+        },
+    )
+    assert reg.models["m"].options == {
+        "num_ctx": 512,
+        "num_thread": 2,
+        "num_batch": 64,
+        "num_gpu": 0,
+        "temperature": 0.3,
+    }
 
 
 def test_cli_warns_about_an_option_the_provider_does_not_take(tmp_path, workdir, openai_fake):
-    (workdir / "models.json").write_text(json.dumps({"oa": {
-        "provider": "openai", "model": "echo", "base_url": openai_fake.base_url}}))
-    r = run_gencli(["generate", "-m", "oa", "--top-k", "5", "--temperature", "0.2", "hello"],
-                   clean_env(tmp_path, OPENAI_API_KEY=FAKE_KEY), workdir)
+    (workdir / "models.json").write_text(
+        json.dumps({"oa": {"provider": "openai", "model": "echo", "base_url": openai_fake.base_url}})
+    )
+    r = run_gencli(
+        ["generate", "-m", "oa", "--top-k", "5", "--temperature", "0.2", "hello"],
+        clean_env(tmp_path, OPENAI_API_KEY=FAKE_KEY),
+        workdir,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode() == "You said: hello\n"
-    assert r.stderr.decode() == ("gencli: warning: model 'oa': ignored options: top_k is not an option "
-                                 "OpenAI takes\n")
+    assert r.stderr.decode() == ("gencli: warning: model 'oa': ignored options: top_k is not an option OpenAI takes\n")
     body = openai_fake.last().body
     assert body["temperature"] == 0.2 and "top_k" not in body
 
@@ -109,10 +138,18 @@ def test_the_server_warns_once_per_ignored_option(tmp_path, openai_fake):
 
     serve = ServeProcess(tmp_path, models_json(openai_fake.base_url))
     try:
+
         def chat(options: dict) -> None:
-            r = httpx.post(serve.url + "/api/chat", timeout=30, json={
-                "model": "echo", "stream": False, "options": options,
-                "messages": [{"role": "user", "content": "hi"}]})
+            r = httpx.post(
+                serve.url + "/api/chat",
+                timeout=30,
+                json={
+                    "model": "echo",
+                    "stream": False,
+                    "options": options,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
             assert r.status_code == 200, r.text
 
         for _ in range(5):
@@ -120,10 +157,11 @@ def test_the_server_warns_once_per_ignored_option(tmp_path, openai_fake):
         chat({"num_ctx": 4096, "num_thread": 4})
         chat({"num_thread": 8})
         lines = [line for line in serve.stderr().splitlines() if "ignored options" in line]
-        assert lines == ["gencli: warning: model 'echo': ignored options: num_ctx is set per model in "
-                         "models.json, not per request",
-                         "gencli: warning: model 'echo': ignored options: num_thread is set per model in "
-                         "models.json, not per request"]
+        assert lines == [
+            "gencli: warning: model 'echo': ignored options: num_ctx is set per model in models.json, not per request",
+            "gencli: warning: model 'echo': ignored options: num_thread is set per model in "
+            "models.json, not per request",
+        ]
     finally:
         serve.stop()
 
@@ -141,8 +179,9 @@ def test_what_is_remembered_of_ignored_options_is_bounded(capsys):
 
 
 # -- hostile options against gencli serve with the local model --------------------------------
-needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                 reason="needs the local extra: pip install -e '.[local]'")
+needs_llama = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None, reason="needs the local extra: pip install -e '.[local]'"
+)
 SEEDED = {"seed": 11, "num_predict": 24, "temperature": 0.7}
 
 
@@ -156,8 +195,9 @@ def local_serve(tmp_path_factory):
 
 
 def _generate(serve, options: dict, prompt: str = "Name three colours.") -> dict:
-    r = httpx.post(serve.url + "/api/generate", timeout=120,
-                   json={"model": "smollm2", "prompt": prompt, "options": options})
+    r = httpx.post(
+        serve.url + "/api/generate", timeout=120, json={"model": "smollm2", "prompt": prompt, "options": options}
+    )
     assert r.status_code == 200, r.text
     return r.json()
 

@@ -90,6 +90,7 @@ def text_of(events: list) -> str:
 
 # -- the policy --------------------------------------------------------------------------
 
+
 def test_policy_backoff_is_exponential_with_full_jitter():
     err = UpstreamError("m: returned HTTP 503", upstream_status=503)
     top = RetryPolicy(retries=5, rand=lambda: 0.999999)
@@ -108,19 +109,22 @@ def test_policy_honours_and_caps_retry_after():
     assert policy.decide(UpstreamError("m", 503, retry_after=0.25), 1, 0) == 0.25
 
 
-@pytest.mark.parametrize("exc, retry", [
-    (UpstreamUnreachable("m: cannot reach 127.0.0.1:9 (refused)"), True),
-    (UpstreamError("m", 408), True),
-    (UpstreamError("m", 500), True),
-    (UpstreamError("m", 599), True),
-    (UpstreamRateLimited("m", 429), True),
-    (UpstreamError("m", 400, status=400), False),
-    (UpstreamError("m", 404), False),
-    (UpstreamError("m: malformed stream event"), False),
-    (UpstreamAuthError("m", 401), False),
-    (UpstreamTimeout("m: did not answer in time"), False),
-    (ValueError("x"), False),
-])
+@pytest.mark.parametrize(
+    "exc, retry",
+    [
+        (UpstreamUnreachable("m: cannot reach 127.0.0.1:9 (refused)"), True),
+        (UpstreamError("m", 408), True),
+        (UpstreamError("m", 500), True),
+        (UpstreamError("m", 599), True),
+        (UpstreamRateLimited("m", 429), True),
+        (UpstreamError("m", 400, status=400), False),
+        (UpstreamError("m", 404), False),
+        (UpstreamError("m: malformed stream event"), False),
+        (UpstreamAuthError("m", 401), False),
+        (UpstreamTimeout("m: did not answer in time"), False),
+        (ValueError("x"), False),
+    ],
+)
 def test_what_is_retried(exc, retry):
     assert retryable(exc) is retry
     assert (RetryPolicy(retries=1).decide(exc, 1, 0) is not None) is retry
@@ -133,13 +137,15 @@ def test_final_error_says_what_was_tried():
     assert r.failed(err) == 0.0 and r.failed(err) == 0.0 and r.failed(err) is None
     final = r.error(err)
     assert type(final) is UpstreamError and final.status == 502 and final.upstream_status == 503
-    assert str(final) == ("gpt-4o-mini: upstream returned 503 three times over 4.2 s "
-                          "(last: OpenAI returned HTTP 503: overloaded)")
+    assert str(final) == (
+        "gpt-4o-mini: upstream returned 503 three times over 4.2 s (last: OpenAI returned HTTP 503: overloaded)"
+    )
     once = Retrier(RetryPolicy(retries=0), "m")
     assert once.failed(err) is None and once.error(err) is err  # one attempt: the error as it was
 
 
 # -- the engine, both loops ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("loop", RUNNERS)
 @pytest.mark.parametrize("stream", [True, False])
@@ -192,10 +198,18 @@ def test_retry_after_beyond_the_cap_fails_at_once(tmp_path, openai_fake, loop):
 
 
 def test_gemini_retry_info_is_honoured(tmp_path, gemini_fake):
-    reg = registry(tmp_path, {
-        "frac": {"provider": "google", "model": "gemini-error-429-frac", "base_url": gemini_fake.base_url,
-                 "retries": 1},
-        "long": {"provider": "google", "model": "gemini-error-429", "base_url": gemini_fake.base_url}})
+    reg = registry(
+        tmp_path,
+        {
+            "frac": {
+                "provider": "google",
+                "model": "gemini-error-429-frac",
+                "base_url": gemini_fake.base_url,
+                "retries": 1,
+            },
+            "long": {"provider": "google", "model": "gemini-error-429", "base_url": gemini_fake.base_url},
+        },
+    )
     waits: list = []
     with pytest.raises(UpstreamRateLimited) as info:
         run_sync(reg, "frac", waits=waits)
@@ -281,14 +295,19 @@ def test_garbage_is_a_clear_error(tmp_path, openai_fake, loop, stream):
 
 # -- the gencli command ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def cli_env(openai_fake, tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     url = openai_fake.base_url
-    models = {"refused": entry(f"http://127.0.0.1:{free_port()}/v1", "echo"),
-              "midstream": entry(url, "close-midstream"), "garbage": entry(url, "garbage"),
-              "drip": entry(url, "slow-300-4"), "hang": entry(url, "hang"),
-              "hang-fast": entry(url, "hang", timeout=0.3)}
+    models = {
+        "refused": entry(f"http://127.0.0.1:{free_port()}/v1", "echo"),
+        "midstream": entry(url, "close-midstream"),
+        "garbage": entry(url, "garbage"),
+        "drip": entry(url, "slow-300-4"),
+        "hang": entry(url, "hang"),
+        "hang-fast": entry(url, "hang", timeout=0.3),
+    }
     (d / "models.json").write_text(json.dumps(models))
     (d / "work").mkdir()
     return clean_env(d, **{KEY_VAR: FAKE_KEY, "GENCLI_MODELS": str(d / "models.json")}), d / "work"
@@ -382,8 +401,14 @@ def test_cli_429_with_retry_after_waits_then_succeeds(cli_env, openai_fake):
 def test_cli_drip_streams_without_buffering(cli_env):
     """One token every 300 ms: the first reaches stdout (a pipe) long before the last."""
     env, cwd = cli_env
-    proc = subprocess.Popen([GENCLI, "generate", "-m", "drip", "hi"], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [GENCLI, "generate", "-m", "drip", "hi"],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         first = os.read(proc.stdout.fileno(), 100)
         t_first = time.monotonic()
@@ -399,6 +424,7 @@ def test_cli_drip_streams_without_buffering(cli_env):
 
 # -- gencli serve --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def drop_fake():
     """A fake of its own for the disconnect test, so its connection count is only that stream's."""
@@ -410,12 +436,18 @@ def drop_fake():
 @pytest.fixture(scope="module")
 def server(openai_fake, drop_fake, tmp_path_factory):
     url = openai_fake.base_url
-    models = {"midstream": entry(url, "close-midstream"), "garbage": entry(url, "garbage"),
-              "hang": entry(url, "hang"), "drip": entry(url, "slow-250-4"),
-              "limited": entry(url, tag("retry-after-1")), "capped": entry(url, tag("retry-after-30-99")),
-              "burst": entry(url, tag("burst503-9")), "burst-ok": entry(url, tag("burst503-1")),
-              "refused": entry(f"http://127.0.0.1:{free_port()}/v1", "echo"),
-              "long": entry(drop_fake.base_url, "slow-20-500")}
+    models = {
+        "midstream": entry(url, "close-midstream"),
+        "garbage": entry(url, "garbage"),
+        "hang": entry(url, "hang"),
+        "drip": entry(url, "slow-250-4"),
+        "limited": entry(url, tag("retry-after-1")),
+        "capped": entry(url, tag("retry-after-30-99")),
+        "burst": entry(url, tag("burst503-9")),
+        "burst-ok": entry(url, tag("burst503-1")),
+        "refused": entry(f"http://127.0.0.1:{free_port()}/v1", "echo"),
+        "long": entry(drop_fake.base_url, "slow-20-500"),
+    }
     s = ServeProcess(tmp_path_factory.mktemp("serve-rel"), models, args=["--timeout", "1", "--retries", "1"])
     s.models = models
     yield s
@@ -438,8 +470,11 @@ def test_serve_close_midstream_ends_with_an_error_line_keeping_the_text(server, 
 
 
 def test_serve_close_midstream_openai_v1(server):
-    r = post(server, "/v1/chat/completions", {"model": "midstream", "stream": True,
-                                              "messages": [{"role": "user", "content": "x"}]})
+    r = post(
+        server,
+        "/v1/chat/completions",
+        {"model": "midstream", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 200
     assert "Partial " in r.text and "failed mid-response" in r.text
 
@@ -491,8 +526,9 @@ def test_serve_429_waits_for_retry_after_or_passes_it_on(server):
 def test_serve_drip_streams_without_buffering(server):
     stamps: list[float] = []
     texts: list[str] = []
-    with httpx.stream("POST", server.url + "/api/generate", json={"model": "drip", "prompt": "x", "stream": True},
-                      timeout=30) as r:
+    with httpx.stream(
+        "POST", server.url + "/api/generate", json={"model": "drip", "prompt": "x", "stream": True}, timeout=30
+    ) as r:
         for line in r.iter_lines():
             if line.strip():
                 stamps.append(time.monotonic())
@@ -504,8 +540,10 @@ def test_serve_drip_streams_without_buffering(server):
 def test_serve_client_disconnect_cancels_the_upstream_within_100ms(server, drop_fake):
     sock = socket.create_connection(("127.0.0.1", server.port))
     body = json.dumps({"model": "long", "prompt": "x", "stream": True}).encode()
-    sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    sock.sendall(
+        b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
     got = b""
     while got.count(b'"response"') < 3:  # a few tokens have arrived: the stream is under way
         chunk = sock.recv(65536)

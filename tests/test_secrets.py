@@ -23,8 +23,13 @@ ANTHROPIC = "sk-ant-api03-SECRET-anthropic-6e2f"
 COMPAT = "plain-SECRET-compat-key-99ab"  # not key-shaped: only an exact match can find it
 GENCLI = "gencli-SECRET-server-key-77aa"
 CLIENT_WRONG = "client-SECRET-wrong-key-31"  # a wrong key a client sends to gencli serve
-KEYS = {"OPENAI_API_KEY": OPENAI, "OPENROUTER_API_KEY": OPENROUTER, "GEMINI_API_KEY": GEMINI,
-        "ANTHROPIC_API_KEY": ANTHROPIC, "COMPAT_KEY": COMPAT}
+KEYS = {
+    "OPENAI_API_KEY": OPENAI,
+    "OPENROUTER_API_KEY": OPENROUTER,
+    "GEMINI_API_KEY": GEMINI,
+    "ANTHROPIC_API_KEY": ANTHROPIC,
+    "COMPAT_KEY": COMPAT,
+}
 NEEDLES = [OPENAI, OPENROUTER, GEMINI, ANTHROPIC, COMPAT, GENCLI, CLIENT_WRONG, "SECRET"]
 
 
@@ -66,15 +71,20 @@ def models(fakes) -> dict:
         "oa-echo-auth": oa("echo-auth", retries=0),  # an upstream that repeats the Authorization header
         "oa-down": oa("echo", url=down + "/v1", retries=0),
         "compat-401": oa("echo", provider="openai-compatible", api_key_env="COMPAT_KEY"),
-        "compat-echo-auth": oa("echo-auth", url=lax.base_url, provider="openai-compatible",
-                               api_key_env="COMPAT_KEY", retries=0),
+        "compat-echo-auth": oa(
+            "echo-auth", url=lax.base_url, provider="openai-compatible", api_key_env="COMPAT_KEY", retries=0
+        ),
         "gm": gm("gemini-echo"),
         "gm-badkey": gm("gemini-error-400-key"),
         "gm-429": gm("gemini-error-429"),
         "gm-down": gm("gemini-echo", url=down),
         "cl": {"provider": "anthropic", "model": "claude-echo", "base_url": claude.base_url},
-        "cl-401": {"provider": "anthropic", "model": "claude-echo", "base_url": claude.base_url,
-                   "api_key_env": "COMPAT_KEY"},
+        "cl-401": {
+            "provider": "anthropic",
+            "model": "claude-echo",
+            "base_url": claude.base_url,
+            "api_key_env": "COMPAT_KEY",
+        },
         "cl-mid": {"provider": "anthropic", "model": "claude-error-midstream", "base_url": claude.base_url},
     }
 
@@ -90,8 +100,24 @@ def cli(fakes, tmp_path_factory):
     return clean_env(d, GENCLI_MODELS=str(d / "models.json"), **KEYS), d / "work"
 
 
-NAMES = ["oa", "oa-401", "oa-500", "oa-429", "oa-mid", "oa-echo-auth", "oa-down", "compat-401", "compat-echo-auth",
-         "gm", "gm-badkey", "gm-429", "gm-down", "cl", "cl-401", "cl-mid"]
+NAMES = [
+    "oa",
+    "oa-401",
+    "oa-500",
+    "oa-429",
+    "oa-mid",
+    "oa-echo-auth",
+    "oa-down",
+    "compat-401",
+    "compat-echo-auth",
+    "gm",
+    "gm-badkey",
+    "gm-429",
+    "gm-down",
+    "cl",
+    "cl-401",
+    "cl-mid",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -136,8 +162,9 @@ def test_models_listing_never_shows_a_key(cli):
 
 @pytest.mark.parametrize("field", ["api_key", "apiKey", "key", "token"])
 def test_a_key_in_models_json_is_refused(tmp_path, workdir, field):
-    (workdir / "models.json").write_text(json.dumps({"mine": {"provider": "openai", "model": "gpt-4o-mini",
-                                                              field: OPENAI}}))
+    (workdir / "models.json").write_text(
+        json.dumps({"mine": {"provider": "openai", "model": "gpt-4o-mini", field: OPENAI}})
+    )
     r = run_gencli(["generate", "-m", "mine", "hi"], clean_env(tmp_path, **KEYS), workdir)
     assert r.returncode == 1 and r.stdout == b""
     err = r.stderr.decode()
@@ -152,9 +179,18 @@ def test_a_key_in_models_json_is_refused(tmp_path, workdir, field):
 
 def test_api_key_env_names_the_variable_instead(tmp_path, workdir, fakes):
     strict = fakes[0]
-    (workdir / "models.json").write_text(json.dumps({"mine": {"provider": "openai-compatible", "model": "echo",
-                                                              "base_url": strict.base_url,
-                                                              "api_key_env": "MY_TEAM_KEY"}}))
+    (workdir / "models.json").write_text(
+        json.dumps(
+            {
+                "mine": {
+                    "provider": "openai-compatible",
+                    "model": "echo",
+                    "base_url": strict.base_url,
+                    "api_key_env": "MY_TEAM_KEY",
+                }
+            }
+        )
+    )
     r = run_gencli(["generate", "-m", "mine", "hi"], clean_env(tmp_path, MY_TEAM_KEY=OPENAI), workdir)
     assert r.returncode == 0 and r.stdout.decode().strip() == "You said: hi"
     assert strict.last().headers["authorization"] == f"Bearer {OPENAI}"
@@ -162,10 +198,10 @@ def test_api_key_env_names_the_variable_instead(tmp_path, workdir, fakes):
 
 # -- gencli serve -----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def server(fakes, tmp_path_factory):
-    s = ServeProcess(tmp_path_factory.mktemp("secrets-serve"), models(fakes),
-                     env={**KEYS, "GENCLI_API_KEY": GENCLI})
+    s = ServeProcess(tmp_path_factory.mktemp("secrets-serve"), models(fakes), env={**KEYS, "GENCLI_API_KEY": GENCLI})
     yield s
     s.stop()
 
@@ -174,31 +210,60 @@ def test_server_outputs_never_show_a_key(server, fakes):
     auth = {"Authorization": f"Bearer {GENCLI}"}
     seen: list[tuple[str, httpx.Response]] = []
     with httpx.Client(base_url=server.url, headers=auth, timeout=30) as c:
+
         def keep(where: str, r: httpx.Response) -> None:
             seen.append((where, r))
 
         for name in models(fakes):
             for stream in (False, True):
-                keep(f"generate {name} {stream}", c.post("/api/generate", json={"model": name, "prompt": "hi",
-                                                                                  "stream": stream}))
-            keep(f"chat {name}", c.post("/api/chat", json={"model": name, "stream": True,
-                                                            "messages": [{"role": "user", "content": "hi"}]}))
-            keep(f"v1 {name}", c.post("/v1/chat/completions", json={
-                "model": name, "messages": [{"role": "user", "content": "hi"}]}))
+                keep(
+                    f"generate {name} {stream}",
+                    c.post("/api/generate", json={"model": name, "prompt": "hi", "stream": stream}),
+                )
+            keep(
+                f"chat {name}",
+                c.post(
+                    "/api/chat", json={"model": name, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+                ),
+            )
+            keep(
+                f"v1 {name}",
+                c.post("/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "hi"}]}),
+            )
             keep(f"show {name}", c.post("/api/show", json={"model": name}))
             for stream in (False, True):
-                keep(f"responses {name} {stream}", c.post("/v1/responses", json={
-                    "model": name, "input": "hi", "stream": stream}))
-                keep(f"messages {name} {stream}", c.post("/v1/messages", json={
-                    "model": name, "max_tokens": 50, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}))
-            keep(f"count {name}", c.post("/v1/messages/count_tokens", json={
-                "model": name, "messages": [{"role": "user", "content": "hi"}]}))
+                keep(
+                    f"responses {name} {stream}",
+                    c.post("/v1/responses", json={"model": name, "input": "hi", "stream": stream}),
+                )
+                keep(
+                    f"messages {name} {stream}",
+                    c.post(
+                        "/v1/messages",
+                        json={
+                            "model": name,
+                            "max_tokens": 50,
+                            "stream": stream,
+                            "messages": [{"role": "user", "content": "hi"}],
+                        },
+                    ),
+                )
+            keep(
+                f"count {name}",
+                c.post(
+                    "/v1/messages/count_tokens", json={"model": name, "messages": [{"role": "user", "content": "hi"}]}
+                ),
+            )
         for path in ("/api/tags", "/api/ps", "/v1/models", "/api/version"):
             keep(path, c.get(path))
         keep("unknown model", c.post("/api/generate", json={"model": "nope", "prompt": "hi"}))
         keep("bad json", c.post("/api/generate", content=b"{not json"))
-    for headers in ({"Authorization": f"Bearer {CLIENT_WRONG}"}, {"Authorization": CLIENT_WRONG}, {},
-                    {"x-api-key": CLIENT_WRONG}):
+    for headers in (
+        {"Authorization": f"Bearer {CLIENT_WRONG}"},
+        {"Authorization": CLIENT_WRONG},
+        {},
+        {"x-api-key": CLIENT_WRONG},
+    ):
         r = httpx.get(server.url + "/api/tags", headers=headers, timeout=10)
         assert r.status_code == 401
         seen.append((f"unauthorised {headers}", r))
@@ -228,20 +293,32 @@ def test_a_key_only_in_dotenv_is_scrubbed(fakes, tmp_path):
     nor the server shows it (the scrubbed keys come from the settings: environment and .env)."""
     _, lax, _, _ = fakes
     models_file = tmp_path / "models.json"
-    models_file.write_text(json.dumps({"dot": {"provider": "openai-compatible", "model": "error-400-echo",
-                                               "base_url": lax.base_url, "api_key_env": "COMPAT_KEY",
-                                               "retries": 0}}))
+    models_file.write_text(
+        json.dumps(
+            {
+                "dot": {
+                    "provider": "openai-compatible",
+                    "model": "error-400-echo",
+                    "base_url": lax.base_url,
+                    "api_key_env": "COMPAT_KEY",
+                    "retries": 0,
+                }
+            }
+        )
+    )
     work = tmp_path / "work"
     work.mkdir()
     (work / ".env").write_text(f"OTHER_API_KEY={DOTENV_ONLY}\n")
     prompt = f"my settings say {DOTENV_ONLY}, what now"
-    r = run_gencli(["generate", "-m", "dot", prompt], clean_env(tmp_path, GENCLI_MODELS=str(models_file),
-                                                                COMPAT_KEY=COMPAT), work)
+    r = run_gencli(
+        ["generate", "-m", "dot", prompt], clean_env(tmp_path, GENCLI_MODELS=str(models_file), COMPAT_KEY=COMPAT), work
+    )
     assert r.returncode == 1 and b"Invalid prompt: my settings say [redacted]" in r.stderr, r.stderr
     assert DOTENV_ONLY.encode() not in r.stderr + r.stdout
 
-    s = ServeProcess(tmp_path / "serve", models_file, env={"COMPAT_KEY": COMPAT},
-                     dotenv=f"OTHER_API_KEY={DOTENV_ONLY}\n")
+    s = ServeProcess(
+        tmp_path / "serve", models_file, env={"COMPAT_KEY": COMPAT}, dotenv=f"OTHER_API_KEY={DOTENV_ONLY}\n"
+    )
     try:
         reply = httpx.post(s.url + "/api/generate", json={"model": "dot", "prompt": prompt}, timeout=30)
         assert reply.status_code == 400 and "Invalid prompt: my settings say [redacted]" in reply.json()["error"]

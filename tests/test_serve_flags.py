@@ -13,8 +13,14 @@ from tests.conftest import GENCLI, clean_env
 
 
 def serve(tmp_path, *args, env=None, timeout=30) -> subprocess.CompletedProcess:
-    return subprocess.run([GENCLI, "serve", "--port", "0", *args], env=clean_env(tmp_path, **(env or {})),
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [GENCLI, "serve", "--port", "0", *args],
+        env=clean_env(tmp_path, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def one_line_exit_2(r: subprocess.CompletedProcess, *needles: str) -> None:
@@ -50,9 +56,16 @@ def test_the_reported_crash_and_ranges(tmp_path):
 
 
 def test_flags_win_over_the_environment_and_limits_are_read_once():
-    cfg = ServeConfig.load({"max_body_mb": "2", "keep_alive": None, "max_images": "0"},
-                           {"GENCLI_MAX_BODY_MB": "8", "GENCLI_KEEP_ALIVE": "5", "GENCLI_MAX_HEADERS": "7",
-                            "GENCLI_ALLOWED_HOSTS": "a.lan, b.lan", "GENCLI_API_KEY": "  "})
+    cfg = ServeConfig.load(
+        {"max_body_mb": "2", "keep_alive": None, "max_images": "0"},
+        {
+            "GENCLI_MAX_BODY_MB": "8",
+            "GENCLI_KEEP_ALIVE": "5",
+            "GENCLI_MAX_HEADERS": "7",
+            "GENCLI_ALLOWED_HOSTS": "a.lan, b.lan",
+            "GENCLI_API_KEY": "  ",
+        },
+    )
     assert cfg.max_body == 2 * 1024 * 1024 and cfg.keep_alive == 5.0 and cfg.max_headers == 7
     assert cfg.max_images == 0 and cfg.allowed_hosts == ["a.lan", "b.lan"] and cfg.api_key is None
     limits = cfg.limits()
@@ -62,8 +75,9 @@ def test_flags_win_over_the_environment_and_limits_are_read_once():
 
 
 def test_help_states_every_setting_with_its_default_and_variable(tmp_path):
-    r = subprocess.run([GENCLI, "serve", "--help"], env=clean_env(tmp_path, COLUMNS="300"), capture_output=True,
-                       text=True, timeout=30)  # wide: each option's help on one line
+    r = subprocess.run(
+        [GENCLI, "serve", "--help"], env=clean_env(tmp_path, COLUMNS="300"), capture_output=True, text=True, timeout=30
+    )  # wide: each option's help on one line
     text = " ".join(r.stdout.split())
     for spec in NUMBERS:
         assert spec.flag in text

@@ -22,18 +22,26 @@ from tests.server_fixture import KEY_VAR, ServeProcess  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x01" * 20
 UPSTREAMS = ("oa", "gm", "cl")  # OpenAI-wire, Gemini, Anthropic
-WEATHER_RESP = {"type": "function", "name": "get_weather", "description": "Weather in a city",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-WEATHER_ANTH = {"name": "get_weather", "description": "Weather in a city",
-                "input_schema": WEATHER_RESP["parameters"]}
-REASONING = {"oa": "Hmm, the user wants an answer.", "gm": "**Reading the prompt**",
-             "cl": "Let me think about this."}
+WEATHER_RESP = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+WEATHER_ANTH = {"name": "get_weather", "description": "Weather in a city", "input_schema": WEATHER_RESP["parameters"]}
+REASONING = {"oa": "Hmm, the user wants an answer.", "gm": "**Reading the prompt**", "cl": "Let me think about this."}
 
 
 def models(oa, gm, cl) -> dict:
     def o(model, caps, **kw):
-        return {"provider": "openai-compatible", "model": model, "base_url": oa.base_url, "api_key_env": KEY_VAR,
-                "capabilities": caps, **kw}
+        return {
+            "provider": "openai-compatible",
+            "model": model,
+            "base_url": oa.base_url,
+            "api_key_env": KEY_VAR,
+            "capabilities": caps,
+            **kw,
+        }
 
     def g(model, caps, **kw):
         return {"provider": "google", "model": model, "base_url": gm.base_url, "capabilities": caps, **kw}
@@ -43,23 +51,33 @@ def models(oa, gm, cl) -> dict:
 
     vision, think, tools = ["completion", "vision"], ["completion", "thinking"], ["completion", "tools"]
     return {
-        "oa-echo": o("echo", vision), "gm-echo": g("gemini-echo", vision), "cl-echo": c("claude-echo", vision),
-        "oa-think": o("reason-deepseek", think), "gm-think": g("gemini-think", think),
+        "oa-echo": o("echo", vision),
+        "gm-echo": g("gemini-echo", vision),
+        "cl-echo": c("claude-echo", vision),
+        "oa-think": o("reason-deepseek", think),
+        "gm-think": g("gemini-think", think),
         "cl-think": c("claude-think", think),
-        "oa-tools": o("tools", tools), "gm-tools": g("gemini-tools", tools), "cl-tools": c("claude-tools", tools),
-        "oa-tokens": o("tokens-5", ["completion"]), "gm-tokens": g("gemini-tokens-5", ["completion"]),
+        "oa-tools": o("tools", tools),
+        "gm-tools": g("gemini-tools", tools),
+        "cl-tools": c("claude-tools", tools),
+        "oa-tokens": o("tokens-5", ["completion"]),
+        "gm-tokens": g("gemini-tokens-5", ["completion"]),
         "cl-tokens": c("claude-tokens-5", ["completion"]),
         "oa-midstream": o("error-midstream", ["completion"]),
         "cl-midstream": c("claude-error-midstream", ["completion"]),
-        "oa-401": o("error-401", ["completion"]), "cl-529": c("claude-error-529", ["completion"], retries=0),
+        "oa-401": o("error-401", ["completion"]),
+        "cl-529": c("claude-error-529", ["completion"], retries=0),
         "cl-429": c("claude-error-429", ["completion"], retries=0),
     }
 
 
 @pytest.fixture(scope="module")
 def server(openai_fake, gemini_fake, anthropic_fake, tmp_path_factory):
-    s = ServeProcess(tmp_path_factory.mktemp("serve-agents"), models(openai_fake, gemini_fake, anthropic_fake),
-                     env={"GEMINI_API_KEY": GEMINI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY})
+    s = ServeProcess(
+        tmp_path_factory.mktemp("serve-agents"),
+        models(openai_fake, gemini_fake, anthropic_fake),
+        env={"GEMINI_API_KEY": GEMINI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY},
+    )
     yield s
     s.stop()
 
@@ -93,10 +111,12 @@ def sse_events(raw: bytes) -> list[tuple[str, dict]]:
 
 # == OpenAI Responses API =================================================================
 
+
 @pytest.mark.parametrize("up", UPSTREAMS)
 def test_responses_create(oai, up, openai_fake, gemini_fake, anthropic_fake):
-    r = oai.responses.create(model=f"{up}-echo", input="hello there", instructions="Be brief.",
-                             max_output_tokens=50, temperature=0.5)
+    r = oai.responses.create(
+        model=f"{up}-echo", input="hello there", instructions="Be brief.", max_output_tokens=50, temperature=0.5
+    )
     assert r.object == "response" and r.status == "completed" and r.model == f"{up}-echo"
     assert r.output_text == "You said: hello there"
     assert [o.type for o in r.output] == ["message"]
@@ -121,10 +141,17 @@ def test_responses_stream_helper_and_event_order(oai, up):
     assert final.output_text == "".join(deltas) and final.status == "completed"
     events = list(oai.responses.create(model=f"{up}-tokens", input="count", stream=True))
     kinds = [e.type for e in events]
-    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
-                     "response.content_part.added"] + ["response.output_text.delta"] * 5 + [
-        "response.output_text.done", "response.content_part.done", "response.output_item.done",
-        "response.completed"]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ] + ["response.output_text.delta"] * 5 + [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert len({e.response.id for e in events if hasattr(e, "response")}) == 1
     assert events[-1].response.usage.output_tokens == 5
@@ -163,21 +190,26 @@ def test_responses_tool_round_trip(oai, up, stream):
     assert len(calls) == 1 and calls[0].name == "get_weather" and calls[0].status == "completed"
     assert isinstance(calls[0].arguments, str) and json.loads(calls[0].arguments) == {"city": "Paris"}
     assert r.tools[0].name == "get_weather"
-    follow = [{"role": "user", "content": "Paris"},
-              {"type": "function_call", "call_id": calls[0].call_id, "name": "get_weather",
-               "arguments": calls[0].arguments},
-              {"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny"}]
+    follow = [
+        {"role": "user", "content": "Paris"},
+        {"type": "function_call", "call_id": calls[0].call_id, "name": "get_weather", "arguments": calls[0].arguments},
+        {"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny"},
+    ]
     r2 = oai.responses.create(model=f"{up}-tools", input=follow, tools=[WEATHER_RESP])
     assert "sunny" in r2.output_text and r2.output_text.startswith("Tool results:")
 
 
 def test_responses_reasoning_items_sent_back_are_skipped(oai, openai_fake):
-    r = oai.responses.create(model="oa-echo", input=[
-        {"role": "user", "content": "first"},
-        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "opaque"},
-        {"role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
-        {"role": "developer", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "input_text", "text": "second"}]}])
+    r = oai.responses.create(
+        model="oa-echo",
+        input=[
+            {"role": "user", "content": "first"},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "opaque"},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "input_text", "text": "second"}]},
+        ],
+    )
     assert r.output_text == "You said: second"
     sent = openai_fake.last().body["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "system", "user"]
@@ -185,12 +217,20 @@ def test_responses_reasoning_items_sent_back_are_skipped(oai, openai_fake):
 
 def test_responses_image_and_json_schema(oai, gemini_fake):
     url = "data:image/png;base64," + base64.b64encode(PNG).decode()
-    r = oai.responses.create(model="oa-echo", input=[{"role": "user", "content": [
-        {"type": "input_text", "text": "look"}, {"type": "input_image", "image_url": url}]}])
+    r = oai.responses.create(
+        model="oa-echo",
+        input=[
+            {
+                "role": "user",
+                "content": [{"type": "input_text", "text": "look"}, {"type": "input_image", "image_url": url}],
+            }
+        ],
+    )
     assert r.output_text == "You said: look [1 image]"
     schema = {"type": "object", "properties": {"echo": {"type": "string"}}}
-    r = oai.responses.create(model="gm-echo", input="hi",
-                             text={"format": {"type": "json_schema", "name": "echo", "schema": schema}})
+    r = oai.responses.create(
+        model="gm-echo", input="hi", text={"format": {"type": "json_schema", "name": "echo", "schema": schema}}
+    )
     assert json.loads(r.output_text) == {"echo": "You said: hi"}
     assert r.text.format.type == "json_schema"
     assert gemini_fake.last("gemini-echo").body["generationConfig"]["responseMimeType"] == "application/json"
@@ -209,20 +249,26 @@ def test_responses_max_output_tokens_is_incomplete(oai, stream):
     assert r.output_text == "You said: "
 
 
-@pytest.mark.parametrize("body,param,message", [
-    ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id", "send the whole conversation"),
-    ({"input": "x", "store": True}, "store", "send the whole conversation"),
-    ({"input": "x", "conversation": "conv_1"}, "conversation", "send the whole conversation"),
-    ({}, "input", "input is required"),
-    ({"input": [{"type": "web_search_call"}]}, "input", "not supported"),
-    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input", "send the whole conversation"),
-    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools", "function tools only"),
-    ({"input": "x", "reasoning": {"effort": "extreme"}}, "reasoning", "reasoning.effort"),
-    ({"input": "x", "max_output_tokens": 0}, "max_output_tokens", "max_output_tokens"),
-    ({"input": [{"type": "function_call_output", "output": "x"}]}, "input", "call_id is required"),
-    ({"input": [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{oops"}]}, "input",
-     "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "body,param,message",
+    [
+        ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id", "send the whole conversation"),
+        ({"input": "x", "store": True}, "store", "send the whole conversation"),
+        ({"input": "x", "conversation": "conv_1"}, "conversation", "send the whole conversation"),
+        ({}, "input", "input is required"),
+        ({"input": [{"type": "web_search_call"}]}, "input", "not supported"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input", "send the whole conversation"),
+        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools", "function tools only"),
+        ({"input": "x", "reasoning": {"effort": "extreme"}}, "reasoning", "reasoning.effort"),
+        ({"input": "x", "max_output_tokens": 0}, "max_output_tokens", "max_output_tokens"),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input", "call_id is required"),
+        (
+            {"input": [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{oops"}]},
+            "input",
+            "not valid JSON",
+        ),
+    ],
+)
 def test_responses_bad_input_is_a_400_in_openai_shape(oai, body, param, message):
     with pytest.raises(openai.BadRequestError) as info:
         oai.responses.create(model="oa-echo", **body)
@@ -247,10 +293,15 @@ def test_responses_errors_before_and_after_the_stream_started(oai, server):
 
 # == Anthropic Messages API ==================================================================
 
+
 @pytest.mark.parametrize("up", UPSTREAMS)
 def test_messages_create(claude, up, anthropic_fake):
-    m = claude.messages.create(model=f"{up}-echo", max_tokens=100, system=[{"type": "text", "text": "Be brief."}],
-                               messages=[{"role": "user", "content": "hello there"}])
+    m = claude.messages.create(
+        model=f"{up}-echo",
+        max_tokens=100,
+        system=[{"type": "text", "text": "Be brief."}],
+        messages=[{"role": "user", "content": "hello there"}],
+    )
     assert m.type == "message" and m.role == "assistant" and m.model == f"{up}-echo"
     assert [b.type for b in m.content] == ["text"] and m.content[0].text == "You said: hello there"
     assert m.stop_reason == "end_turn" and m.stop_sequence is None
@@ -263,25 +314,40 @@ def test_messages_create(claude, up, anthropic_fake):
 
 @pytest.mark.parametrize("up", UPSTREAMS)
 def test_messages_stream_helper_and_event_order(claude, server, up):
-    with claude.messages.stream(model=f"{up}-tokens", max_tokens=100,
-                                messages=[{"role": "user", "content": "count"}]) as stream:
+    with claude.messages.stream(
+        model=f"{up}-tokens", max_tokens=100, messages=[{"role": "user", "content": "count"}]
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text.rstrip() == "tok0 tok1 tok2 tok3 tok4" and text == final.content[0].text
     assert final.stop_reason == "end_turn" and final.usage.output_tokens == 5
-    r = httpx.post(server.url + "/v1/messages", json={"model": f"{up}-tokens", "max_tokens": 100, "stream": True,
-                                                      "messages": [{"role": "user", "content": "count"}]})
+    r = httpx.post(
+        server.url + "/v1/messages",
+        json={
+            "model": f"{up}-tokens",
+            "max_tokens": 100,
+            "stream": True,
+            "messages": [{"role": "user", "content": "count"}],
+        },
+    )
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     kinds = [k for k, _ in sse_events(r.content)]
     assert kinds == ["message_start", "ping", "content_block_start"] + ["content_block_delta"] * 5 + [
-        "content_block_stop", "message_delta", "message_stop"]
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
 
 
 @pytest.mark.parametrize("up", UPSTREAMS)
 @pytest.mark.parametrize("stream", [False, True])
 def test_messages_thinking_blocks(claude, up, stream):
-    args = dict(model=f"{up}-think", max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 2048},
-                messages=[{"role": "user", "content": "why?"}])
+    args = dict(
+        model=f"{up}-think",
+        max_tokens=4096,
+        thinking={"type": "enabled", "budget_tokens": 2048},
+        messages=[{"role": "user", "content": "why?"}],
+    )
     if stream:
         with claude.messages.stream(**args) as s:
             thinking = "".join(e.thinking for e in s if e.type == "thinking")
@@ -294,15 +360,26 @@ def test_messages_thinking_blocks(claude, up, stream):
 
 
 def test_messages_thinking_reaches_each_upstream_as_its_control(claude, openai_fake, gemini_fake, anthropic_fake):
-    claude.messages.create(model="gm-think", max_tokens=40000, thinking={"type": "enabled", "budget_tokens": 20000},
-                           messages=[{"role": "user", "content": "x"}])
+    claude.messages.create(
+        model="gm-think",
+        max_tokens=40000,
+        thinking={"type": "enabled", "budget_tokens": 20000},
+        messages=[{"role": "user", "content": "x"}],
+    )
     assert gemini_fake.last("gemini-think").body["generationConfig"]["thinkingConfig"] == {
-        "includeThoughts": True, "thinkingBudget": 24576}
-    claude.messages.create(model="cl-think", max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 1024},
-                           messages=[{"role": "user", "content": "x"}])
+        "includeThoughts": True,
+        "thinkingBudget": 24576,
+    }
+    claude.messages.create(
+        model="cl-think",
+        max_tokens=4096,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[{"role": "user", "content": "x"}],
+    )
     assert anthropic_fake.last().body["thinking"] == {"type": "enabled", "budget_tokens": 1024}
-    m = claude.messages.create(model="cl-think", max_tokens=4096, thinking={"type": "disabled"},
-                               messages=[{"role": "user", "content": "x"}])
+    m = claude.messages.create(
+        model="cl-think", max_tokens=4096, thinking={"type": "disabled"}, messages=[{"role": "user", "content": "x"}]
+    )
     assert [b.type for b in m.content] == ["text"]
     assert anthropic_fake.last().body["thinking"] == {"type": "disabled"}
 
@@ -321,23 +398,44 @@ def test_messages_tool_round_trip(claude, up, stream):
     assert m.stop_reason == "tool_use"
     use = m.content[-1]
     assert use.type == "tool_use" and use.name == "get_weather" and use.input == {"city": "Paris"} and use.id
-    messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in m.content]},
-                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"},
-                                              {"type": "text", "text": "and?"}]}]
+    messages += [
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in m.content]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": use.id, "content": "sunny"},
+                {"type": "text", "text": "and?"},
+            ],
+        },
+    ]
     m2 = claude.messages.create(messages=messages, **args)
     assert "sunny" in m2.content[0].text and m2.stop_reason == "end_turn"
 
 
 def test_messages_tool_choice_reaches_the_upstream(claude, anthropic_fake, openai_fake):
-    claude.messages.create(model="cl-tools", max_tokens=100, tools=[WEATHER_ANTH],
-                           tool_choice={"type": "tool", "name": "get_weather"},
-                           messages=[{"role": "user", "content": "Rome"}])
+    claude.messages.create(
+        model="cl-tools",
+        max_tokens=100,
+        tools=[WEATHER_ANTH],
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=[{"role": "user", "content": "Rome"}],
+    )
     assert anthropic_fake.last().body["tool_choice"] == {"type": "tool", "name": "get_weather"}
-    claude.messages.create(model="oa-tools", max_tokens=100, tools=[WEATHER_ANTH], tool_choice={"type": "any"},
-                           messages=[{"role": "user", "content": "Rome"}])
+    claude.messages.create(
+        model="oa-tools",
+        max_tokens=100,
+        tools=[WEATHER_ANTH],
+        tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "Rome"}],
+    )
     assert openai_fake.last().body["tool_choice"] == "required"
-    m = claude.messages.create(model="cl-tools", max_tokens=100, tools=[WEATHER_ANTH], tool_choice={"type": "none"},
-                               messages=[{"role": "user", "content": "Rome"}])
+    m = claude.messages.create(
+        model="cl-tools",
+        max_tokens=100,
+        tools=[WEATHER_ANTH],
+        tool_choice={"type": "none"},
+        messages=[{"role": "user", "content": "Rome"}],
+    )
     assert m.stop_reason == "end_turn" and anthropic_fake.last().body["tool_choice"] == {"type": "none"}
 
 
@@ -359,11 +457,17 @@ def test_messages_stop_sequence_and_max_tokens(claude, stream):
 def test_messages_images_base64_and_in_tool_results(claude, openai_fake):
     data = base64.b64encode(PNG).decode()
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
-    m = claude.messages.create(model="gm-echo", max_tokens=100, messages=[{"role": "user", "content": [
-        image, {"type": "text", "text": "what is it"}]}])
+    m = claude.messages.create(
+        model="gm-echo",
+        max_tokens=100,
+        messages=[{"role": "user", "content": [image, {"type": "text", "text": "what is it"}]}],
+    )
     assert m.content[0].text == f"You said: what is it [image/png {len(PNG)} bytes]"
-    m = claude.messages.create(model="oa-echo", max_tokens=100, messages=[{"role": "user", "content": [
-        image, {"type": "text", "text": "see"}]}])
+    m = claude.messages.create(
+        model="oa-echo",
+        max_tokens=100,
+        messages=[{"role": "user", "content": [image, {"type": "text", "text": "see"}]}],
+    )
     assert m.content[0].text == "You said: see [1 image]"
 
 
@@ -371,8 +475,10 @@ def test_count_tokens(claude, anthropic_fake):
     msgs = [{"role": "user", "content": "one two three four"}]
     exact = claude.messages.count_tokens(model="cl-echo", system="Be brief.", messages=msgs)
     assert exact.input_tokens == 6  # the Anthropic upstream's own count (the fake counts words)
-    assert anthropic_fake.last("/v1/messages/count_tokens").body["messages"][0]["content"][0]["text"] == \
-        "one two three four"
+    assert (
+        anthropic_fake.last("/v1/messages/count_tokens").body["messages"][0]["content"][0]["text"]
+        == "one two three four"
+    )
     estimate = claude.messages.count_tokens(model="oa-echo", system="Be brief.", messages=msgs)
     # the documented estimate: ceil(chars / 4) plus 4 per message (system included)
     assert estimate.input_tokens == 8 + -(-(len("Be brief.") + len("one two three four")) // 4)
@@ -380,24 +486,50 @@ def test_count_tokens(claude, anthropic_fake):
     assert with_tools.input_tokens > claude.messages.count_tokens(model="oa-tools", messages=msgs).input_tokens
 
 
-@pytest.mark.parametrize("body,message", [
-    ({"messages": [{"role": "user", "content": "x"}]}, "max_tokens is required"),
-    ({"max_tokens": 10}, "messages is required"),
-    ({"max_tokens": 10, "messages": [{"role": "system", "content": "x"}]}, "role must be"),
-    ({"max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "document"}]}]},
-     "'document' is not supported"),
-    ({"max_tokens": 10, "messages": [{"role": "assistant", "content": [{"type": "tool_result"}]}]},
-     "'tool_result' is not supported in an assistant message"),
-    ({"max_tokens": 10, "messages": [{"role": "user", "content": "x"}],
-      "thinking": {"type": "enabled", "budget_tokens": 100}}, "at least 1024"),
-    ({"max_tokens": 2000, "messages": [{"role": "user", "content": "x"}],
-      "thinking": {"type": "enabled", "budget_tokens": 4000}}, "less than max_tokens"),
-    ({"max_tokens": 10, "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web_search_20250305",
-                                                                                 "name": "web_search"}]},
-     "server tool"),
-    ({"max_tokens": 10, "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "sometimes"}},
-     "tool_choice"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ({"messages": [{"role": "user", "content": "x"}]}, "max_tokens is required"),
+        ({"max_tokens": 10}, "messages is required"),
+        ({"max_tokens": 10, "messages": [{"role": "system", "content": "x"}]}, "role must be"),
+        (
+            {"max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "document"}]}]},
+            "'document' is not supported",
+        ),
+        (
+            {"max_tokens": 10, "messages": [{"role": "assistant", "content": [{"type": "tool_result"}]}]},
+            "'tool_result' is not supported in an assistant message",
+        ),
+        (
+            {
+                "max_tokens": 10,
+                "messages": [{"role": "user", "content": "x"}],
+                "thinking": {"type": "enabled", "budget_tokens": 100},
+            },
+            "at least 1024",
+        ),
+        (
+            {
+                "max_tokens": 2000,
+                "messages": [{"role": "user", "content": "x"}],
+                "thinking": {"type": "enabled", "budget_tokens": 4000},
+            },
+            "less than max_tokens",
+        ),
+        (
+            {
+                "max_tokens": 10,
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+            },
+            "server tool",
+        ),
+        (
+            {"max_tokens": 10, "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "sometimes"}},
+            "tool_choice",
+        ),
+    ],
+)
 def test_messages_bad_input_is_a_400_in_anthropic_shape(claude, body, message):
     with pytest.raises(anthropic.BadRequestError) as info:
         claude.post("/v1/messages", cast_to=object, body={"model": "oa-echo", **body})
@@ -426,19 +558,23 @@ def test_messages_errors_in_anthropic_shape(claude, server):
 
 @pytest.mark.parametrize("model,kind", [("cl-midstream", "overloaded_error"), ("oa-midstream", "api_error")])
 def test_messages_midstream_error_event(claude, server, model, kind):
-    r = httpx.post(server.url + "/v1/messages", json={"model": model, "max_tokens": 100, "stream": True,
-                                                      "messages": [{"role": "user", "content": "one two"}]})
+    r = httpx.post(
+        server.url + "/v1/messages",
+        json={"model": model, "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "one two"}]},
+    )
     events = sse_events(r.content)
     assert r.status_code == 200 and events[-1][0] == "error" and events[-1][1]["error"]["type"] == kind
     deltas = "".join(d["delta"].get("text", "") for k, d in events if k == "content_block_delta")
     assert deltas in ("You said: ", "Partial answer ")  # the partial answer was sent before the error
     with pytest.raises(anthropic.APIStatusError):
-        with claude.messages.stream(model=model, max_tokens=100,
-                                    messages=[{"role": "user", "content": "one two"}]) as s:
+        with claude.messages.stream(
+            model=model, max_tokens=100, messages=[{"role": "user", "content": "one two"}]
+        ) as s:
             list(s)
 
 
 # == the older client protocols over the Anthropic upstream ====================================
+
 
 def test_ollama_and_openai_chat_over_claude(server):
     import ollama
@@ -450,15 +586,18 @@ def test_ollama_and_openai_chat_over_claude(server):
     assert r.message.content == "You said: hi" and "Let me think" in r.message.thinking
     parts = list(client.chat(model="cl-tokens", messages=[{"role": "user", "content": "x"}], stream=True))
     assert "".join(p.message.content for p in parts) == "tok0 tok1 tok2 tok3 tok4"
-    r = client.chat(model="cl-tools", messages=[{"role": "user", "content": "Oslo"}],
-                    tools=[{"type": "function", "function": {"name": "get_weather",
-                                                             "parameters": WEATHER_RESP["parameters"]}}])
+    r = client.chat(
+        model="cl-tools",
+        messages=[{"role": "user", "content": "Oslo"}],
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_RESP["parameters"]}}],
+    )
     assert r.message.tool_calls[0].function.arguments == {"city": "Oslo"}
     oai = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
     c = oai.chat.completions.create(model="cl-echo", messages=[{"role": "user", "content": "yo"}], stop=["yo"])
     assert c.choices[0].message.content == "You said: " and c.choices[0].finish_reason == "stop"
-    chunks = list(oai.chat.completions.create(model="cl-tokens", messages=[{"role": "user", "content": "x"}],
-                                              stream=True))
+    chunks = list(
+        oai.chat.completions.create(model="cl-tokens", messages=[{"role": "user", "content": "x"}], stream=True)
+    )
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "tok0 tok1 tok2 tok3 tok4"
 
 
@@ -469,16 +608,21 @@ def test_version_serves_agent_routes(server):
 
 # == the key: x-api-key as well as Authorization: Bearer ===============================
 
+
 def test_x_api_key_is_accepted_like_bearer(tmp_path, anthropic_fake):
     key = "gencli-test-server-key-123456"
-    s = ServeProcess(tmp_path, {"cl-echo": {"provider": "anthropic", "model": "claude-echo",
-                                            "base_url": anthropic_fake.base_url}},
-                     args=["--max-body-mb", "0.01"], env={"GENCLI_API_KEY": key, "ANTHROPIC_API_KEY": ANTHROPIC_KEY})
+    s = ServeProcess(
+        tmp_path,
+        {"cl-echo": {"provider": "anthropic", "model": "claude-echo", "base_url": anthropic_fake.base_url}},
+        args=["--max-body-mb", "0.01"],
+        env={"GENCLI_API_KEY": key, "ANTHROPIC_API_KEY": ANTHROPIC_KEY},
+    )
     try:
         body = {"model": "cl-echo", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
         assert httpx.post(s.url + "/v1/messages", json=body, headers={"x-api-key": key}).status_code == 200
-        assert httpx.post(s.url + "/v1/messages", json=body,
-                          headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert (
+            httpx.post(s.url + "/v1/messages", json=body, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        )
         ok = anthropic.Anthropic(base_url=s.url, api_key=key, max_retries=0)  # the SDK sends a Bearer token
         assert ok.messages.create(**body).content[0].text == "You said: x"
         r = httpx.post(s.url + "/v1/messages", json=body, headers={"x-api-key": "wrong"})

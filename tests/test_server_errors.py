@@ -30,8 +30,13 @@ def blackhole():
 @pytest.fixture(scope="module")
 def server(openai_fake, blackhole, tmp_path_factory):
     models = models_json(openai_fake.base_url)
-    models["blackhole"] = {"provider": "openai-compatible", "model": "echo", "api_key_env": KEY_VAR,
-                           "base_url": f"http://127.0.0.1:{blackhole}/v1", "timeout": 0.5}
+    models["blackhole"] = {
+        "provider": "openai-compatible",
+        "model": "echo",
+        "api_key_env": KEY_VAR,
+        "base_url": f"http://127.0.0.1:{blackhole}/v1",
+        "timeout": 0.5,
+    }
     s = ServeProcess(tmp_path_factory.mktemp("serve-errors"), models)
     yield s
     s.stop()
@@ -44,23 +49,27 @@ def client(server):
 
 # -- request errors ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body, status, needle", [
-    (b"{not json", 400, "not valid JSON"),
-    (b"[1, 2]", 400, "JSON object"),
-    (b"", 400, "empty"),
-    ({"prompt": "x"}, 400, "model is required"),
-    ({"model": 5, "prompt": "x"}, 400, "model must be a string"),
-    ({"model": "echo", "prompt": ["x"]}, 400, "prompt must be a string"),
-    ({"model": "echo", "prompt": "x", "stream": "yes"}, 400, "stream must be true or false"),
-    ({"model": "echo", "prompt": "x", "options": [1]}, 400, "options must be an object"),
-    ({"model": "echo", "prompt": "x", "options": {"temperature": 9}}, 400, "options.temperature"),
-    ({"model": "echo", "prompt": "x", "context": [1, 2, 3]}, 400, "context"),
-    ({"model": "echo", "prompt": "x", "images": ["!!notbase64!!"]}, 400, "image 1"),
-    ({"model": "echo", "prompt": "x", "format": "yaml"}, 400, "format"),
-    ({"model": "echo", "prompt": "x", "think": "maybe"}, 400, "think"),
-    ({"model": "no-such-model", "prompt": "x"}, 404, "model 'no-such-model' not found"),
-    ({"model": "needs-key", "prompt": "x"}, 400, "GENCLI_TEST_UNSET_KEY"),
-])
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (b"", 400, "empty"),
+        ({"prompt": "x"}, 400, "model is required"),
+        ({"model": 5, "prompt": "x"}, 400, "model must be a string"),
+        ({"model": "echo", "prompt": ["x"]}, 400, "prompt must be a string"),
+        ({"model": "echo", "prompt": "x", "stream": "yes"}, 400, "stream must be true or false"),
+        ({"model": "echo", "prompt": "x", "options": [1]}, 400, "options must be an object"),
+        ({"model": "echo", "prompt": "x", "options": {"temperature": 9}}, 400, "options.temperature"),
+        ({"model": "echo", "prompt": "x", "context": [1, 2, 3]}, 400, "context"),
+        ({"model": "echo", "prompt": "x", "images": ["!!notbase64!!"]}, 400, "image 1"),
+        ({"model": "echo", "prompt": "x", "format": "yaml"}, 400, "format"),
+        ({"model": "echo", "prompt": "x", "think": "maybe"}, 400, "think"),
+        ({"model": "no-such-model", "prompt": "x"}, 404, "model 'no-such-model' not found"),
+        ({"model": "needs-key", "prompt": "x"}, 400, "GENCLI_TEST_UNSET_KEY"),
+    ],
+)
 def test_generate_request_errors(server, body, status, needle):
     r = post(server, "/api/generate", body)
     assert r.status_code == status, r.text
@@ -96,6 +105,7 @@ def test_unknown_route_and_wrong_method(server):
 
 
 # -- upstream errors -----------------------------------------------------------------------
+
 
 def test_upstream_rejects_key(client, server):
     with pytest.raises(ollama.ResponseError) as e:
@@ -157,11 +167,15 @@ def test_upstream_error_event_in_stream(server, client):
 
 # -- cancellation ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path, body", [
-    ("/api/generate", {"model": "slow", "prompt": "go", "stream": True}),
-    ("/api/chat", {"model": "slow", "messages": [{"role": "user", "content": "go"}], "stream": True}),
-    ("/v1/chat/completions", {"model": "slow", "messages": [{"role": "user", "content": "go"}], "stream": True}),
-])
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/api/generate", {"model": "slow", "prompt": "go", "stream": True}),
+        ("/api/chat", {"model": "slow", "messages": [{"role": "user", "content": "go"}], "stream": True}),
+        ("/v1/chat/completions", {"model": "slow", "messages": [{"role": "user", "content": "go"}], "stream": True}),
+    ],
+)
 def test_client_disconnect_closes_upstream(server, openai_fake, path, body):
     """The slow model sends 200 tokens 100 ms apart (20 s); dropping the client after two
     lines must close the upstream connection within a fraction of that."""
@@ -181,11 +195,14 @@ def test_client_disconnect_closes_upstream(server, openai_fake, path, body):
     assert wait_until(lambda: openai_fake.open_connections <= open_during - 1)
     assert len(openai_fake.since(mark)) == 1
     # the server is fine afterwards
-    assert post(server, "/api/generate", {"model": "echo", "prompt": "still ok"}).json()["response"] \
+    assert (
+        post(server, "/api/generate", {"model": "echo", "prompt": "still ok"}).json()["response"]
         == "You said: still ok"
+    )
 
 
 # -- start-up failures ----------------------------------------------------------------------
+
 
 def test_port_in_use(tmp_path, workdir):
     with socket.socket() as s:
@@ -218,6 +235,7 @@ def test_startup_line_lists_ready_models(server):
 
 
 # -- the thread bridge for in-process runs (the local model) -----------------------------------
+
 
 class _CountingRun:
     """An in-process run (gencli.providers.base.LocalRun): a blocking iterator of event batches."""

@@ -34,8 +34,9 @@ class Server(ServeProcess):
 
     def log_lines(self, *needles: str, timeout: float = 3) -> list[str]:
         """Access-log lines containing every needle; waits briefly since the line follows the response."""
-        return wait_until(lambda: [ln for ln in self.stderr().splitlines() if all(n in ln for n in needles)],
-                          timeout, 0.05)
+        return wait_until(
+            lambda: [ln for ln in self.stderr().splitlines() if all(n in ln for n in needles)], timeout, 0.05
+        )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,12 @@ def models_file(openai_fake, tmp_path_factory) -> Path:
 def keyed(models_file, tmp_path_factory):
     """A server that requires SERVER_KEY, allows one more origin through GENCLI_ORIGINS, caps bodies at 1 MB."""
     tmp = tmp_path_factory.mktemp("keyed")
-    server = Server(tmp, models_file, ["--max-body-mb", "1"],
-                    env={"GENCLI_API_KEY": SERVER_KEY, "GENCLI_ORIGINS": "https://env.example.org"})
+    server = Server(
+        tmp,
+        models_file,
+        ["--max-body-mb", "1"],
+        env={"GENCLI_API_KEY": SERVER_KEY, "GENCLI_ORIGINS": "https://env.example.org"},
+    )
     yield server
     server.stop()
 
@@ -69,6 +74,7 @@ AUTH = {"Authorization": f"Bearer {SERVER_KEY}"}
 
 
 # -- API key ---------------------------------------------------------------------------------
+
 
 def test_without_key_routes_answer_401_but_root_answers(keyed, openai_fake):
     mark = openai_fake.mark()
@@ -113,28 +119,35 @@ def test_right_key_works_with_the_official_clients(keyed):
 
 # -- origins and CORS ------------------------------------------------------------------------
 
+
 def _cors_headers(r: httpx.Response) -> dict[str, str]:
     return {k: v for k, v in r.headers.items() if k.lower().startswith("access-control-")}
 
 
 def test_disallowed_origin_is_403_without_cors_and_spends_nothing(keyed, openai_fake):
     mark = openai_fake.mark()
-    for headers in ({"Origin": "https://evil.example"}, {**AUTH, "Origin": "https://evil.example"},
-                    {**AUTH, "Origin": "http://localhost.evil.example"}, {**AUTH, "Origin": "null"}):
+    for headers in (
+        {"Origin": "https://evil.example"},
+        {**AUTH, "Origin": "https://evil.example"},
+        {**AUTH, "Origin": "http://localhost.evil.example"},
+        {**AUTH, "Origin": "null"},
+    ):
         r = httpx.post(keyed.url + "/api/generate", json={"model": "echo", "prompt": "hi"}, headers=headers)
         assert r.status_code == 403, headers
         assert "origin" in r.json()["error"]
         assert _cors_headers(r) == {}
-    r = httpx.options(keyed.url + "/api/generate", headers={
-        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    r = httpx.options(
+        keyed.url + "/api/generate", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert r.status_code == 403 and _cors_headers(r) == {}
     assert openai_fake.since(mark) == []
 
 
 def test_localhost_origins_get_cors_headers(keyed):
     for origin in ("http://localhost:3000", "http://127.0.0.1:8080", "https://localhost", "http://[::1]:5173"):
-        r = httpx.post(keyed.url + "/api/generate", json={"model": "echo", "prompt": "hi"},
-                       headers={**AUTH, "Origin": origin})
+        r = httpx.post(
+            keyed.url + "/api/generate", json={"model": "echo", "prompt": "hi"}, headers={**AUTH, "Origin": origin}
+        )
         assert r.status_code == 200, origin
         assert r.headers["access-control-allow-origin"] == origin
         assert "origin" in r.headers["vary"].lower()
@@ -144,9 +157,14 @@ def test_localhost_origins_get_cors_headers(keyed):
 
 
 def test_preflight_from_allowed_origin(keyed):
-    r = httpx.options(keyed.url + "/api/chat", headers={
-        "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type"})
+    r = httpx.options(
+        keyed.url + "/api/chat",
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
     assert r.status_code == 204  # browsers send no credentials on a preflight
     assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
     assert "POST" in r.headers["access-control-allow-methods"]
@@ -171,6 +189,7 @@ def test_requests_without_origin_or_key_pass_on_an_open_server(open_server):
 
 
 # -- body cap --------------------------------------------------------------------------------
+
 
 def test_body_over_the_limit_is_413(keyed, openai_fake):
     mark = openai_fake.mark()
@@ -199,6 +218,7 @@ def test_body_over_the_limit_is_413(keyed, openai_fake):
 
 # -- access log ------------------------------------------------------------------------------
 
+
 def test_access_log_lines_have_no_prompt_and_no_keys(keyed):
     client = ollama.Client(host=keyed.url, headers=AUTH)
     client.generate(model="echo", prompt=f"say {PROMPT_MARKER} please")
@@ -215,9 +235,15 @@ def test_access_log_lines_have_no_prompt_and_no_keys(keyed):
 
 # -- exposure and SIGTERM --------------------------------------------------------------------
 
+
 def _serve_exit(tmp_path, models_file, *args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([GENCLI, "serve", "--port", "0", "--models", str(models_file), *args],
-                          env=clean_env(tmp_path, **(env or {})), capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [GENCLI, "serve", "--port", "0", "--models", str(models_file), *args],
+        env=clean_env(tmp_path, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_binding_all_interfaces_without_key_refuses_to_start(models_file, tmp_path):
@@ -258,8 +284,9 @@ def test_loopback_bind_does_not_warn(open_server):
 def test_sigterm_lets_an_inflight_stream_finish(models_file, tmp_path):
     server = Server(tmp_path, models_file)
     with httpx.Client(timeout=10) as client:
-        with client.stream("POST", server.url + "/api/generate",
-                           json={"model": "slow", "prompt": "hi", "stream": True}) as r:
+        with client.stream(
+            "POST", server.url + "/api/generate", json={"model": "slow", "prompt": "hi", "stream": True}
+        ) as r:
             assert r.status_code == 200
             lines = r.iter_lines()
             first = json.loads(next(lines))
@@ -282,6 +309,7 @@ def test_sigterm_lets_an_inflight_stream_finish(models_file, tmp_path):
 
 
 # -- decisions -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "localhost", "::1", "[::1]", "::ffff:127.0.0.1"])
 def test_loopback_hosts(host):

@@ -60,8 +60,11 @@ def files():
 
 @pytest.fixture(scope="module")
 def server(openai_fake, tmp_path_factory):
-    s = ServeProcess(tmp_path_factory.mktemp("serve-images"), models_json(openai_fake.base_url),
-                     args=["--allow-private-images", "--max-images", "3", "--max-images-mb", "1"])
+    s = ServeProcess(
+        tmp_path_factory.mktemp("serve-images"),
+        models_json(openai_fake.base_url),
+        args=["--allow-private-images", "--max-images", "3", "--max-images-mb", "1"],
+    )
     yield s
     s.stop()
 
@@ -76,13 +79,22 @@ def data_url(data: bytes, mime: str = "image/png") -> str:
 
 # Each route's body for a user turn "look" with these images (URLs, or PNG bytes as base64).
 def _generate(model: str, images: list) -> dict:
-    return {"model": model, "prompt": "look", "stream": False,
-            "images": [i if isinstance(i, str) else b64(i) for i in images]}
+    return {
+        "model": model,
+        "prompt": "look",
+        "stream": False,
+        "images": [i if isinstance(i, str) else b64(i) for i in images],
+    }
 
 
 def _chat(model: str, images: list) -> dict:
-    return {"model": model, "stream": False, "messages": [
-        {"role": "user", "content": "look", "images": [i if isinstance(i, str) else b64(i) for i in images]}]}
+    return {
+        "model": model,
+        "stream": False,
+        "messages": [
+            {"role": "user", "content": "look", "images": [i if isinstance(i, str) else b64(i) for i in images]}
+        ],
+    }
 
 
 def _completions(model: str, images: list) -> dict:
@@ -98,14 +110,29 @@ def _responses(model: str, images: list) -> dict:
 
 
 def _messages(model: str, images: list) -> dict:
-    blocks = [{"type": "image", "source": {"type": "url", "url": i} if isinstance(i, str) else
-               {"type": "base64", "media_type": "image/png", "data": b64(i)}} for i in images]
-    return {"model": model, "max_tokens": 50, "messages": [
-        {"role": "user", "content": [*blocks, {"type": "text", "text": "look"}]}]}
+    blocks = [
+        {
+            "type": "image",
+            "source": {"type": "url", "url": i}
+            if isinstance(i, str)
+            else {"type": "base64", "media_type": "image/png", "data": b64(i)},
+        }
+        for i in images
+    ]
+    return {
+        "model": model,
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": [*blocks, {"type": "text", "text": "look"}]}],
+    }
 
 
-ROUTES = [("/api/generate", _generate), ("/api/chat", _chat), ("/v1/chat/completions", _completions),
-          ("/v1/responses", _responses), ("/v1/messages", _messages)]
+ROUTES = [
+    ("/api/generate", _generate),
+    ("/api/chat", _chat),
+    ("/v1/chat/completions", _completions),
+    ("/v1/responses", _responses),
+    ("/v1/messages", _messages),
+]
 
 
 def error_of(path: str, r: httpx.Response) -> str:
@@ -174,6 +201,7 @@ def test_count_tokens_counts_downloaded_images(server, files):
 
 # -- the engine alone -------------------------------------------------------------------------
 
+
 @pytest.fixture
 def registry(tmp_path, files):
     path = tmp_path / "models.json"
@@ -191,9 +219,12 @@ def test_prepare_checks_the_count_before_decoding(registry):
 
 def test_prepare_and_fetch_keep_each_image_in_its_place(registry, files):
     first, second = Message("user", "a"), Message("user", "b")
-    req = GenerateRequest(model="echo", messages=[first, Message("assistant", "x"), second], message_images=[
-        (first, files.url("gif")), (first, b64(PNG)), (second, b64(JPEG)), (second, files.url("jpeg"))],
-        images=[PNG])
+    req = GenerateRequest(
+        model="echo",
+        messages=[first, Message("assistant", "x"), second],
+        message_images=[(first, files.url("gif")), (first, b64(PNG)), (second, b64(JPEG)), (second, files.url("jpeg"))],
+        images=[PNG],
+    )
     quota = ImageQuota(5, MB)
     plan = prepare(req, registry, quota=quota)
     assert [i.mime for i in first.images] == ["image/png"] and len(plan.image_urls) == 2

@@ -13,7 +13,8 @@ from tests.helpers import ndjson
 from tests.server_fixture import server  # noqa: F401  (module-scoped fixture)
 
 PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +23,7 @@ def client(server):
 
 
 # -- probes ----------------------------------------------------------------------------
+
 
 def test_root_and_head(server):
     r = httpx.get(server.url + "/")
@@ -54,8 +56,14 @@ def test_tags_capabilities_raw(server):
     by_name = {m["name"].removesuffix(":latest"): m for m in models}
     assert by_name["echo"]["capabilities"] == ["completion", "vision"]
     assert by_name["reason"]["capabilities"] == ["completion", "thinking"]
-    assert set(by_name["echo"]["details"]) == {"parent_model", "format", "family", "families",
-                                               "parameter_size", "quantization_level"}
+    assert set(by_name["echo"]["details"]) == {
+        "parent_model",
+        "format",
+        "family",
+        "families",
+        "parameter_size",
+        "quantization_level",
+    }
 
 
 def test_show(client, server):
@@ -88,6 +96,7 @@ def test_ps_lists_models_after_use(client):
 
 
 # -- generate ------------------------------------------------------------------------------
+
 
 def test_generate_not_streamed(client, openai_fake):
     r = client.generate(model="echo", prompt="hello server")
@@ -164,10 +173,19 @@ def test_generate_context_continues_conversation(client, openai_fake):
 
 
 def test_generate_system_options_and_ignored_fields(server, openai_fake):
-    r = httpx.post(server.url + "/api/generate", json={
-        "model": "echo", "prompt": "p", "system": "be brief", "keep_alive": "5m", "raw": False,
-        "options": {"temperature": 0.2, "top_p": 0.9, "num_predict": 2, "stop": ["zzz"], "unknown": 1},
-        "format": "json", "whatever_new_field": {"x": 1}})
+    r = httpx.post(
+        server.url + "/api/generate",
+        json={
+            "model": "echo",
+            "prompt": "p",
+            "system": "be brief",
+            "keep_alive": "5m",
+            "raw": False,
+            "options": {"temperature": 0.2, "top_p": 0.9, "num_predict": 2, "stop": ["zzz"], "unknown": 1},
+            "format": "json",
+            "whatever_new_field": {"x": 1},
+        },
+    )
     assert r.status_code == 200, r.text
     body = openai_fake.last().body
     assert body["messages"][0] == {"role": "system", "content": "be brief"}
@@ -208,11 +226,17 @@ def test_latest_tag_accepted(client):
 
 # -- chat -----------------------------------------------------------------------------------
 
+
 def test_chat_not_streamed(client, openai_fake):
-    r = client.chat(model="echo", messages=[{"role": "system", "content": "sys"},
-                                            {"role": "user", "content": "hi"},
-                                            {"role": "assistant", "content": "hello"},
-                                            {"role": "user", "content": "again"}])
+    r = client.chat(
+        model="echo",
+        messages=[
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "again"},
+        ],
+    )
     assert r.message.role == "assistant" and r.message.content == "You said: again"
     assert r.done and r.done_reason == "stop"
     sent = openai_fake.last().body["messages"]
@@ -227,15 +251,22 @@ def test_chat_streamed_with_thinking(client):
 
 
 def test_chat_raw_shape(server):
-    r = httpx.post(server.url + "/api/chat", json={"model": "reason", "stream": True,
-                                                    "messages": [{"role": "user", "content": "q"}]})
+    r = httpx.post(
+        server.url + "/api/chat",
+        json={"model": "reason", "stream": True, "messages": [{"role": "user", "content": "q"}]},
+    )
     lines = ndjson(r)
     assert all("response" not in o and "context" not in o for o in lines)
     assert lines[-1]["done"] is True and lines[-1]["message"]["content"] == ""
-    whole = httpx.post(server.url + "/api/chat", json={"model": "reason", "stream": False,
-                                                        "messages": [{"role": "user", "content": "q"}]}).json()
-    assert whole["message"] == {"role": "assistant", "content": "Here it is: 42.",
-                                "thinking": "Hmm, the user wants an answer."}
+    whole = httpx.post(
+        server.url + "/api/chat",
+        json={"model": "reason", "stream": False, "messages": [{"role": "user", "content": "q"}]},
+    ).json()
+    assert whole["message"] == {
+        "role": "assistant",
+        "content": "Here it is: 42.",
+        "thinking": "Hmm, the user wants an answer.",
+    }
 
 
 def test_chat_images(client):
@@ -257,8 +288,7 @@ def test_workers(openai_fake, tmp_path):
         assert "2 workers" in s.stderr()
         with httpx.Client(base_url=s.url, timeout=30) as c:
             for i in range(6):
-                r = c.post("/api/generate", json={"model": "echo", "prompt": f"n{i}"},
-                           headers={"Connection": "close"})
+                r = c.post("/api/generate", json={"model": "echo", "prompt": f"n{i}"}, headers={"Connection": "close"})
                 assert r.json()["response"] == f"You said: n{i}"
     finally:
         code = s.stop()

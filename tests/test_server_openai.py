@@ -25,9 +25,13 @@ def test_models(sdk):
 
 
 def test_chat_completion_not_streamed(sdk, openai_fake):
-    r = sdk.chat.completions.create(model="echo", messages=[{"role": "developer", "content": "short"},
-                                                            {"role": "user", "content": "hello v1"}],
-                                    temperature=0.3, max_tokens=10, seed=7)
+    r = sdk.chat.completions.create(
+        model="echo",
+        messages=[{"role": "developer", "content": "short"}, {"role": "user", "content": "hello v1"}],
+        temperature=0.3,
+        max_tokens=10,
+        seed=7,
+    )
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == "You said: hello v1"
     assert r.choices[0].finish_reason == "stop"
@@ -38,16 +42,21 @@ def test_chat_completion_not_streamed(sdk, openai_fake):
 
 
 def test_chat_completion_reasoning_content(server):
-    r = httpx.post(server.url + "/v1/chat/completions",
-                   json={"model": "reason", "messages": [{"role": "user", "content": "q"}]}).json()
+    r = httpx.post(
+        server.url + "/v1/chat/completions", json={"model": "reason", "messages": [{"role": "user", "content": "q"}]}
+    ).json()
     assert r["object"] == "chat.completion"
     assert r["choices"][0]["message"]["reasoning_content"] == "Hmm, the user wants an answer."
     assert r["choices"][0]["message"]["content"] == "Here it is: 42."
 
 
 def test_chat_completion_streamed(sdk):
-    stream = sdk.chat.completions.create(model="tokens-5", messages=[{"role": "user", "content": "count"}],
-                                         stream=True, stream_options={"include_usage": True})
+    stream = sdk.chat.completions.create(
+        model="tokens-5",
+        messages=[{"role": "user", "content": "count"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -59,8 +68,10 @@ def test_chat_completion_streamed(sdk):
 
 
 def test_sse_framing_and_reasoning_deltas(server):
-    r = httpx.post(server.url + "/v1/chat/completions",
-                   json={"model": "reason", "stream": True, "messages": [{"role": "user", "content": "q"}]})
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": "reason", "stream": True, "messages": [{"role": "user", "content": "q"}]},
+    )
     assert r.headers["content-type"].startswith("text/event-stream")
     events = [e for e in r.text.split("\n\n") if e]
     assert all(e.startswith("data: ") for e in events)
@@ -77,15 +88,28 @@ def test_image_parts(sdk):
     from tests.test_server_ollama import PNG
 
     url = "data:image/png;base64," + base64.b64encode(PNG).decode()
-    r = sdk.chat.completions.create(model="echo", messages=[{"role": "user", "content": [
-        {"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": url}}]}])
+    r = sdk.chat.completions.create(
+        model="echo",
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": url}}],
+            }
+        ],
+    )
     assert r.choices[0].message.content == "You said: look [1 image]"
 
 
 def test_response_format_and_effort(server, openai_fake):
-    r = httpx.post(server.url + "/v1/chat/completions", json={
-        "model": "reason-or", "messages": [{"role": "user", "content": "q"}], "reasoning_effort": "low",
-        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}})
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={
+            "model": "reason-or",
+            "messages": [{"role": "user", "content": "q"}],
+            "reasoning_effort": "low",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+        },
+    )
     assert r.status_code == 200
     body = openai_fake.last().body
     assert body["reasoning_effort"] == "low"
@@ -113,8 +137,9 @@ def test_openai_error_after_stream_started(sdk):
     else an error event after the partial text; the SDK raises either way."""
     got = []
     with pytest.raises(openai.APIError) as e:
-        stream = sdk.chat.completions.create(model="midstream", messages=[{"role": "user", "content": "x"}],
-                                             stream=True)
+        stream = sdk.chat.completions.create(
+            model="midstream", messages=[{"role": "user", "content": "x"}], stream=True
+        )
         for c in stream:
             if c.choices:
                 got.append(c.choices[0].delta.content or "")

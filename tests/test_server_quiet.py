@@ -26,17 +26,23 @@ from tests.test_httpclient import InThread, RawServer, openai_answer
 
 
 def _models(base_url: str) -> dict:
-    return {name: {"provider": "openai-compatible", "model": model, "base_url": base_url, "api_key_env": KEY_VAR}
-            for name, model in (("echo", "echo"), ("slow", "slow-20-100"))}
+    return {
+        name: {"provider": "openai-compatible", "model": model, "base_url": base_url, "api_key_env": KEY_VAR}
+        for name, model in (("echo", "echo"), ("slow", "slow-20-100"))
+    }
 
 
 def test_a_stderr_nobody_reads_never_stops_the_server(tmp_path, openai_fake):
     models = tmp_path / "models.json"
     models.write_text(json.dumps(_models(openai_fake.base_url)))
-    proc = subprocess.Popen([GENCLI, "serve", "--port", "0", "--models", str(models)],
-                            env=clean_env(tmp_path, **{KEY_VAR: FAKE_KEY}),
-                            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [GENCLI, "serve", "--port", "0", "--models", str(models)],
+        env=clean_env(tmp_path, **{KEY_VAR: FAKE_KEY}),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         url = ""
         while not url:  # read the start-up lines, then nothing more for a while
@@ -79,7 +85,7 @@ def test_a_stderr_nobody_reads_never_stops_the_server(tmp_path, openai_fake):
     count = int(dropped[0].split("gencli serve: ", 1)[1].split()[0])
     logged = [ln for ln in lines if " GET /api/version " in ln and " status=200 " in ln]
     assert count > 0 and len(logged) + count >= 12000, (count, len(logged))
-    after = lines[lines.index(dropped[0]) + 1:]  # once stderr is read again, lines are written as before
+    after = lines[lines.index(dropped[0]) + 1 :]  # once stderr is read again, lines are written as before
     assert any(" GET /api/version model=- status=200 " in ln for ln in after), after
 
 
@@ -116,6 +122,7 @@ def test_idle_upstream_connections_close_when_the_server_goes_quiet(tmp_path):
         models = {"m": {"provider": "openai-compatible", "model": "x", "base_url": up.url + "/v1"}}
         s = ServeProcess(tmp_path, models)
         try:
+
             def one(_):
                 return httpx.post(s.url + "/api/generate", json={"model": "m", "prompt": "hi"}, timeout=30)
 

@@ -29,12 +29,17 @@ def test_flags_win_over_the_environment_which_wins_over_dotenv(tmp_path):
     assert s.timeout == 3.0 and s.retries == 4 and s.model == "from-file"
 
 
-@pytest.mark.parametrize("var, value, rule", [
-    ("GENCLI_TIMEOUT", "abc", "a number above 0 to 86400 (seconds)"),
-    ("GENCLI_TIMEOUT", "0", "a number above 0"), ("GENCLI_TIMEOUT", "inf", "a number above 0"),
-    ("GENCLI_RETRIES", "11", "a whole number from 0 to 10"), ("GENCLI_RETRIES", "two", "a whole number"),
-    ("GENCLI_LOCAL_QUEUE", "-1", "a whole number from 0 to 100000"),
-])
+@pytest.mark.parametrize(
+    "var, value, rule",
+    [
+        ("GENCLI_TIMEOUT", "abc", "a number above 0 to 86400 (seconds)"),
+        ("GENCLI_TIMEOUT", "0", "a number above 0"),
+        ("GENCLI_TIMEOUT", "inf", "a number above 0"),
+        ("GENCLI_RETRIES", "11", "a whole number from 0 to 10"),
+        ("GENCLI_RETRIES", "two", "a whole number"),
+        ("GENCLI_LOCAL_QUEUE", "-1", "a whole number from 0 to 100000"),
+    ],
+)
 def test_a_bad_value_is_one_error_naming_the_variable(var, value, rule):
     with pytest.raises(UsageError) as info:
         Settings.from_env({var: value})
@@ -53,10 +58,20 @@ def test_settings_never_show_keys_and_travel_to_worker_processes():
 
 def test_the_engine_resolves_timeout_and_retries_flag_model_then_settings(tmp_path):
     path = tmp_path / "models.json"
-    path.write_text(json.dumps({
-        "own": {"provider": "openai-compatible", "model": "m", "base_url": "http://127.0.0.1:9/v1",
-                "timeout": 5, "retries": 1},
-        "plain": {"provider": "openai-compatible", "model": "m", "base_url": "http://127.0.0.1:9/v1"}}))
+    path.write_text(
+        json.dumps(
+            {
+                "own": {
+                    "provider": "openai-compatible",
+                    "model": "m",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "timeout": 5,
+                    "retries": 1,
+                },
+                "plain": {"provider": "openai-compatible", "model": "m", "base_url": "http://127.0.0.1:9/v1"},
+            }
+        )
+    )
     reg = Registry.load(str(path), env={"GENCLI_TIMEOUT": "30", "GENCLI_RETRIES": "3"})
 
     def call(name: str, **flags):
@@ -72,8 +87,18 @@ def test_the_engine_resolves_timeout_and_retries_flag_model_then_settings(tmp_pa
 def hang_env(tmp_path, openai_fake):
     work = tmp_path / "work"
     work.mkdir()
-    (work / "models.json").write_text(json.dumps({"hang": {
-        "provider": "openai-compatible", "model": "hang", "base_url": openai_fake.base_url, "api_key_env": KEY_VAR}}))
+    (work / "models.json").write_text(
+        json.dumps(
+            {
+                "hang": {
+                    "provider": "openai-compatible",
+                    "model": "hang",
+                    "base_url": openai_fake.base_url,
+                    "api_key_env": KEY_VAR,
+                }
+            }
+        )
+    )
     return clean_env(tmp_path, **{KEY_VAR: FAKE_KEY}), work
 
 
@@ -92,16 +117,27 @@ def test_a_bad_setting_in_dotenv_is_exit_2(hang_env):
     (work / ".env").write_text("GENCLI_TIMEOUT=soon\n")
     r = run_gencli(["generate", "-m", "hang", "hi"], env, work)
     assert r.returncode == 2 and r.stdout == b""
-    assert r.stderr.decode() == ("gencli: error: GENCLI_TIMEOUT='soon' is not a number above 0 to 86400 "
-                                 "(seconds); fix or unset it\n")
+    assert r.stderr.decode() == (
+        "gencli: error: GENCLI_TIMEOUT='soon' is not a number above 0 to 86400 (seconds); fix or unset it\n"
+    )
 
 
 def test_workers_get_the_settings_from_flags_and_dotenv(tmp_path, openai_fake):
     """--workers 2: the API key from .env and --timeout reach every worker process."""
-    models = {"hang": {"provider": "openai-compatible", "model": "hang", "base_url": openai_fake.base_url,
-                       "api_key_env": KEY_VAR},
-              "echo": {"provider": "openai-compatible", "model": "echo", "base_url": openai_fake.base_url,
-                       "api_key_env": KEY_VAR}}
+    models = {
+        "hang": {
+            "provider": "openai-compatible",
+            "model": "hang",
+            "base_url": openai_fake.base_url,
+            "api_key_env": KEY_VAR,
+        },
+        "echo": {
+            "provider": "openai-compatible",
+            "model": "echo",
+            "base_url": openai_fake.base_url,
+            "api_key_env": KEY_VAR,
+        },
+    }
     work = tmp_path / "serve" / "work"
     work.mkdir(parents=True)
     (work / ".env").write_text("GENCLI_API_KEY=serve-key-123\n")
@@ -110,8 +146,9 @@ def test_workers_get_the_settings_from_flags_and_dotenv(tmp_path, openai_fake):
         auth = {"Authorization": "Bearer serve-key-123", "Connection": "close"}
 
         def generate(model: str, headers: dict) -> httpx.Response:
-            return httpx.post(s.url + "/api/generate", json={"model": model, "prompt": "x"}, headers=headers,
-                              timeout=30)
+            return httpx.post(
+                s.url + "/api/generate", json={"model": model, "prompt": "x"}, headers=headers, timeout=30
+            )
 
         # many fresh connections: the kernel spreads them over both workers
         for _ in range(8):

@@ -9,12 +9,14 @@ import pytest
 from gencli.sse import SSEDecoder
 from gencli.think import ThinkSplitter, split_complete
 
-STREAM = (b'data: {"a":1}\n\n'
-          b": OPENROUTER PROCESSING\n\n"
-          b'event: message\nid: 7\ndata: {"b":2}\n\n'
-          b"data: line one\ndata: line two\n\n"
-          b"data:nospace\n\n"
-          b"data: [DONE]\n\n")
+STREAM = (
+    b'data: {"a":1}\n\n'
+    b": OPENROUTER PROCESSING\n\n"
+    b'event: message\nid: 7\ndata: {"b":2}\n\n'
+    b"data: line one\ndata: line two\n\n"
+    b"data:nospace\n\n"
+    b"data: [DONE]\n\n"
+)
 EXPECTED = [b'{"a":1}', b'{"b":2}', b"line one\nline two", b"nospace", b"[DONE]"]
 
 
@@ -69,6 +71,7 @@ def test_sse_multibyte_utf8_split_inside_a_character():
 
 
 # -- think ---------------------------------------------------------------------
+
 
 def stream_split(chunks: list[str], implicit: bool = False) -> tuple[str, str]:
     sp = ThinkSplitter(implicit_open=implicit)

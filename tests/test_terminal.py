@@ -30,12 +30,20 @@ def term(tmp_path, openai_fake):
     def start(args: list[str], model: str = "reason-deepseek", rows: int = 40, **extra_env: str) -> Pane:
         work = tmp_path / f"work{len(panes)}"
         work.mkdir()
-        (work / "models.json").write_text(json.dumps(
-            {"m": {"provider": "openai-compatible", "model": model, "base_url": openai_fake.base_url,
-                   "api_key_env": "FAKE_UPSTREAM_KEY"}}))
+        (work / "models.json").write_text(
+            json.dumps(
+                {
+                    "m": {
+                        "provider": "openai-compatible",
+                        "model": model,
+                        "base_url": openai_fake.base_url,
+                        "api_key_env": "FAKE_UPSTREAM_KEY",
+                    }
+                }
+            )
+        )
         env = clean_env(tmp_path, FAKE_UPSTREAM_KEY=FAKE_KEY, TERM="xterm-256color", **extra_env)
-        pane = Pane(work, [GENCLI, "generate", "-m", "m", *args],
-                    env, rows=rows)
+        pane = Pane(work, [GENCLI, "generate", "-m", "m", *args], env, rows=rows)
         panes.append(pane)
         return pane
 
@@ -66,8 +74,11 @@ def test_markdown_is_rendered_not_raw(term):
     assert "A Heading" in screen
     assert "• first item" in screen and "• second item" in screen, screen
     # NO_COLOR (set by clean_env): attributes such as bold are fine, colours are not.
-    colours = [p for p in SGR.findall(pane.screen(escapes=True))
-               if re.search(r"(^|;)(3[0-7]|38|4[0-7]|48|9[0-7]|10[0-7])(;|$)", p)]
+    colours = [
+        p
+        for p in SGR.findall(pane.screen(escapes=True))
+        if re.search(r"(^|;)(3[0-7]|38|4[0-7]|48|9[0-7]|10[0-7])(;|$)", p)
+    ]
     assert colours == [], colours[:5]
     # Bold is still shown as bold.
     assert re.search(r"\x1b\[(?:[0-9;]*;)?1(?:;[0-9;]*)?mbold words", pane.screen(escapes=True))
@@ -102,7 +113,9 @@ def test_long_answer_has_no_duplicates_or_artefacts(term):
     assert "**" not in screen and "```" not in screen
     order = [screen.index(f"Paragraph {i:02d}") for i in range(60)]
     assert order == sorted(order)
-    assert screen.index("Paragraph 29") < screen.index("line_00") < screen.index("line_29") < screen.index("Paragraph 30")
+    assert (
+        screen.index("Paragraph 29") < screen.index("line_00") < screen.index("line_29") < screen.index("Paragraph 30")
+    )
 
 
 def test_ctrl_c_keeps_partial_answer(term):
@@ -130,15 +143,25 @@ def test_midstream_error_keeps_partial_answer(term):
 
 def test_piped_run_never_imports_rich(tmp_path, workdir, openai_fake):
     """The plain path stays light: no Rich (nor httpx's optional CLI client, which pulls it in)."""
-    (workdir / "models.json").write_text(json.dumps(
-        {"m": {"provider": "openai-compatible", "model": "reason-deepseek", "base_url": openai_fake.base_url,
-               "api_key_env": "FAKE_UPSTREAM_KEY"}}))
+    (workdir / "models.json").write_text(
+        json.dumps(
+            {
+                "m": {
+                    "provider": "openai-compatible",
+                    "model": "reason-deepseek",
+                    "base_url": openai_fake.base_url,
+                    "api_key_env": "FAKE_UPSTREAM_KEY",
+                }
+            }
+        )
+    )
     env = clean_env(tmp_path, FAKE_UPSTREAM_KEY=FAKE_KEY, PYTHONPROFILEIMPORTTIME="1")
     out = run_gencli(["generate", "-m", "m", "hi"], env, workdir)
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"Here it is: 42.\n"
-    imported = {line.split("|")[-1].strip() for line in out.stderr.decode().splitlines()
-                if line.startswith("import time:")}
+    imported = {
+        line.split("|")[-1].strip() for line in out.stderr.decode().splitlines() if line.startswith("import time:")
+    }
     assert "gencli.engine" in imported  # the profile really lists gencli's imports
     heavy = {m for m in imported if m.split(".")[0] in ("rich", "pygments", "asyncio", "markdown_it")}
     assert not heavy, sorted(heavy)
@@ -149,12 +172,19 @@ def test_block_splitter(chunk):
     """Completed blocks end at blank lines outside fences, however the text is cut into deltas."""
     from gencli.cli.render_rich import BlockSplitter
 
-    text = ("# Title\n\nA paragraph\non two lines.\n\n```python\ndef f():\n\n    return 1\n```\n\n"
-            "~~~~\n```\n\nnot closed by ```\n~~~~\n\n- a\n- b\n\ntail without end")
+    text = (
+        "# Title\n\nA paragraph\non two lines.\n\n```python\ndef f():\n\n    return 1\n```\n\n"
+        "~~~~\n```\n\nnot closed by ```\n~~~~\n\n- a\n- b\n\ntail without end"
+    )
     s = BlockSplitter()
     blocks: list[str] = []
     for i in range(0, len(text), chunk):
-        blocks += s.feed(text[i:i + chunk])
-    assert blocks == ["# Title", "A paragraph\non two lines.", "```python\ndef f():\n\n    return 1\n```",
-                      "~~~~\n```\n\nnot closed by ```\n~~~~", "- a\n- b"]
+        blocks += s.feed(text[i : i + chunk])
+    assert blocks == [
+        "# Title",
+        "A paragraph\non two lines.",
+        "```python\ndef f():\n\n    return 1\n```",
+        "~~~~\n```\n\nnot closed by ```\n~~~~",
+        "- a\n- b",
+    ]
     assert s.pending == "tail without end"

@@ -20,44 +20,83 @@ from tests.fakes.gemini_upstream import FAKE_KEY as GEMINI_KEY
 from tests.fakes.openai_upstream import FAKE_KEY
 from tests.server_fixture import KEY_VAR, ServeProcess
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
-                                                    "metric": {"type": "boolean"}},
-                   "required": ["city"]}}}
-TIME = {"type": "function", "function": {
-    "name": "get_time", "description": "The time in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "metric": {"type": "boolean"}},
+            "required": ["city"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The time in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 TOOLS_CAPS = ["completion", "tools"]
 
 
 @pytest.fixture(scope="module")
 def registry(openai_fake, gemini_fake, tmp_path_factory) -> Registry:
     models = {
-        "oa-tools": {"provider": "openai", "model": "tools", "base_url": openai_fake.base_url,
-                     "capabilities": TOOLS_CAPS},
-        "oa-tools-2": {"provider": "openai", "model": "tools-2", "base_url": openai_fake.base_url,
-                       "capabilities": TOOLS_CAPS},
-        "oa-bad-args": {"provider": "openrouter", "model": "tools-bad-args", "base_url": openai_fake.base_url,
-                        "capabilities": TOOLS_CAPS},
+        "oa-tools": {
+            "provider": "openai",
+            "model": "tools",
+            "base_url": openai_fake.base_url,
+            "capabilities": TOOLS_CAPS,
+        },
+        "oa-tools-2": {
+            "provider": "openai",
+            "model": "tools-2",
+            "base_url": openai_fake.base_url,
+            "capabilities": TOOLS_CAPS,
+        },
+        "oa-bad-args": {
+            "provider": "openrouter",
+            "model": "tools-bad-args",
+            "base_url": openai_fake.base_url,
+            "capabilities": TOOLS_CAPS,
+        },
         "oa-plain": {"provider": "openai", "model": "echo", "base_url": openai_fake.base_url},
-        "gm-tools": {"provider": "google", "model": "gemini-tools", "base_url": gemini_fake.base_url,
-                     "capabilities": TOOLS_CAPS},
-        "gm-tools-2": {"provider": "google", "model": "gemini-tools-2", "base_url": gemini_fake.base_url,
-                       "capabilities": TOOLS_CAPS},
+        "gm-tools": {
+            "provider": "google",
+            "model": "gemini-tools",
+            "base_url": gemini_fake.base_url,
+            "capabilities": TOOLS_CAPS,
+        },
+        "gm-tools-2": {
+            "provider": "google",
+            "model": "gemini-tools-2",
+            "base_url": gemini_fake.base_url,
+            "capabilities": TOOLS_CAPS,
+        },
     }
     path = tmp_path_factory.mktemp("tools") / "models.json"
     path.write_text(json.dumps(models))
-    return Registry.load(str(path), env={"OPENAI_API_KEY": FAKE_KEY, "OPENROUTER_API_KEY": FAKE_KEY,
-                                         "GEMINI_API_KEY": GEMINI_KEY})
+    return Registry.load(
+        str(path), env={"OPENAI_API_KEY": FAKE_KEY, "OPENROUTER_API_KEY": FAKE_KEY, "GEMINI_API_KEY": GEMINI_KEY}
+    )
 
 
 def run(reg: Registry, messages: list[Message], model: str, stream: bool, tools=(WEATHER,)) -> tuple[list, Done]:
     transport = HttpxTransport(tls=False)
     try:
-        events = list(engine.generate(GenerateRequest(model=model, messages=messages, stream=stream,
-                                                      tools=list(tools) if tools is not None else None),
-                                      reg, transport))
+        events = list(
+            engine.generate(
+                GenerateRequest(
+                    model=model, messages=messages, stream=stream, tools=list(tools) if tools is not None else None
+                ),
+                reg,
+                transport,
+            )
+        )
     finally:
         transport.close()
     done = events[-1]
@@ -66,6 +105,7 @@ def run(reg: Registry, messages: list[Message], model: str, stream: bool, tools=
 
 
 # -- the engine against the upstream wires ---------------------------------------------------
+
 
 @pytest.mark.parametrize("model", ["oa-tools", "gm-tools"])
 @pytest.mark.parametrize("stream", [False, True])
@@ -105,44 +145,58 @@ def test_gemini_wire_request_carries_function_declarations(registry, gemini_fake
     assert decl["parametersJsonSchema"] == WEATHER["function"]["parameters"]
 
 
-@pytest.mark.parametrize("choice,openai_wire,gemini_config", [
-    ("required", "required", {"mode": "ANY"}),
-    ({"type": "function", "function": {"name": "get_time"}}, {"type": "function", "function": {"name": "get_time"}},
-     {"mode": "ANY", "allowedFunctionNames": ["get_time"]}),
-    ("auto", "auto", {"mode": "AUTO"}),
-    ("none", "none", {"mode": "NONE"}),
-    (None, None, None),
-])
+@pytest.mark.parametrize(
+    "choice,openai_wire,gemini_config",
+    [
+        ("required", "required", {"mode": "ANY"}),
+        (
+            {"type": "function", "function": {"name": "get_time"}},
+            {"type": "function", "function": {"name": "get_time"}},
+            {"mode": "ANY", "allowedFunctionNames": ["get_time"]},
+        ),
+        ("auto", "auto", {"mode": "AUTO"}),
+        ("none", "none", {"mode": "NONE"}),
+        (None, None, None),
+    ],
+)
 def test_tool_choice_reaches_both_wires(registry, openai_fake, gemini_fake, choice, openai_wire, gemini_config):
     for model in ("oa-tools", "gm-tools"):
         transport = HttpxTransport(tls=False)
-        req = GenerateRequest(model=model, messages=[Message("user", "Rome")], tools=[WEATHER, TIME],
-                              tool_choice=choice, stream=False)
+        req = GenerateRequest(
+            model=model, messages=[Message("user", "Rome")], tools=[WEATHER, TIME], tool_choice=choice, stream=False
+        )
         list(engine.generate(req, registry, transport))
         transport.close()
     assert openai_fake.last().body.get("tool_choice") == openai_wire  # exactly as given (absent: absent)
     assert openai_fake.last().body["tools"] == [WEATHER, TIME]
     assert gemini_fake.last("gemini-tools").body.get("toolConfig") == (
-        None if gemini_config is None else {"functionCallingConfig": gemini_config})
+        None if gemini_config is None else {"functionCallingConfig": gemini_config}
+    )
 
 
 def test_tool_choice_none_on_a_model_without_tools_and_bad_choices_are_refused(registry, openai_fake):
     transport = HttpxTransport(tls=False)
     # a model without the tools capability: no tool may be called, so none is sent (and no 400)
-    req = GenerateRequest(model="oa-plain", messages=[Message("user", "Rome")], tools=[WEATHER], tool_choice="none",
-                          stream=False)
+    req = GenerateRequest(
+        model="oa-plain", messages=[Message("user", "Rome")], tools=[WEATHER], tool_choice="none", stream=False
+    )
     done = list(engine.generate(req, registry, transport))[-1]
     transport.close()
     assert "tools" not in openai_fake.last().body and "tool_choice" not in openai_fake.last().body
     assert not done.tool_calls
-    for bad, message in (("sometimes", "tool_choice must be"), ({"type": "function", "function": {"name": "x"}},
-                                                                 "not in tools")):
+    for bad, message in (
+        ("sometimes", "tool_choice must be"),
+        ({"type": "function", "function": {"name": "x"}}, "not in tools"),
+    ):
         with pytest.raises(UsageError, match=message):
-            engine.prepare(GenerateRequest(model="oa-tools", messages=[Message("user", "x")], tools=[WEATHER],
-                                           tool_choice=bad), registry)
+            engine.prepare(
+                GenerateRequest(model="oa-tools", messages=[Message("user", "x")], tools=[WEATHER], tool_choice=bad),
+                registry,
+            )
     with pytest.raises(UsageError, match="no tools"):
-        engine.prepare(GenerateRequest(model="oa-tools", messages=[Message("user", "x")], tool_choice="required"),
-                       registry)
+        engine.prepare(
+            GenerateRequest(model="oa-tools", messages=[Message("user", "x")], tool_choice="required"), registry
+        )
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -150,9 +204,11 @@ def test_openai_follow_up_with_results_uses_call_ids(registry, openai_fake, stre
     """An Ollama-style follow-up (tool_name, no ids) reaches OpenAI with matching ids and string arguments."""
     _, first = run(registry, [Message("user", "Paris")], "oa-tools", stream)
     call = first.tool_calls[0]
-    history = [Message("user", "Paris"),
-               Message("assistant", "", tool_calls=[ToolCall("", call.name, call.arguments)]),
-               Message("tool", "18 degrees", tool_name="get_weather")]
+    history = [
+        Message("user", "Paris"),
+        Message("assistant", "", tool_calls=[ToolCall("", call.name, call.arguments)]),
+        Message("tool", "18 degrees", tool_name="get_weather"),
+    ]
     _, done = run(registry, history, "oa-tools", stream)
     assert done.text == "Tool results: 18 degrees"
     assert done.done_reason == "stop"
@@ -165,20 +221,36 @@ def test_openai_follow_up_with_results_uses_call_ids(registry, openai_fake, stre
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_gemini_follow_up_sends_function_call_and_response_parts(registry, gemini_fake, stream):
-    history = [Message("user", "Oslo"),
-               Message("assistant", "", tool_calls=[ToolCall("call_1", "get_weather", {"city": "Oslo"}),
-                                                    ToolCall("call_2", "get_time", {"city": "Oslo"})]),
-               Message("tool", '{"temp": 3}', tool_call_id="call_1"),
-               Message("tool", "noon", tool_call_id="call_2")]
+    history = [
+        Message("user", "Oslo"),
+        Message(
+            "assistant",
+            "",
+            tool_calls=[
+                ToolCall("call_1", "get_weather", {"city": "Oslo"}),
+                ToolCall("call_2", "get_time", {"city": "Oslo"}),
+            ],
+        ),
+        Message("tool", '{"temp": 3}', tool_call_id="call_1"),
+        Message("tool", "noon", tool_call_id="call_2"),
+    ]
     _, done = run(registry, history, "gm-tools-2", stream, tools=(WEATHER, TIME))
     assert done.text == 'Tool results: [{"temp":3},{"result":"noon"}]'
     contents = gemini_fake.last("gemini-tools-2").body["contents"]
-    assert contents[1] == {"role": "model", "parts": [
-        {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}},
-        {"functionCall": {"name": "get_time", "args": {"city": "Oslo"}}}]}
-    assert contents[2] == {"role": "user", "parts": [
-        {"functionResponse": {"name": "get_weather", "response": {"temp": 3}}},
-        {"functionResponse": {"name": "get_time", "response": {"result": "noon"}}}]}
+    assert contents[1] == {
+        "role": "model",
+        "parts": [
+            {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}},
+            {"functionCall": {"name": "get_time", "args": {"city": "Oslo"}}},
+        ],
+    }
+    assert contents[2] == {
+        "role": "user",
+        "parts": [
+            {"functionResponse": {"name": "get_weather", "response": {"temp": 3}}},
+            {"functionResponse": {"name": "get_time", "response": {"result": "noon"}}},
+        ],
+    }
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -195,14 +267,17 @@ def test_tools_to_a_model_without_the_capability_is_a_usage_error(registry, open
     assert openai_fake.since(mark) == []
 
 
-@pytest.mark.parametrize("tools, message", [
-    ([{"type": "retrieval"}], "only \"function\" tools"),
-    ([{"type": "function", "function": {}}], "tools[0].function.name is required"),
-    ([{"type": "function", "function": {"name": "a b"}}], "must start with a letter"),
-    ([{"type": "function", "function": {"name": "f", "parameters": []}}], "parameters must be a JSON schema"),
-    ([WEATHER, WEATHER], "used by two tools"),
-    ({"name": "f"}, "tools must be an array"),
-])
+@pytest.mark.parametrize(
+    "tools, message",
+    [
+        ([{"type": "retrieval"}], 'only "function" tools'),
+        ([{"type": "function", "function": {}}], "tools[0].function.name is required"),
+        ([{"type": "function", "function": {"name": "a b"}}], "must start with a letter"),
+        ([{"type": "function", "function": {"name": "f", "parameters": []}}], "parameters must be a JSON schema"),
+        ([WEATHER, WEATHER], "used by two tools"),
+        ({"name": "f"}, "tools must be an array"),
+    ],
+)
 def test_bad_tool_lists_are_refused(registry, tools, message):
     with pytest.raises(UsageError, match=re.escape(message)):
         engine.prepare(GenerateRequest(model="oa-tools", messages=[Message("user", "x")], tools=tools), registry)
@@ -210,23 +285,40 @@ def test_bad_tool_lists_are_refused(registry, tools, message):
 
 def test_a_tool_message_with_nothing_to_answer_is_refused(registry):
     with pytest.raises(UsageError, match="tool message needs tool_name"):
-        engine.prepare(GenerateRequest(model="oa-tools", messages=[Message("user", "x"), Message("tool", "r")],
-                                       tools=[WEATHER]), registry)
+        engine.prepare(
+            GenerateRequest(model="oa-tools", messages=[Message("user", "x"), Message("tool", "r")], tools=[WEATHER]),
+            registry,
+        )
 
 
 # -- gencli serve: the ollama client on /api/chat, the openai SDK on /v1 ------------------------
+
 
 @pytest.fixture(scope="module")
 def server(openai_fake, gemini_fake, tmp_path_factory):
     base = {"api_key_env": KEY_VAR}
     models = {
-        "oa-tools": {"provider": "openai-compatible", "model": "tools", "base_url": openai_fake.base_url,
-                     "capabilities": TOOLS_CAPS, **base},
-        "oa-tools-2": {"provider": "openai-compatible", "model": "tools-2", "base_url": openai_fake.base_url,
-                       "capabilities": TOOLS_CAPS, **base},
+        "oa-tools": {
+            "provider": "openai-compatible",
+            "model": "tools",
+            "base_url": openai_fake.base_url,
+            "capabilities": TOOLS_CAPS,
+            **base,
+        },
+        "oa-tools-2": {
+            "provider": "openai-compatible",
+            "model": "tools-2",
+            "base_url": openai_fake.base_url,
+            "capabilities": TOOLS_CAPS,
+            **base,
+        },
         "plain": {"provider": "openai-compatible", "model": "echo", "base_url": openai_fake.base_url, **base},
-        "gm-tools": {"provider": "google", "model": "gemini-tools", "base_url": gemini_fake.base_url,
-                     "capabilities": TOOLS_CAPS},
+        "gm-tools": {
+            "provider": "google",
+            "model": "gemini-tools",
+            "base_url": gemini_fake.base_url,
+            "capabilities": TOOLS_CAPS,
+        },
     }
     s = ServeProcess(tmp_path_factory.mktemp("serve-tools"), models, env={"GEMINI_API_KEY": GEMINI_KEY})
     yield s
@@ -266,8 +358,9 @@ def test_ollama_client_chat_with_tools_and_follow_up(ollama_client, model):
 
 @pytest.mark.parametrize("model", ["oa-tools", "gm-tools"])
 def test_ollama_client_streamed_tool_calls(ollama_client, model):
-    chunks = list(ollama_client.chat(model=model, messages=[{"role": "user", "content": "Rome"}],
-                                     tools=[WEATHER], stream=True))
+    chunks = list(
+        ollama_client.chat(model=model, messages=[{"role": "user", "content": "Rome"}], tools=[WEATHER], stream=True)
+    )
     calls = [c for ch in chunks for c in (ch.message.tool_calls or [])]
     assert [c.function.name for c in calls] == ["get_weather"]
     assert type(calls[0].function.arguments) is dict
@@ -276,8 +369,15 @@ def test_ollama_client_streamed_tool_calls(ollama_client, model):
 
 
 def test_raw_api_chat_tool_call_shape(server):
-    r = httpx.post(server.url + "/api/chat", json={"model": "oa-tools-2", "tools": [WEATHER, TIME], "stream": False,
-                                                   "messages": [{"role": "user", "content": "Oslo"}]})
+    r = httpx.post(
+        server.url + "/api/chat",
+        json={
+            "model": "oa-tools-2",
+            "tools": [WEATHER, TIME],
+            "stream": False,
+            "messages": [{"role": "user", "content": "Oslo"}],
+        },
+    )
     assert r.status_code == 200
     calls = r.json()["message"]["tool_calls"]
     assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
@@ -290,8 +390,9 @@ def test_openai_sdk_tools_and_follow_up(openai_client, stream):
     if stream:
         pieces: dict[int, dict] = {}
         finish = None
-        for chunk in openai_client.chat.completions.create(model="oa-tools", messages=messages, tools=[WEATHER],
-                                                           stream=True):
+        for chunk in openai_client.chat.completions.create(
+            model="oa-tools", messages=messages, tools=[WEATHER], stream=True
+        ):
             if not chunk.choices:
                 continue
             for tc in chunk.choices[0].delta.tool_calls or ():
@@ -311,8 +412,13 @@ def test_openai_sdk_tools_and_follow_up(openai_client, stream):
     assert name == "get_weather" and call_id
     assert type(args_text) is str  # a JSON string on OpenAI's wire
     assert json.loads(args_text) == {"city": "Lima", "days": 42, "metric": True}
-    messages.append({"role": "assistant", "content": None, "tool_calls": [
-        {"id": call_id, "type": "function", "function": {"name": name, "arguments": args_text}}]})
+    messages.append(
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": args_text}}],
+        }
+    )
     messages.append({"role": "tool", "tool_call_id": call_id, "content": "sunny"})
     r2 = openai_client.chat.completions.create(model="oa-tools", messages=messages, tools=[WEATHER])
     assert r2.choices[0].message.content == "Tool results: sunny"
@@ -320,8 +426,9 @@ def test_openai_sdk_tools_and_follow_up(openai_client, stream):
 
 
 def test_openai_sdk_gemini_tool_call(openai_client):
-    r = openai_client.chat.completions.create(model="gm-tools", messages=[{"role": "user", "content": "Kyiv"}],
-                                              tools=[WEATHER])
+    r = openai_client.chat.completions.create(
+        model="gm-tools", messages=[{"role": "user", "content": "Kyiv"}], tools=[WEATHER]
+    )
     tc = r.choices[0].message.tool_calls[0]
     assert r.choices[0].finish_reason == "tool_calls"
     assert type(tc.function.arguments) is str
@@ -337,8 +444,9 @@ def test_tools_to_a_model_without_the_capability_is_400(server, ollama_client, o
     assert info.value.status_code == 400
     assert "does not support tools" in info.value.error
     with pytest.raises(openai.BadRequestError, match="does not support tools"):
-        openai_client.chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}],
-                                              tools=[WEATHER])
+        openai_client.chat.completions.create(
+            model="plain", messages=[{"role": "user", "content": "hi"}], tools=[WEATHER]
+        )
 
 
 def test_capabilities_in_tags_and_show(ollama_client):

@@ -27,21 +27,81 @@ BASE = {
     "/v1/messages/count_tokens": {"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
 }
 FIELDS = {
-    "/api/generate": ["model", "prompt", "suffix", "system", "template", "context", "stream", "raw", "format",
-                      "images", "options", "think", "keep_alive", "tools"],
+    "/api/generate": [
+        "model",
+        "prompt",
+        "suffix",
+        "system",
+        "template",
+        "context",
+        "stream",
+        "raw",
+        "format",
+        "images",
+        "options",
+        "think",
+        "keep_alive",
+        "tools",
+    ],
     "/api/chat": ["model", "messages", "tools", "format", "options", "stream", "think", "keep_alive"],
-    "/v1/chat/completions": ["model", "messages", "stream", "stream_options", "temperature", "top_p", "seed",
-                             "presence_penalty", "frequency_penalty", "top_k", "min_p", "max_tokens",
-                             "max_completion_tokens", "stop", "response_format", "reasoning_effort", "tools",
-                             "tool_choice", "n", "user", "logprobs"],
+    "/v1/chat/completions": [
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "temperature",
+        "top_p",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "top_k",
+        "min_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "response_format",
+        "reasoning_effort",
+        "tools",
+        "tool_choice",
+        "n",
+        "user",
+        "logprobs",
+    ],
     "/api/show": ["model", "name", "verbose"],
     "/api/embed": ["model", "input", "truncate", "options", "dimensions", "keep_alive"],
     "/api/embeddings": ["model", "prompt", "options"],
     "/v1/embeddings": ["model", "input", "encoding_format", "dimensions", "user"],
-    "/v1/responses": ["model", "input", "instructions", "stream", "temperature", "top_p", "max_output_tokens",
-                      "tools", "tool_choice", "reasoning", "text", "previous_response_id", "store", "include"],
-    "/v1/messages": ["model", "max_tokens", "messages", "system", "stream", "temperature", "top_p", "top_k",
-                     "stop_sequences", "tools", "tool_choice", "thinking", "metadata"],
+    "/v1/responses": [
+        "model",
+        "input",
+        "instructions",
+        "stream",
+        "temperature",
+        "top_p",
+        "max_output_tokens",
+        "tools",
+        "tool_choice",
+        "reasoning",
+        "text",
+        "previous_response_id",
+        "store",
+        "include",
+    ],
+    "/v1/messages": [
+        "model",
+        "max_tokens",
+        "messages",
+        "system",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "metadata",
+    ],
     "/v1/messages/count_tokens": ["model", "messages", "system", "tools", "thinking"],
 }
 # nested places: (route, path to a container in BASE, keys to spoil inside it)
@@ -69,9 +129,13 @@ CONTAINERS = {
 @pytest.fixture(scope="module")
 def server(openai_fake, tmp_path_factory):
     models = models_json(openai_fake.base_url)
-    models["emb"] = {"provider": "openai-compatible", "model": "text-embedding-3-small",
-                     "base_url": openai_fake.base_url, "api_key_env": "FAKE_UPSTREAM_KEY",
-                     "capabilities": ["embedding"]}
+    models["emb"] = {
+        "provider": "openai-compatible",
+        "model": "text-embedding-3-small",
+        "base_url": openai_fake.base_url,
+        "api_key_env": "FAKE_UPSTREAM_KEY",
+        "capabilities": ["embedding"],
+    }
     models["echo"]["capabilities"] = ["completion", "vision", "tools"]
     s = ServeProcess(tmp_path_factory.mktemp("types"), models, env={"GENCLI_RETRIES": "0"})
     yield s
@@ -129,8 +193,12 @@ def test_every_field_with_every_wrong_type(server):
                     if data is None:
                         problems.append(f"{where}: {r.status_code} not JSON: {r.text[:100]}")
                     elif route.startswith("/v1/messages"):
-                        if not (data.get("type") == "error" and isinstance(data.get("error"), dict)
-                                and data["error"].get("message") and data["error"].get("type")):
+                        if not (
+                            data.get("type") == "error"
+                            and isinstance(data.get("error"), dict)
+                            and data["error"].get("message")
+                            and data["error"].get("type")
+                        ):
                             problems.append(f"{where}: not Anthropic's error shape: {r.text[:200]}")
                     elif route.startswith("/v1/"):
                         if not (isinstance(data.get("error"), dict) and data["error"].get("message")):

@@ -27,14 +27,39 @@ class Pane:
         env = dict(env, STATUS_FILE=self.status_file)
         env.pop("TMUX", None)
         self.env = env
-        subprocess.run(["tmux", "-S", self.sock, "-f", str(conf), "new-session", "-d", "-s", "t",
-                        "-x", str(cols), "-y", str(rows), "-c", str(cwd), "--",
-                        "bash", "-c", '"$@"; echo "$?" > "$STATUS_FILE"', "bash", *argv],
-                       env=env, check=True, timeout=10)
+        subprocess.run(
+            [
+                "tmux",
+                "-S",
+                self.sock,
+                "-f",
+                str(conf),
+                "new-session",
+                "-d",
+                "-s",
+                "t",
+                "-x",
+                str(cols),
+                "-y",
+                str(rows),
+                "-c",
+                str(cwd),
+                "--",
+                "bash",
+                "-c",
+                '"$@"; echo "$?" > "$STATUS_FILE"',
+                "bash",
+                *argv,
+            ],
+            env=env,
+            check=True,
+            timeout=10,
+        )
 
     def _tmux(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-S", self.sock, *args], env=self.env, capture_output=True,
-                              text=True, timeout=10, check=True).stdout
+        return subprocess.run(
+            ["tmux", "-S", self.sock, *args], env=self.env, capture_output=True, text=True, timeout=10, check=True
+        ).stdout
 
     def screen(self, escapes: bool = False) -> str:
         """Scroll-back plus visible screen, wrapped lines joined, as the terminal shows them."""

@@ -57,8 +57,7 @@ def encode(messages: list[Message]) -> list[int]:
     # Below STORED bytes the conversation is stored, not compressed (level 0, the same zlib
     # format): deflating a few hundred bytes costs ~7 us for a few dozen ints saved.
     level = 0 if size < STORED else 6
-    packer = zlib.compressobj(level, zlib.DEFLATED, max(9, min(15, (size - 1).bit_length())),
-                              4 if size < 16384 else 8)
+    packer = zlib.compressobj(level, zlib.DEFLATED, max(9, min(15, (size - 1).bit_length())), 4 if size < 16384 else 8)
     payload = packer.compress(data) + packer.flush()
     blob = MAGIC + struct.pack(">II", zlib.crc32(payload), len(payload)) + payload
     blob += b"\0" * (-len(blob) % 3)
@@ -80,8 +79,10 @@ def decode(ints: object, max_bytes: int | None = None) -> list[Message]:
         raise ContextError("context must be an array of integers")
     limit = _limit if max_bytes is None else max_bytes
     if len(ints) > max_ints(limit):
-        raise ContextError(f"context is longer than a conversation of {_size(limit)} (this server's limit) "
-                           "can be; start a new conversation")
+        raise ContextError(
+            f"context is longer than a conversation of {_size(limit)} (this server's limit) "
+            "can be; start a new conversation"
+        )
     if any(type(i) is not int for i in ints):
         raise ContextError("context must be an array of integers")
     try:
@@ -93,8 +94,8 @@ def decode(ints: object, max_bytes: int | None = None) -> list[Message]:
     if len(blob) < HEADER:
         raise ContextError("context is truncated")
     crc, size = struct.unpack(">II", blob[3:HEADER])
-    payload = blob[HEADER:HEADER + size]
-    if len(payload) != size or zlib.crc32(payload) != crc or blob[HEADER + size:].strip(b"\0"):
+    payload = blob[HEADER : HEADER + size]
+    if len(payload) != size or zlib.crc32(payload) != crc or blob[HEADER + size :].strip(b"\0"):
         raise ContextError("context is damaged or truncated (checksum mismatch)")
     inflater = zlib.decompressobj()
     try:
@@ -102,14 +103,16 @@ def decode(ints: object, max_bytes: int | None = None) -> list[Message]:
     except zlib.error:
         raise ContextError("context is damaged (cannot decode the conversation)") from None
     if len(data) > limit or inflater.unconsumed_tail:
-        raise ContextError(f"context holds a conversation larger than {_size(limit)}, this server's limit; "
-                           "start a new conversation")
+        raise ContextError(
+            f"context holds a conversation larger than {_size(limit)}, this server's limit; start a new conversation"
+        )
     try:
         turns = orjson.loads(data)  # refuses what encode() never writes (lone surrogates, NaN)
     except orjson.JSONDecodeError:
         turns = None
     if not isinstance(turns, list) or not all(
-            isinstance(t, list) and len(t) == 2 and isinstance(t[0], str) and isinstance(t[1], str) for t in turns):
+        isinstance(t, list) and len(t) == 2 and isinstance(t[0], str) and isinstance(t[1], str) for t in turns
+    ):
         raise ContextError("context is damaged (cannot decode the conversation)")
     return [Message(role, content) for role, content in turns if role in ("user", "assistant")]
 

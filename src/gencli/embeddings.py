@@ -77,19 +77,26 @@ def default_embed_model(registry: Registry) -> str:
     for entry in registry.models.values():
         if "embedding" in entry.capabilities and registry.missing_key(entry) is None:
             return entry.name
-    raise UsageError("no embedding model is ready: name one with -m (e.g. text-embedding-3-small, which needs "
-                     "OPENAI_API_KEY, or gemini-embedding-001, which needs GEMINI_API_KEY)", "model")
+    raise UsageError(
+        "no embedding model is ready: name one with -m (e.g. text-embedding-3-small, which needs "
+        "OPENAI_API_KEY, or gemini-embedding-001, which needs GEMINI_API_KEY)",
+        "model",
+    )
 
 
-def prepare_embed(registry: Registry, model: str | None, inputs: Any, dimensions: Any = None,
-                  entry: ModelEntry | None = None) -> EmbedPlan:
+def prepare_embed(
+    registry: Registry, model: str | None, inputs: Any, dimensions: Any = None, entry: ModelEntry | None = None
+) -> EmbedPlan:
     started = time.perf_counter_ns()
     texts = check_inputs(inputs)
     if entry is None:
         entry = registry.resolve(model or default_embed_model(registry))
     if "embedding" not in entry.capabilities:
-        raise UsageError(f"model '{entry.name}' does not support embeddings (no 'embedding' capability); "
-                         f"use an embedding model such as text-embedding-3-small", "model")
+        raise UsageError(
+            f"model '{entry.name}' does not support embeddings (no 'embedding' capability); "
+            f"use an embedding model such as text-embedding-3-small",
+            "model",
+        )
     adapter = get_adapter(entry.provider)
     if not isinstance(adapter, (HttpEmbedder, InProcessEmbedder)):
         raise UsageError(f"model '{entry.name}': the {entry.provider} provider cannot embed", "model")
@@ -103,11 +110,21 @@ def prepare_embed(registry: Registry, model: str | None, inputs: Any, dimensions
     local = None
     if PROVIDERS[entry.provider].local:
         local = LocalModel(path=entry.path, package=entry.package, queue_limit=settings.local_queue)
-    call = Call(model=entry.model, name=entry.name, base_url=registry.base_url(entry), api_key=key,
-                key_env=key_env, headers=entry.headers, messages=[], options=options, stream=False,
-                capabilities=tuple(entry.capabilities),
-                timeout=entry.timeout if entry.timeout is not None else settings.timeout, local=local,
-                secrets=settings.secrets)
+    call = Call(
+        model=entry.model,
+        name=entry.name,
+        base_url=registry.base_url(entry),
+        api_key=key,
+        key_env=key_env,
+        headers=entry.headers,
+        messages=[],
+        options=options,
+        stream=False,
+        capabilities=tuple(entry.capabilities),
+        timeout=entry.timeout if entry.timeout is not None else settings.timeout,
+        local=local,
+        secrets=settings.secrets,
+    )
     return EmbedPlan(entry, adapter, call, texts, started)
 
 
@@ -122,17 +139,17 @@ def normalize(vector: list[float]) -> list[float]:
 
 def _batches(plan: EmbedPlan) -> list[list[str]]:
     size = plan.adapter.embed_batch
-    return [plan.inputs[i:i + size] for i in range(0, len(plan.inputs), size)]
+    return [plan.inputs[i : i + size] for i in range(0, len(plan.inputs), size)]
 
 
 def _collect(plan: EmbedPlan, result: Embeddings, batch: list[str], vectors: list, tokens: int | None) -> None:
     if len(vectors) != len(batch):
-        raise UpstreamError(f"{plan.entry.name}: the provider returned {len(vectors)} embeddings for "
-                            f"{len(batch)} inputs")
+        raise UpstreamError(
+            f"{plan.entry.name}: the provider returned {len(vectors)} embeddings for {len(batch)} inputs"
+        )
     for vec in vectors:
         if not vec or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vec):
-            raise UpstreamError(f"{plan.entry.name}: the provider returned an embedding that is not a list of "
-                                f"numbers")
+            raise UpstreamError(f"{plan.entry.name}: the provider returned an embedding that is not a list of numbers")
         result.embeddings.append(normalize(vec))
     if tokens is not None:
         result.prompt_tokens = (result.prompt_tokens or 0) + tokens
@@ -188,14 +205,16 @@ async def aexecute_embed(plan: EmbedPlan, transport: AsyncTransport | None) -> E
     return _finish(plan, result, sent)
 
 
-def embed(registry: Registry, model: str | None, inputs: Any, transport: SyncTransport | None,
-          dimensions: Any = None) -> Embeddings:
+def embed(
+    registry: Registry, model: str | None, inputs: Any, transport: SyncTransport | None, dimensions: Any = None
+) -> Embeddings:
     """Embed ``inputs`` (a string or a list of strings) over a synchronous transport."""
     return execute_embed(prepare_embed(registry, model, inputs, dimensions), transport)
 
 
-async def aembed(registry: Registry, model: str | None, inputs: Any, transport: AsyncTransport | None,
-                 dimensions: Any = None) -> Embeddings:
+async def aembed(
+    registry: Registry, model: str | None, inputs: Any, transport: AsyncTransport | None, dimensions: Any = None
+) -> Embeddings:
     """Embed ``inputs`` over an asynchronous transport (the server's aiohttp)."""
     return await aexecute_embed(prepare_embed(registry, model, inputs, dimensions), transport)
 

@@ -94,7 +94,7 @@ class IgnoredOptions:
         warn(opts.ignored_message(model, label, new))
         if len(seen) + len(new) > self.LIMIT:
             seen.clear()
-        seen.update((model_key, n[:80]) for n in new[:self.LIMIT])
+        seen.update((model_key, n[:80]) for n in new[: self.LIMIT])
 
 
 _IGNORED = IgnoredOptions()
@@ -129,9 +129,15 @@ class Plan:
 
 def _local_model(entry: ModelEntry, queue_limit: int) -> LocalModel:
     o = entry.options
-    return LocalModel(path=entry.path, package=entry.package, num_ctx=o.get("num_ctx"),
-                      num_thread=o.get("num_thread"), num_batch=o.get("num_batch"), num_gpu=o.get("num_gpu"),
-                      queue_limit=queue_limit)
+    return LocalModel(
+        path=entry.path,
+        package=entry.package,
+        num_ctx=o.get("num_ctx"),
+        num_thread=o.get("num_thread"),
+        num_batch=o.get("num_batch"),
+        num_gpu=o.get("num_gpu"),
+        queue_limit=queue_limit,
+    )
 
 
 MAX_TOP_LOGPROBS = 20  # Ollama's and OpenAI's bound
@@ -141,12 +147,13 @@ def _keep_alive(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise UsageError("keep_alive must be a number of seconds or a duration such as \"5m\"", "keep_alive")
+        raise UsageError('keep_alive must be a number of seconds or a duration such as "5m"', "keep_alive")
     return float(value)
 
 
-def _text_mode(req: GenerateRequest, entry: ModelEntry, prompt: str, fmt: Any,
-               tools: Any) -> tuple[str, str | None] | None:
+def _text_mode(
+    req: GenerateRequest, entry: ModelEntry, prompt: str, fmt: Any, tools: Any
+) -> tuple[str, str | None] | None:
     """For ``raw``, ``suffix`` or ``template``: (the prompt to send as it is, the suffix); None
     for a normal (chat) generation. What cannot be honoured is a UsageError, never dropped."""
     raw, suffix, template = req.raw, req.suffix, req.template
@@ -160,13 +167,19 @@ def _text_mode(req: GenerateRequest, entry: ModelEntry, prompt: str, fmt: Any,
         return None
     spec = PROVIDERS[entry.provider]
     if suffix and "insert" not in entry.capabilities:
-        raise UsageError(f"model '{entry.name}' does not support insert (fill-in-the-middle with suffix; "
-                         f"no 'insert' capability in models.json)", "suffix")
+        raise UsageError(
+            f"model '{entry.name}' does not support insert (fill-in-the-middle with suffix; "
+            f"no 'insert' capability in models.json)",
+            "suffix",
+        )
     if raw and (template or req.system or req.context):
         raise UsageError("raw mode does not support template, system, or context", "raw")
     if suffix and (req.system or req.context):
-        raise UsageError("suffix (fill-in-the-middle) does not support system or context; send the code "
-                         "before the gap as prompt and the code after it as suffix", "suffix")
+        raise UsageError(
+            "suffix (fill-in-the-middle) does not support system or context; send the code "
+            "before the gap as prompt and the code after it as suffix",
+            "suffix",
+        )
     if template:
         if req.context:
             raise UsageError("template does not support context; put the conversation in the prompt", "template")
@@ -176,18 +189,29 @@ def _text_mode(req: GenerateRequest, entry: ModelEntry, prompt: str, fmt: Any,
         suffix = None
     if not spec.local and spec.completions_path is None:
         what = "fill-in-the-middle" if suffix else "raw prompts or templates"
-        raise UsageError(f"model '{entry.name}': {spec.label} has no text-completion endpoint, so {what} "
-                         f"cannot be sent; leave out raw, suffix and template", "raw")
+        raise UsageError(
+            f"model '{entry.name}': {spec.label} has no text-completion endpoint, so {what} "
+            f"cannot be sent; leave out raw, suffix and template",
+            "raw",
+        )
     if tools:
         raise UsageError("tools cannot be used with raw, suffix or template (a text completion)", "tools")
     if fmt is not None and not spec.local:
-        raise UsageError(f"format cannot be used with raw, suffix or template on {spec.label}'s text-completion "
-                         f"endpoint", "format")
+        raise UsageError(
+            f"format cannot be used with raw, suffix or template on {spec.label}'s text-completion endpoint", "format"
+        )
     return prompt, suffix
 
 
-def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True, *,
-            timeout: float | None = None, retries: int | None = None, quota: img.ImageQuota | None = None) -> Plan:
+def prepare(
+    req: GenerateRequest,
+    registry: Registry,
+    model_default: bool = True,
+    *,
+    timeout: float | None = None,
+    retries: int | None = None,
+    quota: img.ImageQuota | None = None,
+) -> Plan:
     """Check ``req`` and resolve everything a run needs. ``timeout`` and ``retries`` are
     this call's own (the CLI's flags); unset, the model's (models.json) and then the
     process settings (``registry.settings``) apply. ``quota``: the request's image limits
@@ -214,13 +238,15 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
     if fmt == "" or fmt is None:
         fmt = None
     elif fmt != "json" and not isinstance(fmt, dict):
-        raise UsageError("format must be \"json\" or a JSON schema object", "format")
+        raise UsageError('format must be "json" or a JSON schema object', "format")
     think = req.think
     if think is not None and not isinstance(think, bool) and think not in ("low", "medium", "high"):
-        raise UsageError("think must be true, false, \"low\", \"medium\" or \"high\"", "think")
+        raise UsageError('think must be true, false, "low", "medium" or "high"', "think")
     if think not in (None, False) and "thinking" not in entry.capabilities:
-        raise UsageError(f"model '{entry.name}' does not support thinking (no 'thinking' capability); "
-                         f"leave out think or send false", "think")
+        raise UsageError(
+            f"model '{entry.name}' does not support thinking (no 'thinking' capability); leave out think or send false",
+            "think",
+        )
     fmt_name, fmt_strict = req.format_name, req.format_strict
     if fmt_name is not None and (not isinstance(fmt_name, str) or not 1 <= len(fmt_name) <= 64):
         raise UsageError("the schema's name must be a string of 1 to 64 characters", "format")
@@ -232,8 +258,9 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
     if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
         raise UsageError(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}", "top_logprobs")
     if req.logprobs and not spec.logprobs:
-        raise UsageError(f"model '{entry.name}': {spec.label} does not return log probabilities; "
-                         f"leave out logprobs", "logprobs")
+        raise UsageError(
+            f"model '{entry.name}': {spec.label} does not return log probabilities; leave out logprobs", "logprobs"
+        )
     tools = tool_choice = None
     if req.tools is not None or req.tool_choice is not None:
         from gencli.tools import validate_tool_choice, validate_tools
@@ -317,8 +344,11 @@ def prepare(req: GenerateRequest, registry: Registry, model_default: bool = True
     plan = Plan(entry, adapter, call, history, started=started, want_context=want_context, quota=quota)
     if req.images or req.message_images:
         if req.images and text_prompt is not None:
-            raise UsageError("images cannot be sent with raw, suffix or template (a text completion); "
-                             "send them with a normal prompt", "images")
+            raise UsageError(
+                "images cannot be sent with raw, suffix or template (a text completion); "
+                "send them with a normal prompt",
+                "images",
+            )
         _images(plan, [*req.message_images, *((messages[-1], raw) for raw in req.images)])
     return plan
 
@@ -378,8 +408,21 @@ async def afetch_images(plan: Plan, fetcher: AsyncImageFetcher | None) -> None:
 class Run:
     """Folds adapter events into engine events and the final Done (timings, context)."""
 
-    __slots__ = ("plan", "splitter", "text", "reasoning", "first", "sent", "usage", "finish", "stream",
-                 "tool_calls", "stop_sequence", "logprobs", "hide_reasoning")
+    __slots__ = (
+        "plan",
+        "splitter",
+        "text",
+        "reasoning",
+        "first",
+        "sent",
+        "usage",
+        "finish",
+        "stream",
+        "tool_calls",
+        "stop_sequence",
+        "logprobs",
+        "hide_reasoning",
+    )
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -461,22 +504,24 @@ class Run:
         finish = self.finish
         if self.tool_calls and finish == "stop":
             finish = "tool_calls"  # Gemini says STOP; OpenAI-compatible servers vary
-        out.append(Done(
-            model=self.plan.entry.name,
-            done_reason=finish,
-            text=text,
-            reasoning="".join(self.reasoning),
-            prompt_eval_count=self.usage.prompt_tokens,
-            eval_count=self.usage.completion_tokens,
-            total_duration=end - started,
-            load_duration=sent - started,
-            prompt_eval_duration=first - sent,
-            eval_duration=end - first,
-            context=context,
-            tool_calls=self.tool_calls,
-            stop_sequence=self.stop_sequence,
-            logprobs=self.logprobs,
-        ))
+        out.append(
+            Done(
+                model=self.plan.entry.name,
+                done_reason=finish,
+                text=text,
+                reasoning="".join(self.reasoning),
+                prompt_eval_count=self.usage.prompt_tokens,
+                eval_count=self.usage.completion_tokens,
+                total_duration=end - started,
+                load_duration=sent - started,
+                prompt_eval_duration=first - sent,
+                eval_duration=end - first,
+                context=context,
+                tool_calls=self.tool_calls,
+                stop_sequence=self.stop_sequence,
+                logprobs=self.logprobs,
+            )
+        )
         return out
 
 
@@ -494,8 +539,12 @@ def _no_transport(plan: Plan) -> GencliError:
     return GencliError(f"{plan.entry.name}: no transport to reach {plan.call.base_url or 'the upstream'}")
 
 
-def execute(plan: Plan, transport: SyncTransport | None, images: ImageFetcher | None = None,
-            sleep: Callable[[float], None] = time.sleep) -> Generator[Event, None, None]:
+def execute(
+    plan: Plan,
+    transport: SyncTransport | None,
+    images: ImageFetcher | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Generator[Event, None, None]:
     """Run a prepared plan over a synchronous transport (the CLI's httpx; None for a local
     model). Image URLs are downloaded with ``images``. A failure before the first event is
     retried as :mod:`gencli.retry` decides, waiting with ``sleep``; never after output began."""
@@ -539,8 +588,9 @@ def execute(plan: Plan, transport: SyncTransport | None, images: ImageFetcher | 
         sleep(wait)
 
 
-def _attempt(adapter: HttpAdapter, call: Call, run: Run, http: HttpRequest,
-             transport: SyncTransport) -> Generator[Event, None, None]:
+def _attempt(
+    adapter: HttpAdapter, call: Call, run: Run, http: HttpRequest, transport: SyncTransport
+) -> Generator[Event, None, None]:
     run.request_sent()
     with transport.open(http, call) as resp:
         if resp.status >= 400:
@@ -561,13 +611,18 @@ def _attempt(adapter: HttpAdapter, call: Call, run: Run, http: HttpRequest,
     yield from run.done()
 
 
-def generate(req: GenerateRequest, registry: Registry, transport: SyncTransport | None,
-             images: ImageFetcher | None = None) -> Iterator[Event]:
+def generate(
+    req: GenerateRequest, registry: Registry, transport: SyncTransport | None, images: ImageFetcher | None = None
+) -> Iterator[Event]:
     yield from execute(prepare(req, registry), transport, images)
 
 
-async def aexecute(plan: Plan, transport: AsyncTransport | None, images: AsyncImageFetcher | None = None,
-                   sleep: Callable[[float], Awaitable[None]] | None = None) -> AsyncGenerator[Event, None]:
+async def aexecute(
+    plan: Plan,
+    transport: AsyncTransport | None,
+    images: AsyncImageFetcher | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> AsyncGenerator[Event, None]:
     """Run a prepared plan over an asynchronous transport (the server's); retried like
     :func:`execute`, waiting with ``sleep`` (``asyncio.sleep`` by default). A local model
     runs in a worker thread (:mod:`gencli.bridge`). One event at a time (see :func:`abatches`)."""
@@ -576,8 +631,12 @@ async def aexecute(plan: Plan, transport: AsyncTransport | None, images: AsyncIm
             yield ev
 
 
-async def abatches(plan: Plan, transport: AsyncTransport | None, images: AsyncImageFetcher | None = None,
-                   sleep: Callable[[float], Awaitable[None]] | None = None) -> AsyncGenerator[list[Event], None]:
+async def abatches(
+    plan: Plan,
+    transport: AsyncTransport | None,
+    images: AsyncImageFetcher | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> AsyncGenerator[list[Event], None]:
     """:func:`aexecute` by batches: the events of each read from the upstream in one list
     (never empty), so a reader that lags behind the upstream takes several at once."""
     if plan.image_urls:
@@ -622,8 +681,9 @@ async def abatches(plan: Plan, transport: AsyncTransport | None, images: AsyncIm
         await sleep(wait)
 
 
-async def _abatches(adapter: HttpAdapter, call: Call, run: Run, http: HttpRequest,
-                    transport: AsyncTransport) -> AsyncGenerator[list[Event], None]:
+async def _abatches(
+    adapter: HttpAdapter, call: Call, run: Run, http: HttpRequest, transport: AsyncTransport
+) -> AsyncGenerator[list[Event], None]:
     run.request_sent()
     async with transport.open(http, call) as resp:
         if resp.status >= 400:

@@ -162,9 +162,28 @@ def _check_header(text: str) -> str:
 class Response:
     """One response: ``status``, ``headers``, ``await read()`` or ``async for iter_bytes()``."""
 
-    __slots__ = ("conn", "status", "headers", "chunks", "size", "done", "error", "waiter", "until_close",
-                 "inflater", "total", "max_body", "head_done", "skip", "header_bytes", "raw_headers", "seen",
-                 "left", "errors", "whole")
+    __slots__ = (
+        "conn",
+        "status",
+        "headers",
+        "chunks",
+        "size",
+        "done",
+        "error",
+        "waiter",
+        "until_close",
+        "inflater",
+        "total",
+        "max_body",
+        "head_done",
+        "skip",
+        "header_bytes",
+        "raw_headers",
+        "seen",
+        "left",
+        "errors",
+        "whole",
+    )
 
     def __init__(self, conn: Connection, max_body: int):
         self.conn = conn
@@ -249,8 +268,24 @@ class Response:
 class Connection(asyncio.Protocol):
     """One connection to an upstream (or to a proxy tunnelling to it)."""
 
-    __slots__ = ("pool", "loop", "key", "transport", "parser", "response", "timer", "deadline", "read_timeout",
-                 "idle_since", "closed", "keep_alive", "paused", "reused", "tunnel_buf", "tunnel")
+    __slots__ = (
+        "pool",
+        "loop",
+        "key",
+        "transport",
+        "parser",
+        "response",
+        "timer",
+        "deadline",
+        "read_timeout",
+        "idle_since",
+        "closed",
+        "keep_alive",
+        "paused",
+        "reused",
+        "tunnel_buf",
+        "tunnel",
+    )
 
     def __init__(self, pool: Pool, key):
         self.pool = pool
@@ -291,8 +326,11 @@ class Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            self._fail(cause if isinstance(cause, HttpClientError) else
-                       RemoteProtocolError(f"bad response ({cause or exc})", r.head_done))
+            self._fail(
+                cause
+                if isinstance(cause, HttpClientError)
+                else RemoteProtocolError(f"bad response ({cause or exc})", r.head_done)
+            )
         except httptools.HttpParserError as exc:
             reason = str(exc.args[0] if exc.args else exc)[:100]
             self._fail(RemoteProtocolError(f"malformed HTTP response ({reason})", True))
@@ -446,7 +484,7 @@ class Connection(asyncio.Protocol):
                 self._tunnel_result(ConnectError("the proxy's answer to CONNECT is too large"))
             return
         self.tunnel_buf = None
-        line = bytes(buf[:buf.find(b"\r\n")])
+        line = bytes(buf[: buf.find(b"\r\n")])
         parts = line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or parts[1] != b"200":
             shown = line.decode("latin-1")[:100]
@@ -547,10 +585,20 @@ def _reason(exc: BaseException | None) -> str:
 class Pool:
     """Connections to the upstreams of one process (see the module docstring)."""
 
-    def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 300.0, idle_timeout: float = 15.0,
-                 quiet: float = 2.0, max_header_bytes: int = 64 * 1024, max_headers: int = 200,
-                 max_body: int = 128 * 1024 * 1024, trust_env: bool = True,
-                 ssl_context: ssl.SSLContext | None = None, on_quiet: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 300.0,
+        idle_timeout: float = 15.0,
+        quiet: float = 2.0,
+        max_header_bytes: int = 64 * 1024,
+        max_headers: int = 200,
+        max_body: int = 128 * 1024 * 1024,
+        trust_env: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        on_quiet: Callable[[], None] | None = None,
+    ):
         self.loop = asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -585,8 +633,16 @@ class Pool:
             self._targets[url] = t
         return t
 
-    async def request(self, method: str, url: str, headers: dict[str, str], body: bytes | None = None, *,
-                      read_timeout: float | None = None, connect_timeout: float | None = None) -> Response:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None = None,
+        *,
+        read_timeout: float | None = None,
+        connect_timeout: float | None = None,
+    ) -> Response:
         """Send a request; the response once its head arrived. Leave it with ``close()``."""
         if self.closed:
             raise ConnectError("the client is closed")
@@ -740,8 +796,12 @@ class Pool:
             async with asyncio.timeout(timeout):
                 try:
                     await self.loop.create_connection(
-                        lambda: conn, host, port, ssl=self._ssl_context() if tls else None,
-                        server_hostname=target.host if tls else None)
+                        lambda: conn,
+                        host,
+                        port,
+                        ssl=self._ssl_context() if tls else None,
+                        server_hostname=target.host if tls else None,
+                    )
                 except (OSError, ssl.SSLError, ValueError) as exc:
                     raise ConnectError(_reason(exc)) from None
                 if target.tunnel:
@@ -768,8 +828,9 @@ class Pool:
         finally:
             conn.tunnel = None
         try:
-            tls_transport = await self.loop.start_tls(conn.transport, conn, self._ssl_context(),
-                                                      server_hostname=target.host)
+            tls_transport = await self.loop.start_tls(
+                conn.transport, conn, self._ssl_context(), server_hostname=target.host
+            )
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConnectError(_reason(exc)) from None
         assert tls_transport is not None

@@ -91,8 +91,10 @@ class ImageQuota:
         if n > self.max_images:
             if self.max_images == 0:
                 raise ImageError("this server takes no images (gencli serve --max-images 0)")
-            raise ImageError(f"too many images: {n}; this server takes at most {self.max_images} a request "
-                             "(gencli serve --max-images)")
+            raise ImageError(
+                f"too many images: {n}; this server takes at most {self.max_images} a request "
+                "(gencli serve --max-images)"
+            )
 
     def room(self) -> int:
         return self.max_bytes - self.total
@@ -100,8 +102,10 @@ class ImageQuota:
     def too_large(self) -> ImageError:
         limit = self.max_bytes
         size = f"{limit // MB} MB" if limit % MB == 0 else f"{limit / MB:.3g} MB"
-        exc = ImageError(f"the images of this request are over this server's limit of {size} a request "
-                         "(gencli serve --max-images-mb)")
+        exc = ImageError(
+            f"the images of this request are over this server's limit of {size} a request "
+            "(gencli serve --max-images-mb)"
+        )
         exc.status = 413
         return exc
 

@@ -52,8 +52,7 @@ _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 _BROADCAST = ipaddress.ip_address("255.255.255.255")
 # categories a user may opt into with allow_private
-_PRIVATE_KINDS = frozenset({"loopback", "private", "link-local", "shared address space", "site-local",
-                            "unique-local"})
+_PRIVATE_KINDS = frozenset({"loopback", "private", "link-local", "shared address space", "site-local", "unique-local"})
 
 
 def _embedded(addr: IPAddress) -> list[IPAddress]:
@@ -146,8 +145,9 @@ class GuardedResolver(aiohttp.abc.AbstractResolver):
     def __init__(self, allow_private: bool = False) -> None:
         self.allow_private = allow_private
 
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
@@ -158,13 +158,23 @@ class GuardedResolver(aiohttp.abc.AbstractResolver):
             ip = str(sockaddr[0])
             problem = address_problem(ip, self.allow_private)
             if problem is not None:
-                raise Refused(f"{host} resolves to {ip}, a {problem} address; the server fetches image "
-                              f"URLs from public addresses only (gencli serve --allow-private-images "
-                              f"allows private ones)")
+                raise Refused(
+                    f"{host} resolves to {ip}, a {problem} address; the server fetches image "
+                    f"URLs from public addresses only (gencli serve --allow-private-images "
+                    f"allows private ones)"
+                )
             if fam == socket.AF_INET6 and len(sockaddr) >= 4 and sockaddr[3]:
                 continue  # scoped (link-local) IPv6: only reachable with allow_private; skip
-            out.append({"hostname": host, "host": ip, "port": int(sockaddr[1]), "family": fam, "proto": proto,
-                        "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV})
+            out.append(
+                {
+                    "hostname": host,
+                    "host": ip,
+                    "port": int(sockaddr[1]),
+                    "family": fam,
+                    "proto": proto,
+                    "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                }
+            )
         if not out:
             raise OSError(f"cannot resolve {host} (no usable address)")
         return out
@@ -175,8 +185,9 @@ class GuardedResolver(aiohttp.abc.AbstractResolver):
 
 def image_session(allow_private: bool = False) -> aiohttp.ClientSession:
     """A session for image fetches: guarded resolver, no DNS cache, no proxy, no cookies."""
-    connector = aiohttp.TCPConnector(resolver=GuardedResolver(allow_private), use_dns_cache=False, limit=64,
-                                     limit_per_host=8)
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(allow_private), use_dns_cache=False, limit=64, limit_per_host=8
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=CONNECT_TIMEOUT),
@@ -202,8 +213,10 @@ def check_url(url: str, where: str, allow_private: bool) -> None:
     if addr is not None:
         problem = address_problem(addr, allow_private)
         if problem is not None:
-            raise ImageError(f"{where}: {host} is a {problem} address; the server fetches image URLs from "
-                             f"public addresses only (gencli serve --allow-private-images allows private ones)")
+            raise ImageError(
+                f"{where}: {host} is a {problem} address; the server fetches image URLs from "
+                f"public addresses only (gencli serve --allow-private-images allows private ones)"
+            )
 
 
 def _short(url: str) -> str:
@@ -233,8 +246,10 @@ class ImageBudget:
         if self.held + n > self.memory or (n == 0 and self.held >= self.memory):
             from gencli.errors import ServerBusy
 
-            exc = ServerBusy(f"the server is holding its limit of {self.memory // (1024 * 1024)} MB of downloaded "
-                             "images (gencli serve --image-memory-mb); retry shortly")
+            exc = ServerBusy(
+                f"the server is holding its limit of {self.memory // (1024 * 1024)} MB of downloaded "
+                "images (gencli serve --image-memory-mb); retry shortly"
+            )
             exc.retry_after = 1  # type: ignore[attr-defined]
             raise exc
         self.held += n
@@ -243,9 +258,15 @@ class ImageBudget:
         self.held = max(0, self.held - n)
 
 
-async def fetch_image(session: aiohttp.ClientSession, url: str, allow_private: bool = False,
-                      max_bytes: int = MAX_IMAGE_BYTES, timeout: float = IMAGE_TIMEOUT,
-                      max_redirects: int = MAX_REDIRECTS, quota=None) -> bytes:
+async def fetch_image(
+    session: aiohttp.ClientSession,
+    url: str,
+    allow_private: bool = False,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    timeout: float = IMAGE_TIMEOUT,
+    max_redirects: int = MAX_REDIRECTS,
+    quota=None,
+) -> bytes:
     """Download an image URL from a public address (see the module docstring). ``quota``
     (:class:`gencli.images.ImageQuota`) counts the bytes as they arrive and stops the
     download when the request's or the process's image budget is spent."""
@@ -269,8 +290,10 @@ async def fetch_image(session: aiohttp.ClientSession, url: str, allow_private: b
                     if r.status != 200:
                         raise ImageError(f"{where}: the image server answered HTTP {r.status}, not 200")
                     if r.content_length is not None and r.content_length > max_bytes:
-                        raise ImageError(f"{where} is {r.content_length / 1048576:.1f} MB; the limit is "
-                                         f"{max_bytes // 1048576} MB an image")
+                        raise ImageError(
+                            f"{where} is {r.content_length / 1048576:.1f} MB; the limit is "
+                            f"{max_bytes // 1048576} MB an image"
+                        )
                     if quota is not None and r.content_length is not None and r.content_length > quota.room():
                         raise quota.too_large()
                     data = bytearray()
@@ -284,8 +307,7 @@ async def fetch_image(session: aiohttp.ClientSession, url: str, allow_private: b
                         if not checked and len(data) >= 12:
                             checked = True
                             if sniff(bytes(data[:12])) is None:
-                                raise ImageError(f"{where} is not an image (expected JPEG, PNG, WebP or GIF "
-                                                 f"bytes)")
+                                raise ImageError(f"{where} is not an image (expected JPEG, PNG, WebP or GIF bytes)")
                     if sniff(bytes(data[:12])) is None:
                         raise ImageError(f"{where} is not an image (expected JPEG, PNG, WebP or GIF bytes)")
                     return bytes(data)

@@ -95,8 +95,22 @@ NUM_BATCH = Option("integer", 1, 1 << 20)
 NUM_GPU = Option("integer", -1, 100_000)  # layers offloaded to a GPU; -1: all
 
 #: Ollama's load-time ("runner") options: set per model, never per request
-RUNNER_NAMES = frozenset({"num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "numa", "low_vram",
-                          "f16_kv", "logits_all", "vocab_only", "use_mmap", "use_mlock"})
+RUNNER_NAMES = frozenset(
+    {
+        "num_ctx",
+        "num_batch",
+        "num_thread",
+        "num_gpu",
+        "main_gpu",
+        "numa",
+        "low_vram",
+        "f16_kv",
+        "logits_all",
+        "vocab_only",
+        "use_mmap",
+        "use_mlock",
+    }
+)
 
 COMMON: dict[str, Option] = {
     "temperature": TEMPERATURE,
@@ -109,8 +123,13 @@ COMMON: dict[str, Option] = {
 }
 
 #: every per-request option some provider takes (each provider's own list: ProviderSpec.options)
-KNOWN: dict[str, Option] = {**COMMON, "top_k": TOP_K, "min_p": MIN_P, "typical_p": TYPICAL_P,
-                            "repeat_penalty": REPEAT_PENALTY}
+KNOWN: dict[str, Option] = {
+    **COMMON,
+    "top_k": TOP_K,
+    "min_p": MIN_P,
+    "typical_p": TYPICAL_P,
+    "repeat_penalty": REPEAT_PENALTY,
+}
 
 
 def check(raw: Any, allowed: Mapping[str, Option]) -> tuple[dict[str, Any], list[str]]:
@@ -121,7 +140,7 @@ def check(raw: Any, allowed: Mapping[str, Option]) -> tuple[dict[str, Any], list
     if not raw and (raw is None or raw == {}):
         return {}, []
     if not isinstance(raw, dict):
-        raise UsageError("options must be an object, e.g. {\"temperature\": 0.7}", "options")
+        raise UsageError('options must be an object, e.g. {"temperature": 0.7}', "options")
     out: dict[str, Any] = {}
     ignored: list[str] = []
     for key, value in raw.items():
@@ -155,8 +174,9 @@ def ignored_message(model: str, label: str, names: list[str]) -> str:
     other = [n for n in names if n not in RUNNER_NAMES]
     parts = []
     if runner:
-        parts.append(f"{_list(runner)} {'is' if len(runner) == 1 else 'are'} set per model in models.json, "
-                     f"not per request")
+        parts.append(
+            f"{_list(runner)} {'is' if len(runner) == 1 else 'are'} set per model in models.json, not per request"
+        )
     if other:
         parts.append(f"{_list(other)} {'is' if len(other) == 1 else 'are'} not an option {label} takes")
     return f"model '{_shown(model)}': ignored options: {'; '.join(parts)}"

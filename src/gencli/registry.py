@@ -90,11 +90,11 @@ def _local_path(value: str | None, package: str | None, source: str) -> str | No
 def _entry(path: str, name: str, raw: Any) -> ModelEntry:
     where = f"{path}: model '{name}'"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected an object like {{\"provider\": \"openai\", \"model\": \"gpt-4o-mini\"}}")
+        raise ConfigError(f'{where}: expected an object like {{"provider": "openai", "model": "gpt-4o-mini"}}')
     if "api_key" in raw:
         raise ConfigError(
             f"{where}: keys do not belong in models.json (it gets committed); put the key in an "
-            f"environment variable or .env and name it with \"api_key_env\""
+            f'environment variable or .env and name it with "api_key_env"'
         )
     for key, value in raw.items():
         if key not in FIELDS:
@@ -120,8 +120,10 @@ def _entry(path: str, name: str, raw: Any) -> ModelEntry:
         if cap not in CAPABILITIES:
             raise ConfigError(f"{where}: unknown capability '{cap}' (known: {', '.join(CAPABILITIES)})")
     if "insert" in caps and spec.completions_path is None and not spec.local:
-        raise ConfigError(f"{where}: capability 'insert' (fill-in-the-middle) needs an upstream with a text-"
-                          f"completion endpoint, which {spec.label} does not have")
+        raise ConfigError(
+            f"{where}: capability 'insert' (fill-in-the-middle) needs an upstream with a text-"
+            f"completion endpoint, which {spec.label} does not have"
+        )
     n_ctx = raw.get("context_length")
     if n_ctx is not None and not 1 <= n_ctx <= 100_000_000:
         raise ConfigError(f"{where}: field 'context_length' must be a number of tokens from 1 to 100000000")
@@ -163,7 +165,7 @@ def _read(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected an object of models, like {{\"name\": {{\"provider\": ..., \"model\": ...}}}}")
+        raise ConfigError(f'{path}: expected an object of models, like {{"name": {{"provider": ..., "model": ...}}}}')
     return data
 
 
@@ -186,8 +188,9 @@ class Registry:
     """Named model entries, and the settings that hold their keys (``settings.env``) and
     the process-wide defaults (timeout, retries, the default model)."""
 
-    def __init__(self, models: dict[str, ModelEntry], settings: Settings, source: Path | None = None,
-                 default: str | None = None):
+    def __init__(
+        self, models: dict[str, ModelEntry], settings: Settings, source: Path | None = None, default: str | None = None
+    ):
         self.models = models
         self.settings = settings
         self.env = settings.env
@@ -195,8 +198,13 @@ class Registry:
         self._default = default
 
     @classmethod
-    def load(cls, path: str | None = None, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-             settings: Settings | None = None) -> Registry:
+    def load(
+        cls,
+        path: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        settings: Settings | None = None,
+    ) -> Registry:
         """The built-in models with models.json laid over them. ``settings`` as read at start;
         without them, read now from ``env`` (exactly that mapping) or the environment and .env."""
         if settings is None:
@@ -247,7 +255,11 @@ class Registry:
         if explicit:
             return explicit
         for entry in self.models.values():
-            if not PROVIDERS[entry.provider].local and "completion" in entry.capabilities and self.missing_key(entry) is None:
+            if (
+                not PROVIDERS[entry.provider].local
+                and "completion" in entry.capabilities
+                and self.missing_key(entry) is None
+            ):
                 return entry.name
         if LOCAL_DEFAULT in self.models:
             return LOCAL_DEFAULT
@@ -286,8 +298,7 @@ class Registry:
     def missing_message(self, entry: ModelEntry) -> str:
         names = self.key_vars(entry)
         alt = f" (or {' or '.join(names[1:])})" if len(names) > 1 else ""
-        return (f"model '{entry.name}' needs an API key: set {names[0]}{alt} in the environment "
-                f"or in a .env file")
+        return f"model '{entry.name}' needs an API key: set {names[0]}{alt} in the environment or in a .env file"
 
     def base_url(self, entry: ModelEntry) -> str:
         if entry.base_url:

@@ -59,8 +59,15 @@ class RetryPolicy:
     """Decides "wait this long, then retry" or "give up" (None) from an error, the number
     of attempts made so far and the time since the first one. No I/O, no clock."""
 
-    def __init__(self, retries: int = DEFAULT_RETRIES, base: float = BASE, max_backoff: float = MAX_BACKOFF,
-                 max_wait: float = MAX_WAIT, budget: float = BUDGET, rand: Callable[[], float] = random.random):
+    def __init__(
+        self,
+        retries: int = DEFAULT_RETRIES,
+        base: float = BASE,
+        max_backoff: float = MAX_BACKOFF,
+        max_wait: float = MAX_WAIT,
+        budget: float = BUDGET,
+        rand: Callable[[], float] = random.random,
+    ):
         self.retries = retries
         self.base = base
         self.max_backoff = max_backoff
@@ -124,8 +131,7 @@ class Retrier:
         detail = exc.message
         prefix = f"{self.name}: "
         if detail.startswith(prefix):
-            detail = detail[len(prefix):]
+            detail = detail[len(prefix) :]
         message = f"{self.name}: {what} {times} over {elapsed:.1f} s (last: {detail})"
-        out = type(exc)(message, upstream_status=exc.upstream_status, retry_after=exc.retry_after,
-                        status=exc.status)
+        out = type(exc)(message, upstream_status=exc.upstream_status, retry_after=exc.retry_after, status=exc.status)
         return out

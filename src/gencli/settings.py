@@ -181,17 +181,29 @@ class Settings(NamedTuple):
     secrets: tuple[str, ...] = ()
 
     @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None, *,
-             models_path: str | None = None, timeout: float | None = None,
-             retries: int | None = None) -> Settings:
+    def load(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        *,
+        models_path: str | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> Settings:
         """``environ`` None: the process environment over ``./.env``; else exactly ``environ``
         (tests). Flags given (not None) win over the environment."""
         env = load_env(cwd) if environ is None else dict(environ)
         return cls.from_env(env, models_path=models_path, timeout=timeout, retries=retries)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], *, models_path: str | None = None, timeout: float | None = None,
-                 retries: int | None = None) -> Settings:
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        *,
+        models_path: str | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> Settings:
         env_timeout = _env_number(env, TIMEOUT)
         env_retries = _env_number(env, RETRIES)
         queue = _env_number(env, QUEUE)

@@ -36,7 +36,7 @@ def render_template(template: str, prompt: str, system: str = "", suffix: str = 
     pos = 0
     trim_next = False
     for m in _ACTION.finditer(template):
-        text = template[pos:m.start()]
+        text = template[pos : m.start()]
         if trim_next:
             text = text.lstrip()
         if m.group(1):
@@ -75,9 +75,12 @@ def render_template(template: str, prompt: str, system: str = "", suffix: str = 
             shown = stack.pop()[2]
         else:
             shown_action = action if len(action) <= 60 else action[:57] + "..."
-            raise UsageError(f"template: gencli cannot render {{{{ {shown_action} }}}}; it renders .Prompt, "
-                             f".System, .Suffix and .Response with if/else/end (or send raw: true with the "
-                             f"prompt formatted yourself)", "template")
+            raise UsageError(
+                f"template: gencli cannot render {{{{ {shown_action} }}}}; it renders .Prompt, "
+                f".System, .Suffix and .Response with if/else/end (or send raw: true with the "
+                f"prompt formatted yourself)",
+                "template",
+            )
     if stack:
         raise UsageError("template: an {{ if }} has no {{ end }}", "template")
     text = template[pos:]
@@ -86,11 +89,13 @@ def render_template(template: str, prompt: str, system: str = "", suffix: str = 
     if shown:
         out.append(text)
     if suffix and "Suffix" not in used:
-        raise UsageError("template does not use .Suffix, so the suffix would be lost; add {{ .Suffix }} to it",
-                         "template")
+        raise UsageError(
+            "template does not use .Suffix, so the suffix would be lost; add {{ .Suffix }} to it", "template"
+        )
     if system and "System" not in used:
-        raise UsageError("template does not use .System, so the system prompt would be lost; add {{ .System }} "
-                         "to it", "template")
+        raise UsageError(
+            "template does not use .System, so the system prompt would be lost; add {{ .System }} to it", "template"
+        )
     return "".join(out)
 
 

@@ -46,7 +46,7 @@ class ThinkSplitter:
                     break
                 if stripped.startswith(OPEN):
                     self._state = "think"
-                    data = stripped[len(OPEN):]
+                    data = stripped[len(OPEN) :]
                     continue
                 if OPEN.startswith(stripped):
                     self._held = data  # could still become "<think>"
@@ -57,7 +57,7 @@ class ThinkSplitter:
                 i = data.find(CLOSE)
                 if i >= 0:
                     reasoning.append(data[:i])
-                    data = data[i + len(CLOSE):]
+                    data = data[i + len(CLOSE) :]
                     self._state = "gap"
                     continue
                 keep = _partial_suffix(data, CLOSE)
@@ -88,12 +88,12 @@ def split_complete(content: str) -> tuple[str, str]:
     """Split a whole answer into (reasoning, text), including a missing opening tag."""
     stripped = content.lstrip()
     if stripped.startswith(OPEN):
-        stripped = stripped[len(OPEN):]
+        stripped = stripped[len(OPEN) :]
         i = stripped.find(CLOSE)
         if i < 0:
             return stripped, ""
-        return stripped[:i].strip("\n"), stripped[i + len(CLOSE):].lstrip("\n")
+        return stripped[:i].strip("\n"), stripped[i + len(CLOSE) :].lstrip("\n")
     i = content.find(CLOSE)
     if i >= 0 and OPEN not in content[:i]:
-        return content[:i].strip("\n"), content[i + len(CLOSE):].lstrip("\n")
+        return content[:i].strip("\n"), content[i + len(CLOSE) :].lstrip("\n")
     return "", content

@@ -37,7 +37,7 @@ def validate_tools(raw: Any) -> list[dict] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise UsageError("tools must be an array of {\"type\": \"function\", \"function\": {...}} objects", "tools")
+        raise UsageError('tools must be an array of {"type": "function", "function": {...}} objects', "tools")
     if not raw:
         return None
     if len(raw) > MAX_TOOLS:
@@ -47,11 +47,12 @@ def validate_tools(raw: Any) -> list[dict] | None:
     for i, tool in enumerate(raw):
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
-            raise UsageError(f"{where} must be an object like {{\"type\": \"function\", \"function\": "
-                             f"{{\"name\": ...}}}}", "tools")
+            raise UsageError(
+                f'{where} must be an object like {{"type": "function", "function": {{"name": ...}}}}', "tools"
+            )
         kind = tool.get("type", "function")
         if kind != "function":
-            raise UsageError(f"{where}.type is {kind!r}; only \"function\" tools are supported", "tools")
+            raise UsageError(f'{where}.type is {kind!r}; only "function" tools are supported', "tools")
         fn = tool.get("function")
         if not isinstance(fn, dict):
             raise UsageError(f"{where}.function must be an object with a name", "tools")
@@ -59,8 +60,11 @@ def validate_tools(raw: Any) -> list[dict] | None:
         if not isinstance(name, str) or not name:
             raise UsageError(f"{where}.function.name is required", "tools")
         if not _NAME.match(name):
-            raise UsageError(f"{where}.function.name {name[:64]!r} must start with a letter or _ and hold only "
-                             f"letters, digits, _ . : - (at most 128)", "tools")
+            raise UsageError(
+                f"{where}.function.name {name[:64]!r} must start with a letter or _ and hold only "
+                f"letters, digits, _ . : - (at most 128)",
+                "tools",
+            )
         if name in seen:
             raise UsageError(f"{where}.function.name {name!r} is used by two tools", "tools")
         seen.add(name)
@@ -88,15 +92,17 @@ def validate_tool_choice(raw: Any, tools: list[dict] | None) -> Any:
         return None
     if raw in ("auto", "none", "required"):
         if raw == "required" and not tools:
-            raise UsageError("tool_choice is \"required\" but no tools were given", "tool_choice")
+            raise UsageError('tool_choice is "required" but no tools were given', "tool_choice")
         return raw
     name = None
     if isinstance(raw, dict) and raw.get("type", "function") == "function":
         fn = raw.get("function")
         name = fn.get("name") if isinstance(fn, dict) else raw.get("name")
     if not isinstance(name, str) or not name:
-        raise UsageError("tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
-                         "\"function\": {\"name\": ...}}", "tool_choice")
+        raise UsageError(
+            'tool_choice must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
+            "tool_choice",
+        )
     if not any(t["function"]["name"] == name for t in tools or ()):
         raise UsageError(f"tool_choice names the tool {name[:64]!r}, which is not in tools", "tool_choice")
     return {"name": name}
@@ -160,8 +166,10 @@ def pair_tool_messages(messages: list[Message]) -> None:
                 m.tool_call_id = m.tool_call_id or match.id
                 m.tool_name = m.tool_name or match.name
             if not m.tool_name and not m.tool_call_id:
-                raise UsageError(f"messages[{i}]: a tool message needs tool_name (or tool_call_id) naming the "
-                                 f"call it answers", "messages")
+                raise UsageError(
+                    f"messages[{i}]: a tool message needs tool_name (or tool_call_id) naming the call it answers",
+                    "messages",
+                )
             if not m.tool_call_id:
                 m.tool_call_id = new_call_id()
             if not m.tool_name:
@@ -172,8 +180,11 @@ def openai_calls_out(calls: list[ToolCall], with_index: bool = False) -> list[di
     """OpenAI's wire: arguments are a JSON string."""
     out = []
     for i, c in enumerate(calls):
-        item: dict[str, Any] = {"id": c.id, "type": "function",
-                                "function": {"name": c.name, "arguments": orjson.dumps(c.arguments).decode()}}
+        item: dict[str, Any] = {
+            "id": c.id,
+            "type": "function",
+            "function": {"name": c.name, "arguments": orjson.dumps(c.arguments).decode()},
+        }
         if with_index:
             item = {"index": i, **item}
         out.append(item)

@@ -59,8 +59,14 @@ class _Open:
             if seconds is None:
                 r = await pool.request(req.method, req.url, req.headers, req.body)
             else:
-                r = await pool.request(req.method, req.url, req.headers, req.body, read_timeout=seconds,
-                                       connect_timeout=min(seconds, CONNECT_TIMEOUT))
+                r = await pool.request(
+                    req.method,
+                    req.url,
+                    req.headers,
+                    req.body,
+                    read_timeout=seconds,
+                    connect_timeout=min(seconds, CONNECT_TIMEOUT),
+                )
         except (ConnectTimeout, ReadTimeout):
             raise UpstreamTimeout(f"{call.name}: {_host(req.url)} did not answer in time") from None
         except (HttpClientError, ValueError) as exc:
@@ -73,7 +79,9 @@ class _Open:
         url, name = self.req.url, self.call.name
         if isinstance(exc, ReadTimeout):
             return UpstreamTimeout(f"{name}: {_host(url)} stopped sending (read timeout)")
-        return UpstreamUnreachable(f"{name}: the connection to {_host(url)} failed mid-response ({_reason(exc, self.call)})")
+        return UpstreamUnreachable(
+            f"{name}: the connection to {_host(url)} failed mid-response ({_reason(exc, self.call)})"
+        )
 
     async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> None:
         # back to the pool when read to its end; else closed (the upstream sees it and stops)
@@ -91,8 +99,13 @@ class ServerTransport:
     ``on_quiet``: called when the pool went quiet and closed its idle connections.
     """
 
-    def __init__(self, allow_private_images: bool = False, image_fetches: int = 8,
-                 image_memory: int = 256 * 1024 * 1024, on_quiet: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        allow_private_images: bool = False,
+        image_fetches: int = 8,
+        image_memory: int = 256 * 1024 * 1024,
+        on_quiet: Callable[[], None] | None = None,
+    ):
         from gencli.netguard import ImageBudget
 
         self.allow_private_images = allow_private_images
@@ -133,9 +146,7 @@ class ServerTransport:
         self.images.charge(0)  # a spent budget fails before a connection is made (and after the wait)
         async with self.images.slot():
             self.images.charge(0)
-            return await netguard.fetch_image(self._images, url, allow_private=self.allow_private_images,
-                                              quota=quota)
-
+            return await netguard.fetch_image(self._images, url, allow_private=self.allow_private_images, quota=quota)
 
 
 if TYPE_CHECKING:  # mypy checks that the class is what the engine takes

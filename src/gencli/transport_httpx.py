@@ -60,8 +60,9 @@ class HttpxTransport:
 
     def __init__(self, timeout: float | None = None, tls: bool = True):
         self.timeout = DEFAULT_TIMEOUT if timeout is None else httpx.Timeout(timeout, connect=min(timeout, 10.0))
-        self.client = httpx.Client(timeout=self.timeout, follow_redirects=False, trust_env=True,
-                                   verify=True if tls else False)
+        self.client = httpx.Client(
+            timeout=self.timeout, follow_redirects=False, trust_env=True, verify=True if tls else False
+        )
         self._fetcher: httpx.Client | None = None
 
     def close(self) -> None:
@@ -73,8 +74,7 @@ class HttpxTransport:
     def open(self, req: HttpRequest, call: Call) -> Iterator[Response]:
         seconds = call.timeout  # --timeout, the model's, or the settings' (resolved by engine.prepare)
         timeout = httpx.Timeout(seconds, connect=min(seconds, 10.0)) if seconds else self.timeout
-        request = self.client.build_request(req.method, req.url, headers=req.headers, content=req.body,
-                                            timeout=timeout)
+        request = self.client.build_request(req.method, req.url, headers=req.headers, content=req.body, timeout=timeout)
         try:
             r = self.client.send(request, stream=True)
         except httpx.TimeoutException:

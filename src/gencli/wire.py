@@ -57,8 +57,9 @@ def load_reply(model: str) -> dict[str, Any]:
 
 def calls_out(calls: list[ToolCall]) -> list[dict[str, Any]]:
     """Tool calls on Ollama's wire: arguments are an object."""
-    return [{"id": c.id, "function": {"index": i, "name": c.name, "arguments": c.arguments}}
-            for i, c in enumerate(calls)]
+    return [
+        {"id": c.id, "function": {"index": i, "name": c.name, "arguments": c.arguments}} for i, c in enumerate(calls)
+    ]
 
 
 def chat_chunk(model: str, text: str = "", thinking: str | None = None) -> dict[str, Any]:
@@ -84,11 +85,20 @@ def chat_final(model: str, done: Done, whole: bool) -> dict[str, Any]:
 
 def chat_calls(model: str, calls: list[ToolCall]) -> dict[str, Any]:
     """The streamed line with the tool calls, before the final line (as Ollama sends them)."""
-    return {"model": model, "created_at": now_iso(), "done": False,
-            "message": {"role": "assistant", "content": "", "tool_calls": calls_out(calls)}}
+    return {
+        "model": model,
+        "created_at": now_iso(),
+        "done": False,
+        "message": {"role": "assistant", "content": "", "tool_calls": calls_out(calls)},
+    }
 
 
 def chat_load_reply(model: str) -> dict[str, Any]:
     """Ollama's answer to a chat without messages: the model is 'loaded'."""
-    return {"model": model, "created_at": now_iso(),
-            "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"}
+    return {
+        "model": model,
+        "created_at": now_iso(),
+        "message": {"role": "assistant", "content": ""},
+        "done": True,
+        "done_reason": "load",
+    }

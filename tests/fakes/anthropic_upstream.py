@@ -64,11 +64,43 @@ _dumps = orjson.dumps
 _WORD = re.compile(r"\S+\s*")
 _NUMBER = re.compile(r"\d+")
 
-_FIELDS = {"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream", "temperature",
-           "top_p", "top_k", "tools", "tool_choice", "thinking", "output_config", "service_tier", "container",
-           "inference_geo", "speed", "context_management", "mcp_servers", "diagnostics", "cache_control"}
-_COUNT_FIELDS = {"model", "messages", "system", "tools", "tool_choice", "thinking", "output_config",
-                 "context_management", "mcp_servers", "speed", "cache_control"}
+_FIELDS = {
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "metadata",
+    "stop_sequences",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "output_config",
+    "service_tier",
+    "container",
+    "inference_geo",
+    "speed",
+    "context_management",
+    "mcp_servers",
+    "diagnostics",
+    "cache_control",
+}
+_COUNT_FIELDS = {
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "output_config",
+    "context_management",
+    "mcp_servers",
+    "speed",
+    "cache_control",
+}
 _BLOCKS = {
     "text": {"type", "text", "cache_control", "citations"},
     "image": {"type", "source", "cache_control"},
@@ -95,13 +127,13 @@ class BadRequest(Exception):
 
 
 def error_body(kind: str, message: str) -> bytes:
-    return _dumps({"type": "error", "error": {"type": kind, "message": message},
-                   "request_id": "req_" + uuid.uuid4().hex[:24]})
+    return _dumps(
+        {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_" + uuid.uuid4().hex[:24]}
+    )
 
 
 def _error(status: int, kind: str, message: str, headers: dict | None = None) -> web.Response:
-    return web.Response(status=status, body=error_body(kind, message), headers=headers,
-                        content_type="application/json")
+    return web.Response(status=status, body=error_body(kind, message), headers=headers, content_type="application/json")
 
 
 def _version(model: str) -> tuple[int, int]:
@@ -177,8 +209,10 @@ def _check_block(b: Any, where: str) -> dict:
     kind = b.get("type")
     known = _BLOCKS.get(kind)  # type: ignore[arg-type]
     if known is None:
-        raise BadRequest(f"{where}.type: Input tag '{kind}' found using 'type' does not match any of the "
-                         f"expected tags: {', '.join(repr(k) for k in _BLOCKS)}")
+        raise BadRequest(
+            f"{where}.type: Input tag '{kind}' found using 'type' does not match any of the "
+            f"expected tags: {', '.join(repr(k) for k in _BLOCKS)}"
+        )
     for key in b:
         if key not in known:
             raise BadRequest(f"{where}.{kind}.{key}: Extra inputs are not permitted")
@@ -190,12 +224,15 @@ def _check_block(b: Any, where: str) -> dict:
     elif kind == "image":
         src = b.get("source")
         if not isinstance(src, dict) or src.get("type") not in ("base64", "url"):
-            raise BadRequest(f"{where}.image.source: Input tag found using 'type' does not match any of the "
-                             f"expected tags: 'base64', 'url'")
+            raise BadRequest(
+                f"{where}.image.source: Input tag found using 'type' does not match any of the "
+                f"expected tags: 'base64', 'url'"
+            )
         if src["type"] == "base64":
             if src.get("media_type") not in _MEDIA:
-                raise BadRequest(f"{where}.image.source.base64.media_type: Input should be "
-                                 f"{', '.join(repr(m) for m in _MEDIA)}")
+                raise BadRequest(
+                    f"{where}.image.source.base64.media_type: Input should be {', '.join(repr(m) for m in _MEDIA)}"
+                )
             try:
                 base64.b64decode(src.get("data") or "", validate=True)
             except (binascii.Error, ValueError):
@@ -250,8 +287,10 @@ def parse_request(body: Any, counting: bool = False, api_version: str = "2023-06
         content = m.get("content")
         if isinstance(content, str):
             if not content and not (m["role"] == "assistant" and i == len(messages) - 1):
-                raise BadRequest(f"messages.{i}: all messages must have non-empty content except for the "
-                                 f"optional final assistant message")
+                raise BadRequest(
+                    f"messages.{i}: all messages must have non-empty content except for the "
+                    f"optional final assistant message"
+                )
             blocks = [{"type": "text", "text": content}] if content else []
         elif isinstance(content, list):
             blocks = [_check_block(b, f"messages.{i}.content.{j}") for j, b in enumerate(content)]
@@ -266,22 +305,36 @@ def parse_request(body: Any, counting: bool = False, api_version: str = "2023-06
         asked = {b["id"] for b in prev["blocks"] if b["type"] == "tool_use"} if prev else set()
         for b in m["blocks"]:
             if b["type"] == "tool_result" and b["tool_use_id"] not in asked:
-                raise BadRequest(f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: "
-                                 f"{b['tool_use_id']}. Each `tool_result` block must have a corresponding "
-                                 f"`tool_use` block in the previous message.")
+                raise BadRequest(
+                    f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: "
+                    f"{b['tool_use_id']}. Each `tool_result` block must have a corresponding "
+                    f"`tool_use` block in the previous message."
+                )
         if uses and i + 1 < len(out.messages):
             answered = {b["tool_use_id"] for b in out.messages[i + 1]["blocks"] if b["type"] == "tool_result"}
             missing = [u for u in uses if u not in answered]
             if missing:
-                raise BadRequest(f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
-                                 f"immediately after: {', '.join(missing)}. Each `tool_use` block must have a "
-                                 f"corresponding `tool_result` block in the next message.")
+                raise BadRequest(
+                    f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                    f"immediately after: {', '.join(missing)}. Each `tool_use` block must have a "
+                    f"corresponding `tool_result` block in the next message."
+                )
     for i, t in enumerate(body.get("tools") or []):
         if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not t["name"]:
             raise BadRequest(f"tools.{i}.name: Field required")
         for key in t:
-            if key not in ("name", "description", "input_schema", "type", "cache_control", "strict",
-                           "input_examples", "defer_loading", "eager_input_streaming", "allowed_callers"):
+            if key not in (
+                "name",
+                "description",
+                "input_schema",
+                "type",
+                "cache_control",
+                "strict",
+                "input_examples",
+                "defer_loading",
+                "eager_input_streaming",
+                "allowed_callers",
+            ):
                 raise BadRequest(f"tools.{i}.custom.{key}: Extra inputs are not permitted")
         if not isinstance(t.get("input_schema"), dict):
             raise BadRequest(f"tools.{i}.custom.input_schema: Field required")
@@ -289,8 +342,9 @@ def parse_request(body: Any, counting: bool = False, api_version: str = "2023-06
     choice = body.get("tool_choice")
     if choice is not None:
         if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
-            raise BadRequest("tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', "
-                             "'tool', 'none'")
+            raise BadRequest(
+                "tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none'"
+            )
         if choice["type"] == "tool" and not any(t["name"] == choice.get("name") for t in out.tools):
             raise BadRequest(f"tool_choice: tool {choice.get('name')!r} is not among the tools")
         out.tool_choice = choice
@@ -298,13 +352,16 @@ def parse_request(body: Any, counting: bool = False, api_version: str = "2023-06
     if thinking is not None:
         kind = thinking.get("type") if isinstance(thinking, dict) else None
         if kind not in ("enabled", "disabled", "adaptive"):
-            raise BadRequest("thinking: Input tag does not match any of the expected tags: 'enabled', 'disabled', "
-                             "'adaptive'")
+            raise BadRequest(
+                "thinking: Input tag does not match any of the expected tags: 'enabled', 'disabled', 'adaptive'"
+            )
         if kind == "enabled":
             if adaptive_model(out.model):
-                raise BadRequest("\"thinking.type.enabled\" is not supported for this model. Use "
-                                 "\"thinking.type.adaptive\" and \"output_config.effort\" to control thinking "
-                                 "behavior.")
+                raise BadRequest(
+                    '"thinking.type.enabled" is not supported for this model. Use '
+                    '"thinking.type.adaptive" and "output_config.effort" to control thinking '
+                    "behavior."
+                )
             budget = thinking.get("budget_tokens")
             if not isinstance(budget, int) or budget < 1024:
                 raise BadRequest("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
@@ -340,9 +397,8 @@ def parse_request(body: Any, counting: bool = False, api_version: str = "2023-06
             raise BadRequest("output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'")
         fmt = oc.get("format")
         if fmt is not None:
-            if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"),
-                                                                                              dict):
-                raise BadRequest("output_config.format: expected {\"type\": \"json_schema\", \"schema\": {...}}")
+            if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+                raise BadRequest('output_config.format: expected {"type": "json_schema", "schema": {...}}')
             out.json_format = True
     return out
 
@@ -374,8 +430,14 @@ def plan_reply(req: Parsed) -> Reply:
         text = req.last_user_text()
         for i, t in enumerate(req.tools):
             props = (t.get("input_schema") or {}).get("properties") or {}
-            r.tool_uses.append({"type": "tool_use", "id": f"toolu_fake{i}_{uuid.uuid4().hex[:8]}",
-                                "name": t["name"], "input": {k: _arg_value(v, text) for k, v in props.items()}})
+            r.tool_uses.append(
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_fake{i}_{uuid.uuid4().hex[:8]}",
+                    "name": t["name"],
+                    "input": {k: _arg_value(v, text) for k, v in props.items()},
+                }
+            )
         r.stop_reason = "tool_use"
         return r
     if results:
@@ -394,12 +456,12 @@ def plan_reply(req: Parsed) -> Reply:
     if text:
         for s in req.stops:
             if s in text:
-                text = text[:text.index(s)]
+                text = text[: text.index(s)]
                 r.stop_reason, r.stop_sequence = "stop_sequence", s
                 break
         r.words = _WORD.findall(text) or ([text] if text else [])
     if len(r.words) > req.max_tokens:
-        r.words, r.stop_reason, r.stop_sequence = r.words[:req.max_tokens], "max_tokens", None
+        r.words, r.stop_reason, r.stop_sequence = r.words[: req.max_tokens], "max_tokens", None
     r.midstream_error = model.startswith("claude-error-midstream")
     r.truncate = model.startswith("claude-error-truncate")
     return r
@@ -438,8 +500,9 @@ class FakeAnthropic(ThreadedServer):
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
-        self.requests.append(Recorded(request.method, request.path,
-                                      {k.lower(): v for k, v in request.headers.items()}, body, raw))
+        self.requests.append(
+            Recorded(request.method, request.path, {k.lower(): v for k, v in request.headers.items()}, body, raw)
+        )
         key = request.headers.get("x-api-key")
         auth = request.headers.get("Authorization", "")
         if key is None and auth.startswith("Bearer "):
@@ -452,8 +515,9 @@ class FakeAnthropic(ThreadedServer):
         if not request.headers.get("anthropic-version"):
             return body, _error(400, "invalid_request_error", "anthropic-version: header is required")
         if body is None:
-            return body, _error(400, "invalid_request_error", "There was an issue with the request body: it is not "
-                                "valid JSON")
+            return body, _error(
+                400, "invalid_request_error", "There was an issue with the request body: it is not valid JSON"
+            )
         return body, None
 
     async def _count(self, request: web.Request) -> web.Response:
@@ -496,57 +560,97 @@ class FakeAnthropic(ThreadedServer):
         if reply.midstream_error:
             return _error(529, "overloaded_error", "Overloaded")
         if reply.truncate:
-            return web.Response(body=b'{"id":"' + mid.encode() + b'","type":"message","content":[{"ty',
-                                content_type="application/json")
-        message = {"id": mid, "type": "message", "role": "assistant", "model": req.model, "content": content,
-                   "stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence,
-                   "usage": {"input_tokens": usage_in, "output_tokens": out_tokens,
-                             "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                             "service_tier": "standard"}}
+            return web.Response(
+                body=b'{"id":"' + mid.encode() + b'","type":"message","content":[{"ty', content_type="application/json"
+            )
+        message = {
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "model": req.model,
+            "content": content,
+            "stop_reason": reply.stop_reason,
+            "stop_sequence": reply.stop_sequence,
+            "usage": {
+                "input_tokens": usage_in,
+                "output_tokens": out_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "service_tier": "standard",
+            },
+        }
         return web.Response(body=_dumps(message), content_type="application/json")
 
     def _failure(self, model: str) -> web.Response | None:
         if model == "claude-error-401":
             return _error(401, "authentication_error", "invalid x-api-key")
         if model == "claude-error-403":
-            return _error(403, "permission_error", "Your API key does not have permission to use the specified "
-                          "resource.")
+            return _error(
+                403, "permission_error", "Your API key does not have permission to use the specified resource."
+            )
         if model == "claude-error-404":
             return _error(404, "not_found_error", f"model: {model}")
         if model == "claude-error-429":
-            return _error(429, "rate_limit_error", "This request would exceed the rate limit for your "
-                          "organization of 50 requests per minute.", headers={"retry-after": "7"})
+            return _error(
+                429,
+                "rate_limit_error",
+                "This request would exceed the rate limit for your organization of 50 requests per minute.",
+                headers={"retry-after": "7"},
+            )
         if model == "claude-error-500":
             return _error(500, "api_error", "Internal server error")
         if model == "claude-error-529":
             return _error(529, "overloaded_error", "Overloaded")
         return None
 
-    async def _stream(self, request: web.Request, req: Parsed, reply: Reply, mid: str, usage_in: int,
-                      out_tokens: int) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                           "Cache-Control": "no-cache"})
+    async def _stream(
+        self, request: web.Request, req: Parsed, reply: Reply, mid: str, usage_in: int, out_tokens: int
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
 
         async def event(kind: str, data: dict) -> None:
             await resp.write(b"event: " + kind.encode() + b"\ndata: " + _dumps({"type": kind, **data}) + b"\n\n")
 
         try:
-            await event("message_start", {"message": {
-                "id": mid, "type": "message", "role": "assistant", "model": req.model, "content": [],
-                "stop_reason": None, "stop_sequence": None,
-                "usage": {"input_tokens": usage_in, "output_tokens": 1, "cache_creation_input_tokens": 0,
-                          "cache_read_input_tokens": 0, "service_tier": "standard"}}})
+            await event(
+                "message_start",
+                {
+                    "message": {
+                        "id": mid,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": req.model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {
+                            "input_tokens": usage_in,
+                            "output_tokens": 1,
+                            "cache_creation_input_tokens": 0,
+                            "cache_read_input_tokens": 0,
+                            "service_tier": "standard",
+                        },
+                    }
+                },
+            )
             index = 0
             if reply.thinking:
-                await event("content_block_start", {"index": index, "content_block": {
-                    "type": "thinking", "thinking": "", "signature": ""}})
+                await event(
+                    "content_block_start",
+                    {"index": index, "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+                )
                 await event("ping", {})
                 for piece in _WORD.findall(reply.thinking):
-                    await event("content_block_delta", {"index": index, "delta": {"type": "thinking_delta",
-                                                                                  "thinking": piece}})
-                await event("content_block_delta", {"index": index, "delta": {"type": "signature_delta",
-                                                                              "signature": SIGNATURE}})
+                    await event(
+                        "content_block_delta", {"index": index, "delta": {"type": "thinking_delta", "thinking": piece}}
+                    )
+                await event(
+                    "content_block_delta",
+                    {"index": index, "delta": {"type": "signature_delta", "signature": SIGNATURE}},
+                )
                 await event("content_block_stop", {"index": index})
                 index += 1
             if reply.words:
@@ -554,8 +658,7 @@ class FakeAnthropic(ThreadedServer):
                 if index == 0:
                     await event("ping", {})
                 for n, word in enumerate(reply.words):
-                    await event("content_block_delta", {"index": index, "delta": {"type": "text_delta",
-                                                                                  "text": word}})
+                    await event("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": word}})
                     if reply.midstream_error and n == 1:
                         await event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
                         await resp.write_eof()
@@ -566,19 +669,31 @@ class FakeAnthropic(ThreadedServer):
                 await event("content_block_stop", {"index": index})
                 index += 1
             for use in reply.tool_uses:
-                await event("content_block_start", {"index": index, "content_block": {
-                    "type": "tool_use", "id": use["id"], "name": use["name"], "input": {}}})
+                await event(
+                    "content_block_start",
+                    {
+                        "index": index,
+                        "content_block": {"type": "tool_use", "id": use["id"], "name": use["name"], "input": {}},
+                    },
+                )
                 raw = _dumps(use["input"]).decode()
-                await event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta",
-                                                                              "partial_json": ""}})
+                await event(
+                    "content_block_delta", {"index": index, "delta": {"type": "input_json_delta", "partial_json": ""}}
+                )
                 for j in range(0, len(raw), 7):
-                    await event("content_block_delta", {"index": index, "delta": {
-                        "type": "input_json_delta", "partial_json": raw[j:j + 7]}})
+                    await event(
+                        "content_block_delta",
+                        {"index": index, "delta": {"type": "input_json_delta", "partial_json": raw[j : j + 7]}},
+                    )
                 await event("content_block_stop", {"index": index})
                 index += 1
-            await event("message_delta", {"delta": {"stop_reason": reply.stop_reason,
-                                                    "stop_sequence": reply.stop_sequence},
-                                          "usage": {"output_tokens": out_tokens}})
+            await event(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
+                    "usage": {"output_tokens": out_tokens},
+                },
+            )
             await event("message_stop", {})
             await resp.write_eof()
         except ConnectionResetError:  # the client went away mid-stream
@@ -592,6 +707,7 @@ except ImportError:  # __main__ use without pytest
     pytest = None  # type: ignore[assignment]
 
 if pytest is not None:
+
     @pytest.fixture(scope="session")
     def anthropic_fake():
         """One fake Anthropic upstream for the session; it expects ``x-api-key: FAKE_KEY``."""

@@ -69,16 +69,53 @@ _SNAKE = re.compile(r"_([a-z])")
 
 # Known fields (camelCase) of the request messages the fake checks; the real API
 # answers 400 'Invalid JSON payload received. Unknown name "x"' for anything else.
-_REQUEST_FIELDS = {"model", "contents", "tools", "toolConfig", "safetySettings", "systemInstruction",
-                   "generationConfig", "cachedContent"}
-_CONFIG_FIELDS = {"candidateCount", "stopSequences", "maxOutputTokens", "temperature", "topP", "topK", "seed",
-                  "presencePenalty", "frequencyPenalty", "responseLogprobs", "logprobs",
-                  "enableEnhancedCivicAnswers", "responseMimeType", "responseSchema", "responseJsonSchema",
-                  "responseModalities", "speechConfig", "thinkingConfig", "mediaResolution", "imageConfig"}
+_REQUEST_FIELDS = {
+    "model",
+    "contents",
+    "tools",
+    "toolConfig",
+    "safetySettings",
+    "systemInstruction",
+    "generationConfig",
+    "cachedContent",
+}
+_CONFIG_FIELDS = {
+    "candidateCount",
+    "stopSequences",
+    "maxOutputTokens",
+    "temperature",
+    "topP",
+    "topK",
+    "seed",
+    "presencePenalty",
+    "frequencyPenalty",
+    "responseLogprobs",
+    "logprobs",
+    "enableEnhancedCivicAnswers",
+    "responseMimeType",
+    "responseSchema",
+    "responseJsonSchema",
+    "responseModalities",
+    "speechConfig",
+    "thinkingConfig",
+    "mediaResolution",
+    "imageConfig",
+}
 _THINKING_FIELDS = {"includeThoughts", "thinkingBudget", "thinkingLevel"}
 _CONTENT_FIELDS = {"role", "parts"}
-_PART_FIELDS = {"text", "inlineData", "fileData", "functionCall", "functionResponse", "executableCode",
-                "codeExecutionResult", "thought", "thoughtSignature", "videoMetadata", "partMetadata"}
+_PART_FIELDS = {
+    "text",
+    "inlineData",
+    "fileData",
+    "functionCall",
+    "functionResponse",
+    "executableCode",
+    "codeExecutionResult",
+    "thought",
+    "thoughtSignature",
+    "videoMetadata",
+    "partMetadata",
+}
 _BLOB_FIELDS = {"mimeType", "data", "displayName"}
 MAX_STOPS = 5
 
@@ -115,8 +152,7 @@ def _norm(obj: Any, known: set[str], where: str) -> dict:
     for key, value in obj.items():
         name = _camel(key)
         if name not in known:
-            raise BadRequest(f"Invalid JSON payload received. Unknown name \"{key}\" at '{where}': "
-                             f"Cannot find field.")
+            raise BadRequest(f"Invalid JSON payload received. Unknown name \"{key}\" at '{where}': Cannot find field.")
         out[name] = value
     return out
 
@@ -127,7 +163,9 @@ def _b64(data: str, where: str) -> bytes:
     try:
         return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest(f"Invalid value at '{where}' (TYPE_BYTES), Base64 decoding failed for \"{data[:20]}\"") from None
+        raise BadRequest(
+            f"Invalid value at '{where}' (TYPE_BYTES), Base64 decoding failed for \"{data[:20]}\""
+        ) from None
 
 
 @dataclass
@@ -176,15 +214,13 @@ def parse_request(body: Any) -> Parsed:
             part = _norm(rawp, _PART_FIELDS, where)
             if "text" in part:
                 if not isinstance(part["text"], str) or not part["text"]:
-                    raise BadRequest(f"Unable to submit request because it has an empty text parameter "
-                                     f"({where}).")
+                    raise BadRequest(f"Unable to submit request because it has an empty text parameter ({where}).")
                 seen.append({"text": part["text"], "thought": bool(part.get("thought"))})
             elif "inlineData" in part:
                 blob = _norm(part["inlineData"], _BLOB_FIELDS, f"{where}.inline_data")
                 mime, data = blob.get("mimeType"), blob.get("data")
                 if not mime or not isinstance(data, str) or not data:
-                    raise BadRequest(f"* GenerateContentRequest.{where}.inline_data: mime_type and data "
-                                     f"are required")
+                    raise BadRequest(f"* GenerateContentRequest.{where}.inline_data: mime_type and data are required")
                 seen.append({"image": (mime, _b64(data, f"{where}.inline_data.data"))})
             elif "functionCall" in part:
                 fc = _norm(part["functionCall"], {"id", "name", "args"}, f"{where}.function_call")
@@ -192,15 +228,21 @@ def parse_request(body: Any) -> Parsed:
                     raise BadRequest(f"* GenerateContentRequest.{where}.function_call.name: Name cannot be empty.")
                 seen.append({"functionCall": fc})
             elif "functionResponse" in part:
-                fr = _norm(part["functionResponse"], {"id", "name", "response", "willContinue", "scheduling",
-                                                      "parts"}, f"{where}.function_response")
+                fr = _norm(
+                    part["functionResponse"],
+                    {"id", "name", "response", "willContinue", "scheduling", "parts"},
+                    f"{where}.function_response",
+                )
                 if not fr.get("name") or not isinstance(fr.get("response"), dict):
-                    raise BadRequest(f"* GenerateContentRequest.{where}.function_response: name and an object "
-                                     f"response are required")
+                    raise BadRequest(
+                        f"* GenerateContentRequest.{where}.function_response: name and an object response are required"
+                    )
                 seen.append({"functionResponse": fr})
             else:
-                raise BadRequest(f"* GenerateContentRequest.{where}.data: required oneof field 'data' must "
-                                 f"have one initialized field")
+                raise BadRequest(
+                    f"* GenerateContentRequest.{where}.data: required oneof field 'data' must "
+                    f"have one initialized field"
+                )
         out.contents.append({"role": role, "parts": seen})
     system = req.get("systemInstruction")
     if system is not None:
@@ -208,25 +250,32 @@ def parse_request(body: Any) -> Parsed:
             out.system = system
         else:
             sys_content = _norm(system, _CONTENT_FIELDS, "system_instruction")
-            out.system = "\n".join(_norm(p, _PART_FIELDS, "system_instruction.parts").get("text", "")
-                                   for p in sys_content.get("parts") or [])
+            out.system = "\n".join(
+                _norm(p, _PART_FIELDS, "system_instruction.parts").get("text", "")
+                for p in sys_content.get("parts") or []
+            )
     config = _norm(req.get("generationConfig"), _CONFIG_FIELDS, "generation_config")
     stops = config.get("stopSequences")
     if stops is not None:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise BadRequest("Invalid value at 'generation_config.stop_sequences'")
         if len(stops) > MAX_STOPS:
-            raise BadRequest(f"* GenerateContentRequest.generation_config.stop_sequences: the number of stop "
-                             f"sequences must be at most {MAX_STOPS}")
+            raise BadRequest(
+                f"* GenerateContentRequest.generation_config.stop_sequences: the number of stop "
+                f"sequences must be at most {MAX_STOPS}"
+            )
     seed = config.get("seed")
-    if seed is not None and (not isinstance(seed, int) or not -2**31 <= seed < 2**31):
+    if seed is not None and (not isinstance(seed, int) or not -(2**31) <= seed < 2**31):
         raise BadRequest(f"Invalid value at 'generation_config.seed' (TYPE_INT32), {seed}")
     if config.get("responseSchema") is not None and config.get("responseJsonSchema") is not None:
         raise BadRequest("response_schema and response_json_schema cannot both be set")
-    if (config.get("responseSchema") is not None or config.get("responseJsonSchema") is not None) and \
-            config.get("responseMimeType") not in ("application/json", "text/x.enum"):
-        raise BadRequest("* GenerateContentRequest.generation_config.response_mime_type: must be "
-                         "application/json when a response schema is set")
+    if (config.get("responseSchema") is not None or config.get("responseJsonSchema") is not None) and config.get(
+        "responseMimeType"
+    ) not in ("application/json", "text/x.enum"):
+        raise BadRequest(
+            "* GenerateContentRequest.generation_config.response_mime_type: must be "
+            "application/json when a response schema is set"
+        )
     thinking = _norm(config.get("thinkingConfig"), _THINKING_FIELDS, "generation_config.thinking_config")
     if "thinkingBudget" in thinking and "thinkingLevel" in thinking:
         raise BadRequest("thinking_budget and thinking_level are not supported together.")
@@ -234,11 +283,23 @@ def parse_request(body: Any) -> Parsed:
     for i, tool in enumerate(req.get("tools") or []):
         tool = _norm(tool, {"functionDeclarations", "googleSearch", "codeExecution", "urlContext"}, f"tools[{i}]")
         for j, decl in enumerate(tool.get("functionDeclarations") or []):
-            decl = _norm(decl, {"name", "description", "parameters", "parametersJsonSchema", "response",
-                                "responseJsonSchema", "behavior"}, f"tools[{i}].function_declarations[{j}]")
+            decl = _norm(
+                decl,
+                {
+                    "name",
+                    "description",
+                    "parameters",
+                    "parametersJsonSchema",
+                    "response",
+                    "responseJsonSchema",
+                    "behavior",
+                },
+                f"tools[{i}].function_declarations[{j}]",
+            )
             if not decl.get("name"):
-                raise BadRequest(f"* GenerateContentRequest.tools[{i}].function_declarations[{j}].name: Name "
-                                 f"cannot be empty.")
+                raise BadRequest(
+                    f"* GenerateContentRequest.tools[{i}].function_declarations[{j}].name: Name cannot be empty."
+                )
             if "parameters" in decl and "parametersJsonSchema" in decl:
                 raise BadRequest("parameters and parameters_json_schema cannot both be set")
             out.tools.append(decl)
@@ -248,8 +309,10 @@ def parse_request(body: Any) -> Parsed:
             nxt = out.contents[i + 1] if i + 1 < len(out.contents) else None
             answers = [p["functionResponse"]["name"] for p in (nxt or {}).get("parts", []) if "functionResponse" in p]
             if nxt is not None and sorted(answers) != sorted(calls):
-                raise BadRequest("Please ensure that the number of function response parts is equal to the number "
-                                 "of function call parts of the function call turn.")
+                raise BadRequest(
+                    "Please ensure that the number of function response parts is equal to the number "
+                    "of function call parts of the function call turn."
+                )
     return out
 
 
@@ -266,7 +329,7 @@ def tool_calls_for(model: str, req: Parsed) -> list[dict] | None:
     if not req.tools or any("functionResponse" in p for p in last["parts"]):
         return None
     text = " ".join(p["text"] for p in req.last_user()["parts"] if "text" in p)
-    tail = model[len("gemini-tools-"):]
+    tail = model[len("gemini-tools-") :]
     n = int(tail) if tail.isdigit() else 1
     out = []
     for decl in req.tools[:n]:
@@ -297,38 +360,67 @@ class Reply:
     midstream_error: bool = False
 
 
-def _error(status: int, state: str, message: str, details: list | None = None,
-           headers: dict | None = None) -> web.Response:
+def _error(
+    status: int, state: str, message: str, details: list | None = None, headers: dict | None = None
+) -> web.Response:
     err: dict[str, Any] = {"code": status, "message": message, "status": state}
     if details is not None:
         err["details"] = details
-    return web.Response(status=status, body=_dumps({"error": err}), headers=headers,
-                        content_type="application/json", charset="UTF-8")
+    return web.Response(
+        status=status, body=_dumps({"error": err}), headers=headers, content_type="application/json", charset="UTF-8"
+    )
 
 
 def key_invalid() -> web.Response:
     msg = "API key not valid. Please pass a valid API key."
-    return _error(400, "INVALID_ARGUMENT", msg, [
-        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
-         "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}},
-        {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": msg},
-    ])
+    return _error(
+        400,
+        "INVALID_ARGUMENT",
+        msg,
+        [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            },
+            {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": msg},
+        ],
+    )
 
 
 def rate_limited(model: str, delay: str | None, headers: dict | None = None) -> web.Response:
     details: list[dict] = [
-        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
-            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
-            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
-            "quotaDimensions": {"location": "global", "model": model}, "quotaValue": "10"}]},
-        {"@type": "type.googleapis.com/google.rpc.Help",
-         "links": [{"description": "Learn more about Gemini API quotas",
-                    "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+        {
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [
+                {
+                    "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                    "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                    "quotaDimensions": {"location": "global", "model": model},
+                    "quotaValue": "10",
+                }
+            ],
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.Help",
+            "links": [
+                {
+                    "description": "Learn more about Gemini API quotas",
+                    "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                }
+            ],
+        },
     ]
     if delay is not None:
         details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay})
-    return _error(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and "
-                  "billing details.", details, headers)
+    return _error(
+        429,
+        "RESOURCE_EXHAUSTED",
+        "You exceeded your current quota, please check your plan and billing details.",
+        details,
+        headers,
+    )
 
 
 def _echo_text(req: Parsed) -> str:
@@ -354,8 +446,7 @@ def plan_reply(model: str, req: Parsed) -> Reply:
     if model.startswith("gemini-think"):
         thinking = req.thinking
         if thinking.get("thinkingBudget") != 0:
-            thoughts = ["**Reading the prompt**\n\nThe user wants an echo. ",
-                        "I will repeat what they said."]
+            thoughts = ["**Reading the prompt**\n\nThe user wants an echo. ", "I will repeat what they said."]
             reply.thought_tokens = sum(len(_WORD.findall(t)) for t in thoughts)
             if thinking.get("includeThoughts"):
                 reply.thoughts = thoughts
@@ -400,9 +491,15 @@ def _response(parts: list[dict] | None, model: str, rid: str, usage: dict, finis
 
 def _blocked(model: str, req: Parsed, rid: str) -> dict:
     n = req.words()
-    return {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": [
-        {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]},
-        "usageMetadata": {"promptTokenCount": n, "totalTokenCount": n}, "modelVersion": model, "responseId": rid}
+    return {
+        "promptFeedback": {
+            "blockReason": "SAFETY",
+            "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}],
+        },
+        "usageMetadata": {"promptTokenCount": n, "totalTokenCount": n},
+        "modelVersion": model,
+        "responseId": rid,
+    }
 
 
 class FakeGemini(ThreadedServer):
@@ -440,8 +537,14 @@ class FakeGemini(ThreadedServer):
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
-        rec = Recorded(request.method, request.path, dict(request.query),
-                       {k.lower(): v for k, v in request.headers.items()}, body, raw)
+        rec = Recorded(
+            request.method,
+            request.path,
+            dict(request.query),
+            {k.lower(): v for k, v in request.headers.items()},
+            body,
+            raw,
+        )
         self.requests.append(rec)
         target = request.match_info["target"]
         model, _, action = target.partition(":")
@@ -451,9 +554,13 @@ class FakeGemini(ThreadedServer):
             return _error(404, "NOT_FOUND", f"Method {action or '(none)'} not found")
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
         if not key:
-            return _error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers "
-                          "without established identity). Please use API Key or other form of API consumer "
-                          "identity to call this API.")
+            return _error(
+                403,
+                "PERMISSION_DENIED",
+                "Method doesn't allow unregistered callers (callers "
+                "without established identity). Please use API Key or other form of API consumer "
+                "identity to call this API.",
+            )
         if model.startswith("gemini-error-400-key") or (self.api_key is not None and key != self.api_key):
             return key_invalid()
         if raw and body is None:
@@ -463,9 +570,13 @@ class FakeGemini(ThreadedServer):
         except BadRequest as exc:
             return _error(400, "INVALID_ARGUMENT", str(exc))
         if not model.startswith("gemini"):
-            return _error(404, "NOT_FOUND", f"models/{model} is not found for API version "
-                          f"{request.match_info['version']}, or is not supported for generateContent. Call "
-                          f"ListModels to see the list of available models and their supported methods.")
+            return _error(
+                404,
+                "NOT_FOUND",
+                f"models/{model} is not found for API version "
+                f"{request.match_info['version']}, or is not supported for generateContent. Call "
+                f"ListModels to see the list of available models and their supported methods.",
+            )
         if model.startswith("gemini-error-429"):
             if model.endswith("-header"):
                 return rate_limited(model, None, {"Retry-After": "7"})
@@ -485,16 +596,20 @@ class FakeGemini(ThreadedServer):
         if model.startswith("gemini-tools"):
             calls = tool_calls_for(model, req)
             if calls is not None:
-                usage = {"promptTokenCount": reply.prompt_tokens, "candidatesTokenCount": 5,
-                         "totalTokenCount": reply.prompt_tokens + 5}
+                usage = {
+                    "promptTokenCount": reply.prompt_tokens,
+                    "candidatesTokenCount": 5,
+                    "totalTokenCount": reply.prompt_tokens + 5,
+                }
                 if not stream:
                     data = _response(calls, model, rid, usage, "STOP")
                     return web.json_response(data, dumps=lambda o: _dumps(o).decode())
-                events = [_response([c], model, rid, usage, "STOP" if i == len(calls) - 1 else None)
-                          for i, c in enumerate(calls)]
+                events = [
+                    _response([c], model, rid, usage, "STOP" if i == len(calls) - 1 else None)
+                    for i, c in enumerate(calls)
+                ]
                 return await self._sse(request, events)
-            results = [p["functionResponse"]["response"] for p in req.contents[-1]["parts"]
-                       if "functionResponse" in p]
+            results = [p["functionResponse"]["response"] for p in req.contents[-1]["parts"] if "functionResponse" in p]
             reply.text = _WORD.findall("Tool results: " + _dumps(results).decode())
         thought_parts = [{"text": t, "thought": True} for t in reply.thoughts]
         if not stream:
@@ -505,11 +620,15 @@ class FakeGemini(ThreadedServer):
         events = [_response([p], model, rid, _usage(reply, None)) for p in thought_parts]
         for i, word in enumerate(reply.text):
             last = i == len(reply.text) - 1
-            events.append(_response([{"text": word}], model, rid, _usage(reply, i + 1 if last else None),
-                                    reply.finish if last else None))
+            events.append(
+                _response(
+                    [{"text": word}], model, rid, _usage(reply, i + 1 if last else None), reply.finish if last else None
+                )
+            )
             if reply.midstream_error and i == 1:
-                events.append({"error": {"code": 500, "message": "An internal error has occurred.",
-                                         "status": "INTERNAL"}})
+                events.append(
+                    {"error": {"code": 500, "message": "An internal error has occurred.", "status": "INTERNAL"}}
+                )
                 break
         if not reply.text:
             events.append(_response(None, model, rid, _usage(reply, 0), reply.finish))
@@ -522,8 +641,11 @@ class FakeGemini(ThreadedServer):
         if self.api_key is not None and key != self.api_key:
             return key_invalid()
         if not model.startswith(("gemini", "text-embedding")):
-            return _error(404, "NOT_FOUND", f"models/{model} is not found for API version v1beta, or is not "
-                          f"supported for {action}.")
+            return _error(
+                404,
+                "NOT_FOUND",
+                f"models/{model} is not found for API version v1beta, or is not supported for {action}.",
+            )
         if not isinstance(body, dict):
             return _error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
         try:
@@ -534,18 +656,19 @@ class FakeGemini(ThreadedServer):
                 if not isinstance(requests, list) or not requests:
                     raise BadRequest("* BatchEmbedContentsRequest.requests: requests is not specified")
                 if len(requests) > 100:
-                    raise BadRequest("* BatchEmbedContentsRequest.requests: at most 100 requests can be in one "
-                                     "batch")
+                    raise BadRequest("* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch")
             vectors = []
             for i, raw_req in enumerate(requests):
-                r = _norm(raw_req, {"model", "content", "taskType", "title", "outputDimensionality"},
-                          f"requests[{i}]")
+                r = _norm(raw_req, {"model", "content", "taskType", "title", "outputDimensionality"}, f"requests[{i}]")
                 if action == "batchEmbedContents" and r.get("model") != f"models/{model}":
-                    raise BadRequest(f"Model names should match the batch model (requests[{i}].model is "
-                                     f"{r.get('model')!r})")
+                    raise BadRequest(
+                        f"Model names should match the batch model (requests[{i}].model is {r.get('model')!r})"
+                    )
                 content = _norm(r.get("content"), _CONTENT_FIELDS, f"requests[{i}].content")
-                texts = [_norm(p, _PART_FIELDS, f"requests[{i}].content.parts").get("text")
-                         for p in content.get("parts") or []]
+                texts = [
+                    _norm(p, _PART_FIELDS, f"requests[{i}].content.parts").get("text")
+                    for p in content.get("parts") or []
+                ]
                 if not texts or not all(isinstance(t, str) and t for t in texts):
                     raise BadRequest(f"* requests[{i}].content: text is required")
                 vectors.append({"values": fake_gemini_vector(" ".join(texts), r.get("outputDimensionality") or 12)})
@@ -569,6 +692,7 @@ except ImportError:  # __main__ use without pytest
     pytest = None  # type: ignore[assignment]
 
 if pytest is not None:
+
     @pytest.fixture(scope="session")
     def gemini_fake():
         """One fake Gemini upstream for the session; it expects ``x-goog-api-key: FAKE_KEY``."""

@@ -184,25 +184,43 @@ class FakeOpenAI(ThreadedServer):
             return None
         key = got[7:] if got.startswith("Bearer ") else ""
         if not key:
-            msg = ("You didn't provide an API key. You need to provide your API key in an Authorization "
-                   "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+            msg = (
+                "You didn't provide an API key. You need to provide your API key in an Authorization "
+                "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
             code = None
         else:
             shown = key[:3] + "*" * max(0, len(key) - 7) + key[-4:]
-            msg = (f"Incorrect API key provided: {shown}. You can find your API key at "
-                   f"https://platform.openai.com/account/api-keys.")
+            msg = (
+                f"Incorrect API key provided: {shown}. You can find your API key at "
+                f"https://platform.openai.com/account/api-keys."
+            )
             code = "invalid_api_key"
-        return web.Response(status=401, body=_error_body(msg, "invalid_request_error", code),
-                            content_type="application/json")
+        return web.Response(
+            status=401, body=_error_body(msg, "invalid_request_error", code), content_type="application/json"
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
-        self.requests.append(Recorded(request.method, request.path,
-                                      {k.lower(): v for k, v in request.headers.items()}, None))
+        self.requests.append(
+            Recorded(request.method, request.path, {k.lower(): v for k, v in request.headers.items()}, None)
+        )
         denied = self._auth_failure(request)
         if denied is not None:
             return denied
-        names = ["echo", "gpt-4o-mini", "gpt-5-nano", "reason-openrouter", "reason-deepseek", "think-tags",
-                 "think-noopen", "keepalive", "length", "json", "tokens-50", "slow-20"]
+        names = [
+            "echo",
+            "gpt-4o-mini",
+            "gpt-5-nano",
+            "reason-openrouter",
+            "reason-deepseek",
+            "think-tags",
+            "think-noopen",
+            "keepalive",
+            "length",
+            "json",
+            "tokens-50",
+            "slow-20",
+        ]
         data = [{"id": n, "object": "model", "created": 1700000000, "owned_by": "fake"} for n in names]
         return web.Response(body=_dumps({"object": "list", "data": data}), content_type="application/json")
 
@@ -212,30 +230,42 @@ class FakeOpenAI(ThreadedServer):
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
-        self.requests.append(Recorded(request.method, request.path,
-                                      {k.lower(): v for k, v in request.headers.items()}, body, raw))
+        self.requests.append(
+            Recorded(request.method, request.path, {k.lower(): v for k, v in request.headers.items()}, body, raw)
+        )
         denied = self._auth_failure(request)
         if denied is not None:
             return denied
         if not isinstance(body, dict):
-            return self._json_error(400, "We could not parse the JSON body of your request.",
-                                    "invalid_request_error", None)
+            return self._json_error(
+                400, "We could not parse the JSON body of your request.", "invalid_request_error", None
+            )
         model = body.get("model")
         messages = body.get("messages")
         if not isinstance(model, str) or not model:
-            return self._json_error(400, "you must provide a model parameter", "invalid_request_error", None,
-                                    "model")
+            return self._json_error(400, "you must provide a model parameter", "invalid_request_error", None, "model")
         if not isinstance(messages, list) or not messages:
-            return self._json_error(400, "'messages' must contain at least one message",
-                                    "invalid_request_error", None, "messages")
+            return self._json_error(
+                400, "'messages' must contain at least one message", "invalid_request_error", None, "messages"
+            )
         stream = body.get("stream") is True
         if body.get("stream_options") is not None and not stream:
-            return self._json_error(400, "The 'stream_options' parameter is only allowed when 'stream' is "
-                                    "enabled.", "invalid_request_error", None, "stream_options")
+            return self._json_error(
+                400,
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                "invalid_request_error",
+                None,
+                "stream_options",
+            )
         if model.startswith(("gpt-5", "o1", "o3", "o4")) and "max_tokens" in body:
-            return self._json_error(400, "Unsupported parameter: 'max_tokens' is not supported with this "
-                                    "model. Use 'max_completion_tokens' instead.", "invalid_request_error",
-                                    "unsupported_parameter", "max_tokens")
+            return self._json_error(
+                400,
+                "Unsupported parameter: 'max_tokens' is not supported with this "
+                "model. Use 'max_completion_tokens' instead.",
+                "invalid_request_error",
+                "unsupported_parameter",
+                "max_tokens",
+            )
 
         if model == "error-400-echo":  # an upstream that repeats the prompt in its error message
             last = messages[-1].get("content") if isinstance(messages[-1], dict) else None
@@ -255,25 +285,50 @@ class FakeOpenAI(ThreadedServer):
             return await self._stream(request, model, body, reply)
         return self._complete(model, reply)
 
-    def _json_error(self, status: int, message: str, type_: str, code: str | None, param: str | None = None,
-                    headers: dict[str, str] | None = None) -> web.Response:
-        return web.Response(status=status, body=_error_body(message, type_, code, param),
-                            content_type="application/json", headers=headers)
+    def _json_error(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        return web.Response(
+            status=status,
+            body=_error_body(message, type_, code, param),
+            content_type="application/json",
+            headers=headers,
+        )
 
     def _failure(self, model: str) -> web.Response | None:
         if model == "error-401":
-            return self._json_error(401, "Incorrect API key provided: sk-fa**********cdef. You can find your "
-                                    "API key at https://platform.openai.com/account/api-keys.",
-                                    "invalid_request_error", "invalid_api_key")
+            return self._json_error(
+                401,
+                "Incorrect API key provided: sk-fa**********cdef. You can find your "
+                "API key at https://platform.openai.com/account/api-keys.",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
         if model == "error-404":
-            return self._json_error(404, f"The model `{model}` does not exist or you do not have access to it.",
-                                    "invalid_request_error", "model_not_found")
+            return self._json_error(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+            )
         if model == "error-429":
-            return self._json_error(429, "Rate limit reached for requests. Please try again in 7s.",
-                                    "requests", "rate_limit_exceeded", headers={"retry-after": "7"})
+            return self._json_error(
+                429,
+                "Rate limit reached for requests. Please try again in 7s.",
+                "requests",
+                "rate_limit_exceeded",
+                headers={"retry-after": "7"},
+            )
         if model == "error-500":
-            return self._json_error(500, "The server had an error while processing your request. Sorry about "
-                                    "that!", "server_error", None)
+            return self._json_error(
+                500, "The server had an error while processing your request. Sorry about that!", "server_error", None
+            )
         return None
 
     def _reply(self, model: str, body: dict, messages: list) -> _Reply:
@@ -321,7 +376,7 @@ class FakeOpenAI(ThreadedServer):
                 stops = [stops]
             for s in stops or ():
                 if isinstance(s, str) and s and s in text:
-                    text = text[:text.index(s)]
+                    text = text[: text.index(s)]
             pieces = _pieces(text)
             limit = body.get("max_completion_tokens", body.get("max_tokens"))
             if isinstance(limit, int) and len(pieces) > limit:
@@ -339,39 +394,59 @@ class FakeOpenAI(ThreadedServer):
         return r
 
     def _usage(self, r: _Reply) -> dict:
-        return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                "total_tokens": r.prompt_tokens + r.completion_tokens}
+        return {
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "total_tokens": r.prompt_tokens + r.completion_tokens,
+        }
 
     def _complete(self, model: str, r: _Reply) -> web.Response:
         if r.truncate:
-            return web.Response(body=b'{"id":"chatcmpl-fake","object":"chat.completion","choices":[{"in',
-                                content_type="application/json")
+            return web.Response(
+                body=b'{"id":"chatcmpl-fake","object":"chat.completion","choices":[{"in',
+                content_type="application/json",
+            )
         if r.midstream_error:
-            return web.Response(body=_dumps({"error": {"code": 502, "message": "Upstream provider crashed "
-                                                       "while generating"}}), content_type="application/json")
+            return web.Response(
+                body=_dumps({"error": {"code": 502, "message": "Upstream provider crashed while generating"}}),
+                content_type="application/json",
+            )
         message: dict[str, Any] = {"role": "assistant", "content": "".join(r.content)}
         reasoning = "".join(r.reasoning)
         if r.style == "openrouter" and reasoning:
             message["reasoning"] = reasoning
-            message["reasoning_details"] = [{"type": "reasoning.text", "text": reasoning, "format": "unknown",
-                                             "index": 0}]
+            message["reasoning_details"] = [
+                {"type": "reasoning.text", "text": reasoning, "format": "unknown", "index": 0}
+            ]
         elif r.style == "deepseek":
             message["reasoning_content"] = reasoning
         message["refusal"] = None
-        logprobs = {"content": [_token_logprob(p, r.top_logprobs) for p in r.content], "refusal": None} \
-            if r.logprobs else None
-        out = {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
-               "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": r.finish}],
-               "usage": self._usage(r), "system_fingerprint": "fp_fake"}
+        logprobs = (
+            {"content": [_token_logprob(p, r.top_logprobs) for p in r.content], "refusal": None} if r.logprobs else None
+        )
+        out = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": r.finish}],
+            "usage": self._usage(r),
+            "system_fingerprint": "fp_fake",
+        }
         return web.Response(body=_dumps(out), content_type="application/json")
 
     async def _stream(self, request: web.Request, model: str, body: dict, r: _Reply) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                           "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
-        head = (b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":'
-                + str(int(time.time())).encode() + b',"model":' + _dumps(model)
-                + b',"system_fingerprint":"fp_fake","choices":[{"index":0,"delta":')
+        head = (
+            b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":'
+            + str(int(time.time())).encode()
+            + b',"model":'
+            + _dumps(model)
+            + b',"system_fingerprint":"fp_fake","choices":[{"index":0,"delta":'
+        )
         tail = b',"logprobs":null,"finish_reason":null}]}\n\n'
         include_usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
         write = resp.write
@@ -397,8 +472,13 @@ class FakeOpenAI(ThreadedServer):
             first = True
             for piece in r.reasoning:
                 if r.style == "openrouter":
-                    delta: dict[str, Any] = {"content": "", "reasoning": piece, "reasoning_details": [
-                        {"type": "reasoning.text", "text": piece, "format": "unknown", "index": 0}]}
+                    delta: dict[str, Any] = {
+                        "content": "",
+                        "reasoning": piece,
+                        "reasoning_details": [
+                            {"type": "reasoning.text", "text": piece, "format": "unknown", "index": 0}
+                        ],
+                    }
                 else:
                     delta = {"content": None, "reasoning_content": piece}
                 if first:
@@ -407,31 +487,47 @@ class FakeOpenAI(ThreadedServer):
                 await write(head + _dumps(delta) + tail)
                 if r.delay:
                     await asyncio.sleep(r.delay)
+
             def piece_tail(piece: str) -> bytes:
                 if not r.logprobs:
                     return tail
-                return (b',"logprobs":' + _dumps({"content": [_token_logprob(piece, r.top_logprobs)],
-                                                  "refusal": None}) + b',"finish_reason":null}]}\n\n')
+                return (
+                    b',"logprobs":'
+                    + _dumps({"content": [_token_logprob(piece, r.top_logprobs)], "refusal": None})
+                    + b',"finish_reason":null}]}\n\n'
+                )
 
             if first:  # the role arrives with the first content piece
-                await write(head + b'{"role":"assistant","content":' + _dumps(r.content[0] if r.content else "")
-                            + b'}' + (piece_tail(r.content[0]) if r.content else tail))
+                await write(
+                    head
+                    + b'{"role":"assistant","content":'
+                    + _dumps(r.content[0] if r.content else "")
+                    + b"}"
+                    + (piece_tail(r.content[0]) if r.content else tail)
+                )
                 pieces = r.content[1:]
                 if r.delay:
                     await asyncio.sleep(r.delay)
             else:
                 pieces = r.content
-            reasoning_null = b'"reasoning":null,' if r.style == "openrouter" else (
-                b'"reasoning_content":null,' if r.style == "deepseek" else b"")
+            reasoning_null = (
+                b'"reasoning":null,'
+                if r.style == "openrouter"
+                else (b'"reasoning_content":null,' if r.style == "deepseek" else b"")
+            )
             for piece in pieces:
                 await write(head + b"{" + reasoning_null + b'"content":' + _dumps(piece) + b"}" + piece_tail(piece))
                 if r.delay:
                     await asyncio.sleep(r.delay)
             if r.midstream_error:
-                await write(b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":'
-                            + str(int(time.time())).encode() + b',"model":' + _dumps(model)
-                            + b',"error":{"code":502,"message":"Upstream provider crashed while generating"},'
-                            + b'"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}\n\n')
+                await write(
+                    b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":'
+                    + str(int(time.time())).encode()
+                    + b',"model":'
+                    + _dumps(model)
+                    + b',"error":{"code":502,"message":"Upstream provider crashed while generating"},'
+                    + b'"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}\n\n'
+                )
                 await resp.write_eof()
                 return resp
             if r.truncate:
@@ -439,10 +535,15 @@ class FakeOpenAI(ThreadedServer):
                 return resp
             await write(head + b"{}" + b',"logprobs":null,"finish_reason":' + _dumps(r.finish) + b"}]}\n\n")
             if include_usage:
-                await write(b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":'
-                            + str(int(time.time())).encode() + b',"model":' + _dumps(model)
-                            + b',"system_fingerprint":"fp_fake","choices":[],"usage":' + _dumps(self._usage(r))
-                            + b"}\n\n")
+                await write(
+                    b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":'
+                    + str(int(time.time())).encode()
+                    + b',"model":'
+                    + _dumps(model)
+                    + b',"system_fingerprint":"fp_fake","choices":[],"usage":'
+                    + _dumps(self._usage(r))
+                    + b"}\n\n"
+                )
             await write(b"data: [DONE]\n\n")
             await resp.write_eof()
         except ConnectionResetError:  # the client went away mid-stream
@@ -470,10 +571,19 @@ class FakeOpenAI(ThreadedServer):
                 resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
                 await resp.prepare(request)
                 for piece in ("Partial ", "answer ", "so far "):
-                    await resp.write(b"data: " + _dumps({
-                        "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-                        "model": model, "choices": [{"index": 0, "delta": {"content": piece},
-                                                     "finish_reason": None}]}) + b"\n\n")
+                    await resp.write(
+                        b"data: "
+                        + _dumps(
+                            {
+                                "id": "chatcmpl-fake",
+                                "object": "chat.completion.chunk",
+                                "created": int(time.time()),
+                                "model": model,
+                                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                            }
+                        )
+                        + b"\n\n"
+                    )
                     await asyncio.sleep(0.02)
             else:
                 resp = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "400"})
@@ -483,15 +593,17 @@ class FakeOpenAI(ThreadedServer):
             request.transport.close()
             return resp
         if mode == "echo-auth":
-            return self._json_error(500, f"internal error while handling {request.headers.get('Authorization')}",
-                                    "server_error", None)
+            return self._json_error(
+                500, f"internal error while handling {request.headers.get('Authorization')}", "server_error", None
+            )
         if mode == "garbage":
             if not stream:
-                return web.Response(status=200, body=b"<html><body>502 Bad Gateway</body></html>",
-                                    content_type="application/json")
+                return web.Response(
+                    status=200, body=b"<html><body>502 Bad Gateway</body></html>", content_type="application/json"
+                )
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
             await resp.prepare(request)
-            await resp.write(b"data: {\"choices\": [{\"delta\": \xff\xfe garbage \x00\x01 not json\n\n")
+            await resp.write(b'data: {"choices": [{"delta": \xff\xfe garbage \x00\x01 not json\n\n')
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp
@@ -502,14 +614,19 @@ class FakeOpenAI(ThreadedServer):
         m = re.fullmatch(r"retry-after(-ms)?-(\d+(?:\.\d+)?)(?:-(\d+))?", mode)
         if m and n <= int(m.group(3) or 1):
             name = "retry-after-ms" if m.group(1) else "retry-after"
-            return self._json_error(429, "Rate limit reached for requests. Please try again shortly.",
-                                    "requests", "rate_limit_exceeded", headers={name: m.group(2)})
+            return self._json_error(
+                429,
+                "Rate limit reached for requests. Please try again shortly.",
+                "requests",
+                "rate_limit_exceeded",
+                headers={name: m.group(2)},
+            )
         m = re.fullmatch(r"burst503-(\d+)", mode)
         if m and n <= int(m.group(1)):
-            return self._json_error(503, "The engine is currently overloaded, please try again later",
-                                    "server_error", None)
+            return self._json_error(
+                503, "The engine is currently overloaded, please try again later", "server_error", None
+            )
         return None
-
 
     # -- tool calls and embeddings ------------------------------------------------
     @staticmethod
@@ -528,12 +645,15 @@ class FakeOpenAI(ThreadedServer):
                     return f"Invalid type for 'messages[{i}].tool_calls[0].function.arguments': expected a string"
                 ids.add(tc.get("id"))
             if m.get("role") == "tool" and m.get("tool_call_id") not in ids:
-                return ("Invalid parameter: messages with role 'tool' must be a response to a preceeding "
-                        "message with 'tool_calls'.")
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+                    "message with 'tool_calls'."
+                )
         return None
 
-    async def _tools(self, request: web.Request, model: str, body: dict, messages: list,
-                     stream: bool) -> web.StreamResponse:
+    async def _tools(
+        self, request: web.Request, model: str, body: dict, messages: list, stream: bool
+    ) -> web.StreamResponse:
         problem = self._tool_problem(messages)
         if problem:
             return self._json_error(400, problem, "invalid_request_error", None, "messages")
@@ -554,35 +674,74 @@ class FakeOpenAI(ThreadedServer):
             raw = _dumps(args).decode()
             if model == "tools-bad-args":
                 raw = raw[:-1] + ', "oops'
-            calls.append({"id": f"call_fake{i}", "type": "function", "function": {"name": fn.get("name"),
-                                                                                   "arguments": raw}})
+            calls.append(
+                {"id": f"call_fake{i}", "type": "function", "function": {"name": fn.get("name"), "arguments": raw}}
+            )
         usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
         if not stream:
             message = {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None}
-            out = {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
-                   "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}],
-                   "usage": usage}
+            out = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}],
+                "usage": usage,
+            }
             return web.Response(body=_dumps(out), content_type="application/json")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
 
         def chunk(delta: dict, finish: str | None = None) -> bytes:
-            return b"data: " + _dumps({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                                       "created": int(time.time()), "model": model,
-                                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n"
+            return (
+                b"data: "
+                + _dumps(
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    }
+                )
+                + b"\n\n"
+            )
 
         await resp.write(chunk({"role": "assistant", "content": None}))
         for i, c in enumerate(calls):
             args = c["function"]["arguments"]
-            await resp.write(chunk({"tool_calls": [{"index": i, "id": c["id"], "type": "function",
-                                                    "function": {"name": c["function"]["name"], "arguments": ""}}]}))
+            await resp.write(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": i,
+                                "id": c["id"],
+                                "type": "function",
+                                "function": {"name": c["function"]["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
             for j in range(0, len(args), 5):  # the arguments in 5-character pieces
-                await resp.write(chunk({"tool_calls": [{"index": i, "function": {"arguments": args[j:j + 5]}}]}))
+                await resp.write(chunk({"tool_calls": [{"index": i, "function": {"arguments": args[j : j + 5]}}]}))
         await resp.write(chunk({}, "tool_calls"))
         if isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage"):
-            await resp.write(b"data: " + _dumps({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                                                 "created": int(time.time()), "model": model, "choices": [],
-                                                 "usage": usage}) + b"\n\n")
+            await resp.write(
+                b"data: "
+                + _dumps(
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+                + b"\n\n"
+            )
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -594,8 +753,9 @@ class FakeOpenAI(ThreadedServer):
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
-        self.requests.append(Recorded(request.method, request.path,
-                                      {k.lower(): v for k, v in request.headers.items()}, body, raw))
+        self.requests.append(
+            Recorded(request.method, request.path, {k.lower(): v for k, v in request.headers.items()}, body, raw)
+        )
         denied = self._auth_failure(request)
         if denied is not None:
             return denied
@@ -608,11 +768,18 @@ class FakeOpenAI(ThreadedServer):
         if suffix is not None and not isinstance(suffix, str):
             return self._json_error(400, "'suffix' must be a string", "invalid_request_error", None, "suffix")
         if "messages" in body:
-            return self._json_error(400, "Unrecognized request argument supplied: messages", "invalid_request_error",
-                                    None)
+            return self._json_error(
+                400, "Unrecognized request argument supplied: messages", "invalid_request_error", None
+            )
         if model == "chat-only":
-            return self._json_error(404, "This is a chat model and not supported in the v1/completions endpoint. "
-                                    "Did you mean to use v1/chat/completions?", "invalid_request_error", None, "model")
+            return self._json_error(
+                404,
+                "This is a chat model and not supported in the v1/completions endpoint. "
+                "Did you mean to use v1/chat/completions?",
+                "invalid_request_error",
+                None,
+                "model",
+            )
         if model.startswith("error-"):
             failure = self._failure(model)
             if failure is not None:
@@ -621,36 +788,53 @@ class FakeOpenAI(ThreadedServer):
         stops = body.get("stop")
         for s in [stops] if isinstance(stops, str) else stops or ():
             if isinstance(s, str) and s and s in text:
-                text = text[:text.index(s)]
+                text = text[: text.index(s)]
         pieces = _pieces(text)
         finish = "stop"
         limit = body.get("max_tokens")
         if isinstance(limit, int) and len(pieces) > limit:
             pieces, finish = pieces[:limit], "length"
         top = body.get("logprobs")
-        usage = {"prompt_tokens": _words(prompt) + _words(suffix or ""), "completion_tokens": len(pieces),
-                 "total_tokens": _words(prompt) + _words(suffix or "") + len(pieces)}
+        usage = {
+            "prompt_tokens": _words(prompt) + _words(suffix or ""),
+            "completion_tokens": len(pieces),
+            "total_tokens": _words(prompt) + _words(suffix or "") + len(pieces),
+        }
 
         def logprobs(part: list[str], offset: int) -> dict | None:
             if not isinstance(top, int) or isinstance(top, bool):
                 return None
-            return {"tokens": part, "token_logprobs": [-0.25] * len(part),
-                    "top_logprobs": [{p: -0.25, **{f"alt{i}": -1.5 - i for i in range(1, top)}} for p in part],
-                    "text_offset": [offset + sum(len(x) for x in part[:i]) for i in range(len(part))]}
+            return {
+                "tokens": part,
+                "token_logprobs": [-0.25] * len(part),
+                "top_logprobs": [{p: -0.25, **{f"alt{i}": -1.5 - i for i in range(1, top)}} for p in part],
+                "text_offset": [offset + sum(len(x) for x in part[:i]) for i in range(len(part))],
+            }
 
         def choice(part: list[str], offset: int, end: str | None) -> dict:
             return {"text": "".join(part), "index": 0, "logprobs": logprobs(part, offset), "finish_reason": end}
 
         if body.get("stream") is not True:
-            out = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": model,
-                   "choices": [choice(pieces, 0, finish)], "usage": usage}
+            out = {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [choice(pieces, 0, finish)],
+                "usage": usage,
+            }
             return web.Response(body=_dumps(out), content_type="application/json")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
 
         def event(obj: dict) -> bytes:
-            return b"data: " + _dumps({"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
-                                       "model": model, **obj}) + b"\n\n"
+            return (
+                b"data: "
+                + _dumps(
+                    {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": model, **obj}
+                )
+                + b"\n\n"
+            )
 
         offset = 0
         for piece in pieces:
@@ -672,14 +856,14 @@ class FakeOpenAI(ThreadedServer):
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
-        self.requests.append(Recorded(request.method, request.path,
-                                      {k.lower(): v for k, v in request.headers.items()}, body, raw))
+        self.requests.append(
+            Recorded(request.method, request.path, {k.lower(): v for k, v in request.headers.items()}, body, raw)
+        )
         denied = self._auth_failure(request)
         if denied is not None:
             return denied
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            return self._json_error(400, "you must provide a model parameter", "invalid_request_error", None,
-                                    "model")
+            return self._json_error(400, "you must provide a model parameter", "invalid_request_error", None, "model")
         model = body["model"]
         if model.startswith("error-"):
             failure = self._failure(model)
@@ -689,9 +873,12 @@ class FakeOpenAI(ThreadedServer):
         if isinstance(inputs, str):
             inputs = [inputs]
         if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) and t for t in inputs):
-            return self._json_error(400, "'$.input' is invalid. Please check the API reference: "
-                                    "https://platform.openai.com/docs/api-reference.", "invalid_request_error",
-                                    None)
+            return self._json_error(
+                400,
+                "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.",
+                "invalid_request_error",
+                None,
+            )
         dims = body.get("dimensions") or 16
         fmt = body.get("encoding_format") or "float"
         data = []
@@ -702,8 +889,12 @@ class FakeOpenAI(ThreadedServer):
                 emb = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
             data.append({"object": "embedding", "index": i, "embedding": emb})
         tokens = sum(_words(t) for t in inputs)
-        out = {"object": "list", "data": data, "model": model,
-               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        out = {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
         return web.Response(body=_dumps(out), content_type="application/json")
 
 
@@ -730,6 +921,7 @@ except ImportError:  # __main__ use without pytest
     pytest = None  # type: ignore[assignment]
 
 if pytest is not None:
+
     @pytest.fixture(scope="session")
     def openai_fake():
         """One fake OpenAI upstream for the session; it expects ``Bearer FAKE_KEY``."""

@@ -34,6 +34,7 @@ app = typer.Typer(
 
 # -- completion of values ---------------------------------------------------------------
 
+
 def complete_model(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
     """-m: the registry's model names (runs only when the shell asks)."""
     from gencli.errors import GencliError
@@ -43,8 +44,11 @@ def complete_model(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]
         registry = Registry.load(ctx.params.get("models_path"))
     except GencliError:
         return []
-    return [(name, entry.description or entry.provider) for name, entry in registry.models.items()
-            if name.startswith(incomplete)]
+    return [
+        (name, entry.description or entry.provider)
+        for name, entry in registry.models.items()
+        if name.startswith(incomplete)
+    ]
 
 
 def complete_conversation(incomplete: str) -> list[tuple[str, str]]:
@@ -67,53 +71,137 @@ def _positive(value: Optional[float]) -> Optional[float]:
 
 # -- options shared by commands ---------------------------------------------------------
 
-ModelsPath = Annotated[Optional[str], typer.Option(
-    "--models", metavar="PATH", envvar="GENCLI_MODELS", show_envvar=False, rich_help_panel=MODEL,
-    help="models.json to use (default: ./models.json, then $XDG_CONFIG_HOME/gencli/models.json, then the "
-         "built-ins).")]
-Model = Annotated[Optional[str], typer.Option(
-    "-m", "--model", metavar="NAME", autocompletion=complete_model, rich_help_panel=MODEL,
-    help="Model name from the registry (default: $GENCLI_MODEL, models.json's \"default\", else the first "
-         "model with a key, else the local smollm2).")]
-System = Annotated[Optional[str], typer.Option("-s", "--system", metavar="TEXT", rich_help_panel=MODEL,
-                                               help="System prompt.")]
-Think = Annotated[Optional[bool], typer.Option(
-    "--think/--no-think", rich_help_panel=MODEL, show_default=False,
-    help="Ask the model to reason, or not (default: the model's own).")]
-Temperature = Annotated[Optional[float], typer.Option(
-    "--temperature", min=0, max=2, metavar="FLOAT", rich_help_panel=SAMPLING, help="Sampling temperature (0-2).")]
-TopP = Annotated[Optional[float], typer.Option(
-    "--top-p", min=0, max=1, metavar="FLOAT", rich_help_panel=SAMPLING, help="Nucleus sampling (0-1).")]
-TopK = Annotated[Optional[int], typer.Option(
-    "--top-k", min=0, metavar="INT", rich_help_panel=SAMPLING, help="Top-k sampling, where the provider has it.")]
-NumPredict = Annotated[Optional[int], typer.Option(
-    "--num-predict", "--max-tokens", min=1, metavar="INT", rich_help_panel=SAMPLING,
-    help="Maximum number of tokens to generate.")]
-Stop = Annotated[Optional[list[str]], typer.Option(
-    "--stop", metavar="TEXT", rich_help_panel=SAMPLING, show_default=False, help="Stop sequence (repeatable).")]
-Seed = Annotated[Optional[int], typer.Option(
-    "--seed", metavar="INT", rich_help_panel=SAMPLING, help="Random seed, where the provider has it.")]
-HideReasoning = Annotated[bool, typer.Option(
-    "--hide-reasoning", rich_help_panel=OUTPUT, help="Do not show the reasoning chain.")]
-Verbose = Annotated[bool, typer.Option(
-    "-v", "--verbose", rich_help_panel=OUTPUT, help="Print timing and token statistics on stderr.")]
-ContextFile = Annotated[Optional[Path], typer.Option(
-    "--context", metavar="FILE", dir_okay=False, rich_help_panel=CONVERSATION,
-    help="Conversation file: read before, written after, to continue a conversation.")]
-Continue = Annotated[bool, typer.Option(
-    "-c", "--continue", rich_help_panel=CONVERSATION,
-    help="Continue the last conversation (the one 'gencli conversations' marks).")]
-Conversation = Annotated[Optional[str], typer.Option(
-    "--conversation", metavar="NAME", autocompletion=complete_conversation, rich_help_panel=CONVERSATION,
-    help="Continue the conversation kept as NAME, or start it (see 'gencli conversations').")]
-Timeout = Annotated[Optional[float], typer.Option(
-    "--timeout", metavar="SECONDS", callback=_positive, rich_help_panel=NETWORK,
-    help="Give up when the upstream sends nothing for this long (default: the model's \"timeout\" in "
-         "models.json, else $GENCLI_TIMEOUT, else 300; connecting: at most 10).")]
-Retries = Annotated[Optional[int], typer.Option(
-    "--retries", min=0, max=10, metavar="N", rich_help_panel=NETWORK,
-    help="Retries of a request that fails before any output (connection refused or reset, HTTP 408, 429, "
-         "5xx), with backoff (default: the model's \"retries\", else $GENCLI_RETRIES, else 2).")]
+ModelsPath = Annotated[
+    Optional[str],
+    typer.Option(
+        "--models",
+        metavar="PATH",
+        envvar="GENCLI_MODELS",
+        show_envvar=False,
+        rich_help_panel=MODEL,
+        help="models.json to use (default: ./models.json, then $XDG_CONFIG_HOME/gencli/models.json, then the "
+        "built-ins).",
+    ),
+]
+Model = Annotated[
+    Optional[str],
+    typer.Option(
+        "-m",
+        "--model",
+        metavar="NAME",
+        autocompletion=complete_model,
+        rich_help_panel=MODEL,
+        help='Model name from the registry (default: $GENCLI_MODEL, models.json\'s "default", else the first '
+        "model with a key, else the local smollm2).",
+    ),
+]
+System = Annotated[
+    Optional[str], typer.Option("-s", "--system", metavar="TEXT", rich_help_panel=MODEL, help="System prompt.")
+]
+Think = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--think/--no-think",
+        rich_help_panel=MODEL,
+        show_default=False,
+        help="Ask the model to reason, or not (default: the model's own).",
+    ),
+]
+Temperature = Annotated[
+    Optional[float],
+    typer.Option(
+        "--temperature", min=0, max=2, metavar="FLOAT", rich_help_panel=SAMPLING, help="Sampling temperature (0-2)."
+    ),
+]
+TopP = Annotated[
+    Optional[float],
+    typer.Option("--top-p", min=0, max=1, metavar="FLOAT", rich_help_panel=SAMPLING, help="Nucleus sampling (0-1)."),
+]
+TopK = Annotated[
+    Optional[int],
+    typer.Option(
+        "--top-k", min=0, metavar="INT", rich_help_panel=SAMPLING, help="Top-k sampling, where the provider has it."
+    ),
+]
+NumPredict = Annotated[
+    Optional[int],
+    typer.Option(
+        "--num-predict",
+        "--max-tokens",
+        min=1,
+        metavar="INT",
+        rich_help_panel=SAMPLING,
+        help="Maximum number of tokens to generate.",
+    ),
+]
+Stop = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--stop", metavar="TEXT", rich_help_panel=SAMPLING, show_default=False, help="Stop sequence (repeatable)."
+    ),
+]
+Seed = Annotated[
+    Optional[int],
+    typer.Option("--seed", metavar="INT", rich_help_panel=SAMPLING, help="Random seed, where the provider has it."),
+]
+HideReasoning = Annotated[
+    bool, typer.Option("--hide-reasoning", rich_help_panel=OUTPUT, help="Do not show the reasoning chain.")
+]
+Verbose = Annotated[
+    bool, typer.Option("-v", "--verbose", rich_help_panel=OUTPUT, help="Print timing and token statistics on stderr.")
+]
+ContextFile = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--context",
+        metavar="FILE",
+        dir_okay=False,
+        rich_help_panel=CONVERSATION,
+        help="Conversation file: read before, written after, to continue a conversation.",
+    ),
+]
+Continue = Annotated[
+    bool,
+    typer.Option(
+        "-c",
+        "--continue",
+        rich_help_panel=CONVERSATION,
+        help="Continue the last conversation (the one 'gencli conversations' marks).",
+    ),
+]
+Conversation = Annotated[
+    Optional[str],
+    typer.Option(
+        "--conversation",
+        metavar="NAME",
+        autocompletion=complete_conversation,
+        rich_help_panel=CONVERSATION,
+        help="Continue the conversation kept as NAME, or start it (see 'gencli conversations').",
+    ),
+]
+Timeout = Annotated[
+    Optional[float],
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        callback=_positive,
+        rich_help_panel=NETWORK,
+        help='Give up when the upstream sends nothing for this long (default: the model\'s "timeout" in '
+        "models.json, else $GENCLI_TIMEOUT, else 300; connecting: at most 10).",
+    ),
+]
+Retries = Annotated[
+    Optional[int],
+    typer.Option(
+        "--retries",
+        min=0,
+        max=10,
+        metavar="N",
+        rich_help_panel=NETWORK,
+        help="Retries of a request that fails before any output (connection refused or reset, HTTP 408, 429, "
+        '5xx), with backoff (default: the model\'s "retries", else $GENCLI_RETRIES, else 2).',
+    ),
+]
 
 
 def _call(run, **kw) -> None:
@@ -130,6 +218,7 @@ def _call(run, **kw) -> None:
 
 # -- the commands ---------------------------------------------------------------------
 
+
 def _version(value: bool) -> None:
     if value:
         sys.stdout.write(f"gencli {__version__}\n")
@@ -138,8 +227,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def gencli(
-    version: Annotated[bool, typer.Option("-V", "--version", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("-V", "--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
 ) -> None:
     """Generate text with any model: OpenAI, Gemini, Claude, OpenRouter, any OpenAI-compatible server, or a
     local model. Models are named in models.json (see 'gencli models').
@@ -158,8 +248,10 @@ def gencli(
 
 @app.command(context_settings=CONTEXT_SETTINGS)
 def generate(
-    prompt: Annotated[Optional[str], typer.Argument(
-        metavar="PROMPT", show_default=False, help="The prompt ('-': read it from stdin).")] = None,
+    prompt: Annotated[
+        Optional[str],
+        typer.Argument(metavar="PROMPT", show_default=False, help="The prompt ('-': read it from stdin)."),
+    ] = None,
     model: Model = None,
     system: System = None,
     temperature: Temperature = None,
@@ -168,24 +260,55 @@ def generate(
     num_predict: NumPredict = None,
     stop: Stop = None,
     seed: Seed = None,
-    images: Annotated[Optional[list[str]], typer.Option(
-        "-i", "--image", metavar="PATH|URL", rich_help_panel=MODEL, show_default=False,
-        help="Image file or http(s) URL (repeatable).")] = None,
-    fmt: Annotated[Optional[str], typer.Option(
-        "--format", metavar="json|SCHEMA_FILE", rich_help_panel=OUTPUT,
-        help="Structured output: 'json', or a file holding a JSON schema.")] = None,
+    images: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "-i",
+            "--image",
+            metavar="PATH|URL",
+            rich_help_panel=MODEL,
+            show_default=False,
+            help="Image file or http(s) URL (repeatable).",
+        ),
+    ] = None,
+    fmt: Annotated[
+        Optional[str],
+        typer.Option(
+            "--format",
+            metavar="json|SCHEMA_FILE",
+            rich_help_panel=OUTPUT,
+            help="Structured output: 'json', or a file holding a JSON schema.",
+        ),
+    ] = None,
     think: Think = None,
     hide_reasoning: HideReasoning = False,
-    no_stream: Annotated[bool, typer.Option(
-        "--no-stream", rich_help_panel=OUTPUT, help="Wait for the whole answer instead of streaming it.")] = False,
-    as_json: Annotated[bool, typer.Option(
-        "--json", rich_help_panel=OUTPUT,
-        help="Print the JSON (NDJSON when streaming) objects that /api/generate returns.")] = False,
-    extract: Annotated[bool, typer.Option(
-        "-x", "--extract", rich_help_panel=OUTPUT,
-        help="Print only the first fenced code block of the answer (all of it when it has none).")] = False,
-    extract_last: Annotated[bool, typer.Option(
-        "--extract-last", rich_help_panel=OUTPUT, help="Print only the last fenced code block of the answer.")] = False,
+    no_stream: Annotated[
+        bool,
+        typer.Option("--no-stream", rich_help_panel=OUTPUT, help="Wait for the whole answer instead of streaming it."),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            rich_help_panel=OUTPUT,
+            help="Print the JSON (NDJSON when streaming) objects that /api/generate returns.",
+        ),
+    ] = False,
+    extract: Annotated[
+        bool,
+        typer.Option(
+            "-x",
+            "--extract",
+            rich_help_panel=OUTPUT,
+            help="Print only the first fenced code block of the answer (all of it when it has none).",
+        ),
+    ] = False,
+    extract_last: Annotated[
+        bool,
+        typer.Option(
+            "--extract-last", rich_help_panel=OUTPUT, help="Print only the last fenced code block of the answer."
+        ),
+    ] = False,
     verbose: Verbose = False,
     context_file: ContextFile = None,
     cont: Continue = False,
@@ -206,11 +329,33 @@ def generate(
     """
     from gencli.cli.commands.generate import run
 
-    _call(run, prompt=prompt, model=model, system=system, temperature=temperature, top_p=top_p,
-          top_k=top_k, num_predict=num_predict, stop=stop, seed=seed, images=images, fmt=fmt, think=think,
-          hide_reasoning=hide_reasoning, no_stream=no_stream, as_json=as_json, extract=extract,
-          extract_last=extract_last, verbose=verbose, context_file=str(context_file) if context_file else None,
-          cont=cont, conversation=conversation, models_path=models_path, timeout=timeout, retries=retries)
+    _call(
+        run,
+        prompt=prompt,
+        model=model,
+        system=system,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        num_predict=num_predict,
+        stop=stop,
+        seed=seed,
+        images=images,
+        fmt=fmt,
+        think=think,
+        hide_reasoning=hide_reasoning,
+        no_stream=no_stream,
+        as_json=as_json,
+        extract=extract,
+        extract_last=extract_last,
+        verbose=verbose,
+        context_file=str(context_file) if context_file else None,
+        cont=cont,
+        conversation=conversation,
+        models_path=models_path,
+        timeout=timeout,
+        retries=retries,
+    )
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
@@ -244,17 +389,36 @@ def chat(
     """
     from gencli.cli.commands.chat import run
 
-    _call(run, model=model, system=system, temperature=temperature, top_p=top_p, top_k=top_k,
-          num_predict=num_predict, stop=stop, seed=seed, think=think, hide_reasoning=hide_reasoning,
-          verbose=verbose, context_file=str(context_file) if context_file else None, cont=cont,
-          conversation=conversation, models_path=models_path, timeout=timeout, retries=retries)
+    _call(
+        run,
+        model=model,
+        system=system,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        num_predict=num_predict,
+        stop=stop,
+        seed=seed,
+        think=think,
+        hide_reasoning=hide_reasoning,
+        verbose=verbose,
+        context_file=str(context_file) if context_file else None,
+        cont=cont,
+        conversation=conversation,
+        models_path=models_path,
+        timeout=timeout,
+        retries=retries,
+    )
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
 def conversations(
-    delete: Annotated[Optional[str], typer.Option(
-        "--delete", metavar="NAME", autocompletion=complete_conversation, help="Remove the conversation NAME.")]
-        = None,
+    delete: Annotated[
+        Optional[str],
+        typer.Option(
+            "--delete", metavar="NAME", autocompletion=complete_conversation, help="Remove the conversation NAME."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
 ) -> None:
     """List the kept conversations (name, model, turns, last used), or remove one.
@@ -270,16 +434,31 @@ def conversations(
 @app.command(context_settings=CONTEXT_SETTINGS)
 def embed(
     texts: Annotated[Optional[list[str]], typer.Argument(metavar="[TEXT]...", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option(
-        "-m", "--model", metavar="NAME", autocompletion=complete_model, rich_help_panel=MODEL,
-        help="Embedding model from the registry (default: $GENCLI_EMBED_MODEL, else the first ready model "
-             "with the 'embedding' capability).")] = None,
-    lines: Annotated[bool, typer.Option(
-        "--lines", help="Each non-blank line of stdin is one input (default: all of stdin is one input).")] = False,
-    dimensions: Annotated[Optional[int], typer.Option(
-        "--dimensions", min=1, metavar="INT", help="Ask for shorter vectors, where the model supports it.")] = None,
-    verbose: Annotated[bool, typer.Option(
-        "-v", "--verbose", help="Print the model, vector count and size on stderr.")] = False,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "-m",
+            "--model",
+            metavar="NAME",
+            autocompletion=complete_model,
+            rich_help_panel=MODEL,
+            help="Embedding model from the registry (default: $GENCLI_EMBED_MODEL, else the first ready model "
+            "with the 'embedding' capability).",
+        ),
+    ] = None,
+    lines: Annotated[
+        bool,
+        typer.Option("--lines", help="Each non-blank line of stdin is one input (default: all of stdin is one input)."),
+    ] = False,
+    dimensions: Annotated[
+        Optional[int],
+        typer.Option(
+            "--dimensions", min=1, metavar="INT", help="Ask for shorter vectors, where the model supports it."
+        ),
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Print the model, vector count and size on stderr.")
+    ] = False,
     models_path: ModelsPath = None,
 ) -> None:
     """Embed TEXT (each argument is one input) or piped stdin, and print the vectors.
@@ -297,14 +476,23 @@ def embed(
     """
     from gencli.cli.commands.embed import run
 
-    _call(run, texts=tuple(texts or ()), model=model, lines=lines, dimensions=dimensions,
-          models_path=models_path, verbose=verbose)
+    _call(
+        run,
+        texts=tuple(texts or ()),
+        model=model,
+        lines=lines,
+        dimensions=dimensions,
+        models_path=models_path,
+        verbose=verbose,
+    )
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
 def models(
-    as_json: Annotated[bool, typer.Option(
-        "--json", help="Print the registry as JSON, with each model's capabilities and context length.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the registry as JSON, with each model's capabilities and context length."),
+    ] = False,
     models_path: ModelsPath = None,
 ) -> None:
     """List the models in the registry and whether each is ready to use."""
@@ -317,72 +505,162 @@ def _setting(flag: str, metavar: str, text: str, default: str, panel: str = LIMI
     """A numeric serve setting, read as text: gencli.server.config validates it (range, no inf
     or nan) and names the flag or the environment variable in a one-line error (exit code 2)."""
     env = "GENCLI_" + flag[2:].upper().replace("-", "_")
-    return typer.Option(flag, metavar=metavar, rich_help_panel=panel, show_default=False,
-                        help=f"{text} (default {default}; also ${env}).")
-
+    return typer.Option(
+        flag,
+        metavar=metavar,
+        rich_help_panel=panel,
+        show_default=False,
+        help=f"{text} (default {default}; also ${env}).",
+    )
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
 def serve(
-    host: Annotated[str, typer.Option(
-        "--host", metavar="ADDR", rich_help_panel=NETWORK,
-        help="Address to bind. Other than loopback, GENCLI_API_KEY must be set (or --insecure-no-auth).")
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            metavar="ADDR",
+            rich_help_panel=NETWORK,
+            help="Address to bind. Other than loopback, GENCLI_API_KEY must be set (or --insecure-no-auth).",
+        ),
     ] = "127.0.0.1",
-    port: Annotated[Optional[str], typer.Option(
-        "--port", metavar="PORT", rich_help_panel=NETWORK, show_default=False,
-        help="Port to listen on (0: any free port; default 11434).")] = None,
-    workers: Annotated[Optional[str], typer.Option(
-        "--workers", metavar="N", rich_help_panel=SERVER, show_default=False,
-        help="Worker processes sharing the port (default 1).")] = None,
-    allowed_origins: Annotated[Optional[list[str]], typer.Option(
-        "--allowed-origins", metavar="ORIGINS", rich_help_panel=NETWORK, show_default=False,
-        help="Browser origins allowed besides localhost ones (comma-separated, repeatable; also "
-             "$GENCLI_ORIGINS).")] = None,
-    allowed_hosts: Annotated[Optional[list[str]], typer.Option(
-        "--allowed-hosts", metavar="HOSTS", rich_help_panel=NETWORK, show_default=False,
-        help="Host header values served on a loopback bind besides localhost, *.localhost, 127.0.0.1 and "
-             "[::1] (comma-separated, repeatable, * wildcards; also $GENCLI_ALLOWED_HOSTS).")] = None,
-    insecure_no_auth: Annotated[bool, typer.Option(
-        "--insecure-no-auth", rich_help_panel=NETWORK,
-        help="Serve on a non-loopback address without GENCLI_API_KEY (anyone who can reach it can use your "
-             "provider keys).")] = False,
-    allow_private_images: Annotated[bool, typer.Option(
-        "--allow-private-images", rich_help_panel=NETWORK,
-        help="Let image URLs in requests reach loopback, private and link-local addresses (off: only public "
-             "ones are fetched; also $GENCLI_ALLOW_PRIVATE_IMAGES=1).")] = False,
-    max_body_mb: Annotated[Optional[str], _setting(
-        "--max-body-mb", "MB", "Largest request body accepted, 413 above it", "32")] = None,
-    max_connections: Annotated[Optional[str], _setting(
-        "--max-connections", "N", "Open connections per worker; past it idle ones are closed, then new ones "
-                                  "get 503", "1024")] = None,
-    max_header_kb: Annotated[Optional[str], _setting(
-        "--max-header-kb", "KB", "Largest request head, request line included, 431 above it", "64")] = None,
-    max_headers: Annotated[Optional[str], _setting(
-        "--max-headers", "N", "Most request headers, 431 above it", "100")] = None,
-    header_timeout: Annotated[Optional[str], _setting(
-        "--header-timeout", "SECONDS", "Time from connect to the end of the request headers, 408 after it",
-        "10")] = None,
-    body_timeout: Annotated[Optional[str], _setting(
-        "--body-timeout", "SECONDS", "Longest pause in a request body (then 408) or in reading a response "
-                                     "(then closed)", "30")] = None,
-    keep_alive: Annotated[Optional[str], _setting(
-        "--keep-alive", "SECONDS", "How long an idle connection stays open between requests", "30")] = None,
-    max_images: Annotated[Optional[str], _setting(
-        "--max-images", "N", "Images per request, 400 above it; 0 for none", "16")] = None,
-    max_images_mb: Annotated[Optional[str], _setting(
-        "--max-images-mb", "MB", "Image bytes per request, URLs and base64 together, 413 above it", "50")] = None,
-    image_fetches: Annotated[Optional[str], _setting(
-        "--image-fetches", "N", "Image URL downloads at once per worker, more wait their turn", "8")] = None,
-    image_memory_mb: Annotated[Optional[str], _setting(
-        "--image-memory-mb", "MB", "Downloaded image bytes held at once per worker, 503 above it", "256")] = None,
-    grace: Annotated[Optional[str], _setting(
-        "--grace", "SECONDS", "On SIGTERM, how long in-flight requests may take to finish", "30", SERVER)] = None,
-    timeout: Annotated[Optional[str], _setting(
-        "--timeout", "SECONDS", "Upstream read timeout for models without a \"timeout\" in models.json", "300",
-        NETWORK)] = None,
-    retries: Annotated[Optional[str], _setting(
-        "--retries", "N", "Retries of upstream requests that fail before any output, for models without "
-                          "\"retries\" in models.json", "2", NETWORK)] = None,
+    port: Annotated[
+        Optional[str],
+        typer.Option(
+            "--port",
+            metavar="PORT",
+            rich_help_panel=NETWORK,
+            show_default=False,
+            help="Port to listen on (0: any free port; default 11434).",
+        ),
+    ] = None,
+    workers: Annotated[
+        Optional[str],
+        typer.Option(
+            "--workers",
+            metavar="N",
+            rich_help_panel=SERVER,
+            show_default=False,
+            help="Worker processes sharing the port (default 1).",
+        ),
+    ] = None,
+    allowed_origins: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--allowed-origins",
+            metavar="ORIGINS",
+            rich_help_panel=NETWORK,
+            show_default=False,
+            help="Browser origins allowed besides localhost ones (comma-separated, repeatable; also $GENCLI_ORIGINS).",
+        ),
+    ] = None,
+    allowed_hosts: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--allowed-hosts",
+            metavar="HOSTS",
+            rich_help_panel=NETWORK,
+            show_default=False,
+            help="Host header values served on a loopback bind besides localhost, *.localhost, 127.0.0.1 and "
+            "[::1] (comma-separated, repeatable, * wildcards; also $GENCLI_ALLOWED_HOSTS).",
+        ),
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            rich_help_panel=NETWORK,
+            help="Serve on a non-loopback address without GENCLI_API_KEY (anyone who can reach it can use your "
+            "provider keys).",
+        ),
+    ] = False,
+    allow_private_images: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-images",
+            rich_help_panel=NETWORK,
+            help="Let image URLs in requests reach loopback, private and link-local addresses (off: only public "
+            "ones are fetched; also $GENCLI_ALLOW_PRIVATE_IMAGES=1).",
+        ),
+    ] = False,
+    max_body_mb: Annotated[
+        Optional[str], _setting("--max-body-mb", "MB", "Largest request body accepted, 413 above it", "32")
+    ] = None,
+    max_connections: Annotated[
+        Optional[str],
+        _setting(
+            "--max-connections",
+            "N",
+            "Open connections per worker; past it idle ones are closed, then new ones get 503",
+            "1024",
+        ),
+    ] = None,
+    max_header_kb: Annotated[
+        Optional[str],
+        _setting("--max-header-kb", "KB", "Largest request head, request line included, 431 above it", "64"),
+    ] = None,
+    max_headers: Annotated[
+        Optional[str], _setting("--max-headers", "N", "Most request headers, 431 above it", "100")
+    ] = None,
+    header_timeout: Annotated[
+        Optional[str],
+        _setting(
+            "--header-timeout", "SECONDS", "Time from connect to the end of the request headers, 408 after it", "10"
+        ),
+    ] = None,
+    body_timeout: Annotated[
+        Optional[str],
+        _setting(
+            "--body-timeout",
+            "SECONDS",
+            "Longest pause in a request body (then 408) or in reading a response (then closed)",
+            "30",
+        ),
+    ] = None,
+    keep_alive: Annotated[
+        Optional[str],
+        _setting("--keep-alive", "SECONDS", "How long an idle connection stays open between requests", "30"),
+    ] = None,
+    max_images: Annotated[
+        Optional[str], _setting("--max-images", "N", "Images per request, 400 above it; 0 for none", "16")
+    ] = None,
+    max_images_mb: Annotated[
+        Optional[str],
+        _setting("--max-images-mb", "MB", "Image bytes per request, URLs and base64 together, 413 above it", "50"),
+    ] = None,
+    image_fetches: Annotated[
+        Optional[str],
+        _setting("--image-fetches", "N", "Image URL downloads at once per worker, more wait their turn", "8"),
+    ] = None,
+    image_memory_mb: Annotated[
+        Optional[str],
+        _setting("--image-memory-mb", "MB", "Downloaded image bytes held at once per worker, 503 above it", "256"),
+    ] = None,
+    grace: Annotated[
+        Optional[str],
+        _setting("--grace", "SECONDS", "On SIGTERM, how long in-flight requests may take to finish", "30", SERVER),
+    ] = None,
+    timeout: Annotated[
+        Optional[str],
+        _setting(
+            "--timeout",
+            "SECONDS",
+            'Upstream read timeout for models without a "timeout" in models.json',
+            "300",
+            NETWORK,
+        ),
+    ] = None,
+    retries: Annotated[
+        Optional[str],
+        _setting(
+            "--retries",
+            "N",
+            'Retries of upstream requests that fail before any output, for models without "retries" in models.json',
+            "2",
+            NETWORK,
+        ),
+    ] = None,
     models_path: ModelsPath = None,
 ) -> None:
     """Serve the models over HTTP as an Ollama-compatible API (and OpenAI's /v1).
@@ -395,13 +673,31 @@ def serve(
     """
     from gencli.cli.commands.serve import run
 
-    _call(run, host=host, port=port, workers=workers, allowed_origins=tuple(allowed_origins or ()),
-          allowed_hosts=tuple(allowed_hosts or ()), insecure_no_auth=insecure_no_auth,
-          allow_private_images=allow_private_images, max_body_mb=max_body_mb, max_connections=max_connections,
-          max_header_kb=max_header_kb, max_headers=max_headers, header_timeout=header_timeout,
-          body_timeout=body_timeout, keep_alive=keep_alive, max_images=max_images, max_images_mb=max_images_mb,
-          image_fetches=image_fetches, image_memory_mb=image_memory_mb, grace=grace, timeout=timeout,
-          retries=retries, models_path=models_path)
+    _call(
+        run,
+        host=host,
+        port=port,
+        workers=workers,
+        allowed_origins=tuple(allowed_origins or ()),
+        allowed_hosts=tuple(allowed_hosts or ()),
+        insecure_no_auth=insecure_no_auth,
+        allow_private_images=allow_private_images,
+        max_body_mb=max_body_mb,
+        max_connections=max_connections,
+        max_header_kb=max_header_kb,
+        max_headers=max_headers,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        keep_alive=keep_alive,
+        max_images=max_images,
+        max_images_mb=max_images_mb,
+        image_fetches=image_fetches,
+        image_memory_mb=image_memory_mb,
+        grace=grace,
+        timeout=timeout,
+        retries=retries,
+        models_path=models_path,
+    )
 
 
 # -- the entry point ------------------------------------------------------------------

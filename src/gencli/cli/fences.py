@@ -22,8 +22,12 @@ def fence_marker(line: str) -> str | None:
 def closes(line: str, opened: str) -> bool:
     """Whether ``line`` closes the fence opened with ``opened``."""
     marker = fence_marker(line)
-    return marker is not None and marker[0] == opened[0] and len(marker) >= len(opened) \
-        and not line.strip()[len(marker):].strip()
+    return (
+        marker is not None
+        and marker[0] == opened[0]
+        and len(marker) >= len(opened)
+        and not line.strip()[len(marker) :].strip()
+    )
 
 
 def code_blocks(text: str) -> list[str]:
@@ -35,7 +39,7 @@ def code_blocks(text: str) -> list[str]:
     for line in text.splitlines():
         if opened is None:
             marker = fence_marker(line)
-            if marker and not (marker[0] == "`" and "`" in line.strip()[len(marker):]):
+            if marker and not (marker[0] == "`" and "`" in line.strip()[len(marker) :]):
                 opened, indent, body = marker, len(line) - len(line.lstrip(" ")), []
         elif closes(line, opened):
             blocks.append("\n".join(body))

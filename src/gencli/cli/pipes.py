@@ -31,8 +31,10 @@ def decode_utf8(data: bytes, where: str = "stdin") -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{where} is not UTF-8 text (invalid byte at offset {exc.start}); "
-                         f"convert it first, e.g. with iconv -t UTF-8") from None
+        raise UsageError(
+            f"{where} is not UTF-8 text (invalid byte at offset {exc.start}); "
+            f"convert it first, e.g. with iconv -t UTF-8"
+        ) from None
 
 
 def read_stdin() -> str:

@@ -137,8 +137,7 @@ def _dur(ns: int) -> str:
 
 def print_stats(done: Done) -> None:
     """Ollama-style --verbose statistics on stderr."""
-    lines = [f"total duration:       {_dur(done.total_duration)}",
-             f"load duration:        {_dur(done.load_duration)}"]
+    lines = [f"total duration:       {_dur(done.total_duration)}", f"load duration:        {_dur(done.load_duration)}"]
     if done.prompt_eval_count is not None:
         lines.append(f"prompt eval count:    {done.prompt_eval_count} token(s)")
     lines.append(f"prompt eval duration: {_dur(done.prompt_eval_duration)}")

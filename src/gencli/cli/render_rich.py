@@ -103,8 +103,16 @@ class _View:
             return [Markdown(text)] if text.strip() else []
         if r.phase == "reasoning" and not r.hide_reasoning:
             tail = _tail_lines(r.reasoning, console, width - 4, max(1, height - 4))
-            return [Panel(Text(tail, style="dim", overflow="fold"), title=REASONING_TITLE, title_align="left",
-                          border_style="dim", expand=True), r.spinner]
+            return [
+                Panel(
+                    Text(tail, style="dim", overflow="fold"),
+                    title=REASONING_TITLE,
+                    title_align="left",
+                    border_style="dim",
+                    expand=True,
+                ),
+                r.spinner,
+            ]
         return [r.spinner]
 
     def __rich_console__(self, console, options):
@@ -143,8 +151,15 @@ class RichRenderer:
         self.splitter = BlockSplitter()
         self.committed = 0  # answer blocks printed permanently
         self.spinner = Spinner("dots", text=Text("waiting for the model…", style="dim"), style="cyan")
-        self.live = Live(_View(self), console=self.console, transient=True, auto_refresh=False,
-                         vertical_overflow="crop", redirect_stdout=False, redirect_stderr=False)
+        self.live = Live(
+            _View(self),
+            console=self.console,
+            transient=True,
+            auto_refresh=False,
+            vertical_overflow="crop",
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
         self._lock = threading.RLock()  # every write to the terminal: refreshes and prints
         self._ticks = threading.Event()  # set: the refresh thread ends
         self.stopped = False
@@ -185,8 +200,13 @@ class RichRenderer:
         self.phase = "answer"
 
     def _reasoning_panel(self) -> Panel:
-        return Panel(Text(self.reasoning.strip("\n"), style="dim"), title=REASONING_TITLE, title_align="left",
-                     border_style="dim", expand=True)
+        return Panel(
+            Text(self.reasoning.strip("\n"), style="dim"),
+            title=REASONING_TITLE,
+            title_align="left",
+            border_style="dim",
+            expand=True,
+        )
 
     def _print(self, *renderables) -> None:
         with self._lock:

@@ -54,15 +54,18 @@ def make_private_dir(path: Path) -> Path:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise StateError(f"cannot create {path} ({exc.strerror or exc}); set XDG_STATE_HOME to a "
-                         f"writable directory") from None
+        raise StateError(
+            f"cannot create {path} ({exc.strerror or exc}); set XDG_STATE_HOME to a writable directory"
+        ) from None
     return path
 
 
 def check_name(name: str, flag: str = "--conversation") -> str:
     if not _NAME.match(name):
-        raise UsageError(f"{flag} {name!r}: a conversation name is 1-64 letters, digits, '.', '_' or '-', "
-                         f"starting with a letter or digit")
+        raise UsageError(
+            f"{flag} {name!r}: a conversation name is 1-64 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit"
+        )
     return name
 
 
@@ -109,8 +112,9 @@ def load(name: str) -> Conversation | None:
 def _by_use() -> list[tuple[float, Path]]:
     """The conversation files, the most recently used (written) first."""
     try:
-        entries = [(p.stat().st_mtime, p) for p in conversations_dir().iterdir()
-                   if p.suffix == ".json" and _NAME.match(p.stem)]
+        entries = [
+            (p.stat().st_mtime, p) for p in conversations_dir().iterdir() if p.suffix == ".json" and _NAME.match(p.stem)
+        ]
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:

@@ -18,11 +18,25 @@ from gencli.errors import GencliError, UsageError
 # -- request inputs ----------------------------------------------------------------
 
 
-def sampling_options(temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-                     num_predict: int | None = None, seed: int | None = None,
-                     stop: list[str] | None = None) -> dict[str, Any]:
-    options: dict[str, Any] = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
-                                 ("num_predict", num_predict), ("seed", seed)) if v is not None}
+def sampling_options(
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    num_predict: int | None = None,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        k: v
+        for k, v in (
+            ("temperature", temperature),
+            ("top_p", top_p),
+            ("top_k", top_k),
+            ("num_predict", num_predict),
+            ("seed", seed),
+        )
+        if v is not None
+    }
     if stop:
         options["stop"] = list(stop)
     return options
@@ -126,8 +140,10 @@ class Thread:
     @classmethod
     def open(cls, context_file: str | None = None, cont: bool = False, name: str | None = None) -> Thread:
         if context_file and (cont or name):
-            raise UsageError("--context FILE cannot be combined with -c/--continue or --conversation "
-                             "(use one way to continue a conversation)")
+            raise UsageError(
+                "--context FILE cannot be combined with -c/--continue or --conversation "
+                "(use one way to continue a conversation)"
+            )
         if context_file:
             return cls(read_context(context_file), file=context_file, explicit=True)
         if name is not None:
@@ -162,16 +178,24 @@ def _checked(conv: state.Conversation) -> list[int]:
     try:
         ctx.decode(conv.context)
     except GencliError as exc:
-        raise UsageError(f"the kept conversation '{conv.name}' ({conv.path}) cannot be continued: {exc}; "
-                         f"remove it with: gencli conversations --delete {conv.name}") from None
+        raise UsageError(
+            f"the kept conversation '{conv.name}' ({conv.path}) cannot be continued: {exc}; "
+            f"remove it with: gencli conversations --delete {conv.name}"
+        ) from None
     return conv.context
 
 
 # -- renderers and the engine run -------------------------------------------------
 
 
-def make_renderer(model: str, as_json: bool = False, hide_reasoning: bool = False, stream: bool = True,
-                  extract: bool = False, extract_last: bool = False):
+def make_renderer(
+    model: str,
+    as_json: bool = False,
+    hide_reasoning: bool = False,
+    stream: bool = True,
+    extract: bool = False,
+    extract_last: bool = False,
+):
     from gencli.cli import render
 
     if as_json:
@@ -247,4 +271,3 @@ class Runner:
         if self._transport is not None:
             transport, self._transport = self._transport, None
             transport.close()
-

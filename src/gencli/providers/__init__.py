@@ -61,33 +61,96 @@ def _options(**extra: o.Option) -> Mapping[str, o.Option]:
 _OPENAI_LIKE = _options(top_k=o.TOP_K, min_p=o.MIN_P, repeat_penalty=o.REPEAT_PENALTY)
 _WINDOW = MappingProxyType({"num_ctx": o.NUM_CTX})  # a remote model's num_ctx is only what /api/show reports
 
-PROVIDERS: Mapping[str, ProviderSpec] = MappingProxyType({spec.name: spec for spec in (
-    ProviderSpec("openai", "openai", "OpenAI", ("OPENAI_API_KEY",), ("OPENAI_BASE_URL",),
-                 "https://api.openai.com/v1", context_length=128000, completions_path="/completions",
-                 logprobs=True, options=_options(), model_options=_WINDOW),
-    ProviderSpec("openrouter", "openai", "OpenRouter", ("OPENROUTER_API_KEY",), ("OPENROUTER_API_URL",),
-                 "https://openrouter.ai/api/v1", context_length=131072, completions_path="/completions",
-                 logprobs=True, options=_OPENAI_LIKE, model_options=_WINDOW),
-    ProviderSpec("openai-compatible", "openai", "the OpenAI-compatible server", key_required=False,
-                 base_url_required=True, context_length=32768, completions_path="/completions", logprobs=True,
-                 options=_OPENAI_LIKE, model_options=_WINDOW),
-    ProviderSpec("google", "google", "Gemini", ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-                 ("GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"), "https://generativelanguage.googleapis.com",
-                 context_length=1048576, logprobs=True, options=_options(top_k=o.TOP_K), model_options=_WINDOW),
-    ProviderSpec("anthropic", "anthropic", "Anthropic", ("ANTHROPIC_API_KEY",), ("ANTHROPIC_BASE_URL",),
-                 "https://api.anthropic.com", context_length=1000000,
-                 # temperature 0-1 is checked by the adapter (the Messages API's range)
-                 options=MappingProxyType({"temperature": o.TEMPERATURE, "top_p": o.TOP_P, "top_k": o.TOP_K,
-                                           "num_predict": o.NUM_PREDICT, "stop": o.STOP}),
-                 model_options=_WINDOW),
-    ProviderSpec("local", "local", "the local model", key_required=False, local=True,
-                 context_length=2048,  # what a GGUF is loaded with when models.json sets no num_ctx
-                 logprobs=True,
-                 options=_options(top_k=o.TOP_K, min_p=o.MIN_P, typical_p=o.TYPICAL_P,
-                                  repeat_penalty=o.REPEAT_PENALTY),
-                 model_options=MappingProxyType({"num_ctx": o.NUM_CTX, "num_thread": o.NUM_THREAD,
-                                                 "num_batch": o.NUM_BATCH, "num_gpu": o.NUM_GPU})),
-)})
+PROVIDERS: Mapping[str, ProviderSpec] = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            ProviderSpec(
+                "openai",
+                "openai",
+                "OpenAI",
+                ("OPENAI_API_KEY",),
+                ("OPENAI_BASE_URL",),
+                "https://api.openai.com/v1",
+                context_length=128000,
+                completions_path="/completions",
+                logprobs=True,
+                options=_options(),
+                model_options=_WINDOW,
+            ),
+            ProviderSpec(
+                "openrouter",
+                "openai",
+                "OpenRouter",
+                ("OPENROUTER_API_KEY",),
+                ("OPENROUTER_API_URL",),
+                "https://openrouter.ai/api/v1",
+                context_length=131072,
+                completions_path="/completions",
+                logprobs=True,
+                options=_OPENAI_LIKE,
+                model_options=_WINDOW,
+            ),
+            ProviderSpec(
+                "openai-compatible",
+                "openai",
+                "the OpenAI-compatible server",
+                key_required=False,
+                base_url_required=True,
+                context_length=32768,
+                completions_path="/completions",
+                logprobs=True,
+                options=_OPENAI_LIKE,
+                model_options=_WINDOW,
+            ),
+            ProviderSpec(
+                "google",
+                "google",
+                "Gemini",
+                ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+                ("GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"),
+                "https://generativelanguage.googleapis.com",
+                context_length=1048576,
+                logprobs=True,
+                options=_options(top_k=o.TOP_K),
+                model_options=_WINDOW,
+            ),
+            ProviderSpec(
+                "anthropic",
+                "anthropic",
+                "Anthropic",
+                ("ANTHROPIC_API_KEY",),
+                ("ANTHROPIC_BASE_URL",),
+                "https://api.anthropic.com",
+                context_length=1000000,
+                # temperature 0-1 is checked by the adapter (the Messages API's range)
+                options=MappingProxyType(
+                    {
+                        "temperature": o.TEMPERATURE,
+                        "top_p": o.TOP_P,
+                        "top_k": o.TOP_K,
+                        "num_predict": o.NUM_PREDICT,
+                        "stop": o.STOP,
+                    }
+                ),
+                model_options=_WINDOW,
+            ),
+            ProviderSpec(
+                "local",
+                "local",
+                "the local model",
+                key_required=False,
+                local=True,
+                context_length=2048,  # what a GGUF is loaded with when models.json sets no num_ctx
+                logprobs=True,
+                options=_options(top_k=o.TOP_K, min_p=o.MIN_P, typical_p=o.TYPICAL_P, repeat_penalty=o.REPEAT_PENALTY),
+                model_options=MappingProxyType(
+                    {"num_ctx": o.NUM_CTX, "num_thread": o.NUM_THREAD, "num_batch": o.NUM_BATCH, "num_gpu": o.NUM_GPU}
+                ),
+            ),
+        )
+    }
+)
 
 PROVIDER_NAMES = tuple(PROVIDERS)
 

@@ -42,13 +42,28 @@ MIN_BUDGET = 1024  # the smallest thinking budget Anthropic takes
 BUDGETS = {"low": MIN_BUDGET, "medium": 8192, "high": 24576}  # think level -> budget_tokens (older models)
 JSON_INSTRUCTION = "Reply with a single JSON object and nothing else."
 
-STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
-        "refusal": "content_filter", "pause_turn": "stop", "model_context_window_exceeded": "length"}
+STOP = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+    "pause_turn": "stop",
+    "model_context_window_exceeded": "length",
+}
 
 # an error event's type -> the HTTP status Anthropic answers it with
-ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
-                "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
-                "timeout_error": 504, "overloaded_error": 529}
+ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
 
 _NUMBER = re.compile(r"\d+")
 
@@ -79,8 +94,10 @@ def _text_block(text: str) -> dict[str, Any]:
 
 def _content(message: Message) -> list[dict[str, Any]]:
     """A user or assistant message as content blocks (images first, as Anthropic recommends)."""
-    blocks: list[dict[str, Any]] = [{"type": "image", "source": {"type": "base64", "media_type": image.mime,
-                                                       "data": image.data}} for image in message.images]
+    blocks: list[dict[str, Any]] = [
+        {"type": "image", "source": {"type": "base64", "media_type": image.mime, "data": image.data}}
+        for image in message.images
+    ]
     if message.content:
         blocks.append(_text_block(message.content))
     for tc in message.tool_calls:
@@ -109,8 +126,11 @@ class AnthropicAdapter:
         return f"{base}/{path}" if base.endswith("/v1") else f"{base}/v1/{path}"
 
     def headers(self, call: Call) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION,
-                   "Accept": "text/event-stream" if call.stream else "application/json"}
+        headers = {
+            "Content-Type": "application/json",
+            "anthropic-version": API_VERSION,
+            "Accept": "text/event-stream" if call.stream else "application/json",
+        }
         if call.api_key:
             headers["x-api-key"] = call.api_key
         headers.update(call.headers)
@@ -157,8 +177,9 @@ class AnthropicAdapter:
         if think is None or "thinking" not in call.capabilities:
             return None, None, max_tokens
         effort = think if isinstance(think, str) else None
-        skip = _replays_tool_use(messages) or bool(call.tools and (call.tool_choice == "required"
-                                                                     or isinstance(call.tool_choice, dict)))
+        skip = _replays_tool_use(messages) or bool(
+            call.tools and (call.tool_choice == "required" or isinstance(call.tool_choice, dict))
+        )
         if adaptive(call.model):
             if think is False:  # some of these models always think: ask for the least
                 return None, "low", max_tokens
@@ -172,8 +193,11 @@ class AnthropicAdapter:
             return {"type": "enabled", "budget_tokens": budget}, None, max_tokens + budget
         budget = min(budget, max_tokens - 1)
         if budget < MIN_BUDGET:
-            raise UsageError(f"options.num_predict is {max_tokens}; Claude's extended thinking needs more than "
-                             f"{MIN_BUDGET} output tokens (raise it, or turn thinking off)", "options.num_predict")
+            raise UsageError(
+                f"options.num_predict is {max_tokens}; Claude's extended thinking needs more than "
+                f"{MIN_BUDGET} output tokens (raise it, or turn thinking off)",
+                "options.num_predict",
+            )
         return {"type": "enabled", "budget_tokens": budget}, None, max_tokens
 
     def body(self, call: Call) -> dict[str, Any]:
@@ -190,8 +214,9 @@ class AnthropicAdapter:
         if takes_sampling(call.model):
             if "temperature" in o and not thinking:
                 if o["temperature"] > 1:
-                    raise UsageError(f"options.temperature is {o['temperature']:g}; Anthropic takes 0 to 1",
-                                     "options.temperature")
+                    raise UsageError(
+                        f"options.temperature is {o['temperature']:g}; Anthropic takes 0 to 1", "options.temperature"
+                    )
                 body["temperature"] = o["temperature"]
             if "top_p" in o and (not thinking or o["top_p"] >= 0.95):
                 body["top_p"] = o["top_p"]
@@ -231,8 +256,7 @@ class AnthropicAdapter:
     # -- token counting (POST {base}/v1/messages/count_tokens) -------------------------
     def build_count(self, call: Call) -> HttpRequest:
         body = self.body(call)
-        count = {k: body[k] for k in ("model", "messages", "system", "tools", "tool_choice", "thinking")
-                 if k in body}
+        count = {k: body[k] for k in ("model", "messages", "system", "tools", "tool_choice", "thinking") if k in body}
         headers = self.headers(call)
         headers["Accept"] = "application/json"
         return HttpRequest("POST", self.url(call, "messages/count_tokens"), headers, dumps(count), False)
@@ -308,13 +332,14 @@ class AnthropicAdapter:
         status = ERROR_STATUS.get(kind, 500)
         if status in (401, 403):
             var = call.key_env or "ANTHROPIC_API_KEY"
-            return UpstreamAuthError(f"{call.name}: {self.label} rejected the API key ({kind}); check {var}",
-                                     upstream_status=status)
+            return UpstreamAuthError(
+                f"{call.name}: {self.label} rejected the API key ({kind}); check {var}", upstream_status=status
+            )
         if status == 429:
-            return UpstreamRateLimited(f"{call.name}: {self.label} is rate limiting requests: {message}",
-                                       upstream_status=429)
-        exc = UpstreamError(f"{call.name}: {self.label} reported an error ({kind}): {message}",
-                            upstream_status=status)
+            return UpstreamRateLimited(
+                f"{call.name}: {self.label} is rate limiting requests: {message}", upstream_status=429
+            )
+        exc = UpstreamError(f"{call.name}: {self.label} reported an error ({kind}): {message}", upstream_status=status)
         if status == 529:
             exc.status = 503
             exc.kind = "overloaded_error"
@@ -354,8 +379,10 @@ class AnthropicStreamParser(SSEParser["AnthropicAdapter"]):
 
     def _end(self, out: list[Event]) -> None:
         if not self.done:
-            raise UpstreamError(f"{self.call.name}: {self.adapter.label} closed the stream before the answer "
-                                f"was complete (no message_stop)")
+            raise UpstreamError(
+                f"{self.call.name}: {self.adapter.label} closed the stream before the answer "
+                f"was complete (no message_stop)"
+            )
 
     def _event(self, payload: bytes, out: list[Event]) -> None:
         try:

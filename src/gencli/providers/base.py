@@ -99,6 +99,7 @@ class Call:
 
 # -- adapters ---------------------------------------------------------------------------------
 
+
 class StreamParser(Protocol):
     """Turns a streamed response body into events, chunk by chunk (any chunk boundaries)."""
 
@@ -181,6 +182,7 @@ class InProcessEmbedder(Protocol):
 
 
 # -- transports -------------------------------------------------------------------------------
+
 
 class SyncResponse(Protocol):
     @property

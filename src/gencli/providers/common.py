@@ -77,8 +77,14 @@ def _forms(secret: str) -> set[str]:
 
     raw = secret.encode()
     b64 = base64.b64encode(raw).decode()
-    forms = {secret, quote(secret, safe=""), quote_plus(secret), b64, b64.rstrip("="),
-             base64.urlsafe_b64encode(raw).decode().rstrip("=")}
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret),
+        b64,
+        b64.rstrip("="),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+    }
     return {f for f in forms if f}
 
 
@@ -125,7 +131,7 @@ def scrub(message: str, key: str | None = None, extra: tuple[str, ...] = ()) -> 
     if len(text) > SCRUB_WINDOW:
         # a secret cut by the window would survive as a fragment: drop the tail it could be in
         longest = max((len(f) for s in secrets for f in _forms(s)), default=0)
-        text = text[:SCRUB_WINDOW - longest]
+        text = text[: SCRUB_WINDOW - longest]
     pattern = _pattern(secrets)
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
@@ -133,7 +139,7 @@ def scrub(message: str, key: str | None = None, extra: tuple[str, ...] = ()) -> 
     text = _QUERY.sub(lambda m: m.group(1) + REDACTED, text)
     text = _SECRETISH.sub(REDACTED, text)
     text = _B64.sub(lambda m: REDACTED if _b64_hides(m.group(), secrets) else m.group(), text)
-    return text if len(text) <= SHOWN else text[:SHOWN - 3] + "..."
+    return text if len(text) <= SHOWN else text[: SHOWN - 3] + "..."
 
 
 def call_secrets(call: Call) -> tuple[str, ...]:
@@ -169,8 +175,14 @@ def error_message(body: bytes) -> str:
     return ""
 
 
-def http_error(call: Call, provider: str, status: int, headers: Mapping[str, str], body: bytes,
-               auth_statuses: tuple[int, ...] = (401, 403)) -> UpstreamError:
+def http_error(
+    call: Call,
+    provider: str,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    auth_statuses: tuple[int, ...] = (401, 403),
+) -> UpstreamError:
     """Map an upstream HTTP error to a typed error with a clear, key-free message."""
     label = PROVIDERS[provider].label if provider in PROVIDERS else provider
     detail = scrub(error_message(body), call.api_key, call_secrets(call))
@@ -191,7 +203,11 @@ def http_error(call: Call, provider: str, status: int, headers: Mapping[str, str
     if status in (400, 404, 413, 422):
         mapped = 404 if status == 404 else 400
         what = "does not know the model" if status == 404 and not detail else "rejected the request"
-        return UpstreamError(f"{call.name}: {label} {what} (HTTP {status}){suffix}",
-                             upstream_status=status, status=mapped if status != 404 else 502)
-    return UpstreamError(f"{call.name}: {label} returned HTTP {status}{suffix}", upstream_status=status,
-                         retry_after=retry_after(headers))
+        return UpstreamError(
+            f"{call.name}: {label} {what} (HTTP {status}){suffix}",
+            upstream_status=status,
+            status=mapped if status != 404 else 502,
+        )
+    return UpstreamError(
+        f"{call.name}: {label} returned HTTP {status}{suffix}", upstream_status=status, retry_after=retry_after(headers)
+    )

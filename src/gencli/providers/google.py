@@ -52,7 +52,9 @@ _GENERATION = re.compile(r"gemini-(\d+)")
 
 
 def _parts(message: Message) -> list[dict[str, Any]]:
-    parts: list[dict[str, Any]] = [{"inlineData": {"mimeType": image.mime, "data": image.data}} for image in message.images]
+    parts: list[dict[str, Any]] = [
+        {"inlineData": {"mimeType": image.mime, "data": image.data}} for image in message.images
+    ]
     if message.content:
         parts.append({"text": message.content})
     return parts
@@ -105,9 +107,15 @@ def _details(err: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _is_key_error(err: dict[str, Any]) -> bool:
     for d in _details(err):
-        if d.get("reason") in ("API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED",
-                               "API_KEY_IP_ADDRESS_BLOCKED", "API_KEY_ANDROID_APP_BLOCKED",
-                               "API_KEY_IOS_APP_BLOCKED", "ACCESS_TOKEN_TYPE_UNSUPPORTED"):
+        if d.get("reason") in (
+            "API_KEY_INVALID",
+            "API_KEY_SERVICE_BLOCKED",
+            "API_KEY_HTTP_REFERRER_BLOCKED",
+            "API_KEY_IP_ADDRESS_BLOCKED",
+            "API_KEY_ANDROID_APP_BLOCKED",
+            "API_KEY_IOS_APP_BLOCKED",
+            "ACCESS_TOKEN_TYPE_UNSUPPORTED",
+        ):
             return True
     return False
 
@@ -119,7 +127,6 @@ def _retry_delay(err: dict[str, Any]) -> float | None:
             if wait is not None:
                 return wait
     return None
-
 
 
 def _logprob(item: Any) -> TokenLogprob | None:
@@ -143,6 +150,7 @@ def _logprobs(result: dict[str, Any]) -> Logprobs | None:
         token.top = [t for t in (_logprob(c) for c in (top if isinstance(top, list) else ())) if t is not None]
         out.append(token)
     return Logprobs(out) if out else None
+
 
 class GoogleAdapter:
     in_process: Literal[False] = False
@@ -174,13 +182,17 @@ class GoogleAdapter:
             config["maxOutputTokens"] = o["num_predict"]
         if "stop" in o:
             if len(o["stop"]) > MAX_STOPS:
-                raise UsageError(f"options.stop has {len(o['stop'])} entries; Gemini takes at most {MAX_STOPS} "
-                                 f"stop sequences", "options.stop")
+                raise UsageError(
+                    f"options.stop has {len(o['stop'])} entries; Gemini takes at most {MAX_STOPS} stop sequences",
+                    "options.stop",
+                )
             config["stopSequences"] = o["stop"]
         if "seed" in o:
             if not -INT32 <= o["seed"] < INT32:
-                raise UsageError(f"options.seed is {o['seed']}; Gemini takes a 32-bit seed "
-                                 f"(from {-INT32} to {INT32 - 1})", "options.seed")
+                raise UsageError(
+                    f"options.seed is {o['seed']}; Gemini takes a 32-bit seed (from {-INT32} to {INT32 - 1})",
+                    "options.seed",
+                )
             config["seed"] = o["seed"]
         if "presence_penalty" in o:
             config["presencePenalty"] = o["presence_penalty"]
@@ -281,8 +293,10 @@ class GoogleAdapter:
         return body
 
     def build(self, call: Call) -> HttpRequest:
-        headers = {"Content-Type": "application/json",
-                   "Accept": "text/event-stream" if call.stream else "application/json"}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if call.stream else "application/json",
+        }
         if call.api_key:
             headers["x-goog-api-key"] = call.api_key
         headers.update(call.headers)
@@ -339,8 +353,11 @@ class GoogleAdapter:
         feedback = data.get("promptFeedback") or {}
         if not candidates and isinstance(feedback, dict) and feedback.get("blockReason"):
             reason = feedback["blockReason"]
-            raise UpstreamError(f"{call.name}: {self.label} blocked the prompt (blockReason {reason}); "
-                                f"rephrase it", upstream_status=200, status=400)
+            raise UpstreamError(
+                f"{call.name}: {self.label} blocked the prompt (blockReason {reason}); rephrase it",
+                upstream_status=200,
+                status=400,
+            )
         if candidates and isinstance(candidates[0], dict):
             candidate = candidates[0]
             content = candidate.get("content")
@@ -394,12 +411,15 @@ class GoogleAdapter:
     def parse_error(self, call: Call, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
         return self.error(call, status, headers, _error_object(body), body)
 
-    def error(self, call: Call, status: int, headers: Mapping[str, str], err: dict[str, Any], body: bytes | None = None) -> UpstreamError:
+    def error(
+        self, call: Call, status: int, headers: Mapping[str, str], err: dict[str, Any], body: bytes | None = None
+    ) -> UpstreamError:
         """A typed error from a Gemini error object ``{code, message, status, details}``."""
         if status in (401, 403) or (status == 400 and _is_key_error(err)) or err.get("status") == "UNAUTHENTICATED":
             var = call.key_env or "GEMINI_API_KEY"
-            return UpstreamAuthError(f"{call.name}: {self.label} rejected the API key (HTTP {status}); check {var}",
-                                     upstream_status=status)
+            return UpstreamAuthError(
+                f"{call.name}: {self.label} rejected the API key (HTTP {status}); check {var}", upstream_status=status
+            )
         if body is None:
             body = dumps({"error": err})
         exc = http_error(call, self.provider, status, headers, body)
@@ -409,8 +429,10 @@ class GoogleAdapter:
                 wait = retry_after(headers)
             if not isinstance(exc, UpstreamRateLimited):
                 detail = scrub(str(err.get("message") or ""), call.api_key, call_secrets(call))
-                exc = UpstreamRateLimited(f"{call.name}: {self.label} is rate limiting requests"
-                                          + (f": {detail}" if detail else ""), upstream_status=status or 429)
+                exc = UpstreamRateLimited(
+                    f"{call.name}: {self.label} is rate limiting requests" + (f": {detail}" if detail else ""),
+                    upstream_status=status or 429,
+                )
             exc.retry_after = wait
         return exc
 

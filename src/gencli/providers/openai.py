@@ -16,8 +16,16 @@ from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
 from gencli.providers.common import call_secrets, dumps, http_error, loads, scrub
 from gencli.request import Message
 
-FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
-          "content_filter": "content_filter", "eos": "stop", "end_turn": "stop", "max_tokens": "length"}
+FINISH = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    "eos": "stop",
+    "end_turn": "stop",
+    "max_tokens": "length",
+}
 
 OPENAI_MAX_STOPS = 4
 
@@ -53,8 +61,13 @@ def _tool_calls(raw: Any, call: Call, label: str) -> list[Event]:
         if not isinstance(fn, dict) or not fn.get("name"):
             raise UpstreamError(f"{call.name}: {label} sent a tool call without a function name")
         name = str(fn["name"])
-        out.append(ToolCall(str(tc.get("id") or new_call_id()), name,
-                            parse_arguments(fn.get("arguments"), name, f"{call.name}: {label}")))
+        out.append(
+            ToolCall(
+                str(tc.get("id") or new_call_id()),
+                name,
+                parse_arguments(fn.get("arguments"), name, f"{call.name}: {label}"),
+            )
+        )
     return out
 
 
@@ -65,8 +78,11 @@ def _reasoning(obj: dict[str, Any]) -> str:
         return r
     details = obj.get("reasoning_details")
     if isinstance(details, list):
-        return "".join(d.get("text") or d.get("summary") or "" for d in details
-                       if isinstance(d, dict) and d.get("type") in ("reasoning.text", "reasoning.summary"))
+        return "".join(
+            d.get("text") or d.get("summary") or ""
+            for d in details
+            if isinstance(d, dict) and d.get("type") in ("reasoning.text", "reasoning.summary")
+        )
     return ""
 
 
@@ -74,8 +90,11 @@ def _token(item: Any) -> TokenLogprob | None:
     if not isinstance(item, dict) or not isinstance(item.get("logprob"), (int, float)):
         return None
     raw = item.get("bytes")
-    return TokenLogprob(str(item.get("token", "")), float(item["logprob"]),
-                        raw if isinstance(raw, list) and all(isinstance(b, int) for b in raw) else None)
+    return TokenLogprob(
+        str(item.get("token", "")),
+        float(item["logprob"]),
+        raw if isinstance(raw, list) and all(isinstance(b, int) for b in raw) else None,
+    )
 
 
 def _logprobs(choice: dict[str, Any]) -> Logprobs | None:
@@ -142,8 +161,9 @@ class OpenAIAdapter:
             body["max_completion_tokens" if self.provider == "openai" else "max_tokens"] = o["num_predict"]
         if "stop" in o:
             if self.provider == "openai" and len(o["stop"]) > OPENAI_MAX_STOPS:
-                raise UsageError(f"options.stop: OpenAI takes at most {OPENAI_MAX_STOPS} stop sequences",
-                                 "options.stop")
+                raise UsageError(
+                    f"options.stop: OpenAI takes at most {OPENAI_MAX_STOPS} stop sequences", "options.stop"
+                )
             body["stop"] = o["stop"]
         if "seed" in o:
             body["seed"] = o["seed"]
@@ -214,8 +234,10 @@ class OpenAIAdapter:
         return body
 
     def build(self, call: Call) -> HttpRequest:
-        headers = {"Content-Type": "application/json",
-                   "Accept": "text/event-stream" if call.stream else "application/json"}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if call.stream else "application/json",
+        }
         if call.api_key:
             headers["Authorization"] = f"Bearer {call.api_key}"
         if self.provider == "openrouter":
@@ -315,8 +337,7 @@ class OpenAIAdapter:
             msg, code = str(err), None
         status = code if isinstance(code, int) and 400 <= code < 600 else 0
         detail = scrub(str(msg), call.api_key, call_secrets(call))
-        return UpstreamError(f"{call.name}: {self.label} reported an error: {detail}",
-                             upstream_status=status)
+        return UpstreamError(f"{call.name}: {self.label} reported an error: {detail}", upstream_status=status)
 
 
 class OpenAIStreamParser(SSEParser["OpenAIAdapter"]):
@@ -332,8 +353,10 @@ class OpenAIStreamParser(SSEParser["OpenAIAdapter"]):
         if self.calls and (self.done or self.finished):
             self._flush_calls(out)
         if not self.done and not self.finished:
-            raise UpstreamError(f"{self.call.name}: {self.adapter.label} closed the stream before the answer "
-                                f"was complete (no finish_reason, no [DONE])")
+            raise UpstreamError(
+                f"{self.call.name}: {self.adapter.label} closed the stream before the answer "
+                f"was complete (no finish_reason, no [DONE])"
+            )
 
     def _event(self, payload: bytes, out: list[Event]) -> None:
         if payload == b"[DONE]":
@@ -407,8 +430,10 @@ class OpenAIStreamParser(SSEParser["OpenAIAdapter"]):
                     slot[2] = [dumps(args).decode()]
 
     def _flush_calls(self, out: list[Event]) -> None:
-        raw = [{"id": slot[0], "function": {"name": slot[1], "arguments": "".join(slot[2])}}
-               for _, slot in sorted(self.calls.items())]
+        raw = [
+            {"id": slot[0], "function": {"name": slot[1], "arguments": "".join(slot[2])}}
+            for _, slot in sorted(self.calls.items())
+        ]
         self.calls = {}
         out.extend(_tool_calls(raw, self.call, self.adapter.label))
 

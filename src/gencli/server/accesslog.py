@@ -103,8 +103,10 @@ class LogWriter:
                 return
             text = "".join(self._line(*p) for p in pending)
             if dropped:
-                text += (f"gencli serve: {dropped} access-log line{'s' if dropped > 1 else ''} dropped "
-                         "(stderr was not being read)\n")
+                text += (
+                    f"gencli serve: {dropped} access-log line{'s' if dropped > 1 else ''} dropped "
+                    "(stderr was not being read)\n"
+                )
             self._write(text)
         except (OSError, ValueError):
             pass
@@ -121,10 +123,11 @@ class LogWriter:
         view = memoryview(text.encode("utf-8", "replace"))
         fd = sys.stderr.fileno()
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
 
-    def _line(self, when: float, method: str, path: str, info: dict[str, Any] | None, status: int,
-              seconds: float) -> str:
+    def _line(
+        self, when: float, method: str, path: str, info: dict[str, Any] | None, status: int, seconds: float
+    ) -> str:
         second = int(when)
         if second != self._second:
             self._second = second
@@ -133,8 +136,10 @@ class LogWriter:
         if info:
             model = info.get("model")
             tokens = info.get("tokens")
-        return (f"{self._stamp} {method} {_clean(path)} model={_clean(str(model)) if model else '-'}"
-                f" status={status} {seconds * 1000.0:.1f}ms tokens={_tokens(tokens) if tokens is not None else '-'}\n")
+        return (
+            f"{self._stamp} {method} {_clean(path)} model={_clean(str(model)) if model else '-'}"
+            f" status={status} {seconds * 1000.0:.1f}ms tokens={_tokens(tokens) if tokens is not None else '-'}\n"
+        )
 
 
 class AccessLog:

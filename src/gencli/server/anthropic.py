@@ -59,6 +59,7 @@ MAX_TOKENS_LIMIT = 10_000_000
 
 # -- request -> engine ------------------------------------------------------------------
 
+
 def _int(data: dict[str, Any], key: str, lo: int, hi: int = MAX_TOKENS_LIMIT) -> int | None:
     v = data.get(key)
     if v is None:
@@ -87,7 +88,7 @@ def system_text(raw: Any) -> str | None:
     texts = []
     for i, block in enumerate(raw):
         if not isinstance(block, dict) or block.get("type") != "text":
-            raise UsageError(f"system[{i}] must be a text block {{\"type\": \"text\", \"text\": ...}}", "system")
+            raise UsageError(f'system[{i}] must be a text block {{"type": "text", "text": ...}}', "system")
         texts.append(_text(block.get("text"), f"system[{i}].text"))
     return "\n".join(texts)
 
@@ -100,8 +101,9 @@ def _image(block: dict[str, Any], where: str) -> str:
         value = source.get("data") if kind == "base64" else source.get("url") if kind == "url" else None
         if isinstance(value, str) and value:
             return value
-    raise UsageError(f"{where}.source must be {{\"type\": \"base64\", \"media_type\", \"data\"}} or "
-                     f"{{\"type\": \"url\", \"url\"}}", "messages")
+    raise UsageError(
+        f'{where}.source must be {{"type": "base64", "media_type", "data"}} or {{"type": "url", "url"}}', "messages"
+    )
 
 
 def _result_content(block: dict[str, Any], where: str, images: list[str]) -> str:
@@ -134,13 +136,13 @@ def messages_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
     """Anthropic messages -> engine Messages (tool results become role "tool" messages
     before the rest of their user turn), and their images (still raw) for the engine."""
     if not isinstance(raw, list) or not raw:
-        raise UsageError("messages is required (a non-empty array of {\"role\", \"content\"})", "messages")
+        raise UsageError('messages is required (a non-empty array of {"role", "content"})', "messages")
     out: list[Message] = []
     pending: list[tuple[Message, Any]] = []
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
-            raise UsageError(f"{where}.role must be \"user\" or \"assistant\"", "messages")
+            raise UsageError(f'{where}.role must be "user" or "assistant"', "messages")
         role, content = m["role"], m.get("content")
         if isinstance(content, str):
             out.append(Message(role, _text(content, f"{where}.content")))
@@ -175,8 +177,9 @@ def messages_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
             else:
                 allowed = "text, thinking, tool_use" if role == "assistant" else "text, image, tool_result"
                 article = "an" if role == "assistant" else "a"
-                raise UsageError(f"{w}.type {kind!r} is not supported in {article} {role} message ({allowed})",
-                                 "messages")
+                raise UsageError(
+                    f"{w}.type {kind!r} is not supported in {article} {role} message ({allowed})", "messages"
+                )
         if texts or images or calls:
             message = Message(role, "\n".join(texts), tool_calls=calls)
             pending.extend((message, image) for image in images)
@@ -189,15 +192,18 @@ def tools_in(raw: Any) -> list[dict[str, Any]] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise UsageError("tools must be an array of {\"name\", \"description\", \"input_schema\"}", "tools")
+        raise UsageError('tools must be an array of {"name", "description", "input_schema"}', "tools")
     out = []
     for i, tool in enumerate(raw):
         if not isinstance(tool, dict):
             raise UsageError(f"tools[{i}] must be an object with a name and an input_schema", "tools")
         kind = tool.get("type")
         if kind not in (None, "custom"):
-            raise UsageError(f"tools[{i}].type {kind!r} is an Anthropic server tool; gencli serves custom tools "
-                             f"only (name, description, input_schema)", "tools")
+            raise UsageError(
+                f"tools[{i}].type {kind!r} is an Anthropic server tool; gencli serves custom tools "
+                f"only (name, description, input_schema)",
+                "tools",
+            )
         fn = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
         if tool.get("description") is not None:
             fn["description"] = tool["description"]
@@ -217,7 +223,7 @@ def tool_choice_in(raw: Any) -> Any:
         return "none"
     if kind == "tool":
         return {"type": "function", "function": {"name": raw.get("name")}}
-    raise UsageError("tool_choice must be {\"type\": \"auto\" | \"any\" | \"tool\" | \"none\"}", "tool_choice")
+    raise UsageError('tool_choice must be {"type": "auto" | "any" | "tool" | "none"}', "tool_choice")
 
 
 def think_in(data: dict[str, Any], max_tokens: int | None) -> Any:
@@ -240,11 +246,14 @@ def think_in(data: dict[str, Any], max_tokens: int | None) -> Any:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1024:
             raise UsageError("thinking.budget_tokens must be an integer of at least 1024", "thinking")
         if max_tokens is not None and budget >= max_tokens:
-            raise UsageError(f"thinking.budget_tokens ({budget}) must be less than max_tokens ({max_tokens})",
-                             "thinking")
+            raise UsageError(
+                f"thinking.budget_tokens ({budget}) must be less than max_tokens ({max_tokens})", "thinking"
+            )
         return level or ("low" if budget < 4096 else "medium" if budget < 16384 else "high")
-    raise UsageError("thinking must be {\"type\": \"enabled\", \"budget_tokens\": N}, {\"type\": \"adaptive\"} "
-                     "or {\"type\": \"disabled\"}", "thinking")
+    raise UsageError(
+        'thinking must be {"type": "enabled", "budget_tokens": N}, {"type": "adaptive"} or {"type": "disabled"}',
+        "thinking",
+    )
 
 
 def format_in(data: dict[str, Any]) -> Any:
@@ -257,8 +266,7 @@ def format_in(data: dict[str, Any]) -> Any:
     if fmt is None:
         return None
     if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
-        raise UsageError("output_config.format must be {\"type\": \"json_schema\", \"schema\": {...}}",
-                         "output_config")
+        raise UsageError('output_config.format must be {"type": "json_schema", "schema": {...}}', "output_config")
     return fmt["schema"]
 
 
@@ -279,11 +287,18 @@ def request_in(data: dict[str, Any], model: str, counting: bool = False) -> Gene
         if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
             raise UsageError("stop_sequences must be an array of strings", "stop_sequences")
         options["stop"] = stops
-    return GenerateRequest(model=model, messages=messages, message_images=pending,
-                          system=system_text(data.get("system")), options=options,
-                          format=format_in(data), think=think_in(data, max_tokens),
-                          stream=False if counting else field_bool(data, "stream", False),
-                          tools=tools_in(data.get("tools")), tool_choice=tool_choice_in(data.get("tool_choice")))
+    return GenerateRequest(
+        model=model,
+        messages=messages,
+        message_images=pending,
+        system=system_text(data.get("system")),
+        options=options,
+        format=format_in(data),
+        think=think_in(data, max_tokens),
+        stream=False if counting else field_bool(data, "stream", False),
+        tools=tools_in(data.get("tools")),
+        tool_choice=tool_choice_in(data.get("tool_choice")),
+    )
 
 
 def estimate_tokens(call: Call, images: int = 0) -> int:
@@ -302,6 +317,7 @@ def estimate_tokens(call: Call, images: int = 0) -> int:
 
 
 # -- engine events -> Anthropic's wire -------------------------------------------------
+
 
 def _event(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + dumps({"type": kind, **data}) + b"\n\n"
@@ -340,10 +356,16 @@ class AnthropicMessages:
         if self._started:
             return b""
         self._started = True
-        message: dict[str, Any] = {"id": self.id, "type": "message", "role": "assistant", "model": self.model,
-                                   "content": [],
-                   "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": self.input_estimate, "output_tokens": 0}}
+        message: dict[str, Any] = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.input_estimate, "output_tokens": 0},
+        }
         return _event("message_start", {"message": message}) + _event("ping", {})
 
     def _close(self) -> bytes:
@@ -359,11 +381,16 @@ class AnthropicMessages:
             return b""
         out = self._close()
         self._open = kind
-        block = {"type": "text", "text": ""} if kind == "text" else {"type": "thinking", "thinking": "",
-                                                                     "signature": ""}
+        block = (
+            {"type": "text", "text": ""} if kind == "text" else {"type": "thinking", "thinking": "", "signature": ""}
+        )
         field = b'"text_delta","text":' if kind == "text" else b'"thinking_delta","thinking":'
-        self._delta = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
-                       + str(self._index).encode() + b',"delta":{"type":' + field)
+        self._delta = (
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+            + str(self._index).encode()
+            + b',"delta":{"type":'
+            + field
+        )
         return out + _event("content_block_start", {"index": self._index, "content_block": block})
 
     def text(self, text: str) -> bytes:
@@ -381,15 +408,27 @@ class AnthropicMessages:
         out = self._start() + self._close()
         for tc in done.tool_calls:
             start = {"type": "tool_use", "id": tc.id, "name": tc.name, "input": {}}
-            out += (_event("content_block_start", {"index": self._index, "content_block": start})
-                    + _event("content_block_delta", {"index": self._index, "delta": {
-                        "type": "input_json_delta", "partial_json": dumps(tc.arguments).decode()}})
-                    + _event("content_block_stop", {"index": self._index}))
+            out += (
+                _event("content_block_start", {"index": self._index, "content_block": start})
+                + _event(
+                    "content_block_delta",
+                    {
+                        "index": self._index,
+                        "delta": {"type": "input_json_delta", "partial_json": dumps(tc.arguments).decode()},
+                    },
+                )
+                + _event("content_block_stop", {"index": self._index})
+            )
             self._index += 1
         usage = {"input_tokens": done.prompt_eval_count or 0, "output_tokens": done.eval_count or 0}
-        return (out + _event("message_delta", {"delta": {"stop_reason": stop_reason(done),
-                                                         "stop_sequence": done.stop_sequence}, "usage": usage})
-                + _event("message_stop", {}))
+        return (
+            out
+            + _event(
+                "message_delta",
+                {"delta": {"stop_reason": stop_reason(done), "stop_sequence": done.stop_sequence}, "usage": usage},
+            )
+            + _event("message_stop", {})
+        )
 
     def whole(self, done: Done) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
@@ -398,15 +437,23 @@ class AnthropicMessages:
         if done.text:
             content.append({"type": "text", "text": done.text})
         content.extend(_tool_use(tc) for tc in done.tool_calls)
-        return {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": content,
-                "stop_reason": stop_reason(done), "stop_sequence": done.stop_sequence,
-                "usage": {"input_tokens": done.prompt_eval_count or 0, "output_tokens": done.eval_count or 0}}
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+            "stop_reason": stop_reason(done),
+            "stop_sequence": done.stop_sequence,
+            "usage": {"input_tokens": done.prompt_eval_count or 0, "output_tokens": done.eval_count or 0},
+        }
 
     def error_line(self, exc: GencliError) -> bytes:
         return self._start() + _event("error", {"error": anthropic_error(exc)["error"]})
 
 
 # -- routes -------------------------------------------------------------------------------
+
 
 async def messages(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(receive)

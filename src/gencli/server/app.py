@@ -46,12 +46,16 @@ from gencli.settings import Settings
 
 
 class App:
-    def __init__(self, registry: Registry | None = None, models_path: str | None = None,
-                 max_body: int = DEFAULT_MAX_BODY, allow_private_images: bool = False,
-                 config: ServeConfig | None = None):
+    def __init__(
+        self,
+        registry: Registry | None = None,
+        models_path: str | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        allow_private_images: bool = False,
+        config: ServeConfig | None = None,
+    ):
         if config is None:
-            config = ServeConfig(max_body=max_body, allow_private_images=allow_private_images,
-                                 models_path=models_path)
+            config = ServeConfig(max_body=max_body, allow_private_images=allow_private_images, models_path=models_path)
         self.config = config
         self.state = state = State(config, registry)
         self.registry = state.registry
@@ -117,12 +121,17 @@ class App:
             found = sorted({m for m, prefix, _ in self.prefixes if path.startswith(prefix) and len(path) > len(prefix)})
             methods = found or None
         if methods is None:
-            await send_error(scope, send, refusal(404, f"404 page not found: {scope['method']} {path}",
-                                                  "not_found_error"))
+            await send_error(
+                scope, send, refusal(404, f"404 page not found: {scope['method']} {path}", "not_found_error")
+            )
             return
         allowed = ", ".join(sorted(methods))
-        await send_error(scope, send, refusal(405, f"method {scope['method']} not allowed on {path} (use {allowed})"),
-                         [(b"allow", allowed.encode())])
+        await send_error(
+            scope,
+            send,
+            refusal(405, f"method {scope['method']} not allowed on {path} (use {allowed})"),
+            [(b"allow", allowed.encode())],
+        )
 
     async def openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The OpenAPI document of this API (src/gencli/server/openapi.json, package data)."""
@@ -141,9 +150,14 @@ def build(app: App, config: ServeConfig | None = None, server_log: bool = False)
     from gencli.server.guard import Guard, is_loopback_host
 
     config = config or app.config
-    wrapped: ASGIApp = Guard(app, api_key=config.api_key, allowed_origins=config.allowed_origins,
-                             max_body=config.max_body, allowed_hosts=config.allowed_hosts,
-                             check_hosts=is_loopback_host(config.host))
+    wrapped: ASGIApp = Guard(
+        app,
+        api_key=config.api_key,
+        allowed_origins=config.allowed_origins,
+        max_body=config.max_body,
+        allowed_hosts=config.allowed_hosts,
+        check_hosts=is_loopback_host(config.host),
+    )
     writer = None
     if config.access_log:
         from gencli.server.accesslog import AccessLog, LogWriter
@@ -165,8 +179,12 @@ def build(app: App, config: ServeConfig | None = None, server_log: bool = False)
     return asgi
 
 
-def create_app(environ: dict[str, str] | None = None, config: ServeConfig | None = None,
-               registry: Registry | None = None, server_log: bool = False) -> Any:
+def create_app(
+    environ: dict[str, str] | None = None,
+    config: ServeConfig | None = None,
+    registry: Registry | None = None,
+    server_log: bool = False,
+) -> Any:
     """The ASGI application. ``config``: a :class:`gencli.server.config.ServeConfig`
     (``gencli serve`` passes its own, and the registry it loaded); without one it is read,
     with the registry's settings, from ``environ`` (default: the environment over ./.env),

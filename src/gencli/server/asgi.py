@@ -43,6 +43,7 @@ H_NOCACHE = (b"cache-control", b"no-cache")
 
 # -- replies ------------------------------------------------------------------------------
 
+
 async def send_bytes(send: Send, status: int, body: bytes, headers: Headers, head: bool = False) -> None:
     headers = headers + [(b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -55,6 +56,7 @@ async def send_json(send: Send, status: int, obj: Any, head: bool = False, extra
 
 
 # -- errors -------------------------------------------------------------------------------
+
 
 class Internal(GencliError):
     """An unexpected failure inside the server (the traceback goes to stderr, not the client)."""
@@ -69,7 +71,7 @@ def internal(exc: BaseException) -> GencliError:
 
 def bounded(message: str) -> str:
     """An error message cut to ``MAX_MESSAGE`` characters (it may quote the request)."""
-    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 3] + "..."
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
 
 
 def refusal(status: int, message: str, kind: str = "invalid_request_error") -> GencliError:
@@ -102,17 +104,27 @@ def openai_error(exc: GencliError, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": bounded(exc.message), "type": exc.kind, "param": param, "code": code}}
 
 
-ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
-                   529: "overloaded_error"}
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 
 
 def anthropic_error(exc: GencliError) -> dict[str, Any]:
     """Anthropic's error object for an error gencli answers with ``exc.status``."""
     kind = ANTHROPIC_TYPES.get(exc.status)
     if kind is None:
-        kind = "overloaded_error" if exc.kind == "overloaded_error" else (
-            "invalid_request_error" if exc.status < 500 else "api_error")
+        kind = (
+            "overloaded_error"
+            if exc.kind == "overloaded_error"
+            else ("invalid_request_error" if exc.status < 500 else "api_error")
+        )
     return {"type": "error", "error": {"type": kind, "message": bounded(exc.message)}}
 
 
@@ -133,15 +145,18 @@ def error_headers(exc: GencliError) -> Headers:
     return []
 
 
-async def send_error(scope: Scope, send: Send, exc: GencliError, extra: Headers | None = None,
-                     code: str | None = None) -> None:
+async def send_error(
+    scope: Scope, send: Send, exc: GencliError, extra: Headers | None = None, code: str | None = None
+) -> None:
     """Answer ``exc`` (nothing was sent yet) in the shape of the request's API."""
     headers = error_headers(exc) + (extra or [])
-    await send_json(send, exc.status, error_body(scope["path"], exc, code), head=scope["method"] == "HEAD",
-                    extra=headers)
+    await send_json(
+        send, exc.status, error_body(scope["path"], exc, code), head=scope["method"] == "HEAD", extra=headers
+    )
 
 
 # -- reading a JSON body ------------------------------------------------------------------
+
 
 async def read_json(receive: Receive, max_body: int) -> dict[str, Any]:
     """The request body as a JSON object (at most ``max_body`` bytes: 413 past it). A client
@@ -207,7 +222,7 @@ def json_field_problem(body: bytes, exc: orjson.JSONDecodeError | None = None) -
     elif body.startswith(b"NaN", pos):
         what = "NaN"
     elif body.startswith(b"Infinity", pos):
-        what = "-Infinity" if pos > 0 and body[pos - 1:pos] == b"-" else "Infinity"
+        what = "-Infinity" if pos > 0 and body[pos - 1 : pos] == b"-" else "Infinity"
     elif body.startswith(b"-Infinity", pos):
         what = "-Infinity"
     else:
@@ -238,7 +253,7 @@ def _byte_offset(body: bytes, chars: int) -> int | None:
     step = 65536
     end = len(body)
     for start in range(0, end, step):
-        n = len(decoder.decode(body[start:start + step]))
+        n = len(decoder.decode(body[start : start + step]))
         if seen + n >= chars:
             # walk this block from its start: a lead byte and its continuation bytes are one character
             offset = start
@@ -286,7 +301,7 @@ def _path_at(body: bytes, pos: int) -> tuple[str, bool] | None:
             if m.end() > pos:  # the bad spot is inside this string
                 break
             if in_key:
-                raw = body[start + 1:min(m.end() - 1, start + 1 + _KEY_SHOWN * 4)]
+                raw = body[start + 1 : min(m.end() - 1, start + 1 + _KEY_SHOWN * 4)]
                 key = raw.decode("utf-8", "replace")
                 if len(key) > _KEY_SHOWN or m.end() - start - 2 > len(raw):
                     key = key[:_KEY_SHOWN] + "..."
@@ -320,6 +335,7 @@ def _path_at(body: bytes, pos: int) -> tuple[str, bool] | None:
 
 
 # -- fields -------------------------------------------------------------------------------
+
 
 def field_str(data: dict[str, Any], key: str, required: bool = False) -> str | None:
     v = data.get(key)

@@ -44,6 +44,7 @@ NUMBERS: tuple[Number, ...] = (
 )
 BY_KEY = {n.key: n for n in NUMBERS}
 
+
 def _items(values: Any) -> list[str]:
     if values is None:
         return []
@@ -98,8 +99,20 @@ class ServeConfig:
             elif spec.env and env.get(spec.env, "").strip():
                 values[spec.key] = parse_number(spec, env[spec.env], spec.env)
         cfg = cls()
-        for key in ("port", "workers", "grace", "max_connections", "max_headers", "header_timeout",
-                    "body_timeout", "keep_alive", "max_images", "image_fetches", "timeout", "retries"):
+        for key in (
+            "port",
+            "workers",
+            "grace",
+            "max_connections",
+            "max_headers",
+            "header_timeout",
+            "body_timeout",
+            "keep_alive",
+            "max_images",
+            "image_fetches",
+            "timeout",
+            "retries",
+        ):
             if key in values:
                 setattr(cfg, key, values[key])
         if "max_body_mb" in values:
@@ -116,9 +129,9 @@ class ServeConfig:
         cfg.allowed_origins = _items([env.get("GENCLI_ORIGINS", ""), *(flags.get("allowed_origins") or ())])
         cfg.allowed_hosts = _items([env.get("GENCLI_ALLOWED_HOSTS", ""), *(flags.get("allowed_hosts") or ())])
         cfg.access_log = parse_flag("GENCLI_ACCESS_LOG", env.get("GENCLI_ACCESS_LOG", "1") or "1")
-        cfg.allow_private_images = (bool(flags.get("allow_private_images"))
-                                    or parse_flag("GENCLI_ALLOW_PRIVATE_IMAGES",
-                                                  env.get("GENCLI_ALLOW_PRIVATE_IMAGES", "")))
+        cfg.allow_private_images = bool(flags.get("allow_private_images")) or parse_flag(
+            "GENCLI_ALLOW_PRIVATE_IMAGES", env.get("GENCLI_ALLOW_PRIVATE_IMAGES", "")
+        )
         cfg.insecure_no_auth = bool(flags.get("insecure_no_auth"))
         cfg.models_path = flags.get("models_path") or env.get("GENCLI_MODELS") or None
         return cfg
@@ -126,6 +139,11 @@ class ServeConfig:
     def limits(self) -> Limits:
         from gencli.server.http11 import Limits
 
-        return Limits(max_connections=self.max_connections, max_header_bytes=self.max_header_bytes,
-                      max_headers=self.max_headers, header_timeout=self.header_timeout,
-                      body_timeout=self.body_timeout, keep_alive=self.keep_alive)
+        return Limits(
+            max_connections=self.max_connections,
+            max_header_bytes=self.max_header_bytes,
+            max_headers=self.max_headers,
+            header_timeout=self.header_timeout,
+            body_timeout=self.body_timeout,
+            keep_alive=self.keep_alive,
+        )

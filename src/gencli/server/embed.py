@@ -25,8 +25,9 @@ from gencli.server.asgi import Handler, Receive, Scope, Send, field_model, inter
 from gencli.server.state import State
 
 
-async def _embed(state: State, scope: Scope, data: dict[str, Any], inputs: Any,
-                 empty_ok: bool) -> tuple[ModelEntry, Embeddings | None]:
+async def _embed(
+    state: State, scope: Scope, data: dict[str, Any], inputs: Any, empty_ok: bool
+) -> tuple[ModelEntry, Embeddings | None]:
     model = state.model_name(field_model(data))
     info = scope.setdefault("gencli", {})
     info["model"] = model
@@ -56,13 +57,17 @@ async def api_embed(state: State, scope: Scope, receive: Receive, send: Send) ->
     if result is None:
         await send_json(send, 200, {"model": entry.name, "embeddings": []})
         return
-    await send_json(send, 200, {
-        "model": entry.name,
-        "embeddings": result.embeddings,
-        "total_duration": result.total_duration,
-        "load_duration": result.load_duration,
-        "prompt_eval_count": result.prompt_tokens or 0,
-    })
+    await send_json(
+        send,
+        200,
+        {
+            "model": entry.name,
+            "embeddings": result.embeddings,
+            "total_duration": result.total_duration,
+            "load_duration": result.load_duration,
+            "prompt_eval_count": result.prompt_tokens or 0,
+        },
+    )
 
 
 async def api_embeddings(state: State, scope: Scope, receive: Receive, send: Send) -> None:
@@ -90,22 +95,32 @@ async def v1_embeddings(state: State, scope: Scope, receive: Receive, send: Send
     inputs = data.get("input")
     if inputs is None:
         raise UsageError("input is required (a string or an array of strings)", "input")
-    if isinstance(inputs, list) and inputs and all(isinstance(t, int) for t in inputs) or (
-            isinstance(inputs, list) and inputs and all(isinstance(t, list) for t in inputs)):
+    if (
+        isinstance(inputs, list)
+        and inputs
+        and all(isinstance(t, int) for t in inputs)
+        or (isinstance(inputs, list) and inputs and all(isinstance(t, list) for t in inputs))
+    ):
         raise UsageError("input as token arrays is not supported; send text", "input")
     fmt = data.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
-        raise UsageError("encoding_format must be \"float\" or \"base64\"", "encoding_format")
+        raise UsageError('encoding_format must be "float" or "base64"', "encoding_format")
     entry, result = await _embed(state, scope, data, inputs, empty_ok=False)
     assert result is not None  # _embed answers None only for an empty input with empty_ok
     encode: Callable[[list[float]], Any] = _b64 if fmt == "base64" else (lambda v: v)
     tokens = result.prompt_tokens or 0
-    await send_json(send, 200, {
-        "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(result.embeddings)],
-        "model": entry.name,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })
+    await send_json(
+        send,
+        200,
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(result.embeddings)
+            ],
+            "model": entry.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        },
+    )
 
 
 def routes(state: State) -> dict[tuple[str, str], Handler]:

@@ -72,7 +72,7 @@ def host_name(value: str) -> str:
     h = value.strip().lower()
     if h.startswith("["):
         end = h.find("]")
-        return h[:end + 1] if end > 0 else h
+        return h[: end + 1] if end > 0 else h
     if h.count(":") == 1:
         h = h.split(":", 1)[0]
     return h
@@ -143,9 +143,16 @@ class Guard:
       chunked body is counted as it arrives and gets 413 when it passes the cap.
     """
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None = None,
-                 allowed_origins: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY,
-                 allowed_hosts: Iterable[str] = (), check_hosts: bool = True):
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None = None,
+        allowed_origins: Iterable[str] = (),
+        max_body: int = DEFAULT_MAX_BODY,
+        allowed_hosts: Iterable[str] = (),
+        check_hosts: bool = True,
+    ):
         self.app = app
         self.check_hosts = check_hosts
         hosts = [host_name(h) for h in parse_origins(list(allowed_hosts))]
@@ -171,8 +178,9 @@ class Guard:
             o = _normalise_origin(origin.decode("latin-1"))
         except Exception:  # pragma: no cover - latin-1 decodes every byte string
             o = ""
-        ok = bool(o) and (self._allow_all or _is_local_origin(o) or o in self._exact
-                          or any(fnmatchcase(o, p) for p in self._patterns))
+        ok = bool(o) and (
+            self._allow_all or _is_local_origin(o) or o in self._exact or any(fnmatchcase(o, p) for p in self._patterns)
+        )
         if len(self._origin_cache) >= _ORIGIN_CACHE_MAX:
             self._origin_cache.clear()
         self._origin_cache[origin] = ok
@@ -186,8 +194,11 @@ class Guard:
         if cached is not None:
             return cached
         name = host_name(host.decode("latin-1"))
-        ok = (loopback_host_header(name) or name in self._hosts_exact
-              or any(fnmatchcase(name, p) for p in self._hosts_patterns))
+        ok = (
+            loopback_host_header(name)
+            or name in self._hosts_exact
+            or any(fnmatchcase(name, p) for p in self._hosts_patterns)
+        )
         if len(self._host_cache) >= _HOST_CACHE_MAX:
             self._host_cache.clear()
         self._host_cache[host] = ok
@@ -228,30 +239,60 @@ class Guard:
         if host is not None and not self.host_allowed(host):
             shown = host.decode("latin-1")
             shown = shown if len(shown) <= 100 else shown[:97] + "..."
-            await _reject(send, scope, 403, f"host not allowed: {shown!r}; this server answers only to localhost "
-                          "names unless it is started with --allowed-hosts (or GENCLI_ALLOWED_HOSTS)",
-                          "permission_error", "host_not_allowed", None)
+            await _reject(
+                send,
+                scope,
+                403,
+                f"host not allowed: {shown!r}; this server answers only to localhost "
+                "names unless it is started with --allowed-hosts (or GENCLI_ALLOWED_HOSTS)",
+                "permission_error",
+                "host_not_allowed",
+                None,
+            )
             return
 
         cors: list[tuple[bytes, bytes]] | None = None
         if origin is not None:
             if not self.origin_allowed(origin):
-                await _reject(send, scope, 403, "origin not allowed: "
-                              + origin.decode("latin-1")[:200]
-                              + "; start the server with --allowed-origins (or GENCLI_ORIGINS) to allow it",
-                              "permission_error", "origin_not_allowed", None)
+                await _reject(
+                    send,
+                    scope,
+                    403,
+                    "origin not allowed: "
+                    + origin.decode("latin-1")[:200]
+                    + "; start the server with --allowed-origins (or GENCLI_ORIGINS) to allow it",
+                    "permission_error",
+                    "origin_not_allowed",
+                    None,
+                )
                 return
             cors = [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
             if scope["method"] == "OPTIONS":
                 await self._preflight(scope, send, cors)
                 return
 
-        if self._key is not None and scope["path"] != "/" and not self._key_ok(authorization) and not (
-                x_api_key is not None and self._key_ok(b"Bearer " + x_api_key)):  # Anthropic clients' header
-            message = ("missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' (the server's "
-                       "GENCLI_API_KEY)" if authorization is None and x_api_key is None else "invalid API key")
-            await _reject(send, scope, 401, message, "invalid_request_error", "invalid_api_key", cors,
-                          extra=[(b"www-authenticate", b"Bearer")])
+        if (
+            self._key is not None
+            and scope["path"] != "/"
+            and not self._key_ok(authorization)
+            and not (x_api_key is not None and self._key_ok(b"Bearer " + x_api_key))
+        ):  # Anthropic clients' header
+            message = (
+                "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' (the server's "
+                "GENCLI_API_KEY)"
+                if authorization is None and x_api_key is None
+                else "invalid API key"
+            )
+            await _reject(
+                send,
+                scope,
+                401,
+                message,
+                "invalid_request_error",
+                "invalid_api_key",
+                cors,
+                extra=[(b"www-authenticate", b"Bearer")],
+            )
             return
 
         if length is not None:
@@ -260,12 +301,18 @@ class Guard:
             except ValueError:
                 n = -1
             if n < 0:
-                await _reject(send, scope, 400, "bad Content-Length header", "invalid_request_error",
-                              None, cors)
+                await _reject(send, scope, 400, "bad Content-Length header", "invalid_request_error", None, cors)
                 return
             if n > self.max_body:
-                await _reject(send, scope, 413, too_large(self.max_body).message, "invalid_request_error",
-                              "request_too_large", cors)
+                await _reject(
+                    send,
+                    scope,
+                    413,
+                    too_large(self.max_body).message,
+                    "invalid_request_error",
+                    "request_too_large",
+                    cors,
+                )
                 return
         elif chunked:
             receive, send = _Capped(self, scope, receive, send, cors).pair()
@@ -285,8 +332,7 @@ class Guard:
             elif name == b"access-control-request-private-network":
                 private = value.lower() == b"true"
         headers.append((b"access-control-allow-methods", _PREFLIGHT_METHODS))
-        headers.append((b"access-control-allow-headers",
-                        requested or b"Authorization, Content-Type"))
+        headers.append((b"access-control-allow-headers", requested or b"Authorization, Content-Type"))
         headers.append((b"access-control-max-age", _PREFLIGHT_MAX_AGE))
         if private:
             headers.append((b"access-control-allow-private-network", b"true"))
@@ -295,8 +341,16 @@ class Guard:
         await send({"type": "http.response.body", "body": b""})
 
 
-async def _reject(send: Send, scope: Scope, status: int, message: str, kind: str, code: str | None,
-                  cors: Headers | None, extra: Headers | None = None) -> None:
+async def _reject(
+    send: Send,
+    scope: Scope,
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None,
+    cors: Headers | None,
+    extra: Headers | None = None,
+) -> None:
     await send_error(scope, send, refusal(status, message, kind), [*(extra or ()), *(cors or ())], code)
 
 
@@ -316,8 +370,9 @@ class _Capped:
 
     __slots__ = ("guard", "scope", "_receive", "_send", "cors", "seen", "started", "closed")
 
-    def __init__(self, guard: Guard, scope: Scope, receive: Receive, send: Send,
-                 cors: list[tuple[bytes, bytes]] | None):
+    def __init__(
+        self, guard: Guard, scope: Scope, receive: Receive, send: Send, cors: list[tuple[bytes, bytes]] | None
+    ):
         self.guard, self.scope, self._receive, self._send, self.cors = guard, scope, receive, send, cors
         self.seen = 0
         self.started = self.closed = False
@@ -335,8 +390,15 @@ class _Capped:
                 self.closed = True
                 if not self.started:
                     self.started = True
-                    await _reject(self._send, self.scope, 413, too_large(self.guard.max_body).message,
-                                  "invalid_request_error", "request_too_large", self.cors)
+                    await _reject(
+                        self._send,
+                        self.scope,
+                        413,
+                        too_large(self.guard.max_body).message,
+                        "invalid_request_error",
+                        "request_too_large",
+                        self.cors,
+                    )
                 return {"type": "http.disconnect"}
         return message
 

@@ -91,20 +91,31 @@ def _error_body(path: bytes | str, status: int, message: str) -> bytes:
     if isinstance(path, bytes):
         path = path.decode("latin-1")
     if path.startswith("/v1/messages"):  # Anthropic's shape on Anthropic's routes
-        return orjson.dumps({"type": "error", "error": {"type": "invalid_request_error" if 400 <= status < 500
-                                                        else "api_error", "message": message}})
+        return orjson.dumps(
+            {
+                "type": "error",
+                "error": {"type": "invalid_request_error" if 400 <= status < 500 else "api_error", "message": message},
+            }
+        )
     if path == "/v1" or path.startswith("/v1/"):
-        return orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                       "code": None}})
+        return orjson.dumps(
+            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        )
     return orjson.dumps({"error": message})
 
 
 def error_response(status: int, message: str, path: bytes | str = b"", head: bool = False) -> bytes:
     """A whole ``Connection: close`` JSON error reply (the transport's own refusals)."""
     body = _error_body(path, status, message)
-    return b"".join((_STATUS.get(status, b"HTTP/1.1 %d \r\n" % status), _date.header(),
-                     b"content-type: application/json; charset=utf-8\r\nconnection: close\r\n",
-                     b"content-length: %d\r\n\r\n" % len(body), b"" if head else body))
+    return b"".join(
+        (
+            _STATUS.get(status, b"HTTP/1.1 %d \r\n" % status),
+            _date.header(),
+            b"content-type: application/json; charset=utf-8\r\nconnection: close\r\n",
+            b"content-length: %d\r\n\r\n" % len(body),
+            b"" if head else body,
+        )
+    )
 
 
 class _Reject(Exception):
@@ -119,8 +130,7 @@ class _Reject(Exception):
 class ServerState:
     """What the connections of one server share: the app, the limits, the live connections."""
 
-    def __init__(self, app: Callable, limits: Limits, loop: asyncio.AbstractEventLoop | None = None,
-                 log=None):
+    def __init__(self, app: Callable, limits: Limits, loop: asyncio.AbstractEventLoop | None = None, log=None):
         self.app = getattr(app, "http", app)  # an app that names its HTTP entry point: called directly
         self.limits = limits
         self.log = log  # an access log with .request(scope, status, seconds), or None
@@ -173,9 +183,26 @@ class ServerState:
 class Cycle:
     """One request and its response: the ASGI ``receive`` and ``send`` of that request."""
 
-    __slots__ = ("conn", "scope", "keep_alive", "expect_100", "head", "body", "buffered", "complete",
-                 "delivered", "waiter", "disconnected", "started", "finished", "chunked", "task", "status",
-                 "begun", "on_gone")
+    __slots__ = (
+        "conn",
+        "scope",
+        "keep_alive",
+        "expect_100",
+        "head",
+        "body",
+        "buffered",
+        "complete",
+        "delivered",
+        "waiter",
+        "disconnected",
+        "started",
+        "finished",
+        "chunked",
+        "task",
+        "status",
+        "begun",
+        "on_gone",
+    )
 
     def __init__(self, conn: HttpConnection, scope: dict, keep_alive: bool, expect_100: bool, head: bool):
         self.conn = conn
@@ -231,8 +258,9 @@ class Cycle:
             if self.expect_100 and not self.started and not self.complete:
                 self.expect_100 = False
                 self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            while not self.disconnected and not self.finished and (self.delivered or not self.body
-                                                                     and not self.complete):
+            while (
+                not self.disconnected and not self.finished and (self.delivered or not self.body and not self.complete)
+            ):
                 self.waiter = self.conn.loop.create_future()
                 await self.waiter
             if self.disconnected or self.finished:
@@ -318,10 +346,39 @@ class HttpConnection(asyncio.Protocol):
     Timers are lazy: one ``call_at`` handle per connection, re-armed when it fires early,
     so a busy kept-alive connection schedules no timer per request."""
 
-    __slots__ = ("state", "loop", "limits", "transport", "parser", "timer", "timer_kind", "deadline", "cycle",
-                 "queue", "parsing", "url", "headers", "header_size", "in_headers", "begun", "fed",
-                 "expect_100", "read_paused", "write_paused", "drainers", "out", "out_size", "closed",
-                 "lingering", "stop_parsing", "failure", "server", "client", "body_seen", "write_stall")
+    __slots__ = (
+        "state",
+        "loop",
+        "limits",
+        "transport",
+        "parser",
+        "timer",
+        "timer_kind",
+        "deadline",
+        "cycle",
+        "queue",
+        "parsing",
+        "url",
+        "headers",
+        "header_size",
+        "in_headers",
+        "begun",
+        "fed",
+        "expect_100",
+        "read_paused",
+        "write_paused",
+        "drainers",
+        "out",
+        "out_size",
+        "closed",
+        "lingering",
+        "stop_parsing",
+        "failure",
+        "server",
+        "client",
+        "body_seen",
+        "write_stall",
+    )
 
     def __init__(self, state: ServerState):
         self.state = state
@@ -362,8 +419,9 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport
         if self.state.draining or not self.state.admit(self):
             self.closed = True
-            transport.write(error_response(503, "the server is at its connection limit (--max-connections); "
-                                                "retry shortly"))
+            transport.write(
+                error_response(503, "the server is at its connection limit (--max-connections); retry shortly")
+            )
             transport.close()
             return
         peer = transport.get_extra_info("peername")
@@ -510,9 +568,18 @@ class HttpConnection(asyncio.Protocol):
                 _METHODS[m] = method
         version = parser.get_http_version()
         scope = {
-            "type": "http", "asgi": ASGI, "http_version": version, "server": self.server, "client": self.client,
-            "scheme": "http", "method": method, "root_path": "", "path": path, "raw_path": raw_path,
-            "query_string": query, "headers": self.headers,
+            "type": "http",
+            "asgi": ASGI,
+            "http_version": version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": "http",
+            "method": method,
+            "root_path": "",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": self.headers,
         }
         keep_alive = version == "1.1" and parser.should_keep_alive() and not parser.should_upgrade()
         cycle = Cycle(self, scope, keep_alive and not self.state.draining, self.expect_100, method == "HEAD")
@@ -562,8 +629,10 @@ class HttpConnection(asyncio.Protocol):
             await self.state.app(cycle.scope, cycle.receive, cycle.send)
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
-                sys.stderr.write("gencli serve: unhandled error while answering "
-                                 f"{cycle.scope['method']} {cycle.scope['path'][:200]!r}:\n")
+                sys.stderr.write(
+                    "gencli serve: unhandled error while answering "
+                    f"{cycle.scope['method']} {cycle.scope['path'][:200]!r}:\n"
+                )
                 traceback.print_exception(exc, file=sys.stderr)
             if not cycle.started and not cycle.disconnected:
                 self._answer(cycle, 500, "internal server error; see the server log")
@@ -704,14 +773,20 @@ class HttpConnection(asyncio.Protocol):
             if parsing is None or parsing.complete:
                 return
             if parsing is self.cycle and not parsing.started:
-                self._answer(parsing, 408, f"the request body stopped arriving for {self.limits.body_timeout:g} s "
-                                           "(--body-timeout)")
+                self._answer(
+                    parsing,
+                    408,
+                    f"the request body stopped arriving for {self.limits.body_timeout:g} s (--body-timeout)",
+                )
             parsing.gone()
             self.close()
         elif kind == _HEADERS:
             if self.begun and self.cycle is None:
-                self.write(error_response(408, "the request headers took longer than "
-                                               f"{self.limits.header_timeout:g} s (--header-timeout)"))
+                self.write(
+                    error_response(
+                        408, f"the request headers took longer than {self.limits.header_timeout:g} s (--header-timeout)"
+                    )
+                )
             self.close()
         elif kind == _KEEPALIVE:
             if self.cycle is None:

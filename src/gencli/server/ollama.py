@@ -64,7 +64,7 @@ def keep_alive_seconds(value: Any) -> float | None:
     or a number in a string; negative: forever. None when absent."""
     if value is None:
         return None
-    where = "keep_alive must be a number of seconds or a duration such as \"5m\" (negative: keep loaded)"
+    where = 'keep_alive must be a number of seconds or a duration such as "5m" (negative: keep loaded)'
     if isinstance(value, bool):
         raise UsageError(where, "keep_alive")
     if isinstance(value, (int, float)):
@@ -96,9 +96,11 @@ def show_template(entry: ModelEntry) -> str:
     """The Go template /api/show reports: what gencli sends for this model. Clients read
     capabilities from it: LiteLLM "tools" in it (tools), Continue ``.Suffix`` (fill-in-the-middle)."""
     caps = entry.capabilities
-    chat = ("{{- if .System }}system: {{ .System }}\n{{ end }}"
-            + ("{{- if .Tools }}tools: {{ range .Tools }}{{ . }}\n{{ end }}{{ end }}" if "tools" in caps else "")
-            + "{{- range .Messages }}{{ .Role }}: {{ .Content }}\n{{ end }}{{ .Prompt }}")
+    chat = (
+        "{{- if .System }}system: {{ .System }}\n{{ end }}"
+        + ("{{- if .Tools }}tools: {{ range .Tools }}{{ . }}\n{{ end }}{{ end }}" if "tools" in caps else "")
+        + "{{- range .Messages }}{{ .Role }}: {{ .Content }}\n{{ end }}{{ .Prompt }}"
+    )
     if "insert" in caps:
         return "{{- if .Suffix }}{{ .Prompt }}<|fill-in-the-middle|>{{ .Suffix }}{{- else }}" + chat + "{{- end }}"
     return chat
@@ -123,7 +125,6 @@ def keep_alive(data: dict[str, Any]) -> float:
     return KEEP_ALIVE if seconds is None else seconds
 
 
-
 def local_details(entry: ModelEntry) -> dict[str, Any] | None:
     """A local model's real details from its GGUF metadata (None if the file is unavailable)."""
     if entry.provider != "local":
@@ -139,8 +140,14 @@ def local_details(entry: ModelEntry) -> dict[str, Any] | None:
 def details(entry: ModelEntry) -> dict[str, Any]:
     local = local_details(entry)
     if local:
-        return {"parent_model": "", "format": "gguf", "family": local["family"], "families": local["families"],
-                "parameter_size": local["parameter_size"], "quantization_level": local["quantization_level"]}
+        return {
+            "parent_model": "",
+            "format": "gguf",
+            "family": local["family"],
+            "families": local["families"],
+            "parameter_size": local["parameter_size"],
+            "quantization_level": local["quantization_level"],
+        }
     return {
         "parent_model": "",
         "format": "gguf" if entry.provider == "local" else "api",
@@ -171,6 +178,7 @@ def tag(state: State, entry: ModelEntry) -> dict[str, Any]:
 
 # -- simple routes --------------------------------------------------------------------------
 
+
 async def root(scope: Scope, receive: Receive, send: Send) -> None:
     await send_bytes(send, 200, b"Ollama is running", [H_TEXT], scope["method"] == "HEAD")
 
@@ -193,8 +201,9 @@ async def ps(state: State, scope: Scope, receive: Receive, send: Send) -> None:
         if entry is None or expires <= now:
             continue
         item = tag(state, entry)
-        item["expires_at"] = FOREVER if expires == math.inf else time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+        item["expires_at"] = (
+            FOREVER if expires == math.inf else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+        )
         item["size_vram"] = 0
         item["context_length"] = context_length(entry)
         out.append(item)
@@ -226,7 +235,7 @@ async def show(state: State, scope: Scope, receive: Receive, send: Send) -> None
     missing = state.registry.missing_key(entry)
     reply: dict[str, Any] = {
         "modelfile": f"# served by gencli {__version__}: {entry.provider} model {entry.model or entry.path}\n"
-                     f"FROM {entry.model or entry.path}\n",
+        f"FROM {entry.model or entry.path}\n",
         "parameters": show_parameters(entry, window),
         "template": show_template(entry),
         "license": "",
@@ -245,6 +254,7 @@ async def show(state: State, scope: Scope, receive: Receive, send: Send) -> None
 
 # -- model management -----------------------------------------------------------------------
 
+
 async def pull(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     """Ollama's pull: a model named in models.json is already here, so the pull succeeds at
     once in Ollama's progress shape (streamed unless ``stream: false``); any other name is
@@ -260,13 +270,20 @@ async def pull(state: State, scope: Scope, receive: Receive, send: Send) -> None
         entry = state.resolve(name)
     except ModelNotFound:
         shown = bounded(name)[:200]
-        exc = ModelNotFound(f"model '{shown}' cannot be pulled: gencli serves the models named in its "
-                            f"models.json (run 'gencli models' to list them); add an entry there instead", name)
+        exc = ModelNotFound(
+            f"model '{shown}' cannot be pulled: gencli serves the models named in its "
+            f"models.json (run 'gencli models' to list them); add an entry there instead",
+            name,
+        )
         raise exc from None
     scope.setdefault("gencli", {})["model"] = entry.name
     if stream:
-        lines = [{"status": "pulling manifest"}, {"status": "verifying sha256 digest"},
-                 {"status": "writing manifest"}, {"status": "success"}]
+        lines = [
+            {"status": "pulling manifest"},
+            {"status": "verifying sha256 digest"},
+            {"status": "writing manifest"},
+            {"status": "success"},
+        ]
         await send_bytes(send, 200, b"".join(dumps(line) + b"\n" for line in lines), [H_NDJSON])
     else:
         await send_json(send, 200, {"status": "success"})
@@ -276,11 +293,15 @@ async def not_here(scope: Scope, receive: Receive, send: Send) -> None:
     """push, create, copy, delete and blobs: models are entries in models.json, not files here."""
     path = scope["path"]
     what = path.split("/")[2] if path.count("/") >= 2 else path
-    raise UsageError(f"{what} is not supported by gencli serve: its models are the entries of models.json "
-                     f"(edit that file to add, copy or remove one)", None)
+    raise UsageError(
+        f"{what} is not supported by gencli serve: its models are the entries of models.json "
+        f"(edit that file to add, copy or remove one)",
+        None,
+    )
 
 
 # -- generation -----------------------------------------------------------------------------
+
 
 async def generate(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(receive)
@@ -378,6 +399,7 @@ async def send_load(send: Send, reply: dict[str, Any], stream: bool) -> None:
 
 # -- request -> engine ----------------------------------------------------------------------
 
+
 def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]]]:
     """Ollama chat messages -> engine Messages, and their images (still raw) for the engine."""
     messages: list[Message] = []
@@ -422,13 +444,14 @@ def calls_in(raw: Any, where: str) -> list[ToolCall]:
         w = f"{where}.tool_calls[{j}]"
         fn = tc.get("function") if isinstance(tc, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise UsageError(f"{w} must be {{\"function\": {{\"name\": ..., \"arguments\": {{...}}}}}}", "messages")
+            raise UsageError(f'{w} must be {{"function": {{"name": ..., "arguments": {{...}}}}}}', "messages")
         cid = tc.get("id")
         out.append(ToolCall(cid if isinstance(cid, str) else "", fn["name"], check_arguments(fn.get("arguments"), w)))
     return out
 
 
 # -- engine events -> reply bytes -------------------------------------------------------------
+
 
 class OllamaGenerate:
     """/api/generate's reply: NDJSON lines (:func:`gencli.wire.generate_chunk`, ``generate_final``)."""
@@ -469,8 +492,15 @@ class OllamaChat(OllamaGenerate):
     __slots__ = ()
 
     def text(self, text: str) -> bytes:  # the bytes of dumps(wire.chat_chunk(model, text)), spliced
-        return b"".join((self._prefix, wire.now_iso().encode(), b'","message":{"role":"assistant","content":',
-                         dumps(text), b'},"done":false}\n'))
+        return b"".join(
+            (
+                self._prefix,
+                wire.now_iso().encode(),
+                b'","message":{"role":"assistant","content":',
+                dumps(text),
+                b'},"done":false}\n',
+            )
+        )
 
     def reasoning(self, text: str) -> bytes:
         return dumps(wire.chat_chunk(self.model, "", text)) + b"\n"
@@ -510,8 +540,10 @@ def logprob_list(tokens: list[TokenLogprob]) -> list[dict[str, Any]]:
         if t.bytes is not None:
             item["bytes"] = t.bytes
         if t.top:
-            item["top_logprobs"] = [{"token": a.token, "logprob": a.logprob, **({"bytes": a.bytes} if a.bytes
-                                                                               is not None else {})} for a in t.top]
+            item["top_logprobs"] = [
+                {"token": a.token, "logprob": a.logprob, **({"bytes": a.bytes} if a.bytes is not None else {})}
+                for a in t.top
+            ]
         out.append(item)
     return out
 

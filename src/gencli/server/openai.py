@@ -56,7 +56,7 @@ def _unsupported(data: dict[str, Any]) -> None:
         raise UsageError("logit_bias is not supported by gencli serve; leave it out", "logit_bias")
     modalities = data.get("modalities")
     if modalities is not None and modalities != ["text"]:
-        raise UsageError("modalities must be [\"text\"]: gencli serve answers with text only", "modalities")
+        raise UsageError('modalities must be ["text"]: gencli serve answers with text only', "modalities")
     if data.get("audio") is not None:
         raise UsageError("audio output is not supported by gencli serve; leave out audio", "audio")
 
@@ -77,9 +77,13 @@ def _chat_logprobs(data: dict[str, Any]) -> tuple[bool, int]:
 
 def _openai_logprobs(tokens: list[TokenLogprob]) -> list[dict[str, Any]]:
     """Chat Completions' ``logprobs.content``: token objects with ``bytes`` and ``top_logprobs``."""
+
     def item(t: Any) -> dict[str, Any]:
-        return {"token": t.token, "logprob": t.logprob,
-                "bytes": t.bytes if t.bytes is not None else list(t.token.encode("utf-8"))}
+        return {
+            "token": t.token,
+            "logprob": t.logprob,
+            "bytes": t.bytes if t.bytes is not None else list(t.token.encode("utf-8")),
+        }
 
     return [{**item(t), "top_logprobs": [item(a) for a in t.top]} for t in tokens]
 
@@ -122,17 +126,18 @@ def _format(data: dict[str, Any]) -> tuple[Any, str | None, bool | None]:
     if kind == "json_schema":
         js = rf.get("json_schema")
         if not isinstance(js, dict) or not isinstance(js.get("schema"), dict):
-            raise UsageError("response_format.json_schema.schema must be a JSON schema object",
-                             "response_format")
+            raise UsageError("response_format.json_schema.schema must be a JSON schema object", "response_format")
         name, strict = js.get("name"), js.get("strict")
         if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
-            raise UsageError("response_format.json_schema.name must be 1 to 64 letters, digits, _ or -",
-                             "response_format")
+            raise UsageError(
+                "response_format.json_schema.name must be 1 to 64 letters, digits, _ or -", "response_format"
+            )
         if strict is not None and not isinstance(strict, bool):
             raise UsageError("response_format.json_schema.strict must be true or false", "response_format")
         return js["schema"], name, strict
-    raise UsageError(f"response_format.type '{kind}' is not supported (text, json_object, json_schema)",
-                     "response_format")
+    raise UsageError(
+        f"response_format.type '{kind}' is not supported (text, json_object, json_schema)", "response_format"
+    )
 
 
 def _think(data: dict[str, Any]) -> Any:
@@ -155,8 +160,7 @@ def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]
         role = m.get("role")
         role = ROLE_MAP.get(role) if isinstance(role, str) else None
         if role is None:
-            raise UsageError(f"{where}.role must be one of system, developer, user, assistant, tool",
-                             "messages")
+            raise UsageError(f"{where}.role must be one of system, developer, user, assistant, tool", "messages")
         content = m.get("content")
         message = Message(role, "")
         if content is None:
@@ -180,8 +184,9 @@ def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]
                         url = url.get("url")
                     images.append((message, url))
                 else:
-                    raise UsageError(f"{where}.content part type '{kind}' is not supported (text, image_url)",
-                                     "messages")
+                    raise UsageError(
+                        f"{where}.content part type '{kind}' is not supported (text, image_url)", "messages"
+                    )
             message.content = "\n".join(texts)
         else:
             raise UsageError(f"{where}.content must be a string or an array of parts", "messages")
@@ -209,8 +214,10 @@ def calls_in(raw: Any, where: str) -> list[ToolCall]:
         w = f"{where}.tool_calls[{j}]"
         fn = tc.get("function") if isinstance(tc, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise UsageError(f"{w} must be {{\"id\": ..., \"type\": \"function\", \"function\": {{\"name\": ..., "
-                             f"\"arguments\": \"...\"}}}}", "messages")
+            raise UsageError(
+                f'{w} must be {{"id": ..., "type": "function", "function": {{"name": ..., "arguments": "..."}}}}',
+                "messages",
+            )
         cid = tc.get("id")
         out.append(ToolCall(cid if isinstance(cid, str) else "", fn["name"], check_arguments(fn.get("arguments"), w)))
     return out
@@ -228,9 +235,20 @@ class OpenAIChat:
     __slots__ = ("model", "id", "created", "include_usage", "_sent_role", "_text")
 
     def logprobs(self, tokens: list[TokenLogprob]) -> bytes:
-        obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-               "choices": [{"index": 0, "delta": {}, "logprobs": {"content": _openai_logprobs(tokens), "refusal": None},
-                            "finish_reason": None}]}
+        obj = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {},
+                    "logprobs": {"content": _openai_logprobs(tokens), "refusal": None},
+                    "finish_reason": None,
+                }
+            ],
+        }
         return self._role() + b"data: " + dumps(obj) + b"\n\n"
 
     def __init__(self, model: str, include_usage: bool):
@@ -242,11 +260,16 @@ class OpenAIChat:
         # a content chunk is these bytes with the text's JSON string spliced in (as _chunk would write it)
         head = self._chunk({"content": ""})
         cut = head.index(b'"content":""') + len(b'"content":')
-        self._text = (head[:cut], head[cut + 2:])
+        self._text = (head[:cut], head[cut + 2 :])
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        obj = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
         return b"data: " + dumps(obj) + b"\n\n"
 
     def _role(self) -> bytes:
@@ -270,8 +293,14 @@ class OpenAIChat:
             out += self._chunk({"tool_calls": openai_calls_out(done.tool_calls, with_index=True)})
         out += self._chunk({}, done.done_reason)
         if self.include_usage:
-            obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                   "choices": [], "usage": _usage(done)}
+            obj = {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": _usage(done),
+            }
             out += b"data: " + dumps(obj) + b"\n\n"
         return out + b"data: [DONE]\n\n"
 
@@ -288,9 +317,16 @@ class OpenAIChat:
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": done.done_reason,
-                         "logprobs": None if done.logprobs is None else {"content": _openai_logprobs(done.logprobs),
-                                                                         "refusal": None}}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": done.done_reason,
+                    "logprobs": None
+                    if done.logprobs is None
+                    else {"content": _openai_logprobs(done.logprobs), "refusal": None},
+                }
+            ],
             "usage": _usage(done),
         }
 
@@ -314,10 +350,22 @@ async def chat_completions(state: State, scope: Scope, receive: Receive, send: S
     messages, images = messages_in(raw)
     fmt, fmt_name, fmt_strict = _format(data)
     logprobs, top = _chat_logprobs(data)
-    req = GenerateRequest(model=model, messages=messages, message_images=images, options=_options(data), format=fmt,
-                          format_name=fmt_name, format_strict=fmt_strict, think=_think(data), stream=stream,
-                          tools=data.get("tools"), tool_choice=data.get("tool_choice"), logprobs=logprobs,
-                          top_logprobs=top, keep_alive=KEEP_ALIVE)
+    req = GenerateRequest(
+        model=model,
+        messages=messages,
+        message_images=images,
+        options=_options(data),
+        format=fmt,
+        format_name=fmt_name,
+        format_strict=fmt_strict,
+        think=_think(data),
+        stream=stream,
+        tools=data.get("tools"),
+        tool_choice=data.get("tool_choice"),
+        logprobs=logprobs,
+        top_logprobs=top,
+        keep_alive=KEEP_ALIVE,
+    )
     quota = state.image_quota()
     try:
         plan = prepare(req, state.registry, model_default=False, quota=quota)
@@ -341,7 +389,7 @@ async def model(state: State, scope: Scope, receive: Receive, send: Send) -> Non
     without ``:latest``; 404 in OpenAI's shape for any other."""
     from urllib.parse import unquote
 
-    name = unquote(scope["path"][len("/v1/models/"):])
+    name = unquote(scope["path"][len("/v1/models/") :])
     entry = state.resolve(name)
     scope.setdefault("gencli", {})["model"] = entry.name
     await send_json(send, 200, _model_object(state, entry))
@@ -362,16 +410,24 @@ class OpenAICompletion:
         self.top = top
 
     def _event(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-        obj: dict[str, Any] = {"id": self.id, "object": "text_completion", "created": self.created,
-                               "model": self.model, "choices": choices}
+        obj: dict[str, Any] = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
         if usage is not None:
             obj["usage"] = usage
         return b"data: " + dumps(obj) + b"\n\n"
 
     def _logprobs(self, tokens: list[TokenLogprob]) -> dict[str, Any]:
-        return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-                "top_logprobs": [{a.token: a.logprob for a in t.top} for t in tokens] if self.top else None,
-                "text_offset": []}
+        return {
+            "tokens": [t.token for t in tokens],
+            "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [{a.token: a.logprob for a in t.top} for t in tokens] if self.top else None,
+            "text_offset": [],
+        }
 
     def text(self, text: str) -> bytes:
         return self._event([{"text": text, "index": 0, "logprobs": None, "finish_reason": None}])
@@ -390,9 +446,14 @@ class OpenAICompletion:
 
     def whole(self, done: Done) -> dict[str, Any]:
         logprobs = None if done.logprobs is None else self._logprobs(done.logprobs)
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                "choices": [{"text": done.text, "index": 0, "logprobs": logprobs, "finish_reason": done.done_reason}],
-                "usage": _usage(done)}
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"text": done.text, "index": 0, "logprobs": logprobs, "finish_reason": done.done_reason}],
+            "usage": _usage(done),
+        }
 
     def error_line(self, exc: GencliError) -> bytes:
         return b"data: " + dumps(openai_error(exc)) + b"\n\n"
@@ -422,12 +483,28 @@ async def completions(state: State, scope: Scope, receive: Receive, send: Send) 
     top = data.get("logprobs")
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 5):
         raise UsageError("logprobs must be an integer from 0 to 5", "logprobs")
-    req = GenerateRequest(model=model, prompt=prompt, options=_options(data), stream=stream, raw=True,
-                          suffix=suffix or None, logprobs=top is not None, top_logprobs=top or 0, keep_alive=KEEP_ALIVE)
+    req = GenerateRequest(
+        model=model,
+        prompt=prompt,
+        options=_options(data),
+        stream=stream,
+        raw=True,
+        suffix=suffix or None,
+        logprobs=top is not None,
+        top_logprobs=top or 0,
+        keep_alive=KEEP_ALIVE,
+    )
     plan = prepare(req, state.registry, model_default=False)
     state.touch(plan.entry.name)
-    await run(state.transport, scope, receive, send, plan, stream,
-              OpenAICompletion(plan.entry.name, bool(so and so.get("include_usage")), top or 0))
+    await run(
+        state.transport,
+        scope,
+        receive,
+        send,
+        plan,
+        stream,
+        OpenAICompletion(plan.entry.name, bool(so and so.get("include_usage")), top or 0),
+    )
 
 
 def routes(state: State) -> dict[tuple[str, str], Handler]:

@@ -3,9 +3,10 @@ newer OpenAI SDKs call).
 
 Pure translation first (request JSON -> engine request; engine events -> reply bytes),
 then the route glue, which runs the plan with :func:`gencli.server.streaming.run`.
-gencli keeps no state between requests, as Ollama: ``previous_response_id``, ``conversation`` and ``store: true`` get a 400
-that says to send the whole conversation in ``input``; ``reasoning`` items sent back
-are skipped (their encrypted content only means something to OpenAI).
+gencli keeps no state between requests, as Ollama: ``previous_response_id``,
+``conversation`` and ``store: true`` get a 400 that says to send the whole conversation
+in ``input``; ``reasoning`` items sent back are skipped (their encrypted content only
+means something to OpenAI).
 
 Non-streamed, the reply is a response object whose ``output`` holds a ``reasoning``
 item (when the model reasoned), a ``message`` with ``output_text`` and the
@@ -40,6 +41,7 @@ STATELESS = "gencli keeps no responses or conversations; send the whole conversa
 
 # -- request -> engine ------------------------------------------------------------------
 
+
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise UsageError(f"{where} must be a string", "input")
@@ -53,8 +55,11 @@ def _image_url(part: dict[str, Any], where: str) -> str:
     if isinstance(url, dict):  # chat-completions habit
         url = url.get("url")
     if not isinstance(url, str) or not url:
-        what = "file_id images are not supported (gencli stores no files)" if part.get("file_id") else \
-            "needs image_url (a data: URL, base64 or an http(s) URL)"
+        what = (
+            "file_id images are not supported (gencli stores no files)"
+            if part.get("file_id")
+            else "needs image_url (a data: URL, base64 or an http(s) URL)"
+        )
         raise UsageError(f"{where}: input_image {what}", "input")
     return url
 
@@ -93,8 +98,7 @@ def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
     for i, item in enumerate(raw):
         where = f"input[{i}]"
         if not isinstance(item, dict):
-            raise UsageError(f"{where} must be an object (a message, function_call or function_call_output)",
-                             "input")
+            raise UsageError(f"{where} must be an object (a message, function_call or function_call_output)", "input")
         kind = item.get("type") or ("message" if "role" in item else None)
         if kind == "message":
             role = item.get("role")
@@ -139,8 +143,10 @@ def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
         elif kind == "item_reference":
             raise UsageError(f"{where}: item_reference is not supported; {STATELESS}", "input")
         else:
-            raise UsageError(f"{where}.type {kind!r} is not supported (message, function_call, "
-                             f"function_call_output, reasoning)", "input")
+            raise UsageError(
+                f"{where}.type {kind!r} is not supported (message, function_call, function_call_output, reasoning)",
+                "input",
+            )
     return out, pending
 
 
@@ -149,13 +155,12 @@ def tools_in(raw: Any) -> list[dict[str, Any]] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise UsageError("tools must be an array of {\"type\": \"function\", \"name\", \"parameters\"}", "tools")
+        raise UsageError('tools must be an array of {"type": "function", "name", "parameters"}', "tools")
     out = []
     for i, tool in enumerate(raw):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind != "function":
-            raise UsageError(f"tools[{i}].type {kind!r} is not supported; gencli serves function tools only",
-                             "tools")
+            raise UsageError(f"tools[{i}].type {kind!r} is not supported; gencli serves function tools only", "tools")
         fn = {"name": tool.get("name")}
         for key in ("description", "parameters"):
             if tool.get(key) is not None:
@@ -169,15 +174,14 @@ def tool_choice_in(raw: Any) -> Any:
         return raw
     if isinstance(raw, dict) and raw.get("type") == "function":
         return {"type": "function", "function": {"name": raw.get("name")}}
-    raise UsageError("tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"name\"}",
-                     "tool_choice")
+    raise UsageError('tool_choice must be "auto", "none", "required" or {"type": "function", "name"}', "tool_choice")
 
 
 def think_in(raw: Any) -> Any:
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        raise UsageError("reasoning must be an object like {\"effort\": \"medium\"}", "reasoning")
+        raise UsageError('reasoning must be an object like {"effort": "medium"}', "reasoning")
     effort = raw.get("effort")
     if effort is None:
         return None
@@ -236,10 +240,18 @@ def request_in(data: dict[str, Any], model: str) -> tuple[GenerateRequest, dict[
         raise UsageError("instructions contains a NUL character", "instructions")
     fmt, fmt_echo = format_in(data.get("text"))
     tools = tools_in(data.get("tools"))
-    req = GenerateRequest(model=model, messages=messages, message_images=pending, system=instructions or None,
-                          options=options, format=fmt,
-                          think=think_in(data.get("reasoning")), stream=field_bool(data, "stream", False),
-                          tools=tools, tool_choice=tool_choice_in(data.get("tool_choice")))
+    req = GenerateRequest(
+        model=model,
+        messages=messages,
+        message_images=pending,
+        system=instructions or None,
+        options=options,
+        format=fmt,
+        think=think_in(data.get("reasoning")),
+        stream=field_bool(data, "stream", False),
+        tools=tools,
+        tool_choice=tool_choice_in(data.get("tool_choice")),
+    )
     if isinstance(fmt, dict):  # the schema's name and strict reach an OpenAI upstream as given
         name, strict = fmt_echo.get("name"), fmt_echo.get("strict")
         req.format_name = name if isinstance(name, str) else None
@@ -253,9 +265,16 @@ def request_in(data: dict[str, Any], model: str) -> tuple[GenerateRequest, dict[
         "top_p": data.get("top_p", 1.0),
         "text": {"format": fmt_echo},
         "tool_choice": data.get("tool_choice") or "auto",
-        "tools": [{"type": "function", "name": t["function"]["name"],
-                   "description": t["function"].get("description"),
-                   "parameters": t["function"].get("parameters"), "strict": False} for t in tools or ()],
+        "tools": [
+            {
+                "type": "function",
+                "name": t["function"]["name"],
+                "description": t["function"].get("description"),
+                "parameters": t["function"].get("parameters"),
+                "strict": False,
+            }
+            for t in tools or ()
+        ],
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         "parallel_tool_calls": data.get("parallel_tool_calls", True),
         "metadata": data.get("metadata") if isinstance(data.get("metadata"), dict) else {},
@@ -266,10 +285,16 @@ def request_in(data: dict[str, Any], model: str) -> tuple[GenerateRequest, dict[
 
 # -- engine events -> the Responses wire ------------------------------------------------
 
+
 def _usage(done: Done) -> dict[str, Any]:
     p, c = done.prompt_eval_count or 0, done.eval_count or 0
-    return {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": c,
-            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": p + c}
+    return {
+        "input_tokens": p,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": c,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": p + c,
+    }
 
 
 def _text_part(text: str) -> dict[str, Any]:
@@ -277,18 +302,32 @@ def _text_part(text: str) -> dict[str, Any]:
 
 
 def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
-            "content": [_text_part(text)] if status == "completed" else []}
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": [_text_part(text)] if status == "completed" else [],
+    }
 
 
 def _reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
-    return {"id": item_id, "type": "reasoning", "summary": [] if text is None else
-            [{"type": "summary_text", "text": text}]}
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "summary": [] if text is None else [{"type": "summary_text", "text": text}],
+    }
 
 
 def _call_item(item_id: str, tc: ToolCall, status: str = "completed") -> dict[str, Any]:
-    return {"id": item_id, "type": "function_call", "status": status, "call_id": tc.id, "name": tc.name,
-            "arguments": dumps(tc.arguments).decode() if status == "completed" else ""}
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "call_id": tc.id,
+        "name": tc.name,
+        "arguments": dumps(tc.arguments).decode() if status == "completed" else "",
+    }
 
 
 def _status(done: Done) -> tuple[str, dict[str, Any] | None]:
@@ -319,13 +358,33 @@ class Responses:
         self._buffer: list[str] = []  # its text so far
         self._delta = (b"", b"")  # the open item's delta event around its sequence number (the hot path)
 
-    def response(self, status: str, output: list[dict[str, Any]], done: Done | None = None,
-                 error: dict[str, Any] | None = None, incomplete: dict[str, Any] | None = None) -> dict[str, Any]:
-        obj = {"id": self.id, "object": "response", "created_at": self.created, "status": status,
-               "background": False, "error": error, "incomplete_details": incomplete,
-               "model": self.model, "output": output, "previous_response_id": None, "service_tier": "default",
-               "store": False, "truncation": "disabled", "max_tool_calls": None, "top_logprobs": 0,
-               "usage": _usage(done) if done is not None else None, **self.echo}
+    def response(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        done: Done | None = None,
+        error: dict[str, Any] | None = None,
+        incomplete: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        obj = {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "background": False,
+            "error": error,
+            "incomplete_details": incomplete,
+            "model": self.model,
+            "output": output,
+            "previous_response_id": None,
+            "service_tier": "default",
+            "store": False,
+            "truncation": "disabled",
+            "max_tool_calls": None,
+            "top_logprobs": 0,
+            "usage": _usage(done) if done is not None else None,
+            **self.echo,
+        }
         if status in ("completed", "incomplete", "failed"):
             obj["completed_at"] = int(time.time())
         return obj
@@ -342,8 +401,17 @@ class Responses:
         response = dumps(self.response("in_progress", []))
         out = b""
         for kind in (b"response.created", b"response.in_progress"):
-            out += (b"event: " + kind + b'\ndata: {"type":"' + kind + b'","sequence_number":'
-                    + str(self._seq).encode() + b',"response":' + response + b"}\n\n")
+            out += (
+                b"event: "
+                + kind
+                + b'\ndata: {"type":"'
+                + kind
+                + b'","sequence_number":'
+                + str(self._seq).encode()
+                + b',"response":'
+                + response
+                + b"}\n\n"
+            )
             self._seq += 1
         return out
 
@@ -360,16 +428,18 @@ class Responses:
         if kind == "message":
             item = _message_item(self._item_id("msg"), text)
             ids = {"item_id": item["id"], "output_index": index}
-            out = (self._event("response.output_text.done", {**ids, "content_index": 0, "text": text,
-                                                             "logprobs": []})
-                   + self._event("response.content_part.done", {**ids, "content_index": 0,
-                                                                "part": _text_part(text)}))
+            out = self._event(
+                "response.output_text.done", {**ids, "content_index": 0, "text": text, "logprobs": []}
+            ) + self._event("response.content_part.done", {**ids, "content_index": 0, "part": _text_part(text)})
         else:
             item = _reasoning_item(self._item_id("rs"), text)
             ids = {"item_id": item["id"], "output_index": index}
-            out = (self._event("response.reasoning_summary_text.done", {**ids, "summary_index": 0, "text": text})
-                   + self._event("response.reasoning_summary_part.done", {**ids, "summary_index": 0, "part": {
-                       "type": "summary_text", "text": text}}))
+            out = self._event(
+                "response.reasoning_summary_text.done", {**ids, "summary_index": 0, "text": text}
+            ) + self._event(
+                "response.reasoning_summary_part.done",
+                {**ids, "summary_index": 0, "part": {"type": "summary_text", "text": text}},
+            )
         self._items.append(item)
         return out + self._event("response.output_item.done", {"output_index": index, "item": item})
 
@@ -380,19 +450,35 @@ class Responses:
         event = b"response.output_text.delta" if kind == "message" else b"response.reasoning_summary_text.delta"
         item_id = self._item_id("msg" if kind == "message" else "rs")
         where = b',"content_index":0,"logprobs":[]' if kind == "message" else b',"summary_index":0'
-        self._delta = (b"event: " + event + b'\ndata: {"type":"' + event + b'","sequence_number":',
-                       b',"item_id":"' + item_id.encode() + b'","output_index":' + str(index).encode() + where
-                       + b',"delta":')
+        self._delta = (
+            b"event: " + event + b'\ndata: {"type":"' + event + b'","sequence_number":',
+            b',"item_id":"' + item_id.encode() + b'","output_index":' + str(index).encode() + where + b',"delta":',
+        )
         if kind == "message":
-            return out + self._event("response.output_item.added", {
-                "output_index": index, "item": _message_item(item_id, "", "in_progress")}) + self._event(
-                "response.content_part.added", {"item_id": item_id, "output_index": index, "content_index": 0,
-                                                "part": _text_part("")})
-        return out + self._event("response.output_item.added", {
-            "output_index": index, "item": _reasoning_item(item_id, None)}) + self._event(
-            "response.reasoning_summary_part.added", {"item_id": item_id, "output_index": index,
-                                                      "summary_index": 0, "part": {"type": "summary_text",
-                                                                                   "text": ""}})
+            return (
+                out
+                + self._event(
+                    "response.output_item.added",
+                    {"output_index": index, "item": _message_item(item_id, "", "in_progress")},
+                )
+                + self._event(
+                    "response.content_part.added",
+                    {"item_id": item_id, "output_index": index, "content_index": 0, "part": _text_part("")},
+                )
+            )
+        return (
+            out
+            + self._event("response.output_item.added", {"output_index": index, "item": _reasoning_item(item_id, None)})
+            + self._event(
+                "response.reasoning_summary_part.added",
+                {
+                    "item_id": item_id,
+                    "output_index": index,
+                    "summary_index": 0,
+                    "part": {"type": "summary_text", "text": ""},
+                },
+            )
+        )
 
     def _delta_event(self, kind: str, text: str) -> bytes:
         out = b"" if self._open == kind else self._start() + self._opened(kind)
@@ -417,12 +503,17 @@ class Responses:
             index = len(self._items)
             item = _call_item(self._item_id("fc"), tc)
             ids = {"item_id": item["id"], "output_index": index}
-            out += (self._event("response.output_item.added", {"output_index": index,
-                                                               "item": _call_item(item["id"], tc, "in_progress")})
-                    + self._event("response.function_call_arguments.delta", {**ids, "delta": item["arguments"]})
-                    + self._event("response.function_call_arguments.done", {**ids, "name": tc.name,
-                                                                            "arguments": item["arguments"]})
-                    + self._event("response.output_item.done", {"output_index": index, "item": item}))
+            out += (
+                self._event(
+                    "response.output_item.added",
+                    {"output_index": index, "item": _call_item(item["id"], tc, "in_progress")},
+                )
+                + self._event("response.function_call_arguments.delta", {**ids, "delta": item["arguments"]})
+                + self._event(
+                    "response.function_call_arguments.done", {**ids, "name": tc.name, "arguments": item["arguments"]}
+                )
+                + self._event("response.output_item.done", {"output_index": index, "item": item})
+            )
             self._items.append(item)
         status, incomplete = _status(done)
         response = self.response(status, self._items, done, incomplete=incomplete)
@@ -441,11 +532,13 @@ class Responses:
 
     def error_line(self, exc: GencliError) -> bytes:
         error = {"code": "rate_limit_exceeded" if exc.status == 429 else "server_error", "message": exc.message}
-        return self._start() + self._event("response.failed", {
-            "response": self.response("failed", self._items, error=error)})
+        return self._start() + self._event(
+            "response.failed", {"response": self.response("failed", self._items, error=error)}
+        )
 
 
 # -- route ----------------------------------------------------------------------------------
+
 
 async def responses(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(receive)

@@ -27,9 +27,12 @@ class State:
         self.registry = registry if registry is not None else Registry.load(config.models_path)
         from gencli.server.memory import trim
 
-        self.transport = ServerTransport(allow_private_images=config.allow_private_images,
-                                         image_fetches=config.image_fetches, image_memory=config.image_memory,
-                                         on_quiet=trim)  # quiet: idle upstream connections closed, memory trimmed
+        self.transport = ServerTransport(
+            allow_private_images=config.allow_private_images,
+            image_fetches=config.image_fetches,
+            image_memory=config.image_memory,
+            on_quiet=trim,
+        )  # quiet: idle upstream connections closed, memory trimmed
         self.max_body = config.max_body
         context.set_limit(self.max_body)  # a conversation in `context` is no larger than a body
         self.started = time.time()

@@ -108,8 +108,9 @@ class Disconnect:
             self._watch.cancel()
 
 
-async def run(transport: Upstream, scope: Scope, receive: Receive, send: Send, plan: Plan, stream: bool,
-              shape: Shape) -> None:
+async def run(
+    transport: Upstream, scope: Scope, receive: Receive, send: Send, plan: Plan, stream: bool, shape: Shape
+) -> None:
     """Run ``plan`` over ``transport`` (which also downloads its image URLs) and write the
     reply with ``shape``: streamed when ``stream``, else one JSON object. The events of one
     read from the upstream are written at once (:func:`gencli.engine.abatches`)."""
@@ -164,8 +165,13 @@ async def run(transport: Upstream, scope: Scope, receive: Receive, send: Send, p
                     if body:
                         parts.append(body)
                 if parts:
-                    await send({"type": "http.response.body", "body": parts[0] if len(parts) == 1
-                                else b"".join(parts), "more_body": True})
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": parts[0] if len(parts) == 1 else b"".join(parts),
+                            "more_body": True,
+                        }
+                    )
                 batch = await agen.__anext__()
         except GencliError as exc:
             watch.stop()
@@ -174,8 +180,7 @@ async def run(transport: Upstream, scope: Scope, receive: Receive, send: Send, p
             raise
         except Exception as exc:
             watch.stop()
-            await send({"type": "http.response.body", "body": shape.error_line(internal(exc)),
-                        "more_body": False})
+            await send({"type": "http.response.body", "body": shape.error_line(internal(exc)), "more_body": False})
     except asyncio.CancelledError:
         if not watch.gone:
             raise

@@ -45,11 +45,32 @@ Type \"\"\" to start and end a message of several lines. Ctrl-C stops an answer.
 
 COMMANDS = ("/help", "/?", "/model", "/set", "/unset", "/show", "/save", "/load", "/clear", "/bye")
 TAKES_ARGUMENT = ("/model", "/set", "/unset", "/save", "/load")
-SET_NAMES = ("system", "think", "verbose", "temperature", "top_p", "top_k", "num_predict", "seed", "stop",
-             "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty")
-ALIASES = {"top-p": "top_p", "top-k": "top_k", "num-predict": "num_predict", "max_tokens": "num_predict",
-           "max-tokens": "num_predict", "min-p": "min_p", "presence-penalty": "presence_penalty",
-           "frequency-penalty": "frequency_penalty", "repeat-penalty": "repeat_penalty"}
+SET_NAMES = (
+    "system",
+    "think",
+    "verbose",
+    "temperature",
+    "top_p",
+    "top_k",
+    "num_predict",
+    "seed",
+    "stop",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+)
+ALIASES = {
+    "top-p": "top_p",
+    "top-k": "top_k",
+    "num-predict": "num_predict",
+    "max_tokens": "num_predict",
+    "max-tokens": "num_predict",
+    "min-p": "min_p",
+    "presence-penalty": "presence_penalty",
+    "frequency-penalty": "frequency_penalty",
+    "repeat-penalty": "repeat_penalty",
+}
 THINK = {"on": True, "true": True, "off": False, "false": False, "low": "low", "medium": "medium", "high": "high"}
 _INT = re.compile(r"^[+-]?\d+$")
 
@@ -59,8 +80,18 @@ class Quit(Exception):
 
 
 class Chat:
-    def __init__(self, runner, thread, model: str | None, system: str | None, options: dict, think,
-                 hide_reasoning: bool, verbose: bool, interactive: bool):
+    def __init__(
+        self,
+        runner,
+        thread,
+        model: str | None,
+        system: str | None,
+        options: dict,
+        think,
+        hide_reasoning: bool,
+        verbose: bool,
+        interactive: bool,
+    ):
         self.runner = runner
         self.registry = runner.registry
         self.thread = thread
@@ -91,8 +122,15 @@ class Chat:
         from gencli.cli.turn import make_renderer
         from gencli.request import GenerateRequest
 
-        req = GenerateRequest(model=self.entry.name, prompt=text, system=self.system, options=dict(self.options),
-                              think=self.think, context=self.thread.context, stream=True)
+        req = GenerateRequest(
+            model=self.entry.name,
+            prompt=text,
+            system=self.system,
+            options=dict(self.options),
+            think=self.think,
+            context=self.thread.context,
+            stream=True,
+        )
         try:
             plan = self.runner.prepare(req)
             renderer = make_renderer(plan.entry.name, hide_reasoning=self.hide_reasoning)
@@ -123,10 +161,20 @@ class Chat:
     def command(self, line: str) -> None:
         name, _, rest = line.strip().partition(" ")
         rest = rest.strip()
-        handler = {"/help": self.c_help, "/?": self.c_help, "/model": self.c_model, "/set": self.c_set,
-                   "/unset": self.c_unset, "/show": self.c_show, "/save": self.c_save, "/load": self.c_load,
-                   "/clear": self.c_clear, "/bye": self.c_bye, "/exit": self.c_bye,
-                   "/quit": self.c_bye}.get(name.lower())
+        handler = {
+            "/help": self.c_help,
+            "/?": self.c_help,
+            "/model": self.c_model,
+            "/set": self.c_set,
+            "/unset": self.c_unset,
+            "/show": self.c_show,
+            "/save": self.c_save,
+            "/load": self.c_load,
+            "/clear": self.c_clear,
+            "/bye": self.c_bye,
+            "/exit": self.c_bye,
+            "/quit": self.c_bye,
+        }.get(name.lower())
         if handler is None:
             raise UsageError(f"unknown command '{name}'; /help lists the commands")
         handler(rest)
@@ -139,8 +187,11 @@ class Chat:
 
     def c_model(self, rest: str) -> None:
         if not rest:
-            ready = [e.name for e in self.registry.models.values() if self.registry.missing_key(e) is None
-                     and "completion" in e.capabilities]
+            ready = [
+                e.name
+                for e in self.registry.models.values()
+                if self.registry.missing_key(e) is None and "completion" in e.capabilities
+            ]
             self.say(f"model: {self.entry.name}; ready: {', '.join(ready) or 'none'} (/model NAME switches)")
             return
         self.entry = self._pick(rest)
@@ -219,12 +270,14 @@ class Chat:
 
         where = self.thread.file or f"'{self.thread.name}' in {state.conversations_dir()}"
         turns = count_turns(self.thread.context)
-        lines = [f"model         {e.name} ({e.provider}: {e.model or e.path or '-'})",
-                 f"system        {self.system if self.system is not None else '(none)'}",
-                 f"think         {think}",
-                 f"options       {options}",
-                 f"conversation  {turns} turn{'' if turns == 1 else 's'}, kept as {where}",
-                 f"tokens        {self.prompt_tokens} prompt, {self.answer_tokens} answer (this session)"]
+        lines = [
+            f"model         {e.name} ({e.provider}: {e.model or e.path or '-'})",
+            f"system        {self.system if self.system is not None else '(none)'}",
+            f"think         {think}",
+            f"options       {options}",
+            f"conversation  {turns} turn{'' if turns == 1 else 's'}, kept as {where}",
+            f"tokens        {self.prompt_tokens} prompt, {self.answer_tokens} answer (this session)",
+        ]
         self.say("\n".join(lines))
 
     def c_save(self, rest: str) -> None:
@@ -356,8 +409,9 @@ def preload(local: bool) -> threading.Thread:
 def interactive_loop(chat: Chat) -> int:
     term = Terminal(chat)
     out = sys.stdout
-    out.write(f"gencli chat with {chat.entry.name}: /help for commands, \"\"\" for several lines, "
-              f"Ctrl-D or /bye to leave\n")
+    out.write(
+        f'gencli chat with {chat.entry.name}: /help for commands, """ for several lines, Ctrl-D or /bye to leave\n'
+    )
     out.flush()
     loading = preload(chat.entry.provider == "local")
     try:
@@ -423,18 +477,41 @@ def piped_loop(chat: Chat) -> int:
     return 1 if chat.failed else 0
 
 
-def run(model: str | None, system: str | None, temperature: float | None, top_p: float | None,
-        top_k: int | None, num_predict: int | None, stop: list[str] | None, seed: int | None,
-        think: bool | None, hide_reasoning: bool, verbose: bool, context_file: str | None, cont: bool,
-        conversation: str | None, models_path: str | None, timeout: float | None = None,
-        retries: int | None = None) -> None:
+def run(
+    model: str | None,
+    system: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    num_predict: int | None,
+    stop: list[str] | None,
+    seed: int | None,
+    think: bool | None,
+    hide_reasoning: bool,
+    verbose: bool,
+    context_file: str | None,
+    cont: bool,
+    conversation: str | None,
+    models_path: str | None,
+    timeout: float | None = None,
+    retries: int | None = None,
+) -> None:
     from gencli.cli.turn import Runner, Thread, sampling_options
 
     thread = Thread.open(context_file, cont, conversation)
     runner = Runner(models_path, timeout, retries)
     interactive = stdin_terminal() and stdout_terminal()
-    chat = Chat(runner, thread, model, system, sampling_options(temperature, top_p, top_k, num_predict, seed, stop),
-                think, hide_reasoning, verbose, interactive)
+    chat = Chat(
+        runner,
+        thread,
+        model,
+        system,
+        sampling_options(temperature, top_p, top_k, num_predict, seed, stop),
+        think,
+        hide_reasoning,
+        verbose,
+        interactive,
+    )
     try:
         code = interactive_loop(chat) if interactive else piped_loop(chat)
     except KeyboardInterrupt:

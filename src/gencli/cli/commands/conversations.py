@@ -28,18 +28,24 @@ def run(delete: str | None, as_json: bool) -> None:
         return
     found = state.listing()
     if as_json:
-        items = [{"name": c.name, "model": c.model, "turns": c.turns, "last_used": round(c.updated, 3),
-                  "path": str(c.path)} for c in found]
-        sys.stdout.write(json.dumps({"directory": str(state.conversations_dir()), "conversations": items},
-                                    indent=2) + "\n")
+        items = [
+            {"name": c.name, "model": c.model, "turns": c.turns, "last_used": round(c.updated, 3), "path": str(c.path)}
+            for c in found
+        ]
+        sys.stdout.write(
+            json.dumps({"directory": str(state.conversations_dir()), "conversations": items}, indent=2) + "\n"
+        )
         return
     if not found:
-        sys.stdout.write("no conversations yet: gencli generate and gencli chat keep the last one "
-                         "(continue it with -c), --conversation NAME keeps named ones\n")
+        sys.stdout.write(
+            "no conversations yet: gencli generate and gencli chat keep the last one "
+            "(continue it with -c), --conversation NAME keeps named ones\n"
+        )
         return
     head = ("NAME", "MODEL", "TURNS", "LAST USED")
-    rows = [(c.name + (" *" if i == 0 else ""), c.model or "-", str(c.turns), _when(c.updated))
-            for i, c in enumerate(found)]
+    rows = [
+        (c.name + (" *" if i == 0 else ""), c.model or "-", str(c.turns), _when(c.updated)) for i, c in enumerate(found)
+    ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in [head, *rows]]
     lines.append("")

@@ -26,13 +26,21 @@ def read_inputs(texts: tuple[str, ...], lines: bool) -> list[str]:
         elif data.strip():
             inputs.append(data)
     if not inputs:
-        raise UsageError("nothing to embed: give TEXT arguments or pipe text on stdin "
-                         "(gencli embed \"some text\", or cat notes.txt | gencli embed --lines)")
+        raise UsageError(
+            "nothing to embed: give TEXT arguments or pipe text on stdin "
+            '(gencli embed "some text", or cat notes.txt | gencli embed --lines)'
+        )
     return inputs
 
 
-def run(texts: tuple[str, ...], model: str | None, lines: bool, dimensions: int | None, models_path: str | None,
-        verbose: bool) -> None:
+def run(
+    texts: tuple[str, ...],
+    model: str | None,
+    lines: bool,
+    dimensions: int | None,
+    models_path: str | None,
+    verbose: bool,
+) -> None:
     from gencli.embeddings import execute_embed, prepare_embed
     from gencli.registry import Registry
     from gencli.transport_httpx import HttpxTransport
@@ -50,5 +58,7 @@ def run(texts: tuple[str, ...], model: str | None, lines: bool, dimensions: int 
     if verbose:
         dims = len(result.embeddings[0]) if result.embeddings else 0
         tokens = f", {result.prompt_tokens} tokens" if result.prompt_tokens is not None else ""
-        sys.stderr.write(f"{result.model}: {len(result.embeddings)} vectors of {dims} dimensions{tokens}, "
-                         f"{result.total_duration / 1e6:.0f} ms\n")
+        sys.stderr.write(
+            f"{result.model}: {len(result.embeddings)} vectors of {dims} dimensions{tokens}, "
+            f"{result.total_duration / 1e6:.0f} ms\n"
+        )

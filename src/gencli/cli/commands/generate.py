@@ -17,17 +17,38 @@ def build_prompt(prompt: str | None) -> str:
             return f"{prompt}\n\n{stdin}"
         return prompt or stdin
     if not prompt:
-        raise UsageError("no prompt: give one as an argument or pipe it on stdin "
-                         "(gencli generate \"Why is the sky blue?\")")
+        raise UsageError(
+            'no prompt: give one as an argument or pipe it on stdin (gencli generate "Why is the sky blue?")'
+        )
     return prompt
 
 
-def run(prompt: str | None, model: str | None, system: str | None, temperature: float | None,
-        top_p: float | None, top_k: int | None, num_predict: int | None, stop: list[str] | None,
-        seed: int | None, images: list[str] | None, fmt: str | None, think: bool | None, hide_reasoning: bool,
-        no_stream: bool, as_json: bool, extract: bool, extract_last: bool, verbose: bool,
-        context_file: str | None, cont: bool, conversation: str | None, models_path: str | None,
-        timeout: float | None = None, retries: int | None = None) -> None:
+def run(
+    prompt: str | None,
+    model: str | None,
+    system: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    num_predict: int | None,
+    stop: list[str] | None,
+    seed: int | None,
+    images: list[str] | None,
+    fmt: str | None,
+    think: bool | None,
+    hide_reasoning: bool,
+    no_stream: bool,
+    as_json: bool,
+    extract: bool,
+    extract_last: bool,
+    verbose: bool,
+    context_file: str | None,
+    cont: bool,
+    conversation: str | None,
+    models_path: str | None,
+    timeout: float | None = None,
+    retries: int | None = None,
+) -> None:
     from gencli.cli.turn import Runner, Thread, make_renderer, read_format, read_images, sampling_options
     from gencli.request import GenerateRequest
 

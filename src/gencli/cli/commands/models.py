@@ -15,16 +15,18 @@ def run(as_json: bool, models_path: str | None) -> None:
     rows: list[dict[str, Any]] = []
     for entry in registry.models.values():
         missing = registry.missing_key(entry)
-        rows.append({
-            "name": entry.name,
-            "provider": entry.provider,
-            "model": entry.model or entry.path or "",
-            "ready": missing is None,
-            "missing": missing,
-            "default": entry.name == default,
-            "capabilities": entry.capabilities,
-            "context_length": context_length(entry),
-        })
+        rows.append(
+            {
+                "name": entry.name,
+                "provider": entry.provider,
+                "model": entry.model or entry.path or "",
+                "ready": missing is None,
+                "missing": missing,
+                "default": entry.name == default,
+                "capabilities": entry.capabilities,
+                "context_length": context_length(entry),
+            }
+        )
     source = str(registry.source) if registry.source else "built-in models"
     if as_json:
         sys.stdout.write(json.dumps({"source": source, "default": default, "models": rows}, indent=2) + "\n")

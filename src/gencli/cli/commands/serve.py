@@ -34,8 +34,10 @@ EXPOSURE = (
     "provider keys. Set GENCLI_API_KEY (clients then send 'Authorization: Bearer <key>'), bind a loopback "
     "address (--host 127.0.0.1), or pass --insecure-no-auth to serve it without a key anyway"
 )
-INSECURE = ("warning: --insecure-no-auth: serving on {host} without an API key; anyone who can reach it "
-            "can use your provider keys")
+INSECURE = (
+    "warning: --insecure-no-auth: serving on {host} without an API key; anyone who can reach it "
+    "can use your provider keys"
+)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -52,8 +54,10 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise ServeError(f"cannot listen on {host}:{port}: the port is already in use (is Ollama or "
-                             f"another gencli serve running? choose another with --port)") from None
+            raise ServeError(
+                f"cannot listen on {host}:{port}: the port is already in use (is Ollama or "
+                f"another gencli serve running? choose another with --port)"
+            ) from None
         if exc.errno == errno.EACCES:
             raise ServeError(f"cannot listen on {host}:{port}: permission denied (use a port above 1023)") from None
         raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -77,8 +81,10 @@ def run(**flags: Any) -> None:
     # flags over the environment over ./.env, read once; a bad setting fails here: one line, exit 2
     settings = Settings.load(models_path=flags.get("models_path"))
     config = ServeConfig.load(flags, settings.env)
-    settings = settings.with_(timeout=settings.timeout if config.timeout is None else config.timeout,
-                              retries=settings.retries if config.retries is None else config.retries)
+    settings = settings.with_(
+        timeout=settings.timeout if config.timeout is None else config.timeout,
+        retries=settings.retries if config.retries is None else config.retries,
+    )
     registry = Registry.load(settings=settings)  # a bad models.json fails here, before binding
     if registry.source is not None:
         config.models_path = str(registry.source.resolve())
@@ -104,8 +110,9 @@ def run(**flags: Any) -> None:
     # each connection may hold an upstream connection too; image fetches need theirs
     room = max(1, (fds - FD_RESERVE - config.image_fetches) // 2)
     if config.max_connections > room:
-        notes.append(f"note: --max-connections lowered from {config.max_connections} to {room} "
-                     f"(the open-file limit is {fds})")
+        notes.append(
+            f"note: --max-connections lowered from {config.max_connections} to {room} (the open-file limit is {fds})"
+        )
         config.max_connections = room
 
     sock = _bind(host, config.port)
@@ -114,8 +121,10 @@ def run(**flags: Any) -> None:
 
     ready = [e.name for e in registry.models.values() if registry.missing_key(e) is None]
     waiting = len(registry.models) - len(ready)
-    lines = [f"gencli serve: listening on {_url(host, port)}"
-             f" ({workers} worker{'s' if workers > 1 else ''}; Ollama API, OpenAI /v1 and Anthropic /v1/messages)"]
+    lines = [
+        f"gencli serve: listening on {_url(host, port)}"
+        f" ({workers} worker{'s' if workers > 1 else ''}; Ollama API, OpenAI /v1 and Anthropic /v1/messages)"
+    ]
     if ready:
         lines.append(f"ready models: {', '.join(ready)}")
     else:

@@ -39,11 +39,19 @@ def _load(call: Call) -> tuple[Any, threading.Lock]:
         except ImportError:
             raise missing_extra(call.name) from None
         try:
-            llm = llama_cpp.Llama(model_path=key, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                                  n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, verbose=False)
+            llm = llama_cpp.Llama(
+                model_path=key,
+                embedding=True,
+                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                n_ctx=N_CTX,
+                n_batch=N_CTX,
+                n_ubatch=N_CTX,
+                verbose=False,
+            )
         except (ValueError, RuntimeError, OSError) as exc:
-            raise ConfigError(f"model '{call.name}': cannot load {path} for embeddings "
-                              f"({' '.join(str(exc).split())[:200]})") from None
+            raise ConfigError(
+                f"model '{call.name}': cannot load {path} for embeddings ({' '.join(str(exc).split())[:200]})"
+            ) from None
         found = _MODELS[key] = (llm, threading.Lock())
         return found
 
@@ -55,8 +63,7 @@ def embed(call: Call, inputs: list[str]) -> tuple[list[list[float]], int | None]
         for i, text in enumerate(inputs):
             n = len(llm.tokenize(text.encode("utf-8"), add_bos=True))
             if n > N_CTX:
-                raise UsageError(f"input {i + 1} has {n} tokens; model '{call.name}' embeds at most {N_CTX}",
-                                 "input")
+                raise UsageError(f"input {i + 1} has {n} tokens; model '{call.name}' embeds at most {N_CTX}", "input")
         out = llm.create_embedding(inputs)
     vectors = [item["embedding"] for item in sorted(out["data"], key=lambda d: d["index"])]
     return vectors, out.get("usage", {}).get("prompt_tokens")

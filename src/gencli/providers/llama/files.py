@@ -52,8 +52,10 @@ def gguf_path(name: str, path: str | None, package: str | None) -> Path:
     if package:
         base = package_dir(package)
         if base is None:
-            raise ConfigError(f"model '{name}': its GGUF file ships in the Python package '{package}', "
-                              f"which is not installed; {package_hint(package)}")
+            raise ConfigError(
+                f"model '{name}': its GGUF file ships in the Python package '{package}', "
+                f"which is not installed; {package_hint(package)}"
+            )
         p = base / path
     else:
         p = Path(path).expanduser()
@@ -74,5 +76,6 @@ def readiness(entry: Located) -> str | None:
 
 
 def missing_extra(name: str) -> ConfigError:
-    return ConfigError(f"model '{name}' runs locally and needs llama-cpp-python, which is not installed; "
-                       f"{INSTALL_HINT}")
+    return ConfigError(
+        f"model '{name}' runs locally and needs llama-cpp-python, which is not installed; {INSTALL_HINT}"
+    )

@@ -47,8 +47,10 @@ class Gate:
                 self.busy = True
                 t.granted = True
             elif len(self.queue) >= self.limit:
-                raise ServerBusy(f"model '{self.name}' is busy: one generation is running and "
-                                 f"{len(self.queue)} are waiting (the limit); retry later")
+                raise ServerBusy(
+                    f"model '{self.name}' is busy: one generation is running and "
+                    f"{len(self.queue)} are waiting (the limit); retry later"
+                )
             else:
                 self.queue.append(t)
         return t

@@ -14,11 +14,39 @@ from gencli.providers.llama.files import Located, gguf_path
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 FILE_TYPES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
-    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
-    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
-    36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4",
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    36: "TQ1_0",
+    37: "TQ2_0",
+    38: "MXFP4",
 }
 _META_CACHE: dict[tuple[str, int, int], dict[str, Any]] = {}
 
@@ -42,7 +70,7 @@ class _Reader:
 
     def read(self, n: int) -> bytes:
         at = self._need(n)
-        return bytes(self.buf[at:at + n])
+        return bytes(self.buf[at : at + n])
 
     def scalar(self, kind: int) -> Any:
         fmt = _SCALARS[kind]
@@ -133,8 +161,13 @@ def read_gguf(path: str | Path) -> dict[str, Any]:
                 params += n
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read it ({exc.strerror or exc.__class__.__name__})") from None
-    info = {"version": version, "metadata": meta, "parameter_count": params, "size": st.st_size,
-            "modified": st.st_mtime}
+    info = {
+        "version": version,
+        "metadata": meta,
+        "parameter_count": params,
+        "size": st.st_size,
+        "modified": st.st_mtime,
+    }
     _META_CACHE[key] = info
     return info
 
@@ -153,8 +186,9 @@ def gguf_details(path: str | Path) -> dict[str, Any]:
     arch = str(meta.get("general.architecture", "") or "")
     ftype = meta.get("general.file_type")
     ctx_len = meta.get(f"{arch}.context_length")
-    model_info = {k: v for k, v in meta.items()
-                  if not k.startswith("tokenizer.") and isinstance(v, (int, float, str, bool))}
+    model_info = {
+        k: v for k, v in meta.items() if not k.startswith("tokenizer.") and isinstance(v, (int, float, str, bool))
+    }
     model_info["general.parameter_count"] = info["parameter_count"]
     return {
         "format": "gguf",

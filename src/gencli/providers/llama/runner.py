@@ -35,8 +35,14 @@ from gencli.providers.llama.gguf import read_gguf
 DEFAULT_NUM_CTX = PROVIDERS["local"].context_length
 
 # Sampling defaults (Ollama's); a model entry's "options" and the request override them.
-DEFAULTS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "typical_p": 1.0,
-                            "repeat_penalty": 1.1}
+DEFAULTS: dict[str, Any] = {
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repeat_penalty": 1.1,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +162,10 @@ def load(path: Path, name: str, settings: LoadSettings) -> Model:
     try:
         llm = llama_cpp.Llama(**kwargs)
     except (ValueError, RuntimeError, OSError) as exc:
-        raise ConfigError(f"model '{name}': cannot load {path}: the GGUF file is corrupt or not supported "
-                          f"by this llama.cpp ({' '.join(str(exc).split())[:200]})") from None
+        raise ConfigError(
+            f"model '{name}': cannot load {path}: the GGUF file is corrupt or not supported "
+            f"by this llama.cpp ({' '.join(str(exc).split())[:200]})"
+        ) from None
     if "tokenizer.chat_template" in llm.metadata:
         llm.chat_format = "chat_template.default"  # the GGUF's own template, never a guessed one
     model = Model(llm, settings, _formatter(llm), llama_cpp.llama_model_get_vocab(llm.model))
@@ -178,15 +186,17 @@ def _formatter(llm: Any) -> Any:
     if not template:  # no template in the file: ChatML, the most common format
         return llama_chat_format.format_chatml
     eos, bos = llm.token_eos(), llm.token_bos()
-    return llama_chat_format.Jinja2ChatFormatter(template=template, eos_token=_token_text(llm, eos),
-                                                 bos_token=_token_text(llm, bos), stop_token_ids=[eos])
+    return llama_chat_format.Jinja2ChatFormatter(
+        template=template, eos_token=_token_text(llm, eos), bos_token=_token_text(llm, bos), stop_token_ids=[eos]
+    )
 
 
 def prompt_tokens(model: Model, messages: list[dict[str, str]]) -> list[int]:
     """Apply the GGUF's chat template (or llama_cpp's fallback format) and tokenize."""
     result = model.formatter(messages=messages)
-    tokens: list[int] = model.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
-                                           special=True)
+    tokens: list[int] = model.llm.tokenize(
+        result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+    )
     return tokens
 
 
@@ -201,8 +211,9 @@ def grammar_for(fmt: Any) -> Any:
     try:
         return LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
     except Exception as exc:  # llama_cpp raises plain Exceptions for schemas it cannot convert
-        raise UsageError(f"format: this JSON schema cannot be turned into a grammar "
-                         f"({' '.join(str(exc).split())[:200]})", "format") from None
+        raise UsageError(
+            f"format: this JSON schema cannot be turned into a grammar ({' '.join(str(exc).split())[:200]})", "format"
+        ) from None
 
 
 # -- a generation ----------------------------------------------------------------------------
@@ -214,9 +225,18 @@ class LocalRun:
     model on the event loop (the server); otherwise the first ``next()`` waits in its thread.
     """
 
-    def __init__(self, name: str, path: Path, load: LoadSettings, queue_limit: int,
-                 messages: list[dict[str, str]], options: dict[str, Any], fmt: Any, text: Text | None = None,
-                 keep_alive: float | None = None):
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        load: LoadSettings,
+        queue_limit: int,
+        messages: list[dict[str, str]],
+        options: dict[str, Any],
+        fmt: Any,
+        text: Text | None = None,
+        keep_alive: float | None = None,
+    ):
         self.name = name
         self.path = path
         self.load = load
@@ -251,8 +271,9 @@ class LocalRun:
                         raise StopIteration
                     with _LOCK:
                         _USES[str(self.path)] = _USES.get(str(self.path), 0) + 1
-                    self._gen = _generate(self.state, self.name, self.path, self.load, self.messages,
-                                          self.options, self.format, self.text)
+                    self._gen = _generate(
+                        self.state, self.name, self.path, self.load, self.messages, self.options, self.format, self.text
+                    )
                 if self.cancelled.is_set():
                     self._finish()
                     raise StopIteration
@@ -325,14 +346,26 @@ def text_tokens(model: Model, name: str, text: Text) -> list[int]:
         return tokens
     import llama_cpp
 
-    pre, suf, mid = (llama_cpp.llama_vocab_fim_pre(model.vocab), llama_cpp.llama_vocab_fim_suf(model.vocab),
-                     llama_cpp.llama_vocab_fim_mid(model.vocab))
+    pre, suf, mid = (
+        llama_cpp.llama_vocab_fim_pre(model.vocab),
+        llama_cpp.llama_vocab_fim_suf(model.vocab),
+        llama_cpp.llama_vocab_fim_mid(model.vocab),
+    )
     if min(pre, suf, mid) < 0:
-        raise UsageError(f"model '{name}' does not support insert: its GGUF file has no fill-in-the-middle "
-                         f"tokens (remove 'insert' from its capabilities in models.json)", "suffix")
+        raise UsageError(
+            f"model '{name}' does not support insert: its GGUF file has no fill-in-the-middle "
+            f"tokens (remove 'insert' from its capabilities in models.json)",
+            "suffix",
+        )
     bos: list[int] = [llm.token_bos()] if llama_cpp.llama_vocab_get_add_bos(model.vocab) else []
-    fim: list[int] = (bos + [pre] + llm.tokenize(prompt, add_bos=False, special=False) + [suf]
-                      + llm.tokenize(text.suffix.encode("utf-8"), add_bos=False, special=False) + [mid])
+    fim: list[int] = (
+        bos
+        + [pre]
+        + llm.tokenize(prompt, add_bos=False, special=False)
+        + [suf]
+        + llm.tokenize(text.suffix.encode("utf-8"), add_bos=False, special=False)
+        + [mid]
+    )
     return fim
 
 
@@ -355,8 +388,16 @@ def _token_logprobs(llm: Any, token: int, top: int) -> TokenLogprob:
     return out
 
 
-def _generate(state: _State, name: str, path: Path, load_settings: LoadSettings, messages: list[dict[str, str]],
-              options: dict[str, Any], fmt: Any, text: Text) -> Generator[list[Event], None, None]:
+def _generate(
+    state: _State,
+    name: str,
+    path: Path,
+    load_settings: LoadSettings,
+    messages: list[dict[str, str]],
+    options: dict[str, Any],
+    fmt: Any,
+    text: Text,
+) -> Generator[list[Event], None, None]:
     """The token loop: yields [TextDelta] as text arrives, then [.., Usage, Finish]."""
     o = {**DEFAULTS, **options}
     model = load(path, name, load_settings)
@@ -366,9 +407,12 @@ def _generate(state: _State, name: str, path: Path, load_settings: LoadSettings,
     tokens = prompt_tokens(model, messages) if text.prompt is None else text_tokens(model, name, text)
     n_prompt = len(tokens)
     if n_prompt >= n_ctx:
-        raise UsageError(f"model '{name}': the prompt is {n_prompt} tokens, more than the context "
-                         f"window of {n_ctx}; shorten it, or raise options.num_ctx in the model's "
-                         f"models.json entry", "prompt")
+        raise UsageError(
+            f"model '{name}': the prompt is {n_prompt} tokens, more than the context "
+            f"window of {n_ctx}; shorten it, or raise options.num_ctx in the model's "
+            f"models.json entry",
+            "prompt",
+        )
     room = n_ctx - n_prompt
     max_tokens = o.get("num_predict")
     max_tokens = room if not max_tokens or max_tokens < 0 else min(max_tokens, room)
@@ -388,9 +432,14 @@ def _generate(state: _State, name: str, path: Path, load_settings: LoadSettings,
     n = 0
     source = llm.generate(
         tokens,
-        top_k=o["top_k"], top_p=o["top_p"], min_p=o["min_p"], typical_p=o["typical_p"], temp=o["temperature"],
+        top_k=o["top_k"],
+        top_p=o["top_p"],
+        min_p=o["min_p"],
+        typical_p=o["typical_p"],
+        temp=o["temperature"],
         repeat_penalty=o["repeat_penalty"],
-        frequency_penalty=o.get("frequency_penalty", 0.0), presence_penalty=o.get("presence_penalty", 0.0),
+        frequency_penalty=o.get("frequency_penalty", 0.0),
+        presence_penalty=o.get("presence_penalty", 0.0),
         grammar=grammar,
     )
     try:
@@ -467,5 +516,14 @@ def start(call: Call) -> LocalRun:
     local, path = _located(call)
     messages = [{"role": m.role, "content": m.content} for m in call.messages]
     text = Text(call.prompt, call.suffix, call.logprobs, call.top_logprobs)
-    return LocalRun(call.name, path, LoadSettings.of(local, path), local.queue_limit, messages,
-                    dict(call.options), call.format, text, call.keep_alive)
+    return LocalRun(
+        call.name,
+        path,
+        LoadSettings.of(local, path),
+        local.queue_limit,
+        messages,
+        dict(call.options),
+        call.format,
+        text,
+        call.keep_alive,
+    )
