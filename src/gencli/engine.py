@@ -5,10 +5,12 @@ aiohttp); the two loops below differ only in how bytes arrive.
 Glossary (each object is made from the one before it):
 
 ``GenerateRequest`` (gencli.request)
-    What a caller asks for, as given: CLI flags or an HTTP body. Not yet checked.
+    What a caller asks for, as given: CLI flags or an HTTP body. Not yet checked; its
+    images are raw (base64, data URLs, http(s) URLs, bytes), for any route.
 ``Plan`` (here, made by :func:`prepare`)
     A checked request: the model entry, its adapter, the :class:`Call`, the
-    conversation to encode as ``context``, and image URLs still to download.
+    conversation to encode as ``context``, image URLs still to download (each with its
+    place among its message's images) and the request's image quota (a server's limits).
 ``Call`` (gencli.providers.base)
     What the adapter needs for this generation, resolved and immutable: the upstream
     model id, key, base URL, messages, the options the provider takes, the timeout

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 # httpx's __init__ imports its optional command-line client (httpx._main: rich, pygments) when
 # those happen to be installed; gencli never uses it and it about doubles generate's start-up.
 # A None entry in sys.modules makes that import fail, and httpx then defines a stub instead.
+# (An httpx internal: tests/test_terminal.py fails if Rich or Pygments come back on the piped
+# path, and every CLI test fails if httpx stops guarding that import.)
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import httpx  # noqa: E402
