@@ -140,6 +140,38 @@ def test_json_stream_is_ndjson(env, workdir):
     assert final["prompt_eval_count"] == 2 and final["eval_count"] == 4
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_json_prints_what_api_generate_returns(env, workdir, openai_fake, tmp_path, stream):
+    """The CLI's --json and the server's /api/generate share Ollama's reply objects: the same
+    lines, keys in the same order, the same values but for times."""
+    import httpx
+
+    from tests.server_fixture import ServeProcess
+
+    times = {"created_at", "total_duration", "load_duration", "prompt_eval_duration", "eval_duration"}
+    serve = ServeProcess(
+        tmp_path / "serve",
+        models_for(openai_fake.base_url),
+        env={"OPENAI_API_KEY": FAKE_KEY, "OPENROUTER_API_KEY": FAKE_KEY},
+    )
+    try:
+        p = gencli(["generate", "--json", "-m", "reason", "q", *([] if stream else ["--no-stream"])], env, workdir)
+        assert p.returncode == 0, err(p)
+        r = httpx.post(
+            serve.url + "/api/generate", json={"model": "reason", "prompt": "q", "stream": stream}, timeout=30
+        )
+        assert r.status_code == 200
+    finally:
+        serve.stop()
+    printed = [json.loads(line) for line in out(p).splitlines()]
+    served = [json.loads(line) for line in r.text.splitlines()]
+    assert len(printed) == len(served) and (len(printed) > 2 if stream else len(printed) == 1)
+    for a, b in zip(printed, served, strict=True):
+        assert list(a) == list(b)
+        assert {k: v for k, v in a.items() if k not in times} == {k: v for k, v in b.items() if k not in times}
+    assert printed[-1]["done"] is True and printed[-1]["context"] and printed[-1]["reasoning"]
+
+
 def test_json_no_stream_is_one_object(env, workdir):
     p = gencli(["generate", "--json", "--no-stream", "-m", "reason", "q"], env, workdir)
     assert p.returncode == 0, err(p)
