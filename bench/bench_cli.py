@@ -19,9 +19,13 @@
 `llm` is given its fastest configuration: no plugins (LLM_LOAD_PLUGINS=''), no logging
 (--no-log). Nothing leaves 127.0.0.1.
 
+With ``--ref GENCLI`` (another installation's ``gencli``, e.g. ``/work/main/.venv/bin/gencli``
+for the code before a change) the start-up commands and ``generate`` of both are measured
+alternately in the same run, and the ratios this/reference are printed: an A/B side by side.
+
 Usage:
 
-    .venv/bin/python bench/bench_cli.py [--runs 20] [--json]
+    .venv/bin/python bench/bench_cli.py [--runs 20] [--ref GENCLI] [--json]
 
 Exit code: 0 when every target holds, 1 when one is missed, 2 when the run failed.
 """
@@ -186,6 +190,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="gencli start-up and generate-vs-llm benchmark")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per command (default 20)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--ref", metavar="GENCLI", help="also measure this gencli executable (A/B)")
     args = parser.parse_args()
 
     gencli, llm = find("gencli"), find("llm")
@@ -229,7 +234,13 @@ def main() -> int:
             Case("gencli --version", [gencli, "--version"], genv, work, "gencli"),
             Case("gencli models", [gencli, "models"], genv, work, "m"),
         ]
-        alternate(startup, args.runs)
+        pairs: list[tuple[Case, Case]] = []  # (this, reference) with --ref
+        if args.ref:
+            refs = [Case(c.label + " (ref)", [args.ref, *c.argv[1:]], genv, work, c.expect) for c in startup]
+            pairs = list(zip(startup, refs, strict=True))
+            alternate([c for pair in pairs for c in pair], args.runs)
+        else:
+            alternate(startup, args.runs)
         chat = ChatCase(
             "gencli chat (ready for input)",
             [gencli, "chat", "-m", "m"],
@@ -250,7 +261,12 @@ def main() -> int:
         ref = Case(
             f"llm prompt ({TOKENS} tokens)", [llm, "prompt", "--no-log", "-m", f"fake{TOKENS}", "hi"], lenv, work, last
         )
-        alternate([gen, ref], args.runs)
+        if args.ref:
+            gen_ref = Case(gen.label + " (ref)", [args.ref, *gen.argv[1:]], genv, work, last)
+            pairs.append((gen, gen_ref))
+            alternate([gen, ref, gen_ref], args.runs)
+        else:
+            alternate([gen, ref], args.runs)
         before = len(fake.requests)
     finally:
         fake.stop()
@@ -281,6 +297,7 @@ def main() -> int:
                     "typer_import_s": round(typer_cost, 4),
                     "app_adds_s": round(app_cost, 4),
                     "ratio_gencli_llm": round(ratio, 3),
+                    "ratio_this_ref": {a.label: round(a.median / b.median, 3) for a, b in pairs},
                     "ok": ok,
                 },
                 indent=2,
@@ -299,6 +316,11 @@ def main() -> int:
     print(f"{'the app adds (app - import typer)':38} {app_cost * 1000:7.1f}ms")
     mark = "ok" if ratio <= RATIO_TARGET else "MISSED"
     print(f"{'ratio gencli/llm (generate)':38} {ratio:9.3f}            <= {RATIO_TARGET}  {mark}")
+    if pairs:
+        print(f"\nA/B with {args.ref} (medians, same run, alternating):")
+        print(f"{'command':38} {'this':>9} {'ref':>9}  this/ref")
+        for a, b in pairs:
+            print(f"{a.label:38} {a.median * 1000:7.1f}ms {b.median * 1000:7.1f}ms  {a.median / b.median:8.3f}")
     return 0 if ok else 1
 
 
