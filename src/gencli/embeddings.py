@@ -1,7 +1,7 @@
 """Embeddings on the same registry and transports as generation.
 
 ``embed(registry, model, inputs, transport)`` (CLI, httpx) and ``aembed(...)``
-(server, aiohttp) validate the inputs, resolve a model with the ``embedding``
+(server, gencli.httpclient) validate the inputs, resolve a model with the ``embedding``
 capability, send the inputs in batches the provider accepts
 (``adapter.build_embed`` / ``adapter.parse_embed``, sans-I/O like generation) and
 return the vectors L2-normalised, as Ollama does. An in-process adapter (the local
@@ -215,7 +215,7 @@ def embed(
 async def aembed(
     registry: Registry, model: str | None, inputs: Any, transport: AsyncTransport | None, dimensions: Any = None
 ) -> Embeddings:
-    """Embed ``inputs`` over an asynchronous transport (the server's aiohttp)."""
+    """Embed ``inputs`` over an asynchronous transport (the server's)."""
     return await aexecute_embed(prepare_embed(registry, model, inputs, dimensions), transport)
 
 

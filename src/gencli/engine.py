@@ -1,6 +1,6 @@
 """The engine: validate a request, resolve the model, build the messages, run a
 provider and yield events. Shared by the CLI (sync, httpx) and the server (async,
-aiohttp); the two loops below differ only in how bytes arrive.
+gencli.httpclient); the two loops below differ only in how bytes arrive.
 
 Glossary (each object is made from the one before it):
 

@@ -216,7 +216,7 @@ class SyncTransport(Protocol):
 
 
 class AsyncTransport(Protocol):
-    """Sends an HttpRequest on the event loop (the server: aiohttp)."""
+    """Sends an HttpRequest on the event loop (the server: transport_async)."""
 
     def open(self, request: HttpRequest, call: Call) -> AbstractAsyncContextManager[AsyncResponse]: ...
 

@@ -99,7 +99,7 @@ class App:
             if msg["type"] == "lifespan.startup":
                 try:
                     await transport.start()
-                except Exception as exc:  # pragma: no cover - aiohttp session creation does not fail
+                except Exception as exc:  # pragma: no cover - the pool's creation does not fail
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

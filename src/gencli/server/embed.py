@@ -1,6 +1,6 @@
 """Embedding routes: Ollama's POST /api/embed and legacy POST /api/embeddings, and
 OpenAI's POST /v1/embeddings. All run :func:`gencli.embeddings.aexecute_embed` on the
-server's shared aiohttp transport; vectors are L2-normalised (as Ollama's are).
+server's shared transport; vectors are L2-normalised (as Ollama's are).
 
 - /api/embed: ``{"model", "input": str | [str], "dimensions"?}`` ->
   ``{"model", "embeddings": [[...]], "total_duration", "load_duration", "prompt_eval_count"}``
