@@ -8,14 +8,20 @@ Commands stay thin: each declares its options here and calls ``run`` in its modu
 The command modules import nothing from each other or from this module.
 """
 
+import functools
+import inspect
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from gencli import __version__
+
+if TYPE_CHECKING:
+    from gencli.cli.turn import TurnOptions
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -204,6 +210,58 @@ Retries = Annotated[
 ]
 
 
+# The options 'generate' and 'chat' share, in two runs: a command's own options stand between
+# them, which keeps each help panel in the order it has always had. @turn_options declares
+# them on a command and hands them to it as one gencli.cli.turn.TurnOptions.
+TURN_OPTIONS_BEFORE: tuple[tuple[str, Any, Any], ...] = (
+    ("model", Model, None),
+    ("system", System, None),
+    ("temperature", Temperature, None),
+    ("top_p", TopP, None),
+    ("top_k", TopK, None),
+    ("num_predict", NumPredict, None),
+    ("stop", Stop, None),
+    ("seed", Seed, None),
+)
+TURN_OPTIONS_AFTER: tuple[tuple[str, Any, Any], ...] = (
+    ("think", Think, None),
+    ("verbose", Verbose, False),
+    ("context_file", ContextFile, None),
+    ("cont", Continue, False),
+    ("conversation", Conversation, None),
+    ("timeout", Timeout, None),
+    ("retries", Retries, None),
+    ("models_path", ModelsPath, None),
+)
+
+
+def turn_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with the TURN_OPTIONS around its own parameters (what Typer reads is the
+    signature); it is called with its own and ``turn``, their values as a TurnOptions."""
+
+    def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+    own = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(command).parameters.values()
+        if p.name != "turn"
+    ]
+    params = [*(option(*o) for o in TURN_OPTIONS_BEFORE), *own, *(option(*o) for o in TURN_OPTIONS_AFTER)]
+    shared = [name for name, _, _ in TURN_OPTIONS_BEFORE + TURN_OPTIONS_AFTER]
+
+    @functools.wraps(command)
+    def with_turn(**values: Any) -> None:
+        from gencli.cli.turn import TurnOptions
+
+        turn = TurnOptions(**{name: values.pop(name) for name in shared})
+        command(**values, turn=turn)
+
+    with_turn.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    with_turn.__annotations__ = {p.name: p.annotation for p in params}
+    return with_turn
+
+
 def _call(run, **kw) -> None:
     """Run a command's ``run(**kw)``; a closed stdout (``| head``) ends quietly."""
     try:
@@ -247,19 +305,12 @@ def gencli(
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
+@turn_options
 def generate(
     prompt: Annotated[
         Optional[str],
         typer.Argument(metavar="PROMPT", show_default=False, help="The prompt ('-': read it from stdin)."),
     ] = None,
-    model: Model = None,
-    system: System = None,
-    temperature: Temperature = None,
-    top_p: TopP = None,
-    top_k: TopK = None,
-    num_predict: NumPredict = None,
-    stop: Stop = None,
-    seed: Seed = None,
     images: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -280,7 +331,6 @@ def generate(
             help="Structured output: 'json', or a file holding a JSON schema.",
         ),
     ] = None,
-    think: Think = None,
     hide_reasoning: HideReasoning = False,
     no_stream: Annotated[
         bool,
@@ -309,13 +359,8 @@ def generate(
             "--extract-last", rich_help_panel=OUTPUT, help="Print only the last fenced code block of the answer."
         ),
     ] = False,
-    verbose: Verbose = False,
-    context_file: ContextFile = None,
-    cont: Continue = False,
-    conversation: Conversation = None,
-    timeout: Timeout = None,
-    retries: Retries = None,
-    models_path: ModelsPath = None,
+    *,
+    turn: "TurnOptions",
 ) -> None:
     """Generate a completion for PROMPT.
 
@@ -332,52 +377,20 @@ def generate(
     _call(
         run,
         prompt=prompt,
-        model=model,
-        system=system,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        num_predict=num_predict,
-        stop=stop,
-        seed=seed,
         images=images,
         fmt=fmt,
-        think=think,
         hide_reasoning=hide_reasoning,
         no_stream=no_stream,
         as_json=as_json,
         extract=extract,
         extract_last=extract_last,
-        verbose=verbose,
-        context_file=str(context_file) if context_file else None,
-        cont=cont,
-        conversation=conversation,
-        models_path=models_path,
-        timeout=timeout,
-        retries=retries,
+        turn=turn,
     )
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
-def chat(
-    model: Model = None,
-    system: System = None,
-    temperature: Temperature = None,
-    top_p: TopP = None,
-    top_k: TopK = None,
-    num_predict: NumPredict = None,
-    stop: Stop = None,
-    seed: Seed = None,
-    think: Think = None,
-    hide_reasoning: HideReasoning = False,
-    verbose: Verbose = False,
-    context_file: ContextFile = None,
-    cont: Continue = False,
-    conversation: Conversation = None,
-    timeout: Timeout = None,
-    retries: Retries = None,
-    models_path: ModelsPath = None,
-) -> None:
+@turn_options
+def chat(hide_reasoning: HideReasoning = False, *, turn: "TurnOptions") -> None:
     """Talk with a model at a prompt: each answer streams as in 'generate' and the conversation goes on.
 
     A line is a message; \"\"\" starts and ends one of several lines. /help lists the commands (/model,
@@ -389,26 +402,7 @@ def chat(
     """
     from gencli.cli.commands.chat import run
 
-    _call(
-        run,
-        model=model,
-        system=system,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        num_predict=num_predict,
-        stop=stop,
-        seed=seed,
-        think=think,
-        hide_reasoning=hide_reasoning,
-        verbose=verbose,
-        context_file=str(context_file) if context_file else None,
-        cont=cont,
-        conversation=conversation,
-        models_path=models_path,
-        timeout=timeout,
-        retries=retries,
-    )
+    _call(run, hide_reasoning=hide_reasoning, turn=turn)
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)

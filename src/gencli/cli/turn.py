@@ -124,6 +124,39 @@ def count_turns(context: list[int] | None) -> int:
         return 0
 
 
+@dataclass(frozen=True, slots=True)
+class TurnOptions:
+    """The options ``gencli generate`` and ``gencli chat`` share, declared once in
+    ``gencli.cli.app`` (``TURN_OPTIONS``): the model, the sampling, the conversation a turn
+    continues and the upstream's timeout and retries."""
+
+    model: str | None = None
+    system: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    num_predict: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    think: bool | None = None
+    verbose: bool = False
+    context_file: Path | str | None = None
+    cont: bool = False
+    conversation: str | None = None
+    timeout: float | None = None
+    retries: int | None = None
+    models_path: str | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        return sampling_options(self.temperature, self.top_p, self.top_k, self.num_predict, self.seed, self.stop)
+
+    def thread(self) -> Thread:
+        return Thread.open(str(self.context_file) if self.context_file else None, self.cont, self.conversation)
+
+    def runner(self) -> Runner:
+        return Runner(self.models_path, self.timeout, self.retries)
+
+
 # -- the conversation a turn continues and keeps -------------------------------------
 
 

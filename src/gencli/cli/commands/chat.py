@@ -17,10 +17,14 @@ import re
 import shlex
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from gencli.cli import state
 from gencli.cli.pipes import decode_utf8, error, stdin_terminal, stdout_terminal, warning
 from gencli.errors import GencliError, UsageError
+
+if TYPE_CHECKING:
+    from gencli.cli.turn import TurnOptions
 
 PROMPT = ">>> "
 MORE = "... "
@@ -477,39 +481,19 @@ def piped_loop(chat: Chat) -> int:
     return 1 if chat.failed else 0
 
 
-def run(
-    model: str | None,
-    system: str | None,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    num_predict: int | None,
-    stop: list[str] | None,
-    seed: int | None,
-    think: bool | None,
-    hide_reasoning: bool,
-    verbose: bool,
-    context_file: str | None,
-    cont: bool,
-    conversation: str | None,
-    models_path: str | None,
-    timeout: float | None = None,
-    retries: int | None = None,
-) -> None:
-    from gencli.cli.turn import Runner, Thread, sampling_options
-
-    thread = Thread.open(context_file, cont, conversation)
-    runner = Runner(models_path, timeout, retries)
+def run(hide_reasoning: bool, turn: TurnOptions) -> None:
+    thread = turn.thread()
+    runner = turn.runner()
     interactive = stdin_terminal() and stdout_terminal()
     chat = Chat(
         runner,
         thread,
-        model,
-        system,
-        sampling_options(temperature, top_p, top_k, num_predict, seed, stop),
-        think,
+        turn.model,
+        turn.system,
+        turn.sampling(),
+        turn.think,
         hide_reasoning,
-        verbose,
+        turn.verbose,
         interactive,
     )
     try:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from gencli.cli.pipes import read_stdin, stdin_piped
 from gencli.errors import UsageError
+
+if TYPE_CHECKING:
+    from gencli.cli.turn import TurnOptions
 
 
 def build_prompt(prompt: str | None) -> str:
@@ -25,49 +29,34 @@ def build_prompt(prompt: str | None) -> str:
 
 def run(
     prompt: str | None,
-    model: str | None,
-    system: str | None,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    num_predict: int | None,
-    stop: list[str] | None,
-    seed: int | None,
     images: list[str] | None,
     fmt: str | None,
-    think: bool | None,
     hide_reasoning: bool,
     no_stream: bool,
     as_json: bool,
     extract: bool,
     extract_last: bool,
-    verbose: bool,
-    context_file: str | None,
-    cont: bool,
-    conversation: str | None,
-    models_path: str | None,
-    timeout: float | None = None,
-    retries: int | None = None,
+    turn: TurnOptions,
 ) -> None:
-    from gencli.cli.turn import Runner, Thread, make_renderer, read_format, read_images, sampling_options
+    from gencli.cli.turn import make_renderer, read_format, read_images
     from gencli.request import GenerateRequest
 
     if as_json and (extract or extract_last):
         raise UsageError("--json prints the whole response; it cannot be combined with -x/--extract")
     text = build_prompt(prompt)
-    thread = Thread.open(context_file, cont, conversation)
+    thread = turn.thread()
     req = GenerateRequest(
-        model=model or "",
+        model=turn.model or "",
         prompt=text,
-        system=system,
+        system=turn.system,
         images=read_images(images),
-        options=sampling_options(temperature, top_p, top_k, num_predict, seed, stop),
+        options=turn.sampling(),
         format=read_format(fmt),
-        think=think,
+        think=turn.think,
         context=thread.context,
         stream=not no_stream,
     )
-    runner = Runner(models_path, timeout, retries)
+    runner = turn.runner()
     plan = runner.prepare(req)
     renderer = make_renderer(plan.entry.name, as_json, hide_reasoning, not no_stream, extract, extract_last)
     try:
@@ -78,7 +67,7 @@ def run(
         runner.close()
     if done is not None:
         thread.keep(plan.entry.name, done.context)
-        if verbose:
+        if turn.verbose:
             from gencli.cli.render import print_stats
 
             print_stats(done)
