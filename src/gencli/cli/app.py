@@ -294,11 +294,11 @@ def gencli(
 
     **Examples:**
 
-        gencli generate "Why is the sky blue?"
-        cat notes.txt | gencli generate -m gemini-2.5-flash "Summarise:"
-        gencli generate -c "And in French?"   # continue the last conversation
-        gencli chat -m gpt-4o-mini            # a conversation at a prompt
-        gencli serve            # an Ollama-compatible server on 127.0.0.1:11434
+    `gencli generate "Why is the sky blue?"`\\
+    `cat notes.txt | gencli generate -m gemini-2.5-flash "Summarise:"`\\
+    `gencli generate -c "And in French?"   # continue the last conversation`\\
+    `gencli chat -m gpt-4o-mini            # a conversation at a prompt`\\
+    `gencli serve            # an Ollama-compatible server on 127.0.0.1:11434`
 
     'gencli COMMAND --help' shows a command's options.
     """
@@ -463,8 +463,8 @@ def embed(
 
     **Examples:**
 
-        gencli embed -m text-embedding-3-small "first text" "second text"
-        cat sentences.txt | gencli embed --lines -m gemini-embedding-001
+    `gencli embed -m text-embedding-3-small "first text" "second text"`\\
+    `cat sentences.txt | gencli embed --lines -m gemini-embedding-001`
 
     Exit codes: 0 ok, 1 upstream error, 2 usage error (e.g. a chat-only model).
     """
