@@ -665,33 +665,10 @@ def serve(
     needs 'Authorization: Bearer \\<key>' (or 'x-api-key: \\<key>'). Every limit is also an environment
     variable; see README "Security".
     """
+    flags = locals()  # every option by name: gencli.server.config reads them (ServeConfig.load)
     from gencli.cli.commands.serve import run
 
-    _call(
-        run,
-        host=host,
-        port=port,
-        workers=workers,
-        allowed_origins=tuple(allowed_origins or ()),
-        allowed_hosts=tuple(allowed_hosts or ()),
-        insecure_no_auth=insecure_no_auth,
-        allow_private_images=allow_private_images,
-        max_body_mb=max_body_mb,
-        max_connections=max_connections,
-        max_header_kb=max_header_kb,
-        max_headers=max_headers,
-        header_timeout=header_timeout,
-        body_timeout=body_timeout,
-        keep_alive=keep_alive,
-        max_images=max_images,
-        max_images_mb=max_images_mb,
-        image_fetches=image_fetches,
-        image_memory_mb=image_memory_mb,
-        grace=grace,
-        timeout=timeout,
-        retries=retries,
-        models_path=models_path,
-    )
+    _call(run, **flags)
 
 
 # -- the entry point ------------------------------------------------------------------
