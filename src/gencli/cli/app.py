@@ -14,14 +14,11 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from gencli import __version__
-
-if TYPE_CHECKING:
-    from gencli.cli.turn import TurnOptions
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -210,10 +207,46 @@ Retries = Annotated[
 ]
 
 
-# The options 'generate' and 'chat' share, in two runs: a command's own options stand between
-# them, which keeps each help panel in the order it has always had. @turn_options declares
-# them on a command and hands them to it as one gencli.cli.turn.TurnOptions.
-TURN_OPTIONS_BEFORE: tuple[tuple[str, Any, Any], ...] = (
+# -- options added to a command from a table ---------------------------------------------
+
+Row = tuple[str, Any, Any]  # an option: the parameter's name, its Annotated type, its default
+
+
+def with_options(
+    before: tuple[Row, ...] = (), after: tuple[Row, ...] = (), into: Optional[str] = None
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Declare the options of ``before`` and ``after`` on a command, around its own parameters
+    (Typer reads the signature; the order is the help panels' order). The command gets their
+    values by name, or with ``into`` as one dict, the argument of that name."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+            return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in inspect.signature(command).parameters.values()
+            if p.name != into and p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        params = [*(option(*row) for row in before), *own, *(option(*row) for row in after)]
+        added = [row[0] for row in (*before, *after)]
+
+        @functools.wraps(command)
+        def call(**values: Any) -> None:
+            if into is not None:
+                values[into] = {name: values.pop(name) for name in added}
+            command(**values)
+
+        call.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+        call.__annotations__ = {p.name: p.annotation for p in params}
+        return call
+
+    return decorate
+
+
+# The options 'generate' and 'chat' share (gencli.cli.turn.TurnOptions), in two runs: each
+# command's own options stand between them, as they always have in the help panels.
+TURN_BEFORE: tuple[Row, ...] = (
     ("model", Model, None),
     ("system", System, None),
     ("temperature", Temperature, None),
@@ -223,7 +256,7 @@ TURN_OPTIONS_BEFORE: tuple[tuple[str, Any, Any], ...] = (
     ("stop", Stop, None),
     ("seed", Seed, None),
 )
-TURN_OPTIONS_AFTER: tuple[tuple[str, Any, Any], ...] = (
+TURN_AFTER: tuple[Row, ...] = (
     ("think", Think, None),
     ("verbose", Verbose, False),
     ("context_file", ContextFile, None),
@@ -233,33 +266,7 @@ TURN_OPTIONS_AFTER: tuple[tuple[str, Any, Any], ...] = (
     ("retries", Retries, None),
     ("models_path", ModelsPath, None),
 )
-
-
-def turn_options(command: Callable[..., None]) -> Callable[..., None]:
-    """``command`` with the TURN_OPTIONS around its own parameters (what Typer reads is the
-    signature); it is called with its own and ``turn``, their values as a TurnOptions."""
-
-    def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
-        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-
-    own = [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-        for p in inspect.signature(command).parameters.values()
-        if p.name != "turn"
-    ]
-    params = [*(option(*o) for o in TURN_OPTIONS_BEFORE), *own, *(option(*o) for o in TURN_OPTIONS_AFTER)]
-    shared = [name for name, _, _ in TURN_OPTIONS_BEFORE + TURN_OPTIONS_AFTER]
-
-    @functools.wraps(command)
-    def with_turn(**values: Any) -> None:
-        from gencli.cli.turn import TurnOptions
-
-        turn = TurnOptions(**{name: values.pop(name) for name in shared})
-        command(**values, turn=turn)
-
-    with_turn.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
-    with_turn.__annotations__ = {p.name: p.annotation for p in params}
-    return with_turn
+turn_options = with_options(TURN_BEFORE, TURN_AFTER, into="turn")
 
 
 def _call(run, **kw) -> None:
@@ -360,7 +367,7 @@ def generate(
         ),
     ] = False,
     *,
-    turn: "TurnOptions",
+    turn: dict[str, Any],
 ) -> None:
     """Generate a completion for PROMPT.
 
@@ -373,6 +380,7 @@ def generate(
     Exit codes: 0 ok, 1 generation or upstream error, 2 usage error, 130 interrupted.
     """
     from gencli.cli.commands.generate import run
+    from gencli.cli.turn import TurnOptions
 
     _call(
         run,
@@ -384,13 +392,13 @@ def generate(
         as_json=as_json,
         extract=extract,
         extract_last=extract_last,
-        turn=turn,
+        turn=TurnOptions(**turn),
     )
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
 @turn_options
-def chat(hide_reasoning: HideReasoning = False, *, turn: "TurnOptions") -> None:
+def chat(hide_reasoning: HideReasoning = False, *, turn: dict[str, Any]) -> None:
     """Talk with a model at a prompt: each answer streams as in 'generate' and the conversation goes on.
 
     A line is a message; \"\"\" starts and ends one of several lines. /help lists the commands (/model,
@@ -401,8 +409,9 @@ def chat(hide_reasoning: HideReasoning = False, *, turn: "TurnOptions") -> None:
     code 1 when a turn failed).
     """
     from gencli.cli.commands.chat import run
+    from gencli.cli.turn import TurnOptions
 
-    _call(run, hide_reasoning=hide_reasoning, turn=turn)
+    _call(run, hide_reasoning=hide_reasoning, turn=TurnOptions(**turn))
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
@@ -495,20 +504,58 @@ def models(
     _call(run, as_json=as_json, models_path=models_path)
 
 
-def _setting(flag: str, metavar: str, text: str, default: str, panel: str = LIMITS):
+def _setting(key: str, metavar: str, text: str, default: str, panel: str = LIMITS) -> Row:
     """A numeric serve setting, read as text: gencli.server.config validates it (range, no inf
     or nan) and names the flag or the environment variable in a one-line error (exit code 2)."""
-    env = "GENCLI_" + flag[2:].upper().replace("-", "_")
-    return typer.Option(
-        flag,
+    option = typer.Option(
+        "--" + key.replace("_", "-"),
         metavar=metavar,
         rich_help_panel=panel,
         show_default=False,
-        help=f"{text} (default {default}; also ${env}).",
+        help=f"{text} (default {default}; also $GENCLI_{key.upper()}).",
     )
+    return key, Annotated[Optional[str], option], None
+
+
+# The numeric settings of 'gencli serve' (gencli.server.config.NUMBERS validates them), in help order.
+SERVE_SETTINGS: tuple[Row, ...] = (
+    _setting("max_body_mb", "MB", "Largest request body accepted, 413 above it", "32"),
+    _setting(
+        "max_connections",
+        "N",
+        "Open connections per worker; past it idle ones are closed, then new ones get 503",
+        "1024",
+    ),
+    _setting("max_header_kb", "KB", "Largest request head, request line included, 431 above it", "64"),
+    _setting("max_headers", "N", "Most request headers, 431 above it", "100"),
+    _setting("header_timeout", "SECONDS", "Time from connect to the end of the request headers, 408 after it", "10"),
+    _setting(
+        "body_timeout",
+        "SECONDS",
+        "Longest pause in a request body (then 408) or in reading a response (then closed)",
+        "30",
+    ),
+    _setting("keep_alive", "SECONDS", "How long an idle connection stays open between requests", "30"),
+    _setting("max_images", "N", "Images per request, 400 above it; 0 for none", "16"),
+    _setting("max_images_mb", "MB", "Image bytes per request, URLs and base64 together, 413 above it", "50"),
+    _setting("image_fetches", "N", "Image URL downloads at once per worker, more wait their turn", "8"),
+    _setting("image_memory_mb", "MB", "Downloaded image bytes held at once per worker, 503 above it", "256"),
+    _setting("grace", "SECONDS", "On SIGTERM, how long in-flight requests may take to finish", "30", SERVER),
+    _setting(
+        "timeout", "SECONDS", 'Upstream read timeout for models without a "timeout" in models.json', "300", NETWORK
+    ),
+    _setting(
+        "retries",
+        "N",
+        'Retries of upstream requests that fail before any output, for models without "retries" in models.json',
+        "2",
+        NETWORK,
+    ),
+)
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
+@with_options(after=(*SERVE_SETTINGS, ("models_path", ModelsPath, None)))
 def serve(
     host: Annotated[
         str,
@@ -578,84 +625,7 @@ def serve(
             "ones are fetched; also $GENCLI_ALLOW_PRIVATE_IMAGES=1).",
         ),
     ] = False,
-    max_body_mb: Annotated[
-        Optional[str], _setting("--max-body-mb", "MB", "Largest request body accepted, 413 above it", "32")
-    ] = None,
-    max_connections: Annotated[
-        Optional[str],
-        _setting(
-            "--max-connections",
-            "N",
-            "Open connections per worker; past it idle ones are closed, then new ones get 503",
-            "1024",
-        ),
-    ] = None,
-    max_header_kb: Annotated[
-        Optional[str],
-        _setting("--max-header-kb", "KB", "Largest request head, request line included, 431 above it", "64"),
-    ] = None,
-    max_headers: Annotated[
-        Optional[str], _setting("--max-headers", "N", "Most request headers, 431 above it", "100")
-    ] = None,
-    header_timeout: Annotated[
-        Optional[str],
-        _setting(
-            "--header-timeout", "SECONDS", "Time from connect to the end of the request headers, 408 after it", "10"
-        ),
-    ] = None,
-    body_timeout: Annotated[
-        Optional[str],
-        _setting(
-            "--body-timeout",
-            "SECONDS",
-            "Longest pause in a request body (then 408) or in reading a response (then closed)",
-            "30",
-        ),
-    ] = None,
-    keep_alive: Annotated[
-        Optional[str],
-        _setting("--keep-alive", "SECONDS", "How long an idle connection stays open between requests", "30"),
-    ] = None,
-    max_images: Annotated[
-        Optional[str], _setting("--max-images", "N", "Images per request, 400 above it; 0 for none", "16")
-    ] = None,
-    max_images_mb: Annotated[
-        Optional[str],
-        _setting("--max-images-mb", "MB", "Image bytes per request, URLs and base64 together, 413 above it", "50"),
-    ] = None,
-    image_fetches: Annotated[
-        Optional[str],
-        _setting("--image-fetches", "N", "Image URL downloads at once per worker, more wait their turn", "8"),
-    ] = None,
-    image_memory_mb: Annotated[
-        Optional[str],
-        _setting("--image-memory-mb", "MB", "Downloaded image bytes held at once per worker, 503 above it", "256"),
-    ] = None,
-    grace: Annotated[
-        Optional[str],
-        _setting("--grace", "SECONDS", "On SIGTERM, how long in-flight requests may take to finish", "30", SERVER),
-    ] = None,
-    timeout: Annotated[
-        Optional[str],
-        _setting(
-            "--timeout",
-            "SECONDS",
-            'Upstream read timeout for models without a "timeout" in models.json',
-            "300",
-            NETWORK,
-        ),
-    ] = None,
-    retries: Annotated[
-        Optional[str],
-        _setting(
-            "--retries",
-            "N",
-            'Retries of upstream requests that fail before any output, for models without "retries" in models.json',
-            "2",
-            NETWORK,
-        ),
-    ] = None,
-    models_path: ModelsPath = None,
+    **flags: Optional[str],
 ) -> None:
     """Serve the models over HTTP as an Ollama-compatible API (and OpenAI's /v1).
 
@@ -665,10 +635,19 @@ def serve(
     needs 'Authorization: Bearer \\<key>' (or 'x-api-key: \\<key>'). Every limit is also an environment
     variable; see README "Security".
     """
-    flags = locals()  # every option by name: gencli.server.config reads them (ServeConfig.load)
     from gencli.cli.commands.serve import run
 
-    _call(run, **flags)
+    _call(
+        run,
+        host=host,
+        port=port,
+        workers=workers,
+        allowed_origins=allowed_origins,
+        allowed_hosts=allowed_hosts,
+        insecure_no_auth=insecure_no_auth,
+        allow_private_images=allow_private_images,
+        **flags,
+    )
 
 
 # -- the entry point ------------------------------------------------------------------
