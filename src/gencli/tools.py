@@ -122,6 +122,30 @@ def check_arguments(value: Any, where: str) -> dict:
     return value
 
 
+# The tool_calls of an assistant message, as each wire's clients send them (named in errors)
+OLLAMA_CALL = '{"function": {"name": ..., "arguments": {...}}}'
+OPENAI_CALL = '{"id": ..., "type": "function", "function": {"name": ..., "arguments": "..."}}'
+
+
+def check_calls(raw: Any, where: str, shape: str) -> list[ToolCall]:
+    """``tool_calls`` of a message a caller sends: [{id?, function: {name, arguments}}], the
+    arguments an object or a JSON string holding one; a call of another shape is refused,
+    naming ``shape``."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise UsageError(f"{where}.tool_calls must be an array", "messages")
+    out = []
+    for j, tc in enumerate(raw):
+        w = f"{where}.tool_calls[{j}]"
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise UsageError(f"{w} must be {shape}", "messages")
+        cid = tc.get("id")
+        out.append(ToolCall(cid if isinstance(cid, str) else "", fn["name"], check_arguments(fn.get("arguments"), w)))
+    return out
+
+
 def parse_arguments(text: Any, name: str, who: str) -> dict:
     """Arguments an upstream sent as a JSON string (OpenAI wire) -> dict; a clear UpstreamError if not an object."""
     if isinstance(text, dict):

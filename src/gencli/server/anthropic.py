@@ -28,7 +28,7 @@ import os
 from functools import partial
 from typing import Any
 
-from gencli.engine import afetch_images, prepare
+from gencli.engine import Plan, afetch_images, prepare
 from gencli.errors import GencliError, UsageError
 from gencli.events import Done, TokenLogprob, ToolCall
 from gencli.providers.base import Call
@@ -44,11 +44,10 @@ from gencli.server.asgi import (
     anthropic_error,
     dumps,
     field_bool,
-    field_model,
     send_json,
 )
 from gencli.server.state import State
-from gencli.server.streaming import run
+from gencli.server.streaming import answer
 
 PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 
@@ -457,23 +456,19 @@ class AnthropicMessages:
 
 async def messages(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(receive)
-    model = state.model_name(field_model(data))
-    scope.setdefault("gencli", {})["model"] = model
+    model = state.model_of(scope, data)
     req = request_in(data, model)
-    quota = state.image_quota()
-    try:
-        plan = prepare(req, state.registry, model_default=False, quota=quota)
-        state.touch(plan.entry.name)
+
+    def shape(plan: Plan) -> AnthropicMessages:
         estimate = estimate_tokens(plan.call, len(plan.image_urls)) if req.stream else 0
-        await run(state.transport, scope, receive, send, plan, req.stream, AnthropicMessages(plan.entry.name, estimate))
-    finally:
-        quota.release()
+        return AnthropicMessages(plan.entry.name, estimate)
+
+    await answer(state, scope, receive, send, req, shape)
 
 
 async def count_tokens(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(receive)
-    model = state.model_name(field_model(data))
-    scope.setdefault("gencli", {})["model"] = model
+    model = state.model_of(scope, data)
     req = request_in(data, model, counting=True)
     quota = state.image_quota()
     try:

@@ -21,17 +21,14 @@ from typing import Any
 from gencli.embeddings import Embeddings, aexecute_embed, check_inputs, prepare_embed
 from gencli.errors import GencliError, UsageError
 from gencli.registry import ModelEntry
-from gencli.server.asgi import Handler, Receive, Scope, Send, field_model, internal, send_json
+from gencli.server.asgi import Handler, Receive, Scope, Send, internal, send_json
 from gencli.server.state import State
 
 
 async def _embed(
     state: State, scope: Scope, data: dict[str, Any], inputs: Any, empty_ok: bool
 ) -> tuple[ModelEntry, Embeddings | None]:
-    model = state.model_name(field_model(data))
-    info = scope.setdefault("gencli", {})
-    info["model"] = model
-    entry = state.resolve(model)
+    entry = state.resolve(state.model_of(scope, data))
     if empty_ok and (inputs == "" or inputs == []):
         # Ollama answers an empty input with no vectors (a load probe), after checking the model
         prepare_embed(state.registry, None, "x", entry=entry)
@@ -45,7 +42,7 @@ async def _embed(
         raise
     except Exception as exc:
         raise internal(exc) from None
-    info["tokens"] = {"prompt": result.prompt_tokens, "completion": None}
+    scope["gencli"]["tokens"] = {"prompt": result.prompt_tokens, "completion": None}
     return entry, result
 
 

@@ -19,9 +19,8 @@ from typing import Any
 import orjson
 
 from gencli import __version__, wire
-from gencli.engine import prepare
 from gencli.errors import GencliError, ModelNotFound, UsageError
-from gencli.events import Done, TokenLogprob, ToolCall
+from gencli.events import Done, TokenLogprob
 from gencli.registry import ModelEntry, context_length
 from gencli.request import GenerateRequest, Message
 from gencli.server.asgi import (
@@ -36,15 +35,14 @@ from gencli.server.asgi import (
     dumps,
     field_bool,
     field_list,
-    field_model,
     field_str,
     optional_str,
     send_bytes,
     send_json,
 )
 from gencli.server.state import KEEP_ALIVE, State
-from gencli.server.streaming import run
-from gencli.tools import check_arguments
+from gencli.server.streaming import answer
+from gencli.tools import OLLAMA_CALL, check_calls
 
 OLLAMA_VERSION = "0.14.0"  # what /api/version reports: the first Ollama with /v1/responses and /v1/messages
 FOREVER = "2318-01-01T00:00:00Z"  # /api/ps's expires_at for a negative keep_alive (Ollama shows a far date)
@@ -305,9 +303,7 @@ async def not_here(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def generate(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(receive)
-    model = state.model_name(field_model(data))
-    info = scope.setdefault("gencli", {})
-    info["model"] = model
+    model = state.model_of(scope, data)
     stream = field_bool(data, "stream", False)
     prompt = field_str(data, "prompt")
     images = field_list(data, "images")
@@ -339,20 +335,12 @@ async def generate(state: State, scope: Scope, receive: Receive, send: Send) -> 
         top_logprobs=top,
         keep_alive=seconds,
     )
-    quota = state.image_quota()
-    try:
-        plan = prepare(req, state.registry, model_default=False, quota=quota)
-        state.touch(plan.entry.name, seconds)
-        await run(state.transport, scope, receive, send, plan, stream, OllamaGenerate(plan.entry.name))
-    finally:
-        quota.release()
+    await answer(state, scope, receive, send, req, lambda plan: OllamaGenerate(plan.entry.name))
 
 
 async def chat(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(receive)
-    model = state.model_name(field_model(data))
-    info = scope.setdefault("gencli", {})
-    info["model"] = model
+    model = state.model_of(scope, data)
     stream = field_bool(data, "stream", True)  # Ollama streams chat unless told not to (the seed only covers generate)
     raw_messages = field_list(data, "messages")
     seconds = keep_alive(data)
@@ -381,13 +369,7 @@ async def chat(state: State, scope: Scope, receive: Receive, send: Send) -> None
         top_logprobs=top,
         keep_alive=seconds,
     )
-    quota = state.image_quota()
-    try:
-        plan = prepare(req, state.registry, model_default=False, quota=quota)
-        state.touch(plan.entry.name, seconds)
-        await run(state.transport, scope, receive, send, plan, stream, OllamaChat(plan.entry.name))
-    finally:
-        quota.release()
+    await answer(state, scope, receive, send, req, lambda plan: OllamaChat(plan.entry.name))
 
 
 async def send_load(send: Send, reply: dict[str, Any], stream: bool) -> None:
@@ -425,29 +407,12 @@ def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]
                 raise UsageError(f"{where}.images must be an array of base64 strings", "images")
             images.extend((message, raw_image) for raw_image in raw_images)
         if role == "tool" or m.get("tool_calls"):
-            message.tool_calls = calls_in(m.get("tool_calls"), where)
+            message.tool_calls = check_calls(m.get("tool_calls"), where, OLLAMA_CALL)
             if role == "tool":
                 message.tool_name = optional_str(m, "tool_name", where) or optional_str(m, "name", where)
                 message.tool_call_id = optional_str(m, "tool_call_id", where)
         messages.append(message)
     return messages, images
-
-
-def calls_in(raw: Any, where: str) -> list[ToolCall]:
-    """``message.tool_calls`` as Ollama clients send them: [{id?, function: {name, arguments: {..}}}]."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise UsageError(f"{where}.tool_calls must be an array", "messages")
-    out = []
-    for j, tc in enumerate(raw):
-        w = f"{where}.tool_calls[{j}]"
-        fn = tc.get("function") if isinstance(tc, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise UsageError(f'{w} must be {{"function": {{"name": ..., "arguments": {{...}}}}}}', "messages")
-        cid = tc.get("id")
-        out.append(ToolCall(cid if isinstance(cid, str) else "", fn["name"], check_arguments(fn.get("arguments"), w)))
-    return out
 
 
 # -- engine events -> reply bytes -------------------------------------------------------------

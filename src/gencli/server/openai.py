@@ -15,9 +15,8 @@ import time
 from functools import partial
 from typing import Any
 
-from gencli.engine import prepare
 from gencli.errors import GencliError, UsageError
-from gencli.events import Done, TokenLogprob, ToolCall
+from gencli.events import Done, TokenLogprob
 from gencli.registry import ModelEntry
 from gencli.request import GenerateRequest, Message
 from gencli.server.asgi import (
@@ -31,14 +30,13 @@ from gencli.server.asgi import (
     dumps,
     field_bool,
     field_list,
-    field_model,
     openai_error,
     optional_str,
     send_json,
 )
 from gencli.server.state import KEEP_ALIVE, State
-from gencli.server.streaming import run
-from gencli.tools import check_arguments, openai_calls_out
+from gencli.server.streaming import answer
+from gencli.tools import OPENAI_CALL, check_calls, openai_calls_out
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_TOP_LOGPROBS = 20
@@ -140,6 +138,14 @@ def _format(data: dict[str, Any]) -> tuple[Any, str | None, bool | None]:
     )
 
 
+def _include_usage(data: dict[str, Any]) -> bool:
+    """``stream_options.include_usage``: a streamed reply ends with a chunk holding the usage."""
+    so = data.get("stream_options")
+    if so is not None and not isinstance(so, dict):
+        raise UsageError("stream_options must be an object", "stream_options")
+    return bool(so and so.get("include_usage"))
+
+
 def _think(data: dict[str, Any]) -> Any:
     effort = data.get("reasoning_effort")
     if effort is None:
@@ -193,7 +199,7 @@ def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]
         if "\x00" in message.content:
             raise UsageError(f"{where}.content contains a NUL character", "messages")
         if role == "tool" or m.get("tool_calls"):
-            message.tool_calls = calls_in(m.get("tool_calls"), where)
+            message.tool_calls = check_calls(m.get("tool_calls"), where, OPENAI_CALL)
             if role == "tool":
                 message.tool_call_id = optional_str(m, "tool_call_id", where)
                 message.tool_name = optional_str(m, "name", where)
@@ -201,26 +207,6 @@ def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]
                     raise UsageError(f"{where}.tool_call_id is required for a tool message", "messages")
         messages.append(message)
     return messages, images
-
-
-def calls_in(raw: Any, where: str) -> list[ToolCall]:
-    """``tool_calls`` of an OpenAI assistant message: [{id, type: function, function: {name, arguments: str}}]."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise UsageError(f"{where}.tool_calls must be an array", "messages")
-    out = []
-    for j, tc in enumerate(raw):
-        w = f"{where}.tool_calls[{j}]"
-        fn = tc.get("function") if isinstance(tc, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise UsageError(
-                f'{w} must be {{"id": ..., "type": "function", "function": {{"name": ..., "arguments": "..."}}}}',
-                "messages",
-            )
-        cid = tc.get("id")
-        out.append(ToolCall(cid if isinstance(cid, str) else "", fn["name"], check_arguments(fn.get("arguments"), w)))
-    return out
 
 
 def _usage(done: Done) -> dict[str, Any]:
@@ -336,13 +322,9 @@ class OpenAIChat:
 
 async def chat_completions(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(receive)
-    model = state.model_name(field_model(data))
-    scope.setdefault("gencli", {})["model"] = model
+    model = state.model_of(scope, data)
     stream = field_bool(data, "stream", False)
-    so = data.get("stream_options")
-    if so is not None and not isinstance(so, dict):
-        raise UsageError("stream_options must be an object", "stream_options")
-    include_usage = bool(so and so.get("include_usage"))
+    include_usage = _include_usage(data)
     raw = field_list(data, "messages")
     if not raw:
         raise UsageError("messages is required (a non-empty array)", "messages")
@@ -366,13 +348,7 @@ async def chat_completions(state: State, scope: Scope, receive: Receive, send: S
         top_logprobs=top,
         keep_alive=KEEP_ALIVE,
     )
-    quota = state.image_quota()
-    try:
-        plan = prepare(req, state.registry, model_default=False, quota=quota)
-        state.touch(plan.entry.name)
-        await run(state.transport, scope, receive, send, plan, stream, OpenAIChat(plan.entry.name, include_usage))
-    finally:
-        quota.release()
+    await answer(state, scope, receive, send, req, lambda plan: OpenAIChat(plan.entry.name, include_usage))
 
 
 def _model_object(state: State, entry: ModelEntry) -> dict[str, Any]:
@@ -463,12 +439,9 @@ async def completions(state: State, scope: Scope, receive: Receive, send: Send) 
     """POST /v1/completions: ``prompt`` sent as it is (a text completion), ``suffix`` for
     fill-in-the-middle on models with the 'insert' capability."""
     data = await state.read_json(receive)
-    model = state.model_name(field_model(data))
-    scope.setdefault("gencli", {})["model"] = model
+    model = state.model_of(scope, data)
     stream = field_bool(data, "stream", False)
-    so = data.get("stream_options")
-    if so is not None and not isinstance(so, dict):
-        raise UsageError("stream_options must be an object", "stream_options")
+    include_usage = _include_usage(data)
     prompt = data.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -494,16 +467,8 @@ async def completions(state: State, scope: Scope, receive: Receive, send: Send) 
         top_logprobs=top or 0,
         keep_alive=KEEP_ALIVE,
     )
-    plan = prepare(req, state.registry, model_default=False)
-    state.touch(plan.entry.name)
-    await run(
-        state.transport,
-        scope,
-        receive,
-        send,
-        plan,
-        stream,
-        OpenAICompletion(plan.entry.name, bool(so and so.get("include_usage")), top or 0),
+    await answer(
+        state, scope, receive, send, req, lambda plan: OpenAICompletion(plan.entry.name, include_usage, top or 0)
     )
 
 

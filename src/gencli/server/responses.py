@@ -25,13 +25,12 @@ import time
 from functools import partial
 from typing import Any
 
-from gencli.engine import prepare
 from gencli.errors import GencliError, UsageError
 from gencli.events import Done, TokenLogprob, ToolCall
 from gencli.request import GenerateRequest, Message
-from gencli.server.asgi import H_NOCACHE, H_SSE, Handler, Headers, Receive, Scope, Send, dumps, field_bool, field_model
+from gencli.server.asgi import H_NOCACHE, H_SSE, Handler, Headers, Receive, Scope, Send, dumps, field_bool
 from gencli.server.state import State
-from gencli.server.streaming import run
+from gencli.server.streaming import answer
 from gencli.tools import check_arguments
 
 ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
@@ -542,16 +541,9 @@ class Responses:
 
 async def responses(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(receive)
-    model = state.model_name(field_model(data))
-    scope.setdefault("gencli", {})["model"] = model
+    model = state.model_of(scope, data)
     req, echo = request_in(data, model)
-    quota = state.image_quota()
-    try:
-        plan = prepare(req, state.registry, model_default=False, quota=quota)
-        state.touch(plan.entry.name)
-        await run(state.transport, scope, receive, send, plan, req.stream, Responses(plan.entry.name, echo))
-    finally:
-        quota.release()
+    await answer(state, scope, receive, send, req, lambda plan: Responses(plan.entry.name, echo))
 
 
 def routes(state: State) -> dict[tuple[str, str], Handler]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from gencli import images as img
 from gencli.registry import ModelEntry, Registry
-from gencli.server.asgi import Receive, read_json
+from gencli.server.asgi import Receive, Scope, field_model, read_json
 from gencli.server.config import ServeConfig
 from gencli.transport_async import ServerTransport
 
@@ -62,6 +62,13 @@ class State:
         if name not in self.registry.models and name.endswith(":latest") and name[:-7] in self.registry.models:
             return name[:-7]
         return name
+
+    def model_of(self, scope: Scope, data: dict[str, Any]) -> str:
+        """The registry name of the model a request body names (its required ``model``), noted
+        on the scope for the access log."""
+        model = self.model_name(field_model(data))
+        scope.setdefault("gencli", {})["model"] = model
+        return model
 
     def touch(self, name: str, keep_alive: float | None = None) -> None:
         """A request used the model: /api/ps lists it for ``keep_alive`` seconds (the default

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from gencli.engine import Plan, abatches
+from gencli.engine import Plan, abatches, prepare
 from gencli.errors import GencliError
 from gencli.events import Done, Logprobs, ReasoningDelta, TextDelta, TokenLogprob
 from gencli.providers.base import AsyncImageFetcher, AsyncTransport
 from gencli.server.asgi import Headers, Receive, Scope, Send, internal, send_error, send_json
+
+if TYPE_CHECKING:
+    from gencli.request import GenerateRequest
+    from gencli.server.state import State
 
 
 class Upstream(AsyncTransport, AsyncImageFetcher, Protocol):
@@ -198,3 +202,18 @@ async def run(
     finally:
         watch.stop()
         await agen.aclose()
+
+
+async def answer(
+    state: State, scope: Scope, receive: Receive, send: Send, req: GenerateRequest, shape: Callable[[Plan], Shape]
+) -> None:
+    """A generation route's work after reading its request: prepare ``req`` (its images count
+    against the request's quota, released when the reply is done), mark the model used for
+    ``req.keep_alive`` (/api/ps) and :func:`run` it with ``shape(plan)``."""
+    quota = state.image_quota()
+    try:
+        plan = prepare(req, state.registry, model_default=False, quota=quota)
+        state.touch(plan.entry.name, req.keep_alive)
+        await run(state.transport, scope, receive, send, plan, req.stream, shape(plan))
+    finally:
+        quota.release()
