@@ -208,13 +208,19 @@ async def ps(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     await send_json(send, 200, {"models": out})
 
 
-async def show(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    data = await state.read_json(receive)
+def model_or_name(data: dict[str, Any]) -> str:
+    """The model /api/show and /api/pull name: ``model``, or ``name`` as older clients send it."""
     name = data.get("model") or data.get("name")
     if not name:
         raise UsageError("model is required", "model")
     if not isinstance(name, str):
         raise UsageError("model must be a string", "model")
+    return name
+
+
+async def show(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    data = await state.read_json(receive)
+    name = model_or_name(data)
     entry = state.resolve(name)
     scope.setdefault("gencli", {})["model"] = entry.name
     arch = entry.provider
@@ -258,11 +264,7 @@ async def pull(state: State, scope: Scope, receive: Receive, send: Send) -> None
     once in Ollama's progress shape (streamed unless ``stream: false``); any other name is
     a 404 saying where models come from."""
     data = await state.read_json(receive)
-    name = data.get("model") or data.get("name")
-    if not name:
-        raise UsageError("model is required", "model")
-    if not isinstance(name, str):
-        raise UsageError("model must be a string", "model")
+    name = model_or_name(data)
     stream = field_bool(data, "stream", True)
     try:
         entry = state.resolve(name)
