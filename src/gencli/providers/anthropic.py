@@ -33,10 +33,11 @@ from gencli.errors import (
 from gencli.events import Event, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
-from gencli.providers.common import call_secrets, dumps, http_error, loads, scrub
+from gencli.providers.common import call_secrets, http_error, json_post, loads, scrub
 from gencli.request import Message
 
 API_VERSION = "2023-06-01"  # the anthropic-version header
+VERSION_HEADER = {"anthropic-version": API_VERSION}
 DEFAULT_MAX_TOKENS = 8192  # Anthropic requires max_tokens; used when the caller sets no limit
 MIN_BUDGET = 1024  # the smallest thinking budget Anthropic takes
 BUDGETS = {"low": MIN_BUDGET, "medium": 8192, "high": 24576}  # think level -> budget_tokens (older models)
@@ -124,17 +125,6 @@ class AnthropicAdapter:
     def url(self, call: Call, path: str = "messages") -> str:
         base = call.base_url.rstrip("/")
         return f"{base}/{path}" if base.endswith("/v1") else f"{base}/v1/{path}"
-
-    def headers(self, call: Call) -> dict[str, str]:
-        headers = {
-            "Content-Type": "application/json",
-            "anthropic-version": API_VERSION,
-            "Accept": "text/event-stream" if call.stream else "application/json",
-        }
-        if call.api_key:
-            headers["x-api-key"] = call.api_key
-        headers.update(call.headers)
-        return headers
 
     def conversation(self, call: Call) -> tuple[list[str], list[dict[str, Any]]]:
         """(system texts, messages) with tool results as user turns and same-role turns merged."""
@@ -251,15 +241,13 @@ class AnthropicAdapter:
         return body
 
     def build(self, call: Call) -> HttpRequest:
-        return HttpRequest("POST", self.url(call), self.headers(call), dumps(self.body(call)), call.stream)
+        return json_post(call, self.url(call), self.body(call), "x-api-key", stream=call.stream, extra=VERSION_HEADER)
 
     # -- token counting (POST {base}/v1/messages/count_tokens) -------------------------
     def build_count(self, call: Call) -> HttpRequest:
         body = self.body(call)
         count = {k: body[k] for k in ("model", "messages", "system", "tools", "tool_choice", "thinking") if k in body}
-        headers = self.headers(call)
-        headers["Accept"] = "application/json"
-        return HttpRequest("POST", self.url(call, "messages/count_tokens"), headers, dumps(count), False)
+        return json_post(call, self.url(call, "messages/count_tokens"), count, "x-api-key", extra=VERSION_HEADER)
 
     def parse_count(self, call: Call, body: bytes) -> int:
         try:

@@ -14,10 +14,30 @@ from gencli.errors import (
     UpstreamRateLimited,
 )
 from gencli.providers import PROVIDERS
-from gencli.providers.base import Call
+from gencli.providers.base import Call, HttpRequest
 
 loads = orjson.loads
 dumps = orjson.dumps
+
+
+def json_post(
+    call: Call,
+    url: str,
+    body: Any,
+    key_header: str,
+    key_prefix: str = "",
+    stream: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> HttpRequest:
+    """A POST of ``body`` as JSON to an upstream, asking for an SSE stream when ``stream``
+    (else JSON): the key, when there is one, in ``key_header`` after ``key_prefix``, then the
+    ``extra`` headers, then the model's own ``headers`` from models.json, which win."""
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
+    if call.api_key:
+        headers[key_header] = key_prefix + call.api_key
+    headers.update(extra or {})
+    headers.update(call.headers)
+    return HttpRequest("POST", url, headers, dumps(body), stream)
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

@@ -22,10 +22,11 @@ from gencli.errors import (
 from gencli.events import Event, Finish, Logprobs, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, Usage
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
-from gencli.providers.common import call_secrets, dumps, http_error, loads, retry_after, scrub
+from gencli.providers.common import call_secrets, dumps, http_error, json_post, loads, retry_after, scrub
 from gencli.request import Message
 
 API_VERSION = "v1beta"
+KEY_HEADER = "x-goog-api-key"
 MAX_STOPS = 5  # the Gemini API refuses more stop sequences than this
 INT32 = 2**31
 
@@ -293,14 +294,7 @@ class GoogleAdapter:
         return body
 
     def build(self, call: Call) -> HttpRequest:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if call.stream else "application/json",
-        }
-        if call.api_key:
-            headers["x-goog-api-key"] = call.api_key
-        headers.update(call.headers)
-        return HttpRequest("POST", self.url(call), headers, dumps(self.body(call)), call.stream)
+        return json_post(call, self.url(call), self.body(call), KEY_HEADER, stream=call.stream)
 
     # -- embeddings (batchEmbedContents) ----------------------------------------------
     embed_batch = 100  # the Gemini API takes at most 100 requests per batch
@@ -317,12 +311,8 @@ class GoogleAdapter:
             if dims:
                 req["outputDimensionality"] = dims
             requests.append(req)
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if call.api_key:
-            headers["x-goog-api-key"] = call.api_key
-        headers.update(call.headers)
         url = f"{base}/{quote(model, safe='/-._~')}:batchEmbedContents"
-        return HttpRequest("POST", url, headers, dumps({"requests": requests}), False)
+        return json_post(call, url, {"requests": requests}, KEY_HEADER)
 
     def parse_embed(self, call: Call, body: bytes) -> tuple[list[list[float]], int | None]:
         try:

@@ -13,7 +13,7 @@ from gencli.errors import UpstreamError, UsageError
 from gencli.events import Event, Finish, Logprobs, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, Usage
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
-from gencli.providers.common import call_secrets, dumps, http_error, loads, scrub
+from gencli.providers.common import call_secrets, dumps, http_error, json_post, loads, scrub
 from gencli.request import Message
 
 FINISH = {
@@ -129,6 +129,12 @@ def _logprobs(choice: dict[str, Any]) -> Logprobs | None:
     return Logprobs(out) if out else None
 
 
+SAMPLING = ("temperature", "top_p", "num_predict", "stop", "seed", "presence_penalty", "frequency_penalty")
+EXTRAS = {"top_k": "top_k", "repeat_penalty": "repetition_penalty", "min_p": "min_p"}  # not OpenAI's own
+BEARER = ("Authorization", "Bearer ")  # where the key goes: the header and what precedes the key
+OPENROUTER_HEADERS = {"HTTP-Referer": "https://github.com/gencli/gencli", "X-Title": "gencli"}  # app attribution
+
+
 class OpenAIAdapter:
     in_process: Literal[False] = False
     image_types: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp", "image/gif")
@@ -153,30 +159,9 @@ class OpenAIAdapter:
             body["logprobs"] = True
             if call.top_logprobs:
                 body["top_logprobs"] = call.top_logprobs
-        if "temperature" in o:
-            body["temperature"] = o["temperature"]
-        if "top_p" in o:
-            body["top_p"] = o["top_p"]
-        if "num_predict" in o:
-            body["max_completion_tokens" if self.provider == "openai" else "max_tokens"] = o["num_predict"]
-        if "stop" in o:
-            if self.provider == "openai" and len(o["stop"]) > OPENAI_MAX_STOPS:
-                raise UsageError(
-                    f"options.stop: OpenAI takes at most {OPENAI_MAX_STOPS} stop sequences", "options.stop"
-                )
-            body["stop"] = o["stop"]
-        if "seed" in o:
-            body["seed"] = o["seed"]
-        for key in ("presence_penalty", "frequency_penalty"):
-            if key in o:
-                body[key] = o[key]
-        if self.provider != "openai":
-            if "top_k" in o:
-                body["top_k"] = o["top_k"]
-            if "repeat_penalty" in o:
-                body["repetition_penalty"] = o["repeat_penalty"]
-            if "min_p" in o:
-                body["min_p"] = o["min_p"]
+        if self.provider == "openai" and len(o.get("stop", ())) > OPENAI_MAX_STOPS:
+            raise UsageError(f"options.stop: OpenAI takes at most {OPENAI_MAX_STOPS} stop sequences", "options.stop")
+        self._sampling(o, body, "max_completion_tokens" if self.provider == "openai" else "max_tokens")
         if call.tools:
             body["tools"] = call.tools
             choice = call.tool_choice  # passed on exactly as the caller gave it (none when not given)
@@ -217,35 +202,24 @@ class OpenAIAdapter:
         if call.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        for key in ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty"):
-            if key in o:
-                body[key] = o[key]
-        if "num_predict" in o:
-            body["max_tokens"] = o["num_predict"]
-        if self.provider != "openai":
-            if "top_k" in o:
-                body["top_k"] = o["top_k"]
-            if "repeat_penalty" in o:
-                body["repetition_penalty"] = o["repeat_penalty"]
-            if "min_p" in o:
-                body["min_p"] = o["min_p"]
+        self._sampling(o, body, "max_tokens")
         if call.logprobs:
             body["logprobs"] = call.top_logprobs  # the legacy API's form: how many alternatives
         return body
 
+    def _sampling(self, o: Mapping[str, Any], body: dict[str, Any], max_tokens: str) -> None:
+        """Ollama's options as the OpenAI wire's sampling fields (chat and text completions),
+        ``num_predict`` as ``max_tokens``; the open-weights servers' EXTRAS but to OpenAI."""
+        for key in SAMPLING:
+            if key in o:
+                body[max_tokens if key == "num_predict" else key] = o[key]
+        if self.provider != "openai":
+            body.update((theirs, o[ours]) for ours, theirs in EXTRAS.items() if ours in o)
+
     def build(self, call: Call) -> HttpRequest:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if call.stream else "application/json",
-        }
-        if call.api_key:
-            headers["Authorization"] = f"Bearer {call.api_key}"
-        if self.provider == "openrouter":
-            headers["HTTP-Referer"] = "https://github.com/gencli/gencli"
-            headers["X-Title"] = "gencli"
-        headers.update(call.headers)
         path = "/chat/completions" if call.prompt is None else (PROVIDERS[self.provider].completions_path or "")
-        return HttpRequest("POST", f"{call.base_url}{path}", headers, dumps(self.body(call)), call.stream)
+        extra = OPENROUTER_HEADERS if self.provider == "openrouter" else None
+        return json_post(call, f"{call.base_url}{path}", self.body(call), *BEARER, call.stream, extra)
 
     # -- embeddings (POST {base}/embeddings) -------------------------------------
     embed_batch = 2048  # OpenAI takes at most 2048 inputs per request
@@ -254,11 +228,7 @@ class OpenAIAdapter:
         body: dict[str, Any] = {"model": call.model, "input": inputs, "encoding_format": "float"}
         if call.options.get("dimensions"):
             body["dimensions"] = call.options["dimensions"]
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if call.api_key:
-            headers["Authorization"] = f"Bearer {call.api_key}"
-        headers.update(call.headers)
-        return HttpRequest("POST", f"{call.base_url}/embeddings", headers, dumps(body), False)
+        return json_post(call, f"{call.base_url}/embeddings", body, *BEARER)
 
     def parse_embed(self, call: Call, body: bytes) -> tuple[list[list[float]], int | None]:
         """(vectors in input order, prompt tokens) from an embeddings response."""
