@@ -33,7 +33,7 @@ from gencli.errors import (
 from gencli.events import Event, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
-from gencli.providers.common import call_secrets, http_error, json_post, loads, scrub
+from gencli.providers.common import call_secrets, http_error, json_post, loads, scrub, upstream_json
 from gencli.request import Message
 
 API_VERSION = "2023-06-01"  # the anthropic-version header
@@ -250,10 +250,7 @@ class AnthropicAdapter:
         return json_post(call, self.url(call, "messages/count_tokens"), count, "x-api-key", extra=VERSION_HEADER)
 
     def parse_count(self, call: Call, body: bytes) -> int:
-        try:
-            data = loads(body)
-        except ValueError:
-            raise UpstreamError(f"{call.name}: {self.label} sent a token count that is not JSON") from None
+        data = upstream_json(call, self.label, body, "a token count")
         n = data.get("input_tokens") if isinstance(data, dict) else None
         if not isinstance(n, int) or isinstance(n, bool):
             raise UpstreamError(f"{call.name}: {self.label} sent a token count without input_tokens")
@@ -261,10 +258,7 @@ class AnthropicAdapter:
 
     # -- responses --------------------------------------------------------------
     def parse_response(self, call: Call, body: bytes) -> list[Event]:
-        try:
-            data = loads(body)
-        except ValueError:
-            raise UpstreamError(f"{call.name}: {self.label} sent a response that is not JSON") from None
+        data = upstream_json(call, self.label, body, "a response")
         if not isinstance(data, dict):
             raise UpstreamError(f"{call.name}: {self.label} sent an unexpected response")
         if data.get("type") == "error":

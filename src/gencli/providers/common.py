@@ -20,6 +20,14 @@ loads = orjson.loads
 dumps = orjson.dumps
 
 
+def upstream_json(call: Call, label: str, body: bytes, what: str = "a response") -> Any:
+    """An upstream's reply read as JSON; one that is not JSON is an UpstreamError naming ``what``."""
+    try:
+        return loads(body)
+    except ValueError:
+        raise UpstreamError(f"{call.name}: {label} sent {what} that is not JSON") from None
+
+
 def json_post(
     call: Call,
     url: str,

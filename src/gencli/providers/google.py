@@ -22,7 +22,7 @@ from gencli.errors import (
 from gencli.events import Event, Finish, Logprobs, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, Usage
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
-from gencli.providers.common import call_secrets, dumps, http_error, json_post, loads, retry_after, scrub
+from gencli.providers.common import call_secrets, dumps, http_error, json_post, loads, retry_after, scrub, upstream_json
 from gencli.request import Message
 
 API_VERSION = "v1beta"
@@ -315,10 +315,7 @@ class GoogleAdapter:
         return json_post(call, url, {"requests": requests}, KEY_HEADER)
 
     def parse_embed(self, call: Call, body: bytes) -> tuple[list[list[float]], int | None]:
-        try:
-            data = loads(body)
-        except ValueError:
-            raise UpstreamError(f"{call.name}: {self.label} sent an embeddings response that is not JSON") from None
+        data = upstream_json(call, self.label, body, "an embeddings response")
         if isinstance(data, dict) and isinstance(data.get("error"), dict):
             raise self.error(call, int(data["error"].get("code") or 0), {}, data["error"])
         items = data.get("embeddings") if isinstance(data, dict) else None
@@ -386,10 +383,7 @@ class GoogleAdapter:
         return ToolCall(cid if isinstance(cid, str) and cid else new_call_id(), name, args)
 
     def parse_response(self, call: Call, body: bytes) -> list[Event]:
-        try:
-            data = loads(body)
-        except ValueError:
-            raise UpstreamError(f"{call.name}: {self.label} sent a response that is not JSON") from None
+        data = upstream_json(call, self.label, body, "a response")
         out: list[Event] = []
         for item in data if isinstance(data, list) else (data,):  # a JSON array when not SSE
             self.events(call, item, out)

@@ -13,7 +13,7 @@ from gencli.errors import UpstreamError, UsageError
 from gencli.events import Event, Finish, Logprobs, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, Usage
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
-from gencli.providers.common import call_secrets, dumps, http_error, json_post, loads, scrub
+from gencli.providers.common import call_secrets, dumps, http_error, json_post, loads, scrub, upstream_json
 from gencli.request import Message
 
 FINISH = {
@@ -232,10 +232,7 @@ class OpenAIAdapter:
 
     def parse_embed(self, call: Call, body: bytes) -> tuple[list[list[float]], int | None]:
         """(vectors in input order, prompt tokens) from an embeddings response."""
-        try:
-            data = loads(body)
-        except ValueError:
-            raise UpstreamError(f"{call.name}: {self.label} sent an embeddings response that is not JSON") from None
+        data = upstream_json(call, self.label, body, "an embeddings response")
         if isinstance(data, dict) and data.get("error"):
             raise self._inline_error(call, data["error"])
         items = data.get("data") if isinstance(data, dict) else None
@@ -260,10 +257,7 @@ class OpenAIAdapter:
 
     # -- responses --------------------------------------------------------------
     def parse_response(self, call: Call, body: bytes) -> list[Event]:
-        try:
-            data = loads(body)
-        except ValueError:
-            raise UpstreamError(f"{call.name}: {self.label} sent a response that is not JSON") from None
+        data = upstream_json(call, self.label, body, "a response")
         if not isinstance(data, dict):
             raise UpstreamError(f"{call.name}: {self.label} sent an unexpected response")
         if data.get("error"):
