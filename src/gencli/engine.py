@@ -580,11 +580,7 @@ def execute(
                 yield ev
             return
         except UpstreamError as exc:
-            if output:
-                raise
-            wait = retrier.failed(exc)
-            if wait is None:
-                raise retrier.error(exc) from None
+            wait = retrier.next_wait(exc, output)
         finally:
             attempt.close()
         sleep(wait)
@@ -673,11 +669,7 @@ async def abatches(
                 yield batch
             return
         except UpstreamError as exc:
-            if output:
-                raise
-            wait = retrier.failed(exc)
-            if wait is None:
-                raise retrier.error(exc) from None
+            wait = retrier.next_wait(exc, output)
         finally:
             await attempt.aclose()
         await sleep(wait)

@@ -92,7 +92,8 @@ class RetryPolicy:
 
 class Retrier:
     """One request's attempts: ``wait = r.failed(exc)`` after each failure; the loop
-    sleeps ``wait`` seconds and tries again, or raises ``r.error(exc)`` when it is None."""
+    sleeps ``wait`` seconds and tries again, or raises ``r.error(exc)`` when it is None
+    (:meth:`next_wait` does both for the engine's loops)."""
 
     __slots__ = ("policy", "name", "attempts", "statuses", "started", "clock")
 
@@ -113,6 +114,17 @@ class Retrier:
         self.attempts += 1
         self.statuses.append((exc.upstream_status if isinstance(exc, UpstreamError) else 0) or 0)
         return self.policy.decide(exc, self.attempts, self.clock() - self.started)
+
+    def next_wait(self, exc: UpstreamError, output: bool) -> float:
+        """After an attempt failed with ``exc``: the seconds to wait before the next one. Raises
+        ``exc`` itself when output went out already (never retried), :meth:`error` when the
+        policy retries no more."""
+        if output:
+            raise exc
+        wait = self.failed(exc)
+        if wait is None:
+            raise self.error(exc) from None
+        return wait
 
     def error(self, exc: BaseException) -> BaseException:
         """The error to raise: ``exc`` itself after one attempt, else the same kind of error
