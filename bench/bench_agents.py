@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -81,40 +79,22 @@ def check(url: str, model: str, tokens: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=5, help="seconds per wrk run (default 5)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
-    ap.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
-    ap.add_argument("--tokens", type=int, default=50, help="tokens per answer (default 50)")
-    ap.add_argument("--no-pin", action="store_true", help="do not pin the fake and gencli to separate CPUs")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    bs.wrk_arguments(ap)
     args = ap.parse_args()
 
     if not shutil.which("wrk"):
         print("bench_agents: wrk not found; install it (Debian: apt-get install -y wrk)", file=sys.stderr)
         return 2
-    pin = not args.no_pin and shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
-    cpus = sorted(os.sched_getaffinity(0))
-    fake_cpu, gencli_cpu = (cpus[-1], cpus[0]) if pin else (None, None)
+    fake_cpu, gencli_cpu = bs.pinned_cpus(args.no_pin)
+    pin = fake_cpu is not None
 
     tmp = Path(tempfile.mkdtemp(prefix="gencli-bench-agents-"))
     procs: list[subprocess.Popen] = []
     names = list(bodies("x"))
     try:
-        fake_port, gencli_port = bs._free_port(), bs._free_port()
+        gencli_port = bs._free_port()
         model = f"tokens-{args.tokens}"
-        fake = subprocess.Popen(
-            bs._taskset(fake_cpu) + [bs._python(), str(bs.FAKE), "--port", str(fake_port)],
-            env=bs._env(),
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp / "fake.log", "wb"),
-        )
-        procs.append(fake)
-        fake_url = f"http://127.0.0.1:{fake_port}"
-        bs._wait_http(f"{fake_url}/v1/models", fake, "the fake upstream")
-        models = tmp / "models.json"
-        models.write_text(
-            json.dumps({model: {"provider": "openai-compatible", "model": model, "base_url": f"{fake_url}/v1"}})
-        )
+        _, models = bs.start_fake(tmp, fake_cpu, model, procs)
         log = open(tmp / "gencli.log", "wb")
         gencli = subprocess.Popen(
             bs._taskset(gencli_cpu)
@@ -150,19 +130,10 @@ def main() -> int:
             raise RuntimeError(f"gencli serve exited with code {gencli.returncode} during the run")
     except Exception as exc:
         print(f"bench_agents: {exc}", file=sys.stderr)
-        if (tmp / "gencli.log").exists():
-            tail = (tmp / "gencli.log").read_text(errors="replace").splitlines()[-15:]
-            print("gencli log (tail):\n  " + "\n  ".join(tail), file=sys.stderr)
+        bs.print_tail(tmp / "gencli.log")
         return 2
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        bs.stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50_ms", "cpu_us")} for k, v in runs.items()}

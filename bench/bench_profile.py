@@ -32,7 +32,6 @@ import collections
 import json
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -176,21 +175,8 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     results: dict[str, dict] = {}
     try:
-        fake_port = bs._free_port()
         model = f"tokens-{args.tokens}"
-        fake = subprocess.Popen(
-            bs._taskset(rest) + [bs._python(), str(bs.FAKE), "--port", str(fake_port)],
-            env=bs._env(),
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp / "fake.log", "wb"),
-        )
-        procs.append(fake)
-        fake_url = f"http://127.0.0.1:{fake_port}"
-        bs._wait_http(f"{fake_url}/v1/models", fake, "the fake upstream")
-        models = tmp / "models.json"
-        models.write_text(
-            json.dumps({model: {"provider": "openai-compatible", "model": model, "base_url": f"{fake_url}/v1"}})
-        )
+        _, models = bs.start_fake(tmp, rest, model, procs)
         sides = {"this": (bs._gencli(), bs._env())}
         if args.ref:
             sides[args.ref] = bs.ref_command(args.ref, tmp / "ref")
@@ -293,14 +279,7 @@ def main() -> int:
                 print(f"{log.name} (tail):\n  " + "\n  ".join(tail), file=sys.stderr)
         return 2
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        bs.stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
     sides_order = list(next(iter(results.values())).keys())

@@ -184,14 +184,67 @@ def _taskset(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)] if cpu is not None else []
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def start_fake(tmp: Path, cpu: int | None, model: str, procs: list[subprocess.Popen]) -> tuple[str, Path]:
+    """Start the fake OpenAI upstream (FAKE) on a free port, pinned to ``cpu`` (stderr to
+    tmp/fake.log), wait for it, and write tmp/models.json naming ``model`` on it (an
+    openai-compatible entry). Returns (the fake's URL, the models.json)."""
+    port = _free_port()
+    fake = subprocess.Popen(
+        _taskset(cpu) + [_python(), str(FAKE), "--port", str(port)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "fake.log", "wb"),
+    )
+    procs.append(fake)
+    url = f"http://127.0.0.1:{port}"
+    _wait_http(f"{url}/v1/models", fake, "the fake upstream")
+    models = tmp / "models.json"
+    models.write_text(json.dumps({model: {"provider": "openai-compatible", "model": model, "base_url": f"{url}/v1"}}))
+    return url, models
+
+
+def stop_all(procs: list[subprocess.Popen], timeout: float = 10) -> None:
+    """SIGTERM to each process still running (the last started first), then wait ``timeout``
+    seconds for each; one that has not ended is killed."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def print_tail(log: Path, lines: int = 15) -> None:
+    """The last ``lines`` of a server's log on stderr, when it has any (after a failed run)."""
+    if log.exists():
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        if tail:
+            print(f"{log.name} (tail):\n  " + "\n  ".join(tail), file=sys.stderr)
+
+
+def wrk_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of the wrk benchmarks (bench_server, bench_agents)."""
     ap.add_argument("--duration", type=float, default=5, help="seconds per wrk run (default 5)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
     ap.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
     ap.add_argument("--tokens", type=int, default=50, help="tokens per answer (default 50)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin the fake and gencli to separate CPUs")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+
+
+def pinned_cpus(no_pin: bool) -> tuple[int | None, int | None]:
+    """(the fake's CPU, gencli's CPU): separate CPUs with taskset, else (None, None)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if no_pin or shutil.which("taskset") is None or len(cpus) < 2:
+        return None, None
+    return cpus[-1], cpus[0]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    wrk_arguments(ap)
     ap.add_argument("--keep-log", metavar="FILE", help="copy gencli's stderr (access log) to FILE")
     ap.add_argument("--ref", metavar="REF", help="also measure gencli from this git commit/branch (A/B)")
     args = ap.parse_args()
@@ -199,29 +252,16 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("bench_server: wrk not found; install it (Debian: apt-get install -y wrk)", file=sys.stderr)
         return 2
-    pin = not args.no_pin and shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
-    cpus = sorted(os.sched_getaffinity(0))
-    fake_cpu, gencli_cpu = (cpus[-1], cpus[0]) if pin else (None, None)
+    fake_cpu, gencli_cpu = pinned_cpus(args.no_pin)
+    pin = fake_cpu is not None
 
     tmp = Path(tempfile.mkdtemp(prefix="gencli-bench-"))
     procs: list[subprocess.Popen] = []
     try:
-        fake_port, gencli_port = _free_port(), _free_port()
+        gencli_port = _free_port()
         model = f"tokens-{args.tokens}"
-        fake = subprocess.Popen(
-            _taskset(fake_cpu) + [_python(), str(FAKE), "--port", str(fake_port)],
-            env=_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp / "fake.log", "wb"),
-        )
-        procs.append(fake)
-        fake_url = f"http://127.0.0.1:{fake_port}"
-        _wait_http(f"{fake_url}/v1/models", fake, "the fake upstream")
-
-        models = tmp / "models.json"
-        models.write_text(
-            json.dumps({model: {"provider": "openai-compatible", "model": model, "base_url": f"{fake_url}/v1"}})
-        )
+        fake_url, models = start_fake(tmp, fake_cpu, model, procs)
+        fake = procs[-1]
         log = open(tmp / "gencli.log", "wb")
         gencli = subprocess.Popen(
             _taskset(gencli_cpu)
@@ -304,19 +344,10 @@ def main() -> int:
                 raise RuntimeError(f"{p.args[-8:]} exited with code {p.returncode} during the run")
     except Exception as exc:
         print(f"bench_server: {exc}", file=sys.stderr)
-        if (tmp / "gencli.log").exists():
-            tail = (tmp / "gencli.log").read_text(errors="replace").splitlines()[-15:]
-            print("gencli log (tail):\n  " + "\n  ".join(tail), file=sys.stderr)
+        print_tail(tmp / "gencli.log")
         return 2
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         if args.keep_log and (tmp / "gencli.log").exists():
             shutil.copy(tmp / "gencli.log", args.keep_log)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -192,28 +192,8 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     results: dict[str, dict[str, list]] = {}
     try:
-        fake_port = bs._free_port()
         model = f"tokens-{args.tokens}"
-        fake = subprocess.Popen(
-            bs._taskset(rest) + [bs._python(), str(bs.FAKE), "--port", str(fake_port)],
-            env=bs._env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(fake)
-        bs._wait_http(f"http://127.0.0.1:{fake_port}/v1/models", fake, "the fake upstream")
-        models = tmp / "models.json"
-        models.write_text(
-            json.dumps(
-                {
-                    model: {
-                        "provider": "openai-compatible",
-                        "model": model,
-                        "base_url": f"http://127.0.0.1:{fake_port}/v1",
-                    }
-                }
-            )
-        )
+        _, models = bs.start_fake(tmp, rest, model, procs)
         env = {**bs._env(), "PYTHONPATH": str(tmp), "GENCLI_MODELS": str(models)}
         script = bs._lua(tmp / "generate.lua", {"model": model, "prompt": "hi", "stream": False})
         for r in range(args.rounds):

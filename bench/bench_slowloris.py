@@ -41,7 +41,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_server import (  # noqa: E402
-    FAKE,
     _check_answers,
     _env,
     _free_port,
@@ -52,6 +51,8 @@ from bench_server import (  # noqa: E402
     _wait_http,
     _wrk,
     ref_command,
+    start_fake,
+    stop_all,
 )
 
 TARGET_P50 = 1.5
@@ -183,27 +184,7 @@ def main() -> int:
     runs: dict[str, list[dict]] = {}
     try:
         model = "tokens-50"
-        fake_port = _free_port()
-        fake = subprocess.Popen(
-            _taskset(other_cpu) + [_python(), str(FAKE), "--port", str(fake_port)],
-            env=_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp / "fake.log", "wb"),
-        )
-        procs.append(fake)
-        _wait_http(f"http://127.0.0.1:{fake_port}/v1/models", fake, "the fake upstream")
-        models = tmp / "models.json"
-        models.write_text(
-            json.dumps(
-                {
-                    model: {
-                        "provider": "openai-compatible",
-                        "model": model,
-                        "base_url": f"http://127.0.0.1:{fake_port}/v1",
-                    }
-                }
-            )
-        )
+        _, models = start_fake(tmp, other_cpu, model, procs)
         servers: dict[str, tuple[str, int]] = {}
         variants = [("gencli", _gencli(), _env())]
         if args.ref:
@@ -274,14 +255,7 @@ def main() -> int:
         print(f"bench_slowloris: {exc}", file=sys.stderr)
         return 2
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs, 15)
         shutil.rmtree(tmp, ignore_errors=True)
 
     def med(key: str, m: str) -> float:
