@@ -52,9 +52,9 @@ import orjson
 from aiohttp import web
 
 try:
-    from tests.fakes.threaded import ThreadedServer, run_from_command_line
+    from tests.fakes.threaded import ThreadedServer, run_from_command_line, session_fixture
 except ImportError:  # run as a script: python tests/fakes/<name>.py --port N
-    from threaded import ThreadedServer, run_from_command_line  # type: ignore[no-redef]
+    from threaded import ThreadedServer, run_from_command_line, session_fixture  # type: ignore[no-redef]
 
 FAKE_KEY = "sk-ant-fake-test-0123456789abcdef"
 NO_SAMPLING_VERSION = "2026-10-21"  # from this anthropic-version on, no model takes sampling parameters
@@ -702,18 +702,13 @@ class FakeAnthropic(ThreadedServer):
 
 
 try:
-    import pytest
-except ImportError:  # __main__ use without pytest
-    pytest = None  # type: ignore[assignment]
-
-if pytest is not None:
-
-    @pytest.fixture(scope="session")
-    def anthropic_fake():
-        """One fake Anthropic upstream for the session; it expects ``x-api-key: FAKE_KEY``."""
-        fake = FakeAnthropic().start()
-        yield fake
-        fake.stop()
+    anthropic_fake = session_fixture(
+        FakeAnthropic,
+        "anthropic_fake",
+        "One fake Anthropic upstream for the session; it expects ``x-api-key: FAKE_KEY``.",
+    )
+except ImportError:  # run as a script without pytest
+    pass
 
 
 if __name__ == "__main__":

@@ -57,9 +57,9 @@ import orjson
 from aiohttp import web
 
 try:
-    from tests.fakes.threaded import ThreadedServer, run_from_command_line
+    from tests.fakes.threaded import ThreadedServer, run_from_command_line, session_fixture
 except ImportError:  # run as a script: python tests/fakes/<name>.py --port N
-    from threaded import ThreadedServer, run_from_command_line  # type: ignore[no-redef]
+    from threaded import ThreadedServer, run_from_command_line, session_fixture  # type: ignore[no-redef]
 
 FAKE_KEY = "gm-fake-test-key-0123456789abcdef"
 
@@ -687,18 +687,11 @@ class FakeGemini(ThreadedServer):
 
 
 try:
-    import pytest
-except ImportError:  # __main__ use without pytest
-    pytest = None  # type: ignore[assignment]
-
-if pytest is not None:
-
-    @pytest.fixture(scope="session")
-    def gemini_fake():
-        """One fake Gemini upstream for the session; it expects ``x-goog-api-key: FAKE_KEY``."""
-        fake = FakeGemini().start()
-        yield fake
-        fake.stop()
+    gemini_fake = session_fixture(
+        FakeGemini, "gemini_fake", "One fake Gemini upstream for the session; it expects ``x-goog-api-key: FAKE_KEY``."
+    )
+except ImportError:  # run as a script without pytest
+    pass
 
 
 if __name__ == "__main__":

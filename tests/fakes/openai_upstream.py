@@ -72,9 +72,9 @@ import orjson
 from aiohttp import web
 
 try:
-    from tests.fakes.threaded import ThreadedServer, run_from_command_line
+    from tests.fakes.threaded import ThreadedServer, run_from_command_line, session_fixture
 except ImportError:  # run as a script: python tests/fakes/<name>.py --port N
-    from threaded import ThreadedServer, run_from_command_line  # type: ignore[no-redef]
+    from threaded import ThreadedServer, run_from_command_line, session_fixture  # type: ignore[no-redef]
 
 FAKE_KEY = "sk-fake-test-0123456789abcdef"
 
@@ -176,6 +176,19 @@ class FakeOpenAI(ThreadedServer):
         raise AssertionError(f"the fake received no request to {path}")
 
     # -- handlers ------------------------------------------------------------
+    async def _read(self, request: web.Request) -> tuple[Any, web.Response | None]:
+        """The request's JSON body (None when it is not JSON), recorded, and the 401 to
+        answer instead when its key is wrong (None when it is right)."""
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        self.requests.append(
+            Recorded(request.method, request.path, {k.lower(): v for k, v in request.headers.items()}, body, raw)
+        )
+        return body, self._auth_failure(request)
+
     def _auth_failure(self, request: web.Request) -> web.Response | None:
         if self.api_key is None:
             return None
@@ -225,15 +238,7 @@ class FakeOpenAI(ThreadedServer):
         return web.Response(body=_dumps({"object": "list", "data": data}), content_type="application/json")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        self.requests.append(
-            Recorded(request.method, request.path, {k.lower(): v for k, v in request.headers.items()}, body, raw)
-        )
-        denied = self._auth_failure(request)
+        body, denied = await self._read(request)
         if denied is not None:
             return denied
         if not isinstance(body, dict):
@@ -748,15 +753,7 @@ class FakeOpenAI(ThreadedServer):
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         """Legacy text completions, with ``suffix`` for fill-in-the-middle."""
-        raw = await request.read()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        self.requests.append(
-            Recorded(request.method, request.path, {k.lower(): v for k, v in request.headers.items()}, body, raw)
-        )
-        denied = self._auth_failure(request)
+        body, denied = await self._read(request)
         if denied is not None:
             return denied
         if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
@@ -851,15 +848,7 @@ class FakeOpenAI(ThreadedServer):
         import base64
         import struct
 
-        raw = await request.read()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        self.requests.append(
-            Recorded(request.method, request.path, {k.lower(): v for k, v in request.headers.items()}, body, raw)
-        )
-        denied = self._auth_failure(request)
+        body, denied = await self._read(request)
         if denied is not None:
             return denied
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
@@ -916,18 +905,11 @@ def fake_vector(text: str, dims: int = 16) -> list[float]:
 
 
 try:
-    import pytest
-except ImportError:  # __main__ use without pytest
-    pytest = None  # type: ignore[assignment]
-
-if pytest is not None:
-
-    @pytest.fixture(scope="session")
-    def openai_fake():
-        """One fake OpenAI upstream for the session; it expects ``Bearer FAKE_KEY``."""
-        fake = FakeOpenAI().start()
-        yield fake
-        fake.stop()
+    openai_fake = session_fixture(
+        FakeOpenAI, "openai_fake", "One fake OpenAI upstream for the session; it expects ``Bearer FAKE_KEY``."
+    )
+except ImportError:  # run as a script without pytest
+    pass
 
 
 if __name__ == "__main__":

@@ -87,3 +87,17 @@ def run_from_command_line(cls, description: str) -> None:
         pass
     finally:
         fake.stop()
+
+
+def session_fixture(cls, name: str, doc: str):
+    """The pytest fixture ``name`` (session-scoped): one ``cls`` fake started for the whole
+    session and stopped after it. Raises ImportError without pytest (a fake run as a script)."""
+    import pytest
+
+    def fixture():
+        fake = cls().start()
+        yield fake
+        fake.stop()
+
+    fixture.__doc__ = doc
+    return pytest.fixture(scope="session", name=name)(fixture)
