@@ -1,5 +1,6 @@
 """Helpers the test modules share, each defined once: ports, posting JSON to a server, reading
-NDJSON, the CLI's one-line errors, and waiting for a condition with a deadline. (``gencli
+NDJSON, the CLI's one-line errors, waiting for a condition with a deadline, and running a
+plan through the engine over httpx. (``gencli
 serve`` as a subprocess is :class:`tests.server_fixture.ServeProcess`; the upstream fakes
 are in ``tests/fakes/``; running the CLI is :func:`tests.conftest.run_gencli`.)"""
 
@@ -67,3 +68,36 @@ def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: floa
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+def execute(plan: Any, seen: list | None = None) -> list:
+    """Every event of the engine's run of ``plan`` over a fresh httpx transport (closed after);
+    each is appended to ``seen`` as it comes too, which keeps what came before an error."""
+    from gencli import engine
+    from gencli.transport_httpx import HttpxTransport
+
+    out = [] if seen is None else seen
+    transport = HttpxTransport(tls=False)
+    try:
+        for ev in engine.execute(plan, transport):
+            out.append(ev)
+    finally:
+        transport.close()
+    return out
+
+
+def generate(reg: Any, model: str, prompt: str | None = "hello world", **kw: Any) -> tuple[list, Any]:
+    """One generation of ``model`` through the engine (no server, no CLI): the events before
+    the Done, and the Done."""
+    from gencli import engine
+    from gencli.events import Done
+    from gencli.request import GenerateRequest
+
+    events = execute(engine.prepare(GenerateRequest(model=model, prompt=prompt, **kw), reg))
+    assert isinstance(events[-1], Done)
+    return events[:-1], events[-1]
+
+
+def texts(events: list, kind: type) -> list[str]:
+    """The text of the events of one kind (TextDelta, ReasoningDelta)."""
+    return [e.text for e in events if isinstance(e, kind)]

@@ -13,9 +13,9 @@ from gencli.errors import UpstreamAuthError, UpstreamError, UpstreamRateLimited,
 from gencli.events import Done, ReasoningDelta, TextDelta, ToolCall
 from gencli.registry import Registry
 from gencli.request import GenerateRequest, Message
-from gencli.transport_httpx import HttpxTransport
 from tests.conftest import clean_env, run_gencli
 from tests.fakes.anthropic_upstream import FAKE_KEY
+from tests.helpers import execute, generate, texts
 
 ALL = ["completion", "vision", "thinking", "tools"]
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x01" * 20
@@ -39,18 +39,7 @@ def registry(tmp_path, fake, upstream: str = "claude-echo", env=None, base_url=T
 
 
 def run(reg: Registry, prompt: str | None = "hello world", **kw) -> tuple[list, Done]:
-    req = GenerateRequest(model=kw.pop("model", "c"), prompt=prompt, **kw)
-    transport = HttpxTransport(tls=False)
-    try:
-        events = list(engine.execute(engine.prepare(req, reg), transport))
-    finally:
-        transport.close()
-    assert isinstance(events[-1], Done)
-    return events[:-1], events[-1]
-
-
-def texts(events, kind) -> list[str]:
-    return [e.text for e in events if isinstance(e, kind)]
+    return generate(reg, kw.pop("model", "c"), prompt, **kw)
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -215,12 +204,9 @@ def test_errors(tmp_path, anthropic_fake, stream):
 
 def test_midstream_error_keeps_the_partial_answer(tmp_path, anthropic_fake):
     reg = registry(tmp_path, anthropic_fake, "claude-error-midstream")
-    transport = HttpxTransport(tls=False)
-    seen = []
+    seen: list = []
     with pytest.raises(UpstreamError) as info:
-        for ev in engine.execute(engine.prepare(GenerateRequest(model="c", prompt="one two"), reg), transport):
-            seen.append(ev)
-    transport.close()
+        execute(engine.prepare(GenerateRequest(model="c", prompt="one two"), reg), seen)
     assert "".join(texts(seen, TextDelta)) == "You said: "
     assert "overloaded_error" in info.value.message and info.value.status == 503
     with pytest.raises(UpstreamError, match="no message_stop"):

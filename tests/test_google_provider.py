@@ -16,9 +16,9 @@ from gencli.providers.base import Call
 from gencli.providers.google import GoogleAdapter
 from gencli.registry import Registry
 from gencli.request import GenerateRequest
-from gencli.transport_httpx import HttpxTransport
 from tests.conftest import clean_env, run_gencli
 from tests.fakes.gemini_upstream import FAKE_KEY
+from tests.helpers import execute, generate, texts
 
 THOUGHTS = "**Reading the prompt**\n\nThe user wants an echo. I will repeat what they said."
 THOUGHT_TOKENS = 14  # words in THOUGHTS, as the fake counts them
@@ -42,19 +42,7 @@ def registry(tmp_path, fake, upstream: str = "gemini-echo", caps=None, env=None,
 
 
 def run(reg: Registry, prompt: str = "hello world", **kw) -> tuple[list, Done]:
-    req = GenerateRequest(model=kw.pop("model", "g"), prompt=prompt, **kw)
-    plan = engine.prepare(req, reg)
-    transport = HttpxTransport(tls=False)
-    try:
-        events = list(engine.execute(plan, transport))
-    finally:
-        transport.close()
-    assert isinstance(events[-1], Done)
-    return events[:-1], events[-1]
-
-
-def texts(events, kind) -> list[str]:
-    return [e.text for e in events if isinstance(e, kind)]
+    return generate(reg, kw.pop("model", "g"), prompt, **kw)
 
 
 # -- text, reasoning, usage ----------------------------------------------------
@@ -241,12 +229,8 @@ def test_missing_key_403_is_an_auth_error(tmp_path, gemini_fake):
     reg = registry(tmp_path, gemini_fake, "gemini-echo", env={"GEMINI_API_KEY": FAKE_KEY}, headers={})
     plan = engine.prepare(GenerateRequest(model="g", prompt="x"), reg)
     plan.call = dataclasses.replace(plan.call, api_key=None)  # what an empty key sends: no x-goog-api-key
-    transport = HttpxTransport(tls=False)
-    try:
-        with pytest.raises(UpstreamAuthError, match=r"HTTP 403.*GEMINI_API_KEY"):
-            list(engine.execute(plan, transport))
-    finally:
-        transport.close()
+    with pytest.raises(UpstreamAuthError, match=r"HTTP 403.*GEMINI_API_KEY"):
+        execute(plan)
     assert "x-goog-api-key" not in gemini_fake.last("gemini-echo").headers
 
 
@@ -271,14 +255,9 @@ def test_unknown_model_and_midstream_error(tmp_path, gemini_fake):
     with pytest.raises(UpstreamError, match="not found for API version v1beta"):
         run(registry(tmp_path, gemini_fake, "nope-1"))
     reg = registry(tmp_path, gemini_fake, "gemini-error-midstream", caps=["completion"])
-    seen = []
-    transport = HttpxTransport(tls=False)
-    try:
-        with pytest.raises(UpstreamError, match="internal error"):
-            for ev in engine.execute(engine.prepare(GenerateRequest(model="g", prompt="a b c d"), reg), transport):
-                seen.append(ev)
-    finally:
-        transport.close()
+    seen: list = []
+    with pytest.raises(UpstreamError, match="internal error"):
+        execute(engine.prepare(GenerateRequest(model="g", prompt="a b c d"), reg), seen)
     assert "".join(texts(seen, TextDelta)) == "You said: "  # what arrived before the error
 
 
@@ -314,11 +293,7 @@ def test_base_url_from_environment(tmp_path, gemini_fake, var):
     )
     plan = engine.prepare(GenerateRequest(model="g", prompt="via env"), reg)
     assert plan.call.base_url == gemini_fake.base_url  # decided before anything is sent
-    transport = HttpxTransport(tls=False)
-    try:
-        done = list(engine.execute(plan, transport))[-1]
-    finally:
-        transport.close()
+    done = execute(plan)[-1]
     assert done.text == "You said: via env"
     assert gemini_fake.last("gemini-echo-env").path == "/v1beta/models/gemini-echo-env:streamGenerateContent"
 

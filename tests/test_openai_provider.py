@@ -23,7 +23,7 @@ from gencli.registry import Registry
 from gencli.request import GenerateRequest, Message
 from gencli.transport_httpx import HttpxTransport
 from tests.fakes.openai_upstream import FAKE_KEY, FakeOpenAI
-from tests.helpers import wait_until
+from tests.helpers import execute, wait_until
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY, "OPENROUTER_API_KEY": FAKE_KEY, "COMPAT_KEY": FAKE_KEY}
 
@@ -87,12 +87,7 @@ def registry(openai_fake, tmp_path_factory) -> Registry:
 
 
 def run(registry: Registry, model: str, prompt: str | None = "hello world", **kw) -> list:
-    plan = engine.prepare(GenerateRequest(model=model, prompt=prompt, **kw), registry)
-    transport = HttpxTransport(tls=False)
-    try:
-        return list(engine.execute(plan, transport))
-    finally:
-        transport.close()
+    return execute(engine.prepare(GenerateRequest(model=model, prompt=prompt, **kw), registry))
 
 
 def parts(events: list) -> tuple[str, str, Done]:
@@ -489,14 +484,9 @@ def test_500_becomes_502(registry):
 def test_midstream_error_after_partial_text(registry, model):
     """The text before the error is kept, also when the error arrives in the same read."""
     plan = engine.prepare(GenerateRequest(model=model, prompt="x"), registry)
-    transport = HttpxTransport(tls=False)
     seen: list = []
-    try:
-        with pytest.raises(UpstreamError) as err:
-            for ev in engine.execute(plan, transport):
-                seen.append(ev)
-    finally:
-        transport.close()
+    with pytest.raises(UpstreamError) as err:
+        execute(plan, seen)
     assert "".join(e.text for e in seen if type(e) is TextDelta) == "Partial answer "
     assert not any(type(e) is Done for e in seen)
     assert "Upstream provider crashed" in str(err.value)
@@ -511,14 +501,9 @@ def test_midstream_error_non_streamed(registry):
 
 def test_stream_cut_short_is_an_error_not_a_silent_end(registry):
     plan = engine.prepare(GenerateRequest(model="oa-trunc", prompt="x"), registry)
-    transport = HttpxTransport(tls=False)
     seen: list = []
-    try:
-        with pytest.raises(UpstreamError) as err:
-            for ev in engine.execute(plan, transport):
-                seen.append(ev)
-    finally:
-        transport.close()
+    with pytest.raises(UpstreamError) as err:
+        execute(plan, seen)
     assert "".join(e.text for e in seen if type(e) is TextDelta) == "Cut short "
     assert not any(type(e) is Done for e in seen)
     assert "before the answer was complete" in str(err.value)
