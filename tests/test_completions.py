@@ -272,14 +272,13 @@ def test_committed_zsh_script_in_zsh(tmp_path, cenv, workdir):
         pane.close()
 
 
-@needs_tmux
-@needs_zsh
-def test_install_completion_for_zsh_then_a_new_shell_completes(tmp_path, cenv, workdir):
-    home = tmp_path / "zhome"
+def install_completion(home, cenv, workdir, shell: str, no_rc: str) -> tuple:
+    """``gencli --install-completion`` run by ``shell`` (without its rc files) with HOME=home:
+    (home, the environment), after checking that it said so."""
     home.mkdir()
     env = dict(cenv, HOME=str(home))
     out = subprocess.run(
-        ["zsh", "-f", "-c", f"{GENCLI} --install-completion; :"],
+        [shell, no_rc, "-c", f"{GENCLI} --install-completion; :"],
         env=env,
         cwd=workdir,
         capture_output=True,
@@ -288,7 +287,14 @@ def test_install_completion_for_zsh_then_a_new_shell_completes(tmp_path, cenv, w
         stdin=subprocess.DEVNULL,
     )
     assert out.returncode == 0, out.stderr
-    assert "zsh completion installed" in out.stdout
+    assert f"{shell} completion installed" in out.stdout
+    return home, env
+
+
+@needs_tmux
+@needs_zsh
+def test_install_completion_for_zsh_then_a_new_shell_completes(tmp_path, cenv, workdir):
+    home, env = install_completion(tmp_path / "zhome", cenv, workdir, "zsh", "-f")
     installed = home / ".zfunc" / "_gencli"
     assert installed.read_text().strip() == (ROOT / "completions" / "_gencli").read_text().replace(HEADER, "").strip()
     rc = (home / ".zshrc").read_text()
@@ -302,20 +308,7 @@ def test_install_completion_for_zsh_then_a_new_shell_completes(tmp_path, cenv, w
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_install_completion_for_bash(tmp_path, cenv, workdir):
-    home = tmp_path / "bhome"
-    home.mkdir()
-    env = dict(cenv, HOME=str(home))
-    out = subprocess.run(
-        ["bash", "--norc", "-c", f"{GENCLI} --install-completion; :"],
-        env=env,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "bash completion installed" in out.stdout
+    home, env = install_completion(tmp_path / "bhome", cenv, workdir, "bash", "--norc")
     script = home / ".bash_completions" / "gencli.sh"
     assert f"source '{script}'" in (home / ".bashrc").read_text()
     assert bash_complete(script, "gencli generate -m my-", env, workdir) == ["my-local-model"]
