@@ -33,7 +33,7 @@ from gencli.transport_httpx import HttpxTransport
 from tests.conftest import GENCLI, clean_env, run_gencli
 from tests.fakes import gemini_upstream
 from tests.fakes.openai_upstream import FAKE_KEY, FakeOpenAI
-from tests.helpers import free_port, ndjson, post, wait_until
+from tests.helpers import execute, free_port, ndjson, post, wait_until
 from tests.server_fixture import KEY_VAR, ServeProcess
 
 
@@ -257,13 +257,7 @@ def test_close_midstream_is_not_retried_and_keeps_the_partial_text(tmp_path, ope
             await transport.close()
 
     def consume_sync() -> None:
-        plan = engine.prepare(GenerateRequest(model="m", prompt="x"), reg)
-        transport = HttpxTransport(tls=False)
-        try:
-            for ev in engine.execute(plan, transport):
-                seen.append(ev)
-        finally:
-            transport.close()
+        execute(engine.prepare(GenerateRequest(model="m", prompt="x"), reg), seen)
 
     with pytest.raises(UpstreamUnreachable, match="failed mid-response"):
         consume_sync() if loop == "sync" else asyncio.run(consume_async())
