@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gencli.cli import state
 from gencli.cli.pipes import stdout_terminal, warning
@@ -124,11 +124,11 @@ def count_turns(context: list[int] | None) -> int:
         return 0
 
 
-@dataclass(frozen=True, slots=True)
-class TurnOptions:
+class TurnOptions(NamedTuple):
     """The options ``gencli generate`` and ``gencli chat`` share, declared once in
-    ``gencli.cli.app`` (``TURN_OPTIONS``): the model, the sampling, the conversation a turn
-    continues and the upstream's timeout and retries."""
+    ``gencli.cli.app`` (``TURN_BEFORE``, ``TURN_AFTER``): the model, the sampling, the
+    conversation a turn continues and the upstream's timeout and retries. (A NamedTuple:
+    cheaper to define than a dataclass on the CLI's start-up path.)"""
 
     model: str | None = None
     system: str | None = None
