@@ -551,7 +551,7 @@ class FakeOpenAI(ThreadedServer):
                 )
             await write(b"data: [DONE]\n\n")
             await resp.write_eof()
-        except ConnectionResetError:  # the client went away mid-stream
+        except ConnectionError:  # the client went away mid-stream (reset, or lost while a write drained)
             self.disconnects += 1
             self.disconnect_times.append(time.monotonic())
         except asyncio.CancelledError:

@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import http
+import socket
+import struct
 import sys
 import time
 import traceback
@@ -42,6 +44,7 @@ import httptools
 
 BODY_HIGH = 256 * 1024  # request body bytes buffered before reading from the socket pauses
 FLUSH_HIGH = 256 * 1024  # pending write bytes sent at once instead of at the next loop iteration
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and drops unsent bytes
 LINGER = 2.0  # seconds an unread request body is drained after the response before closing
 
 ASGI = {"version": "3.0", "spec_version": "2.3"}
@@ -795,7 +798,19 @@ class HttpConnection(asyncio.Protocol):
     def _write_stalled(self) -> None:
         self.write_stall = None
         if self.write_paused and not self.closed:
-            self.abort()  # the client stopped reading its response
+            # The client stopped reading its response: reset the connection, so that what the
+            # kernel still holds for it (up to its send buffer, megabytes) is freed at once
+            # instead of trickling into a closed window for minutes.
+            self._reset_on_close()
+            self.abort()
+
+    def _reset_on_close(self) -> None:
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:  # pragma: no cover - the socket is already gone
+                pass
 
     def _refuse(self, status: int, message: str) -> None:
         """A request the parser or a bound refused: answered (once the reply in progress, if
