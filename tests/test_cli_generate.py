@@ -437,6 +437,16 @@ def test_midstream_error_keeps_the_partial_answer(env, workdir):
     assert out(p).startswith("Partial answer")
 
 
+def test_an_endless_upstream_event_is_a_clear_error_and_keeps_the_partial_answer(env, workdir, openai_fake):
+    """The upstream streams one data line that never ends (32 MB): gencli stops at 8 MB."""
+    models = models_for(openai_fake.base_url)
+    models["giant"] = {"provider": "openai", "model": "giant-line", "base_url": openai_fake.base_url}
+    (workdir / "models.json").write_text(json.dumps(models))
+    p = gencli(["generate", "-m", "giant", "x"], env, workdir)
+    assert "the upstream sent an event larger than 8 MB" in one_line_error(p, 1)
+    assert out(p).startswith("Partial answer")
+
+
 def test_broken_pipe_is_quiet(env, workdir, tmp_path):
     status = tmp_path / "status"
     script = f"'{GENCLI}' generate -m slow x | head -c 5; echo ${{PIPESTATUS[0]}} > '{status}'"

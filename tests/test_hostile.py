@@ -123,7 +123,7 @@ def images():
 @pytest.fixture(scope="module")
 def hostile(openai_fake, tmp_path_factory):
     models = models_json(openai_fake.base_url)
-    for name in ("tokens-400000",):  # the fake upstream's models of the same names
+    for name in ("tokens-400000", "giant-line"):  # the fake upstream's models of the same names
         models[name] = {**models["echo"], "model": name, "capabilities": ["completion"]}
     s = ServeProcess(tmp_path_factory.mktemp("hostile"), models, args=ARGS, env=ENV, memory_mb=MEMORY_MB)
     yield s
@@ -641,6 +641,40 @@ def test_a_client_that_stops_reading_is_dropped(hostile, openai_fake):
     assert closed
     assert b'"done":true' not in got[-500:]  # it did not get the whole answer
     sock.close()
+    works(hostile)
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/v1/chat/completions"])
+def test_an_endless_upstream_event_is_a_clear_error_and_the_server_keeps_serving(hostile, openai_fake, path):
+    """The upstream streams one SSE data line that never ends (32 MB without a newline): the
+    server stops reading it at 8 MB, closes the upstream, keeps the partial answer and ends
+    the client's stream with the error."""
+    start_watch(hostile)
+    before = len(openai_fake.disconnect_times)
+    body: dict = {"model": "giant-line", "stream": True}
+    if path == "/api/generate":
+        body["prompt"] = "x"
+    else:
+        body["messages"] = [{"role": "user", "content": "x"}]
+    r = httpx.post(hostile.url + path, json=body, timeout=60)
+    assert r.status_code == 200
+    if path == "/api/generate":
+        lines = [json.loads(line) for line in r.text.splitlines() if line]
+        assert "".join(line.get("response", "") for line in lines[:-1]) == "Partial answer "
+        error = lines[-1]["error"]
+    else:
+        events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" or "error" in json.loads(events[-1])
+        chunks = [json.loads(e) for e in events if e != "[DONE]"]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+        assert text == "Partial answer "
+        error = next(c["error"]["message"] for c in chunks if "error" in c)
+    assert "the upstream sent an event larger than 8 MB" in error
+    deadline = time.monotonic() + 20
+    while len(openai_fake.disconnect_times) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(openai_fake.disconnect_times) > before  # the upstream was left before its 32 MB
+    assert growth_mb(hostile) < 80
     works(hostile)
 
 

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from gencli.sse import SSEDecoder
+from gencli.errors import UpstreamError
+from gencli.sse import MAX_EVENT, EventTooLarge, SSEDecoder
 from gencli.think import ThinkSplitter, split_complete
 
 STREAM = (
@@ -49,6 +50,60 @@ def test_sse_any_split_gives_the_same_events(seed):
 def test_sse_byte_by_byte_crlf_split_between_cr_and_lf():
     data = b'data: {"x":1}\r\n\r\ndata: {"y":2}\r\n\r\n'
     assert decode_all(data, list(range(1, len(data)))) == [b'{"x":1}', b'{"y":2}']
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_sse_every_cut_and_every_pair_of_cuts_gives_the_same_events(crlf):
+    data = STREAM.replace(b"\n", b"\r\n") if crlf else STREAM
+    for a in range(len(data) + 1):
+        assert decode_all(data, [a]) == EXPECTED, a
+        for b in range(a, len(data) + 1, 7):
+            assert decode_all(data, [a, b]) == EXPECTED, (a, b)
+    assert decode_all(data, list(range(1, len(data)))) == EXPECTED  # byte by byte
+
+
+def test_sse_a_long_line_in_small_chunks_decodes_whole():
+    payload = b'{"t":"' + b"x" * 300_000 + b'"}'
+    data = b"data: " + payload + b"\n\n"
+    assert decode_all(data, list(range(1, len(data), 13))) == [payload]
+
+
+def test_sse_an_event_of_max_size_passes():
+    payload = b"y" * (MAX_EVENT - 16)  # the line and the event just under the cap
+    data = b"data: " + payload + b"\n\n"
+    assert decode_all(data, list(range(4096, len(data), 65536))) == [payload]
+
+
+def test_sse_a_line_without_newline_past_the_cap_is_refused_as_it_streams():
+    dec = SSEDecoder()
+    assert dec.feed(b'data: {"a":1}\n\ndata: ') == [b'{"a":1}']
+    piece = b"z" * 65536
+    with pytest.raises(EventTooLarge) as info:
+        for _ in range(MAX_EVENT // len(piece) + 2):
+            assert dec.feed(piece) == []
+    assert str(info.value) == "the upstream sent an event larger than 8 MB"
+    assert isinstance(info.value, UpstreamError) and info.value.status == 502
+    assert info.value.payloads == []
+    assert dec.close() == []  # nothing of the refused event is held
+
+
+def test_sse_many_data_lines_past_the_cap_are_refused_with_the_events_before_kept():
+    line = b"data: " + b"q" * 1000 + b"\n"
+    chunk = b'data: {"before":1}\n\n' + line * (MAX_EVENT // 1000 + 1)
+    dec = SSEDecoder()
+    with pytest.raises(EventTooLarge) as info:
+        dec.feed(chunk)
+    assert info.value.payloads == [b'{"before":1}']
+
+
+def test_sse_a_giant_comment_line_is_refused_too():
+    with pytest.raises(EventTooLarge):
+        decode_all(b": " + b"k" * MAX_EVENT + b"\n\ndata: 1\n\n", [])
+
+
+def test_sse_a_giant_line_in_one_chunk_is_refused():
+    with pytest.raises(EventTooLarge):
+        SSEDecoder().feed(b"data: " + b"w" * (MAX_EVENT + 1))
 
 
 def test_sse_comments_only_yield_nothing():

@@ -34,7 +34,9 @@ A real aiohttp server on 127.0.0.1 that speaks the wire described in
   counters, so each test gets fresh state (``burst503-2@t1``):
   ``hang``: reads the request, never answers (until the client goes away).
   ``close-midstream``: three content pieces, then the TCP connection is dropped
-  (non-streamed: half a body, then dropped). ``garbage``: HTTP 200 whose stream holds
+  (non-streamed: half a body, then dropped). ``giant-line`` (streamed): two content pieces,
+  then one ``data:`` line that never ends (32 MB in 4 KB writes, until the client goes away).
+  ``garbage``: HTTP 200 whose stream holds
   bytes that are not SSE JSON (non-streamed: an HTML body). ``reset-K``: the first K
   requests are dropped before any byte is sent, then echo. ``retry-after-N[-K]`` /
   ``retry-after-ms-N[-K]``: 429 with ``Retry-After: N`` (``retry-after-ms: N``) for the
@@ -79,7 +81,7 @@ except ImportError:  # run as a script: python tests/fakes/<name>.py --port N
 FAKE_KEY = "sk-fake-test-0123456789abcdef"
 
 _dumps = orjson.dumps
-_FAULTS = ("hang", "close-midstream", "garbage", "reset-", "retry-after-", "burst503-", "echo-auth")
+_FAULTS = ("hang", "close-midstream", "giant-line", "garbage", "reset-", "retry-after-", "burst503-", "echo-auth")
 _WORD = re.compile(r"\S*\s*")
 
 
@@ -596,6 +598,28 @@ class FakeOpenAI(ThreadedServer):
                 await resp.write(b'{"id":"chatcmpl-fake","object":"chat.completion","choices":[{"index":0,')
                 await asyncio.sleep(0.02)
             request.transport.close()
+            return resp
+        if mode == "giant-line" and stream:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+            await resp.prepare(request)
+            for piece in ("Partial ", "answer "):
+                chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model}
+                chunk["choices"] = [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
+                await resp.write(b"data: " + _dumps(chunk) + b"\n\n")
+            await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":"')
+            block = b"x" * 4096
+            gone = False
+            try:
+                for _ in range(32 * 256):  # 32 MB in 4 KB writes, no line end, unless the client goes
+                    if request.transport is None or request.transport.is_closing():
+                        gone = True
+                        break
+                    await resp.write(block)
+            except (ConnectionError, RuntimeError):
+                gone = True
+            if gone:
+                self.disconnects += 1
+                self.disconnect_times.append(time.monotonic())
             return resp
         if mode == "echo-auth":
             return self._json_error(

@@ -31,10 +31,10 @@ from gencli.errors import GencliError
 from gencli.events import Event
 from gencli.request import Message
 from gencli.retry import DEFAULT_RETRIES
+from gencli.sse import EventTooLarge, SSEDecoder
 
 if TYPE_CHECKING:
     from gencli.images import ImageQuota
-    from gencli.sse import SSEDecoder
 
 
 @dataclass(slots=True)
@@ -249,8 +249,6 @@ class SSEParser(Generic[A]):
     __slots__ = ("adapter", "call", "sse")
 
     def __init__(self, adapter: A, call: Call):
-        from gencli.sse import SSEDecoder
-
         self.adapter = adapter
         self.call = call
         self.sse: SSEDecoder = SSEDecoder()
@@ -258,7 +256,13 @@ class SSEParser(Generic[A]):
     def feed(self, data: bytes) -> list[Event]:
         out: list[Event] = []
         try:
-            for payload in self.sse.feed(data):
+            try:
+                payloads = self.sse.feed(data)
+            except EventTooLarge as exc:  # the events completed before the one too large are kept
+                for payload in exc.payloads:
+                    self._event(payload, out)
+                raise
+            for payload in payloads:
                 self._event(payload, out)
         except GencliError as exc:
             exc.partial = out
