@@ -542,6 +542,100 @@ def test_pipelined_requests_are_answered_in_order(hostile):
     assert "models" in json.loads(got[2][2])
 
 
+def test_pipelined_heads_are_capped_per_request_not_per_read(hostile):
+    """One read holding a request with a 63 KB body, a request whose head is just under the
+    64 KB cap and one with 100 headers: all three are answered. Then a head one byte over the
+    cap, and one header too many, pipelined behind a good request: that one is answered, the
+    bad one gets 431."""
+    body = json.dumps({"model": "echo", "prompt": "p" * (63 * 1024)}).encode()
+    first = b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    start = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nX-Pad: "
+    big = start + b"a" * (64 * 1024 - len(start) - 2 - 100) + b"\r\n\r\n"
+    many = (
+        b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(99)) + b"\r\n"
+    )
+    sock = connect(hostile)
+    sock.sendall(first + big + many)
+    got = read_responses(sock, 3)
+    assert [g[0] for g in got] == [200, 200, 200]
+    assert json.loads(got[0][2])["response"].startswith("You said: ppp")
+    for bad, words in (
+        (start + b"a" * (64 * 1024) + b"\r\n\r\n", b"64 KB"),
+        (many.replace(b"\r\n\r\n", b"\r\nX-Last: v\r\n\r\n"), b"too many"),
+    ):
+        sock = connect(hostile)
+        sock.sendall(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n" + bad)
+        got = read_responses(sock, 2)
+        assert [g[0] for g in got] == [200, 431] and words in got[1][2]
+    works(hostile)
+
+
+def test_thousands_of_pipelined_requests_are_all_answered_in_order(hostile):
+    """3000 pipelined requests (GETs, POSTs with a Content-Length body, a chunked POST) sent
+    in one stream while the replies are read: every one answered, in order."""
+    requests, expected = [], []
+    for i in range(3000):
+        if i % 3 == 0:
+            body = json.dumps({"model": "echo", "prompt": f"n{i}"}).encode()
+            head = b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % len(body)
+            requests.append(head + body)
+            expected.append((200, f"You said: n{i}"))
+        elif i % 100 == 1:
+            body = json.dumps({"model": "echo", "prompt": f"c{i}"}).encode()
+            chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+            requests.append(
+                b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+            )
+            expected.append((200, f"You said: c{i}"))
+        else:
+            requests.append(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            expected.append((200, None))
+    sock = connect(hostile, timeout=60)
+    sender = threading.Thread(target=sock.sendall, args=(b"".join(requests),))
+    sender.start()
+    got = read_responses(sock, len(requests))
+    sender.join(30)
+    sock.close()
+    assert len(got) == len(requests)
+    for (status, _, body), (want_status, text) in zip(got, expected, strict=True):
+        assert status == want_status
+        if text is not None:
+            assert json.loads(body)["response"] == text
+        else:
+            assert json.loads(body) == {"version": OLLAMA_VERSION}
+
+
+def test_pipelined_megabytes_sent_without_reading_are_bounded(hostile):
+    """48 connections each pipeline 4 MB of small requests and never read a response: the
+    server stops reading while answers wait (it neither queues the requests of a whole read
+    nor piles up their answers), drops each client after --body-timeout, and keeps serving."""
+    start_watch(hostile)
+    request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    blob = request * (4 * MB // len(request))
+    socks = []
+    for _ in range(48):
+        sock = connect(hostile)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        socks.append([sock, 0])
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:  # send what the server takes, never reading
+        for entry in socks:
+            sock, sent = entry
+            if sent < len(blob):
+                try:
+                    entry[1] += sock.send(blob[sent : sent + 65536])
+                except BlockingIOError:
+                    pass
+                except OSError:  # dropped by the server
+                    entry[1] = len(blob)
+        time.sleep(0.01)
+    assert growth_mb(hostile) < 60
+    for sock, _ in socks:
+        sock.close()
+    works(hostile)
+
+
 def test_a_chunked_body_in_tiny_chunks_is_collected_in_linear_time(hostile):
     start_watch(hostile)
     payload = json.dumps({"model": "echo", "prompt": "p" * 300_000}).encode()

@@ -367,6 +367,8 @@ class HttpConnection(asyncio.Protocol):
         "in_headers",
         "begun",
         "fed",
+        "body_left",
+        "held",
         "expect_100",
         "read_paused",
         "write_paused",
@@ -400,7 +402,9 @@ class HttpConnection(asyncio.Protocol):
         self.header_size = 0
         self.in_headers = True  # between requests or inside a request's head
         self.begun = False  # the current request's first byte was parsed
-        self.fed = 0  # bytes received since the current request's head began (bounded)
+        self.fed = 0  # bytes of the current request's head received so far (bounded)
+        self.body_left = 0  # bytes still to come of the current request's Content-Length body
+        self.held = b""  # bytes received but not parsed: they follow a request waiting in the queue
         self.expect_100 = False
         self.read_paused = False
         self.write_paused = False
@@ -458,23 +462,7 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or self.stop_parsing:
             return  # a lingering close drains and drops what still comes
-        if self.in_headers:
-            limit = self.limits.max_header_bytes
-            self.fed += len(data)
-            if self.fed > limit:
-                # feed only what the limit allows: a huge head is never buffered whole
-                room = max(0, len(data) - (self.fed - limit) + 1)
-                view = memoryview(data)
-                self._feed(view[:room])
-                if self.closed or self.stop_parsing:
-                    return
-                if self.in_headers:
-                    self._refuse(431, f"request headers are larger than the server's limit of {limit // 1024} KB")
-                    return
-                data = view[room:]  # type: ignore[assignment]
-                if not data:
-                    return
-        self._feed(data)
+        self._parse(data)
         if self.closed:
             return
         if self.in_headers:
@@ -484,6 +472,42 @@ class HttpConnection(asyncio.Protocol):
             parsing = self.parsing
             if parsing is not None and not parsing.complete and self.timer_kind != _BODY:
                 self._arm(_BODY, self.limits.body_timeout)
+
+    def _parse(self, data: bytes) -> None:
+        """Feed ``data`` to the parser one piece at a time: a Content-Length body's bytes, else
+        up to the end of the next head (``CRLF CRLF``, which also ends a chunked body). So the
+        bytes of every head are counted exactly, also when one read holds many pipelined
+        requests, and at most one request completes per piece: once one waits in the queue,
+        the rest is held, unparsed, until the queue drains (reading is paused meanwhile)."""
+        if self.queue:
+            self.held += data  # pragma: no cover - reading is paused while a request waits
+            return
+        limit = self.limits.max_header_bytes
+        view = memoryview(data)
+        pos, n = 0, len(data)
+        while pos < n:
+            if self.queue:
+                self.held = bytes(view[pos:])
+                return
+            if self.body_left > 0 and not self.in_headers:
+                end = min(n, pos + self.body_left)
+            else:
+                end = data.find(b"\r\n\r\n", pos)
+                end = n if end < 0 else end + 4
+                if self.in_headers:  # the piece is (the rest of) one head
+                    self.fed += end - pos
+                    if self.fed > limit:
+                        # feed only what the limit allows: a huge head is never buffered whole
+                        self._feed(view[pos : end - (self.fed - limit) + 1])
+                        if not (self.closed or self.stop_parsing):
+                            self._refuse(
+                                431, f"request headers are larger than the server's limit of {limit // 1024} KB"
+                            )
+                        return
+            self._feed(view[pos:end] if pos or end < n else data)
+            if self.closed or self.stop_parsing:
+                return
+            pos = end
 
     def _feed(self, data) -> None:
         try:
@@ -508,6 +532,7 @@ class HttpConnection(asyncio.Protocol):
         self.write_paused = True
         if self.write_stall is None:
             self.write_stall = self.loop.call_later(self.limits.body_timeout, self._write_stalled)
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -515,6 +540,12 @@ class HttpConnection(asyncio.Protocol):
             self.write_stall.cancel()
             self.write_stall = None
         self._wake_drainers()
+        if self.closed:
+            return
+        if self.cycle is None and (self.queue or self.held):
+            self._next()
+        else:
+            self._update_reading()
 
     # -- httptools callbacks -----------------------------------------------------------------
 
@@ -525,6 +556,7 @@ class HttpConnection(asyncio.Protocol):
         self.in_headers = True
         self.begun = True
         self.expect_100 = False
+        self.body_left = 0
 
     def on_url(self, piece: bytes) -> None:
         self.url.append(piece)
@@ -539,6 +571,10 @@ class HttpConnection(asyncio.Protocol):
         self.header_size += len(name) + len(value) + 4
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100 = True
+        elif name == b"content-length" and self.body_left >= 0:  # llhttp checks it (digits; no second, different one)
+            self.body_left = int(value) if value.isdigit() else 0
+        elif name == b"transfer-encoding":
+            self.body_left = -1  # chunked: the body ends at its last chunk (a CRLF CRLF), never counted
 
     def on_headers_complete(self) -> None:
         limit = self.limits.max_header_bytes
@@ -600,6 +636,8 @@ class HttpConnection(asyncio.Protocol):
             return
         cycle.body.append(body)
         cycle.buffered += len(body)
+        if self.body_left > 0:
+            self.body_left -= len(body)
         self.body_seen = self.loop.time()
         if cycle.buffered > BODY_HIGH and not self.read_paused:
             self._update_reading()
@@ -610,6 +648,7 @@ class HttpConnection(asyncio.Protocol):
         self.parsing = None
         self.in_headers = True
         self.fed = 0
+        self.body_left = 0
         if self.timer_kind == _BODY:
             self.timer_kind = 0
         if cycle is not None:
@@ -678,10 +717,28 @@ class HttpConnection(asyncio.Protocol):
         if not cycle.keep_alive or not cycle.finished or self.state.draining:
             self.close(linger=not cycle.complete)
             return
-        if self.queue:
-            self._start(self.queue.popleft())
+        self._next()
+
+    def _next(self) -> None:
+        """After a reply: the next pipelined request, else the bytes held behind it, else idle.
+        While the client is not reading its replies (writing paused), pipelined requests wait:
+        their replies would pile up in memory (``resume_writing`` calls back; the write stall
+        timer drops a client that never reads)."""
+        if self.write_paused and (self.queue or self.held):
             self._update_reading()
             return
+        if self.queue:
+            self._start(self.queue.popleft())
+            if not self.queue and self.held:
+                held, self.held = self.held, b""
+                self.data_received(held)
+            self._update_reading()
+            return
+        if self.held:
+            held, self.held = self.held, b""
+            self.data_received(held)
+            if self.closed or self.cycle is not None:
+                return
         if self.stop_parsing:
             self.close()
             return
@@ -703,7 +760,12 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         parsing = self.parsing
-        pause = bool(self.queue) or (parsing is not None and parsing.buffered > BODY_HIGH)
+        pause = (
+            bool(self.queue)
+            or bool(self.held)
+            or (parsing is not None and parsing.buffered > BODY_HIGH)
+            or (self.write_paused and parsing is None)  # between requests, the client not reading its replies
+        )
         if pause and not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()
