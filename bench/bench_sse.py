@@ -119,7 +119,8 @@ def main() -> int:
     else:
         print(f"SSE decoder, us per MB of stream (median of {args.rounds}); ratio this/{args.ref}")
         for name, r in results.items():
-            print(f"  {name:10} this {r['this_us_per_mb']:10.0f}   {args.ref} {r['ref_us_per_mb']:10.0f}   {r['ratio']:.2f}")
+            this_us, ref_us = r["this_us_per_mb"], r["ref_us_per_mb"]
+            print(f"  {name:10} this {this_us:10.0f}   {args.ref} {ref_us:10.0f}   {r['ratio']:.2f}")
     return 0 if ok else 1
 
 

@@ -123,7 +123,7 @@ def images():
 @pytest.fixture(scope="module")
 def hostile(openai_fake, tmp_path_factory):
     models = models_json(openai_fake.base_url)
-    for name in ("tokens-400000", "giant-line"):  # the fake upstream's models of the same names
+    for name in ("tokens-400000", "giant-line", "long-answer"):  # the fake upstream's models of the same names
         models[name] = {**models["echo"], "model": name, "capabilities": ["completion"]}
     s = ServeProcess(tmp_path_factory.mktemp("hostile"), models, args=ARGS, env=ENV, memory_mb=MEMORY_MB)
     yield s
@@ -769,6 +769,33 @@ def test_an_endless_upstream_event_is_a_clear_error_and_the_server_keeps_serving
         time.sleep(0.05)
     assert len(openai_fake.disconnect_times) > before  # the upstream was left before its 32 MB
     assert growth_mb(hostile) < 80
+    works(hostile)
+
+
+def test_an_endless_answer_is_stopped_at_the_answer_cap(hostile, openai_fake):
+    """The upstream streams 48 M characters of answer (in 64 KB deltas, under the body and
+    event caps): the server stops gathering it at 32 M characters with a clear error, leaves
+    the upstream and keeps serving."""
+    start_watch(hostile)
+    before = len(openai_fake.disconnect_times)
+    with httpx.stream(
+        "POST",
+        hostile.url + "/api/chat",
+        json={"model": "long-answer", "messages": [{"role": "user", "content": "x"}]},
+        timeout=120,
+    ) as r:
+        assert r.status_code == 200
+        size, last = 0, {}
+        for line in r.iter_lines():
+            if line:
+                last = json.loads(line)
+                size += len(last.get("message", {}).get("content", ""))
+    assert "the upstream sent an answer longer than 32 M characters" in last["error"]
+    assert 31 * MB < size <= 32 * MB  # what came before the cap was streamed
+    deadline = time.monotonic() + 20
+    while len(openai_fake.disconnect_times) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(openai_fake.disconnect_times) > before
     works(hostile)
 
 

@@ -143,6 +143,10 @@ def _local_model(entry: ModelEntry, queue_limit: int) -> LocalModel:
 
 
 MAX_TOP_LOGPROBS = 20  # Ollama's and OpenAI's bound
+# Characters of answer (text and reasoning) one generation may gather: far above any model's
+# output, and below what the upstream body cap (128 MB) would let an upstream make a process
+# hold (the pieces, then the joined answer, up to 4 bytes a character).
+MAX_ANSWER = 32 * 1024 * 1024
 
 
 def _keep_alive(value: Any) -> float | None:
@@ -424,6 +428,7 @@ class Run:
         "stop_sequence",
         "logprobs",
         "hide_reasoning",
+        "size",
     )
 
     def __init__(self, plan: Plan) -> None:
@@ -440,6 +445,7 @@ class Run:
         self.stop_sequence: str | None = None
         self.logprobs: list[TokenLogprob] | None = [] if plan.call.logprobs else None
         self.hide_reasoning = plan.call.think is False  # an upstream that reasons anyway: dropped here
+        self.size = 0  # characters of text and reasoning gathered (at most MAX_ANSWER)
 
     def request_sent(self) -> None:
         self.sent = time.perf_counter_ns()
@@ -484,6 +490,12 @@ class Run:
             r = ""
         if not self.first and (r or x):
             self.first = time.perf_counter_ns()
+        self.size += len(r) + len(x)
+        if self.size > MAX_ANSWER:
+            raise UpstreamError(
+                f"{self.plan.call.name}: the upstream sent an answer longer than {MAX_ANSWER // (1024 * 1024)} M "
+                "characters; it was stopped there"
+            )
         if r:
             self.reasoning.append(r)
             out.append(ReasoningDelta(r))

@@ -36,6 +36,7 @@ A real aiohttp server on 127.0.0.1 that speaks the wire described in
   ``close-midstream``: three content pieces, then the TCP connection is dropped
   (non-streamed: half a body, then dropped). ``giant-line`` (streamed): two content pieces,
   then one ``data:`` line that never ends (32 MB in 4 KB writes, until the client goes away).
+  ``long-answer`` (streamed): 48 M characters of content in 64 KB deltas, then a normal end.
   ``garbage``: HTTP 200 whose stream holds
   bytes that are not SSE JSON (non-streamed: an HTML body). ``reset-K``: the first K
   requests are dropped before any byte is sent, then echo. ``retry-after-N[-K]`` /
@@ -81,7 +82,17 @@ except ImportError:  # run as a script: python tests/fakes/<name>.py --port N
 FAKE_KEY = "sk-fake-test-0123456789abcdef"
 
 _dumps = orjson.dumps
-_FAULTS = ("hang", "close-midstream", "giant-line", "garbage", "reset-", "retry-after-", "burst503-", "echo-auth")
+_FAULTS = (
+    "hang",
+    "close-midstream",
+    "giant-line",
+    "long-answer",
+    "garbage",
+    "reset-",
+    "retry-after-",
+    "burst503-",
+    "echo-auth",
+)
 _WORD = re.compile(r"\S*\s*")
 
 
@@ -598,6 +609,22 @@ class FakeOpenAI(ThreadedServer):
                 await resp.write(b'{"id":"chatcmpl-fake","object":"chat.completion","choices":[{"index":0,')
                 await asyncio.sleep(0.02)
             request.transport.close()
+            return resp
+        if mode == "long-answer" and stream:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+            await resp.prepare(request)
+            piece = "y" * 65536
+            try:
+                for _ in range(48 * 16):  # 48 M characters in 64 KB deltas, then a normal end
+                    chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model}
+                    chunk["choices"] = [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
+                    await resp.write(b"data: " + _dumps(chunk) + b"\n\n")
+                chunk["choices"] = [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+                await resp.write(b"data: " + _dumps(chunk) + b"\n\ndata: [DONE]\n\n")
+                await resp.write_eof()
+            except (ConnectionError, RuntimeError):
+                self.disconnects += 1
+                self.disconnect_times.append(time.monotonic())
             return resp
         if mode == "giant-line" and stream:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
