@@ -208,6 +208,23 @@ def test_a_malformed_event_is_an_error():
     assert isinstance(error, UpstreamError) and "malformed stream event" in str(error)
 
 
+@pytest.mark.parametrize("provider", ["openai", "google"])
+def test_an_event_past_the_cap_is_an_error_keeping_the_events_of_the_same_read(provider):
+    """One read: two whole events, then a line that passes 8 MB: the two are parsed first."""
+    from gencli.sse import MAX_EVENT, EventTooLarge
+
+    whole = {"openai": OPENAI_TEXT, "google": GEMINI_THOUGHTS}[provider]
+    end = b"\r\n\r\n" if b"\r\n\r\n" in whole else b"\n\n"
+    first = whole[: whole.index(end, whole.index(end) + 1) + len(end)]  # two events
+    adapter = get_adapter(provider)
+    wanted, _ = feed(adapter, call(provider), [first])
+    assert wanted  # the two events carry an answer
+    events, error = feed(adapter, call(provider), [first + b"data: " + b"z" * MAX_EVENT])
+    assert isinstance(error, EventTooLarge) and isinstance(error, UpstreamError)
+    assert str(error) == "the upstream sent an event larger than 8 MB"
+    assert events == wanted
+
+
 # -- OpenAI JSON bodies ---------------------------------------------------------------------
 OPENAI_BODY = (
     b'{\n  "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",\n  "object": "chat.completion",\n  "created": 174'
