@@ -214,11 +214,37 @@ def post_raw(server: ServeProcess, path: str, body: bytes, timeout: float = 30) 
 # -- 2. error-path amplification ---------------------------------------------------------------
 
 
+def test_a_body_of_tiny_values_is_refused_before_it_is_parsed(hostile):
+    """4 MB of ``{}`` would parse into ~150 MB of Python objects: the values are counted first
+    (one per 16 bytes of --max-body-mb at most), without parsing."""
+    works(hostile)
+    start_watch(hostile)
+    n = (4 * MB - 100) // 3
+    for body in (
+        b'{"model": "echo", "prompt": "hi", "x": [' + b"{}," * n + b"{}]}",
+        b'{"model": "echo", "prompt": "hi", "x": {' + b'"k":1,' * (n // 2) + b'"a":1}}',
+    ):
+        r, took = post_raw(hostile, "/api/generate", body)
+        assert r.status_code == 413, r.text[:300]
+        assert "more than 262144 JSON values" in r.json()["error"], r.json()
+        assert took < 5, took
+    r, _ = post_raw(hostile, "/v1/chat/completions", b'{"model": "echo", "x": [' + b"[]," * n + b"[]]}")
+    assert r.status_code == 413 and "JSON values" in r.json()["error"]["message"]
+    assert growth_mb(hostile) < 40
+    # commas and brackets inside strings are not values: a CSV of a million numbers is a prompt
+    csv = ",".join(["1"] * 1_000_000)
+    r = httpx.post(hostile.url + "/api/generate", json={"model": "echo", "prompt": csv}, timeout=30)
+    assert r.status_code == 200 and r.json()["response"] == "You said: " + csv
+    works(hostile)
+
+
 def test_a_nan_deep_in_a_large_body_is_named_in_linear_time(hostile):
     works(hostile)
     start_watch(hostile)
-    stops = ",".join(['"s"'] * 600_000)  # 2.4 MB of small tokens before the bad value
-    body = ('{"model": "echo", "prompt": "hi", "options": {"stop": [' + stops + '], "temperature": NaN}}').encode()
+    # 1.2 MB of small tokens before the bad value (600,000: past the scan budget), in 200,000
+    # values (under the server's limit of 262,144 values for its 4 MB bodies)
+    keys = ",".join(['"s":1'] * 200_000)
+    body = ('{"model": "echo", "prompt": "hi", "x": {' + keys + '}, "options": {"temperature": NaN}}').encode()
     r, took = post_raw(hostile, "/api/generate", body)
     assert r.status_code == 400
     # past the scan budget the offset is named instead of the field: either way, one short line
@@ -906,3 +932,20 @@ def test_upstream_errors_never_show_a_key(openai_fake, tmp_path_factory):
     finally:
         server.stop()
         upstream.stop()
+
+
+@pytest.mark.parametrize(
+    "body, limit, over",
+    [
+        (b'{"a": [1, 2, 3]}', 4, False),  # { and [, and two commas
+        (b'{"a": [1, 2, 3, 4]}', 4, True),
+        (b'{"p": "a,b,c,d,[{"}', 1, False),  # inside a string: not values
+        (b'{"p": "a\\",b,c,d,[{"}', 1, False),  # an escaped quote does not end the string
+        (b'{"p": "a\\\\", "q": [1, 2]}', 3, True),  # an escaped backslash does: "q" is outside
+        (b"[" + b'"s",' * 100 + b'"s"]', 50, True),  # more strings than two per allowed value
+    ],
+)
+def test_json_values_are_counted_outside_strings(body, limit, over):
+    from gencli.server.asgi import json_values_over
+
+    assert json_values_over(body, limit) is over

@@ -175,12 +175,48 @@ async def read_json(receive: Receive, max_body: int) -> dict[str, Any]:
             if size > max_body:
                 raise too_large(max_body)
         more = msg.get("more_body", False)
-    return parse_json(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+    return parse_json(chunks[0] if len(chunks) == 1 else b"".join(chunks), max_json_values(max_body))
 
 
-def parse_json(body: bytes) -> dict[str, Any]:
+# Parsed JSON costs up to ~100 bytes of Python objects per value ("{}," is 3 bytes of body and
+# an empty dict with its slot and the parser's work, ~100 bytes): 32 MB of them took 1.2 GB.
+# A body may hold one value per 16 bytes of the body limit (at least MIN_JSON_VALUES): a
+# context array of 24-bit numbers (~9 bytes each) still fits, and the parsed body stays
+# within a few times the body limit.
+MIN_JSON_VALUES = 10_000
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def max_json_values(max_body: int) -> int:
+    """How many JSON values a body may hold under a body limit of ``max_body``."""
+    return max(MIN_JSON_VALUES, max_body // 16)
+
+
+def json_values_over(body: bytes, limit: int) -> bool:
+    """True when ``body`` holds more than ``limit`` JSON values, judged before parsing, in
+    O(body) with a small constant. Values are counted by the ``,``, ``[`` and ``{`` that start
+    or separate them. The cheap count (those bytes anywhere, ~2 ms a MB) settles almost every
+    body; only past the limit are the strings, whose commas and brackets are not values,
+    left out, unless there are too many strings already (a value has at most two: a key and
+    itself)."""
+    if body.count(b",") + body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    strings = (body.count(b'"') - body.count(b'\\"')) // 2  # an escaped quote may be a closing one: fewer
+    if strings > 2 * limit:
+        return True
+    outside = _STRING.sub(b'""', body)  # at most 2 * limit matches: cheap per match
+    return outside.count(b",") + outside.count(b"[") + outside.count(b"{") > limit
+
+
+def parse_json(body: bytes, max_values: int | None = None) -> dict[str, Any]:
     if not body:
         raise UsageError("request body is empty; send a JSON object", "body")
+    if max_values is not None and json_values_over(body, max_values):
+        raise refusal(
+            413,
+            f"request body holds more than {max_values} JSON values; send fewer per request"
+            " (the server allows one per 16 bytes of --max-body-mb)",
+        )
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
