@@ -67,3 +67,12 @@ def test_damaged_or_truncated_context_is_refused():
         context.decode(damaged)
     with pytest.raises(ContextError, match="damaged|truncated"):
         context.decode(ints[:-3])
+
+
+def test_an_array_longer_than_any_conversation_under_the_limit_is_refused_before_decoding():
+    limit = 4096
+    longest = context.max_ints(limit)
+    with pytest.raises(ContextError, match="longer than a conversation of 4096 bytes"):
+        context.decode(["not even a number"] * (longest + 1), max_bytes=limit)
+    with pytest.raises(ContextError, match="array of integers"):  # one shorter: checked further
+        context.decode(["not even a number"] * longest, max_bytes=limit)
