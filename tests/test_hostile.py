@@ -13,6 +13,7 @@ wrong types: test_wrong_types; flags: test_serve_flags; request options: the eng
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import socket
 import struct
@@ -950,3 +951,55 @@ def test_json_values_are_counted_outside_strings(body, limit, over):
     from gencli.server.asgi import json_values_over
 
     assert json_values_over(body, limit) is over
+
+
+# -- request bodies held at once ----------------------------------------------------------------
+
+
+def test_request_bodies_held_at_once_are_bounded_per_worker(openai_fake, tmp_path_factory):
+    """--body-memory-mb 5 with 2 MB bodies: of three bodies sent at once, the one that would
+    pass 5 MB gets 503 with Retry-After and gives its bytes back at once, so the other two
+    (4 MB) are answered; afterwards the budget is whole again."""
+    args = ["--max-body-mb", "2", "--body-memory-mb", "5"]
+    models = models_json(openai_fake.base_url)
+    server = ServeProcess(tmp_path_factory.mktemp("bodies"), models, args=args, env=ENV, memory_mb=MEMORY_MB)
+    try:
+        prompt = "x" * (2 * MB - 100)
+        body = json.dumps({"model": "echo", "prompt": prompt}).encode()
+        assert len(body) <= 2 * MB
+        head = (
+            f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        socks = [connect(server, timeout=30) for _ in range(3)]
+
+        def send(sock: socket.socket, data: bytes) -> None:
+            try:
+                sock.sendall(data)
+            except OSError:  # the refused one may be closed before all of it is sent
+                pass
+
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda s: send(s, head + body[:-1024]), socks))  # 3 x 2 MB: more than 5 MB
+            list(pool.map(lambda s: send(s, body[-1024:]), socks))
+            answers = list(pool.map(lambda s: read_responses(s, 1), socks))
+        statuses = sorted(a[0][0] for a in answers)
+        assert statuses == [200, 200, 503], statuses
+        status, headers, content = next(a[0] for a in answers if a[0][0] == 503)
+        assert headers.get("retry-after") == "1"
+        assert "--body-memory-mb" in json.loads(content)["error"]
+        for _, _, content in (a[0] for a in answers if a[0][0] == 200):
+            assert json.loads(content)["response"] == "You said: " + prompt
+        for sock in socks:
+            sock.close()
+        # the budget is whole again: two bodies at once pass
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            codes = list(
+                pool.map(
+                    lambda _: httpx.post(server.url + "/api/generate", content=body, timeout=30).status_code, range(2)
+                )
+            )
+        assert codes == [200, 200]
+        works(server)
+    finally:
+        server.stop()

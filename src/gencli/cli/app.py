@@ -540,6 +540,7 @@ SERVE_SETTINGS: tuple[Row, ...] = (
     _setting("max_images_mb", "MB", "Image bytes per request, URLs and base64 together, 413 above it", "50"),
     _setting("image_fetches", "N", "Image URL downloads at once per worker, more wait their turn", "8"),
     _setting("image_memory_mb", "MB", "Downloaded image bytes held at once per worker, 503 above it", "256"),
+    _setting("body_memory_mb", "MB", "Request body bytes held at once per worker, 503 above it", "512"),
     _setting("grace", "SECONDS", "On SIGTERM, how long in-flight requests may take to finish", "30", SERVER),
     _setting(
         "timeout", "SECONDS", 'Upstream read timeout for models without a "timeout" in models.json', "300", NETWORK

@@ -455,7 +455,7 @@ class AnthropicMessages:
 
 
 async def messages(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    data = await state.read_json(receive)
+    data = await state.read_json(scope, receive)
     model = state.model_of(scope, data)
     req = request_in(data, model)
 
@@ -467,7 +467,7 @@ async def messages(state: State, scope: Scope, receive: Receive, send: Send) -> 
 
 
 async def count_tokens(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    data = await state.read_json(receive)
+    data = await state.read_json(scope, receive)
     model = state.model_of(scope, data)
     req = request_in(data, model, counting=True)
     quota = state.image_quota()

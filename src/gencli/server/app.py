@@ -89,6 +89,10 @@ class App:
                 await send_error(scope, send, exc)
             except Exception as exc:  # a bug: a JSON 500 in the route's shape, the details in the log
                 await send_error(scope, send, internal(exc))
+            finally:
+                held = scope.get("gencli.body")
+                if held:  # the body read by State.read_json, held until the request ends
+                    self.state.bodies.release(held)
         elif kind == "lifespan":
             await self.lifespan(receive, send)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from gencli.errors import GencliError, ModelNotFound, UsageError
+from gencli.errors import GencliError, ModelNotFound, ServerBusy, UsageError
 
 Scope = dict[str, Any]
 Message = dict[str, Any]  # an ASGI event (http.request, http.response.start, ...)
@@ -158,9 +158,36 @@ async def send_error(
 # -- reading a JSON body ------------------------------------------------------------------
 
 
-async def read_json(receive: Receive, max_body: int) -> dict[str, Any]:
-    """The request body as a JSON object (at most ``max_body`` bytes: 413 past it). A client
-    that leaves while it is read cancels the request."""
+class BodyBudget:
+    """The request body bytes one worker holds at once (``gencli serve --body-memory-mb``):
+    a body is counted as it arrives and until its request ends (its parsed form lives as
+    long); a body that would pass the budget gets 503 with Retry-After (the server is busy,
+    not the request wrong) and what it held is given back at once."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+
+    def charge(self, n: int) -> None:
+        if self.held + n > self.limit:
+            exc = ServerBusy(
+                f"the server is holding its limit of {self.limit // (1024 * 1024)} MB of request bodies"
+                " (gencli serve --body-memory-mb); retry shortly"
+            )
+            exc.retry_after = 1  # type: ignore[attr-defined]
+            raise exc
+        self.held += n
+
+    def release(self, n: int) -> None:
+        self.held = max(0, self.held - n)
+
+
+async def read_json(receive: Receive, max_body: int, charge: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The request body as a JSON object (at most ``max_body`` bytes: 413 past it); ``charge``
+    is told the size of each piece as it arrives (and may refuse it). A client that leaves
+    while it is read cancels the request."""
     chunks: list[bytes] = []
     size = 0
     more = True
@@ -170,10 +197,12 @@ async def read_json(receive: Receive, max_body: int) -> dict[str, Any]:
             raise asyncio.CancelledError()
         chunk = msg.get("body", b"")
         if chunk:
-            chunks.append(chunk)
             size += len(chunk)
             if size > max_body:
                 raise too_large(max_body)
+            if charge is not None:
+                charge(len(chunk))
+            chunks.append(chunk)
         more = msg.get("more_body", False)
     return parse_json(chunks[0] if len(chunks) == 1 else b"".join(chunks), max_json_values(max_body))
 

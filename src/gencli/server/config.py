@@ -41,6 +41,7 @@ NUMBERS: tuple[Number, ...] = (
     Number("max_images_mb", "--max-images-mb", "GENCLI_MAX_IMAGES_MB", 50, 0.001, 4096, unit="MB"),
     Number("image_fetches", "--image-fetches", "GENCLI_IMAGE_FETCHES", 8, 1, 1024, True),
     Number("image_memory_mb", "--image-memory-mb", "GENCLI_IMAGE_MEMORY_MB", 256, 1, 65536, unit="MB"),
+    Number("body_memory_mb", "--body-memory-mb", "GENCLI_BODY_MEMORY_MB", 512, 1, 65536, unit="MB"),
 )
 BY_KEY = {n.key: n for n in NUMBERS}
 
@@ -76,6 +77,7 @@ class ServeConfig:
     max_images_bytes: int = 50 * MB
     image_fetches: int = 8
     image_memory: int = 256 * MB
+    body_memory: int = 512 * MB
     api_key: str | None = None
     allowed_origins: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)
@@ -123,6 +125,13 @@ class ServeConfig:
             cfg.max_images_bytes = max(1, int(values["max_images_mb"] * MB))
         if "image_memory_mb" in values:
             cfg.image_memory = int(values["image_memory_mb"] * MB)
+        if "body_memory_mb" in values:
+            cfg.body_memory = int(values["body_memory_mb"] * MB)
+        if cfg.body_memory < cfg.max_body:
+            raise SettingError(
+                f"--body-memory-mb ({cfg.body_memory // MB} MB) is smaller than --max-body-mb "
+                f"({cfg.max_body / MB:g} MB): one request body must fit; raise --body-memory-mb"
+            )
         if flags.get("host"):
             cfg.host = str(flags["host"])
         cfg.api_key = (env.get("GENCLI_API_KEY") or "").strip() or None

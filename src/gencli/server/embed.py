@@ -47,7 +47,7 @@ async def _embed(
 
 
 async def api_embed(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    data = await state.read_json(receive)
+    data = await state.read_json(scope, receive)
     if "input" not in data or data["input"] is None:
         raise UsageError("input is required (a string or an array of strings)", "input")
     entry, result = await _embed(state, scope, data, data["input"], empty_ok=True)
@@ -68,7 +68,7 @@ async def api_embed(state: State, scope: Scope, receive: Receive, send: Send) ->
 
 
 async def api_embeddings(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    data = await state.read_json(receive)
+    data = await state.read_json(scope, receive)
     prompt = data.get("prompt")
     if prompt is None:
         raise UsageError("prompt is required", "prompt")
@@ -88,7 +88,7 @@ def _b64(vector: list[float]) -> str:
 
 
 async def v1_embeddings(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    data = await state.read_json(receive)
+    data = await state.read_json(scope, receive)
     inputs = data.get("input")
     if inputs is None:
         raise UsageError("input is required (a string or an array of strings)", "input")

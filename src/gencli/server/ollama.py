@@ -219,7 +219,7 @@ def model_or_name(data: dict[str, Any]) -> str:
 
 
 async def show(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    data = await state.read_json(receive)
+    data = await state.read_json(scope, receive)
     name = model_or_name(data)
     entry = state.resolve(name)
     scope.setdefault("gencli", {})["model"] = entry.name
@@ -263,7 +263,7 @@ async def pull(state: State, scope: Scope, receive: Receive, send: Send) -> None
     """Ollama's pull: a model named in models.json is already here, so the pull succeeds at
     once in Ollama's progress shape (streamed unless ``stream: false``); any other name is
     a 404 saying where models come from."""
-    data = await state.read_json(receive)
+    data = await state.read_json(scope, receive)
     name = model_or_name(data)
     stream = field_bool(data, "stream", True)
     try:
@@ -304,7 +304,7 @@ async def not_here(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def generate(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    data = await state.read_json(receive)
+    data = await state.read_json(scope, receive)
     model = state.model_of(scope, data)
     stream = field_bool(data, "stream", False)
     prompt = field_str(data, "prompt")
@@ -341,7 +341,7 @@ async def generate(state: State, scope: Scope, receive: Receive, send: Send) -> 
 
 
 async def chat(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    data = await state.read_json(receive)
+    data = await state.read_json(scope, receive)
     model = state.model_of(scope, data)
     stream = field_bool(data, "stream", True)  # Ollama streams chat unless told not to (the seed only covers generate)
     raw_messages = field_list(data, "messages")

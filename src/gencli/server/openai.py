@@ -321,7 +321,7 @@ class OpenAIChat:
 
 
 async def chat_completions(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    data = await state.read_json(receive)
+    data = await state.read_json(scope, receive)
     model = state.model_of(scope, data)
     stream = field_bool(data, "stream", False)
     include_usage = _include_usage(data)
@@ -438,7 +438,7 @@ class OpenAICompletion:
 async def completions(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     """POST /v1/completions: ``prompt`` sent as it is (a text completion), ``suffix`` for
     fill-in-the-middle on models with the 'insert' capability."""
-    data = await state.read_json(receive)
+    data = await state.read_json(scope, receive)
     model = state.model_of(scope, data)
     stream = field_bool(data, "stream", False)
     include_usage = _include_usage(data)

@@ -540,7 +540,7 @@ class Responses:
 
 
 async def responses(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    data = await state.read_json(receive)
+    data = await state.read_json(scope, receive)
     model = state.model_of(scope, data)
     req, echo = request_in(data, model)
     await answer(state, scope, receive, send, req, lambda plan: Responses(plan.entry.name, echo))

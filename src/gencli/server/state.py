@@ -12,7 +12,7 @@ from typing import Any
 
 from gencli import images as img
 from gencli.registry import ModelEntry, Registry
-from gencli.server.asgi import Receive, Scope, field_model, read_json
+from gencli.server.asgi import BodyBudget, Receive, Scope, field_model, read_json
 from gencli.server.config import ServeConfig
 from gencli.transport_async import ServerTransport
 
@@ -34,6 +34,7 @@ class State:
             on_quiet=trim,
         )  # quiet: idle upstream connections closed, memory trimmed
         self.max_body = config.max_body
+        self.bodies = BodyBudget(config.body_memory)  # request bodies held at once
         context.set_limit(self.max_body)  # a conversation in `context` is no larger than a body
         self.started = time.time()
         self.last_used: dict[str, int] = {}  # model name -> time.time_ns() of its last request
@@ -47,8 +48,25 @@ class State:
         self.modified_ts = int(mtime)
         self.modified_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
 
-    async def read_json(self, receive: Receive) -> dict[str, Any]:
-        return await read_json(receive, self.max_body)
+    async def read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        """The request's JSON body, counted against the worker's body budget until the request
+        ends (``App`` gives ``scope["gencli.body"]`` back); a refused or failed read gives its
+        bytes back at once."""
+        bodies = self.bodies
+        held = 0
+
+        def charge(n: int) -> None:
+            nonlocal held
+            bodies.charge(n)
+            held += n
+
+        try:
+            data = await read_json(receive, self.max_body, charge)
+        except BaseException:
+            bodies.release(held)
+            raise
+        scope["gencli.body"] = held
+        return data
 
     def ready_models(self) -> list[ModelEntry]:
         """The models a request can use now (their provider's key is set)."""
