@@ -34,6 +34,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 import aiohttp.abc
 
+from gencli.budget import MemoryBudget
 from gencli.errors import ImageError
 from gencli.images import MAX_IMAGE_BYTES, sniff
 
@@ -224,38 +225,23 @@ def _short(url: str) -> str:
     return url if len(url) <= 120 else url[:117] + "..."
 
 
-class ImageBudget:
+class ImageBudget(MemoryBudget):
     """Process-wide bounds on image downloads (``gencli serve``): at most ``fetches`` at
     once (more wait their turn), and at most ``memory`` bytes of downloaded images held at
     once, counting downloads in progress and the images of requests still running (503
     past it: the server is busy, not the request wrong)."""
 
+    __slots__ = ("_slots", "fetches")
+
     def __init__(self, fetches: int = 8, memory: int = 256 * 1024 * 1024):
+        super().__init__(memory, "downloaded images", "--image-memory-mb")
         self.fetches = fetches
-        self.memory = memory
-        self.held = 0
         self._slots: asyncio.Semaphore | None = None
 
     def slot(self) -> asyncio.Semaphore:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.fetches)
         return self._slots
-
-    def charge(self, n: int) -> None:
-        """Count ``n`` more bytes held (``n`` = 0: just check the budget is not spent)."""
-        if self.held + n > self.memory or (n == 0 and self.held >= self.memory):
-            from gencli.errors import ServerBusy
-
-            exc = ServerBusy(
-                f"the server is holding its limit of {self.memory // (1024 * 1024)} MB of downloaded "
-                "images (gencli serve --image-memory-mb); retry shortly"
-            )
-            exc.retry_after = 1  # type: ignore[attr-defined]
-            raise exc
-        self.held += n
-
-    def release(self, n: int) -> None:
-        self.held = max(0, self.held - n)
 
 
 async def fetch_image(

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from gencli.errors import GencliError, ModelNotFound, ServerBusy, UsageError
+from gencli.errors import GencliError, ModelNotFound, UsageError
 
 Scope = dict[str, Any]
 Message = dict[str, Any]  # an ASGI event (http.request, http.response.start, ...)
@@ -156,32 +156,6 @@ async def send_error(
 
 
 # -- reading a JSON body ------------------------------------------------------------------
-
-
-class BodyBudget:
-    """The request body bytes one worker holds at once (``gencli serve --body-memory-mb``):
-    a body is counted as it arrives and until its request ends (its parsed form lives as
-    long); a body that would pass the budget gets 503 with Retry-After (the server is busy,
-    not the request wrong) and what it held is given back at once."""
-
-    __slots__ = ("held", "limit")
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.held = 0
-
-    def charge(self, n: int) -> None:
-        if self.held + n > self.limit:
-            exc = ServerBusy(
-                f"the server is holding its limit of {self.limit // (1024 * 1024)} MB of request bodies"
-                " (gencli serve --body-memory-mb); retry shortly"
-            )
-            exc.retry_after = 1  # type: ignore[attr-defined]
-            raise exc
-        self.held += n
-
-    def release(self, n: int) -> None:
-        self.held = max(0, self.held - n)
 
 
 async def read_json(receive: Receive, max_body: int, charge: Callable[[int], None] | None = None) -> dict[str, Any]:

@@ -11,8 +11,9 @@ import time
 from typing import Any
 
 from gencli import images as img
+from gencli.budget import MemoryBudget
 from gencli.registry import ModelEntry, Registry
-from gencli.server.asgi import BodyBudget, Receive, Scope, field_model, read_json
+from gencli.server.asgi import Receive, Scope, field_model, read_json
 from gencli.server.config import ServeConfig
 from gencli.transport_async import ServerTransport
 
@@ -34,7 +35,7 @@ class State:
             on_quiet=trim,
         )  # quiet: idle upstream connections closed, memory trimmed
         self.max_body = config.max_body
-        self.bodies = BodyBudget(config.body_memory)  # request bodies held at once
+        self.bodies = MemoryBudget(config.body_memory, "request bodies", "--body-memory-mb")  # held at once
         context.set_limit(self.max_body)  # a conversation in `context` is no larger than a body
         self.started = time.time()
         self.last_used: dict[str, int] = {}  # model name -> time.time_ns() of its last request
