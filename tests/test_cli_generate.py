@@ -438,7 +438,7 @@ def test_midstream_error_keeps_the_partial_answer(env, workdir):
 
 
 def test_an_endless_upstream_event_is_a_clear_error_and_keeps_the_partial_answer(env, workdir, openai_fake):
-    """The upstream streams one data line that never ends (32 MB): gencli stops at 8 MB."""
+    """The upstream streams one data line that never ends (96 MB): gencli stops at 8 MB."""
     models = models_for(openai_fake.base_url)
     models["giant"] = {"provider": "openai", "model": "giant-line", "base_url": openai_fake.base_url}
     (workdir / "models.json").write_text(json.dumps(models))

@@ -768,7 +768,7 @@ def test_a_client_that_stops_reading_is_dropped(hostile, openai_fake):
 
 @pytest.mark.parametrize("path", ["/api/generate", "/v1/chat/completions"])
 def test_an_endless_upstream_event_is_a_clear_error_and_the_server_keeps_serving(hostile, openai_fake, path):
-    """The upstream streams one SSE data line that never ends (32 MB without a newline): the
+    """The upstream streams one SSE data line that never ends (96 MB without a newline): the
     server stops reading it at 8 MB, closes the upstream, keeps the partial answer and ends
     the client's stream with the error."""
     start_watch(hostile)
@@ -795,13 +795,13 @@ def test_an_endless_upstream_event_is_a_clear_error_and_the_server_keeps_serving
     deadline = time.monotonic() + 20
     while len(openai_fake.disconnect_times) == before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(openai_fake.disconnect_times) > before  # the upstream was left before its 32 MB
+    assert len(openai_fake.disconnect_times) > before  # the upstream was left before its 96 MB
     assert growth_mb(hostile) < 80
     works(hostile)
 
 
 def test_an_endless_answer_is_stopped_at_the_answer_cap(hostile, openai_fake):
-    """The upstream streams 48 M characters of answer (in 64 KB deltas, under the body and
+    """The upstream streams 96 M characters of answer (in 64 KB deltas, under the body and
     event caps): the server stops gathering it at 32 M characters with a clear error, leaves
     the upstream and keeps serving."""
     start_watch(hostile)

@@ -35,8 +35,10 @@ A real aiohttp server on 127.0.0.1 that speaks the wire described in
   ``hang``: reads the request, never answers (until the client goes away).
   ``close-midstream``: three content pieces, then the TCP connection is dropped
   (non-streamed: half a body, then dropped). ``giant-line`` (streamed): two content pieces,
-  then one ``data:`` line that never ends (32 MB in 4 KB writes, until the client goes away).
-  ``long-answer`` (streamed): 48 M characters of content in 64 KB deltas, then a normal end.
+  then one ``data:`` line that never ends (96 MB in 4 KB writes, until the client goes away:
+  more than the event cap plus what the kernel buffers on loopback, up to 32 + 4 MB here).
+  ``long-answer`` (streamed): 96 M characters of content in 64 KB deltas, then a normal end
+  (more than the answer cap plus what the kernel buffers on loopback: up to 32 + 4 MB here).
   ``garbage``: HTTP 200 whose stream holds
   bytes that are not SSE JSON (non-streamed: an HTML body). ``reset-K``: the first K
   requests are dropped before any byte is sent, then echo. ``retry-after-N[-K]`` /
@@ -615,7 +617,7 @@ class FakeOpenAI(ThreadedServer):
             await resp.prepare(request)
             piece = "y" * 65536
             try:
-                for _ in range(48 * 16):  # 48 M characters in 64 KB deltas, then a normal end
+                for _ in range(96 * 16):  # 96 M characters in 64 KB deltas, then a normal end
                     chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model}
                     chunk["choices"] = [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
                     await resp.write(b"data: " + _dumps(chunk) + b"\n\n")
@@ -637,7 +639,7 @@ class FakeOpenAI(ThreadedServer):
             block = b"x" * 4096
             gone = False
             try:
-                for _ in range(32 * 256):  # 32 MB in 4 KB writes, no line end, unless the client goes
+                for _ in range(96 * 256):  # 96 MB in 4 KB writes, no line end, unless the client goes
                     if request.transport is None or request.transport.is_closing():
                         gone = True
                         break
