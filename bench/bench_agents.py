@@ -82,8 +82,7 @@ def main() -> int:
     bs.wrk_arguments(ap)
     args = ap.parse_args()
 
-    if not shutil.which("wrk"):
-        print("bench_agents: wrk not found; install it (Debian: apt-get install -y wrk)", file=sys.stderr)
+    if not bs.have_wrk("bench_agents"):
         return 2
     fake_cpu, gencli_cpu = bs.pinned_cpus(args.no_pin)
     pin = fake_cpu is not None

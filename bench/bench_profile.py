@@ -158,8 +158,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args()
 
-    if not shutil.which("wrk"):
-        print("bench_profile: wrk not found; install it (Debian: apt-get install -y wrk)", file=sys.stderr)
+    if not bs.have_wrk("bench_profile"):
         return 2
     spy = shutil.which("py-spy") or str(Path(bs._python()).with_name("py-spy"))
     if not Path(spy).exists():
@@ -268,9 +267,7 @@ def main() -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{p.args[-8:]} exited with code {p.returncode} during the run")
+        bs.check_alive(procs)
     except Exception as exc:
         print(f"bench_profile: {exc}", file=sys.stderr)
         for log in sorted(tmp.glob("*.log")):

@@ -216,6 +216,21 @@ def stop_all(procs: list[subprocess.Popen], timeout: float = 10) -> None:
             p.kill()
 
 
+def have_wrk(bench: str) -> bool:
+    """Whether wrk is installed; if not, says how to install it (the caller exits with 2)."""
+    if shutil.which("wrk"):
+        return True
+    print(f"{bench}: wrk not found; install it (Debian: apt-get install -y wrk)", file=sys.stderr)
+    return False
+
+
+def check_alive(procs: list[subprocess.Popen]) -> None:
+    """RuntimeError when one of ``procs`` (the fake, gencli) exited during the run."""
+    for p in procs:
+        if p.poll() is not None:
+            raise RuntimeError(f"{p.args[-8:]} exited with code {p.returncode} during the run")
+
+
 def print_tail(log: Path, lines: int = 15) -> None:
     """The last ``lines`` of a server's log on stderr, when it has any (after a failed run)."""
     if log.exists():
@@ -249,8 +264,7 @@ def main() -> int:
     ap.add_argument("--ref", metavar="REF", help="also measure gencli from this git commit/branch (A/B)")
     args = ap.parse_args()
 
-    if not shutil.which("wrk"):
-        print("bench_server: wrk not found; install it (Debian: apt-get install -y wrk)", file=sys.stderr)
+    if not have_wrk("bench_server"):
         return 2
     fake_cpu, gencli_cpu = pinned_cpus(args.no_pin)
     pin = fake_cpu is not None
@@ -339,9 +353,7 @@ def main() -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{p.args[-8:]} exited with code {p.returncode} during the run")
+        check_alive(procs)
     except Exception as exc:
         print(f"bench_server: {exc}", file=sys.stderr)
         print_tail(tmp / "gencli.log")

@@ -176,8 +176,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=50, help="tokens per answer (default 50)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args()
-    if not shutil.which("wrk"):
-        print("bench_servers: wrk not found", file=sys.stderr)
+    if not bs.have_wrk("bench_servers"):
         return 2
     servers = ["http11"]
     for name, module in (("uvicorn", "uvicorn"), ("granian", "granian"), ("granian-rsgi", "granian")):

@@ -50,6 +50,7 @@ from bench_server import (  # noqa: E402
     _taskset,
     _wait_http,
     _wrk,
+    have_wrk,
     ref_command,
     start_fake,
     stop_all,
@@ -173,8 +174,7 @@ def main() -> int:
         asyncio.run(drip_client(int(port), int(count), args.interval, Path(stats)))
         return 0
 
-    if not shutil.which("wrk"):
-        print("bench_slowloris: wrk not found; install it (Debian: apt-get install -y wrk)", file=sys.stderr)
+    if not have_wrk("bench_slowloris"):
         return 2
     cpus = sorted(os.sched_getaffinity(0))
     pin = shutil.which("taskset") is not None and len(cpus) >= 2

@@ -195,6 +195,11 @@ def max_json_values(max_body: int) -> int:
     return max(MIN_JSON_VALUES, max_body // 16)
 
 
+def _starts(text: bytes) -> int:
+    """The ``,``, ``[`` and ``{`` in ``text``: the bytes that start or separate JSON values."""
+    return text.count(b",") + text.count(b"[") + text.count(b"{")
+
+
 def json_values_over(body: bytes, limit: int) -> bool:
     """True when ``body`` holds more than ``limit`` JSON values, judged before parsing, in
     O(body) with a small constant. Values are counted by the ``,``, ``[`` and ``{`` that start
@@ -202,13 +207,13 @@ def json_values_over(body: bytes, limit: int) -> bool:
     body; only past the limit are the strings, whose commas and brackets are not values,
     left out, unless there are too many strings already (a value has at most two: a key and
     itself)."""
-    if body.count(b",") + body.count(b"[") + body.count(b"{") <= limit:
+    if _starts(body) <= limit:
         return False
     strings = (body.count(b'"') - body.count(b'\\"')) // 2  # an escaped quote may be a closing one: fewer
     if strings > 2 * limit:
         return True
     outside = _STRING.sub(b'""', body)  # at most 2 * limit matches: cheap per match
-    return outside.count(b",") + outside.count(b"[") + outside.count(b"{") > limit
+    return _starts(outside) > limit
 
 
 def parse_json(body: bytes, max_values: int | None = None) -> dict[str, Any]:
