@@ -62,6 +62,6 @@ async def in_thread(run: LocalRun) -> AsyncIterator[list[Event]]:
                 break
     finally:
         stop.set()
-        run.close()  # thread-safe: stops before the next token
+        run.cancel()  # thread-safe, never waits: stops before the next token
         if future.done():
             future.exception()

@@ -114,6 +114,19 @@ class UpstreamUnreachable(UpstreamError):
     status = 502
 
 
+class RunnerCrashed(GencliError):
+    """The local model's runner process died while it served a request (a crash, an abort, the
+    out-of-memory killer); the message names the cause. The next request starts a new runner."""
+
+    status = 500
+    exit_code = 1
+    kind = "server_error"
+
+    def __init__(self, message: str, returncode: int = 0):
+        super().__init__(message)
+        self.returncode = returncode
+
+
 class ServerBusy(GencliError):
     """Too many generations are waiting for the same local model (the queue is full)."""
 

@@ -136,6 +136,10 @@ class LocalRun(Protocol):
 
     def close(self) -> None: ...
 
+    def cancel(self) -> None:
+        """Like ``close()``, but never waits (an event loop may call it)."""
+        ...
+
     async def ready(self) -> None: ...
 
 

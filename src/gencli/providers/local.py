@@ -1,11 +1,12 @@
-"""The ``local`` provider: GGUF models run in-process with llama-cpp-python.
+"""The ``local`` provider: GGUF models run by llama-cpp-python in a runner process per model.
 
 Unlike the HTTP adapters it does not describe a request: it runs the model (an
 :class:`~gencli.providers.base.InProcessAdapter`). ``run(call)`` returns a
 :class:`gencli.providers.llama.runner.LocalRun`, a blocking iterator of event lists, one
 token at a time; the engine drives it directly (CLI) or from a worker thread (server).
-The heavy lifting lives in :mod:`gencli.providers.llama`; llama_cpp is imported only when a
-model loads.
+The heavy lifting lives in :mod:`gencli.providers.llama`; llama_cpp is imported only by the
+runner process (:mod:`gencli.providers.llama.worker`), never by gencli itself, so a crash
+in llama.cpp fails a request, not the CLI or the server.
 """
 
 from __future__ import annotations
