@@ -72,12 +72,30 @@ def library_dir() -> Path | None:
 
 
 def variants(lib: Path) -> list[Path]:
-    """The CPU variants a portable build ships (none for a build for one CPU)."""
-    return sorted(lib.glob(f"{VARIANT_PREFIX}*.so"))
+    """The CPU variants a portable build ships (none for a build for one CPU): beside the
+    library, or where llama-cpp-python's wheel puts ggml's backend modules (CMake's
+    ``bin``, which lands in site-packages)."""
+    for where in (lib, lib.parent.parent / "bin"):
+        found = sorted(where.glob(f"{VARIANT_PREFIX}*.so"))
+        if found:
+            return found
+    return []
 
 
 def variant_name(path: Path) -> str:
     return path.name[len(VARIANT_PREFIX) : -len(".so")]
+
+
+def _preload_base(lib: Path) -> None:
+    """Load ggml's base library from ``lib`` first: the variants need it (by its soname) and
+    may not find it beside themselves."""
+    for name in ("libggml-base.so.0", "libggml-base.so"):
+        if (lib / name).exists():
+            try:
+                ctypes.CDLL(str(lib / name), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                continue
+            return
 
 
 def score(path: Path) -> int:
@@ -107,6 +125,7 @@ def choose_variant(lib: Path | None, exclude: set[str]) -> str | None:
     found = variants(lib)
     if not found:
         return None
+    _preload_base(lib)
     ranked = sorted(((score(p), p) for p in found if variant_name(p) not in exclude), key=lambda sp: -sp[0])
     usable = [p for s, p in ranked if s > 0]
     if not usable:
@@ -486,6 +505,7 @@ def describe() -> str:
     found = variants(lib)
     if not found:
         return f"llama.cpp in {lib}: one build for one CPU (no runtime CPU dispatch)"
+    _preload_base(lib)
     best = max(found, key=score)
     return f"llama.cpp in {lib}: {len(found)} CPU variants; this CPU runs '{variant_name(best)}'"
 
