@@ -18,6 +18,11 @@ Glossary (each object is made from the one before it):
 ``HttpRequest`` (gencli.providers.base)
     What an HTTP adapter builds from a Call: method, URL, headers and body, sent by a
     transport (:class:`~gencli.providers.base.SyncTransport` or ``AsyncTransport``).
+``Candidate`` (here)
+    One place a plan can be sent: a model entry (or one of its ``deployments``), its adapter
+    and its Call. A plan's candidates are its model's deployments in the order its router
+    picked, then its ``fallbacks`` (models.json); the loops below move to the next one when
+    a candidate fails before any output (:func:`gencli.retry.falls_back`), never after.
 ``Run`` (here)
     One attempt: folds the adapter's events into the events callers see (text and
     reasoning deltas, tool calls) and the final :class:`~gencli.events.Done`.
@@ -28,13 +33,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gencli import context as ctx
 from gencli import images as img
 from gencli import options as opts
-from gencli.errors import GencliError, ImageError, UpstreamError, UsageError
+from gencli.errors import GencliError, ImageError, MissingKey, UpstreamError, UsageError
 from gencli.events import (
     Done,
     Event,
@@ -59,9 +64,9 @@ from gencli.providers.base import (
     LocalModel,
     SyncTransport,
 )
-from gencli.registry import ModelEntry, Registry
+from gencli.registry import ModelEntry, Registry, Router
 from gencli.request import GenerateRequest, Message
-from gencli.retry import Retrier
+from gencli.retry import Retrier, falls_back
 from gencli.think import ThinkSplitter, split_complete
 
 
@@ -115,8 +120,23 @@ def _check_text(value: Any, name: str) -> str:
 
 
 @dataclass(slots=True)
+class Candidate:
+    """One place a plan can be sent: the model entry (a deployment's variant of it, whose
+    ``label`` names both), its adapter, the Call built for it, and the router that counts
+    the requests running on it (a model with deployments)."""
+
+    entry: ModelEntry
+    adapter: Adapter
+    call: Call
+    router: Router | None = None
+
+
+@dataclass(slots=True)
 class Plan:
-    """A validated request: the adapter, the call it builds from, and images still to fetch."""
+    """A validated request: the adapter, the call it builds from, and images still to fetch.
+    ``entry``, ``adapter`` and ``call`` are the first candidate's; ``candidates`` the places
+    tried in order (deployments, then fallbacks); ``served`` the one being tried (the one that
+    answered, once a run ended)."""
 
     entry: ModelEntry
     adapter: Adapter
@@ -127,6 +147,13 @@ class Plan:
     started: int = 0  # perf_counter_ns at prepare()
     want_context: bool = True
     quota: img.ImageQuota | None = None  # the request's image limits (gencli serve), downloads counted too
+    candidates: list[Candidate] = field(default_factory=list)  # empty: only (entry, adapter, call)
+    served: Candidate | None = None
+    quiet: bool = False  # no warning line when a fallback is taken (the server counts them instead)
+    fell_back: list[str] = field(default_factory=list)  # the labels of the candidates that failed first
+
+    def tries(self) -> list[Candidate]:
+        return self.candidates or [Candidate(self.entry, self.adapter, self.call)]
 
 
 def _local_model(entry: ModelEntry, queue_limit: int) -> LocalModel:
@@ -223,6 +250,7 @@ def prepare(
     process settings (``registry.settings``) apply. ``quota``: the request's image limits
     (a server's), checked before any image is decoded and charged for every image."""
     started = time.perf_counter_ns()
+    asked_timeout, asked_retries = timeout, retries
     if not isinstance(req.images, list):
         raise UsageError("images must be an array of base64 strings or http(s) URLs", "images")
     if quota is not None and (req.images or req.message_images):
@@ -230,6 +258,8 @@ def prepare(
     if not isinstance(req.model, str) or (not req.model and not model_default):
         raise UsageError("model is required", "model")
     entry = registry.resolve(req.model or None)
+    route = registry.route(entry) if entry.deployments or entry.fallbacks else [entry]
+    entry = _first_ready(route, entry, registry)
     spec = PROVIDERS[entry.provider]
     adapter = get_adapter(entry.provider)
     key, key_env = registry.key(entry)
@@ -356,7 +386,82 @@ def prepare(
                 "images",
             )
         _images(plan, [*req.message_images, *((messages[-1], raw) for raw in req.images)])
+    if len(route) > 1:
+        _candidates(plan, route, registry, req, asked_timeout, asked_retries)
     return plan
+
+
+def _first_ready(route: list[ModelEntry], entry: ModelEntry, registry: Registry) -> ModelEntry:
+    """The first of the model's own deployments whose key is set (the first one when none
+    is: its MissingKey names what to set)."""
+    own = [e for e in route if e.name == entry.name]
+    if len(own) > 1:
+        for e in own:
+            if registry.missing_key(e) is None:
+                return e
+    return own[0]
+
+
+def _candidates(
+    plan: Plan,
+    route: list[ModelEntry],
+    registry: Registry,
+    req: GenerateRequest,
+    timeout: float | None,
+    retries: int | None,
+) -> None:
+    """The plan's candidates: its own (first) and a Call for each other entry of ``route``
+    that can take this request (its key set, the capabilities the request uses; others are
+    skipped). Deployments of one model but its last are tried once each: the next one is
+    another key or upstream, better than waiting to retry this one."""
+    first = plan.entry
+    out = [Candidate(first, plan.adapter, plan.call, registry.router(registry.models.get(first.name, first)))]
+    call = plan.call
+    images = bool(plan.image_urls) or any(m.images for m in call.messages)
+    settings = registry.settings
+    for e in route:
+        if e is first:
+            continue
+        spec = PROVIDERS[e.provider]
+        caps = e.capabilities
+        if (
+            "completion" not in caps
+            or (images and "vision" not in caps)
+            or (call.think not in (None, False) and "thinking" not in caps)
+            or (call.tools and "tools" not in caps)
+            or (call.suffix and "insert" not in caps)
+            or (call.prompt is not None and not spec.local and (spec.completions_path is None or call.format))
+            or (call.logprobs and not spec.logprobs)
+        ):
+            continue
+        try:
+            key, key_env = registry.key(e)
+        except MissingKey:
+            continue
+        asked, _ = opts.check(req.options, spec.options)
+        options = {k: v for k, v in e.options.items() if k in spec.options}
+        options.update(asked)
+        adapter = get_adapter(e.provider)
+        c = replace(
+            call,
+            model=e.model,
+            name=e.name,
+            base_url=registry.base_url(e),
+            api_key=key,
+            key_env=key_env,
+            headers=e.headers,
+            options=options,
+            capabilities=tuple(caps),
+            timeout=timeout if timeout is not None else e.timeout if e.timeout is not None else settings.timeout,
+            retries=retries if retries is not None else e.retries if e.retries is not None else settings.retries,
+            local=_local_model(e, settings.local_queue) if spec.local else None,
+        )
+        out.append(Candidate(e, adapter, c, registry.router(registry.models.get(e.name, e))))
+    for i in range(len(out) - 1):
+        if out[i].entry.deployment and out[i + 1].entry.name == out[i].entry.name:
+            out[i].call = replace(out[i].call, retries=0)
+    plan.call = out[0].call
+    plan.candidates = out
 
 
 def _images(plan: Plan, raw_images: list[tuple[Message, Any]]) -> None:
@@ -429,12 +534,14 @@ class Run:
         "logprobs",
         "hide_reasoning",
         "size",
+        "served",
     )
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, served: Candidate | None = None) -> None:
         self.plan = plan
+        self.served = served.entry if served is not None else plan.entry
         self.stream = plan.call.stream
-        self.splitter = ThinkSplitter(implicit_open=plan.entry.reasoning_tags)
+        self.splitter = ThinkSplitter(implicit_open=self.served.reasoning_tags)
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.first = 0
@@ -493,7 +600,7 @@ class Run:
         self.size += len(r) + len(x)
         if self.size > MAX_ANSWER:
             raise UpstreamError(
-                f"{self.plan.call.name}: the upstream sent an answer longer than {MAX_ANSWER // (1024 * 1024)} M "
+                f"{self.served.name}: the upstream sent an answer longer than {MAX_ANSWER // (1024 * 1024)} M "
                 "characters; it was stopped there"
             )
         if r:
@@ -534,6 +641,7 @@ class Run:
                 tool_calls=self.tool_calls,
                 stop_sequence=self.stop_sequence,
                 logprobs=self.logprobs,
+                served=self.served.label,
             )
         )
         return out
@@ -561,12 +669,38 @@ def execute(
 ) -> Generator[Event, None, None]:
     """Run a prepared plan over a synchronous transport (the CLI's httpx; None for a local
     model). Image URLs are downloaded with ``images``. A failure before the first event is
-    retried as :mod:`gencli.retry` decides, waiting with ``sleep``; never after output began."""
+    retried as :mod:`gencli.retry` decides, waiting with ``sleep``; never after output began.
+    When a candidate fails before any output (:func:`gencli.retry.falls_back`), the next one
+    (another deployment, a fallback) is tried."""
     if plan.image_urls:
         fetch_images(plan, images)
-    adapter, call = plan.adapter, plan.call
+    tries = plan.tries()
+    failed: list[UpstreamError] = []
+    for n, cand in enumerate(tries):
+        plan.served = cand
+        output = False
+        attempts = _candidate(plan, cand, transport, sleep)
+        try:
+            for ev in attempts:
+                output = True
+                yield ev
+            return
+        except UpstreamError as exc:
+            if output or n + 1 == len(tries) or not falls_back(exc):
+                raise _all_failed(plan, failed, exc) from None
+            failed.append(exc)
+            _fell_back(plan, cand, exc, tries[n + 1])
+        finally:
+            attempts.close()
+
+
+def _candidate(
+    plan: Plan, cand: Candidate, transport: SyncTransport | None, sleep: Callable[[float], None]
+) -> Generator[Event, None, None]:
+    """One candidate's attempts: a local model's run, or an upstream's with retries."""
+    adapter, call, router = cand.adapter, cand.call, cand.router
     if adapter.in_process:
-        run = Run(plan)
+        run = Run(plan, cand)
         run.request_sent()
         local = adapter.run(call)
         try:
@@ -582,20 +716,45 @@ def execute(
         raise _no_transport(plan)
     http = adapter.build(call)
     retrier = Retrier.for_call(call.name, call.retries)
-    while True:
-        run = Run(plan)
-        output = False
-        attempt = _attempt(adapter, call, run, http, transport)
-        try:
-            for ev in attempt:
-                output = True
-                yield ev
-            return
-        except UpstreamError as exc:
-            wait = retrier.next_wait(exc, output)
-        finally:
-            attempt.close()
-        sleep(wait)
+    if router is not None:
+        router.begin(cand.entry)
+    try:
+        while True:
+            run = Run(plan, cand)
+            output = False
+            attempt = _attempt(adapter, call, run, http, transport)
+            try:
+                for ev in attempt:
+                    output = True
+                    yield ev
+                return
+            except UpstreamError as exc:
+                wait = retrier.next_wait(exc, output)
+            finally:
+                attempt.close()
+            sleep(wait)
+    finally:
+        if router is not None:
+            router.end(cand.entry)
+
+
+def _fell_back(plan: Plan, cand: Candidate, exc: UpstreamError, nxt: Candidate) -> None:
+    plan.fell_back.append(cand.entry.label)
+    if not plan.quiet:
+        warn(f"{exc.message}; trying {nxt.entry.label} instead")
+
+
+def _all_failed(plan: Plan, failed: list[UpstreamError], exc: UpstreamError) -> UpstreamError:
+    """The error to raise when the last candidate tried failed: ``exc`` itself, or after
+    fallbacks the same kind of error naming each failure in turn."""
+    if not failed:
+        return exc
+    what = "; then ".join(e.message for e in [*failed, exc])
+    message = f"{plan.entry.name}: every deployment and fallback failed: {what}"
+    try:
+        return type(exc)(message, upstream_status=exc.upstream_status, retry_after=exc.retry_after, status=exc.status)
+    except TypeError:  # an error kind of its own making (EventTooLarge): the plain kind
+        return UpstreamError(message, upstream_status=exc.upstream_status, status=exc.status)
 
 
 def _attempt(
@@ -648,14 +807,42 @@ async def abatches(
     sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> AsyncGenerator[list[Event], None]:
     """:func:`aexecute` by batches: the events of each read from the upstream in one list
-    (never empty), so a reader that lags behind the upstream takes several at once."""
+    (never empty), so a reader that lags behind the upstream takes several at once. Moves to
+    the next candidate like :func:`execute`."""
     if plan.image_urls:
         await afetch_images(plan, images)
-    adapter, call = plan.adapter, plan.call
+    if sleep is None:
+        import asyncio  # lazily: the CLI's sync path never needs it
+
+        sleep = asyncio.sleep
+    tries = plan.tries()
+    failed: list[UpstreamError] = []
+    for n, cand in enumerate(tries):
+        plan.served = cand
+        output = False
+        attempts = _acandidate(plan, cand, transport, sleep)
+        try:
+            async for batch in attempts:
+                output = True
+                yield batch
+            return
+        except UpstreamError as exc:
+            if output or n + 1 == len(tries) or not falls_back(exc):
+                raise _all_failed(plan, failed, exc) from None
+            failed.append(exc)
+            _fell_back(plan, cand, exc, tries[n + 1])
+        finally:
+            await attempts.aclose()
+
+
+async def _acandidate(
+    plan: Plan, cand: Candidate, transport: AsyncTransport | None, sleep: Callable[[float], Awaitable[None]]
+) -> AsyncGenerator[list[Event], None]:
+    adapter, call, router = cand.adapter, cand.call, cand.router
     if adapter.in_process:
         from gencli.bridge import in_thread
 
-        run = Run(plan)
+        run = Run(plan, cand)
         run.request_sent()
         async for events in in_thread(adapter.run(call)):  # a full queue fails here at once (503)
             out = run.feed(events)
@@ -665,26 +852,28 @@ async def abatches(
         return
     if transport is None:
         raise _no_transport(plan)
-    if sleep is None:
-        import asyncio  # lazily: the CLI's sync path never needs it
-
-        sleep = asyncio.sleep
     http = adapter.build(call)
     retrier = Retrier.for_call(call.name, call.retries)
-    while True:
-        run = Run(plan)
-        output = False
-        attempt = _abatches(adapter, call, run, http, transport)
-        try:
-            async for batch in attempt:
-                output = True
-                yield batch
-            return
-        except UpstreamError as exc:
-            wait = retrier.next_wait(exc, output)
-        finally:
-            await attempt.aclose()
-        await sleep(wait)
+    if router is not None:
+        router.begin(cand.entry)
+    try:
+        while True:
+            run = Run(plan, cand)
+            output = False
+            attempt = _abatches(adapter, call, run, http, transport)
+            try:
+                async for batch in attempt:
+                    output = True
+                    yield batch
+                return
+            except UpstreamError as exc:
+                wait = retrier.next_wait(exc, output)
+            finally:
+                await attempt.aclose()
+            await sleep(wait)
+    finally:
+        if router is not None:
+            router.end(cand.entry)
 
 
 async def _abatches(

@@ -88,6 +88,7 @@ class Done:
     tool_calls: list[ToolCall] = field(default_factory=list)
     stop_sequence: str | None = None  # the stop sequence that ended the answer, when known
     logprobs: list[TokenLogprob] | None = None  # when the request asked for them
+    served: str = ""  # what answered: the model (a fallback's name) and deployment ("name/deployment")
 
     def stats(self) -> dict[str, int]:
         out = {

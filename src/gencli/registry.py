@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,14 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "package": str,
     "description": str,
     "context_length": int,
+    "fallbacks": list,
+    "deployments": list,
+    "routing": str,
 }
+DEPLOYMENT_FIELDS: dict[str, type] = {"name": str, "base_url": str, "api_key_env": str, "model": str, "headers": dict}
+ROUTING = ("round-robin", "least-busy")
+MAX_DEPLOYMENTS = 64
+MAX_FALLBACKS = 16
 CAPABILITIES = ("completion", "vision", "thinking", "tools", "embedding", "insert")
 
 
@@ -63,6 +70,15 @@ class ModelEntry:
     package: str | None = None  # local: 'path' is inside this installed Python package
     description: str = ""
     context_length: int | None = None  # the model's window as models.json states it
+    fallbacks: list[str] = field(default_factory=list)  # other entries tried when this one fails (in order)
+    deployments: list[ModelEntry] = field(default_factory=list)  # variants of this entry to spread load over
+    routing: str = "round-robin"  # how a request picks among the deployments (ROUTING)
+    deployment: str = ""  # a deployment variant's own name ("" for an entry itself)
+
+    @property
+    def label(self) -> str:
+        """The name of what answered: the entry's name, with its deployment's after a slash."""
+        return f"{self.name}/{self.deployment}" if self.deployment else self.name
 
 
 def context_length(entry: ModelEntry) -> int:
@@ -113,7 +129,12 @@ def _entry(path: str, name: str, raw: Any) -> ModelEntry:
     model = raw.get("model")
     if not model and not (spec.local and raw.get("path")):
         raise ConfigError(f"{where}: missing field 'model' (the upstream model id)")
-    if spec.base_url_required and not raw.get("base_url"):
+    deployed = raw.get("deployments")
+    if (
+        spec.base_url_required
+        and not raw.get("base_url")
+        and not (deployed and all(isinstance(d, dict) and d.get("base_url") for d in deployed))
+    ):
         raise ConfigError(f"{where}: provider '{provider}' needs a 'base_url' (e.g. http://localhost:8000/v1)")
     caps = raw.get("capabilities", list(spec.capabilities))
     for cap in caps:
@@ -134,7 +155,15 @@ def _entry(path: str, name: str, raw: Any) -> ModelEntry:
         options = opts.check_model(raw.get("options", {}), spec.entry_options)
     except UsageError as exc:
         raise ConfigError(f"{where}: {exc.message}") from None
-    return ModelEntry(
+    fallbacks = raw.get("fallbacks", [])
+    if not all(isinstance(f, str) and f for f in fallbacks):
+        raise ConfigError(f"{where}: 'fallbacks' must be a list of model names from this registry")
+    if len(fallbacks) > MAX_FALLBACKS or len(set(fallbacks)) != len(fallbacks):
+        raise ConfigError(f"{where}: 'fallbacks' names each model once, at most {MAX_FALLBACKS} of them")
+    routing = raw.get("routing", "round-robin")
+    if routing not in ROUTING:
+        raise ConfigError(f"{where}: field 'routing' must be one of {', '.join(ROUTING)} (not {routing!r})")
+    entry = ModelEntry(
         name=name,
         provider=provider,
         model=model or "",
@@ -150,7 +179,84 @@ def _entry(path: str, name: str, raw: Any) -> ModelEntry:
         package=raw.get("package"),
         description=raw.get("description", ""),
         context_length=n_ctx,
+        fallbacks=list(fallbacks),
+        routing=routing,
     )
+    entry.deployments = _deployments(where, entry, raw.get("deployments", []))
+    return entry
+
+
+def _deployments(where: str, entry: ModelEntry, raw: list[Any]) -> list[ModelEntry]:
+    """A model's ``deployments``: each an object overriding some of ``base_url``,
+    ``api_key_env``, ``model`` and ``headers``, named by ``name`` (default: its number)."""
+    if not raw:
+        return []
+    if PROVIDERS[entry.provider].local:
+        raise ConfigError(f"{where}: a local model has no deployments (they spread requests over upstreams)")
+    if len(raw) > MAX_DEPLOYMENTS:
+        raise ConfigError(f"{where}: at most {MAX_DEPLOYMENTS} deployments")
+    out: list[ModelEntry] = []
+    for n, item in enumerate(raw, 1):
+        at = f"{where}: deployment {n}"
+        if not isinstance(item, dict) or not item:
+            raise ConfigError(
+                f'{at}: expected an object like {{"name": "east", "base_url": "https://...", "api_key_env": "KEY_2"}}'
+            )
+        if "api_key" in item:
+            raise ConfigError(f'{at}: keys do not belong in models.json; name the variable with "api_key_env"')
+        for key, value in item.items():
+            want = DEPLOYMENT_FIELDS.get(key)
+            if want is None:
+                raise ConfigError(f"{at}: unknown field '{key}' (known fields: {', '.join(DEPLOYMENT_FIELDS)})")
+            if not isinstance(value, want) or (want is str and not value):
+                raise ConfigError(
+                    f"{at}: field '{key}' must be a {'non-empty string' if want is str else want.__name__}"
+                )
+        headers = {**entry.headers, **item.get("headers", {})}
+        if not all(isinstance(v, str) for v in headers.values()):
+            raise ConfigError(f"{at}: every value in 'headers' must be a string")
+        name = item.get("name", str(n))
+        if not name.isprintable() or len(name) > 64 or any(d.deployment == name for d in out):
+            raise ConfigError(
+                f"{at}: 'name' must be unique among the model's deployments, printable, at most 64 characters"
+            )
+        out.append(
+            replace(
+                entry,
+                base_url=item.get("base_url", entry.base_url).rstrip("/"),
+                api_key_env=item.get("api_key_env", entry.api_key_env),
+                model=item.get("model", entry.model),
+                headers=headers,
+                deployments=[],
+                deployment=name,
+            )
+        )
+    return out
+
+
+def _check_fallbacks(models: dict[str, ModelEntry], source: str) -> None:
+    """Every fallback names a model of the registry, and no chain of fallbacks comes back to
+    where it started (a -> b -> a): refused at load, naming the entries."""
+    for entry in models.values():
+        for name in entry.fallbacks:
+            if name not in models:
+                raise ConfigError(f"{source}: model '{entry.name}': fallback '{name}' is not a model in the registry")
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            loop = " -> ".join([*path[path.index(name) :], name])
+            raise ConfigError(f"{source}: fallback loop: {loop}; remove one of these fallbacks")
+        if name in done:
+            return
+        path.append(name)
+        for nxt in models[name].fallbacks:
+            visit(nxt, path)
+        path.pop()
+        done.add(name)
+
+    for name in models:
+        visit(name, [])
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -184,6 +290,43 @@ def find_models_file(explicit: str | None, env: Mapping[str, str], cwd: Path | N
     return None
 
 
+class Router:
+    """Picks the order a model's deployments are tried in, one request after another:
+    ``round-robin`` starts each request at the next deployment; ``least-busy`` starts at the
+    one with the fewest requests running on it now (:meth:`begin` / :meth:`end`, which the
+    engine calls around each attempt), ties taken in turn. The rest follow in their order,
+    so a deployment that fails is followed by the others. Per process (each ``--workers``
+    worker routes its own requests)."""
+
+    __slots__ = ("deployments", "least_busy", "turn", "busy")
+
+    def __init__(self, entry: ModelEntry):
+        self.deployments = entry.deployments
+        self.least_busy = entry.routing == "least-busy"
+        self.turn = 0
+        self.busy = [0] * len(entry.deployments)
+
+    def order(self) -> list[ModelEntry]:
+        d = self.deployments
+        n = len(d)
+        start = self.turn % n
+        self.turn = start + 1
+        if self.least_busy:
+            busy = self.busy
+            start = min(range(n), key=lambda i: (busy[i], (i - start) % n))
+        return d[start:] + d[:start]
+
+    def begin(self, entry: ModelEntry) -> None:
+        for i, d in enumerate(self.deployments):
+            if d is entry:
+                self.busy[i] += 1
+
+    def end(self, entry: ModelEntry) -> None:
+        for i, d in enumerate(self.deployments):
+            if d is entry and self.busy[i] > 0:
+                self.busy[i] -= 1
+
+
 class Registry:
     """Named model entries, and the settings that hold their keys (``settings.env``) and
     the process-wide defaults (timeout, retries, the default model)."""
@@ -196,6 +339,7 @@ class Registry:
         self.env = settings.env
         self.source = source
         self._default = default
+        self.routers: dict[str, Router] = {}  # model name -> its deployments' router (made on first use)
 
     @classmethod
     def load(
@@ -225,6 +369,7 @@ class Registry:
                     models[name] = _entry(str(source), name, raw)
             if default is not None and default not in models:
                 raise ConfigError(f"{source}: 'default' names '{default}', which is not a model in the registry")
+        _check_fallbacks(models, str(source or "built-in models"))
         return cls(models, settings, source, default)
 
     # -- lookup ---------------------------------------------------------------
@@ -264,6 +409,36 @@ class Registry:
         if LOCAL_DEFAULT in self.models:
             return LOCAL_DEFAULT
         return next(iter(self.models))
+
+    def router(self, entry: ModelEntry) -> Router | None:
+        """The router of a model with deployments (None without)."""
+        if not entry.deployments:
+            return None
+        router = self.routers.get(entry.name)
+        if router is None or router.deployments is not entry.deployments:
+            router = self.routers[entry.name] = Router(entry)
+        return router
+
+    def route(self, entry: ModelEntry) -> list[ModelEntry]:
+        """What a request for ``entry`` tries, in order: its deployments (as its router orders
+        them; the entry itself without any), then each of its fallbacks the same way, a
+        fallback's own fallbacks right after it; each model once."""
+        out: list[ModelEntry] = []
+        seen: set[str] = set()
+
+        def add(e: ModelEntry) -> None:
+            if e.name in seen:
+                return
+            seen.add(e.name)
+            router = self.router(e)
+            out.extend(router.order() if router is not None else (e,))
+            for name in e.fallbacks:
+                nxt = self.models.get(name)
+                if nxt is not None:
+                    add(nxt)
+
+        add(entry)
+        return out
 
     # -- keys and URLs ---------------------------------------------------------
     def key_vars(self, entry: ModelEntry) -> tuple[str, ...]:

@@ -55,6 +55,16 @@ def retryable(exc: BaseException) -> bool:
     return exc.upstream_status in RETRY_STATUSES
 
 
+def falls_back(exc: BaseException) -> bool:
+    """A failure before any output after which the next deployment or fallback is tried
+    (models.json's ``deployments`` and ``fallbacks``): no connection, a timeout, HTTP 408,
+    429 and 5xx (each after its own retries). A bad key or a bad request is not: the next
+    model would be asked the same thing."""
+    if isinstance(exc, (UpstreamTimeout, UpstreamUnreachable)):
+        return True
+    return isinstance(exc, UpstreamError) and exc.upstream_status in RETRY_STATUSES
+
+
 class RetryPolicy:
     """Decides "wait this long, then retry" or "give up" (None) from an error, the number
     of attempts made so far and the time since the first one. No I/O, no clock."""
