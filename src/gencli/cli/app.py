@@ -626,15 +626,35 @@ def serve(
             "ones are fetched; also $GENCLI_ALLOW_PRIVATE_IMAGES=1).",
         ),
     ] = False,
+    metrics: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--metrics/--no-metrics",
+            rich_help_panel=SERVER,
+            show_default=False,
+            help="GET /metrics in Prometheus' format, behind the API key when one is set (default on; also "
+            "$GENCLI_METRICS=0).",
+        ),
+    ] = None,
+    log_format: Annotated[
+        Optional[str],
+        typer.Option(
+            "--log-format",
+            metavar="FORMAT",
+            rich_help_panel=SERVER,
+            show_default=False,
+            help="Access log lines: text or json (one object a line; default text; also $GENCLI_LOG_FORMAT).",
+        ),
+    ] = None,
     **flags: Optional[str],
 ) -> None:
     """Serve the models over HTTP as an Ollama-compatible API (and OpenAI's /v1).
 
     Ollama clients (IDEs, Open WebUI, the ollama library), OpenAI clients (base URL http://HOST:PORT/v1, Chat
     Completions and Responses, e.g. Codex) and Anthropic clients (base URL http://HOST:PORT, /v1/messages,
-    e.g. Claude Code) can use every ready model in models.json. With GENCLI_API_KEY set, every route but /
-    needs 'Authorization: Bearer \\<key>' (or 'x-api-key: \\<key>'). Every limit is also an environment
-    variable; see README "Security".
+    e.g. Claude Code) can use every ready model in models.json. With GENCLI_API_KEY set, every route but /,
+    /health and /ready needs 'Authorization: Bearer \\<key>' (or 'x-api-key: \\<key>'). Every limit is also an
+    environment variable; see README "Security".
     """
     from gencli.cli.commands.serve import run
 
@@ -647,6 +667,8 @@ def serve(
         allowed_hosts=allowed_hosts,
         insecure_no_auth=insecure_no_auth,
         allow_private_images=allow_private_images,
+        metrics=metrics,
+        log_format=log_format,
         **flags,
     )
 

@@ -5,7 +5,18 @@
 Method, path (never the query string), model, status, duration and tokens — never
 prompts, bodies, headers or keys. The app reports the model and the token count
 by filling ``scope["gencli"]`` (``{"model": ..., "tokens": ...}``) when it knows
-them. ``tokens`` is ``prompt/completion`` when the app reports both.
+them. ``tokens`` is ``prompt/completion`` when the app reports both. A request answered
+by a deployment or a fallback adds ``served=NAME[/DEPLOYMENT]``; every line ends with the
+request's ``id=`` (its X-Request-Id).
+
+``--log-format json`` (``GENCLI_LOG_FORMAT=json``) writes one JSON object a line instead::
+
+    {"time":"2026-11-26T20:50:01Z","request_id":"5f0c...","method":"POST","route":"/api/generate",
+     "path":"/api/generate","model":"gpt-4o-mini","served":null,"key":"operator","status":200,
+     "latency_ms":12.3,"tokens_in":12,"tokens_out":38}
+
+``key`` is the name of the key the request came with (``operator`` for the server's API
+key, ``-`` without one), never the key.
 
 The event loop never writes: it hands each request's facts to a :class:`LogWriter`
 (a list append), whose thread formats the lines of each few milliseconds and writes
@@ -25,6 +36,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from gencli.server.asgi import ASGIApp, Message, Receive, Scope, Send
@@ -54,8 +66,17 @@ def _tokens(value: Any) -> str:
 class LogWriter:
     """Formats and writes access-log lines in its own thread (see the module docstring)."""
 
-    def __init__(self, stream: IO[str] | None = None, delay: float = FLUSH_DELAY, max_pending: int = MAX_PENDING):
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        delay: float = FLUSH_DELAY,
+        max_pending: int = MAX_PENDING,
+        json_lines: bool = False,
+        route_of: Callable[[str, str], tuple[str, str]] | None = None,
+    ):
         self.stream = stream
+        self.json_lines = json_lines
+        self.route_of = route_of
         self.delay = delay
         self.max_pending = max_pending
         self._pending: list[tuple[float, str, str, dict[str, Any] | None, int, float]] = []
@@ -132,14 +153,57 @@ class LogWriter:
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
-        model = tokens = None
+        model = tokens = served = rid = None
         if info:
             model = info.get("model")
             tokens = info.get("tokens")
+            served = info.get("served")
+            rid = info.get("request_id")
+        if self.json_lines:
+            return self._json(method, path, info, status, seconds, model, tokens, served, rid)
         return (
             f"{self._stamp} {method} {_clean(path)} model={_clean(str(model)) if model else '-'}"
-            f" status={status} {seconds * 1000.0:.1f}ms tokens={_tokens(tokens) if tokens is not None else '-'}\n"
+            f" status={status} {seconds * 1000.0:.1f}ms tokens={_tokens(tokens) if tokens is not None else '-'}"
+            f"{' served=' + _clean(str(served)) if served else ''}{' id=' + rid.decode('latin-1') if rid else ''}\n"
         )
+
+    def _json(
+        self,
+        method: str,
+        path: str,
+        info: dict[str, Any] | None,
+        status: int,
+        seconds: float,
+        model: Any,
+        tokens: Any,
+        served: Any,
+        rid: bytes | None,
+    ) -> str:
+        import orjson
+
+        route = self.route_of(method, path)[0] if self.route_of is not None else None
+        tin = tout = None
+        if isinstance(tokens, dict):
+            tin, tout = tokens.get("prompt"), tokens.get("completion")
+        line = {
+            "time": self._stamp,
+            "request_id": rid.decode("latin-1") if rid else None,
+            "method": method[:_MAX_FIELD],
+            "route": route,
+            "path": path if len(path) <= _MAX_FIELD else path[:_MAX_FIELD] + "...",
+            "model": str(model)[:_MAX_FIELD] if model else None,
+            "served": str(served)[:_MAX_FIELD] if served else None,
+            "key": (info.get("key") if info else None) or "-",
+            "status": status,
+            "latency_ms": round(seconds * 1000.0, 3),
+            "tokens_in": tin,
+            "tokens_out": tout,
+        }
+        if info and info.get("fell_back"):
+            line["fell_back"] = info["fell_back"]
+        if info and info.get("rejected"):
+            line["rejected"] = info["rejected"]
+        return orjson.dumps(line).decode("utf-8", "replace") + "\n"
 
 
 class AccessLog:

@@ -26,7 +26,7 @@ from typing import Any
 
 from gencli.errors import GencliError
 from gencli.registry import Registry
-from gencli.server import anthropic, embed, ollama, openai, responses
+from gencli.server import anthropic, embed, observe, ollama, openai, responses
 from gencli.server.asgi import (
     DEFAULT_MAX_BODY,
     H_JSON,
@@ -67,12 +67,25 @@ class App:
             **responses.routes(state),
             **anthropic.routes(state),
             **embed.routes(state),
+            **observe.routes(state),
         }
         # routes with a parameter in the path: (method, prefix, handler)
         self.prefixes: list[tuple[str, str, Handler]] = [*ollama.prefix_routes(state), *openai.prefix_routes(state)]
         self.paths: dict[str, list[str]] = {}
         for method, path in self.routes:
             self.paths.setdefault(path, []).append(method)
+        self.labels: dict[tuple[str, str], tuple[str, str]] = {key: (key[1], key[0]) for key in self.routes}
+
+    def route_of(self, method: str, path: str) -> tuple[str, str]:
+        """The (route, method) a request is counted under: a path of the route table (a
+        prefix route's with ``{id}``), else ``other``: never the request's own text."""
+        label = self.labels.get((method, path))
+        if label is not None:
+            return label
+        for m, prefix, _ in self.prefixes:
+            if m == method and path.startswith(prefix) and len(path) > len(prefix):
+                return prefix + "{id}", m
+        return "other", "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -148,7 +161,8 @@ class App:
 
 
 def build(app: App, config: ServeConfig | None = None, server_log: bool = False) -> Any:
-    """Wrap the app in the guard (Host, origins, key, body cap) and the access log. Lifespan
+    """Wrap the app in the guard (Host, origins, key, body cap), the request id and metrics
+    (:class:`gencli.server.observe.Observe`) and the access log. Lifespan
     events go straight to the app. ``server_log``: the HTTP server records each request
     itself in ``asgi.access_log`` (gencli's own server), instead of the ASGI middleware."""
     from gencli.server.guard import Guard, is_loopback_host
@@ -162,11 +176,17 @@ def build(app: App, config: ServeConfig | None = None, server_log: bool = False)
         allowed_hosts=config.allowed_hosts,
         check_hosts=is_loopback_host(config.host),
     )
+    from gencli.server.observe import Observe
+
+    wrapped = Observe(wrapped, app.state, app.route_of)  # outermost: the guard's refusals are counted too
     writer = None
     if config.access_log:
         from gencli.server.accesslog import AccessLog, LogWriter
 
-        writer = LogWriter()
+        writer = LogWriter(
+            json_lines=config.log_format == "json",
+            route_of=app.route_of,
+        )
         if not server_log:
             wrapped = AccessLog(wrapped, writer=writer)
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["BY_KEY", "MB", "NUMBERS", "Number", "ServeConfig", "SettingError", "parse_flag", "parse_number"]
 
 MB = 1024 * 1024
+LOG_FORMATS = ("text", "json")
 
 
 NUMBERS: tuple[Number, ...] = (
@@ -85,6 +86,8 @@ class ServeConfig:
     allow_private_images: bool = False
     insecure_no_auth: bool = False
     models_path: str | None = None
+    metrics: bool = True  # GET /metrics and the counting behind it (--no-metrics, GENCLI_METRICS=0)
+    log_format: str = "text"  # the access log's lines: text or json (--log-format, GENCLI_LOG_FORMAT)
 
     @classmethod
     def load(cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> ServeConfig:
@@ -143,6 +146,18 @@ class ServeConfig:
         )
         cfg.insecure_no_auth = bool(flags.get("insecure_no_auth"))
         cfg.models_path = flags.get("models_path") or env.get("GENCLI_MODELS") or None
+        metrics = flags.get("metrics")
+        cfg.metrics = (
+            bool(metrics)
+            if metrics is not None
+            else parse_flag("GENCLI_METRICS", env.get("GENCLI_METRICS", "1") or "1")
+        )
+        fmt, where = flags.get("log_format"), "--log-format"
+        if fmt is None:
+            fmt, where = (env.get("GENCLI_LOG_FORMAT") or "text").strip().lower(), "GENCLI_LOG_FORMAT"
+        if fmt not in LOG_FORMATS:
+            raise SettingError(f"{where} must be one of {', '.join(LOG_FORMATS)} (not {str(fmt)[:40]!r})")
+        cfg.log_format = fmt
         return cfg
 
     def limits(self) -> Limits:

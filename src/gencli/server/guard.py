@@ -45,6 +45,15 @@ _PREFLIGHT_MAX_AGE = b"7200"
 _ORIGIN_CACHE_MAX = 512
 
 _HOST_CACHE_MAX = 512
+PUBLIC_PATHS = frozenset({"/", "/health", "/ready"})  # answered without the API key (probes)
+# the reason a refusal is counted under (gencli_rejected_requests_total), by its error code
+_REASONS = {
+    "invalid_api_key": "auth",
+    "host_not_allowed": "forbidden",
+    "origin_not_allowed": "forbidden",
+    "request_too_large": "size",
+    "rate_limit_exceeded": "limit",
+}
 
 
 def is_loopback_host(host: str) -> bool:
@@ -133,8 +142,9 @@ def _is_local_origin(origin: str) -> bool:
 class Guard:
     """ASGI middleware: ``Guard(app, api_key=..., allowed_origins=[...], max_body=bytes)``.
 
-    - ``api_key``: when set, every HTTP route except ``/`` needs ``Authorization: Bearer <key>``
-      or ``x-api-key: <key>`` (Anthropic's header) (401 otherwise; compared in constant time).
+    - ``api_key``: when set, every HTTP route except ``/``, ``/health`` and ``/ready`` needs
+      ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (Anthropic's header) (401 otherwise;
+      compared in constant time).
     - ``allowed_origins``: origins allowed besides the localhost ones; ``*`` allows all.
       A request whose ``Origin`` is not allowed gets 403 and no CORS headers; an allowed
       one gets ``Access-Control-Allow-Origin`` (its own origin) and ``Vary: Origin``, and
@@ -273,7 +283,7 @@ class Guard:
 
         if (
             self._key is not None
-            and scope["path"] != "/"
+            and scope["path"] not in PUBLIC_PATHS
             and not self._key_ok(authorization)
             and not (x_api_key is not None and self._key_ok(b"Bearer " + x_api_key))
         ):  # Anthropic clients' header
@@ -294,6 +304,9 @@ class Guard:
                 extra=[(b"www-authenticate", b"Bearer")],
             )
             return
+
+        if self._key is not None and scope["path"] not in PUBLIC_PATHS:
+            scope.setdefault("gencli", {})["key"] = "operator"  # its name, for the access log and the metrics
 
         if length is not None:
             try:
@@ -351,6 +364,9 @@ async def _reject(
     cors: Headers | None,
     extra: Headers | None = None,
 ) -> None:
+    reason = _REASONS.get(code or "")
+    if reason is not None:
+        scope.setdefault("gencli", {})["rejected"] = reason
     await send_error(scope, send, refusal(status, message, kind), [*(extra or ()), *(cors or ())], code)
 
 

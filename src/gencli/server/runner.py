@@ -155,8 +155,15 @@ def serve_process(sock: socket.socket, make_app: Callable[[], ASGIApp], limits: 
         return runner.run(serve(sock, app, limits, grace))
 
 
-def supervise(sock: socket.socket, workers: int, child: Callable[[], int], grace: float) -> int:
-    """Fork ``workers`` processes running ``child()`` on the shared socket (see the module docstring)."""
+def supervise(
+    sock: socket.socket,
+    workers: int,
+    child: Callable[[], int],
+    grace: float,
+    reaped: Callable[[int], None] | None = None,
+) -> int:
+    """Fork ``workers`` processes running ``child()`` on the shared socket (see the module
+    docstring); ``reaped(pid)`` is called for each worker that exited."""
     children: dict[int, float] = {}  # pid -> start time
     stopping = False
     quick_deaths = 0
@@ -217,6 +224,8 @@ def supervise(sock: socket.socket, workers: int, child: Callable[[], int], grace
             time.sleep(0.1)
             continue
         started = children.pop(pid, None)
+        if reaped is not None and started is not None:
+            reaped(pid)
         if started is None or stopping:
             continue
         code = os.waitstatus_to_exitcode(status)

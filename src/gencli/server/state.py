@@ -8,7 +8,7 @@ import asyncio
 import math
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gencli import images as img
 from gencli.budget import MemoryBudget
@@ -16,6 +16,9 @@ from gencli.registry import ModelEntry, Registry
 from gencli.server.asgi import Receive, Scope, field_model, read_json
 from gencli.server.config import ServeConfig
 from gencli.transport_async import ServerTransport
+
+if TYPE_CHECKING:
+    from gencli.server.observe import Metrics
 
 KEEP_ALIVE = 300.0  # seconds a model stays loaded (listed in /api/ps; a local model in memory) after a request
 
@@ -48,6 +51,13 @@ class State:
                 pass
         self.modified_ts = int(mtime)
         self.modified_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+        self.metrics: Metrics | None = None
+        if config.metrics:
+            from gencli.server.observe import Metrics
+
+            models = self.registry.models
+            deployments = {d.deployment for e in models.values() for d in e.deployments}
+            self.metrics = Metrics(set(models), deployments)
 
     async def read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
         """The request's JSON body, counted against the worker's body budget until the request

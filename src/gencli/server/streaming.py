@@ -112,6 +112,30 @@ class Disconnect:
             self._watch.cancel()
 
 
+def _header_value(text: str) -> bytes:
+    """A registry name as a header value: printable ASCII, others escaped, bounded."""
+    value = text[:200].encode("ascii", "backslashreplace")
+    return bytes(c if 0x20 <= c < 0x7F else 0x3F for c in value)
+
+
+def served_headers(plan: Plan, info: dict[str, Any]) -> Headers:
+    """For a model with deployments or fallbacks: ``X-Gencli-Model`` (the registry name that
+    answered: the model asked for, or the fallback taken) and ``X-Gencli-Deployment`` (its
+    deployment's name, when it has deployments); noted in ``info`` for the access log and
+    the metrics. The reply's own ``model`` stays the name asked for."""
+    served = plan.served
+    if served is None or not plan.candidates:
+        return []
+    entry = served.entry
+    info["served"] = entry.label
+    if plan.fell_back:
+        info["fell_back"] = plan.fell_back
+    headers = [(b"x-gencli-model", _header_value(entry.name))]
+    if entry.deployment:
+        headers.append((b"x-gencli-deployment", _header_value(entry.deployment)))
+    return headers
+
+
 async def run(
     transport: Upstream, scope: Scope, receive: Receive, send: Send, plan: Plan, stream: bool, shape: Shape
 ) -> None:
@@ -141,11 +165,15 @@ async def run(
             done = batch[-1]
             assert isinstance(done, Done)
             info["tokens"] = {"prompt": done.prompt_eval_count, "completion": done.eval_count}
+            info["timing"] = (done.total_duration, None)
             watch.stop()
-            await send_json(send, 200, shape.whole(done))
+            await send_json(send, 200, shape.whole(done), extra=served_headers(plan, info) or None)
             return
         started = True
-        await send({"type": "http.response.start", "status": 200, "headers": shape.headers})
+        headers = shape.headers
+        if plan.candidates:
+            headers = [*headers, *served_headers(plan, info)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
             while True:
                 parts = []
@@ -160,6 +188,7 @@ async def run(
                     elif t is Done:
                         done = event  # type: ignore[assignment]
                         info["tokens"] = {"prompt": done.prompt_eval_count, "completion": done.eval_count}
+                        info["timing"] = (done.total_duration, done.load_duration + done.prompt_eval_duration)
                         watch.stop()
                         parts.append(shape.final(done))
                         await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
@@ -213,6 +242,7 @@ async def answer(
     quota = state.image_quota()
     try:
         plan = prepare(req, state.registry, model_default=False, quota=quota)
+        plan.quiet = True  # a fallback taken is in the access log and the metrics, not a line of its own
         state.touch(plan.entry.name, req.keep_alive)
         await run(state.transport, scope, receive, send, plan, req.stream, shape(plan))
     finally:

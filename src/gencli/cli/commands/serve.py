@@ -69,6 +69,24 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _multiprocess_metrics() -> str:
+    """``--workers N`` with metrics: a fresh directory for prometheus_client's multiprocess
+    mode, named in ``PROMETHEUS_MULTIPROC_DIR`` before the workers fork (the library reads it
+    from the environment, at import, in each worker); removed when the server stops."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="gencli-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+def _dead_worker(pid: int) -> None:
+    """A worker exited: its share of the live gauges (in-flight requests) leaves the sum."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
+
+
 def run(**flags: Any) -> None:
     """``flags``: the serve command's options by name (host, port, workers, allowed_origins,
     allowed_hosts, models_path, allow_private_images, insecure_no_auth and the numeric
@@ -147,7 +165,20 @@ def run(**flags: Any) -> None:
 
     limits = config.limits()
     if workers > 1:
-        code = supervise(sock, workers, lambda: serve_process(sock, make_app, limits, config.grace), config.grace)
+        metrics_dir = _multiprocess_metrics() if config.metrics else None
+        try:
+            code = supervise(
+                sock,
+                workers,
+                lambda: serve_process(sock, make_app, limits, config.grace),
+                config.grace,
+                reaped=_dead_worker if metrics_dir else None,
+            )
+        finally:
+            if metrics_dir:
+                import shutil
+
+                shutil.rmtree(metrics_dir, ignore_errors=True)
     else:
         code = serve_process(sock, make_app, limits, config.grace)
     if code:

@@ -1,0 +1,244 @@
+"""What an operator watches: ``GET /metrics`` (Prometheus), ``GET /health``, ``GET /ready``
+and the request id of every request.
+
+:class:`Observe` wraps the guarded app (the outermost layer, so the guard's refusals are
+seen too). For each request it takes the client's ``X-Request-Id`` (at most 128 of
+``A-Z a-z 0-9 . _ : -``; anything else is replaced) or makes one, returns it as a response
+header and notes it in ``scope["gencli"]`` for the access log; with metrics on it counts
+the request when it ends.
+
+Metrics (prometheus_client; one :class:`Metrics` per process):
+
+- ``gencli_requests_total{route, method, model, status}``
+- ``gencli_upstream_latency_seconds{model, deployment}``: from the request's preparation to
+  the answer's end (retries and fallbacks included), for answered generations
+- ``gencli_time_to_first_token_seconds{model, deployment}``: to the first token of a streamed answer
+- ``gencli_tokens_total{model, key, direction}``: direction ``in`` (prompt) or ``out``
+- ``gencli_in_flight_requests``
+- ``gencli_rejected_requests_total{reason}``: ``auth``, ``forbidden`` (host or origin),
+  ``size``, ``limit``, ``busy``
+- ``gencli_fallbacks_total{model, to}``: a request answered by another deployment or fallback
+
+Every label value comes from a bounded set, never from request text: ``route`` and
+``method`` from the route table (``other`` for anything else), ``model`` and ``deployment``
+from the registry (``-`` for a name it does not hold), ``key`` the name of the key the
+request came with (``operator`` for the server's API key, ``-`` without one), which the
+guard notes as ``scope["gencli"]["key"]``, ``status`` an HTTP status.
+
+``--workers N``: prometheus_client's multiprocess mode. ``gencli serve`` points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before it forks (prometheus_client reads
+it there, the one setting passed by the environment), every worker writes its values to
+its own files, and a scrape, whichever worker takes it, adds up all of them: the counters
+and histograms are the server's totals, ``gencli_in_flight_requests`` the sum over the live
+workers. The directory is removed when the server stops.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from gencli.server.asgi import ASGIApp, Message, Receive, Scope, Send, send_bytes, send_json
+
+if TYPE_CHECKING:
+    from gencli.server.state import State
+
+MAX_REQUEST_ID = 128
+_ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def request_id(value: bytes | None) -> bytes:
+    """The client's X-Request-Id when it is a safe token, else a new one (16 hex digits)."""
+    if value is not None and 0 < len(value) <= MAX_REQUEST_ID and _ID_CHARS.issuperset(value):
+        return value
+    return os.urandom(8).hex().encode()
+
+
+class Metrics:
+    """The server's Prometheus metrics (see the module docstring). ``models``: the registry's
+    names, the only model label values."""
+
+    def __init__(self, models: set[str], deployments: set[str]):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.registry = registry = CollectorRegistry(auto_describe=False)
+        self.models = models
+        self.deployments = deployments
+        self.requests = Counter(
+            "gencli_requests", "HTTP requests answered", ("route", "method", "model", "status"), registry=registry
+        )
+        self.latency = Histogram(
+            "gencli_upstream_latency_seconds",
+            "Time from a generation's preparation to its answer's end (retries and fallbacks included)",
+            ("model", "deployment"),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "gencli_time_to_first_token_seconds",
+            "Time from a streamed generation's preparation to its first token",
+            ("model", "deployment"),
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "gencli_tokens", "Tokens in (prompt) and out (completion)", ("model", "key", "direction"), registry=registry
+        )
+        self.in_flight = Gauge(
+            "gencli_in_flight_requests", "Requests being answered now", registry=registry, multiprocess_mode="livesum"
+        )
+        self.rejected = Counter(
+            "gencli_rejected_requests", "Requests refused before any work, by reason", ("reason",), registry=registry
+        )
+        self.fallbacks = Counter(
+            "gencli_fallbacks",
+            "Requests answered by another deployment or a fallback",
+            ("model", "to"),
+            registry=registry,
+        )
+
+    def model(self, name: Any) -> str:
+        return name if type(name) is str and name in self.models else "-"
+
+    def record(self, route: str, method: str, status: int, info: dict[str, Any] | None) -> None:
+        model = "-"
+        if info:
+            model = self.model(info.get("model"))
+            served = info.get("served")
+            if served is not None:
+                name, _, deployment = served.partition("/")
+                name = self.model(name)
+                deployment = deployment if deployment in self.deployments else "-"
+            else:
+                name, deployment = model, "-"
+            timing = info.get("timing")
+            if timing is not None:
+                total, first = timing
+                self.latency.labels(name, deployment).observe(total / 1e9)
+                if first is not None:
+                    self.ttft.labels(name, deployment).observe(first / 1e9)
+            tokens = info.get("tokens")
+            if tokens:
+                key = info.get("key") or "-"
+                tin, tout = tokens.get("prompt"), tokens.get("completion")
+                if tin:
+                    self.tokens.labels(name, key, "in").inc(tin)
+                if tout:
+                    self.tokens.labels(name, key, "out").inc(tout)
+            if info.get("fell_back") and served is not None:
+                self.fallbacks.labels(model, name).inc()
+            reason = info.get("rejected")
+            if reason is not None:
+                self.rejected.labels(reason).inc()
+        if status == 413 and not (info and info.get("rejected")):
+            self.rejected.labels("size").inc()  # a body or JSON value over a bound, found while reading it
+        elif status == 503:
+            self.rejected.labels("busy").inc()  # a memory budget or a local model's queue is full
+        self.requests.labels(route, method, model, str(status)).inc()
+
+    def exposition(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if self.multiprocess:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+class Observe:
+    """ASGI middleware: the request id, the in-flight count and the metrics of each request
+    (see the module docstring). ``route_of(method, path)``: the route table's (route,
+    method) labels."""
+
+    def __init__(self, app: ASGIApp, state: State, route_of: Any):
+        self.app = app
+        self.state = state
+        self.metrics = state.metrics
+        self.route_of = route_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given = value
+                break
+        rid = request_id(given)
+        info = scope.get("gencli")
+        if info is None:
+            info = scope["gencli"] = {}
+        info["request_id"] = rid
+        header = (b"x-request-id", rid)
+        status = 0
+
+        async def send_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        metrics = self.metrics
+        if metrics is None:
+            await self.app(scope, receive, send_id)
+            return
+        gauge = metrics.in_flight
+        gauge.inc()
+        try:
+            await self.app(scope, receive, send_id)
+        finally:
+            gauge.dec()
+            route, method = self.route_of(scope["method"], scope["path"])
+            metrics.record(route, method, status or 499, scope.get("gencli"))
+
+
+# -- the routes -------------------------------------------------------------------------------
+
+
+def routes(state: State) -> dict[tuple[str, str], Any]:
+    """/health, /ready (no key needed: the guard lets them through) and /metrics (when on)."""
+
+    async def health(scope: Scope, receive: Receive, send: Send) -> None:
+        """Alive: the process answers."""
+        await send_json(send, 200, {"status": "ok"}, head=scope["method"] == "HEAD")
+
+    async def ready(scope: Scope, receive: Receive, send: Send) -> None:
+        """Ready: settings were valid at start (else the process would not run), the upstream
+        pool is open, and at least one model can answer (its key is set)."""
+        pool = state.transport.pool
+        problems = []
+        if pool is None or pool.closed:
+            problems.append("the upstream connection pool is not open")
+        ready_models = len(state.ready_models())
+        if not ready_models:
+            problems.append("no model is ready (set a provider key; see 'gencli models')")
+        body: dict[str, Any] = {"status": "ready" if not problems else "not ready", "models_ready": ready_models}
+        if problems:
+            body["problems"] = problems
+        await send_json(send, 503 if problems else 200, body, head=scope["method"] == "HEAD")
+
+    table: dict[tuple[str, str], Any] = {
+        ("GET", "/health"): health,
+        ("HEAD", "/health"): health,
+        ("GET", "/ready"): ready,
+        ("HEAD", "/ready"): ready,
+    }
+    metrics = state.metrics
+    if metrics is not None:
+
+        async def exposition(scope: Scope, receive: Receive, send: Send) -> None:
+            """The metrics in Prometheus' text format."""
+            await send_bytes(send, 200, metrics.exposition(), [(b"content-type", METRICS_TYPE)])
+
+        table[("GET", "/metrics")] = exposition
+    return table
