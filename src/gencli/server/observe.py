@@ -36,6 +36,7 @@ workers. The directory is removed when the server stops.
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from gencli.server.asgi import ASGIApp, Message, Receive, Scope, Send, send_bytes, send_json
@@ -58,49 +59,143 @@ def request_id(value: bytes | None) -> bytes:
     return os.urandom(8).hex().encode()
 
 
+class _Count:
+    """One labelled counter of one process (no lock: only the event loop's thread counts)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _Spread:
+    """One labelled histogram of one process: a count per bucket (its upper bound, inclusive)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class _Family:
+    """A metric of one process, kept as plain numbers and turned into prometheus_client's
+    metric families when scraped (:class:`_Collector`): counting a request takes no lock."""
+
+    __slots__ = ("name", "doc", "labelnames", "bounds", "children")
+
+    def __init__(self, name: str, doc: str, labelnames: tuple[str, ...], bounds: tuple[float, ...] | None = None):
+        self.name, self.doc, self.labelnames, self.bounds = name, doc, labelnames, bounds
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = _Count() if self.bounds is None else _Spread(self.bounds)
+        return child
+
+
+class _Collector:
+    """prometheus_client's view of the :class:`_Family` metrics (and the in-flight count)."""
+
+    def __init__(self, families: list[_Family], active: Any):
+        self.families = families
+        self.active = active
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        for f in self.families:
+            if f.bounds is None:
+                counter = CounterMetricFamily(f.name, f.doc, labels=f.labelnames)
+                for values, child in list(f.children.items()):
+                    counter.add_metric(values, child.value)
+                yield counter
+                continue
+            histogram = HistogramMetricFamily(f.name, f.doc, labels=f.labelnames)
+            for values, child in list(f.children.items()):
+                total, buckets = 0, []
+                for bound, n in zip((*f.bounds, float("inf")), child.counts, strict=True):
+                    total += n
+                    buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+                histogram.add_metric(values, buckets, child.sum)
+            yield histogram
+        gauge = GaugeMetricFamily("gencli_in_flight_requests", "Requests being answered now")
+        gauge.add_metric((), self.active())
+        yield gauge
+
+
 class Metrics:
     """The server's Prometheus metrics (see the module docstring). ``models``: the registry's
-    names, the only model label values."""
+    names, the only model label values. One process: plain numbers that prometheus_client
+    turns into its text format when scraped; several (``--workers``): prometheus_client's
+    own metrics in its multiprocess mode, so that every worker's values are added up."""
 
     def __init__(self, models: set[str], deployments: set[str]):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry
 
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.registry = registry = CollectorRegistry(auto_describe=False)
         self.models = models
         self.deployments = deployments
-        self.requests = Counter(
-            "gencli_requests", "HTTP requests answered", ("route", "method", "model", "status"), registry=registry
-        )
-        self.latency = Histogram(
-            "gencli_upstream_latency_seconds",
-            "Time from a generation's preparation to its answer's end (retries and fallbacks included)",
-            ("model", "deployment"),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.ttft = Histogram(
-            "gencli_time_to_first_token_seconds",
-            "Time from a streamed generation's preparation to its first token",
-            ("model", "deployment"),
-            buckets=TTFT_BUCKETS,
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "gencli_tokens", "Tokens in (prompt) and out (completion)", ("model", "key", "direction"), registry=registry
-        )
-        self.in_flight = Gauge(
-            "gencli_in_flight_requests", "Requests being answered now", registry=registry, multiprocess_mode="livesum"
-        )
-        self.rejected = Counter(
-            "gencli_rejected_requests", "Requests refused before any work, by reason", ("reason",), registry=registry
-        )
-        self.fallbacks = Counter(
-            "gencli_fallbacks",
-            "Requests answered by another deployment or a fallback",
-            ("model", "to"),
-            registry=registry,
-        )
+        self.active = 0  # requests in this process now (Observe counts them)
+        # the labelled children, by metric and label values (bounded sets)
+        self._children: dict[tuple[Any, ...], Any] = {}
+        rows: list[tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] = [
+            ("gencli_requests", "HTTP requests answered", ("route", "method", "model", "status"), None),
+            (
+                "gencli_upstream_latency_seconds",
+                "Time from a generation's preparation to its answer's end (retries and fallbacks included)",
+                ("model", "deployment"),
+                LATENCY_BUCKETS,
+            ),
+            (
+                "gencli_time_to_first_token_seconds",
+                "Time from a streamed generation's preparation to its first token",
+                ("model", "deployment"),
+                TTFT_BUCKETS,
+            ),
+            ("gencli_tokens", "Tokens in (prompt) and out (completion)", ("model", "key", "direction"), None),
+            ("gencli_rejected_requests", "Requests refused before any work, by reason", ("reason",), None),
+            ("gencli_fallbacks", "Requests answered by another deployment or a fallback", ("model", "to"), None),
+        ]
+        made: list[Any] = []
+        self.live: Any = None
+        if self.multiprocess:
+            from prometheus_client import Counter, Gauge, Histogram
+
+            for name, doc, labels, bounds in rows:
+                if bounds is None:
+                    made.append(Counter(name, doc, labels, registry=registry))
+                else:
+                    made.append(Histogram(name, doc, labels, buckets=bounds, registry=registry))
+            # each worker's share, written to its file as it changes; the scrape sums the live ones
+            self.live = Gauge(
+                "gencli_in_flight_requests",
+                "Requests being answered now",
+                registry=registry,
+                multiprocess_mode="livesum",
+            )
+        else:
+            families = [_Family(*row) for row in rows]
+            made.extend(families)
+            registry.register(_Collector(families, lambda: self.active))
+        self.requests, self.latency, self.ttft, self.tokens, self.rejected, self.fallbacks = made
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def model(self, name: Any) -> str:
         return name if type(name) is str and name in self.models else "-"
@@ -119,27 +214,27 @@ class Metrics:
             timing = info.get("timing")
             if timing is not None:
                 total, first = timing
-                self.latency.labels(name, deployment).observe(total / 1e9)
+                self.child(self.latency, name, deployment).observe(total / 1e9)
                 if first is not None:
-                    self.ttft.labels(name, deployment).observe(first / 1e9)
+                    self.child(self.ttft, name, deployment).observe(first / 1e9)
             tokens = info.get("tokens")
             if tokens:
                 key = info.get("key") or "-"
                 tin, tout = tokens.get("prompt"), tokens.get("completion")
                 if tin:
-                    self.tokens.labels(name, key, "in").inc(tin)
+                    self.child(self.tokens, name, key, "in").inc(tin)
                 if tout:
-                    self.tokens.labels(name, key, "out").inc(tout)
+                    self.child(self.tokens, name, key, "out").inc(tout)
             if info.get("fell_back") and served is not None:
-                self.fallbacks.labels(model, name).inc()
+                self.child(self.fallbacks, model, name).inc()
             reason = info.get("rejected")
             if reason is not None:
-                self.rejected.labels(reason).inc()
+                self.child(self.rejected, reason).inc()
         if status == 413 and not (info and info.get("rejected")):
-            self.rejected.labels("size").inc()  # a body or JSON value over a bound, found while reading it
+            self.child(self.rejected, "size").inc()  # a body or JSON value over a bound, found while reading it
         elif status == 503:
-            self.rejected.labels("busy").inc()  # a memory budget or a local model's queue is full
-        self.requests.labels(route, method, model, str(status)).inc()
+            self.child(self.rejected, "busy").inc()  # a memory budget or a local model's queue is full
+        self.child(self.requests, route, method, model, str(status)).inc()
 
     def exposition(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest
@@ -192,12 +287,16 @@ class Observe:
         if metrics is None:
             await self.app(scope, receive, send_id)
             return
-        gauge = metrics.in_flight
-        gauge.inc()
+        live = metrics.live  # --workers: prometheus_client's gauge
+        metrics.active += 1
+        if live is not None:
+            live.inc()
         try:
             await self.app(scope, receive, send_id)
         finally:
-            gauge.dec()
+            metrics.active -= 1
+            if live is not None:
+                live.dec()
             route, method = self.route_of(scope["method"], scope["path"])
             metrics.record(route, method, status or 499, scope.get("gencli"))
 
