@@ -179,7 +179,7 @@ def main() -> int:
                     r = _wrk(f"{url}/api/generate", scripts[kind], args.connections, args.duration, pids[url])
                     runs.setdefault(f"{kind}-{label}", []).append(r)
                     check_alive(procs)
-            short = max(2.0, args.duration / 2)
+            short = max(2, int(args.duration // 2))  # wrk takes whole seconds
             for name in ("b", "a", "dead", "a-alone", "dead-alone"):
                 runs.setdefault(f"latency-{name}", []).append(wrk_any(f"{on}/api/generate", scripts[name], short))
             runs.setdefault("latency-fail", []).append(wrk_any(f"{fake}/v1/chat/completions", fail_script, short))

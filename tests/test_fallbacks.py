@@ -388,6 +388,33 @@ def test_serve_names_what_answered_in_headers_and_the_log(routed):
     plain = post(routed, "/api/generate", {"model": "plain", "prompt": "x"})
     assert "x-gencli-model" not in plain.headers  # a model without deployments or fallbacks: nothing to name
     assert wait_until(lambda: [ln for ln in routed.stderr().splitlines() if "model=a" in ln and " served=b/" in ln])
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(httpx.get(routed.url + "/metrics").text)
+        for s in fam.samples
+    }
+    assert metrics[("gencli_fallbacks_total", (("model", "a"), ("to", "b")))] >= 3
+    deployments = {dict(k[1]).get("deployment") for k in metrics if k[0] == "gencli_upstream_latency_seconds_count"}
+    assert {"one", "two"} <= deployments  # the latency of each deployment apart
+
+
+def test_real_clients_see_the_name_they_asked_for(routed):
+    import ollama
+    import openai
+
+    out = ollama.Client(host=routed.url).generate(model="a", prompt="from ollama")
+    assert out.model == "a" and out.response == "You said: from ollama"
+    client = openai.OpenAI(base_url=routed.url + "/v1", api_key="unused")
+    raw = client.chat.completions.with_raw_response.create(
+        model="a", messages=[{"role": "user", "content": "from openai"}]
+    )
+    reply = raw.parse()
+    assert reply.model == "a" and reply.choices[0].message.content == "You said: from openai"
+    assert raw.headers["x-gencli-model"] == "b" and raw.headers["x-gencli-deployment"] in ("one", "two")
+    chunks = list(client.chat.completions.create(model="a", messages=[{"role": "user", "content": "s"}], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "You said: s"
 
 
 def test_serve_does_not_fall_back_mid_stream(routed):

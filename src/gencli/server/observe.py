@@ -204,11 +204,10 @@ class Metrics:
         model = "-"
         if info:
             model = self.model(info.get("model"))
-            served = info.get("served")
+            served = info.get("served_by")
             if served is not None:
-                name, _, deployment = served.partition("/")
-                name = self.model(name)
-                deployment = deployment if deployment in self.deployments else "-"
+                name = self.model(served[0])
+                deployment = served[1] if served[1] in self.deployments else "-"
             else:
                 name, deployment = model, "-"
             timing = info.get("timing")

@@ -128,6 +128,7 @@ def served_headers(plan: Plan, info: dict[str, Any]) -> Headers:
         return []
     entry = served.entry
     info["served"] = entry.label
+    info["served_by"] = (entry.name, entry.deployment)  # for the metrics (a name may hold a slash)
     if plan.fell_back:
         info["fell_back"] = plan.fell_back
     headers = [(b"x-gencli-model", _header_value(entry.name))]
