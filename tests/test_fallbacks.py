@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 
 import httpx
@@ -387,7 +388,8 @@ def test_serve_names_what_answered_in_headers_and_the_log(routed):
     assert openai.status_code == 200 and openai.json()["model"] == "a" and openai.headers["x-gencli-model"] == "b"
     plain = post(routed, "/api/generate", {"model": "plain", "prompt": "x"})
     assert "x-gencli-model" not in plain.headers  # a model without deployments or fallbacks: nothing to name
-    assert wait_until(lambda: [ln for ln in routed.stderr().splitlines() if "model=a" in ln and " served=b/" in ln])
+    lines = wait_until(lambda: [ln for ln in routed.stderr().splitlines() if "model=a" in ln and " served=b/" in ln])
+    assert lines and all(re.search(r" served=b/(one|two) id=[0-9a-f]{16}$", ln) for ln in lines), lines
     from prometheus_client.parser import text_string_to_metric_families
 
     metrics = {
@@ -423,3 +425,11 @@ def test_serve_does_not_fall_back_mid_stream(routed):
     assert r.status_code == 200 and r.headers["x-gencli-model"] == "mid"
     assert "".join(line.get("response", "") for line in lines[:-1]).startswith("Partial ")
     assert "error" in lines[-1] and "every deployment and fallback failed" not in lines[-1]["error"]
+
+
+def test_header_values_are_printable_ascii():
+    from gencli.server.streaming import _header_value
+
+    assert _header_value("b") == b"b"
+    assert _header_value("ünï\r\nX-Evil: 1") == b"\\xfcn\\xef??X-Evil: 1"
+    assert len(_header_value("x" * 1000)) == 200
