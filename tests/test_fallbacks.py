@@ -340,6 +340,20 @@ def test_least_busy_starts_at_the_deployment_with_the_fewest_running(tmp_path, t
 # -- the gencli command and gencli serve ----------------------------------------------------
 
 
+def test_models_lists_fallbacks_and_deployments_ready_when_one_has_its_key(tmp_path, workdir, two_fakes):
+    one, two = two_fakes
+    path = tmp_path / "models.json"
+    models = {"m": {**deployed(one, two, "echo"), "fallbacks": ["n"]}, "n": entry(one.base_url, "echo")}
+    models["m"]["api_key_env"] = "KEY_NOT_SET"  # the entry's own: each deployment names its own
+    path.write_text(json.dumps(models))
+    for env, ready in (({"KEY_TWO": "sk-two"}, True), ({}, False)):
+        r = run_gencli(["models", "--json"], clean_env(tmp_path, GENCLI_MODELS=str(path), **env), workdir)
+        rows = {m["name"]: m for m in json.loads(r.stdout)["models"]}
+        assert rows["m"]["fallbacks"] == ["n"] and rows["m"]["deployments"] == ["one", "two"]
+        assert rows["m"]["ready"] is ready and rows["n"]["deployments"] == []
+        assert rows["m"]["missing"] == (None if ready else "KEY_ONE")
+
+
 def test_cli_takes_the_fallback_and_says_so(tmp_path, workdir, openai_fake):
     url = openai_fake.base_url
     path = tmp_path / "models.json"

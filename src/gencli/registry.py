@@ -459,7 +459,11 @@ class Registry:
         return None, None
 
     def missing_key(self, entry: ModelEntry) -> str | None:
-        """The variable to set (for a local model: what to install), or None when the model is ready."""
+        """The variable to set (for a local model: what to install), or None when the model is
+        ready (a model with deployments: when one of them has its key)."""
+        if entry.deployments:
+            missing = [self.missing_key(d) for d in entry.deployments]
+            return None if None in missing else missing[0]
         if PROVIDERS[entry.provider].local:
             from gencli.providers.llama.files import readiness
 

@@ -25,6 +25,8 @@ def run(as_json: bool, models_path: str | None) -> None:
                 "default": entry.name == default,
                 "capabilities": entry.capabilities,
                 "context_length": context_length(entry),
+                "fallbacks": entry.fallbacks,
+                "deployments": [d.deployment for d in entry.deployments],
             }
         )
     source = str(registry.source) if registry.source else "built-in models"
