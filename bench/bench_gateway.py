@@ -11,7 +11,8 @@
   (b) **A fallback taken**: model ``a`` fails upstream before any output (HTTP 500, no
       retries) and falls back to ``b``; model ``dead`` has no upstream listening
       (connection refused) and falls back to ``b``. At one connection, the p50 latency of
-      ``a`` and ``dead`` against ``b`` asked directly is what a fallback adds; it is set
+      ``a`` and ``dead`` against ``b`` asked directly is what a fallback adds (requests sent
+      one at a time, the kinds interleaved, medians of ``--samples`` each); it is set
       beside the failing upstream's own failure time: the same failing model without a
       fallback asked through gencli (its error reply), and the bare failure (the fake's 500
       asked directly; a refused connection timed alone). Target: the added latency is at
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import socket
 import statistics
 import subprocess
@@ -44,7 +44,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_server import (  # noqa: E402
-    _DONE_LUA,
     _check_answers,
     _env,
     _free_port,
@@ -67,15 +66,29 @@ TARGET_METRICS = 0.95
 FALLBACK_SLACK_MS = 0.5
 
 
-def wrk_any(url: str, script: Path, duration: float) -> dict[str, float]:
-    """wrk at one connection, any status accepted (a failing upstream's own answers)."""
-    cmd = ["wrk", "-t1", "-c1", f"-d{duration:g}s", "--timeout", "10s", "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    m = re.search(r"BENCH (.*)", out.stdout)
-    if out.returncode != 0 or not m:
-        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
-    f = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
-    return {"p50_ms": f["p50_us"] / 1000, "p99_ms": f["p99_us"] / 1000, "requests": f["requests"]}
+def interleaved(requests: dict[str, tuple[str, int, str, bytes]], n: int) -> dict[str, float]:
+    """The median milliseconds of each request, sent one at a time over kept-alive
+    connections (one per request kind), the kinds interleaved so that any drift in the
+    machine's load touches them all alike. ``requests``: name -> (host, port, path, body)."""
+    import http.client
+
+    conns = {name: http.client.HTTPConnection(host, port, timeout=30) for name, (host, port, _, _) in requests.items()}
+    times: dict[str, list[float]] = {name: [] for name in requests}
+    headers = {"Content-Type": "application/json"}
+    try:
+        for i in range(n + 20):  # the first 20 rounds warm up
+            for name, (_, _, path, body) in requests.items():
+                conn = conns[name]
+                t0 = time.perf_counter()
+                conn.request("POST", path, body, headers)
+                resp = conn.getresponse()
+                resp.read()
+                if i >= 20:
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        for conn in conns.values():
+            conn.close()
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 
 def refused_ms(port: int, n: int = 300) -> float:
@@ -112,6 +125,7 @@ def start_gencli(tmp: Path, name: str, models: Path, args: list[str], cpu: int |
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     wrk_arguments(ap)
+    ap.add_argument("--samples", type=int, default=300, help="requests of each kind per round for (b) (default 300)")
     args = ap.parse_args()
     if not have_wrk("bench_gateway"):
         return 2
@@ -159,19 +173,15 @@ def main() -> int:
         scripts = {
             "plain": _lua(tmp / "plain.lua", {"model": model, "prompt": "hi", "stream": False}),
             "stream": _lua(tmp / "stream.lua", {"model": model, "prompt": "hi", "stream": True}),
-            "b": _lua(tmp / "b.lua", {"model": "b", "prompt": "hi", "stream": False}),
-            "a": _lua(tmp / "a.lua", {"model": "a", "prompt": "hi", "stream": False}),
-            "dead": _lua(tmp / "dead.lua", {"model": "dead", "prompt": "hi", "stream": False}),
-            "a-alone": _lua(tmp / "a-alone.lua", {"model": "a-alone", "prompt": "hi", "stream": False}),
-            "dead-alone": _lua(tmp / "dead-alone.lua", {"model": "dead-alone", "prompt": "hi", "stream": False}),
         }
-        fail_script = tmp / "fail.lua"
-        failing = {"model": "error-500", "messages": [{"role": "user", "content": "hi"}]}
-        fail_script.write_text(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            + f"wrk.body = {json.dumps(json.dumps(failing))}\n"
-            + _DONE_LUA
-        )
+        gencli_port, fake_port = int(on.rsplit(":", 1)[1]), int(fake.rsplit(":", 1)[1])
+
+        def ask(name: str) -> tuple[str, int, str, bytes]:
+            return ("127.0.0.1", gencli_port, "/api/generate", json.dumps({"model": name, "prompt": "hi"}).encode())
+
+        failing = json.dumps({"model": "error-500", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        latency = {name: ask(name) for name in ("b", "a", "a-alone", "dead", "dead-alone")}
+        latency["fail"] = ("127.0.0.1", fake_port, "/v1/chat/completions", failing)
         runs: dict[str, list[dict]] = {}
         for _ in range(args.rounds):
             for kind in ("plain", "stream"):
@@ -179,10 +189,8 @@ def main() -> int:
                     r = _wrk(f"{url}/api/generate", scripts[kind], args.connections, args.duration, pids[url])
                     runs.setdefault(f"{kind}-{label}", []).append(r)
                     check_alive(procs)
-            short = max(2, int(args.duration // 2))  # wrk takes whole seconds
-            for name in ("b", "a", "dead", "a-alone", "dead-alone"):
-                runs.setdefault(f"latency-{name}", []).append(wrk_any(f"{on}/api/generate", scripts[name], short))
-            runs.setdefault("latency-fail", []).append(wrk_any(f"{fake}/v1/chat/completions", fail_script, short))
+            for name, ms in interleaved(latency, args.samples).items():
+                runs.setdefault(f"latency-{name}", []).append({"p50_ms": ms})
             runs.setdefault("refused", []).append({"p50_ms": refused_ms(closed)})
             check_alive(procs)
 

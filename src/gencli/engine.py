@@ -436,9 +436,9 @@ def _candidates(
             continue
         try:
             key, key_env = registry.key(e)
-        except MissingKey:
+            asked, _ = opts.check(req.options, spec.options)
+        except (MissingKey, UsageError):  # its key is not set, or it takes an option differently
             continue
-        asked, _ = opts.check(req.options, spec.options)
         options = {k: v for k, v in e.options.items() if k in spec.options}
         options.update(asked)
         adapter = get_adapter(e.provider)
