@@ -30,6 +30,7 @@ WORKDIR /etc/gencli
 ENV PYTHONUNBUFFERED=1 HOME=/home/gencli
 EXPOSE 11434
 STOPSIGNAL SIGTERM
+# asks the port of CMD below: change both together
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:11434/health', timeout=2).status != 200)"]
 ENTRYPOINT ["gencli", "serve"]
