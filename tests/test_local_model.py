@@ -439,32 +439,6 @@ def test_one_generation_at_a_time_then_503_and_disconnect_frees_the_model(local_
     assert second["at"] - closed < 15
 
 
-def test_ctrl_c_stops_the_cli_at_once(tmp_path, workdir):
-    import signal
-
-    from tests.conftest import GENCLI
-
-    proc = subprocess.Popen(
-        [GENCLI, "generate", PROMPT, "--seed", "1", "--num-predict", "3000"],
-        env=clean_env(tmp_path),
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout.read(1)  # generation has started
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 130
-        assert time.monotonic() - sent < 5  # not after 3000 tokens
-        assert "Traceback" not in proc.stderr.read().decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 # -- issue 11: raw prompts, log probabilities, keep_alive -------------------------------------
 def test_raw_prompt_and_logprobs_in_process(tmp_path):
     from gencli.providers.llama import runner

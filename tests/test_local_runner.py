@@ -150,7 +150,7 @@ def test_the_cli_prints_one_line_when_the_runner_dies(tmp_path, workdir):
     assert "runner process was killed by SIGABRT" in line
 
 
-def test_ctrl_c_reaches_the_runner_and_leaves_no_process(tmp_path, workdir):
+def test_ctrl_c_stops_the_cli_at_once_and_leaves_no_runner(tmp_path, workdir):
     home = tmp_path / "home"
     proc = subprocess.Popen(
         [GENCLI, "generate", "List numbers.", "--seed", "1", "--num-predict", "3000"],
@@ -162,9 +162,12 @@ def test_ctrl_c_reaches_the_runner_and_leaves_no_process(tmp_path, workdir):
     )
     try:
         assert proc.stdout.read(1)
-        assert len(runner_pids(home)) == 1
+        assert len(runner_pids(home)) == 1  # generation has started, in the runner
+        sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 130
+        assert time.monotonic() - sent < 5  # not after 3000 tokens
+        assert "Traceback" not in proc.stderr.read().decode()
         wait_for(lambda: runner_pids(home) == [], 10, "the runner to end with the CLI")
     finally:
         if proc.poll() is None:

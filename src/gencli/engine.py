@@ -30,7 +30,6 @@ Glossary (each object is made from the one before it):
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
@@ -39,7 +38,7 @@ from typing import Any
 from gencli import context as ctx
 from gencli import images as img
 from gencli import options as opts
-from gencli.errors import GencliError, ImageError, MissingKey, UpstreamError, UsageError
+from gencli.errors import GencliError, ImageError, MissingKey, UpstreamError, UsageError, warn
 from gencli.events import (
     Done,
     Event,
@@ -68,15 +67,6 @@ from gencli.registry import ModelEntry, Registry, Router
 from gencli.request import GenerateRequest, Message
 from gencli.retry import Retrier, falls_back
 from gencli.think import ThinkSplitter, split_complete
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr (the CLI's terminal, the server's log)."""
-    try:
-        sys.stderr.write(f"gencli: warning: {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 class IgnoredOptions:

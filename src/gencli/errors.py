@@ -6,7 +6,17 @@ Messages never contain secrets.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (the CLI's terminal, the server's log); never raises."""
+    try:
+        sys.stderr.write(f"gencli: warning: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class GencliError(Exception):

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import orjson
 
-from gencli.errors import ConfigError, GencliError, RunnerCrashed, UsageError
+from gencli.errors import ConfigError, GencliError, RunnerCrashed, UsageError, warn
 
 REBUILD = (
     "CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON' "
@@ -40,14 +40,6 @@ REBUILD = (
 TERMINAL = frozenset({"done", "end", "error", "count", "embed"})
 DRAIN_SECONDS = 30.0  # a cancelled runner that does not finish its request by then is killed
 STOP_SECONDS = 2.0  # a runner asked to stop that has not exited by then is killed
-
-
-def warn(message: str) -> None:
-    try:
-        sys.stderr.write(f"gencli: warning: {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 # -- CPU variants that fault here ------------------------------------------------------------
