@@ -123,7 +123,7 @@ def test_responses_create(oai, up, openai_fake, gemini_fake, anthropic_fake):
     msg = r.output[0]
     assert msg.role == "assistant" and msg.status == "completed" and msg.content[0].type == "output_text"
     assert r.usage.output_tokens == 4 and r.usage.total_tokens == r.usage.input_tokens + 4
-    assert r.instructions == "Be brief." and r.store is False and r.previous_response_id is None
+    assert r.instructions == "Be brief." and r.store is True and r.previous_response_id is None  # OpenAI's default
     if up == "oa":
         assert openai_fake.last().body["messages"][0] == {"role": "system", "content": "Be brief."}
     elif up == "cl":
@@ -252,8 +252,8 @@ def test_responses_max_output_tokens_is_incomplete(oai, stream):
 @pytest.mark.parametrize(
     "body,param,message",
     [
-        ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id", "send the whole conversation"),
-        ({"input": "x", "store": True}, "store", "send the whole conversation"),
+        ({"input": "x", "previous_response_id": 7}, "previous_response_id", "id of a stored response"),
+        ({"input": "x", "store": "yes"}, "store", "true or false"),
         ({"input": "x", "conversation": "conv_1"}, "conversation", "send the whole conversation"),
         ({}, "input", "input is required"),
         ({"input": [{"type": "web_search_call"}]}, "input", "not supported"),

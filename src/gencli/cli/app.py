@@ -504,6 +504,83 @@ def models(
     _call(run, as_json=as_json, models_path=models_path)
 
 
+keys_app = typer.Typer(
+    name="keys",
+    context_settings=CONTEXT_SETTINGS,
+    rich_markup_mode="markdown",
+    no_args_is_help=True,
+    help="Issue, list and revoke the keys people and tools send to 'gencli serve', each with its own models and "
+    "limits.\n\nThe keys file (JSON Lines, one key a line, stored hashed) is $GENCLI_KEYS_FILE, else "
+    "$XDG_CONFIG_HOME/gencli/keys.jsonl; a running server reads it again when it changes.",
+)
+app.add_typer(keys_app, name="keys")
+
+KeysFile = Annotated[
+    Optional[str],
+    typer.Option(
+        "--keys-file",
+        metavar="PATH",
+        show_default=False,
+        help="The keys file (default: $GENCLI_KEYS_FILE, else $XDG_CONFIG_HOME/gencli/keys.jsonl).",
+    ),
+]
+
+
+@keys_app.command("add", context_settings=CONTEXT_SETTINGS)
+def keys_add(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Who or what the key is for (shown in logs).")],
+    rpm: Annotated[
+        Optional[int],
+        typer.Option("--rpm", metavar="N", show_default=False, help="Requests per minute (default: no limit)."),
+    ] = None,
+    tpm: Annotated[
+        Optional[int],
+        typer.Option(
+            "--tpm",
+            metavar="N",
+            show_default=False,
+            help="Tokens (prompt + completion) per minute (default: no limit).",
+        ),
+    ] = None,
+    models: Annotated[
+        Optional[str],
+        typer.Option(
+            "--models", metavar="A,B", show_default=False, help="The models the key may use (default: every model)."
+        ),
+    ] = None,
+    keys_file: KeysFile = None,
+) -> None:
+    """Add a key named NAME and print it (once: only its hash is kept).
+
+    **Example:** `gencli keys add alice --rpm 60 --tpm 100000 --models gpt-4o-mini,claude-sonnet`
+    """
+    from gencli.cli.commands.keys import add
+
+    _call(add, name=name, rpm=rpm, tpm=tpm, models=models, keys_file=keys_file)
+
+
+@keys_app.command("list", context_settings=CONTEXT_SETTINGS)
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+    keys_file: KeysFile = None,
+) -> None:
+    """List the keys: name, id, limits, models, created (never the keys themselves)."""
+    from gencli.cli.commands.keys import list_
+
+    _call(list_, as_json=as_json, keys_file=keys_file)
+
+
+@keys_app.command("revoke", context_settings=CONTEXT_SETTINGS)
+def keys_revoke(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The key to remove.")],
+    keys_file: KeysFile = None,
+) -> None:
+    """Remove the key NAME; a running server stops accepting it within a second or two."""
+    from gencli.cli.commands.keys import revoke
+
+    _call(revoke, name=name, keys_file=keys_file)
+
+
 def _setting(key: str, metavar: str, text: str, default: str, panel: str = LIMITS) -> Row:
     """A numeric serve setting, read as text: gencli.server.config validates it (range, no inf
     or nan) and names the flag or the environment variable in a one-line error (exit code 2)."""
@@ -541,6 +618,9 @@ SERVE_SETTINGS: tuple[Row, ...] = (
     _setting("image_fetches", "N", "Image URL downloads at once per worker, more wait their turn", "8"),
     _setting("image_memory_mb", "MB", "Downloaded image bytes held at once per worker, 503 above it", "256"),
     _setting("body_memory_mb", "MB", "Request body bytes held at once per worker, 503 above it", "512"),
+    _setting("responses_max", "N", "Stored responses (Responses API, store: true) kept in-process", "1000"),
+    _setting("responses_mb", "MB", "Bytes of stored responses kept in-process, and most of one in Redis", "64"),
+    _setting("responses_ttl", "SECONDS", "How long a stored response is kept", "86400"),
     _setting("grace", "SECONDS", "On SIGTERM, how long in-flight requests may take to finish", "30", SERVER),
     _setting(
         "timeout", "SECONDS", 'Upstream read timeout for models without a "timeout" in models.json', "300", NETWORK
@@ -617,6 +697,39 @@ def serve(
             "provider keys).",
         ),
     ] = False,
+    keys_file: Annotated[
+        Optional[str],
+        typer.Option(
+            "--keys-file",
+            metavar="PATH",
+            rich_help_panel=SERVER,
+            show_default=False,
+            help="Keys file of 'gencli keys' (default: $GENCLI_KEYS_FILE, else $XDG_CONFIG_HOME/gencli/keys.jsonl "
+            "when it exists); with one, every request needs a key.",
+        ),
+    ] = None,
+    redis: Annotated[
+        Optional[str],
+        typer.Option(
+            "--redis",
+            metavar="URL",
+            rich_help_panel=SERVER,
+            show_default=False,
+            help="Count per-key limits and keep stored responses in Redis (redis://HOST:PORT/DB), shared by every "
+            "replica (also $GENCLI_REDIS_URL).",
+        ),
+    ] = None,
+    redis_fail: Annotated[
+        Optional[str],
+        typer.Option(
+            "--redis-fail",
+            metavar="open|closed",
+            rich_help_panel=SERVER,
+            show_default=False,
+            help="While Redis is down: open admits requests without counting them, closed answers 503 (default "
+            "open; also $GENCLI_REDIS_FAIL).",
+        ),
+    ] = None,
     allow_private_images: Annotated[
         bool,
         typer.Option(
@@ -669,6 +782,9 @@ def serve(
         allow_private_images=allow_private_images,
         metrics=metrics,
         log_format=log_format,
+        keys_file=keys_file,
+        redis=redis,
+        redis_fail=redis_fail,
         **flags,
     )
 

@@ -456,7 +456,7 @@ class AnthropicMessages:
 
 async def messages(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(scope, receive)
-    model = state.model_of(scope, data)
+    model = await state.admit(scope, data)
     req = request_in(data, model)
 
     def shape(plan: Plan) -> AnthropicMessages:
@@ -468,7 +468,7 @@ async def messages(state: State, scope: Scope, receive: Receive, send: Send) -> 
 
 async def count_tokens(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(scope, receive)
-    model = state.model_of(scope, data)
+    model = await state.admit(scope, data)
     req = request_in(data, model, counting=True)
     quota = state.image_quota()
     try:

@@ -70,7 +70,11 @@ class App:
             **observe.routes(state),
         }
         # routes with a parameter in the path: (method, prefix, handler)
-        self.prefixes: list[tuple[str, str, Handler]] = [*ollama.prefix_routes(state), *openai.prefix_routes(state)]
+        self.prefixes: list[tuple[str, str, Handler]] = [
+            *ollama.prefix_routes(state),
+            *openai.prefix_routes(state),
+            *responses.prefix_routes(state),
+        ]
         self.paths: dict[str, list[str]] = {}
         for method, path in self.routes:
             self.paths.setdefault(path, []).append(method)
@@ -106,6 +110,9 @@ class App:
                 held = scope.get("gencli.body")
                 if held:  # the body read by State.read_json, held until the request ends
                     self.state.bodies.release(held)
+                record = scope.get("gencli.key")
+                if record is not None and record.tpm:  # a person's key: its tokens count
+                    await self.state.spend(record, scope)
         elif kind == "lifespan":
             await self.lifespan(receive, send)
 
@@ -122,6 +129,7 @@ class App:
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 await transport.close()
+                await self.state.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -160,6 +168,16 @@ class App:
         await send_bytes(send, 200, doc, [H_JSON])
 
 
+def _keyring(config: ServeConfig) -> Any:
+    if config.keys_file is None:
+        return None
+    from pathlib import Path
+
+    from gencli.keys import Keyring
+
+    return Keyring(Path(config.keys_file))
+
+
 def build(app: App, config: ServeConfig | None = None, server_log: bool = False) -> Any:
     """Wrap the app in the guard (Host, origins, key, body cap), the request id and metrics
     (:class:`gencli.server.observe.Observe`) and the access log. Lifespan
@@ -175,6 +193,7 @@ def build(app: App, config: ServeConfig | None = None, server_log: bool = False)
         max_body=config.max_body,
         allowed_hosts=config.allowed_hosts,
         check_hosts=is_loopback_host(config.host),
+        keyring=_keyring(config),
     )
     from gencli.server.observe import Observe
 

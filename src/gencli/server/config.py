@@ -43,6 +43,9 @@ NUMBERS: tuple[Number, ...] = (
     Number("image_fetches", "--image-fetches", "GENCLI_IMAGE_FETCHES", 8, 1, 1024, True),
     Number("image_memory_mb", "--image-memory-mb", "GENCLI_IMAGE_MEMORY_MB", 256, 1, 65536, unit="MB"),
     Number("body_memory_mb", "--body-memory-mb", "GENCLI_BODY_MEMORY_MB", 512, 1, 65536, unit="MB"),
+    Number("responses_max", "--responses-max", "GENCLI_RESPONSES_MAX", 1000, 1, 10_000_000, True),
+    Number("responses_mb", "--responses-mb", "GENCLI_RESPONSES_MB", 64, 0.001, 65536, unit="MB"),
+    Number("responses_ttl", "--responses-ttl", "GENCLI_RESPONSES_TTL", 86400, 1, 366 * 86400, unit="seconds"),
 )
 BY_KEY = {n.key: n for n in NUMBERS}
 
@@ -79,6 +82,12 @@ class ServeConfig:
     image_fetches: int = 8
     image_memory: int = 256 * MB
     body_memory: int = 512 * MB
+    responses_max: int = 1000  # stored responses kept in-process (count, bytes, seconds)
+    responses_bytes: int = 64 * MB
+    responses_ttl: float = 86400.0
+    keys_file: str | None = None  # the keys file gencli serve reads (gencli.keys); None: none
+    redis_url: str | None = None  # limits and stored responses in Redis (gencli.server.shared)
+    redis_fail_open: bool = True  # Redis down: admit requests uncounted (True) or 503 (False)
     api_key: str | None = None
     allowed_origins: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)
@@ -115,6 +124,8 @@ class ServeConfig:
             "keep_alive",
             "max_images",
             "image_fetches",
+            "responses_max",
+            "responses_ttl",
             "timeout",
             "retries",
         ):
@@ -130,6 +141,8 @@ class ServeConfig:
             cfg.image_memory = int(values["image_memory_mb"] * MB)
         if "body_memory_mb" in values:
             cfg.body_memory = int(values["body_memory_mb"] * MB)
+        if "responses_mb" in values:
+            cfg.responses_bytes = max(1, int(values["responses_mb"] * MB))
         if cfg.body_memory < cfg.max_body:
             raise SettingError(
                 f"--body-memory-mb ({cfg.body_memory // MB} MB) is smaller than --max-body-mb "
@@ -158,6 +171,31 @@ class ServeConfig:
         if fmt not in LOG_FORMATS:
             raise SettingError(f"{where} must be one of {', '.join(LOG_FORMATS)} (not {str(fmt)[:40]!r})")
         cfg.log_format = fmt
+        from gencli.keys import resolve_path
+
+        keys_path, named = resolve_path(flags.get("keys_file"), env)
+        if keys_path.exists():
+            cfg.keys_file = str(keys_path)
+        elif named:
+            where = "--keys-file" if flags.get("keys_file") else "GENCLI_KEYS_FILE"
+            raise SettingError(
+                f"{where}: the keys file {keys_path} does not exist; create it with 'gencli keys add NAME'"
+            )
+        redis_url = (flags.get("redis") or env.get("GENCLI_REDIS_URL") or "").strip()
+        if redis_url:
+            from gencli.server.shared import check_url
+
+            cfg.redis_url = check_url(redis_url)
+        policy = flags.get("redis_fail")
+        where = "--redis-fail"
+        if policy is None:
+            policy, where = env.get("GENCLI_REDIS_FAIL", "") or "open", "GENCLI_REDIS_FAIL"
+        policy = str(policy).strip().lower()
+        if policy not in ("open", "closed"):
+            raise SettingError(
+                f"{where}={str(policy)[:40]!r}: use open (admit requests uncounted while Redis is down) or closed (503)"
+            )
+        cfg.redis_fail_open = policy == "open"
         return cfg
 
     def limits(self) -> Limits:

@@ -28,7 +28,7 @@ from gencli.server.state import State
 async def _embed(
     state: State, scope: Scope, data: dict[str, Any], inputs: Any, empty_ok: bool
 ) -> tuple[ModelEntry, Embeddings | None]:
-    entry = state.resolve(state.model_of(scope, data))
+    entry = state.resolve(await state.admit(scope, data))
     if empty_ok and (inputs == "" or inputs == []):
         # Ollama answers an empty input with no vectors (a load probe), after checking the model
         prepare_embed(state.registry, None, "x", entry=entry)

@@ -24,6 +24,7 @@ import hmac
 import ipaddress
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
 from gencli.server.asgi import (
     DEFAULT_MAX_BODY,
@@ -37,6 +38,9 @@ from gencli.server.asgi import (
     send_error,
     too_large,
 )
+
+if TYPE_CHECKING:
+    from gencli.keys import Keyring
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
 _LOCAL_ORIGIN_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -145,6 +149,9 @@ class Guard:
     - ``api_key``: when set, every HTTP route except ``/``, ``/health`` and ``/ready`` needs
       ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (Anthropic's header) (401 otherwise;
       compared in constant time).
+    - ``keyring``: the keys file's keys (``gencli keys``), accepted besides ``api_key`` (a key
+      is needed then even without ``api_key``); the request's :class:`gencli.keys.KeyRecord`
+      goes on ``scope["gencli.key"]`` for its model and limit checks (the operator's key: none).
     - ``allowed_origins``: origins allowed besides the localhost ones; ``*`` allows all.
       A request whose ``Origin`` is not allowed gets 403 and no CORS headers; an allowed
       one gets ``Access-Control-Allow-Origin`` (its own origin) and ``Vary: Origin``, and
@@ -162,8 +169,10 @@ class Guard:
         max_body: int = DEFAULT_MAX_BODY,
         allowed_hosts: Iterable[str] = (),
         check_hosts: bool = True,
+        keyring: Keyring | None = None,
     ):
         self.app = app
+        self.keyring = keyring
         self.check_hosts = check_hosts
         hosts = [host_name(h) for h in parse_origins(list(allowed_hosts))]
         self._hosts_all = "*" in hosts
@@ -222,6 +231,24 @@ class Guard:
         if authorization[:7].lower() == b"bearer ":
             authorization = b"Bearer " + authorization[7:].strip()
         return hmac.compare_digest(authorization, key)
+
+    def _person(self, scope: Scope, authorization: bytes | None, x_api_key: bytes | None) -> bool:
+        """True when the request carries a key of the keys file (noted on the scope)."""
+        if self.keyring is None:
+            return False
+        if authorization is not None:
+            if authorization[:7].lower() != b"bearer ":
+                return False
+            token = authorization[7:].strip()
+        elif x_api_key is not None:
+            token = x_api_key.strip()
+        else:
+            return False
+        record = self.keyring.find(token)
+        if record is None:
+            return False
+        scope["gencli.key"] = record
+        return True
 
     # -- ASGI ----------------------------------------------------------------------------
 
@@ -282,14 +309,15 @@ class Guard:
                 return
 
         if (
-            self._key is not None
+            (self._key is not None or self.keyring is not None)
             and scope["path"] not in PUBLIC_PATHS
             and not self._key_ok(authorization)
-            and not (x_api_key is not None and self._key_ok(b"Bearer " + x_api_key))
-        ):  # Anthropic clients' header
+            and not (x_api_key is not None and self._key_ok(b"Bearer " + x_api_key))  # Anthropic clients' header
+            and not self._person(scope, authorization, x_api_key)
+        ):
             message = (
                 "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' (the server's "
-                "GENCLI_API_KEY)"
+                "GENCLI_API_KEY, or a key from 'gencli keys add')"
                 if authorization is None and x_api_key is None
                 else "invalid API key"
             )
@@ -305,8 +333,14 @@ class Guard:
             )
             return
 
-        if self._key is not None and scope["path"] not in PUBLIC_PATHS:
-            scope.setdefault("gencli", {})["key"] = "operator"  # its name, for the access log and the metrics
+        if scope["path"] not in PUBLIC_PATHS:
+            # the key's name (never the key), for the access log and the metrics: a person's key
+            # by its name in the keys file, the server's API key as "operator"
+            record = scope.get("gencli.key")
+            if record is not None:
+                scope.setdefault("gencli", {})["key"] = record.name
+            elif self._key is not None:
+                scope.setdefault("gencli", {})["key"] = "operator"
 
         if length is not None:
             try:

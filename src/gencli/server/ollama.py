@@ -305,7 +305,7 @@ async def not_here(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def generate(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(scope, receive)
-    model = state.model_of(scope, data)
+    model = await state.admit(scope, data)
     stream = field_bool(data, "stream", False)
     prompt = field_str(data, "prompt")
     images = field_list(data, "images")
@@ -342,7 +342,7 @@ async def generate(state: State, scope: Scope, receive: Receive, send: Send) -> 
 
 async def chat(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(scope, receive)
-    model = state.model_of(scope, data)
+    model = await state.admit(scope, data)
     stream = field_bool(data, "stream", True)  # Ollama streams chat unless told not to (the seed only covers generate)
     raw_messages = field_list(data, "messages")
     seconds = keep_alive(data)

@@ -322,7 +322,7 @@ class OpenAIChat:
 
 async def chat_completions(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(scope, receive)
-    model = state.model_of(scope, data)
+    model = await state.admit(scope, data)
     stream = field_bool(data, "stream", False)
     include_usage = _include_usage(data)
     raw = field_list(data, "messages")
@@ -439,7 +439,7 @@ async def completions(state: State, scope: Scope, receive: Receive, send: Send) 
     """POST /v1/completions: ``prompt`` sent as it is (a text completion), ``suffix`` for
     fill-in-the-middle on models with the 'insert' capability."""
     data = await state.read_json(scope, receive)
-    model = state.model_of(scope, data)
+    model = await state.admit(scope, data)
     stream = field_bool(data, "stream", False)
     include_usage = _include_usage(data)
     prompt = data.get("prompt")

@@ -3,10 +3,14 @@ newer OpenAI SDKs call).
 
 Pure translation first (request JSON -> engine request; engine events -> reply bytes),
 then the route glue, which runs the plan with :func:`gencli.server.streaming.run`.
-gencli keeps no state between requests, as Ollama: ``previous_response_id``,
-``conversation`` and ``store: true`` get a 400 that says to send the whole conversation
-in ``input``; ``reasoning`` items sent back are skipped (their encrypted content only
-means something to OpenAI).
+Stored responses (:mod:`gencli.server.store`: this process, or Redis with ``--redis``): a
+request with ``store`` true or left out (OpenAI's default) is kept with its conversation
+before its last byte goes out, so ``previous_response_id`` continues it on any replica,
+``GET /v1/responses/{id}`` returns it and ``DELETE /v1/responses/{id}`` removes it; only the
+key that made it sees it (anyone else gets the 404 of a missing id). ``store: false`` keeps
+nothing. ``conversation`` objects and ``item_reference`` items are not supported (400);
+``reasoning`` items sent back are skipped (their encrypted content only means something to
+OpenAI).
 
 Non-streamed, the reply is a response object whose ``output`` holds a ``reasoning``
 item (when the model reasoned), a ``message`` with ``output_text`` and the
@@ -22,20 +26,35 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
+
+import orjson
 
 from gencli.errors import GencliError, UsageError
 from gencli.events import Done, TokenLogprob, ToolCall
 from gencli.request import GenerateRequest, Message
-from gencli.server.asgi import H_NOCACHE, H_SSE, Handler, Headers, Receive, Scope, Send, dumps, field_bool
+from gencli.server.asgi import (
+    H_NOCACHE,
+    H_SSE,
+    Handler,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    dumps,
+    field_bool,
+    refusal,
+    send_json,
+)
 from gencli.server.state import State
 from gencli.server.streaming import answer
 from gencli.tools import check_arguments
 
 ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 EFFORT = {"none": False, "minimal": False, "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
-STATELESS = "gencli keeps no responses or conversations; send the whole conversation in input"
+STATELESS = "gencli keeps no conversation objects; send the whole conversation in input, or previous_response_id"
 
 
 # -- request -> engine ------------------------------------------------------------------
@@ -208,19 +227,26 @@ def format_in(raw: Any) -> tuple[Any, dict[str, Any]]:
     raise UsageError("text.format.type must be text, json_object or json_schema", "text")
 
 
-def request_in(data: dict[str, Any], model: str) -> tuple[GenerateRequest, dict[str, Any]]:
-    """A Responses request body -> (engine request, what the response object echoes back)."""
-    if data.get("previous_response_id") is not None:
-        raise UsageError(f"previous_response_id is not supported: {STATELESS}", "previous_response_id")
+def input_items(raw: Any) -> Any:
+    """``input`` as a list of items (a string is one user message), as a stored conversation keeps it."""
+    return [{"type": "message", "role": "user", "content": raw}] if isinstance(raw, str) else raw
+
+
+def request_in(
+    data: dict[str, Any], model: str, history: list[Any] | None = None
+) -> tuple[GenerateRequest, dict[str, Any]]:
+    """A Responses request body -> (engine request, what the response object echoes back).
+    ``history``: the stored conversation ``previous_response_id`` names, before ``input``."""
     if data.get("conversation") is not None:
         raise UsageError(f"conversation is not supported: {STATELESS}", "conversation")
-    if data.get("store") is True:
-        raise UsageError(f"store: true is not supported: {STATELESS} (send store: false)", "store")
     if data.get("background") is True:
         raise UsageError("background: true is not supported: gencli answers in the request", "background")
     if "input" not in data:
         raise UsageError("input is required: a string or an array of items", "input")
     messages, pending = input_in(data["input"])
+    if history:
+        earlier, earlier_images = input_in(history)
+        messages, pending = earlier + messages, earlier_images + pending
     options: dict[str, Any] = {}
     for key in ("temperature", "top_p"):
         if data.get(key) is not None:
@@ -277,6 +303,8 @@ def request_in(data: dict[str, Any], model: str) -> tuple[GenerateRequest, dict[
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         "parallel_tool_calls": data.get("parallel_tool_calls", True),
         "metadata": data.get("metadata") if isinstance(data.get("metadata"), dict) else {},
+        "store": field_bool(data, "store", True),
+        "previous_response_id": data.get("previous_response_id"),
         "user": data.get("user") if isinstance(data.get("user"), str) else None,
     }
     return req, echo
@@ -343,9 +371,29 @@ class Responses:
 
     headers: Headers = [H_SSE, H_NOCACHE]
 
-    __slots__ = ("model", "id", "created", "echo", "_seq", "_started", "_items", "_open", "_buffer", "_delta")
+    __slots__ = (
+        "model",
+        "id",
+        "created",
+        "echo",
+        "_seq",
+        "_started",
+        "_items",
+        "_open",
+        "_buffer",
+        "_delta",
+        "_keeper",
+        "result",
+    )
 
-    def __init__(self, model: str, echo: dict[str, Any]):
+    def __init__(
+        self,
+        model: str,
+        echo: dict[str, Any],
+        keeper: Callable[[str, dict[str, Any]], Awaitable[bool]] | None = None,
+    ):
+        self._keeper = keeper  # stores the finished response (store: true)
+        self.result: dict[str, Any] | None = None
         self.model = model
         self.id = "resp_" + os.urandom(16).hex()
         self.created = int(time.time())
@@ -515,7 +563,7 @@ class Responses:
             )
             self._items.append(item)
         status, incomplete = _status(done)
-        response = self.response(status, self._items, done, incomplete=incomplete)
+        response = self.result = self.response(status, self._items, done, incomplete=incomplete)
         return out + self._event(f"response.{status}", {"response": response})
 
     def whole(self, done: Done) -> dict[str, Any]:
@@ -527,7 +575,17 @@ class Responses:
         for tc in done.tool_calls:
             items.append(_call_item(f"fc_{self.id[5:21]}{len(items):03d}", tc))
         status, incomplete = _status(done)
-        return self.response(status, items, done, incomplete=incomplete)
+        self.result = self.response(status, items, done, incomplete=incomplete)
+        return self.result
+
+    async def keep(self) -> None:
+        """Store the finished response (before its last bytes go out, so that the next request
+        of the chain finds it on any replica); a store that cannot keep it says so on stderr
+        and the non-streamed reply says ``store: false``."""
+        if self._keeper is None or self.result is None:
+            return
+        if not await self._keeper(self.id, self.result):
+            self.result["store"] = False
 
     def error_line(self, exc: GencliError) -> bytes:
         error = {"code": "rate_limit_exceeded" if exc.status == 429 else "server_error", "message": exc.message}
@@ -539,13 +597,132 @@ class Responses:
 # -- route ----------------------------------------------------------------------------------
 
 
+def _owner(scope: Scope) -> str | None:
+    """Whose stored responses a request may see: its key's name (None: the operator's key, or no key)."""
+    record = scope.get("gencli.key")
+    return None if record is None else str(record.name)
+
+
+def _not_found(response_id: str, previous: bool = False) -> UsageError:
+    shown = response_id[:80]
+    if previous:
+        exc = UsageError(
+            f"previous response with id {shown!r} not found (it expired, was deleted, was made with store: false "
+            "or with another key); send the whole conversation in input",
+            "previous_response_id",
+        )
+    else:
+        exc = UsageError(f"response with id {shown!r} not found (it expired, was deleted or was never stored)")
+    exc.status, exc.kind = 404, "invalid_request_error"
+    return exc
+
+
+async def _record(state: State, scope: Scope, response_id: str) -> dict[str, Any] | None:
+    """The stored record of ``response_id`` when this request's key may see it."""
+    if not response_id.startswith("resp_") or len(response_id) > 100:
+        return None
+    raw = await state.store.get(response_id)
+    if raw is None:
+        return None
+    record: dict[str, Any] = orjson.loads(raw)
+    if record.get("owner") != _owner(scope):
+        return None
+    return record
+
+
+def _conversation_items(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """The output items of a response as input items of the next turn (reasoning left out)."""
+    out: list[dict[str, Any]] = []
+    for item in response.get("output") or ():
+        if item.get("type") == "message":
+            out.append({"type": "message", "role": "assistant", "content": item.get("content") or []})
+        elif item.get("type") == "function_call":
+            out.append(
+                {
+                    "type": "function_call",
+                    "call_id": item["call_id"],
+                    "name": item["name"],
+                    "arguments": item["arguments"],
+                }
+            )
+    return out
+
+
+async def _keep(
+    state: State, owner: str | None, conversation: list[Any], response_id: str, response: dict[str, Any]
+) -> bool:
+    from gencli.server.shared import RedisDown
+
+    if response.get("status") not in ("completed", "incomplete"):
+        return False
+    record = dumps({"owner": owner, "response": response, "conversation": conversation + _conversation_items(response)})
+    try:
+        kept = await state.store.put(response_id, record)
+    except RedisDown:
+        return False  # said on stderr by the link
+    if not kept:
+        import sys
+
+        sys.stderr.write(
+            f"gencli serve: response {response_id} not stored: its conversation ({len(record)} bytes) is larger "
+            f"than --responses-mb\n"
+        )
+    return kept
+
+
 async def responses(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     data = await state.read_json(scope, receive)
-    model = state.model_of(scope, data)
-    req, echo = request_in(data, model)
-    await answer(state, scope, receive, send, req, lambda plan: Responses(plan.entry.name, echo))
+    model = await state.admit(scope, data)
+    store = field_bool(data, "store", True)
+    previous = data.get("previous_response_id")
+    history: list[Any] = []
+    if previous is not None:
+        if not isinstance(previous, str) or not previous:
+            raise UsageError(
+                "previous_response_id must be the id of a stored response (resp_...)", "previous_response_id"
+            )
+        found = await _record(state, scope, previous)
+        if found is None:
+            raise _not_found(previous, previous=True)
+        history = found["conversation"]
+        size = len(dumps(history)) + scope.get("gencli.body", 0)
+        if size > state.max_body:
+            raise refusal(
+                413,
+                f"the conversation of previous_response_id and this input ({size} bytes) is larger than the "
+                "server's request limit (--max-body-mb); start a new conversation",
+            )
+    req, echo = request_in(data, model, history)
+    keeper = partial(_keep, state, _owner(scope), history + input_items(data["input"])) if store else None
+    await answer(state, scope, receive, send, req, lambda plan: Responses(plan.entry.name, echo, keeper))
+
+
+async def stored(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET /v1/responses/{id}``: a stored response object."""
+    response_id = scope["path"][len("/v1/responses/") :]
+    found = await _record(state, scope, response_id)
+    if found is None:
+        raise _not_found(response_id)
+    await send_json(send, 200, found["response"], head=scope["method"] == "HEAD")
+
+
+async def delete(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    """``DELETE /v1/responses/{id}``: forget a stored response."""
+    response_id = scope["path"][len("/v1/responses/") :]
+    found = await _record(state, scope, response_id)
+    if found is None or not await state.store.delete(response_id):
+        raise _not_found(response_id)
+    await send_json(send, 200, {"id": response_id, "object": "response", "deleted": True})
 
 
 def routes(state: State) -> dict[tuple[str, str], Handler]:
     """OpenAI's Responses API, for the app's table."""
     return {("POST", "/v1/responses"): partial(responses, state)}
+
+
+def prefix_routes(state: State) -> list[tuple[str, str, Handler]]:
+    """A stored response by id: (method, path prefix, handler)."""
+    return [
+        ("GET", "/v1/responses/", partial(stored, state)),
+        ("DELETE", "/v1/responses/", partial(delete, state)),
+    ]

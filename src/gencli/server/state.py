@@ -1,6 +1,7 @@
 """What one server process shares across its routes: its settings, the registry, the
-upstream transport (one pool per process, which also downloads image URLs), and which
-models were used when and stay loaded until when (Ollama's keep_alive and /api/ps)."""
+upstream transport (one pool per process, which also downloads image URLs), which
+models were used when and stay loaded until when (Ollama's keep_alive and /api/ps), and
+where the per-key limits are counted and stored responses kept (this process, or Redis)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from typing import TYPE_CHECKING, Any
 from gencli import images as img
 from gencli.budget import MemoryBudget
 from gencli.registry import ModelEntry, Registry
-from gencli.server.asgi import Receive, Scope, field_model, read_json
+from gencli.server.asgi import Receive, Scope, field_model, read_json, refusal
 from gencli.server.config import ServeConfig
+from gencli.server.limits import Limiter, LocalLimiter, OverLimit, RedisLimiter
+from gencli.server.store import LocalStore, RedisStore, ResponseStore
 from gencli.transport_async import ServerTransport
 
 if TYPE_CHECKING:
     from gencli.server.observe import Metrics
+    from gencli.keys import KeyRecord
 
 KEEP_ALIVE = 300.0  # seconds a model stays loaded (listed in /api/ps; a local model in memory) after a request
 
@@ -40,6 +44,17 @@ class State:
         self.max_body = config.max_body
         self.bodies = MemoryBudget(config.body_memory, "request bodies", "--body-memory-mb")  # held at once
         context.set_limit(self.max_body)  # a conversation in `context` is no larger than a body
+        self.limiter: Limiter
+        self.store: ResponseStore
+        if config.redis_url:
+            from gencli.server.shared import RedisLink
+
+            link = RedisLink(config.redis_url)  # connects in the worker's loop, on first use
+            self.limiter = RedisLimiter(link, config.redis_fail_open)
+            self.store = RedisStore(link, config.responses_bytes, config.responses_ttl)
+        else:
+            self.limiter = LocalLimiter()
+            self.store = LocalStore(config.responses_max, config.responses_bytes, config.responses_ttl)
         self.started = time.time()
         self.last_used: dict[str, int] = {}  # model name -> time.time_ns() of its last request
         self.expires: dict[str, float] = {}  # model name -> when /api/ps stops listing it (time.time(); inf: never)
@@ -92,12 +107,47 @@ class State:
             return name[:-7]
         return name
 
-    def model_of(self, scope: Scope, data: dict[str, Any]) -> str:
+    async def admit(self, scope: Scope, data: dict[str, Any]) -> str:
         """The registry name of the model a request body names (its required ``model``), noted
-        on the scope for the access log."""
+        on the scope for the access log. A request made with a key of the keys file must name
+        a model the key allows (403 otherwise) and is counted against the key's limits (429
+        over them), before any work."""
         model = self.model_name(field_model(data))
-        scope.setdefault("gencli", {})["model"] = model
+        info = scope.setdefault("gencli", {})
+        info["model"] = model
+        record: KeyRecord | None = scope.get("gencli.key")
+        if record is not None:
+            if not record.allows(model):
+                info["rejected"] = "model"  # counted by the metrics and named in the access log
+                allowed = ", ".join(record.models or ())
+                raise refusal(
+                    403,
+                    f"key {record.name!r} may not use model {model[:100]!r} (its models: {allowed}); "
+                    "ask the server's operator for another key",
+                    "permission_error",
+                )
+            try:
+                await self.limiter.admit(record)
+            except OverLimit:
+                info["rejected"] = "limit"
+                raise
         return model
+
+    async def spend(self, record: KeyRecord, scope: Scope) -> None:
+        """Count a finished request's tokens (prompt + completion) against its key's limit."""
+        tokens = scope.get("gencli", {}).get("tokens")
+        if not tokens:
+            return
+        try:
+            await self.limiter.spend(record, int(tokens.get("prompt") or 0) + int(tokens.get("completion") or 0))
+        except Exception as exc:  # pragma: no cover - the limiter logs its own failures
+            import sys
+
+            sys.stderr.write(f"gencli serve: could not count the tokens of key {record.name!r}: {exc}\n")
+
+    async def close(self) -> None:
+        await self.limiter.close()
+        await self.store.close()
 
     def touch(self, name: str, keep_alive: float | None = None) -> None:
         """A request used the model: /api/ps lists it for ``keep_alive`` seconds (the default

@@ -144,6 +144,7 @@ async def run(
     reply with ``shape``: streamed when ``stream``, else one JSON object. The events of one
     read from the upstream are written at once (:func:`gencli.engine.abatches`)."""
     agen = abatches(plan, transport, transport)
+    keep = getattr(shape, "keep", None)  # a shape that stores its reply (Responses' store: true) before its end
     watch = Disconnect(receive, scope)
     info = scope.setdefault("gencli", {})
     started = False
@@ -168,7 +169,10 @@ async def run(
             info["tokens"] = {"prompt": done.prompt_eval_count, "completion": done.eval_count}
             info["timing"] = (done.total_duration, None)
             watch.stop()
-            await send_json(send, 200, shape.whole(done), extra=served_headers(plan, info) or None)
+            body = shape.whole(done)
+            if keep is not None:
+                await keep()
+            await send_json(send, 200, body, extra=served_headers(plan, info) or None)
             return
         started = True
         headers = shape.headers
@@ -192,6 +196,8 @@ async def run(
                         info["timing"] = (done.total_duration, done.load_duration + done.prompt_eval_duration)
                         watch.stop()
                         parts.append(shape.final(done))
+                        if keep is not None:
+                            await keep()
                         await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
                         return
                     else:

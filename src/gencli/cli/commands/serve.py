@@ -31,7 +31,8 @@ class ExposureError(GencliError):
 
 EXPOSURE = (
     "refusing to serve on {host} without GENCLI_API_KEY: anyone who can reach it could spend your "
-    "provider keys. Set GENCLI_API_KEY (clients then send 'Authorization: Bearer <key>'), bind a loopback "
+    "provider keys. Set GENCLI_API_KEY (clients then send 'Authorization: Bearer <key>') or issue keys "
+    "with 'gencli keys add NAME', bind a loopback "
     "address (--host 127.0.0.1), or pass --insecure-no-auth to serve it without a key anyway"
 )
 INSECURE = (
@@ -106,9 +107,16 @@ def run(**flags: Any) -> None:
     registry = Registry.load(settings=settings)  # a bad models.json fails here, before binding
     if registry.source is not None:
         config.models_path = str(registry.source.resolve())
+    people = 0
+    if config.keys_file is not None:
+        from pathlib import Path
+
+        from gencli.keys import load
+
+        people = len(load(Path(config.keys_file)))  # a malformed line fails here: exit 2 naming it
     host = config.host
     loopback = is_loopback_host(host)
-    if not loopback and not config.api_key and not config.insecure_no_auth:
+    if not loopback and not config.api_key and config.keys_file is None and not config.insecure_no_auth:
         raise ExposureError(EXPOSURE.format(host=host))
     if config.workers > 1 and not hasattr(os, "fork"):
         raise ServeError("--workers above 1 needs fork(), which this system lacks; run one worker per port")
@@ -149,7 +157,20 @@ def run(**flags: Any) -> None:
         lines.append("ready models: none (set a provider key, e.g. OPENAI_API_KEY; see 'gencli models')")
     if waiting:
         lines.append(f"{waiting} more model{'s' if waiting > 1 else ''} need a key (see 'gencli models')")
-    if not loopback and not config.api_key:
+    if config.keys_file is not None:
+        from gencli.server.shared import shown_url
+
+        where = f"Redis at {shown_url(config.redis_url)}" if config.redis_url else "this process"
+        lines.append(
+            f"keys: {people} from {config.keys_file}"
+            + (" and GENCLI_API_KEY" if config.api_key else "")
+            + f"; limits counted in {where}"
+        )
+        if workers > 1 and not config.redis_url:
+            lines.append(f"note: each of the {workers} workers counts the per-key limits itself; use --redis to share")
+    if config.redis_url:
+        lines.append(f"stored responses: in Redis ({'fail open' if config.redis_fail_open else 'fail closed'})")
+    if not loopback and not config.api_key and config.keys_file is None:
         lines.append(INSECURE.format(host=host))
     lines.extend(notes)
     sys.stderr.write("\n".join(lines) + "\n")
