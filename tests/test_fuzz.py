@@ -108,7 +108,9 @@ def _operations():
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["positive", "negative"])
 @pytest.mark.parametrize("operation", _operations())
 def test_fuzz(fuzz_server, operation, mode):
-    if mode is GenerationMode.NEGATIVE and operation.method.upper() in ("GET", "HEAD"):
+    if mode is GenerationMode.NEGATIVE and (
+        operation.method.upper() in ("GET", "HEAD") or operation.path == "/v1/responses/{response_id}"
+    ):  # a stored response's DELETE takes only its id: any string is a valid (maybe unknown) id
         pytest.skip("no request data to make invalid")
     seen: Counter = Counter()
     session = __import__("requests").Session()

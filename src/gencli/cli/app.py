@@ -766,8 +766,9 @@ def serve(
     Ollama clients (IDEs, Open WebUI, the ollama library), OpenAI clients (base URL http://HOST:PORT/v1, Chat
     Completions and Responses, e.g. Codex) and Anthropic clients (base URL http://HOST:PORT, /v1/messages,
     e.g. Claude Code) can use every ready model in models.json. With GENCLI_API_KEY set, every route but /,
-    /health and /ready needs 'Authorization: Bearer \\<key>' (or 'x-api-key: \\<key>'). Every limit is also an
-    environment variable; see README "Security".
+    /health and /ready needs 'Authorization: Bearer \\<key>' (or 'x-api-key: \\<key>'); with a keys file
+    ('gencli keys'), its keys work too, each with its models and limits. Every limit is also an environment
+    variable; see README "Security".
     """
     from gencli.cli.commands.serve import run
 

@@ -12,15 +12,20 @@ seconds until the oldest buckets that must leave the window have left it.
 
 In Redis a key's buckets are two hashes (``gencli:{NAME}:r`` and ``:t``; the braces keep
 them in one cluster slot), read, trimmed and counted by one Lua script on Redis's own clock
-(``TIME``): one round trip, atomic, the same answer for every replica. Redis down:
+(``TIME``): one round trip per request, atomic, the same answer for every replica. A
+finished request's tokens ride along with the key's next request in that process, or go on
+their own within ``FLUSH`` seconds when none comes, so another replica sees them at most
+that late. Redis down:
 ``--redis-fail open`` (the default) admits the request uncounted, ``closed`` answers 503 with
 Retry-After; either way one line on stderr when it stops answering and one when it is back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gencli.errors import GencliError
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
     from gencli.keys import KeyRecord
 
 WINDOW = 60  # seconds
+FLUSH = 0.5  # seconds a finished request's tokens may wait for the key's next request (Redis)
 
 
 class OverLimit(GencliError):
@@ -137,14 +143,16 @@ class LocalLimiter:
         return None
 
 
-# KEYS: the requests hash, the tokens hash; ARGV: rpm (0: none), tpm (0: none), the window.
-# Returns {0, 0, 0} when admitted (the request counted), else {1 (requests) or 2 (tokens),
-# milliseconds to wait, used}.
+# One call for a batch of requests (those admitted in the same turn of the event loop), in
+# order. KEYS: per request, its key's requests hash and tokens hash; ARGV: the window, then per
+# request its rpm (0: none), tpm (0: none) and the tokens of finished requests still to count.
+# Returns per request {0, 0, 0} when admitted (the request counted), else {1 (requests) or 2
+# (tokens), milliseconds to wait, used}.
 ADMIT = """
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now = sec + tonumber(t[2]) / 1000000
-local rpm, tpm, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local window = tonumber(ARGV[1])
 local function load(key)
   local flat = redis.call('HGETALL', key)
   local live, stale, total = {}, {}, 0
@@ -169,72 +177,141 @@ local function wait(live, total, limit)
   end
   return window * 1000
 end
-if rpm > 0 then
-  local live, total = load(KEYS[1])
-  if total + 1 > rpm then return {1, wait(live, total, rpm), total} end
+local function admit(rk, tk, rpm, tpm, spent)
+  if spent > 0 then
+    redis.call('HINCRBY', tk, sec, spent)
+    redis.call('EXPIRE', tk, window + 1)
+  end
+  if rpm > 0 then
+    local live, total = load(rk)
+    if total + 1 > rpm then return 1, wait(live, total, rpm), total end
+  end
+  if tpm > 0 then
+    local live, total = load(tk)
+    if total >= tpm then return 2, wait(live, total, tpm), total end
+  end
+  if rpm > 0 then
+    redis.call('HINCRBY', rk, sec, 1)
+    redis.call('EXPIRE', rk, window + 1)
+  end
+  return 0, 0, 0
 end
-if tpm > 0 then
-  local live, total = load(KEYS[2])
-  if total >= tpm then return {2, wait(live, total, tpm), total} end
+local out = {}
+for i = 1, #KEYS / 2 do
+  local what, ms, used = admit(KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]),
+    tonumber(ARGV[3 * i + 1]))
+  out[#out + 1] = what
+  out[#out + 1] = ms
+  out[#out + 1] = used
 end
-if rpm > 0 then
-  redis.call('HINCRBY', KEYS[1], sec, 1)
-  redis.call('EXPIRE', KEYS[1], window + 1)
-end
-return {0, 0, 0}
+return out
 """
+BATCH = 256  # requests per call at most
 
-# KEYS: the tokens hash; ARGV: tokens, the window.
-SPEND = """
-local t = redis.call('TIME')
-redis.call('HINCRBY', KEYS[1], t[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) + 1)
-return 1
-"""
+
+def _calling(script: Any, keys: list[str], args: list[Any]) -> Callable[[Any], Awaitable[Any]]:
+    """What :meth:`RedisLink.run` calls with the client: the script with these keys and arguments."""
+
+    def action(client: Any) -> Awaitable[Any]:
+        return script(keys=keys, args=args, client=client)  # type: ignore[no-any-return]
+
+    return action
 
 
 class RedisLimiter:
-    """The limits counted in Redis (shared by every process that uses the same Redis)."""
+    """The limits counted in Redis (shared by every process that uses the same Redis). The
+    requests admitted in one turn of the event loop go to Redis in one script call."""
 
     def __init__(self, link: RedisLink, fail_open: bool = True):
         self.link = link
         self.fail_open = fail_open
+        self._spent: dict[str, tuple[KeyRecord, int]] = {}  # tokens not yet counted in Redis, by key name
+        self._timer: asyncio.TimerHandle | None = None
+        self._queue: list[tuple[KeyRecord, int, asyncio.Future[list[int]] | None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.what = "the per-key limit" + (" (admitting requests uncounted)" if fail_open else "")
 
     @staticmethod
-    def _keys(record: KeyRecord) -> list[str]:
-        base = f"{PREFIX}{{{record.name}}}"
+    def _keys(name: str) -> list[str]:
+        base = f"{PREFIX}{{limits}}:{name}"  # one hash tag: a batch stays in one cluster slot
         return [base + ":r", base + ":t"]
+
+    def _submit(self, record: KeyRecord, spent: int, future: asyncio.Future[list[int]] | None) -> None:
+        self._queue.append((record, spent, future))
+        if len(self._queue) == 1:
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        queue, self._queue = self._queue, []
+        for i in range(0, len(queue), BATCH):
+            task = asyncio.ensure_future(self._call(queue[i : i + BATCH]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, batch: list[tuple[KeyRecord, int, asyncio.Future[list[int]] | None]]) -> None:
+        keys: list[str] = []
+        args: list[Any] = [WINDOW]
+        for record, spent, future in batch:
+            keys += self._keys(record.name)
+            args += [record.rpm or 0, record.tpm or 0, spent] if future is not None else [0, 0, spent]
+        try:
+            flat = await self.link.run(self.what, _calling(self.link.script(ADMIT), keys, args))
+        except BaseException as exc:
+            for record, spent, future in batch:
+                if spent:
+                    self._owe(record, spent)  # counted when Redis answers again
+                if future is not None and not future.done():
+                    future.set_exception(RedisDown(exc.message) if isinstance(exc, RedisDown) else exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for i, (_, _, future) in enumerate(batch):
+            if future is not None and not future.done():
+                future.set_result([int(v) for v in flat[3 * i : 3 * i + 3]])
 
     async def admit(self, record: KeyRecord) -> None:
         if not record.rpm and not record.tpm:
             return
-        script = self.link.script(ADMIT)
-        keys = self._keys(record)
-        args = [record.rpm or 0, record.tpm or 0, WINDOW]
+        spent = self._spent.pop(record.name, (record, 0))[1]
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._submit(record, spent, future)
         try:
-            what, wait_ms, used = await self.link.run(
-                "the per-key limit" + (" (admitting requests uncounted)" if self.fail_open else ""),
-                lambda client: script(keys=keys, args=args, client=client),
-            )
+            what, wait_ms, used = await future
         except RedisDown as exc:
             if self.fail_open:
                 return
             exc.message = f"{exc.message} (--redis-fail closed)"
             raise
         if what:
-            raise over(record, int(what), int(used), int(wait_ms) / 1000)
+            raise over(record, what, used, wait_ms / 1000)
+
+    def _owe(self, record: KeyRecord, tokens: int) -> None:
+        self._spent[record.name] = (record, self._spent.get(record.name, (record, 0))[1] + tokens)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH, self.flush)
 
     async def spend(self, record: KeyRecord, tokens: int) -> None:
-        if not record.tpm or tokens <= 0:
-            return
-        script = self.link.script(SPEND)
-        keys = self._keys(record)[1:]
-        try:
-            await self.link.run(
-                "the per-key limit", lambda client: script(keys=keys, args=[tokens, WINDOW], client=client)
-            )
-        except RedisDown:
-            return  # logged by the link; the answer went out already
+        """Tokens are counted with the key's next request, or by :meth:`flush` within ``FLUSH`` s."""
+        if record.tpm and tokens > 0:
+            self._owe(record, tokens)
+
+    def flush(self) -> None:
+        """Send the tokens still owed (with the next batch); owed again when Redis is down."""
+        self._timer = None
+        spent, self._spent = self._spent, {}
+        for record, tokens in spent.values():
+            self._submit(record, tokens, None)
 
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._spent:
+            self.flush()
+        await asyncio.sleep(0)  # the batch goes
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._timer is not None:  # Redis is down: what is still owed is dropped
+            self._timer.cancel()
+            self._timer = None
         await self.link.close()
