@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import clean_env, run_gencli
+from tests.helpers import wait_until
 from tests.redis_fixture import redis_server  # noqa: F401  (fixture)
 from tests.server_fixture import ServeProcess, models_json
 
@@ -198,3 +199,29 @@ def test_two_servers_sharing_redis_continue_each_others_chains(openai_fake, redi
     finally:
         a.stop()
         b.stop()
+
+
+def test_stored_responses_stay_within_their_bytes_under_a_memory_limit(openai_fake, tmp_path):
+    """40 stored responses of ~6 MB each (a 2 MB input, its echo, the response object) would
+    hold ~240 MB; with --responses-mb 16 the oldest go, and once the server is quiet (its heap
+    trimmed) it holds little more than those 16 MB."""
+    s = ServeProcess(
+        tmp_path,
+        models_json(openai_fake.base_url),
+        ["--responses-mb", "16", "--max-body-mb", "4"],
+        env={"MALLOC_ARENA_MAX": "2"},
+        memory_mb=1024,
+    )
+    try:
+        client = sdk(s)
+        client.responses.create(model="echo", input="warm up")
+        base = s.status("VmRSS")
+        ids = [client.responses.create(model="echo", input=f"{i} " + "x" * 2_000_000).id for i in range(40)]
+        held = wait_until(lambda: (s.status("VmRSS") - base) / 1024 < 100, timeout=20, interval=0.5)
+        assert held, f"RSS still {(s.status('VmRSS') - base) / 1024:.0f} MB above the start"
+        assert client.responses.retrieve(ids[-1]).output_text.startswith("You said: 39 ")
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(ids[0])
+        assert s.proc.poll() is None
+    finally:
+        s.stop()
