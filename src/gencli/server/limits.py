@@ -229,7 +229,7 @@ class RedisLimiter:
         self._timer: asyncio.TimerHandle | None = None
         self._queue: list[tuple[KeyRecord, int, asyncio.Future[list[int]] | None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self.what = "the per-key limit" + (" (admitting requests uncounted)" if fail_open else "")
+        self.what = "per-key limits"
 
     @staticmethod
     def _keys(name: str) -> list[str]:

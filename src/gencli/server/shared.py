@@ -72,8 +72,10 @@ def check_url(url: str) -> str:
 class RedisLink:
     """One process's Redis client, with the down/up log lines and the short pause after a failure."""
 
-    def __init__(self, url: str, log: Callable[[str], None] | None = None):
+    def __init__(self, url: str, consequence: str = "", log: Callable[[str], None] | None = None):
+        """``consequence``: what the log line says happens while Redis is down."""
         self.url = url
+        self.consequence = consequence
         self.shown = shown_url(url)
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
@@ -102,13 +104,14 @@ class RedisLink:
         return found
 
     async def run(self, what: str, action: Callable[[Any], Awaitable[T]]) -> T:
-        """``await action(client)``; a failure of Redis is a :class:`RedisDown` (and a log line
-        the first time), and for ``RETRY_AFTER`` seconds no command is tried."""
+        """``await action(client)``; a failure of Redis is a :class:`RedisDown` naming ``what``
+        needed it (the client is not told where Redis is), and a log line the first time; for
+        ``RETRY_AFTER`` seconds no command is tried."""
         from redis.exceptions import RedisError
 
         now = time.monotonic()
         if now < self._down_until:
-            raise RedisDown(f"Redis at {self.shown} is not answering; {what} is unavailable, retry shortly")
+            raise RedisDown(f"the server's Redis is not answering, so {what} are unavailable; retry shortly")
         try:
             result = await action(self.client())
         except (RedisError, OSError, TimeoutError) as exc:
@@ -116,8 +119,8 @@ class RedisLink:
             if not self._down:
                 self._down = True
                 reason = str(exc).replace(self.url, self.shown)[:200] or type(exc).__name__
-                self._log(f"gencli serve: Redis at {self.shown} is not answering ({reason}); {what} is unavailable")
-            raise RedisDown(f"Redis at {self.shown} is not answering; {what} is unavailable, retry shortly") from None
+                self._log(f"gencli serve: Redis at {self.shown} is not answering ({reason}); {self.consequence}")
+            raise RedisDown(f"the server's Redis is not answering, so {what} are unavailable; retry shortly") from None
         if self._down:
             self._down = False
             self._log(f"gencli serve: Redis at {self.shown} answers again")

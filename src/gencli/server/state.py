@@ -49,7 +49,13 @@ class State:
         if config.redis_url:
             from gencli.server.shared import RedisLink
 
-            link = RedisLink(config.redis_url)  # connects in the worker's loop, on first use
+            policy = (
+                "requests are admitted without counting their limits (--redis-fail open)"
+                if config.redis_fail_open
+                else "requests with limited keys get 503 (--redis-fail closed)"
+            )
+            # connects in the worker's loop, on first use
+            link = RedisLink(config.redis_url, f"{policy} and stored responses are unavailable until it answers")
             self.limiter = RedisLimiter(link, config.redis_fail_open)
             self.store = RedisStore(link, config.responses_bytes, config.responses_ttl)
         else:

@@ -107,7 +107,7 @@ class RedisStore:
         if len(record) > self.max_bytes:
             return False
         key, ttl = self._key(response_id), self.ttl
-        await self.link.run("storing responses", lambda client: client.set(key, record, ex=ttl))
+        await self.link.run("stored responses", lambda client: client.set(key, record, ex=ttl))
         return True
 
     async def get(self, response_id: str) -> bytes | None:
