@@ -261,3 +261,60 @@ def test_no_key_reaches_the_server_output(team):
     for key in team.keys.values():
         assert key not in out and key.split("_", 2)[2] not in out
     assert OPERATOR not in out
+
+
+# -- the window itself (a clock the test moves) ----------------------------------------------
+
+
+def test_the_sliding_window_admits_again_as_the_oldest_requests_leave_it():
+    import asyncio
+
+    from gencli.server.limits import LocalLimiter, OverLimit
+
+    now = [1000.0]
+    limiter = LocalLimiter(clock=lambda: now[0])
+    record = keys.KeyRecord("w", "0123456789ab", "0" * 64, rpm=3, tpm=100)
+
+    async def admit() -> float | None:
+        try:
+            await limiter.admit(record)
+        except OverLimit as exc:
+            return exc.retry_after
+        return None
+
+    async def scenario() -> None:
+        assert await admit() is None  # t=1000
+        now[0] = 1010.5
+        assert await admit() is None and await admit() is None  # t=1010
+        now[0] = 1030.2
+        assert await admit() == 30  # the request of t=1000 leaves the window at t=1060: 29.8 s, said as 30
+        now[0] = 1060.0
+        assert await admit() is None  # it left; the two of t=1010 stay until t=1070
+        assert await admit() == 10
+        now[0] = 1071.0
+        await limiter.spend(record, 150)  # one answer past the token limit
+        assert await admit() == 60  # tokens of t=1071 leave at t=1131
+        now[0] = 1131.0
+        assert await admit() is None
+
+    asyncio.run(scenario())
+
+
+def test_a_keys_file_broken_while_serving_keeps_the_keys_loaded_before(openai_fake, tmp_path):
+    path = tmp_path / "keys.jsonl"
+    key = add_key(tmp_path, path, "alice")
+    s = ServeProcess(tmp_path / "serve", models_json(openai_fake.base_url), ["--keys-file", str(path)])
+    try:
+        assert call(s, "openai", key).status_code == 200
+        path.write_text(path.read_text() + "{broken\n")
+        # read again on a request at most a second after the change
+        wait_until(
+            lambda: call(s, "openai", key).status_code == 200 and "keeping the keys loaded before" in s.stderr(),
+            timeout=5,
+            interval=0.3,
+        )
+        assert f"{path} line 2" in s.stderr()
+        assert call(s, "openai", key).status_code == 200
+        assert call(s, "openai", "gk_000000000000_nope").status_code == 401
+    finally:
+        s.stop()
