@@ -203,6 +203,18 @@ def test_a_model_the_key_may_not_use_is_403_in_the_wire_shape(team, wire):
     assert call(team, wire, key, "no-such-model").status_code == 403
 
 
+def test_model_lists_show_a_key_only_its_models(team):
+    def listed(key: str) -> tuple[list[str], list[str]]:
+        headers = {"authorization": f"Bearer {key}"}
+        tags = httpx.get(team.url + "/api/tags", headers=headers).json()["models"]
+        models = httpx.get(team.url + "/v1/models", headers=headers).json()["data"]
+        return [m["name"] for m in tags], [m["id"] for m in models]
+
+    assert listed(team.keys["echo-only"]) == (["echo:latest"], ["echo"])
+    everything = listed(team.keys["all"])
+    assert "tokens-5:latest" in everything[0] and everything == listed(OPERATOR)
+
+
 @pytest.mark.parametrize("wire", WIRES)
 def test_over_the_requests_per_minute_is_429_with_retry_after_in_the_wire_shape(team, wire):
     key = team.keys[f"rpm-{wire}"]

@@ -186,7 +186,7 @@ async def version(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def tags(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    models = [tag(state, e) for e in state.ready_models()]
+    models = [tag(state, e) for e in state.ready_models(scope)]
     await send_json(send, 200, {"models": models}, scope["method"] == "HEAD")
 
 

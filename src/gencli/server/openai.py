@@ -356,7 +356,7 @@ def _model_object(state: State, entry: ModelEntry) -> dict[str, Any]:
 
 
 async def models(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    data = [_model_object(state, e) for e in state.ready_models()]
+    data = [_model_object(state, e) for e in state.ready_models(scope)]
     await send_json(send, 200, {"object": "list", "data": data})
 
 

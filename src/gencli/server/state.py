@@ -100,9 +100,15 @@ class State:
         scope["gencli.body"] = held
         return data
 
-    def ready_models(self) -> list[ModelEntry]:
-        """The models a request can use now (their provider's key is set)."""
-        return [e for e in self.registry.models.values() if self.registry.missing_key(e) is None]
+    def ready_models(self, scope: Scope | None = None) -> list[ModelEntry]:
+        """The models a request can use now (their provider's key is set, and the request's key
+        of the keys file allows them)."""
+        record: KeyRecord | None = scope.get("gencli.key") if scope is not None else None
+        return [
+            e
+            for e in self.registry.models.values()
+            if self.registry.missing_key(e) is None and (record is None or record.allows(e.name))
+        ]
 
     def resolve(self, name: str) -> ModelEntry:
         return self.registry.resolve(self.model_name(name))
