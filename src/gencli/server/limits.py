@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gencli.errors import GencliError
-from gencli.server.shared import PREFIX, RedisDown, RedisLink
+from gencli.server.shared import PREFIX, TIMEOUT, RedisDown, RedisLink
 
 if TYPE_CHECKING:
     from gencli.keys import KeyRecord
@@ -219,8 +219,9 @@ def _calling(script: Any, keys: list[str], args: list[Any]) -> Callable[[Any], A
 
 
 class RedisLimiter:
-    """The limits counted in Redis (shared by every process that uses the same Redis). The
-    requests admitted in one turn of the event loop go to Redis in one script call."""
+    """The limits counted in Redis (shared by every process that uses the same Redis). One
+    script call is in flight at a time: the requests that arrive meanwhile (or in the same turn
+    of the event loop) go together in the next one, so under load a call carries many."""
 
     def __init__(self, link: RedisLink, fail_open: bool = True):
         self.link = link
@@ -229,6 +230,7 @@ class RedisLimiter:
         self._timer: asyncio.TimerHandle | None = None
         self._queue: list[tuple[KeyRecord, int, asyncio.Future[list[int]] | None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._busy = False  # a call is in flight, or scheduled
         self.what = "per-key limits"
 
     @staticmethod
@@ -238,15 +240,22 @@ class RedisLimiter:
 
     def _submit(self, record: KeyRecord, spent: int, future: asyncio.Future[list[int]] | None) -> None:
         self._queue.append((record, spent, future))
-        if len(self._queue) == 1:
+        if not self._busy:
+            self._busy = True
             asyncio.get_running_loop().call_soon(self._send)
 
     def _send(self) -> None:
-        queue, self._queue = self._queue, []
-        for i in range(0, len(queue), BATCH):
-            task = asyncio.ensure_future(self._call(queue[i : i + BATCH]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+        if not batch:
+            self._busy = False
+            return
+        task = asyncio.ensure_future(self._call(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._send()  # what came meanwhile, or idle
 
     async def _call(self, batch: list[tuple[KeyRecord, int, asyncio.Future[list[int]] | None]]) -> None:
         keys: list[str] = []
@@ -308,9 +317,10 @@ class RedisLimiter:
             self._timer = None
         if self._spent:
             self.flush()
-        await asyncio.sleep(0)  # the batch goes
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2 * TIMEOUT
+        while (self._busy or self._tasks) and loop.time() < deadline:  # the owed tokens go
+            await asyncio.sleep(0.01)
         if self._timer is not None:  # Redis is down: what is still owed is dropped
             self._timer.cancel()
             self._timer = None
