@@ -330,3 +330,12 @@ def test_a_keys_file_broken_while_serving_keeps_the_keys_loaded_before(openai_fa
         assert call(s, "openai", "gk_000000000000_nope").status_code == 401
     finally:
         s.stop()
+
+
+def test_a_person_key_in_x_api_key_works_beside_another_authorization(team):
+    r = httpx.post(
+        team.url + "/v1/messages",
+        json={"model": "echo", "max_tokens": 20, "messages": MESSAGES},
+        headers={"authorization": "Bearer not-a-key", "x-api-key": team.keys["all"], "anthropic-version": "2023-06-01"},
+    )
+    assert r.status_code == 200, r.text

@@ -236,19 +236,17 @@ class Guard:
         """True when the request carries a key of the keys file (noted on the scope)."""
         if self.keyring is None:
             return False
-        if authorization is not None:
-            if authorization[:7].lower() != b"bearer ":
-                return False
-            token = authorization[7:].strip()
-        elif x_api_key is not None:
-            token = x_api_key.strip()
-        else:
-            return False
-        record = self.keyring.find(token)
-        if record is None:
-            return False
-        scope["gencli.key"] = record
-        return True
+        bearer = authorization is not None and authorization[:7].lower() == b"bearer "
+        for token in (
+            authorization[7:].strip() if bearer and authorization is not None else None,
+            x_api_key.strip() if x_api_key is not None else None,
+        ):
+            if token:
+                record = self.keyring.find(token)
+                if record is not None:
+                    scope["gencli.key"] = record
+                    return True
+        return False
 
     # -- ASGI ----------------------------------------------------------------------------
 
