@@ -69,6 +69,19 @@ def test_keys_add_prints_the_key_once_and_stores_only_its_hash(tmp_path):
     assert done.returncode == 0 and keys.load(path) == []
 
 
+def test_keys_add_notes_models_the_registry_does_not_know(tmp_path):
+    entry = {"provider": "openai-compatible", "model": "e", "base_url": "http://127.0.0.1:9/v1"}
+    (tmp_path / "models.json").write_text(json.dumps({"echo": entry}))
+    p = run_gencli(
+        ["keys", "add", "eve", "--models", "echo,nope", "--keys-file", str(tmp_path / "k.jsonl")],
+        clean_env(tmp_path),
+        tmp_path,
+    )
+    assert p.returncode == 0
+    note = [ln for ln in p.stderr.decode().splitlines() if ln.startswith("note:")]
+    assert len(note) == 1 and "nope" in note[0] and "echo" not in note[0].split(":", 2)[2]
+
+
 def test_the_default_keys_file_is_in_the_xdg_config_dir_and_the_variable_overrides_it(tmp_path):
     p = run_gencli(["keys", "add", "carol"], clean_env(tmp_path), tmp_path)
     assert p.returncode == 0

@@ -46,6 +46,26 @@ def add(name: str, rpm: int | None, tpm: int | None, models: str | None, keys_fi
         ]
     )
     sys.stderr.write(f"added key {name!r} to {path} ({limits}); it is shown only now: keep it somewhere safe\n")
+    if record.models:
+        _note_unknown(record.models)
+
+
+def _note_unknown(models: tuple[str, ...]) -> None:
+    """A note for --models names the registry here does not know (the server may use another models.json)."""
+    from gencli.errors import GencliError
+    from gencli.registry import Registry
+
+    try:
+        registry = Registry.load()
+    except GencliError:
+        return
+    unknown = [m for m in models if m not in registry.models]
+    if unknown:
+        where = registry.source or "the built-in models"
+        sys.stderr.write(
+            f"note: not in {where}: {', '.join(unknown)}; the key can use them only on a server whose "
+            "models.json has them\n"
+        )
 
 
 def list_(as_json: bool, keys_file: str | None) -> None:
