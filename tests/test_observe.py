@@ -229,3 +229,72 @@ def test_workers_share_their_metrics(tmp_path, openai_fake):
     finally:
         s.stop()
     assert wait_until(lambda: not os.path.exists(directory), timeout=5)
+
+
+def test_a_person_key_is_named_in_the_metrics_and_the_log_and_its_refusals_counted(tmp_path, openai_fake):
+    """Issue 20's two halves together: a key of the keys file (gencli keys) is counted and
+    logged under its name (never the key), its 429 over rpm as reason ``limit`` and its 403
+    for a model it may not use as reason ``model``."""
+    keys_file = tmp_path / "keys.jsonl"
+    made = subprocess.run(
+        [GENCLI, "keys", "add", "alice", "--rpm", "2", "--models", "echo", "--keys-file", str(keys_file)],
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert made.returncode == 0, made.stderr
+    person = made.stdout.strip()
+    s = ServeProcess(
+        tmp_path / "serve",
+        models_json(openai_fake.base_url),
+        args=["--log-format", "json", "--keys-file", str(keys_file)],
+        env={"GENCLI_API_KEY": SERVER_KEY},
+    )
+    try:
+        mine = {"Authorization": f"Bearer {person}"}
+        before = scrape(s)
+        for i in range(2):
+            r = httpx.post(
+                s.url + "/api/generate",
+                json={"model": "echo", "prompt": "one two three", "stream": False},
+                headers={**mine, "X-Request-Id": f"alice-{i}"},
+            )
+            assert r.status_code == 200, r.text
+        other = httpx.post(s.url + "/api/generate", json={"model": "slow", "prompt": "x"}, headers=mine)
+        assert other.status_code == 403
+        over = httpx.post(
+            s.url + "/api/generate", json={"model": "echo", "prompt": "x"}, headers={**mine, "X-Request-Id": "over"}
+        )
+        assert over.status_code == 429 and int(over.headers["retry-after"]) > 0
+        after = scrape(s)
+
+        def grew(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        # "one two three": 3 words in, "You said: one two three" 5 out, twice, under alice's name
+        assert grew("gencli_tokens_total", model="echo", key="alice", direction="in") == 6
+        assert grew("gencli_tokens_total", model="echo", key="alice", direction="out") == 10
+        assert grew("gencli_tokens_total", key="operator") == 0
+        assert grew("gencli_rejected_requests_total", reason="limit") == 1
+        assert grew("gencli_rejected_requests_total", reason="model") == 1
+        assert grew("gencli_rejected_requests_total", reason="auth") == 0
+        assert grew("gencli_requests_total", route="/api/generate", model="echo", status="429") == 1
+        assert person not in after
+
+        def logged() -> dict[str, dict]:
+            lines = [json.loads(ln) for ln in s.stderr().splitlines() if ln.startswith("{")]
+            return {d["request_id"]: d for d in lines}
+
+        by_id = wait_until(lambda: (ids := logged()).keys() >= {"alice-0", "alice-1", "over"} and ids, 5)
+        assert by_id["alice-0"]["key"] == "alice" and by_id["alice-0"]["status"] == 200
+        assert by_id["alice-0"]["tokens_in"] == 3 and by_id["alice-0"]["tokens_out"] == 5
+        assert by_id["over"]["key"] == "alice" and by_id["over"]["status"] == 429
+        assert by_id["over"]["rejected"] == "limit"
+        assert person not in s.stderr() and SERVER_KEY not in s.stderr()
+        # the operator's key is still "operator"
+        r = httpx.post(s.url + "/api/generate", json={"model": "echo", "prompt": "a"}, headers=AUTH)
+        assert r.status_code == 200
+        assert value(scrape(s), "gencli_tokens_total", model="echo", key="operator", direction="in") == 1
+    finally:
+        s.stop()

@@ -16,14 +16,16 @@ Metrics (prometheus_client; one :class:`Metrics` per process):
 - ``gencli_tokens_total{model, key, direction}``: direction ``in`` (prompt) or ``out``
 - ``gencli_in_flight_requests``
 - ``gencli_rejected_requests_total{reason}``: ``auth``, ``forbidden`` (host or origin),
-  ``size``, ``limit``, ``busy``
+  ``size``, ``limit`` (a person's key over its rpm/tpm: 429), ``busy``, ``model`` (a model
+  a person's key may not use: 403)
 - ``gencli_fallbacks_total{model, to}``: a request answered by another deployment or fallback
 
 Every label value comes from a bounded set, never from request text: ``route`` and
 ``method`` from the route table (``other`` for anything else), ``model`` and ``deployment``
 from the registry (``-`` for a name it does not hold), ``key`` the name of the key the
-request came with (``operator`` for the server's API key, ``-`` without one), which the
-guard notes as ``scope["gencli"]["key"]``, ``status`` an HTTP status.
+request came with (a person's key's name in the keys file, ``operator`` for the server's
+API key, ``-`` without one; as many values as the keys file has keys), which the guard
+notes as ``scope["gencli"]["key"]``, ``status`` an HTTP status.
 
 ``--workers N``: prometheus_client's multiprocess mode. ``gencli serve`` points
 ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before it forks (prometheus_client reads

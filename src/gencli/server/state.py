@@ -21,8 +21,8 @@ from gencli.server.store import LocalStore, RedisStore, ResponseStore
 from gencli.transport_async import ServerTransport
 
 if TYPE_CHECKING:
-    from gencli.server.observe import Metrics
     from gencli.keys import KeyRecord
+    from gencli.server.observe import Metrics
 
 KEEP_ALIVE = 300.0  # seconds a model stays loaded (listed in /api/ps; a local model in memory) after a request
 
