@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from gencli.server.asgi import Served
 from gencli.server.http11 import Limits
 from gencli.server.runner import STARTUP_FAILED, serve
 from tests.helpers import wait_until
@@ -141,12 +142,30 @@ def test_an_app_that_raises_gets_a_json_500_without_internals(server, capfd):
     assert r.status_code == 500 and r.headers["content-type"].startswith("application/json")
     assert r.json() == {"error": "internal server error; see the server log"}
     assert "secret internals" not in r.text
-    r = httpx.post(server.url + "/v1/raise")  # OpenAI's error shape under /v1
-    assert r.status_code == 500 and r.json()["error"]["message"] == "internal server error; see the server log"
+    r = httpx.post(server.url + "/v1/raise")  # the transport knows HTTP, not the APIs: its own shape
+    assert r.status_code == 500 and r.json() == {"error": "internal server error; see the server log"}
     r = httpx.get(server.url + "/nothing")
     assert r.status_code == 500 and "no response" in r.json()["error"]
     assert "ValueError" in capfd.readouterr().err  # the traceback is in the server log
     assert httpx.get(server.url + "/ok?a=1").json() == {"path": "/ok", "query": "a=1", "method": "GET", "body": 0}
+
+
+def test_the_apps_error_shapes_come_from_the_app(capfd):
+    """A Served app (what gencli.server.app.build makes) gives the server its error bodies:
+    OpenAI's under /v1, Anthropic's under /v1/messages, Ollama's elsewhere."""
+    inner = make_app([])
+    s = Running(Served(inner, inner, None, lambda: None))
+    try:
+        message = "internal server error; see the server log"
+        r = httpx.post(s.url + "/v1/raise")
+        assert r.status_code == 500
+        assert r.json() == {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        r = httpx.post(s.url + "/v1/messages/raise")
+        assert r.json() == {"type": "error", "error": {"type": "api_error", "message": message}}
+        assert httpx.get(s.url + "/raise").json() == {"error": message}
+    finally:
+        s.stop()
+    capfd.readouterr()
 
 
 def test_streamed_reply_is_chunked_and_keeps_the_connection(server):

@@ -86,3 +86,33 @@ def test_help_states_every_setting_with_its_default_and_variable(tmp_path):
             assert f"default {default}; also ${spec.env}" in text, spec.flag
     for flag in ("--allowed-hosts", "--insecure-no-auth", "--allow-private-images", "--allowed-origins"):
         assert flag in text
+
+
+def test_one_table_gives_the_flags_the_config_and_the_http_limits():
+    """gencli.servesettings.SERVE is the one declaration: each row's flag is an option of the
+    serve command, its value (flag or variable) lands in its ServeConfig field (scaled to bytes
+    for MB and KB), and ServeConfig's and http11.Limits' defaults are the rows' defaults."""
+    import dataclasses
+
+    from gencli.cli.app import SERVE_SETTINGS
+    from gencli.server.http11 import Limits
+    from gencli.servesettings import SERVE
+
+    assert NUMBERS == tuple(row.number for row in SERVE)
+    declared = {key for key, _, _ in SERVE_SETTINGS}
+    cfg = ServeConfig()
+    for row in SERVE:
+        n = row.number
+        assert n.key in declared or n.key in ("port", "workers")
+        if row.field not in ("timeout", "retries"):  # None there: the engine's own default
+            assert getattr(cfg, row.field) == row.field_value(n.default), row.field
+        value = n.default * 2 if n.default * 2 <= n.hi else n.lo
+        text = str(int(value)) if n.integer else str(value)
+        by_flag = ServeConfig.load({n.key: text}, {})
+        assert getattr(by_flag, row.field) == row.field_value(value), row.field
+        if n.env:
+            assert getattr(ServeConfig.load({}, {n.env: text}), row.field) == row.field_value(value)
+    assert ServeConfig().limits() == Limits()
+    for f in dataclasses.fields(Limits):
+        assert getattr(Limits(), f.name) == getattr(cfg, f.name)
+    assert ServeConfig.load({"max_header_kb": "3"}, {}).limits().max_header_bytes == 3 * 1024

@@ -67,6 +67,10 @@ class Number(NamedTuple):
         unit = f" ({self.unit})" if self.unit else ""
         return f"{kind} {lo} to {_fmt(self.hi)}{unit}"
 
+    def default_text(self) -> str:
+        """The default as help shows it (``30``, ``0.5``)."""
+        return _fmt(self.default)
+
 
 def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"

@@ -19,11 +19,12 @@ from typing import Annotated, Any, Optional
 import typer
 
 from gencli import __version__
+from gencli.servesettings import BY_FIELD, NETWORK, SERVE, SERVER, Setting
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-MODEL, SAMPLING, OUTPUT, CONVERSATION, NETWORK = "Model", "Sampling", "Output", "Conversation", "Network"
-SERVER, LIMITS = "Server", "Limits"
+MODEL, SAMPLING, OUTPUT, CONVERSATION = "Model", "Sampling", "Output", "Conversation"
+# NETWORK and SERVER (and serve's LIMITS) come with serve's table (gencli.servesettings)
 
 app = typer.Typer(
     name="gencli",
@@ -581,58 +582,24 @@ def keys_revoke(
     _call(revoke, name=name, keys_file=keys_file)
 
 
-def _setting(key: str, metavar: str, text: str, default: str, panel: str = LIMITS) -> Row:
+def _setting(row: Setting) -> Row:
     """A numeric serve setting, read as text: gencli.server.config validates it (range, no inf
     or nan) and names the flag or the environment variable in a one-line error (exit code 2)."""
+    number = row.number
     option = typer.Option(
-        "--" + key.replace("_", "-"),
-        metavar=metavar,
-        rich_help_panel=panel,
+        number.flag,
+        metavar=row.metavar,
+        rich_help_panel=row.panel,
         show_default=False,
-        help=f"{text} (default {default}; also $GENCLI_{key.upper()}).",
+        help=f"{row.help} (default {number.default_text()}; also ${number.env}).",
     )
-    return key, Annotated[Optional[str], option], None
+    return number.key, Annotated[Optional[str], option], None
 
 
-# The numeric settings of 'gencli serve' (gencli.server.config.NUMBERS validates them), in help order.
-SERVE_SETTINGS: tuple[Row, ...] = (
-    _setting("max_body_mb", "MB", "Largest request body accepted, 413 above it", "32"),
-    _setting(
-        "max_connections",
-        "N",
-        "Open connections per worker; past it idle ones are closed, then new ones get 503",
-        "1024",
-    ),
-    _setting("max_header_kb", "KB", "Largest request head, request line included, 431 above it", "64"),
-    _setting("max_headers", "N", "Most request headers, 431 above it", "100"),
-    _setting("header_timeout", "SECONDS", "Time from connect to the end of the request headers, 408 after it", "10"),
-    _setting(
-        "body_timeout",
-        "SECONDS",
-        "Longest pause in a request body (then 408) or in reading a response (then closed)",
-        "30",
-    ),
-    _setting("keep_alive", "SECONDS", "How long an idle connection stays open between requests", "30"),
-    _setting("max_images", "N", "Images per request, 400 above it; 0 for none", "16"),
-    _setting("max_images_mb", "MB", "Image bytes per request, URLs and base64 together, 413 above it", "50"),
-    _setting("image_fetches", "N", "Image URL downloads at once per worker, more wait their turn", "8"),
-    _setting("image_memory_mb", "MB", "Downloaded image bytes held at once per worker, 503 above it", "256"),
-    _setting("body_memory_mb", "MB", "Request body bytes held at once per worker, 503 above it", "512"),
-    _setting("responses_max", "N", "Stored responses (Responses API, store: true) kept in-process", "1000"),
-    _setting("responses_mb", "MB", "Bytes of stored responses kept in-process, and most of one in Redis", "64"),
-    _setting("responses_ttl", "SECONDS", "How long a stored response is kept", "86400"),
-    _setting("grace", "SECONDS", "On SIGTERM, how long in-flight requests may take to finish", "30", SERVER),
-    _setting(
-        "timeout", "SECONDS", 'Upstream read timeout for models without a "timeout" in models.json', "300", NETWORK
-    ),
-    _setting(
-        "retries",
-        "N",
-        'Retries of upstream requests that fail before any output, for models without "retries" in models.json',
-        "2",
-        NETWORK,
-    ),
-)
+# The numeric settings of 'gencli serve', in help order: the rows of the one table
+# (gencli.servesettings.SERVE) the command does not declare itself.
+SERVE_SETTINGS: tuple[Row, ...] = tuple(_setting(row) for row in SERVE if row.help)
+_PORT, _WORKERS = (BY_FIELD[key].number.default_text() for key in ("port", "workers"))
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
@@ -654,7 +621,7 @@ def serve(
             metavar="PORT",
             rich_help_panel=NETWORK,
             show_default=False,
-            help="Port to listen on (0: any free port; default 11434).",
+            help=f"Port to listen on (0: any free port; default {_PORT}).",
         ),
     ] = None,
     workers: Annotated[
@@ -664,7 +631,7 @@ def serve(
             metavar="N",
             rich_help_panel=SERVER,
             show_default=False,
-            help="Worker processes sharing the port (default 1).",
+            help=f"Worker processes sharing the port (default {_WORKERS}).",
         ),
     ] = None,
     allowed_origins: Annotated[

@@ -22,7 +22,7 @@ it from its flags and the environment; ``create_app()`` without one reads the en
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gencli.errors import GencliError
 from gencli.registry import Registry
@@ -35,6 +35,7 @@ from gencli.server.asgi import (
     Receive,
     Scope,
     Send,
+    Served,
     internal,
     refusal,
     send_bytes,
@@ -43,6 +44,9 @@ from gencli.server.asgi import (
 from gencli.server.config import ServeConfig
 from gencli.server.state import State
 from gencli.settings import Settings
+
+if TYPE_CHECKING:
+    from gencli.keys import Keyring
 
 
 class App:
@@ -168,7 +172,7 @@ class App:
         await send_bytes(send, 200, doc, [H_JSON])
 
 
-def _keyring(config: ServeConfig) -> Any:
+def _keyring(config: ServeConfig) -> Keyring | None:
     if config.keys_file is None:
         return None
     from pathlib import Path
@@ -178,7 +182,7 @@ def _keyring(config: ServeConfig) -> Any:
     return Keyring(Path(config.keys_file))
 
 
-def build(app: App, config: ServeConfig | None = None, server_log: bool = False) -> Any:
+def build(app: App, config: ServeConfig | None = None, server_log: bool = False) -> Served:
     """Wrap the app in the guard (Host, origins, key, body cap), the request id and metrics
     (:class:`gencli.server.observe.Observe`) and the access log. Lifespan
     events go straight to the app. ``server_log``: the HTTP server records each request
@@ -209,17 +213,11 @@ def build(app: App, config: ServeConfig | None = None, server_log: bool = False)
         if not server_log:
             wrapped = AccessLog(wrapped, writer=writer)
 
-    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await wrapped(scope, receive, send)
-        else:
-            await app(scope, receive, send)
+    return Served(app, wrapped, writer if server_log else None, writer.flush if writer is not None else _nothing)
 
-    asgi.app = app  # type: ignore[attr-defined]
-    asgi.http = wrapped  # type: ignore[attr-defined]  # what an HTTP request goes to
-    asgi.access_log = writer if server_log else None  # type: ignore[attr-defined]
-    asgi.flush = writer.flush if writer is not None else (lambda: None)  # type: ignore[attr-defined]
-    return asgi
+
+def _nothing() -> None:
+    return None
 
 
 def create_app(
@@ -227,7 +225,7 @@ def create_app(
     config: ServeConfig | None = None,
     registry: Registry | None = None,
     server_log: bool = False,
-) -> Any:
+) -> Served:
     """The ASGI application. ``config``: a :class:`gencli.server.config.ServeConfig`
     (``gencli serve`` passes its own, and the registry it loaded); without one it is read,
     with the registry's settings, from ``environ`` (default: the environment over ./.env),

@@ -15,7 +15,7 @@ import re
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -143,6 +143,13 @@ def error_headers(exc: GencliError) -> Headers:
     if retry is not None and exc.status in (429, 503):
         return [(b"retry-after", str(max(0, math.ceil(retry))).encode())]
     return []
+
+
+def error_reply(path: str, status: int, message: str) -> bytes:
+    """The JSON body of an error the HTTP server answers itself (a malformed request, a
+    timeout, the connection limit; ``path`` "" when none was read), in the shape of the API
+    ``path`` belongs to: what ``gencli serve`` gives its transport (``http11.ServerState``)."""
+    return dumps(error_body(path, refusal(status, message)))
 
 
 async def send_error(
@@ -427,3 +434,36 @@ def optional_str(raw: dict[str, Any], key: str, where: str, field: str = "messag
     if not isinstance(v, str):
         raise UsageError(f"{where}.{key} must be a string", field)
     return v
+
+
+# -- the app as the HTTP server runs it ---------------------------------------------------
+
+
+class RequestLog(Protocol):
+    """What records each request as the HTTP server ends it (gencli.server.accesslog.LogWriter)."""
+
+    def request(self, scope: Scope, status: int, seconds: float) -> None: ...
+
+
+class Served:
+    """The ASGI app ``gencli.server.app.build`` makes: lifespan events go to ``app``, HTTP
+    requests to ``http`` (the app behind the guard and the access log). For gencli's own HTTP
+    server it also carries ``access_log`` (the server records each request itself; None when
+    the access log is off or the ASGI middleware writes it), ``flush`` (the log's last lines,
+    at shutdown) and ``errors`` (the bodies of the server's own refusals, in the API's shape)."""
+
+    __slots__ = ("access_log", "app", "flush", "http")
+
+    errors = staticmethod(error_reply)
+
+    def __init__(self, app: ASGIApp, http: ASGIApp, access_log: RequestLog | None, flush: Callable[[], None]) -> None:
+        self.app = app
+        self.http = http
+        self.access_log = access_log
+        self.flush = flush
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

@@ -1,52 +1,32 @@
 """Every setting of ``gencli serve``, read once and validated: flags first, then environment
 (``gencli serve`` passes the environment laid over ``.env``: gencli.settings.Settings.env).
 
-One table (``NUMBERS``) names each numeric setting's flag, environment variable, default and
-range (the number rules, and the timeout and retries rows, are gencli.settings'); a value out
-of range, not a number, ``inf`` or ``nan`` is a one-line error (exit code 2) naming the flag
-or variable it came from. The app, the guard and the HTTP server
-all take their limits from the one :class:`ServeConfig` built here.
+One table (:data:`gencli.servesettings.SERVE`) names each numeric setting once: its flag,
+environment variable, default and range (the number rules, and the timeout and retries rows,
+are gencli.settings'), the ServeConfig field it fills and its help; ``NUMBERS``, the
+defaults of :class:`ServeConfig` and of ``http11.Limits``, and the serve command's flags are
+derived from it. A value out of range, not a number, ``inf`` or ``nan`` is a one-line error
+(exit code 2) naming the flag or variable it came from. The app, the guard and the HTTP
+server all take their limits from the one :class:`ServeConfig` built here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from gencli.settings import RETRIES, TIMEOUT, Number, SettingError, parse_flag, parse_number
+from gencli.servesettings import MB, SERVE, field_default
+from gencli.settings import Number, SettingError, parse_flag, parse_number
 
 if TYPE_CHECKING:
     from gencli.server.http11 import Limits
 
 __all__ = ["BY_KEY", "MB", "NUMBERS", "Number", "ServeConfig", "SettingError", "parse_flag", "parse_number"]
 
-MB = 1024 * 1024
 LOG_FORMATS = ("text", "json")
 
-
-NUMBERS: tuple[Number, ...] = (
-    Number("port", "--port", None, 11434, 0, 65535, True),
-    Number("workers", "--workers", None, 1, 1, 256, True),
-    Number("grace", "--grace", "GENCLI_GRACE", 30, 0, 3600, unit="seconds"),
-    TIMEOUT,  # the engine's settings (gencli.settings), here as serve's defaults for every model
-    RETRIES,
-    Number("max_body_mb", "--max-body-mb", "GENCLI_MAX_BODY_MB", 32, 0.001, 4096, unit="MB"),
-    Number("max_connections", "--max-connections", "GENCLI_MAX_CONNECTIONS", 1024, 1, 1_000_000, True),
-    Number("max_header_kb", "--max-header-kb", "GENCLI_MAX_HEADER_KB", 64, 1, 1024, True, "KB"),
-    Number("max_headers", "--max-headers", "GENCLI_MAX_HEADERS", 100, 1, 10_000, True),
-    Number("header_timeout", "--header-timeout", "GENCLI_HEADER_TIMEOUT", 10, 0.1, 3600, unit="seconds"),
-    Number("body_timeout", "--body-timeout", "GENCLI_BODY_TIMEOUT", 30, 0.1, 3600, unit="seconds"),
-    Number("keep_alive", "--keep-alive", "GENCLI_KEEP_ALIVE", 30, 0, 3600, unit="seconds"),
-    Number("max_images", "--max-images", "GENCLI_MAX_IMAGES", 16, 0, 1000, True),
-    Number("max_images_mb", "--max-images-mb", "GENCLI_MAX_IMAGES_MB", 50, 0.001, 4096, unit="MB"),
-    Number("image_fetches", "--image-fetches", "GENCLI_IMAGE_FETCHES", 8, 1, 1024, True),
-    Number("image_memory_mb", "--image-memory-mb", "GENCLI_IMAGE_MEMORY_MB", 256, 1, 65536, unit="MB"),
-    Number("body_memory_mb", "--body-memory-mb", "GENCLI_BODY_MEMORY_MB", 512, 1, 65536, unit="MB"),
-    Number("responses_max", "--responses-max", "GENCLI_RESPONSES_MAX", 1000, 1, 10_000_000, True),
-    Number("responses_mb", "--responses-mb", "GENCLI_RESPONSES_MB", 64, 0.001, 65536, unit="MB"),
-    Number("responses_ttl", "--responses-ttl", "GENCLI_RESPONSES_TTL", 86400, 1, 366 * 86400, unit="seconds"),
-)
+NUMBERS: tuple[Number, ...] = tuple(row.number for row in SERVE)
 BY_KEY = {n.key: n for n in NUMBERS}
 
 
@@ -64,27 +44,30 @@ def _items(values: Any) -> list[str]:
 
 @dataclass(slots=True)
 class ServeConfig:
+    """What ``gencli serve`` runs with. The numeric fields' defaults are the rows of
+    gencli.servesettings.SERVE (``field_default``)."""
+
     host: str = "127.0.0.1"
-    port: int = 11434
-    workers: int = 1
-    grace: float = 30.0
+    port: int = int(field_default("port"))
+    workers: int = int(field_default("workers"))
+    grace: float = field_default("grace")
     timeout: float | None = None  # None: the engine's default (models.json may set one per model)
     retries: int | None = None
-    max_body: int = 32 * MB
-    max_connections: int = 1024
-    max_header_bytes: int = 64 * 1024
-    max_headers: int = 100
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    keep_alive: float = 30.0
-    max_images: int = 16
-    max_images_bytes: int = 50 * MB
-    image_fetches: int = 8
-    image_memory: int = 256 * MB
-    body_memory: int = 512 * MB
-    responses_max: int = 1000  # stored responses kept in-process (count, bytes, seconds)
-    responses_bytes: int = 64 * MB
-    responses_ttl: float = 86400.0
+    max_body: int = int(field_default("max_body"))
+    max_connections: int = int(field_default("max_connections"))
+    max_header_bytes: int = int(field_default("max_header_bytes"))
+    max_headers: int = int(field_default("max_headers"))
+    header_timeout: float = field_default("header_timeout")
+    body_timeout: float = field_default("body_timeout")
+    keep_alive: float = field_default("keep_alive")
+    max_images: int = int(field_default("max_images"))
+    max_images_bytes: int = int(field_default("max_images_bytes"))
+    image_fetches: int = int(field_default("image_fetches"))
+    image_memory: int = int(field_default("image_memory"))
+    body_memory: int = int(field_default("body_memory"))
+    responses_max: int = int(field_default("responses_max"))  # stored responses kept in-process (count, bytes, seconds)
+    responses_bytes: int = int(field_default("responses_bytes"))
+    responses_ttl: float = field_default("responses_ttl")
     keys_file: str | None = None  # the keys file gencli serve reads (gencli.keys); None: none
     redis_url: str | None = None  # limits and stored responses in Redis (gencli.server.shared)
     redis_fail_open: bool = True  # Redis down: admit requests uncounted (True) or 503 (False)
@@ -105,44 +88,17 @@ class ServeConfig:
 
         flags = flags or {}
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for spec in NUMBERS:
+        cfg = cls()
+        for row in SERVE:
+            spec = row.number
             raw = flags.get(spec.key)
             if raw is not None:
-                values[spec.key] = parse_number(spec, raw, spec.flag)
+                value = parse_number(spec, raw, spec.flag)
             elif spec.env and env.get(spec.env, "").strip():
-                values[spec.key] = parse_number(spec, env[spec.env], spec.env)
-        cfg = cls()
-        for key in (
-            "port",
-            "workers",
-            "grace",
-            "max_connections",
-            "max_headers",
-            "header_timeout",
-            "body_timeout",
-            "keep_alive",
-            "max_images",
-            "image_fetches",
-            "responses_max",
-            "responses_ttl",
-            "timeout",
-            "retries",
-        ):
-            if key in values:
-                setattr(cfg, key, values[key])
-        if "max_body_mb" in values:
-            cfg.max_body = max(1, int(values["max_body_mb"] * MB))
-        if "max_header_kb" in values:
-            cfg.max_header_bytes = values["max_header_kb"] * 1024
-        if "max_images_mb" in values:
-            cfg.max_images_bytes = max(1, int(values["max_images_mb"] * MB))
-        if "image_memory_mb" in values:
-            cfg.image_memory = int(values["image_memory_mb"] * MB)
-        if "body_memory_mb" in values:
-            cfg.body_memory = int(values["body_memory_mb"] * MB)
-        if "responses_mb" in values:
-            cfg.responses_bytes = max(1, int(values["responses_mb"] * MB))
+                value = parse_number(spec, env[spec.env], spec.env)
+            else:
+                continue
+            setattr(cfg, row.field, row.field_value(value))
         if cfg.body_memory < cfg.max_body:
             raise SettingError(
                 f"--body-memory-mb ({cfg.body_memory // MB} MB) is smaller than --max-body-mb "
@@ -199,13 +155,7 @@ class ServeConfig:
         return cfg
 
     def limits(self) -> Limits:
+        """The HTTP server's bounds: the fields of ``http11.Limits``, by name, from this config."""
         from gencli.server.http11 import Limits
 
-        return Limits(
-            max_connections=self.max_connections,
-            max_header_bytes=self.max_header_bytes,
-            max_headers=self.max_headers,
-            header_timeout=self.header_timeout,
-            body_timeout=self.body_timeout,
-            keep_alive=self.keep_alive,
-        )
+        return Limits(**{f.name: getattr(self, f.name) for f in fields(Limits)})

@@ -24,12 +24,27 @@ several streamed lines, in one system call). HTTP/1.0 requests are answered and 
 Graceful shutdown (:meth:`ServerState.shutdown`): stop accepting, close connections with
 no request in progress, let in-flight requests finish within the grace period, then cancel
 what is left.
+
+The transport knows HTTP, not the APIs served over it: the JSON bodies of its own refusals
+(400, 408, 431, 500, 503) come from the ``errors`` function the server is given (the app's
+error shapes, :func:`gencli.server.asgi.error_reply`; by default ``{"error": message}``).
+
+A connection's parsing is in one :class:`Phase` at a time; the transitions that exist are
+the table ``NEXT`` (checked on every move)::
+
+    IDLE --first byte--> HEAD --head done, Content-Length--> BODY -----end-----> IDLE
+                          |---head done, chunked-----------> CHUNKED --end-----> IDLE
+                          '---head done, no body: the request is complete----> IDLE
+    any phase --the connection's last request done, a refusal, an upgrade, a lingering close--> CLOSING
+
+One timer per connection (:class:`Timer`) says which deadline is armed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import http
 import socket
 import struct
@@ -38,9 +53,15 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import httptools
+
+from gencli.servesettings import field_default
+
+if TYPE_CHECKING:
+    from gencli.server.asgi import ASGIApp, Message, RequestLog, Scope
 
 BODY_HIGH = 256 * 1024  # request body bytes buffered before reading from the socket pauses
 FLUSH_HIGH = 256 * 1024  # pending write bytes sent at once instead of at the next loop iteration
@@ -54,20 +75,49 @@ _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.
 _METHODS: dict[bytes, str] = {}
 _NO_BODY = frozenset({204, 304})
 
-# timer kinds
-_HEADERS, _KEEPALIVE, _BODY, _LINGER = 1, 2, 3, 4
+
+class Phase(enum.Enum):
+    """Where a connection's parser is (see ``NEXT`` for the moves between phases)."""
+
+    IDLE = "idle"  # between requests: no byte of the next one parsed yet
+    HEAD = "head"  # inside a request's head (request line and headers); its bytes are counted
+    BODY = "body"  # inside a Content-Length body (``body_left`` bytes to come)
+    CHUNKED = "chunked"  # inside a chunked body: it ends at its last chunk (a CRLF CRLF), never counted
+    CLOSING = "closing"  # nothing more is parsed (the connection's last request, a refusal, an upgrade)
+
+
+_P = Phase
+NEXT: dict[Phase, frozenset[Phase]] = {
+    _P.IDLE: frozenset({_P.HEAD, _P.CLOSING}),
+    _P.HEAD: frozenset({_P.BODY, _P.CHUNKED, _P.IDLE, _P.CLOSING}),
+    _P.BODY: frozenset({_P.IDLE, _P.CLOSING}),
+    _P.CHUNKED: frozenset({_P.IDLE, _P.CLOSING}),
+    _P.CLOSING: frozenset({_P.CLOSING}),
+}
+
+
+class Timer(enum.Enum):
+    """What the connection's one timer is armed for."""
+
+    NONE = 0
+    HEADERS = 1  # from connect, or a kept-alive request's first byte, to the end of its head (408)
+    KEEPALIVE = 2  # idle between requests (close)
+    BODY = 3  # a pause in the request body (408)
+    LINGER = 4  # draining what the client still sends after a refusal (then reset)
 
 
 @dataclass(slots=True)
 class Limits:
-    """The transport's bounds (``gencli serve`` flags; see README "Security")."""
+    """The transport's bounds (``gencli serve`` flags; see README "Security"): fields of
+    ServeConfig by the same names (``ServeConfig.limits()``), their defaults from the one table
+    gencli.servesettings.SERVE."""
 
-    max_connections: int = 1024
-    max_header_bytes: int = 64 * 1024
-    max_headers: int = 100
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    keep_alive: float = 30.0
+    max_connections: int = int(field_default("max_connections"))
+    max_header_bytes: int = int(field_default("max_header_bytes"))
+    max_headers: int = int(field_default("max_headers"))
+    header_timeout: float = field_default("header_timeout")
+    body_timeout: float = field_default("body_timeout")
+    keep_alive: float = field_default("keep_alive")
 
 
 class _Date:
@@ -88,28 +138,22 @@ class _Date:
 _date = _Date()
 
 
-def _error_body(path: bytes | str, status: int, message: str) -> bytes:
+ErrorBody = Callable[[str, int, str], bytes]  # (request path, status, message) -> a JSON error body
+
+
+def plain_error(path: str, status: int, message: str) -> bytes:
+    """The transport's own error body when the server is given no ``errors``: ``{"error": message}``."""
     import orjson
 
-    if isinstance(path, bytes):
-        path = path.decode("latin-1")
-    if path.startswith("/v1/messages"):  # Anthropic's shape on Anthropic's routes
-        return orjson.dumps(
-            {
-                "type": "error",
-                "error": {"type": "invalid_request_error" if 400 <= status < 500 else "api_error", "message": message},
-            }
-        )
-    if path == "/v1" or path.startswith("/v1/"):
-        return orjson.dumps(
-            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
-        )
     return orjson.dumps({"error": message})
 
 
-def error_response(status: int, message: str, path: bytes | str = b"", head: bool = False) -> bytes:
-    """A whole ``Connection: close`` JSON error reply (the transport's own refusals)."""
-    body = _error_body(path, status, message)
+def error_response(
+    status: int, message: str, path: str = "", head: bool = False, errors: ErrorBody = plain_error
+) -> bytes:
+    """A whole ``Connection: close`` JSON error reply (the transport's own refusals), its body
+    made by ``errors`` for the request's path ("" before a path is known)."""
+    body = errors(path, status, message)
     return b"".join(
         (
             _STATUS.get(status, b"HTTP/1.1 %d \r\n" % status),
@@ -124,7 +168,7 @@ def error_response(status: int, message: str, path: bytes | str = b"", head: boo
 class _Reject(Exception):
     """Raised inside a parser callback to refuse the request with a status."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -133,10 +177,18 @@ class _Reject(Exception):
 class ServerState:
     """What the connections of one server share: the app, the limits, the live connections."""
 
-    def __init__(self, app: Callable, limits: Limits, loop: asyncio.AbstractEventLoop | None = None, log=None):
-        self.app = getattr(app, "http", app)  # an app that names its HTTP entry point: called directly
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: Limits,
+        loop: asyncio.AbstractEventLoop | None = None,
+        log: RequestLog | None = None,
+        errors: ErrorBody = plain_error,
+    ) -> None:
+        self.app = app
         self.limits = limits
         self.log = log  # an access log with .request(scope, status, seconds), or None
+        self.errors = errors  # the JSON bodies of the transport's own refusals
         self.active = 0  # requests in progress
         self.served = 0  # requests answered
         self.loop = loop or asyncio.get_running_loop()
@@ -144,7 +196,7 @@ class ServerState:
         # connections with no request in progress, oldest first (the ones a new connection may evict)
         self.idle: dict[HttpConnection, None] = {}
         self.draining = False
-        self._empty: asyncio.Future | None = None
+        self._empty: asyncio.Future[None] | None = None
 
     def protocol(self) -> HttpConnection:
         return HttpConnection(self)
@@ -207,7 +259,7 @@ class Cycle:
         "on_gone",
     )
 
-    def __init__(self, conn: HttpConnection, scope: dict, keep_alive: bool, expect_100: bool, head: bool):
+    def __init__(self, conn: HttpConnection, scope: Scope, keep_alive: bool, expect_100: bool, head: bool) -> None:
         self.conn = conn
         self.scope = scope
         self.keep_alive = keep_alive
@@ -217,12 +269,12 @@ class Cycle:
         self.buffered = 0
         self.complete = False  # the whole request body was parsed
         self.delivered = False  # ... and handed to the app
-        self.waiter: asyncio.Future | None = None
+        self.waiter: asyncio.Future[None] | None = None
         self.disconnected = False
         self.started = False  # response head sent
         self.finished = False  # response complete
         self.chunked = False
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self.status = 0
         self.begun = time.perf_counter()
         self.on_gone: Callable[[], None] | None = None
@@ -254,7 +306,7 @@ class Cycle:
             if not w.done():
                 w.set_result(None)
 
-    async def receive(self) -> dict:
+    async def receive(self) -> Message:
         if self.disconnected or self.finished:
             return DISCONNECT
         if not self.body and not self.complete or self.delivered:
@@ -278,7 +330,7 @@ class Cycle:
             self.conn.body_taken(self)
         return {"type": "http.request", "body": data, "more_body": not self.complete}
 
-    async def send(self, message: dict) -> None:
+    async def send(self, message: Message) -> None:
         kind = message["type"]
         conn = self.conn
         if kind == "http.response.body":
@@ -315,7 +367,7 @@ class Cycle:
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
-    def _head(self, status: int, headers) -> bytes:
+    def _head(self, status: int, headers: Any) -> bytes:
         length = False
         parts = [_STATUS.get(status) or b"HTTP/1.1 %d \r\n" % status, _date.header()]
         for name, value in headers:
@@ -358,16 +410,16 @@ class HttpConnection(asyncio.Protocol):
         "timer",
         "timer_kind",
         "deadline",
+        "phase",
         "cycle",
         "queue",
         "parsing",
         "url",
         "headers",
         "header_size",
-        "in_headers",
-        "begun",
         "fed",
         "body_left",
+        "chunked",
         "held",
         "expect_100",
         "read_paused",
@@ -376,8 +428,6 @@ class HttpConnection(asyncio.Protocol):
         "out",
         "out_size",
         "closed",
-        "lingering",
-        "stop_parsing",
         "failure",
         "server",
         "client",
@@ -385,40 +435,47 @@ class HttpConnection(asyncio.Protocol):
         "write_stall",
     )
 
-    def __init__(self, state: ServerState):
+    def __init__(self, state: ServerState) -> None:
         self.state = state
         self.loop = state.loop
         self.limits = state.limits
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.timer: asyncio.TimerHandle | None = None
-        self.timer_kind = 0
+        self.timer_kind = Timer.NONE
         self.deadline = 0.0
+        self.phase = Phase.IDLE
         self.cycle: Cycle | None = None  # the request being answered
         self.queue: collections.deque[Cycle] = collections.deque()  # pipelined requests, in order
         self.parsing: Cycle | None = None  # the request whose body is being parsed
         self.url: list[bytes] = []
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_size = 0
-        self.in_headers = True  # between requests or inside a request's head
-        self.begun = False  # the current request's first byte was parsed
         self.fed = 0  # bytes of the current request's head received so far (bounded)
         self.body_left = 0  # bytes still to come of the current request's Content-Length body
+        self.chunked = False  # the head being parsed names a Transfer-Encoding
         self.held = b""  # bytes received but not parsed: they follow a request waiting in the queue
         self.expect_100 = False
         self.read_paused = False
         self.write_paused = False
-        self.drainers: list[asyncio.Future] = []
+        self.drainers: list[asyncio.Future[None]] = []
         self.out: list[bytes] = []
         self.out_size = 0
         self.closed = False  # nothing more is written or parsed
-        self.lingering = False
-        self.stop_parsing = False
         self.failure: tuple[int, str] | None = None  # a refusal to send once the current reply is done
-        self.server: tuple | None = None
-        self.client: tuple | None = None
+        self.server: tuple[Any, ...] | None = None
+        self.client: tuple[Any, ...] | None = None
         self.body_seen = 0.0
         self.write_stall: asyncio.TimerHandle | None = None
+
+    def _move(self, phase: Phase) -> None:
+        """Go to ``phase``: only along the table ``NEXT`` (anything else is a bug here)."""
+        if phase not in NEXT[self.phase]:
+            raise RuntimeError(f"http11: no move from {self.phase.value} to {phase.value}")
+        self.phase = phase
+
+    def _error(self, status: int, message: str, path: str = "", head: bool = False) -> bytes:
+        return error_response(status, message, path, head, self.state.errors)
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -427,7 +484,7 @@ class HttpConnection(asyncio.Protocol):
         if self.state.draining or not self.state.admit(self):
             self.closed = True
             transport.write(
-                error_response(503, "the server is at its connection limit (--max-connections); retry shortly")
+                self._error(503, "the server is at its connection limit (--max-connections); retry shortly")
             )
             transport.close()
             return
@@ -435,12 +492,12 @@ class HttpConnection(asyncio.Protocol):
         sock = transport.get_extra_info("sockname")
         self.client = tuple(peer[:2]) if isinstance(peer, tuple) else None
         self.server = tuple(sock[:2]) if isinstance(sock, tuple) else None
-        self._arm(_HEADERS, self.limits.header_timeout)  # from connect to the end of the first head
+        self._arm(Timer.HEADERS, self.limits.header_timeout)  # from connect to the end of the first head
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
         self.state.gone(self)
-        self.timer_kind = 0
+        self.timer_kind = Timer.NONE
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -460,18 +517,19 @@ class HttpConnection(asyncio.Protocol):
         return False
 
     def data_received(self, data: bytes) -> None:
-        if self.closed or self.stop_parsing:
+        if self.closed or self.phase is Phase.CLOSING:
             return  # a lingering close drains and drops what still comes
         self._parse(data)
         if self.closed:
             return
-        if self.in_headers:
-            if self.begun and self.timer_kind != _HEADERS:  # a kept-alive connection's next request began
-                self._arm(_HEADERS, self.limits.header_timeout)
-        else:
+        phase = self.phase
+        if phase is Phase.HEAD:
+            if self.timer_kind is not Timer.HEADERS:  # a kept-alive connection's next request began
+                self._arm(Timer.HEADERS, self.limits.header_timeout)
+        elif phase is Phase.BODY or phase is Phase.CHUNKED:
             parsing = self.parsing
-            if parsing is not None and not parsing.complete and self.timer_kind != _BODY:
-                self._arm(_BODY, self.limits.body_timeout)
+            if parsing is not None and not parsing.complete and self.timer_kind is not Timer.BODY:
+                self._arm(Timer.BODY, self.limits.body_timeout)
 
     def _parse(self, data: bytes) -> None:
         """Feed ``data`` to the parser one piece at a time: a Content-Length body's bytes, else
@@ -489,32 +547,33 @@ class HttpConnection(asyncio.Protocol):
             if self.queue:
                 self.held = bytes(view[pos:])
                 return
-            if self.body_left > 0 and not self.in_headers:
+            phase = self.phase
+            if phase is Phase.BODY and self.body_left > 0:
                 end = min(n, pos + self.body_left)
             else:
                 end = data.find(b"\r\n\r\n", pos)
                 end = n if end < 0 else end + 4
-                if self.in_headers:  # the piece is (the rest of) one head
+                if phase is Phase.IDLE or phase is Phase.HEAD:  # the piece is (the rest of) one head
                     self.fed += end - pos
                     if self.fed > limit:
                         # feed only what the limit allows: a huge head is never buffered whole
                         self._feed(view[pos : end - (self.fed - limit) + 1])
-                        if not (self.closed or self.stop_parsing):
+                        if not (self.closed or self.phase is Phase.CLOSING):
                             self._refuse(
                                 431, f"request headers are larger than the server's limit of {limit // 1024} KB"
                             )
                         return
             self._feed(view[pos:end] if pos or end < n else data)
-            if self.closed or self.stop_parsing:
+            if self.closed or self.phase is Phase.CLOSING:
                 return
             pos = end
 
-    def _feed(self, data) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # an Upgrade request (WebSocket, h2c): answered as plain HTTP, then the connection closes
-            self.stop_parsing = True
+            self._move(Phase.CLOSING)
             for cycle in (self.cycle, *self.queue):
                 if cycle is not None:
                     cycle.keep_alive = False
@@ -550,13 +609,13 @@ class HttpConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._move(Phase.HEAD)
         self.url = []
         self.headers = []
         self.header_size = 0
-        self.in_headers = True
-        self.begun = True
         self.expect_100 = False
         self.body_left = 0
+        self.chunked = False
 
     def on_url(self, piece: bytes) -> None:
         self.url.append(piece)
@@ -571,20 +630,23 @@ class HttpConnection(asyncio.Protocol):
         self.header_size += len(name) + len(value) + 4
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100 = True
-        elif name == b"content-length" and self.body_left >= 0:  # llhttp checks it (digits; no second, different one)
+        elif name == b"content-length":  # llhttp checks it (digits; no second, different one; not with chunked)
             self.body_left = int(value) if value.isdigit() else 0
         elif name == b"transfer-encoding":
-            self.body_left = -1  # chunked: the body ends at its last chunk (a CRLF CRLF), never counted
+            self.chunked = True
 
     def on_headers_complete(self) -> None:
         limit = self.limits.max_header_bytes
         if self.header_size > limit:
             raise _Reject(431, f"request headers are larger than the server's limit of {limit // 1024} KB")
-        self.in_headers = False
         self.fed = 0
-        self.begun = False
-        if self.timer_kind in (_HEADERS, _KEEPALIVE):
-            self.timer_kind = 0
+        if self.chunked:
+            self._move(Phase.CHUNKED)
+        elif self.body_left > 0:
+            self._move(Phase.BODY)
+        # else: no body, the request completes at once (HEAD -> IDLE in on_message_complete)
+        if self.timer_kind is Timer.HEADERS or self.timer_kind is Timer.KEEPALIVE:
+            self.timer_kind = Timer.NONE
         parser = self.parser
         url = self.url[0] if len(self.url) == 1 else b"".join(self.url)
         self.url = []
@@ -646,16 +708,15 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         cycle = self.parsing
         self.parsing = None
-        self.in_headers = True
         self.fed = 0
         self.body_left = 0
-        if self.timer_kind == _BODY:
-            self.timer_kind = 0
+        # nothing after a connection's last request is read
+        self._move(Phase.CLOSING if cycle is not None and not cycle.keep_alive else Phase.IDLE)
+        if self.timer_kind is Timer.BODY:
+            self.timer_kind = Timer.NONE
         if cycle is not None:
             cycle.complete = True
             cycle.wake()
-            if not cycle.keep_alive:
-                self.stop_parsing = True  # nothing after a connection's last request is read
         if self.queue:
             self._update_reading()
 
@@ -693,7 +754,7 @@ class HttpConnection(asyncio.Protocol):
         cycle.started = cycle.finished = True
         cycle.status = status
         cycle.keep_alive = False
-        self.write(error_response(status, message, cycle.scope["path"], cycle.head))
+        self.write(self._error(status, message, cycle.scope["path"], cycle.head))
         cycle.wake()
 
     def _done(self, cycle: Cycle) -> None:
@@ -711,7 +772,7 @@ class HttpConnection(asyncio.Protocol):
         if self.failure is not None:
             status, message = self.failure
             self.failure = None
-            self.write(error_response(status, message))
+            self.write(self._error(status, message))
             self.close(linger=True)
             return
         if not cycle.keep_alive or not cycle.finished or self.state.draining:
@@ -739,15 +800,15 @@ class HttpConnection(asyncio.Protocol):
             self.data_received(held)
             if self.closed or self.cycle is not None:
                 return
-        if self.stop_parsing:
+        if self.phase is Phase.CLOSING:
             self.close()
             return
         self.state.idle[self] = None
-        if not self.begun:
+        if self.phase is Phase.IDLE:  # else the next request's head has begun: its timer runs
             if self.limits.keep_alive <= 0:
                 self.close()
                 return
-            self._arm(_KEEPALIVE, self.limits.keep_alive)
+            self._arm(Timer.KEEPALIVE, self.limits.keep_alive)
         self._update_reading()
 
     def body_taken(self, cycle: Cycle) -> None:
@@ -766,12 +827,15 @@ class HttpConnection(asyncio.Protocol):
             or (parsing is not None and parsing.buffered > BODY_HIGH)
             or (self.write_paused and parsing is None)  # between requests, the client not reading its replies
         )
+        transport = self.transport
+        if transport is None:  # pragma: no cover - reading is updated only once connected
+            return
         if pause and not self.read_paused:
             self.read_paused = True
-            self.transport.pause_reading()
-        elif not pause and self.read_paused and not self.stop_parsing:
+            transport.pause_reading()
+        elif not pause and self.read_paused and self.phase is not Phase.CLOSING:
             self.read_paused = False
-            self.transport.resume_reading()
+            transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -808,7 +872,7 @@ class HttpConnection(asyncio.Protocol):
             if not fut.done():
                 fut.set_result(None)
 
-    def _arm(self, kind: int, delay: float) -> None:
+    def _arm(self, kind: Timer, delay: float) -> None:
         self.timer_kind = kind
         self.deadline = deadline = self.loop.time() + delay
         timer = self.timer
@@ -820,20 +884,21 @@ class HttpConnection(asyncio.Protocol):
     def _timeout(self) -> None:
         self.timer = None
         kind = self.timer_kind
-        if kind == 0 or (self.closed and kind != _LINGER):
+        if kind is Timer.NONE or (self.closed and kind is not Timer.LINGER):
             return
         now = self.loop.time()
-        if kind == _BODY:
+        if kind is Timer.BODY:
             if self.read_paused:  # the app has not taken what came: the client is not the one stalling
                 self.body_seen = now
             self.deadline = self.body_seen + self.limits.body_timeout
         if now < self.deadline:
             self.timer = self.loop.call_at(self.deadline, self._timeout)
             return
-        self.timer_kind = 0
-        if kind == _LINGER:
-            self.transport.abort()
-        elif kind == _BODY:
+        self.timer_kind = Timer.NONE
+        if kind is Timer.LINGER:
+            if self.transport is not None:
+                self.transport.abort()
+        elif kind is Timer.BODY:
             parsing = self.parsing
             if parsing is None or parsing.complete:
                 return
@@ -845,15 +910,15 @@ class HttpConnection(asyncio.Protocol):
                 )
             parsing.gone()
             self.close()
-        elif kind == _HEADERS:
-            if self.begun and self.cycle is None:
+        elif kind is Timer.HEADERS:
+            if self.phase is Phase.HEAD and self.cycle is None:
                 self.write(
-                    error_response(
+                    self._error(
                         408, f"the request headers took longer than {self.limits.header_timeout:g} s (--header-timeout)"
                     )
                 )
             self.close()
-        elif kind == _KEEPALIVE:
+        elif kind is Timer.KEEPALIVE:
             if self.cycle is None:
                 self.close()
 
@@ -878,7 +943,7 @@ class HttpConnection(asyncio.Protocol):
         """A request the parser or a bound refused: answered (once the reply in progress, if
         any, is done), then the connection closes (lingering: what the client still sends is
         read and dropped for a moment, so it gets the reply rather than a reset)."""
-        self.stop_parsing = True
+        self._move(Phase.CLOSING)
         if self.transport is not None and not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()
@@ -894,7 +959,7 @@ class HttpConnection(asyncio.Protocol):
             self.close(linger=True)
             return
         if self.cycle is None and not self.queue:
-            self.write(error_response(status, message))
+            self.write(self._error(status, message))
             self.close(linger=True)
         else:
             self.failure = (status, message)
@@ -908,9 +973,10 @@ class HttpConnection(asyncio.Protocol):
         self.closed = True
         self.state.idle.pop(self, None)
         transport = self.transport
+        if transport is None:  # pragma: no cover - closed before it was connected
+            return
         if linger and transport.can_write_eof():
-            self.lingering = True
-            self.stop_parsing = True
+            self._move(Phase.CLOSING)
             if self.read_paused:
                 self.read_paused = False
                 transport.resume_reading()
@@ -919,7 +985,7 @@ class HttpConnection(asyncio.Protocol):
             except (OSError, RuntimeError):  # pragma: no cover - the socket is already gone
                 transport.close()
                 return
-            self._arm(_LINGER, LINGER)
+            self._arm(Timer.LINGER, LINGER)
             return
         transport.close()
 

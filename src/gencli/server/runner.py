@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gencli.server.asgi import ASGIApp, Message, Scope
+from gencli.server.asgi import ASGIApp, Message, Scope, Served
 
 if TYPE_CHECKING:
     from gencli.server.http11 import Limits
@@ -119,7 +119,10 @@ async def serve(sock: socket.socket, app: ASGIApp, limits: Limits, grace: float)
     # collection then skips it; forked --workers keep sharing its pages).
     gc.collect()
     gc.freeze()
-    state = ServerState(app, limits, loop, log=getattr(app, "access_log", None))
+    if isinstance(app, Served):  # gencli's app: requests straight to its HTTP side, its log and error shapes
+        state = ServerState(app.http, limits, loop, log=app.access_log, errors=app.errors)
+    else:
+        state = ServerState(app, limits, loop)
     server = await loop.create_server(state.protocol, sock=sock, backlog=2048)
     stop = loop.create_future()
 
@@ -136,9 +139,8 @@ async def serve(sock: socket.socket, app: ASGIApp, limits: Limits, grace: float)
         sock.close()
         await state.shutdown(grace)
         await life.shutdown()
-        flush = getattr(app, "flush", None)
-        if flush is not None:
-            flush()
+        if isinstance(app, Served):
+            app.flush()
     return 0
 
 
