@@ -420,6 +420,8 @@ class HttpConnection(asyncio.Protocol):
         "fed",
         "body_left",
         "chunked",
+        "host",
+        "tail",
         "held",
         "expect_100",
         "read_paused",
@@ -454,6 +456,8 @@ class HttpConnection(asyncio.Protocol):
         self.fed = 0  # bytes of the current request's head received so far (bounded)
         self.body_left = 0  # bytes still to come of the current request's Content-Length body
         self.chunked = False  # the head being parsed names a Transfer-Encoding
+        self.host = False  # ... and a Host
+        self.tail = b""  # the last bytes of a read that ended inside a head or a chunked body
         self.held = b""  # bytes received but not parsed: they follow a request waiting in the queue
         self.expect_100 = False
         self.read_paused = False
@@ -536,7 +540,9 @@ class HttpConnection(asyncio.Protocol):
         up to the end of the next head (``CRLF CRLF``, which also ends a chunked body). So the
         bytes of every head are counted exactly, also when one read holds many pipelined
         requests, and at most one request completes per piece: once one waits in the queue,
-        the rest is held, unparsed, until the queue drains (reading is paused meanwhile)."""
+        the rest is held, unparsed, until the queue drains (reading is paused meanwhile).
+        A ``CRLF CRLF`` split across reads is found too (``tail``: the last bytes of the read
+        before, while it ended inside a head or a chunked body), so the piece ends with it.)"""
         if self.queue:
             self.held += data  # pragma: no cover - reading is paused while a request waits
             return
@@ -550,9 +556,23 @@ class HttpConnection(asyncio.Protocol):
             phase = self.phase
             if phase is Phase.BODY and self.body_left > 0:
                 end = min(n, pos + self.body_left)
+                self.tail = b""
             else:
-                end = data.find(b"\r\n\r\n", pos)
-                end = n if end < 0 else end + 4
+                end = -1
+                tail = self.tail
+                if tail:  # the read before ended inside a head: its CRLF CRLF may end here
+                    self.tail = b""
+                    joined = tail + data[:3]
+                    at = joined.find(b"\r\n\r\n")
+                    if at >= 0:
+                        end = at + 4 - len(tail)
+                if end < 0:
+                    end = data.find(b"\r\n\r\n", pos)
+                    if end < 0:
+                        end = n
+                        self.tail = (tail + data[-3:])[-3:]
+                    else:
+                        end += 4
                 if phase is Phase.IDLE or phase is Phase.HEAD:  # the piece is (the rest of) one head
                     self.fed += end - pos
                     if self.fed > limit:
@@ -616,6 +636,7 @@ class HttpConnection(asyncio.Protocol):
         self.expect_100 = False
         self.body_left = 0
         self.chunked = False
+        self.host = False
 
     def on_url(self, piece: bytes) -> None:
         self.url.append(piece)
@@ -626,8 +647,19 @@ class HttpConnection(asyncio.Protocol):
         if len(headers) >= self.limits.max_headers:
             raise _Reject(431, f"too many request headers (the server's limit is {self.limits.max_headers})")
         name = name.lower()
-        headers.append((name, value))
+        if value[-1:] in (b" ", b"\t"):  # llhttp keeps trailing whitespace: not part of the value (RFC 9110 5.5)
+            value = value.rstrip(b" \t")
         self.header_size += len(name) + len(value) + 4
+        if self.phase is not Phase.HEAD:  # a chunked body's trailer fields: counted, bounded and dropped
+            if self.header_size > self.limits.max_header_bytes:
+                raise _Reject(431, "the request's trailer fields are larger than the server's header limit")
+            headers.append((name, b""))
+            return
+        if name == b"host":
+            if self.host:
+                raise _Reject(400, "the request has two Host headers (RFC 9112 3.2); send one")
+            self.host = True
+        headers.append((name, value))
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100 = True
         elif name == b"content-length":  # llhttp checks it (digits; no second, different one; not with chunked)
@@ -640,6 +672,8 @@ class HttpConnection(asyncio.Protocol):
         if self.header_size > limit:
             raise _Reject(431, f"request headers are larger than the server's limit of {limit // 1024} KB")
         self.fed = 0
+        request_headers = self.headers
+        self.headers = []  # what follows a chunked body (trailer fields) is counted here, not handed on
         if self.chunked:
             self._move(Phase.CHUNKED)
         elif self.body_left > 0:
@@ -668,6 +702,8 @@ class HttpConnection(asyncio.Protocol):
             if len(_METHODS) < 64:
                 _METHODS[m] = method
         version = parser.get_http_version()
+        if not self.host and version == "1.1":
+            raise _Reject(400, "an HTTP/1.1 request needs a Host header (RFC 9112 3.2)")
         scope = {
             "type": "http",
             "asgi": ASGI,
@@ -680,7 +716,7 @@ class HttpConnection(asyncio.Protocol):
             "path": path,
             "raw_path": raw_path,
             "query_string": query,
-            "headers": self.headers,
+            "headers": request_headers,
         }
         keep_alive = version == "1.1" and parser.should_keep_alive() and not parser.should_upgrade()
         cycle = Cycle(self, scope, keep_alive and not self.state.draining, self.expect_100, method == "HEAD")
