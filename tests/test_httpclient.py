@@ -669,3 +669,40 @@ def test_gencli_serve_reaches_a_tls_upstream_directly_and_through_a_proxy(tmp_pa
             assert r.status_code == 502 and "certificate verify failed" in r.json()["error"]
         finally:
             s.stop()
+
+
+def test_the_cli_and_the_server_trust_the_same_roots(tmp_path, ca):
+    """One trust store (gencli.trust): certifi's roots unless SSL_CERT_FILE or SSL_CERT_DIR
+    names others, for the CLI's httpx as for gencli serve's own client (the test above): the
+    CLI reaches the TLS upstream with the test CA named, and is refused without it."""
+    import json
+
+    import certifi
+
+    from gencli import trust
+    from tests.conftest import clean_env, run_gencli
+
+    assert trust.roots({}) == (certifi.where(), None)
+    assert trust.roots({"SSL_CERT_FILE": str(ca.ca_pem), "SSL_CERT_DIR": "/x"}) == (str(ca.ca_pem), None)
+    assert trust.roots({"SSL_CERT_DIR": "/etc/certs"}) == (None, "/etc/certs")
+    events = (
+        b'data: {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": '
+        b'"over TLS"}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+    )
+
+    def sse(n, req):
+        return (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n" % len(events) + events
+        )
+
+    with InThread(RawServer(sse, ssl_context=ca.server_context())) as up:
+        path = tmp_path / "models.json"
+        models = {"m": {"provider": "openai-compatible", "model": "x", "base_url": up.url + "/v1"}}
+        path.write_text(json.dumps(models))
+        work = tmp_path / "work"
+        work.mkdir()
+        trusted = clean_env(tmp_path, GENCLI_MODELS=str(path), SSL_CERT_FILE=str(ca.ca_pem))
+        r = run_gencli(["generate", "-m", "m", "hi"], trusted, work)
+        assert r.returncode == 0 and b"over TLS" in r.stdout, r.stderr
+        r = run_gencli(["generate", "-m", "m", "hi"], clean_env(tmp_path, GENCLI_MODELS=str(path)), work)
+        assert r.returncode == 1 and b"certificate verify failed" in r.stderr.lower(), r.stderr

@@ -150,13 +150,93 @@ def test_resolver_decides_on_resolved_names():
     """localhost resolves (from /etc/hosts) to loopback: refused, unless allowed."""
 
     async def go(allow):
-        return await netguard.GuardedResolver(allow).resolve("localhost", 80, socket.AF_UNSPEC)
+        return await netguard.guarded_resolver(allow)("localhost", 80)
 
     with pytest.raises(netguard.Refused, match="loopback"):
         asyncio.run(go(False))
     hosts = asyncio.run(go(True))
-    assert hosts and all(h["host"] in ("127.0.0.1", "::1") for h in hosts)
-    assert all(h["hostname"] == "localhost" for h in hosts)
+    assert hosts and all(h in ("127.0.0.1", "::1") for h in hosts)
+
+
+def answers(table: dict[str, list[str]], calls: list[str]):
+    """A getaddrinfo for the resolver that answers from ``table`` (no DNS is asked): a name
+    that resolves to a private address without one being reachable from the test."""
+
+    async def lookup(host, port, type=0, **_):
+        calls.append(host)
+        out = []
+        for ip in table[host]:
+            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            out.append((family, socket.SOCK_STREAM, 6, "", (ip, port)))
+        return out
+
+    return lookup
+
+
+@pytest.mark.parametrize(
+    "ips,kind",
+    [(["10.0.0.5"], "private"), (["93.184.215.14", "169.254.169.254"], "link-local"), (["::1"], "loopback")],
+)
+def test_a_name_resolving_to_a_private_address_is_refused_before_any_connection(monkeypatch, ips, kind):
+    """Decided on the resolver's answer: refused with no connection attempted (every
+    connection the loop would make is recorded, and any is a failure)."""
+    connects: list[object] = []
+
+    async def go():
+        loop = asyncio.get_running_loop()
+
+        async def no_connection(*args, **kwargs):  # pragma: no cover - reached only if the guard fails
+            connects.append(args[1:3])
+            raise OSError("the test makes no connection")
+
+        monkeypatch.setattr(loop, "create_connection", no_connection)
+        pool = netguard.image_pool(lookup=answers({"images.example": ips}, []))
+        try:
+            return await netguard.fetch_image(pool, "http://images.example/x.png")
+        finally:
+            await pool.close()
+
+    with pytest.raises(ImageError, match=f"images.example resolves to .*a {kind} address"):
+        asyncio.run(go())
+    assert connects == []
+
+
+def test_the_connection_goes_to_the_checked_address_only(images, monkeypatch):
+    """The client connects to the address the guard checked, not to the name again: a
+    second lookup (a DNS rebinding) would answer a private address, and the connection
+    still goes to 127.0.0.1, the one answer checked (loopback allowed here), with the
+    URL's host in the Host header."""
+    calls: list[str] = []
+    table = {"images.example": ["127.0.0.1"]}
+    lookup = answers(table, calls)
+    connected: list[tuple[object, object]] = []
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        real = loop.create_connection
+
+        async def recorded(factory, host=None, port=None, **kwargs):
+            connected.append((host, port))
+            assert host == "127.0.0.1"  # loopback only, whatever the guard decided
+            table["images.example"] = ["10.9.9.9"]  # what a rebinding DNS would answer next
+            return await real(factory, host, port, **kwargs)
+
+        monkeypatch.setattr(loop, "create_connection", recorded)
+        pool = netguard.image_pool(allow_private=True, lookup=lookup)
+        try:
+            first = await netguard.fetch_image(pool, f"http://images.example:{images.port}/img.png", allow_private=True)
+            again = await netguard.fetch_image(pool, f"http://images.example:{images.port}/img.png", allow_private=True)
+            return first, again
+        finally:
+            await pool.close()
+
+    before = len(images.hits)
+    first, again = asyncio.run(go())
+    assert first == PNG and again == PNG
+    assert connected == [("127.0.0.1", images.port)]  # one connection, kept alive for the second fetch
+    assert calls == ["images.example"]
+    assert images.hits[before:] == ["/img.png", "/img.png"]
+    assert images.hosts[-1] == f"images.example:{images.port}"
 
 
 # -- a local image server -----------------------------------------------------------------------
@@ -169,11 +249,13 @@ class ImageServer:
         self.port = 0
         self.big_sent = 0
         self.hits: list[str] = []
+        self.hosts: list[str | None] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
 
     async def png(self, request):
         self.hits.append(request.path)
+        self.hosts.append(request.headers.get("Host"))
         return web.Response(body=PNG, content_type="image/png")
 
     async def text(self, request):
@@ -428,11 +510,11 @@ def test_server_keeps_serving(lenient, strict):
 
 def test_total_time_cap(images):
     async def go():
-        session = netguard.image_session(allow_private=True)
+        pool = netguard.image_pool(allow_private=True)
         try:
-            return await netguard.fetch_image(session, images.url("/slow.png"), allow_private=True, timeout=0.5)
+            return await netguard.fetch_image(pool, images.url("/slow.png"), allow_private=True, timeout=0.5)
         finally:
-            await session.close()
+            await pool.close()
 
     with pytest.raises(ImageError, match=r"took more than 0.5 s"):
         asyncio.run(go())
@@ -440,11 +522,11 @@ def test_total_time_cap(images):
 
 def test_fetch_refuses_loopback_without_allow(images):
     async def go():
-        session = netguard.image_session(allow_private=False)
+        pool = netguard.image_pool(allow_private=False)
         try:
-            return await netguard.fetch_image(session, images.url("/img.png", "localhost"))
+            return await netguard.fetch_image(pool, images.url("/img.png", "localhost"))
         finally:
-            await session.close()
+            await pool.close()
 
     before = len(images.hits)
     with pytest.raises(ImageError, match="loopback"):
@@ -458,11 +540,11 @@ def test_a_host_name_idna_cannot_encode_is_an_image_error(host):
     any lookup: a 400-class ImageError naming it, not a 500 (found by the fuzz on count_tokens)."""
 
     async def go():
-        session = netguard.image_session(allow_private=False)
+        pool = netguard.image_pool(allow_private=False)
         try:
-            return await netguard.fetch_image(session, f"http://{host}/x.png")
+            return await netguard.fetch_image(pool, f"http://{host}/x.png")
         finally:
-            await session.close()
+            await pool.close()
 
     with pytest.raises(ImageError, match="not a valid host name"):
         asyncio.run(go())

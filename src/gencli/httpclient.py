@@ -12,8 +12,13 @@ by llhttp and handed over as it arrives, several reads joined when the reader la
   request in progress for ``quiet`` seconds (``on_quiet`` is then called: the server
   trims its memory). A reused connection that fails before a byte of the answer came
   (the upstream closed it while idle) is retried once on a new one.
-- **TLS**: ``https://`` upstreams through :func:`ssl.create_default_context` (the
-  system's CAs; ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` are honoured).
+- **TLS**: ``https://`` upstreams verified against gencli's one trust store
+  (:mod:`gencli.trust`: certifi's roots, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``).
+- **Addresses**: ``resolve`` (optional) turns a host name into the addresses to connect
+  to; the client then connects to those very addresses, in order (the TLS name check, SNI
+  and the Host header stay the URL's). The image fetcher's address guard
+  (:mod:`gencli.netguard`) checks each address there, so the address checked is the
+  address connected to.
 - **Proxies**: ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY`` (and lower
   case), looked up once per URL: plain HTTP through the proxy in absolute form, HTTPS
   through a ``CONNECT`` tunnel; ``user:password@`` in the proxy URL is sent as Basic
@@ -41,7 +46,7 @@ import base64
 import ssl
 import urllib.request
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -51,6 +56,10 @@ BUFFER_HIGH = 1024 * 1024  # streamed body bytes buffered before reading from th
 INFLATE_STEP = 16 * 1024 * 1024  # bytes one read from the socket may inflate to
 _SWEEP = 1.0  # seconds between sweeps of idle connections
 _TARGETS_MAX = 256  # parsed URLs kept
+
+
+# (host, port) -> the addresses to connect to, in order; raises (a ConnectError) to refuse
+Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 class HttpClientError(Exception):
@@ -598,6 +607,7 @@ class Pool:
         trust_env: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         on_quiet: Callable[[], None] | None = None,
+        resolve: Resolver | None = None,
     ):
         self.loop = asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
@@ -610,6 +620,7 @@ class Pool:
         self.trust_env = trust_env
         self._ssl = ssl_context
         self.on_quiet = on_quiet
+        self.resolve = resolve
         self.idle: dict[tuple, list[Connection]] = {}
         self.idle_count = 0
         self.active = 0  # requests in progress
@@ -785,7 +796,9 @@ class Pool:
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            self._ssl = ssl.create_default_context()
+            from gencli import trust
+
+            self._ssl = trust.context()
         return self._ssl
 
     async def _connect(self, target: _Target, timeout: float) -> Connection:
@@ -794,16 +807,26 @@ class Pool:
         tls = target.tls and target.proxy is None
         try:
             async with asyncio.timeout(timeout):
-                try:
-                    await self.loop.create_connection(
-                        lambda: conn,
-                        host,
-                        port,
-                        ssl=self._ssl_context() if tls else None,
-                        server_hostname=target.host if tls else None,
-                    )
-                except (OSError, ssl.SSLError, ValueError) as exc:
-                    raise ConnectError(_reason(exc)) from None
+                # the addresses to connect to: the resolve hook's (each one it checked), else the name
+                addresses = [host] if self.resolve is None else await self.resolve(host, port)
+                failure: ConnectError | None = ConnectError(f"no address to connect to for {host}")
+                for address in addresses:
+                    conn = attempt = Connection(self, target.key)
+                    try:
+                        await self.loop.create_connection(
+                            lambda attempt=attempt: attempt,  # called at once, in this iteration
+                            address,
+                            port,
+                            ssl=self._ssl_context() if tls else None,
+                            server_hostname=target.host if tls else None,
+                        )
+                    except (OSError, ssl.SSLError, ValueError) as exc:
+                        failure = ConnectError(_reason(exc))
+                        continue
+                    failure = None
+                    break
+                if failure is not None:
+                    raise failure
                 if target.tunnel:
                     await self._tunnel(conn, target)
         except TimeoutError:

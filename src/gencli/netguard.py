@@ -9,11 +9,13 @@ services, the LAN, a cloud's metadata endpoint (169.254.169.254). So:
   multicast, reserved, unspecified and documentation addresses are refused, also when
   wrapped in an IPv6 form (IPv4-mapped ``::ffff:a.b.c.d``, IPv4-compatible, 6to4
   ``2002::/16``, NAT64 ``64:ff9b::/96``, Teredo).
-- :class:`GuardedResolver` resolves host names itself (``getaddrinfo`` on the loop)
-  and refuses a name if any of its addresses is refused. aiohttp connects only to the
-  addresses a resolver returns, so the address checked is the address connected to: a
-  DNS answer that changes between a check and the connection (rebinding) cannot slip
-  a private address in. Host name, TLS SNI and the Host header stay the URL's.
+- :func:`guarded_resolver` resolves host names itself (``getaddrinfo`` on the loop)
+  and refuses a name if any of its addresses is refused. It is the ``resolve`` hook of
+  the image fetcher's own HTTP client (:class:`gencli.httpclient.Pool`), which connects
+  only to the addresses the hook returns, so the address checked is the address
+  connected to: a DNS answer that changes between a check and the connection
+  (rebinding) cannot slip a private address in. Host name, TLS SNI and the Host header
+  stay the URL's. No proxy from the environment is used for images.
 - :func:`fetch_image` follows redirects itself (at most 3), checking every hop, caps
   the size (Content-Length first, then while streaming, stopping early) and the total
   time, and checks the first bytes are an image before reading the rest.
@@ -28,19 +30,21 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import TYPE_CHECKING
-from urllib.parse import urljoin, urlsplit
-
-import aiohttp
-import aiohttp.abc
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from gencli.budget import MemoryBudget
 from gencli.errors import ImageError
+from gencli.httpclient import ConnectError, ConnectTimeout, HttpClientError, Pool, ReadTimeout, Resolver
 from gencli.images import MAX_IMAGE_BYTES, sniff
 
 if TYPE_CHECKING:
-    from aiohttp.abc import ResolveResult
+    from gencli.images import ImageQuota
 
+# getaddrinfo as the event loop has it: (host, port, *, type=...) -> [(family, type, proto, name, sockaddr)]
+Lookup = Callable[..., Awaitable[list[tuple[Any, ...]]]]
+IMAGE_HEADERS = {"User-Agent": "gencli-image-fetch", "Accept": "image/*"}
 MAX_REDIRECTS = 3
 IMAGE_TIMEOUT = 30.0  # seconds for the whole fetch, redirects included
 CONNECT_TIMEOUT = 10.0
@@ -128,8 +132,8 @@ def address_problem(ip: str | IPAddress, allow_private: bool = False) -> str | N
     return None
 
 
-class Refused(OSError):
-    """A host whose address may not be fetched (carried through aiohttp's connect errors)."""
+class Refused(ConnectError):
+    """A host whose address may not be fetched (raised by the resolver, before any connection)."""
 
 
 def _literal(host: str) -> IPAddress | None:
@@ -139,63 +143,55 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
-class GuardedResolver(aiohttp.abc.AbstractResolver):
-    """Resolves with ``getaddrinfo`` on the loop and returns only checked addresses; a name
-    with any refused address is refused whole (a mixed answer is a rebinding attempt)."""
+def _refusal(host: str, ip: str, problem: str) -> Refused:
+    return Refused(
+        f"{host} resolves to {ip}, a {problem} address; the server fetches image URLs from public "
+        f"addresses only (gencli serve --allow-private-images allows private ones)"
+    )
 
-    def __init__(self, allow_private: bool = False) -> None:
-        self.allow_private = allow_private
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
-        except socket.gaierror as exc:
-            raise OSError(f"cannot resolve {host} ({exc.strerror})") from None
-        out: list[ResolveResult] = []
-        for fam, _, proto, _, sockaddr in infos:
-            ip = str(sockaddr[0])
-            problem = address_problem(ip, self.allow_private)
+def guarded_resolver(allow_private: bool = False, lookup: Lookup | None = None) -> Resolver:
+    """The ``resolve`` hook of the image client: a host name to the addresses to connect to,
+    each checked by :func:`address_problem`; a name with any refused address is refused whole
+    (a mixed answer is a rebinding attempt). ``lookup``: the loop's ``getaddrinfo`` unless given."""
+
+    async def resolve(host: str, port: int) -> list[str]:
+        addr = _literal(host)
+        if addr is not None:  # an IP address in the URL: checked as it is
+            problem = address_problem(addr, allow_private)
             if problem is not None:
-                raise Refused(
-                    f"{host} resolves to {ip}, a {problem} address; the server fetches image "
-                    f"URLs from public addresses only (gencli serve --allow-private-images "
-                    f"allows private ones)"
-                )
-            if fam == socket.AF_INET6 and len(sockaddr) >= 4 and sockaddr[3]:
+                raise _refusal(host, host, problem)
+            return [host]
+        find = lookup or asyncio.get_running_loop().getaddrinfo
+        try:
+            infos = await find(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ConnectError(f"cannot resolve {host} ({exc.strerror})") from None
+        out: list[str] = []
+        for family, _, _, _, sockaddr in infos:
+            ip = str(sockaddr[0])
+            problem = address_problem(ip, allow_private)
+            if problem is not None:
+                raise _refusal(host, ip, problem)
+            if family == socket.AF_INET6 and len(sockaddr) >= 4 and sockaddr[3]:
                 continue  # scoped (link-local) IPv6: only reachable with allow_private; skip
-            out.append(
-                {
-                    "hostname": host,
-                    "host": ip,
-                    "port": int(sockaddr[1]),
-                    "family": fam,
-                    "proto": proto,
-                    "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-                }
-            )
+            if ip not in out:
+                out.append(ip)
         if not out:
-            raise OSError(f"cannot resolve {host} (no usable address)")
+            raise ConnectError(f"cannot resolve {host} (no usable address)")
         return out
 
-    async def close(self) -> None:
-        return None
+    return resolve
 
 
-def image_session(allow_private: bool = False) -> aiohttp.ClientSession:
-    """A session for image fetches: guarded resolver, no DNS cache, no proxy, no cookies."""
-    connector = aiohttp.TCPConnector(
-        resolver=GuardedResolver(allow_private), use_dns_cache=False, limit=64, limit_per_host=8
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=CONNECT_TIMEOUT),
+def image_pool(allow_private: bool = False, lookup: Lookup | None = None) -> Pool:
+    """The HTTP client of image fetches (in a running loop): gencli's own client with the
+    guarded resolver, no proxy from the environment, no cookies, 10 s to connect and per read."""
+    return Pool(
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=CONNECT_TIMEOUT,
         trust_env=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": "gencli-image-fetch", "Accept": "image/*"},
-        auto_decompress=False,
+        resolve=guarded_resolver(allow_private, lookup),
     )
 
 
@@ -211,7 +207,7 @@ def check_url(url: str, where: str, allow_private: bool) -> None:
     if parts.scheme.lower() not in ("http", "https") or not host:
         raise ImageError(f"{where}: only http(s) URLs can be fetched")
     addr = _literal(host)
-    if addr is not None:
+    if addr is not None:  # (names are checked by the resolver, as they resolve)
         problem = address_problem(addr, allow_private)
         if problem is not None:
             raise ImageError(
@@ -244,27 +240,48 @@ class ImageBudget(MemoryBudget):
         return self._slots
 
 
+def _request_url(url: str) -> str:
+    """The URL as it goes on the wire: the host IDNA-encoded (a UnicodeError for an empty
+    label or one over 63 characters), path and query percent-encoded where they hold
+    characters a request line may not (spaces, non-ASCII), as a browser sends them."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if _literal(host) is None:
+        ascii_host = host.encode("idna").decode("ascii")  # checks the labels
+        if ascii_host != host:
+            parts = parts._replace(netloc=ascii_host + (f":{parts.port}" if parts.port is not None else ""))
+    safe = "/%:@!$&'()*+,;=-._~"
+    return urlunsplit(
+        parts._replace(path=quote(parts.path, safe=safe), query=quote(parts.query, safe=safe + "?"), fragment="")
+    )
+
+
+def _length(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
 async def fetch_image(
-    session: aiohttp.ClientSession,
+    pool: Pool,
     url: str,
     allow_private: bool = False,
     max_bytes: int = MAX_IMAGE_BYTES,
     timeout: float = IMAGE_TIMEOUT,
     max_redirects: int = MAX_REDIRECTS,
-    quota=None,
+    quota: ImageQuota | None = None,
 ) -> bytes:
-    """Download an image URL from a public address (see the module docstring). ``quota``
-    (:class:`gencli.images.ImageQuota`) counts the bytes as they arrive and stops the
-    download when the request's or the process's image budget is spent."""
+    """Download an image URL from a public address (see the module docstring) with ``pool``
+    (:func:`image_pool`). ``quota`` counts the bytes as they arrive and stops the download
+    when the request's or the process's image budget is spent."""
     first = url
     where = f"image {_short(first)}"
     try:
         async with asyncio.timeout(timeout):
             for hop in range(max_redirects + 1):
                 check_url(url, where, allow_private)
-                async with session.get(url, allow_redirects=False) as r:
+                r = await pool.request("GET", _request_url(url), IMAGE_HEADERS)
+                try:
                     if r.status in REDIRECTS:
-                        location = r.headers.get("Location")
+                        location = r.headers.get("location")
                         if not location:
                             raise ImageError(f"{where}: redirect {r.status} without a Location")
                         if hop == max_redirects:
@@ -275,16 +292,16 @@ async def fetch_image(
                         raise ImageError(f"{where}: the image server answered HTTP {r.status}")
                     if r.status != 200:
                         raise ImageError(f"{where}: the image server answered HTTP {r.status}, not 200")
-                    if r.content_length is not None and r.content_length > max_bytes:
+                    length = _length(r.headers.get("content-length"))
+                    if length is not None and length > max_bytes:
                         raise ImageError(
-                            f"{where} is {r.content_length / 1048576:.1f} MB; the limit is "
-                            f"{max_bytes // 1048576} MB an image"
+                            f"{where} is {length / 1048576:.1f} MB; the limit is {max_bytes // 1048576} MB an image"
                         )
-                    if quota is not None and r.content_length is not None and r.content_length > quota.room():
+                    if quota is not None and length is not None and length > quota.room():
                         raise quota.too_large()
                     data = bytearray()
                     checked = False
-                    async for chunk in r.content.iter_any():
+                    async for chunk in r.iter_bytes():
                         if quota is not None:
                             quota.downloaded(len(chunk))
                         data += chunk
@@ -297,19 +314,21 @@ async def fetch_image(
                     if sniff(bytes(data[:12])) is None:
                         raise ImageError(f"{where} is not an image (expected JPEG, PNG, WebP or GIF bytes)")
                     return bytes(data)
+                finally:
+                    r.close()  # read to its end: back to the pool; else the connection is closed
     except ImageError:
         raise
     except TimeoutError:
         raise ImageError(f"{where}: the download took more than {timeout:g} s") from None
-    except aiohttp.ClientConnectorError as exc:
-        if isinstance(exc.os_error, Refused):
-            raise ImageError(f"{where}: {exc.os_error}") from None
-        raise ImageError(f"{where}: cannot connect ({_reason(exc.os_error)})") from None
-    except aiohttp.InvalidURL:
-        raise ImageError(f"{where}: not a valid URL (or a non-canonical IP address)") from None
-    except UnicodeError:  # the resolver's IDNA encoding: an empty label ("a..b") or one over 63 characters
+    except Refused as exc:
+        raise ImageError(f"{where}: {exc}") from None
+    except UnicodeError:  # IDNA: an empty label ("a..b") or one over 63 characters
         raise ImageError(f"{where}: not a valid host name (an empty label or one over 63 characters)") from None
-    except (aiohttp.ClientError, OSError) as exc:
+    except (ConnectTimeout, ReadTimeout) as exc:
+        raise ImageError(f"{where}: cannot download it ({_reason(exc)})") from None
+    except ConnectError as exc:
+        raise ImageError(f"{where}: cannot connect ({_reason(exc)})") from None
+    except (HttpClientError, OSError, ValueError) as exc:
         raise ImageError(f"{where}: cannot download it ({_reason(exc)})") from None
     raise ImageError(f"{where}: more than {max_redirects} redirects")  # pragma: no cover
 

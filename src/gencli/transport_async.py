@@ -9,8 +9,9 @@ once, so the upstream stops generating; a fully read response goes back to the p
 The pool closes its idle connections once the server has had no upstream request in
 progress for a moment, then calls ``on_quiet`` (the server trims its memory).
 
-Image URLs named in requests are fetched through the SSRF guard (:mod:`gencli.netguard`,
-on aiohttp, imported only when an image URL comes).
+Image URLs named in requests are fetched through the SSRF guard (:mod:`gencli.netguard`:
+the same client, in a pool of its own whose resolver checks every address it connects to;
+made when the first image URL comes).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from gencli.images import ImageQuota
 
 from gencli.errors import UpstreamTimeout, UpstreamUnreachable
 from gencli.httpclient import ConnectTimeout, HttpClientError, Pool, ReadTimeout, Response
@@ -112,7 +116,7 @@ class ServerTransport:
         self.images = ImageBudget(image_fetches, image_memory)  # process-wide (one transport per process)
         self.pool: Pool | None = None
         self.on_quiet = on_quiet
-        self._images: Any = None  # the image fetcher's aiohttp session, made on the first image URL
+        self._images: Pool | None = None  # the image fetcher's own pool (guarded resolver), made on the first image URL
 
     async def start(self) -> Pool:
         if self.pool is None:
@@ -134,7 +138,7 @@ class ServerTransport:
     def open(self, req: HttpRequest, call: Call) -> _Open:
         return _Open(self, req, call)
 
-    async def fetch_image(self, url: str, quota=None) -> bytes:
+    async def fetch_image(self, url: str, quota: ImageQuota | None = None) -> bytes:
         """Download an image URL named in a request: public addresses only unless allowed,
         every redirect re-checked (at most 3), 20 MB and 30 s at most (gencli.netguard);
         at most ``image_fetches`` at once in this process, the bytes counted by ``quota``
@@ -142,7 +146,7 @@ class ServerTransport:
         from gencli import netguard
 
         if self._images is None:
-            self._images = netguard.image_session(self.allow_private_images)
+            self._images = netguard.image_pool(self.allow_private_images)
         self.images.charge(0)  # a spent budget fails before a connection is made (and after the wait)
         async with self.images.slot():
             self.images.charge(0)

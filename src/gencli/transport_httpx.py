@@ -21,6 +21,9 @@ from gencli.errors import ImageError, UpstreamTimeout, UpstreamUnreachable
 from gencli.images import MAX_IMAGE_BYTES
 from gencli.providers.base import Call, HttpRequest, ImageFetcher, SyncTransport
 
+if TYPE_CHECKING:
+    import ssl
+
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=10.0)
 
 
@@ -55,15 +58,17 @@ class HttpxTransport:
     and ``fetch_image`` downloads an image URL (ImageFetcher).
 
     ``timeout`` is the read timeout when a call has none of its own (None: 300 s).
+    Servers are verified against gencli's one trust store (:mod:`gencli.trust`: certifi's
+    roots, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``), the same as ``gencli serve``'s client.
     ``tls=False`` is for a plain-http upstream (e.g. a local server): the client is made
-    with ``verify=False``, so httpx does not load the certifi CA bundle (about 50 ms of
-    start-up; it still makes an SSL context). Only for an http:// base URL: an https://
-    upstream would then go unverified (redirects are not followed)."""
+    with ``verify=False``, so no CA bundle is loaded (about 50 ms of start-up; httpx still
+    makes an SSL context). Only for an http:// base URL: an https:// upstream would then go
+    unverified (redirects are not followed)."""
 
     def __init__(self, timeout: float | None = None, tls: bool = True):
         self.timeout = DEFAULT_TIMEOUT if timeout is None else httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self.client = httpx.Client(
-            timeout=self.timeout, follow_redirects=False, trust_env=True, verify=True if tls else False
+            timeout=self.timeout, follow_redirects=False, trust_env=True, verify=_trusted() if tls else False
         )
         self._fetcher: httpx.Client | None = None
 
@@ -91,7 +96,7 @@ class HttpxTransport:
     def fetch_image(self, url: str) -> bytes:
         """Download an image URL (the CLI may read any address the user names)."""
         if self._fetcher is None:
-            self._fetcher = httpx.Client(timeout=30.0, follow_redirects=True, trust_env=True)
+            self._fetcher = httpx.Client(timeout=30.0, follow_redirects=True, trust_env=True, verify=_trusted())
         try:
             with self._fetcher.stream("GET", url) as r:
                 if r.status_code >= 400:
@@ -134,6 +139,12 @@ class _Guarded(Response):
             raise UpstreamUnreachable(
                 f"{self.call.name}: the connection to {_host(self.url)} failed mid-response ({_reason(exc, self.call)})"
             ) from None
+
+
+def _trusted() -> ssl.SSLContext:
+    from gencli import trust
+
+    return trust.context()
 
 
 def _reason(exc: Exception, call: Call | None = None) -> str:
