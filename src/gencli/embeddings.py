@@ -142,7 +142,9 @@ def _batches(plan: EmbedPlan) -> list[list[str]]:
     return [plan.inputs[i : i + size] for i in range(0, len(plan.inputs), size)]
 
 
-def _collect(plan: EmbedPlan, result: Embeddings, batch: list[str], vectors: list, tokens: int | None) -> None:
+def _collect(
+    plan: EmbedPlan, result: Embeddings, batch: list[str], vectors: list[list[float]], tokens: int | None
+) -> None:
     if len(vectors) != len(batch):
         raise UpstreamError(
             f"{plan.entry.name}: the provider returned {len(vectors)} embeddings for {len(batch)} inputs"

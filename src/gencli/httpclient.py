@@ -58,6 +58,9 @@ _SWEEP = 1.0  # seconds between sweeps of idle connections
 _TARGETS_MAX = 256  # parsed URLs kept
 
 
+# what a pooled connection is kept under: (tls, host, port, proxy, proxy authorization)
+_Key = tuple[bool, str, int, "tuple[str, int] | None", "str | None"]
+
 # (host, port) -> the addresses to connect to, in order; raises (a ConnectError) to refuse
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -88,13 +91,13 @@ class RemoteProtocolError(HttpClientError):
     """The upstream broke the protocol, closed the connection early, or passed a bound."""
 
 
-class Headers(dict):
+class Headers(dict[str, str]):
     """Response headers: lower-case names; ``get`` takes any case. A repeated header keeps
     its values joined with ``", "`` (as HTTP allows)."""
 
     __slots__ = ()
 
-    def get(self, name: str, default=None):  # type: ignore[override]
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
         return dict.get(self, name.lower(), default)
 
     def __getitem__(self, name: str) -> str:
@@ -206,7 +209,7 @@ class Response:
         self.done = False  # the whole body arrived
         self.head_done = False
         self.error: HttpClientError | None = None
-        self.waiter: asyncio.Future | None = None
+        self.waiter: asyncio.Future[None] | None = None
         self.until_close = False  # no length and not chunked: the body ends with the connection
         self.inflater: Any = None  # a zlib decompressor for a gzip/deflate body
         self.max_body = max_body
@@ -296,7 +299,7 @@ class Connection(asyncio.Protocol):
         "tunnel",
     )
 
-    def __init__(self, pool: Pool, key):
+    def __init__(self, pool: Pool, key: _Key) -> None:
         self.pool = pool
         self.loop = pool.loop
         self.key = key
@@ -312,11 +315,11 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.reused = False
         self.tunnel_buf: bytearray | None = None  # the proxy's answer to CONNECT, while it arrives
-        self.tunnel: asyncio.Future | None = None
+        self.tunnel: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -621,13 +624,13 @@ class Pool:
         self._ssl = ssl_context
         self.on_quiet = on_quiet
         self.resolve = resolve
-        self.idle: dict[tuple, list[Connection]] = {}
+        self.idle: dict[_Key, list[Connection]] = {}
         self.idle_count = 0
         self.active = 0  # requests in progress
         self.quiet_since = 0.0
         self.busy_since_quiet = False
         self._targets: dict[str, _Target] = {}
-        self._heads: dict[tuple, bytes] = {}
+        self._heads: dict[tuple[Any, ...], bytes] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self.connections: set[Connection] = set()
         self.closed = False
@@ -732,7 +735,7 @@ class Pool:
             return fixed + b"\r\n"
         return fixed + b"Content-Length: %d\r\n\r\n" % (len(body) if body else 0)
 
-    def _checkout(self, key) -> Connection | None:
+    def _checkout(self, key: _Key) -> Connection | None:
         conns = self.idle.get(key)
         while conns:
             conn = conns.pop()

@@ -10,9 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from typing import TYPE_CHECKING
 
 from gencli.errors import ImageError
 from gencli.request import Image
+
+if TYPE_CHECKING:
+    from gencli.budget import MemoryBudget
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MB = 1024 * 1024
@@ -80,7 +84,7 @@ class ImageQuota:
 
     __slots__ = ("max_images", "max_bytes", "budget", "total", "charged")
 
-    def __init__(self, max_images: int, max_bytes: int, budget=None):
+    def __init__(self, max_images: int, max_bytes: int, budget: MemoryBudget | None = None) -> None:
         self.max_images = max_images
         self.max_bytes = max_bytes
         self.budget = budget

@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gencli.events import ToolCall
+
+# a response format: "json", or a JSON schema (an object)
+Format = str | dict[str, Any]
+# a tool choice: a word ("auto", "none", "required") or an object naming a function (the
+# request's wire shape; the engine reduces it to None | "auto" | "none" | "required" | {"name": tool})
+ToolChoice = str | dict[str, Any]
+
 
 @dataclass(slots=True)
 class Image:
@@ -24,7 +32,7 @@ class Message:
     content: str
     images: list[Image] = field(default_factory=list)
     # assistant turns that called tools: the calls (gencli.events.ToolCall: id, name, arguments dict)
-    tool_calls: list[Any] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
     # role "tool": the result of a call, naming the tool and/or the call's id
     tool_name: str | None = None
     tool_call_id: str | None = None
@@ -48,14 +56,14 @@ class GenerateRequest:
     images: list[Any] = field(default_factory=list)
     message_images: list[tuple[Message, Any]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
-    format: Any = None  # None | "json" | dict (JSON schema)
+    format: Format | None = None  # None | "json" | dict (JSON schema)
     think: bool | str | None = None
     context: list[int] | None = None
     stream: bool = True
     # function tools, Ollama/OpenAI shape: [{"type": "function", "function": {name, description?, parameters?}}]
     tools: list[Any] | None = None
     # OpenAI's tool_choice forms: "auto" | "none" | "required" | {"type": "function", "function": {"name"}}
-    tool_choice: Any = None
+    tool_choice: ToolChoice | None = None
     # a JSON-schema ``format``'s name and strictness (OpenAI's response_format.json_schema)
     format_name: str | None = None
     format_strict: bool | None = None

@@ -31,7 +31,7 @@ def new_call_id() -> str:
     return "call_" + os.urandom(12).hex()
 
 
-def validate_tools(raw: Any) -> list[dict] | None:
+def validate_tools(raw: Any) -> list[dict[str, Any]] | None:
     """The tool list normalised to ``[{"type": "function", "function": {name, description, parameters}}]``;
     None when there are no tools. UsageError names the first fault."""
     if raw is None:
@@ -42,7 +42,7 @@ def validate_tools(raw: Any) -> list[dict] | None:
         return None
     if len(raw) > MAX_TOOLS:
         raise UsageError(f"tools has {len(raw)} entries; at most {MAX_TOOLS}", "tools")
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i, tool in enumerate(raw):
         where = f"tools[{i}]"
@@ -83,14 +83,14 @@ def validate_tools(raw: Any) -> list[dict] | None:
     return out
 
 
-def validate_tool_choice(raw: Any, tools: list[dict] | None) -> Any:
+def validate_tool_choice(raw: Any, tools: list[dict[str, Any]] | None) -> str | dict[str, str] | None:
     """OpenAI's ``tool_choice`` -> what adapters take: None (not given: the upstream's default),
     ``"auto"`` (the model decides), ``"none"`` (no tool may be called), ``"required"`` (some
     tool must be called) or ``{"name": tool}`` (that tool must be called); each is passed on
     as the caller gave it. UsageError names the fault."""
     if raw is None:
         return None
-    if raw in ("auto", "none", "required"):
+    if isinstance(raw, str) and raw in ("auto", "none", "required"):
         if raw == "required" and not tools:
             raise UsageError('tool_choice is "required" but no tools were given', "tool_choice")
         return raw
@@ -108,7 +108,7 @@ def validate_tool_choice(raw: Any, tools: list[dict] | None) -> Any:
     return {"name": name}
 
 
-def check_arguments(value: Any, where: str) -> dict:
+def check_arguments(value: Any, where: str) -> dict[str, Any]:
     """Tool-call arguments from a caller: an object, or a JSON string holding one."""
     if value is None or value == "":
         return {}
@@ -146,7 +146,7 @@ def check_calls(raw: Any, where: str, shape: str) -> list[ToolCall]:
     return out
 
 
-def parse_arguments(text: Any, name: str, who: str) -> dict:
+def parse_arguments(text: Any, name: str, who: str) -> dict[str, Any]:
     """Arguments an upstream sent as a JSON string (OpenAI wire) -> dict; a clear UpstreamError if not an object."""
     if isinstance(text, dict):
         return text
@@ -200,7 +200,7 @@ def pair_tool_messages(messages: list[Message]) -> None:
                 m.tool_name = "tool"
 
 
-def openai_calls_out(calls: list[ToolCall], with_index: bool = False) -> list[dict]:
+def openai_calls_out(calls: list[ToolCall], with_index: bool = False) -> list[dict[str, Any]]:
     """OpenAI's wire: arguments are a JSON string."""
     out = []
     for i, c in enumerate(calls):

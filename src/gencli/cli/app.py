@@ -270,7 +270,7 @@ TURN_AFTER: tuple[Row, ...] = (
 turn_options = with_options(TURN_BEFORE, TURN_AFTER, into="turn")
 
 
-def _call(run, **kw) -> None:
+def _call(run: Callable[..., None], **kw: Any) -> None:
     """Run a command's ``run(**kw)``; a closed stdout (``| head``) ends quietly."""
     try:
         run(**kw)

@@ -7,8 +7,24 @@ it sees one), then exactly one of ``finish``, ``interrupted`` (Ctrl-C) or ``fail
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gencli.events import Done, ReasoningDelta, TextDelta
+
+if TYPE_CHECKING:
+    from gencli.events import Event
+
+
+class Renderer(Protocol):
+    """What a turn renders its events with (this module's renderers, render_rich.RichRenderer)."""
+
+    def event(self, ev: Event) -> Done | None: ...
+
+    def finish(self) -> None: ...
+
+    def interrupted(self) -> None: ...
+
+    def failed(self) -> None: ...
 
 
 class PlainRenderer:
@@ -21,20 +37,19 @@ class PlainRenderer:
         self.in_reasoning = False
         self.last = ""
 
-    def event(self, ev):
-        t = type(ev)
-        if t is TextDelta:
+    def event(self, ev: Event) -> Done | None:
+        if type(ev) is TextDelta:
             if self.in_reasoning:
                 self._end_reasoning()
             self.out.write(ev.text)
             self.out.flush()
             self.last = ev.text
-        elif t is ReasoningDelta:
+        elif type(ev) is ReasoningDelta:
             if not self.hide_reasoning:
                 self.in_reasoning = True
                 self.err.write(ev.text)
                 self.err.flush()
-        elif t is Done:
+        elif type(ev) is Done:
             return ev
         return None
 
@@ -68,7 +83,7 @@ class ExtractRenderer(PlainRenderer):
         self.take_last = last
         self.parts: list[str] = []
 
-    def event(self, ev):
+    def event(self, ev: Event) -> Done | None:
         if type(ev) is TextDelta:
             if self.in_reasoning:
                 self._end_reasoning()
@@ -100,21 +115,20 @@ class JsonRenderer:
         self.stream = stream
         self.out = sys.stdout
 
-    def _line(self, obj: dict) -> None:
+    def _line(self, obj: dict[str, Any]) -> None:
         import json
 
         self.out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
         self.out.flush()
 
-    def event(self, ev):
-        t = type(ev)
-        if t is Done:
+    def event(self, ev: Event) -> Done | None:
+        if type(ev) is Done:
             self._line(self.wire.generate_final(ev, self.stream))
             return ev
         if self.stream:
-            if t is TextDelta:
+            if type(ev) is TextDelta:
                 self._line(self.wire.generate_chunk(self.model, ev.text))
-            elif t is ReasoningDelta:
+            elif type(ev) is ReasoningDelta:
                 self._line(self.wire.generate_chunk(self.model, "", ev.text))
         return None
 

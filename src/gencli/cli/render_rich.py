@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import atexit
 import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
@@ -32,6 +34,11 @@ from rich.text import Text
 
 from gencli.cli.fences import closes, fence_marker
 from gencli.events import Done, ReasoningDelta, TextDelta
+
+if TYPE_CHECKING:
+    from rich.console import ConsoleOptions, RenderableType
+
+    from gencli.events import Event
 
 FPS = 12
 REASONING_TITLE = "reasoning"
@@ -96,7 +103,7 @@ class _View:
     def __init__(self, renderer: RichRenderer):
         self.r = renderer
 
-    def parts(self, console, width: int, height: int) -> list:
+    def parts(self, console: Console, width: int, height: int) -> list[RenderableType]:
         r = self.r
         if r.phase == "answer":
             text = r.splitter.pending
@@ -115,11 +122,11 @@ class _View:
             ]
         return [r.spinner]
 
-    def __rich_console__(self, console, options):
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
         width = max(10, options.max_width - 2)
         height = max(3, console.size.height - 1)
         narrow = options.update(width=width, height=None)
-        lines: list = []
+        lines: list[list[Segment]] = []
         for part in self.parts(console, width, height):
             lines.extend(console.render_lines(part, narrow, pad=False))
         if len(lines) > height:
@@ -131,7 +138,7 @@ class _View:
             yield from line
 
 
-def _tail_lines(text: str, console, width: int, height: int) -> str:
+def _tail_lines(text: str, console: Console, width: int, height: int) -> str:
     """The end of ``text`` that fills at most ``height`` lines of ``width`` columns."""
     # Only look at a bounded suffix: enough characters for the screen, whatever the text's length.
     budget = max(1, width) * height * 2
@@ -175,14 +182,13 @@ class RichRenderer:
                     self.live.refresh()
 
     # -- events ----------------------------------------------------------------
-    def event(self, ev):
-        t = type(ev)
-        if t is TextDelta:
+    def event(self, ev: Event) -> Done | None:
+        if type(ev) is TextDelta:
             if self.phase != "answer":
                 self._start_answer()
             for block in self.splitter.feed(ev.text):
                 self._commit(block)
-        elif t is ReasoningDelta:
+        elif type(ev) is ReasoningDelta:
             if self.phase == "wait":
                 self.phase = "reasoning"
                 self.spinner.update(text=Text("thinking…", style="dim"))
@@ -190,7 +196,7 @@ class RichRenderer:
                 self.reasoning += ev.text
             # Reasoning after the answer has started (rare) is dropped from the screen, as it
             # would otherwise interleave with the answer.
-        elif t is Done:
+        elif type(ev) is Done:
             return ev
         return None
 
@@ -208,7 +214,7 @@ class RichRenderer:
             expand=True,
         )
 
-    def _print(self, *renderables) -> None:
+    def _print(self, *renderables: Any) -> None:
         with self._lock:
             self.console.print(*renderables)
 

@@ -9,11 +9,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gencli.cli import state
 from gencli.cli.pipes import stdout_terminal, warning
 from gencli.errors import GencliError, UsageError
+
+if TYPE_CHECKING:
+    from gencli.cli.render import Renderer
+    from gencli.engine import Plan
+    from gencli.events import Done
+    from gencli.request import Format, GenerateRequest
+    from gencli.transport_httpx import HttpxTransport
 
 # -- request inputs ----------------------------------------------------------------
 
@@ -42,10 +49,11 @@ def sampling_options(
     return options
 
 
-def read_images(values: list[str] | tuple[str, ...] | None) -> list:
+def read_images(values: list[str] | tuple[str, ...] | None) -> list[str | bytes]:
+    """Each ``--image``: a URL as it is, else the file's bytes."""
     from gencli.images import is_url
 
-    out: list = []
+    out: list[str | bytes] = []
     for value in values or ():
         if is_url(value):
             out.append(value)
@@ -59,7 +67,7 @@ def read_images(values: list[str] | tuple[str, ...] | None) -> list:
     return out
 
 
-def read_format(fmt: str | None):
+def read_format(fmt: str | None) -> Format | None:
     if fmt is None or fmt == "json":
         return fmt
     try:
@@ -228,7 +236,7 @@ def make_renderer(
     stream: bool = True,
     extract: bool = False,
     extract_last: bool = False,
-):
+) -> Renderer:
     from gencli.cli import render
 
     if as_json:
@@ -254,15 +262,17 @@ class Runner:
         self.registry = Registry.load(settings=Settings.load(models_path=models_path))
         self.timeout = timeout
         self.retries = retries
-        self._transport: Any = None
-        self._transport_key: tuple | None = None
+        self._transport: HttpxTransport | None = None
+        self._transport_key: tuple[float | None, bool] | None = None
 
-    def prepare(self, req):
+    def prepare(self, req: GenerateRequest) -> Plan:
         from gencli import engine
 
         return engine.prepare(req, self.registry, timeout=self.timeout, retries=self.retries)  # flags first
 
-    def transport_for(self, plan):
+    def transport_for(self, plan: Plan) -> HttpxTransport | None:
+        """The httpx transport for the plan's upstream (kept while its timeout and TLS stay the
+        same); None for a local model, which runs in-process."""
         if plan.call.local is not None:
             return None
         timeout = plan.call.timeout
@@ -276,14 +286,14 @@ class Runner:
             self._transport_key = key
         return self._transport
 
-    def run(self, plan, renderer):
+    def run(self, plan: Plan, renderer: Renderer) -> Done | None:
         """Render one turn; returns the Done event (None if the upstream sent none).
         Ctrl-C: the renderer keeps what arrived and KeyboardInterrupt propagates; an error:
         the same, and the GencliError propagates."""
         from gencli import engine
 
         transport = self.transport_for(plan)
-        done = None
+        done: Done | None = None
         events = engine.execute(plan, transport, transport)
         try:
             for event in events:

@@ -29,7 +29,7 @@ from typing import (
 
 from gencli.errors import GencliError
 from gencli.events import Event
-from gencli.request import Message
+from gencli.request import Format, Message, ToolChoice
 from gencli.retry import DEFAULT_RETRIES
 from gencli.sse import EventTooLarge, SSEDecoder
 
@@ -73,12 +73,12 @@ class Call:
     headers: Mapping[str, str]
     messages: list[Message]  # the engine adds the images downloaded from URLs to them before the run
     options: Mapping[str, Any]  # per-request options the provider takes (gencli.options)
-    format: Any = None  # None | "json" | a JSON schema (dict)
+    format: Format | None = None  # None | "json" | a JSON schema (dict)
     think: bool | str | None = None
     stream: bool = True
     tools: list[dict[str, Any]] | None = None  # validated function tools (gencli.tools.validate_tools)
     # with tools: None (the upstream's default, auto) | "required" | {"name": tool} (gencli.tools.validate_tool_choice)
-    tool_choice: Any = None
+    tool_choice: ToolChoice | None = None
     capabilities: tuple[str, ...] = ("completion",)
     timeout: float | None = None  # upstream read timeout in seconds; None: the transport's default
     retries: int = DEFAULT_RETRIES  # retries of a failure before any output (gencli.retry)

@@ -17,14 +17,16 @@ import re
 import shlex
 import sys
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from gencli.cli import state
 from gencli.cli.pipes import decode_utf8, error, stdin_terminal, stdout_terminal, warning
 from gencli.errors import GencliError, UsageError
 
 if TYPE_CHECKING:
-    from gencli.cli.turn import TurnOptions
+    from gencli.cli.turn import Runner, Thread, TurnOptions
+    from gencli.registry import ModelEntry
 
 PROMPT = ">>> "
 MORE = "... "
@@ -75,7 +77,15 @@ ALIASES = {
     "frequency-penalty": "frequency_penalty",
     "repeat-penalty": "repeat_penalty",
 }
-THINK = {"on": True, "true": True, "off": False, "false": False, "low": "low", "medium": "medium", "high": "high"}
+THINK: dict[str, bool | str] = {
+    "on": True,
+    "true": True,
+    "off": False,
+    "false": False,
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+}
 _INT = re.compile(r"^[+-]?\d+$")
 
 
@@ -86,12 +96,12 @@ class Quit(Exception):
 class Chat:
     def __init__(
         self,
-        runner,
-        thread,
+        runner: Runner,
+        thread: Thread,
         model: str | None,
         system: str | None,
-        options: dict,
-        think,
+        options: dict[str, Any],
+        think: bool | str | None,
         hide_reasoning: bool,
         verbose: bool,
         interactive: bool,
@@ -110,7 +120,7 @@ class Chat:
         self.answer_tokens = 0
         self.failed = 0
 
-    def _pick(self, name: str | None):
+    def _pick(self, name: str | None) -> ModelEntry:
         entry = self.registry.resolve(name)
         self.registry.key(entry)  # a missing key is said now, not after the first message
         return entry
@@ -230,7 +240,7 @@ class Chat:
         else:
             raise UsageError(f"/set {key}: unknown setting; one of: {', '.join(SET_NAMES)}")
 
-    def _option(self, key: str, value: str):
+    def _option(self, key: str, value: str) -> Any:
         from gencli import options
 
         if not value:
@@ -268,7 +278,8 @@ class Chat:
 
     def c_show(self, rest: str) -> None:
         e = self.entry
-        think = {True: "on", False: "off", None: "the model's default"}.get(self.think, self.think)
+        shown: dict[bool | str | None, str] = {True: "on", False: "off", None: "the model's default"}
+        think = shown.get(self.think, str(self.think))
         options = " ".join(f"{k}={_show_value(v)}" for k, v in self.options.items()) or "the model's defaults"
         from gencli.cli.turn import count_turns
 
@@ -314,7 +325,7 @@ class Chat:
         self.say("the conversation is cleared")
 
 
-def _show_value(v) -> str:
+def _show_value(v: object) -> str:
     if isinstance(v, list):
         return " ".join(shlex.quote(s) for s in v)
     return repr(v) if isinstance(v, str) else str(v)
@@ -323,7 +334,7 @@ def _show_value(v) -> str:
 # -- reading input -----------------------------------------------------------------
 
 
-def gather(first: str, more) -> str:
+def gather(first: str, more: Callable[[], str]) -> str:
     """A message: one line, or the lines between triple quotes (``more()`` reads the next
     line; EOFError there ends the message with what was read)."""
     if not first.lstrip().startswith(QUOTES):
@@ -365,7 +376,7 @@ class Terminal:
         readline.set_completer(self.complete)
         readline.parse_and_bind("tab: complete")
 
-    def complete(self, text: str, index: int):
+    def complete(self, text: str, index: int) -> str | None:
         """Tab: commands, then model names after /model and settings after /set. (Python's
         readline appends nothing to a completion: the space after a word is added here.)"""
         line = self.readline.get_line_buffer().lstrip()

@@ -13,9 +13,12 @@ import errno
 import os
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gencli.errors import GencliError
+
+if TYPE_CHECKING:
+    from gencli.server.asgi import Served
 
 # descriptors kept for everything but client connections (upstream pools, model files, logs)
 FD_RESERVE = 64
@@ -178,7 +181,7 @@ def run(**flags: Any) -> None:
 
     from gencli.server.runner import serve_process, supervise
 
-    def make_app():
+    def make_app() -> Served:
         from gencli.server.app import create_app
 
         # a forked worker shares the loaded registry; gencli's HTTP server writes the access log
