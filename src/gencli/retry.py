@@ -35,9 +35,9 @@ from gencli.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from gencli.number import DEFAULT_RETRIES as DEFAULT_RETRIES  # the retries setting's bounds (gencli.number)
+from gencli.number import MAX_RETRIES as MAX_RETRIES
 
-DEFAULT_RETRIES = 2  # so at most 3 attempts
-MAX_RETRIES = 10
 BASE = 0.5  # seconds: the first backoff is up to 0.5 s, then 1 s, 2 s ...
 MAX_BACKOFF = 8.0
 MAX_WAIT = 5.0  # a Retry-After longer than this is not waited for

@@ -8,14 +8,14 @@ the checks and ``ServeConfig`` (``server/config.py``), and the HTTP server's
 ``http11.Limits`` defaults. The rows are in the order of ``gencli serve --help``.
 
 This module sits below the CLI and the server (the CLI may not import the server), and is
-imported at CLI start-up: it imports nothing but :mod:`gencli.settings`.
+imported at CLI start-up: it imports nothing but :mod:`gencli.number`.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from gencli.settings import RETRIES, TIMEOUT, Number
+from gencli.number import RETRIES, TIMEOUT, Number
 
 MB = 1024 * 1024
 LIMITS, SERVER, NETWORK = "Limits", "Server", "Network"  # the help panels the rows go to

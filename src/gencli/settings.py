@@ -33,7 +33,10 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from gencli.errors import ConfigError, UsageError
-from gencli.retry import DEFAULT_RETRIES, MAX_RETRIES
+from gencli.number import DEFAULT_RETRIES
+from gencli.number import RETRIES as RETRIES  # the rules of numeric settings: gencli.number
+from gencli.number import TIMEOUT as TIMEOUT
+from gencli.number import Number as Number
 
 LOCAL_QUEUE = 16  # generations waiting per local model, beyond the one running
 _SECRET_NAME = re.compile(r"(?i)(key|token|secret|password)")  # variables whose values are scrubbed
@@ -46,34 +49,6 @@ class SettingError(UsageError):
 
     def __init__(self, message: str):
         super().__init__(message)
-
-
-class Number(NamedTuple):
-    """A numeric setting: its flag, environment variable, default and range."""
-
-    key: str
-    flag: str
-    env: str | None
-    default: float
-    lo: float
-    hi: float
-    integer: bool = False
-    unit: str = ""
-    lo_open: bool = False  # lo itself is not allowed
-
-    def describe(self) -> str:
-        kind = "a whole number" if self.integer else "a number"
-        lo = f"above {_fmt(self.lo)}" if self.lo_open else f"from {_fmt(self.lo)}"
-        unit = f" ({self.unit})" if self.unit else ""
-        return f"{kind} {lo} to {_fmt(self.hi)}{unit}"
-
-    def default_text(self) -> str:
-        """The default as help shows it (``30``, ``0.5``)."""
-        return _fmt(self.default)
-
-
-def _fmt(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
 def _shown(value: Any) -> str:
@@ -118,8 +93,6 @@ def parse_flag(name: str, raw: Any) -> bool:
     raise SettingError(f"{name}={_shown(raw)} is not a yes/no setting (use 1 or 0); fix or unset it")
 
 
-TIMEOUT = Number("timeout", "--timeout", "GENCLI_TIMEOUT", 300, 0, 86400, unit="seconds", lo_open=True)
-RETRIES = Number("retries", "--retries", "GENCLI_RETRIES", DEFAULT_RETRIES, 0, MAX_RETRIES, True)
 QUEUE = Number("local_queue", "", "GENCLI_LOCAL_QUEUE", LOCAL_QUEUE, 0, 100_000, True)
 
 

@@ -570,7 +570,7 @@ class HttpConnection(asyncio.Protocol):
                     end = data.find(b"\r\n\r\n", pos)
                     if end < 0:
                         end = n
-                        self.tail = (tail + data[-3:])[-3:]
+                        self.tail = (tail + data[max(pos, n - 3) :])[-3:]  # this piece's bytes only
                     else:
                         end += 4
                 if phase is Phase.IDLE or phase is Phase.HEAD:  # the piece is (the rest of) one head
