@@ -542,7 +542,7 @@ class HttpConnection(asyncio.Protocol):
         requests, and at most one request completes per piece: once one waits in the queue,
         the rest is held, unparsed, until the queue drains (reading is paused meanwhile).
         A ``CRLF CRLF`` split across reads is found too (``tail``: the last bytes of the read
-        before, while it ended inside a head or a chunked body), so the piece ends with it.)"""
+        before, while it ended inside a head or a chunked body), so the piece ends with it."""
         if self.queue:
             self.held += data  # pragma: no cover - reading is paused while a request waits
             return
