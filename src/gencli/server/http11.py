@@ -74,16 +74,19 @@ DISCONNECT = {"type": "http.disconnect"}
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 _METHODS: dict[bytes, str] = {}
 _NO_BODY = frozenset({204, 304})
+_OWS = (b" ", b"\t")
 
 
-class Phase(enum.Enum):
-    """Where a connection's parser is (see ``NEXT`` for the moves between phases)."""
+class Phase(enum.IntEnum):
+    """Where a connection's parser is (see ``NEXT`` for the moves between phases). An IntEnum,
+    and the code below uses the module aliases (``_HEAD``, ...): on Python 3.11 a plain Enum
+    member costs ~0.2 us to look up and to hash, several times per request."""
 
-    IDLE = "idle"  # between requests: no byte of the next one parsed yet
-    HEAD = "head"  # inside a request's head (request line and headers); its bytes are counted
-    BODY = "body"  # inside a Content-Length body (``body_left`` bytes to come)
-    CHUNKED = "chunked"  # inside a chunked body: it ends at its last chunk (a CRLF CRLF), never counted
-    CLOSING = "closing"  # nothing more is parsed (the connection's last request, a refusal, an upgrade)
+    IDLE = 0  # between requests: no byte of the next one parsed yet
+    HEAD = 1  # inside a request's head (request line and headers); its bytes are counted
+    BODY = 2  # inside a Content-Length body (``body_left`` bytes to come)
+    CHUNKED = 3  # inside a chunked body: it ends at its last chunk (a CRLF CRLF), never counted
+    CLOSING = 4  # nothing more is parsed (the connection's last request, a refusal, an upgrade)
 
 
 _P = Phase
@@ -96,14 +99,24 @@ NEXT: dict[Phase, frozenset[Phase]] = {
 }
 
 
-class Timer(enum.Enum):
-    """What the connection's one timer is armed for."""
+class Timer(enum.IntEnum):
+    """What the connection's one timer is armed for (aliases below, as for Phase)."""
 
     NONE = 0
     HEADERS = 1  # from connect, or a kept-alive request's first byte, to the end of its head (408)
     KEEPALIVE = 2  # idle between requests (close)
     BODY = 3  # a pause in the request body (408)
     LINGER = 4  # draining what the client still sends after a refusal (then reset)
+
+
+_IDLE, _HEAD, _BODY, _CHUNKED, _CLOSING = Phase.IDLE, Phase.HEAD, Phase.BODY, Phase.CHUNKED, Phase.CLOSING
+_T_NONE, _T_HEADERS, _T_KEEPALIVE, _T_BODY, _T_LINGER = (
+    Timer.NONE,
+    Timer.HEADERS,
+    Timer.KEEPALIVE,
+    Timer.BODY,
+    Timer.LINGER,
+)
 
 
 @dataclass(slots=True)
@@ -444,9 +457,9 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.timer: asyncio.TimerHandle | None = None
-        self.timer_kind = Timer.NONE
+        self.timer_kind = _T_NONE
         self.deadline = 0.0
-        self.phase = Phase.IDLE
+        self.phase = _IDLE
         self.cycle: Cycle | None = None  # the request being answered
         self.queue: collections.deque[Cycle] = collections.deque()  # pipelined requests, in order
         self.parsing: Cycle | None = None  # the request whose body is being parsed
@@ -475,7 +488,7 @@ class HttpConnection(asyncio.Protocol):
     def _move(self, phase: Phase) -> None:
         """Go to ``phase``: only along the table ``NEXT`` (anything else is a bug here)."""
         if phase not in NEXT[self.phase]:
-            raise RuntimeError(f"http11: no move from {self.phase.value} to {phase.value}")
+            raise RuntimeError(f"http11: no move from {self.phase.name.lower()} to {phase.name.lower()}")
         self.phase = phase
 
     def _error(self, status: int, message: str, path: str = "", head: bool = False) -> bytes:
@@ -496,12 +509,12 @@ class HttpConnection(asyncio.Protocol):
         sock = transport.get_extra_info("sockname")
         self.client = tuple(peer[:2]) if isinstance(peer, tuple) else None
         self.server = tuple(sock[:2]) if isinstance(sock, tuple) else None
-        self._arm(Timer.HEADERS, self.limits.header_timeout)  # from connect to the end of the first head
+        self._arm(_T_HEADERS, self.limits.header_timeout)  # from connect to the end of the first head
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
         self.state.gone(self)
-        self.timer_kind = Timer.NONE
+        self.timer_kind = _T_NONE
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -521,19 +534,19 @@ class HttpConnection(asyncio.Protocol):
         return False
 
     def data_received(self, data: bytes) -> None:
-        if self.closed or self.phase is Phase.CLOSING:
+        if self.closed or self.phase is _CLOSING:
             return  # a lingering close drains and drops what still comes
         self._parse(data)
         if self.closed:
             return
         phase = self.phase
-        if phase is Phase.HEAD:
-            if self.timer_kind is not Timer.HEADERS:  # a kept-alive connection's next request began
-                self._arm(Timer.HEADERS, self.limits.header_timeout)
-        elif phase is Phase.BODY or phase is Phase.CHUNKED:
+        if phase is _HEAD:
+            if self.timer_kind is not _T_HEADERS:  # a kept-alive connection's next request began
+                self._arm(_T_HEADERS, self.limits.header_timeout)
+        elif phase is _BODY or phase is _CHUNKED:
             parsing = self.parsing
-            if parsing is not None and not parsing.complete and self.timer_kind is not Timer.BODY:
-                self._arm(Timer.BODY, self.limits.body_timeout)
+            if parsing is not None and not parsing.complete and self.timer_kind is not _T_BODY:
+                self._arm(_T_BODY, self.limits.body_timeout)
 
     def _parse(self, data: bytes) -> None:
         """Feed ``data`` to the parser one piece at a time: a Content-Length body's bytes, else
@@ -554,7 +567,7 @@ class HttpConnection(asyncio.Protocol):
                 self.held = bytes(view[pos:])
                 return
             phase = self.phase
-            if phase is Phase.BODY and self.body_left > 0:
+            if phase is _BODY and self.body_left > 0:
                 end = min(n, pos + self.body_left)
                 self.tail = b""
             else:
@@ -573,18 +586,18 @@ class HttpConnection(asyncio.Protocol):
                         self.tail = (tail + data[max(pos, n - 3) :])[-3:]  # this piece's bytes only
                     else:
                         end += 4
-                if phase is Phase.IDLE or phase is Phase.HEAD:  # the piece is (the rest of) one head
+                if phase is _IDLE or phase is _HEAD:  # the piece is (the rest of) one head
                     self.fed += end - pos
                     if self.fed > limit:
                         # feed only what the limit allows: a huge head is never buffered whole
                         self._feed(view[pos : end - (self.fed - limit) + 1])
-                        if not (self.closed or self.phase is Phase.CLOSING):
+                        if not (self.closed or self.phase is _CLOSING):
                             self._refuse(
                                 431, f"request headers are larger than the server's limit of {limit // 1024} KB"
                             )
                         return
             self._feed(view[pos:end] if pos or end < n else data)
-            if self.closed or self.phase is Phase.CLOSING:
+            if self.closed or self.phase is _CLOSING:
                 return
             pos = end
 
@@ -593,7 +606,7 @@ class HttpConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # an Upgrade request (WebSocket, h2c): answered as plain HTTP, then the connection closes
-            self._move(Phase.CLOSING)
+            self._move(_CLOSING)
             for cycle in (self.cycle, *self.queue):
                 if cycle is not None:
                     cycle.keep_alive = False
@@ -629,7 +642,7 @@ class HttpConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._move(Phase.HEAD)
+        self._move(_HEAD)
         self.url = []
         self.headers = []
         self.header_size = 0
@@ -647,25 +660,25 @@ class HttpConnection(asyncio.Protocol):
         if len(headers) >= self.limits.max_headers:
             raise _Reject(431, f"too many request headers (the server's limit is {self.limits.max_headers})")
         name = name.lower()
-        if value[-1:] in (b" ", b"\t"):  # llhttp keeps trailing whitespace: not part of the value (RFC 9110 5.5)
+        if value.endswith(_OWS):  # llhttp keeps trailing whitespace: not part of the value (RFC 9110 5.5)
             value = value.rstrip(b" \t")
         self.header_size += len(name) + len(value) + 4
-        if self.phase is not Phase.HEAD:  # a chunked body's trailer fields: counted, bounded and dropped
+        if self.phase is not _HEAD:  # a chunked body's trailer fields: counted, bounded and dropped
             if self.header_size > self.limits.max_header_bytes:
                 raise _Reject(431, "the request's trailer fields are larger than the server's header limit")
             headers.append((name, b""))
             return
-        if name == b"host":
+        headers.append((name, value))
+        if name == b"content-length":  # llhttp checks it (digits; no second, different one; not with chunked)
+            self.body_left = int(value) if value.isdigit() else 0
+        elif name == b"host":
             if self.host:
                 raise _Reject(400, "the request has two Host headers (RFC 9112 3.2); send one")
             self.host = True
-        headers.append((name, value))
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_100 = True
-        elif name == b"content-length":  # llhttp checks it (digits; no second, different one; not with chunked)
-            self.body_left = int(value) if value.isdigit() else 0
         elif name == b"transfer-encoding":
             self.chunked = True
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100 = True
 
     def on_headers_complete(self) -> None:
         limit = self.limits.max_header_bytes
@@ -675,12 +688,12 @@ class HttpConnection(asyncio.Protocol):
         request_headers = self.headers
         self.headers = []  # what follows a chunked body (trailer fields) is counted here, not handed on
         if self.chunked:
-            self._move(Phase.CHUNKED)
+            self._move(_CHUNKED)
         elif self.body_left > 0:
-            self._move(Phase.BODY)
+            self._move(_BODY)
         # else: no body, the request completes at once (HEAD -> IDLE in on_message_complete)
-        if self.timer_kind is Timer.HEADERS or self.timer_kind is Timer.KEEPALIVE:
-            self.timer_kind = Timer.NONE
+        if self.timer_kind is _T_HEADERS or self.timer_kind is _T_KEEPALIVE:
+            self.timer_kind = _T_NONE
         parser = self.parser
         url = self.url[0] if len(self.url) == 1 else b"".join(self.url)
         self.url = []
@@ -747,9 +760,9 @@ class HttpConnection(asyncio.Protocol):
         self.fed = 0
         self.body_left = 0
         # nothing after a connection's last request is read
-        self._move(Phase.CLOSING if cycle is not None and not cycle.keep_alive else Phase.IDLE)
-        if self.timer_kind is Timer.BODY:
-            self.timer_kind = Timer.NONE
+        self._move(_CLOSING if cycle is not None and not cycle.keep_alive else _IDLE)
+        if self.timer_kind is _T_BODY:
+            self.timer_kind = _T_NONE
         if cycle is not None:
             cycle.complete = True
             cycle.wake()
@@ -836,15 +849,15 @@ class HttpConnection(asyncio.Protocol):
             self.data_received(held)
             if self.closed or self.cycle is not None:
                 return
-        if self.phase is Phase.CLOSING:
+        if self.phase is _CLOSING:
             self.close()
             return
         self.state.idle[self] = None
-        if self.phase is Phase.IDLE:  # else the next request's head has begun: its timer runs
+        if self.phase is _IDLE:  # else the next request's head has begun: its timer runs
             if self.limits.keep_alive <= 0:
                 self.close()
                 return
-            self._arm(Timer.KEEPALIVE, self.limits.keep_alive)
+            self._arm(_T_KEEPALIVE, self.limits.keep_alive)
         self._update_reading()
 
     def body_taken(self, cycle: Cycle) -> None:
@@ -869,7 +882,7 @@ class HttpConnection(asyncio.Protocol):
         if pause and not self.read_paused:
             self.read_paused = True
             transport.pause_reading()
-        elif not pause and self.read_paused and self.phase is not Phase.CLOSING:
+        elif not pause and self.read_paused and self.phase is not _CLOSING:
             self.read_paused = False
             transport.resume_reading()
 
@@ -920,21 +933,21 @@ class HttpConnection(asyncio.Protocol):
     def _timeout(self) -> None:
         self.timer = None
         kind = self.timer_kind
-        if kind is Timer.NONE or (self.closed and kind is not Timer.LINGER):
+        if kind is _T_NONE or (self.closed and kind is not _T_LINGER):
             return
         now = self.loop.time()
-        if kind is Timer.BODY:
+        if kind is _T_BODY:
             if self.read_paused:  # the app has not taken what came: the client is not the one stalling
                 self.body_seen = now
             self.deadline = self.body_seen + self.limits.body_timeout
         if now < self.deadline:
             self.timer = self.loop.call_at(self.deadline, self._timeout)
             return
-        self.timer_kind = Timer.NONE
-        if kind is Timer.LINGER:
+        self.timer_kind = _T_NONE
+        if kind is _T_LINGER:
             if self.transport is not None:
                 self.transport.abort()
-        elif kind is Timer.BODY:
+        elif kind is _T_BODY:
             parsing = self.parsing
             if parsing is None or parsing.complete:
                 return
@@ -946,15 +959,15 @@ class HttpConnection(asyncio.Protocol):
                 )
             parsing.gone()
             self.close()
-        elif kind is Timer.HEADERS:
-            if self.phase is Phase.HEAD and self.cycle is None:
+        elif kind is _T_HEADERS:
+            if self.phase is _HEAD and self.cycle is None:
                 self.write(
                     self._error(
                         408, f"the request headers took longer than {self.limits.header_timeout:g} s (--header-timeout)"
                     )
                 )
             self.close()
-        elif kind is Timer.KEEPALIVE:
+        elif kind is _T_KEEPALIVE:
             if self.cycle is None:
                 self.close()
 
@@ -979,7 +992,7 @@ class HttpConnection(asyncio.Protocol):
         """A request the parser or a bound refused: answered (once the reply in progress, if
         any, is done), then the connection closes (lingering: what the client still sends is
         read and dropped for a moment, so it gets the reply rather than a reset)."""
-        self._move(Phase.CLOSING)
+        self._move(_CLOSING)
         if self.transport is not None and not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()
@@ -1012,7 +1025,7 @@ class HttpConnection(asyncio.Protocol):
         if transport is None:  # pragma: no cover - closed before it was connected
             return
         if linger and transport.can_write_eof():
-            self._move(Phase.CLOSING)
+            self._move(_CLOSING)
             if self.read_paused:
                 self.read_paused = False
                 transport.resume_reading()
@@ -1021,7 +1034,7 @@ class HttpConnection(asyncio.Protocol):
             except (OSError, RuntimeError):  # pragma: no cover - the socket is already gone
                 transport.close()
                 return
-            self._arm(Timer.LINGER, LINGER)
+            self._arm(_T_LINGER, LINGER)
             return
         transport.close()
 
