@@ -88,7 +88,7 @@ def _dead_worker(pid: int) -> None:
     """A worker exited: its share of the live gauges (in-flight requests) leaves the sum."""
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid)
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # prometheus_client leaves it untyped
 
 
 def run(**flags: Any) -> None:
