@@ -169,10 +169,10 @@ async def run(
             info["tokens"] = {"prompt": done.prompt_eval_count, "completion": done.eval_count}
             info["timing"] = (done.total_duration, None)
             watch.stop()
-            body = shape.whole(done)
+            whole = shape.whole(done)
             if keep is not None:
                 await keep()
-            await send_json(send, 200, body, extra=served_headers(plan, info) or None)
+            await send_json(send, 200, whole, extra=served_headers(plan, info) or None)
             return
         started = True
         headers = shape.headers
