@@ -306,6 +306,23 @@ def _token_logprobs(llm: Any, token: int, top: int) -> list[Any]:
     return [piece.decode("utf-8", "replace"), float(row[token]) - logsum, list(piece), alternatives]
 
 
+def _prefill(llm: Any, tokens: list[int]) -> None:
+    """Evaluate all of the prompt but its last token (what the context does not hold yet), so
+    that ``generate`` always evaluates the last token alone: the first logits are then the same
+    whether the prompt was cached (the same prompt again, a longer chat) or not, and a seeded
+    request repeats. (In one batch with the prompt, the last token's logits come out of
+    another matrix kernel and differ in the last bits, enough to sample another token.)"""
+    cached = llm.input_ids[: llm.n_tokens].tolist()  # what the context holds (the array runs on, stale)
+    common = 0
+    for a, b in zip(cached, tokens[:-1], strict=False):
+        if a != b:
+            break
+        common += 1
+    if common < len(tokens) - 1:
+        llm.n_tokens = common
+        llm.eval(tokens[common:-1])
+
+
 def _safe_prefix(text: str, stops: list[str], keep: int) -> int:
     """How much of ``text`` can be emitted: all of it except a tail that could start a stop sequence."""
     start = max(0, len(text) - keep)
@@ -346,6 +363,7 @@ def generate(runner: Runner, req: dict[str, Any], cancelled: threading.Event, se
     room = n_ctx - n_prompt
     max_tokens = o.get("num_predict")
     max_tokens = room if not max_tokens or max_tokens < 0 else min(max_tokens, room)
+    _prefill(llm, tokens)
     seed = o.get("seed")
     llm.set_seed(seed % 2**32 if seed is not None else random.randint(0, 2**32 - 1))
 
