@@ -44,11 +44,13 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "fallbacks": list,
     "deployments": list,
     "routing": str,
+    "prices": dict,
 }
 DEPLOYMENT_FIELDS: dict[str, type] = {"name": str, "base_url": str, "api_key_env": str, "model": str, "headers": dict}
 ROUTING = ("round-robin", "least-busy")
 MAX_DEPLOYMENTS = 64
 MAX_FALLBACKS = 16
+PRICES = ("input", "output")  # US dollars per million tokens, as the provider's price list says
 CAPABILITIES = ("completion", "vision", "thinking", "tools", "embedding", "insert")
 
 
@@ -74,6 +76,7 @@ class ModelEntry:
     deployments: list[ModelEntry] = field(default_factory=list)  # variants of this entry to spread load over
     routing: str = "round-robin"  # how a request picks among the deployments (ROUTING)
     deployment: str = ""  # a deployment variant's own name ("" for an entry itself)
+    prices: dict[str, float] = field(default_factory=dict)  # per million tokens: "input", "output"
 
     @property
     def label(self) -> str:
@@ -151,6 +154,13 @@ def _entry(path: str, name: str, raw: Any) -> ModelEntry:
     headers = raw.get("headers", {})
     if not all(isinstance(v, str) for v in headers.values()):
         raise ConfigError(f"{where}: every value in 'headers' must be a string")
+    prices: dict[str, float] = {}
+    for kind, price in raw.get("prices", {}).items():
+        if kind not in PRICES:
+            raise ConfigError(f"{where}: unknown price '{kind}' (known: {', '.join(PRICES)}, per million tokens)")
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 <= price < 1e9:
+            raise ConfigError(f"{where}: price '{kind}' must be a number of dollars per million tokens, 0 or more")
+        prices[kind] = float(price)
     try:
         options = opts.check_model(raw.get("options", {}), spec.entry_options)
     except UsageError as exc:
@@ -181,6 +191,7 @@ def _entry(path: str, name: str, raw: Any) -> ModelEntry:
         context_length=n_ctx,
         fallbacks=list(fallbacks),
         routing=routing,
+        prices=prices,
     )
     entry.deployments = _deployments(where, entry, raw.get("deployments", []))
     return entry

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import click
 import typer
 
 from gencli import __version__
@@ -24,6 +25,7 @@ from gencli.servesettings import BY_FIELD, NETWORK, SERVE, SERVER, Setting
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 MODEL, SAMPLING, OUTPUT, CONVERSATION = "Model", "Sampling", "Output", "Conversation"
+INPUT = "Input"
 # NETWORK and SERVER (and serve's LIMITS) come with serve's table (gencli.servesettings)
 
 app = typer.Typer(
@@ -65,6 +67,17 @@ def complete_conversation(incomplete: str) -> list[tuple[str, str]]:
     except GencliError:
         return []
     return [(c.name, f"{c.model}, {c.turns} turns") for c in found if c.name.startswith(incomplete)]
+
+
+def complete_template(incomplete: str) -> list[str]:
+    """-t and 'templates show/edit': the saved templates."""
+    from gencli.cli import templates
+    from gencli.errors import GencliError
+
+    try:
+        return [name for name, _ in templates.names() if name.startswith(incomplete)]
+    except GencliError:
+        return []
 
 
 def _positive(value: Optional[float]) -> Optional[float]:
@@ -206,6 +219,69 @@ Retries = Annotated[
         '5xx), with backoff (default: the model\'s "retries", else $GENCLI_RETRIES, else 2).',
     ),
 ]
+Template = Annotated[
+    Optional[str],
+    typer.Option(
+        "-t",
+        "--template",
+        metavar="NAME",
+        autocompletion=complete_template,
+        rich_help_panel=INPUT,
+        help="Use the saved template NAME: its system prompt, prompt ($input is yours), model and options "
+        "(see 'gencli templates').",
+    ),
+]
+Params = Annotated[
+    Optional[list[str]],  # pairs: Typer takes no list of tuples, click's Tuple type gives them
+    typer.Option(
+        "-p",
+        "--param",
+        click_type=click.Tuple([str, str]),
+        metavar="KEY VALUE",
+        rich_help_panel=INPUT,
+        show_default=False,
+        help="A template parameter: $KEY in the template becomes VALUE (repeatable).",
+    ),
+]
+Fragments = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "-f",
+        "--fragment",
+        metavar="PATH|URL|-",
+        rich_help_panel=INPUT,
+        show_default=False,
+        help="Add a text file's, a web page's or stdin's text before the prompt (repeatable; at most 1 MiB of "
+        "UTF-8 text each; URLs from public addresses only).",
+    ),
+]
+AllowPrivateFragments = Annotated[
+    bool,
+    typer.Option(
+        "--allow-private-fragments",
+        envvar="GENCLI_ALLOW_PRIVATE_FRAGMENTS",
+        show_envvar=False,
+        rich_help_panel=INPUT,
+        help="Let -f URLs reach loopback, private and link-local addresses (also $GENCLI_ALLOW_PRIVATE_FRAGMENTS=1).",
+    ),
+]
+Usage = Annotated[
+    bool,
+    typer.Option(
+        "-u",
+        "--usage",
+        rich_help_panel=OUTPUT,
+        help="Print the tokens in and out (and the cost, when models.json gives the model's prices) on stderr.",
+    ),
+]
+NoLog = Annotated[
+    bool,
+    typer.Option(
+        "--no-log",
+        rich_help_panel=OUTPUT,
+        help="Do not write this prompt and answer to the log (see 'gencli logs').",
+    ),
+]
 
 
 # -- options added to a command from a table ---------------------------------------------
@@ -259,7 +335,13 @@ TURN_BEFORE: tuple[Row, ...] = (
 )
 TURN_AFTER: tuple[Row, ...] = (
     ("think", Think, None),
+    ("template", Template, None),
+    ("params", Params, None),
+    ("fragments", Fragments, None),
+    ("allow_private_fragments", AllowPrivateFragments, False),
     ("verbose", Verbose, False),
+    ("usage", Usage, False),
+    ("no_log", NoLog, False),
     ("context_file", ContextFile, None),
     ("cont", Continue, False),
     ("conversation", Conversation, None),
@@ -367,6 +449,15 @@ def generate(
             "--extract-last", rich_help_panel=OUTPUT, help="Print only the last fenced code block of the answer."
         ),
     ] = False,
+    edit: Annotated[
+        bool,
+        typer.Option(
+            "-e",
+            "--edit",
+            rich_help_panel=INPUT,
+            help="Write the prompt in $VISUAL or $EDITOR (it starts with PROMPT; an empty buffer aborts, exit 1).",
+        ),
+    ] = False,
     *,
     turn: dict[str, Any],
 ) -> None:
@@ -393,6 +484,7 @@ def generate(
         as_json=as_json,
         extract=extract,
         extract_last=extract_last,
+        edit=edit,
         turn=TurnOptions(**turn),
     )
 
@@ -433,6 +525,138 @@ def conversations(
     from gencli.cli.commands.conversations import run
 
     _call(run, delete=delete, as_json=as_json)
+
+
+def complete_logs_action(incomplete: str) -> list[tuple[str, str]]:
+    actions = {
+        "list": "the latest prompts and answers (the default)",
+        "path": "print the log database's path",
+        "off": "stop logging",
+        "on": "log again",
+    }
+    return [(a, h) for a, h in actions.items() if a.startswith(incomplete)]
+
+
+@app.command(context_settings=CONTEXT_SETTINGS)
+def logs(
+    action: Annotated[
+        Optional[str],
+        typer.Argument(
+            metavar="[list|path|on|off]",
+            autocompletion=complete_logs_action,
+            show_default=False,
+            help="list (the default), path: the database, off: stop logging, on: log again.",
+        ),
+    ] = None,
+    count: Annotated[
+        Optional[int],
+        typer.Option(
+            "-n", "--count", min=0, metavar="N", help="How many to show (default 3, all of a conversation; 0: all)."
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option("-m", "--model", metavar="NAME", autocompletion=complete_model, help="Only this model's."),
+    ] = None,
+    query: Annotated[
+        Optional[str],
+        typer.Option(
+            "-q",
+            "--query",
+            metavar="TEXT",
+            help="Full-text search of prompts, system prompts and answers (every word).",
+        ),
+    ] = None,
+    conversation: Annotated[
+        Optional[str],
+        typer.Option(
+            "--conversation",
+            metavar="NAME",
+            autocompletion=complete_conversation,
+            help="Only the conversation kept as NAME.",
+        ),
+    ] = None,
+    cont: Annotated[
+        bool, typer.Option("-c", "--continue", help="Only the last conversation (the one generate -c continues).")
+    ] = False,
+    usage: Annotated[
+        bool, typer.Option("-u", "--usage", help="Tokens in and out (and cost, where priced) summed by model.")
+    ] = False,
+    since: Annotated[
+        Optional[str],
+        typer.Option("--since", metavar="PERIOD|DATE", help="Only what was logged since: 30m, 12h, 7d, 2w or a date."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the log of prompts and answers, search it, sum its usage, or turn it off and on.
+
+    Every answer of 'generate' and 'chat' is logged (model, prompt, system prompt, answer, reasoning, options,
+    tokens, cost, duration, conversation) in SQLite at $XDG_DATA_HOME/gencli/logs.db, unless --no-log is given
+    or 'gencli logs off' was run.
+
+    **Examples:**
+
+    `gencli logs -n 10`\\
+    `gencli logs -q "sky blue" -m gpt-4o-mini`\\
+    `gencli logs -c                 # the last conversation`\\
+    `gencli logs --usage --since 7d # tokens and cost by model`
+    """
+    from gencli.cli.commands.logs import run
+
+    _call(
+        run,
+        action=action,
+        count=count,
+        as_json=as_json,
+        model=model,
+        query=query,
+        conversation=conversation,
+        cont=cont,
+        usage=usage,
+        since=since,
+    )
+
+
+def complete_templates_action(incomplete: str) -> list[tuple[str, str]]:
+    actions = {
+        "list": "the saved templates",
+        "show": "print one",
+        "edit": "write one in $EDITOR",
+        "path": "their folder",
+    }
+    return [(a, h) for a, h in actions.items() if a.startswith(incomplete)]
+
+
+@app.command(context_settings=CONTEXT_SETTINGS)
+def templates(
+    action: Annotated[
+        Optional[str],
+        typer.Argument(
+            metavar="[list|show|edit|path]",
+            autocompletion=complete_templates_action,
+            show_default=False,
+            help="list (the default), show NAME, edit NAME (creates it), path: their folder.",
+        ),
+    ] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Argument(metavar="[NAME]", autocompletion=complete_template, show_default=False),
+    ] = None,
+) -> None:
+    """List, show or edit the templates that -t NAME uses with 'generate' and 'chat'.
+
+    A template is a file in $XDG_CONFIG_HOME/gencli/templates, NAME.yaml or NAME.toml, with any of: system (the
+    system prompt), prompt ($input is what you give, $KEY a -p KEY VALUE parameter), defaults (parameters'
+    values), model and options. 'edit' opens $VISUAL or $EDITOR on it.
+
+    **Examples:**
+
+    `gencli templates edit review`\\
+    `git diff | gencli generate -t review -p language Go`
+    """
+    from gencli.cli.commands.templates import run
+
+    _call(run, action=action, name=name)
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
@@ -789,7 +1013,6 @@ def use_zsh_script() -> None:
 
 def main() -> None:
     """``gencli``: run the app; every failure is one line on stderr and an exit code."""
-    import click
     from typer.main import get_command
 
     from gencli.cli.pipes import error, quiet_pipe

@@ -164,3 +164,24 @@ def print_stats(done: Done) -> None:
         lines.append(f"eval rate:            {done.eval_count / (done.eval_duration / 1e9):.2f} tokens/s")
     sys.stderr.write("\n".join(lines) + "\n")
     sys.stderr.flush()
+
+
+def usage_line(done: Done, cost: float | None) -> str:
+    """-u/--usage: the tokens the upstream reported (and the cost when models.json prices the model)."""
+    parts = []
+    if done.prompt_eval_count is not None:
+        parts.append(f"{done.prompt_eval_count} in")
+    if done.eval_count is not None:
+        parts.append(f"{done.eval_count} out")
+    reasoning = getattr(done, "reasoning_tokens", None)
+    if reasoning is not None:
+        parts.append(f"{reasoning} reasoning")
+    text = "usage: " + (", ".join(parts) + " tokens" if parts else "the upstream reported no token counts")
+    if cost is not None:
+        text += f", ${cost:.6f}"
+    return text
+
+
+def print_usage(done: Done, cost: float | None) -> None:
+    sys.stderr.write(usage_line(done, cost) + "\n")
+    sys.stderr.flush()

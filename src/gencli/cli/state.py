@@ -3,7 +3,8 @@
 
 - ``conversations/NAME.json``: one conversation each, a context file (the ``context``
   array /api/generate returns, which holds the whole conversation) with what
-  ``gencli conversations`` lists: ``{"model", "turns", "context"}``; the file's
+  ``gencli conversations`` lists: ``{"model", "turns", "context", "id"}`` (``id`` names
+  this conversation in the log, ``gencli logs -c``; a new one starts with a new id); the file's
   modification time is when it was last used. Any of
   them works with ``--context FILE`` too. ``last`` is the unnamed one: every
   ``generate``/``chat`` without ``-c``, ``--conversation`` or ``--context`` starts it afresh.
@@ -76,6 +77,7 @@ class Conversation:
     turns: int
     updated: float  # last used: the file's modification time, seconds since the epoch
     context: list[int]
+    id: str | None = None  # the conversation's id in the log (files from before it have none)
 
     @property
     def path(self) -> Path:
@@ -91,12 +93,14 @@ def _read(path: Path, used: float) -> Conversation | None:
         return None
     turns = data.get("turns")
     model = data.get("model")
+    ident = data.get("id")
     return Conversation(
         name=path.stem,
         model=model if isinstance(model, str) else "",
         turns=turns if isinstance(turns, int) and not isinstance(turns, bool) else 0,
         updated=used,
         context=data["context"],
+        id=ident if isinstance(ident, str) else None,
     )
 
 
@@ -137,10 +141,18 @@ def latest() -> Conversation | None:
     return None
 
 
-def save(name: str, model: str, context: list[int], turns: int) -> Conversation:
-    conv = Conversation(name, model, turns, time.time(), context)
+def new_id() -> str:
+    """A new conversation's id: unique enough for one person's log, sortable by time."""
+    return f"{time.time_ns():x}-{os.urandom(3).hex()}"
+
+
+def save(name: str, model: str, context: list[int], turns: int, ident: str | None = None) -> Conversation:
+    conv = Conversation(name, model, turns, time.time(), context, ident)
     folder = make_private_dir(conversations_dir())
-    body = json.dumps({"model": model, "turns": turns, "context": context}, separators=(",", ":")) + "\n"
+    kept: dict[str, object] = {"model": model, "turns": turns, "context": context}
+    if ident:
+        kept["id"] = ident
+    body = json.dumps(kept, separators=(",", ":")) + "\n"
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)

@@ -154,6 +154,12 @@ class TurnOptions(NamedTuple):
     timeout: float | None = None
     retries: int | None = None
     models_path: str | None = None
+    template: str | None = None
+    params: list[tuple[str, str]] | None = None
+    fragments: list[str] | None = None
+    allow_private_fragments: bool = False
+    usage: bool = False
+    no_log: bool = False
 
     def sampling(self) -> dict[str, Any]:
         return sampling_options(self.temperature, self.top_p, self.top_k, self.num_predict, self.seed, self.stop)
@@ -163,6 +169,93 @@ class TurnOptions(NamedTuple):
 
     def runner(self) -> Runner:
         return Runner(self.models_path, self.timeout, self.retries)
+
+
+# -- templates, the log and usage ------------------------------------------------------
+
+
+class Composer:
+    """What a template (``-t NAME``, ``-p KEY VALUE``) makes of a turn: the model, the system
+    prompt, the options and, for each message, the prompt."""
+
+    def __init__(self, turn: TurnOptions):
+        from gencli.cli import templates
+
+        self.turn = turn
+        self.params = templates.params_dict(turn.params)
+        self.template = templates.load(turn.template) if turn.template else None
+        if self.template is None and self.params:
+            raise UsageError("-p KEY VALUE sets a template's parameter; name the template with -t NAME")
+        if self.template is not None:
+            unused = self.template.unused(self.params)
+            if unused:
+                raise UsageError(
+                    f"-p {unused[0]}: template '{self.template.name}' has no ${unused[0]} "
+                    f"(see gencli templates show {self.template.name})"
+                )
+
+    @property
+    def takes_empty_input(self) -> bool:
+        return self.template is not None and self.template.prompt is not None
+
+    def model(self) -> str | None:
+        return self.turn.model or (self.template.model if self.template else None)
+
+    def system(self) -> str | None:
+        if self.turn.system is not None or self.template is None:
+            return self.turn.system
+        return self.template.render_system(self.params)
+
+    def options(self) -> dict[str, Any]:
+        base = dict(self.template.options) if self.template else {}
+        return {**base, **self.turn.sampling()}
+
+    def prompt(self, text: str) -> str:
+        return self.template.render(text, self.params) if self.template else text
+
+
+def cost(entry: Any, prompt_tokens: int | None, answer_tokens: int | None) -> float | None:
+    """The turn's cost in dollars from models.json's ``prices`` (per million tokens): only
+    when both prices are given and the upstream reported both counts."""
+    prices = getattr(entry, "prices", None) or {}
+    if "input" not in prices or "output" not in prices or prompt_tokens is None or answer_tokens is None:
+        return None
+    return (prompt_tokens * prices["input"] + answer_tokens * prices["output"]) / 1_000_000
+
+
+def after_turn(turn: TurnOptions, plan: Any, req: Any, done: Any, thread: Thread, command: str) -> None:
+    """-u/--usage on stderr, then the log (unless --no-log; a problem there is a warning)."""
+    spent = cost(plan.entry, done.prompt_eval_count, done.eval_count)
+    if turn.usage:
+        from gencli.cli.render import print_usage
+
+        print_usage(done, spent)
+    if turn.no_log:
+        return
+    from gencli.cli import logdb
+
+    options = dict(req.options or {})
+    if req.think is not None:
+        options["think"] = req.think
+    logdb.record(
+        logdb.Entry(
+            model=plan.entry.name,
+            prompt=req.prompt,
+            answer=done.text,
+            system=req.system,
+            reasoning=done.reasoning,
+            options=options,
+            prompt_tokens=done.prompt_eval_count,
+            answer_tokens=done.eval_count,
+            reasoning_tokens=getattr(done, "reasoning_tokens", None),
+            cost=spent,
+            duration_ms=round(done.total_duration / 1e6) if done.total_duration else None,
+            conversation=thread.label or None,
+            conversation_id=thread.id,
+            command=command,
+            template=turn.template,
+        )
+    )
 
 
 # -- the conversation a turn continues and keeps -------------------------------------
@@ -177,6 +270,7 @@ class Thread:
     file: str | None = None
     name: str | None = None
     explicit: bool = False  # the user asked for it: failing to keep it is an error, not a warning
+    id: str | None = None  # the conversation's id in the log (a kept conversation's; None for a --context file)
 
     @classmethod
     def open(cls, context_file: str | None = None, cont: bool = False, name: str | None = None) -> Thread:
@@ -190,12 +284,21 @@ class Thread:
         if name is not None:
             state.check_name(name)
             conv = state.load(name)
-            return cls(_checked(conv) if conv else None, name=name, explicit=True)
+            if conv is None:
+                return cls(None, name=name, explicit=True, id=state.new_id())
+            return cls(_checked(conv), name=name, explicit=True, id=conv.id or state.new_id())
         if cont:
             conv = state.latest()
             if conv is not None:
-                return cls(_checked(conv), name=conv.name, explicit=conv.name != state.LAST)
-        return cls(None, name=state.LAST)
+                return cls(
+                    _checked(conv), name=conv.name, explicit=conv.name != state.LAST, id=conv.id or state.new_id()
+                )
+        return cls(None, name=state.LAST, id=state.new_id())
+
+    @property
+    def label(self) -> str:
+        """What the log calls this conversation: its name, or the --context file."""
+        return self.file or self.name or ""
 
     def keep(self, model: str, context: list[int]) -> None:
         """Save the conversation after a turn (the context array holds all of it)."""
@@ -205,7 +308,7 @@ class Thread:
             return
         assert self.name is not None
         try:
-            state.save(self.name, model, context, count_turns(context))
+            state.save(self.name, model, context, count_turns(context), self.id)
         except state.StateError as exc:
             if self.explicit:
                 raise

@@ -41,6 +41,8 @@ Commands:
   /set temperature X     a sampling option; also top_p, top_k, num_predict, seed, stop, min_p,
                          presence_penalty, frequency_penalty, repeat_penalty (/unset NAME)
   /set verbose on|off    timing and token statistics after each answer
+  /set usage on|off      the tokens (and cost) of each answer on stderr
+  /edit [TEXT]           write the message in $VISUAL or $EDITOR (starting with TEXT)
   /show                  the model, the settings and the tokens used so far
   /save FILE             write the conversation to FILE (a --context file)
   /load FILE             continue the conversation in FILE (from /save or --context)
@@ -49,12 +51,13 @@ Commands:
 
 Type \"\"\" to start and end a message of several lines. Ctrl-C stops an answer."""
 
-COMMANDS = ("/help", "/?", "/model", "/set", "/unset", "/show", "/save", "/load", "/clear", "/bye")
+COMMANDS = ("/help", "/?", "/model", "/set", "/unset", "/show", "/edit", "/save", "/load", "/clear", "/bye")
 TAKES_ARGUMENT = ("/model", "/set", "/unset", "/save", "/load")
 SET_NAMES = (
     "system",
     "think",
     "verbose",
+    "usage",
     "temperature",
     "top_p",
     "top_k",
@@ -105,7 +108,15 @@ class Chat:
         hide_reasoning: bool,
         verbose: bool,
         interactive: bool,
+        options_in: TurnOptions | None = None,
+        composer=None,
+        fragments: list[str] | None = None,
     ):
+        from gencli.cli.turn import TurnOptions
+
+        self.opts = options_in or TurnOptions()
+        self.composer = composer
+        self.fragments = fragments or []  # added to the first message
         self.runner = runner
         self.registry = runner.registry
         self.thread = thread
@@ -133,9 +144,20 @@ class Chat:
 
     # -- a turn ------------------------------------------------------------------
     def turn(self, text: str) -> None:
-        from gencli.cli.turn import make_renderer
+        from gencli.cli.turn import after_turn, make_renderer
         from gencli.request import GenerateRequest
 
+        if self.fragments:
+            from gencli.cli.fragments import join
+
+            text, self.fragments = join(self.fragments, text), []
+        if self.composer is not None:
+            try:
+                text = self.composer.prompt(text)
+            except GencliError as exc:
+                self.failed += 1
+                error(str(exc))
+                return
         req = GenerateRequest(
             model=self.entry.name,
             prompt=text,
@@ -170,6 +192,7 @@ class Chat:
             from gencli.cli.render import print_stats
 
             print_stats(done)
+        after_turn(self.opts, plan, req, done, self.thread, "chat")
 
     # -- slash commands --------------------------------------------------------------
     def command(self, line: str) -> None:
@@ -182,6 +205,7 @@ class Chat:
             "/set": self.c_set,
             "/unset": self.c_unset,
             "/show": self.c_show,
+            "/edit": self.c_edit,
             "/save": self.c_save,
             "/load": self.c_load,
             "/clear": self.c_clear,
@@ -234,6 +258,11 @@ class Chat:
                 raise UsageError("/set verbose on|off")
             self.verbose = value.lower() in ("on", "true")
             self.say(f"verbose: {'on' if self.verbose else 'off'}")
+        elif key == "usage":
+            if value.lower() not in ("on", "off", "true", "false"):
+                raise UsageError("/set usage on|off")
+            self.opts = self.opts._replace(usage=value.lower() in ("on", "true"))
+            self.say(f"usage: {'on' if self.opts.usage else 'off'}")
         elif key in SET_NAMES:
             self.options[key] = self._option(key, value)
             self.say(f"{key}: {_show_value(self.options[key])}")
@@ -270,6 +299,8 @@ class Chat:
             self.think = None
         elif key == "verbose":
             self.verbose = False
+        elif key == "usage":
+            self.opts = self.opts._replace(usage=False)
         elif key in SET_NAMES:
             self.options.pop(key, None)
         else:
@@ -295,6 +326,12 @@ class Chat:
         ]
         self.say("\n".join(lines))
 
+    def c_edit(self, rest: str) -> None:
+        """/edit [TEXT]: the message from the editor; an empty buffer sends nothing."""
+        from gencli.cli.editor import edit_prompt
+
+        self.turn(edit_prompt(rest))
+
     def c_save(self, rest: str) -> None:
         from gencli.cli.turn import write_context
 
@@ -318,10 +355,14 @@ class Chat:
         context = read_context(rest, "/load")
         turns = sum(1 for m in ctx.decode(context) if m.role == "user")  # a damaged file is refused here
         self.thread.context = context or None
+        if self.thread.file is None:
+            self.thread.id = state.new_id()
         self.say(f"loaded {turns} turns from {rest}")
 
     def c_clear(self, rest: str) -> None:
         self.thread.context = None
+        if self.thread.file is None:
+            self.thread.id = state.new_id()  # a new conversation in the log
         self.say("the conversation is cleared")
 
 
@@ -493,19 +534,29 @@ def piped_loop(chat: Chat) -> int:
 
 
 def run(hide_reasoning: bool, turn: TurnOptions) -> None:
+    from gencli.cli.fragments import read_all
+    from gencli.cli.turn import Composer
+
+    if "-" in (turn.fragments or ()):
+        raise UsageError("chat reads its messages from stdin; -f - cannot read it too (give a file)")
+    composer = Composer(turn)
+    fragments = read_all(turn.fragments, turn.allow_private_fragments)
     thread = turn.thread()
     runner = turn.runner()
     interactive = stdin_terminal() and stdout_terminal()
     chat = Chat(
         runner,
         thread,
-        turn.model,
-        turn.system,
-        turn.sampling(),
+        composer.model(),
+        composer.system(),
+        composer.options(),
         turn.think,
         hide_reasoning,
         turn.verbose,
         interactive,
+        turn,
+        composer if composer.template is not None else None,
+        fragments,
     )
     try:
         code = interactive_loop(chat) if interactive else piped_loop(chat)

@@ -12,19 +12,23 @@ if TYPE_CHECKING:
     from gencli.cli.turn import TurnOptions
 
 
-def build_prompt(prompt: str | None) -> str:
+def build_prompt(prompt: str | None, read_piped: bool = True, required: bool = True) -> str:
+    """The prompt: the argument, piped stdin (unless ``-f -`` takes it), or both."""
     if prompt == "-":
+        if not read_piped:
+            raise UsageError("the prompt '-' and -f - both read stdin; use one of them")
         return read_stdin()
-    if stdin_piped():
+    if read_piped and stdin_piped():
         stdin = read_stdin()
         if prompt and stdin:
             return f"{prompt}\n\n{stdin}"
         return prompt or stdin
-    if not prompt:
+    if not prompt and required:
         raise UsageError(
-            'no prompt: give one as an argument or pipe it on stdin (gencli generate "Why is the sky blue?")'
+            'no prompt: give one as an argument or pipe it on stdin (gencli generate "Why is the sky blue?"), '
+            "or write it in your editor with -e"
         )
-    return prompt
+    return prompt or ""
 
 
 def run(
@@ -36,21 +40,33 @@ def run(
     as_json: bool,
     extract: bool,
     extract_last: bool,
+    edit: bool,
     turn: TurnOptions,
 ) -> None:
-    from gencli.cli.turn import make_renderer, read_format, read_images
+    from gencli.cli import fragments
+    from gencli.cli.turn import Composer, after_turn, make_renderer, read_format, read_images
     from gencli.request import GenerateRequest
 
     if as_json and (extract or extract_last):
         raise UsageError("--json prints the whole response; it cannot be combined with -x/--extract")
-    text = build_prompt(prompt)
+    composer = Composer(turn)
+    stdin_fragment = "-" in (turn.fragments or ())
+    if edit:
+        from gencli.cli.editor import edit_prompt
+
+        text = edit_prompt(build_prompt(prompt, not stdin_fragment, required=False))
+    else:
+        text = build_prompt(prompt, not stdin_fragment, required=not (turn.fragments or composer.takes_empty_input))
+    text = composer.prompt(fragments.join(fragments.read_all(turn.fragments, turn.allow_private_fragments), text))
+    if not text.strip():
+        raise UsageError("the prompt is empty (the fragments and the input hold no text)")
     thread = turn.thread()
     req = GenerateRequest(
-        model=turn.model or "",
+        model=composer.model() or "",
         prompt=text,
-        system=turn.system,
+        system=composer.system(),
         images=read_images(images),
-        options=turn.sampling(),
+        options=composer.options(),
         format=read_format(fmt),
         think=turn.think,
         context=thread.context,
@@ -66,8 +82,11 @@ def run(
     finally:
         runner.close()
     if done is not None:
-        thread.keep(plan.entry.name, done.context)
-        if turn.verbose:
-            from gencli.cli.render import print_stats
+        try:
+            thread.keep(plan.entry.name, done.context)
+        finally:
+            if turn.verbose:
+                from gencli.cli.render import print_stats
 
-            print_stats(done)
+                print_stats(done)
+            after_turn(turn, plan, req, done, thread, "generate")

@@ -27,6 +27,7 @@ def run(as_json: bool, models_path: str | None) -> None:
                 "context_length": context_length(entry),
                 "fallbacks": entry.fallbacks,
                 "deployments": [d.deployment for d in entry.deployments],
+                **({"prices": entry.prices} if entry.prices else {}),
             }
         )
     source = str(registry.source) if registry.source else "built-in models"
