@@ -305,3 +305,26 @@ def test_a_locked_database_warns_and_the_answer_is_kept(env, workdir, tmp_path):
         locker.communicate(b"", timeout=10)
     ok(gencli(["generate", "third"], env, workdir))
     assert [r["prompt"] for r in rows(tmp_path)] == ["first", "third"]
+
+
+def imported(p: subprocess.CompletedProcess) -> set[str]:
+    lines = p.stderr.decode().splitlines()
+    return {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+
+
+def test_the_log_is_imported_only_by_what_writes_or_reads_it(env, workdir):
+    """sqlite3 costs start-up time: commands that do not touch the log never import it."""
+    env = {**env, "PYTHONPROFILEIMPORTTIME": "1"}
+    for args in (["--help"], ["models"], ["conversations"], ["generate", "--no-log", "hi"], ["templates"]):
+        p = gencli(args, env, workdir)
+        assert p.returncode == 0, p.stderr.decode()[-500:]
+        got = imported(p)
+        assert "gencli.cli.app" in got  # the profile really lists gencli's imports
+        assert not {"sqlite3", "gencli.cli.logdb"} & got, args
+    p = gencli(["logs", "off"], env, workdir)  # the marker file, no database
+    assert p.returncode == 0
+    p = gencli(["generate", "hi"], env, workdir)
+    assert p.returncode == 0 and "sqlite3" not in imported(p)  # off: the log is not opened
+    gencli(["logs", "on"], env, workdir)
+    p = gencli(["generate", "hi"], env, workdir)
+    assert p.returncode == 0 and {"sqlite3", "gencli.cli.logdb"} <= imported(p)

@@ -21,7 +21,6 @@ and kept in its conversation, is not lost.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -30,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gencli.cli.state import data_dir, logs_off_file
 from gencli.errors import GencliError
 
 DB_NAME = "logs.db"
-OFF_NAME = "logs-off"
 BUSY_MS = 2000  # how long a write waits for another gencli holding the database
 
 # Each step takes the database from version i to i + 1.
@@ -90,33 +89,27 @@ class LogError(GencliError):
     exit_code = 1
 
 
-def data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME", "")
-    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
-    return root / "gencli"
-
-
 def db_path() -> Path:
     return data_dir() / DB_NAME
 
 
 def is_off() -> bool:
-    return (data_dir() / OFF_NAME).exists()
+    return logs_off_file().exists()
 
 
 def turn_off() -> None:
     try:
         data_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
-        (data_dir() / OFF_NAME).write_text("gencli logs on removes this file and logging starts again\n")
+        logs_off_file().write_text("gencli logs on removes this file and logging starts again\n")
     except OSError as exc:
-        raise LogError(f"cannot write {data_dir() / OFF_NAME} ({exc.strerror or exc})") from None
+        raise LogError(f"cannot write {logs_off_file()} ({exc.strerror or exc})") from None
 
 
 def turn_on() -> None:
     try:
-        (data_dir() / OFF_NAME).unlink(missing_ok=True)
+        logs_off_file().unlink(missing_ok=True)
     except OSError as exc:
-        raise LogError(f"cannot remove {data_dir() / OFF_NAME} ({exc.strerror or exc})") from None
+        raise LogError(f"cannot remove {logs_off_file()} ({exc.strerror or exc})") from None
 
 
 def _problem(path: Path, exc: Exception) -> LogError:

@@ -43,6 +43,18 @@ def state_dir() -> Path:
     return root / "gencli"
 
 
+def data_dir() -> Path:
+    """The XDG data directory ($XDG_DATA_HOME/gencli, else ~/.local/share/gencli): the log (gencli.cli.logdb)."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
+    return root / "gencli"
+
+
+def logs_off_file() -> Path:
+    """Present after ``gencli logs off``: turns write no log (checked without importing sqlite3)."""
+    return data_dir() / "logs-off"
+
+
 def conversations_dir() -> Path:
     return state_dir() / "conversations"
 

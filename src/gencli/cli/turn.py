@@ -230,9 +230,9 @@ def after_turn(turn: TurnOptions, plan: Any, req: Any, done: Any, thread: Thread
         from gencli.cli.render import print_usage
 
         print_usage(done, spent)
-    if turn.no_log:
+    if turn.no_log or state.logs_off_file().exists():  # checked without importing sqlite3
         return
-    from gencli.cli import logdb
+    from gencli.cli import logdb  # sqlite3: imported only to write
 
     options = dict(req.options or {})
     if req.think is not None:
