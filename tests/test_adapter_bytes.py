@@ -99,7 +99,7 @@ OPENAI_TEXT = (
 def test_openai_text_stream():
     events, error = parse_stream("openai", OPENAI_TEXT)
     assert error is None
-    assert events == [TextDelta("Hello"), TextDelta(" wörld 🌍"), Finish("stop"), Usage(9, 3)]
+    assert events == [TextDelta("Hello"), TextDelta(" wörld 🌍"), Finish("stop"), Usage(9, 3, 0)]
 
 
 DEEPSEEK_REASONING = (
@@ -123,7 +123,7 @@ DEEPSEEK_REASONING = (
 def test_deepseek_reasoning_content_stream():
     events, error = parse_stream("openai-compatible", DEEPSEEK_REASONING)
     assert error is None
-    assert events == [ReasoningDelta("Two plus two"), TextDelta("4"), Finish("stop"), Usage(12, 40)]
+    assert events == [ReasoningDelta("Two plus two"), TextDelta("4"), Finish("stop"), Usage(12, 40, 38)]
 
 
 OPENROUTER_REASONING = (
@@ -300,11 +300,11 @@ def test_gemini_stream_with_thoughts():
     assert error is None
     assert events == [
         ReasoningDelta("**Weighing the question**\n\nThe user asks about the sky."),
-        Usage(8, 52),
+        Usage(8, 52, 52),
         TextDelta("Rayleigh scattering makes it blue — shorter wavelengths scatter more."),
-        Usage(8, 63),
+        Usage(8, 63, 52),
         Finish("stop"),
-        Usage(8, 64),
+        Usage(8, 64, 52),
     ]
 
 
@@ -326,7 +326,7 @@ def test_gemini_stream_function_call():
         {"city": "Tokyo", "unit": "celsius"},
     )
     assert tool.id  # Gemini sends no id: one is made up for the OpenAI-shaped replies
-    assert (finish, usage) == (Finish("stop"), Usage(83, 118))
+    assert (finish, usage) == (Finish("stop"), Usage(83, 118, 104))
 
 
 GEMINI_MIDSTREAM_ERROR = (

@@ -93,11 +93,17 @@ def test_generate_writes_the_log_to_the_xdg_data_directory(env, workdir, tmp_pat
         assert db.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
-def test_reasoning_is_logged(env, workdir, tmp_path):
-    ok(gencli(["generate", "-m", "reason", "think first"], env, workdir))
+def test_reasoning_and_its_tokens_are_logged(env, workdir, tmp_path):
+    p = gencli(["generate", "--usage", "-m", "reason", "think first"], env, workdir)
+    assert ok(p) == "The answer is 42.\n"
     (row,) = rows(tmp_path)
     assert row["reasoning"] == "Let me think about this."
     assert row["answer"] == "The answer is 42."
+    # the fake reports completion_tokens_details.reasoning_tokens as OpenRouter does (words of reasoning)
+    assert (row["answer_tokens"], row["reasoning_tokens"]) == (9, 5)
+    assert p.stderr.decode().splitlines()[-1] == f"usage: {row['prompt_tokens']} in, 9 out, 5 reasoning tokens"
+    (summary,) = logged(env, workdir, "--usage")
+    assert (summary["answer_tokens"], summary["reasoning_tokens"]) == (9, 5)
 
 
 def test_no_log_and_logs_off(env, workdir, tmp_path):

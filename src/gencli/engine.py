@@ -566,6 +566,8 @@ class Run:
                     self.usage.prompt_tokens = ev.prompt_tokens
                 if ev.completion_tokens is not None:
                     self.usage.completion_tokens = ev.completion_tokens
+                if ev.reasoning_tokens is not None:
+                    self.usage.reasoning_tokens = ev.reasoning_tokens
             elif isinstance(ev, Finish):
                 self.finish = ev.reason
                 self.stop_sequence = ev.stop_sequence
@@ -623,6 +625,7 @@ class Run:
                 reasoning="".join(self.reasoning),
                 prompt_eval_count=self.usage.prompt_tokens,
                 eval_count=self.usage.completion_tokens,
+                reasoning_count=self.usage.reasoning_tokens,
                 total_duration=end - started,
                 load_duration=sent - started,
                 prompt_eval_duration=first - sent,

@@ -49,6 +49,7 @@ class Usage:
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = None  # of completion_tokens, those spent reasoning (when reported)
 
 
 @dataclass(slots=True)
@@ -80,6 +81,7 @@ class Done:
     reasoning: str = ""
     prompt_eval_count: int | None = None
     eval_count: int | None = None
+    reasoning_count: int | None = None  # of eval_count, the reasoning tokens, when the upstream says
     total_duration: int = 0
     load_duration: int = 0
     prompt_eval_duration: int = 0

@@ -414,11 +414,14 @@ class FakeOpenAI(ThreadedServer):
         return r
 
     def _usage(self, r: _Reply) -> dict:
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": r.prompt_tokens,
             "completion_tokens": r.completion_tokens,
             "total_tokens": r.prompt_tokens + r.completion_tokens,
         }
+        if r.reasoning:  # as OpenAI's reasoning models and OpenRouter report them
+            usage["completion_tokens_details"] = {"reasoning_tokens": _words("".join(r.reasoning))}
+        return usage
 
     def _complete(self, model: str, r: _Reply) -> web.Response:
         if r.truncate:

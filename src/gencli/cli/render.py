@@ -173,9 +173,8 @@ def usage_line(done: Done, cost: float | None) -> str:
         parts.append(f"{done.prompt_eval_count} in")
     if done.eval_count is not None:
         parts.append(f"{done.eval_count} out")
-    reasoning = getattr(done, "reasoning_tokens", None)
-    if reasoning is not None:
-        parts.append(f"{reasoning} reasoning")
+    if done.reasoning_count:  # OpenAI reports 0 for models that do not reason: not shown
+        parts.append(f"{done.reasoning_count} reasoning")
     text = "usage: " + (", ".join(parts) + " tokens" if parts else "the upstream reported no token counts")
     if cost is not None:
         text += f", ${cost:.6f}"

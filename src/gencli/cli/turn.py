@@ -247,7 +247,7 @@ def after_turn(turn: TurnOptions, plan: Any, req: Any, done: Any, thread: Thread
             options=options,
             prompt_tokens=done.prompt_eval_count,
             answer_tokens=done.eval_count,
-            reasoning_tokens=getattr(done, "reasoning_tokens", None),
+            reasoning_tokens=done.reasoning_count,
             cost=spent,
             duration_ms=round(done.total_duration / 1e6) if done.total_duration else None,
             conversation=thread.label or None,

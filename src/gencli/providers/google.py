@@ -366,7 +366,7 @@ class GoogleAdapter:
         if isinstance(usage, dict):
             answer, thoughts = usage.get("candidatesTokenCount"), usage.get("thoughtsTokenCount")
             completion = None if answer is None and thoughts is None else (answer or 0) + (thoughts or 0)
-            out.append(Usage(usage.get("promptTokenCount"), completion))
+            out.append(Usage(usage.get("promptTokenCount"), completion, thoughts))
 
     def tool_call(self, call: Call, fc: dict[str, Any]) -> ToolCall:
         from gencli.tools import new_call_id

@@ -284,7 +284,7 @@ class OpenAIAdapter:
                 out.append(Finish(FINISH.get(str(reason), str(reason))))
         usage = data.get("usage")
         if isinstance(usage, dict):
-            out.append(Usage(usage.get("prompt_tokens"), usage.get("completion_tokens")))
+            out.append(_usage(usage))
         return out
 
     def stream_parser(self, call: Call) -> OpenAIStreamParser:
@@ -367,7 +367,7 @@ class OpenAIStreamParser(SSEParser["OpenAIAdapter"]):
                 out.append(Finish(FINISH.get(str(reason), str(reason))))
         usage = chunk.get("usage")
         if usage and isinstance(usage, dict):
-            out.append(Usage(usage.get("prompt_tokens"), usage.get("completion_tokens")))
+            out.append(_usage(usage))
 
     def _call_pieces(self, tcs: Any) -> None:
         """Assemble streamed ``delta.tool_calls``: id and name come first, arguments in pieces, by index."""
@@ -404,3 +404,15 @@ class OpenAIStreamParser(SSEParser["OpenAIAdapter"]):
 
 def adapter(provider: str) -> HttpAdapter:  # typed as the Protocol: mypy checks that the class conforms
     return OpenAIAdapter(provider)
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    """Token counts; ``completion_tokens_details.reasoning_tokens`` (OpenAI's o-series, OpenRouter,
+    DeepSeek) when present."""
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return Usage(
+        usage.get("prompt_tokens"),
+        usage.get("completion_tokens"),
+        reasoning if isinstance(reasoning, int) and not isinstance(reasoning, bool) else None,
+    )
