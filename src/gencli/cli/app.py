@@ -467,7 +467,9 @@ def generate(
     '-' reads stdin. On a terminal the answer streams with live rendering; piped, stdout gets the answer
     alone as plain text and reasoning and diagnostics go to stderr.
 
-    Each run keeps its conversation: -c continues the last one, --conversation NAME a named one.
+    Each run keeps its conversation: -c continues the last one, --conversation NAME a named one. -f adds
+    files, pages or stdin before the prompt, -t fills a saved template, -e writes the prompt in your editor.
+    Each answer is logged (see 'gencli logs'; --no-log skips it).
 
     Exit codes: 0 ok, 1 generation or upstream error, 2 usage error, 130 interrupted.
     """
@@ -495,7 +497,7 @@ def chat(hide_reasoning: HideReasoning = False, *, turn: dict[str, Any]) -> None
     """Talk with a model at a prompt: each answer streams as in 'generate' and the conversation goes on.
 
     A line is a message; \"\"\" starts and ends one of several lines. /help lists the commands (/model,
-    /set, /show, /save, /load, /clear, /bye). Ctrl-C stops an answer, Ctrl-D leaves. The prompt keeps a
+    /set, /show, /edit, /save, /load, /clear, /bye). Ctrl-C stops an answer, Ctrl-D leaves. The prompt keeps a
     history across sessions and each turn keeps the conversation, as 'generate' does.
 
     With stdin not a terminal, each line is a turn and stdout gets only the answers (for scripts; exit

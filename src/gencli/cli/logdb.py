@@ -314,7 +314,10 @@ def latest(
     if limit is not None:
         sql += " LIMIT ?"
         args.append(limit)
-    rows = db.execute(sql, args).fetchall()
+    try:
+        rows = db.execute(sql, args).fetchall()
+    except sqlite3.Error as exc:
+        raise _problem(db_path(), exc) from None
     out = []
     for row in rows:
         item = dict(zip(COLUMNS, row, strict=True))
@@ -339,4 +342,8 @@ def usage(db: sqlite3.Connection, since: float | None = None) -> list[dict[str, 
         args.append(since)
     sql += " GROUP BY model ORDER BY COUNT(*) DESC, model"
     keys = ("model", "turns", "prompt_tokens", "answer_tokens", "reasoning_tokens", "cost", "priced")
-    return [dict(zip(keys, row, strict=True)) for row in db.execute(sql, args).fetchall()]
+    try:
+        found = db.execute(sql, args).fetchall()
+    except sqlite3.Error as exc:
+        raise _problem(db_path(), exc) from None
+    return [dict(zip(keys, row, strict=True)) for row in found]
