@@ -15,6 +15,14 @@
     same fake (an isolated LLM_USER_PATH with extra-openai-models.yaml). Runs alternate
     between the two (and alternate which goes first) so machine noise hits both alike.
     Reported: both medians and the ratio gencli/llm (target <= 0.3).
+(e) The log's cost: the same `gencli generate` with `--no-log`, alternating with (d) in the
+    same run; the difference of the medians is what writing the SQLite log adds to a run
+    (the first run creates and migrates the database; the timed ones append a row).
+(f) The log write alone, timed inside a fresh process that has imported what a `generate`
+    run has (the app, the turn): importing the log (sqlite3) and writing one row with
+    ``logdb.record``, which commits it to disk (SQLite's default synchronous=FULL: the
+    fsyncs are most of it, and depend on the disk). End-to-end, (e) is within the noise of
+    a whole run; (f) is the figure to read.
 
 `llm` is given its fastest configuration: no plugins (LLM_LOAD_PLUGINS=''), no logging
 (--no-log). Nothing leaves 127.0.0.1.
@@ -22,6 +30,8 @@
 With ``--ref GENCLI`` (another installation's ``gencli``, e.g. ``/work/main/.venv/bin/gencli``
 for the code before a change) the start-up commands and ``generate`` of both are measured
 alternately in the same run, and the ratios this/reference are printed: an A/B side by side.
+The reference runs without ``PYTHONPATH``, so that it imports its own installation while this
+one may run a work tree (``PYTHONPATH=src``).
 
 Usage:
 
@@ -82,6 +92,36 @@ def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+LOG_WRITE = """
+import time
+import gencli.cli.app, gencli.cli.turn  # what a generate run has imported before its log write
+t0 = time.perf_counter()
+from gencli.cli import logdb
+t1 = time.perf_counter()
+ok = logdb.record(logdb.Entry(model="m", prompt="why is the sky blue? " * 10, answer="tok " * 50, prompt_tokens=9,
+                              answer_tokens=50, options={"temperature": 0.5}, conversation="last"))
+t2 = time.perf_counter()
+assert ok
+print(f"{t1 - t0} {t2 - t1}")
+"""
+
+
+def log_write(env: dict[str, str], cwd: Path, runs: int) -> tuple[float, float]:
+    """Medians (seconds) of importing the log and of writing one row, each in a fresh process."""
+    imports, writes = [], []
+    for i in range(runs + 1):
+        out = subprocess.run(
+            [sys.executable, "-c", LOG_WRITE], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+        )
+        if out.returncode != 0:
+            raise BenchError(f"the log write failed: {out.stderr.strip()[-400:]}")
+        if i:  # the first creates and migrates the database
+            a, b = out.stdout.split()
+            imports.append(float(a))
+            writes.append(float(b))
+    return statistics.median(imports), statistics.median(writes)
 
 
 class BenchError(Exception):
@@ -235,8 +275,9 @@ def main() -> int:
             Case("gencli models", [gencli, "models"], genv, work, "m"),
         ]
         pairs: list[tuple[Case, Case]] = []  # (this, reference) with --ref
+        renv = {k: v for k, v in genv.items() if k != "PYTHONPATH"}  # the reference imports its own code
         if args.ref:
-            refs = [Case(c.label + " (ref)", [args.ref, *c.argv[1:]], genv, work, c.expect) for c in startup]
+            refs = [Case(c.label + " (ref)", [args.ref, *c.argv[1:]], renv, work, c.expect) for c in startup]
             pairs = list(zip(startup, refs, strict=True))
             alternate([c for pair in pairs for c in pair], args.runs)
         else:
@@ -261,13 +302,15 @@ def main() -> int:
         ref = Case(
             f"llm prompt ({TOKENS} tokens)", [llm, "prompt", "--no-log", "-m", f"fake{TOKENS}", "hi"], lenv, work, last
         )
+        nolog = Case(gen.label + " --no-log", [*gen.argv[:2], "--no-log", *gen.argv[2:]], genv, work, last)
         if args.ref:
-            gen_ref = Case(gen.label + " (ref)", [args.ref, *gen.argv[1:]], genv, work, last)
+            gen_ref = Case(gen.label + " (ref)", [args.ref, *gen.argv[1:]], renv, work, last)
             pairs.append((gen, gen_ref))
-            alternate([gen, ref, gen_ref], args.runs)
+            alternate([gen, nolog, ref, gen_ref], args.runs)
         else:
-            alternate([gen, ref], args.runs)
+            alternate([gen, nolog, ref], args.runs)
         before = len(fake.requests)
+        log_import, log_row = log_write(clean_env(tmp, XDG_DATA_HOME=str(tmp / "logdata")), work, args.runs)
     finally:
         fake.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -283,7 +326,8 @@ def main() -> int:
         (c.label, c.median, min(c.times), f"< {targets[c.label]} s", c.median < targets[c.label])
         for c in (*startup, chat)
     ]
-    rows += [(c.label, c.median, min(c.times), "", True) for c in (*imports, gen, ref)]
+    rows += [(c.label, c.median, min(c.times), "", True) for c in (*imports, gen, nolog, ref)]
+    log_cost = gen.median - nolog.median
     typer_cost = imports[1].median - imports[0].median
     app_cost = imports[2].median - imports[1].median
     ok = all(r[4] for r in rows) and ratio <= RATIO_TARGET
@@ -293,7 +337,11 @@ def main() -> int:
                 {
                     "runs": args.runs,
                     "upstream_requests": before,
-                    "median_s": {c.label: round(c.median, 4) for c in (*startup, chat, *imports, gen, ref)},
+                    "median_s": {c.label: round(c.median, 4) for c in (*startup, chat, *imports, gen, nolog, ref)},
+                    "log_write_s": round(log_cost, 4),
+                    "log_import_alone_s": round(log_import, 5),
+                    "log_row_alone_s": round(log_row, 5),
+                    "ratio_log_nolog": round(gen.median / nolog.median, 3),
                     "typer_import_s": round(typer_cost, 4),
                     "app_adds_s": round(app_cost, 4),
                     "ratio_gencli_llm": round(ratio, 3),
@@ -314,6 +362,12 @@ def main() -> int:
         print(f"{label:38} {med * 1000:7.1f}ms {best * 1000:7.1f}ms  {target}{mark}")
     print(f"{'typer import (import typer - pass)':38} {typer_cost * 1000:7.1f}ms")
     print(f"{'the app adds (app - import typer)':38} {app_cost * 1000:7.1f}ms")
+    print(
+        f"{'the log write adds (generate - --no-log)':38} {log_cost * 1000:7.1f}ms"
+        f"  ratio {gen.median / nolog.median:.3f}"
+    )
+    print(f"{'the log alone: import sqlite3 + logdb':38} {log_import * 1000:7.1f}ms")
+    print(f"{'the log alone: write one row (commit)':38} {log_row * 1000:7.1f}ms")
     mark = "ok" if ratio <= RATIO_TARGET else "MISSED"
     print(f"{'ratio gencli/llm (generate)':38} {ratio:9.3f}            <= {RATIO_TARGET}  {mark}")
     if pairs:

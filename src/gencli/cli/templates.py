@@ -187,7 +187,3 @@ def load(name: str) -> Template:
     except (OSError, UnicodeDecodeError) as exc:
         raise TemplateError(f"template '{name}' ({path}): cannot read it ({exc})") from None
     return parse(name, path, text)
-
-
-def params_dict(pairs: list[tuple[str, str]] | None) -> dict[str, str]:
-    return {k: v for k, v in pairs or ()}

@@ -179,11 +179,13 @@ class Composer:
     prompt, the options and, for each message, the prompt."""
 
     def __init__(self, turn: TurnOptions):
-        from gencli.cli import templates
-
         self.turn = turn
-        self.params = templates.params_dict(turn.params)
-        self.template = templates.load(turn.template) if turn.template else None
+        self.params = dict(turn.params or ())
+        self.template = None
+        if turn.template:
+            from gencli.cli import templates  # only with -t (its YAML or TOML reader too)
+
+            self.template = templates.load(turn.template)
         if self.template is None and self.params:
             raise UsageError("-p KEY VALUE sets a template's parameter; name the template with -t NAME")
         if self.template is not None:

@@ -534,13 +534,16 @@ def piped_loop(chat: Chat) -> int:
 
 
 def run(hide_reasoning: bool, turn: TurnOptions) -> None:
-    from gencli.cli.fragments import read_all
     from gencli.cli.turn import Composer
 
     if "-" in (turn.fragments or ()):
         raise UsageError("chat reads its messages from stdin; -f - cannot read it too (give a file)")
     composer = Composer(turn)
-    fragments = read_all(turn.fragments, turn.allow_private_fragments)
+    fragments: list[str] = []
+    if turn.fragments:
+        from gencli.cli.fragments import read_all
+
+        fragments = read_all(turn.fragments, turn.allow_private_fragments)
     thread = turn.thread()
     runner = turn.runner()
     interactive = stdin_terminal() and stdout_terminal()

@@ -43,7 +43,6 @@ def run(
     edit: bool,
     turn: TurnOptions,
 ) -> None:
-    from gencli.cli import fragments
     from gencli.cli.turn import Composer, after_turn, make_renderer, read_format, read_images
     from gencli.request import GenerateRequest
 
@@ -57,9 +56,11 @@ def run(
         text = edit_prompt(build_prompt(prompt, not stdin_fragment, required=False))
     else:
         text = build_prompt(prompt, not stdin_fragment, required=not (turn.fragments or composer.takes_empty_input))
-    text = composer.prompt(fragments.join(fragments.read_all(turn.fragments, turn.allow_private_fragments), text))
-    if not text.strip():
-        raise UsageError("the prompt is empty (the fragments and the input hold no text)")
+    if turn.fragments:
+        from gencli.cli import fragments
+
+        text = fragments.join(fragments.read_all(turn.fragments, turn.allow_private_fragments), text)
+    text = composer.prompt(text)
     thread = turn.thread()
     req = GenerateRequest(
         model=composer.model() or "",
