@@ -304,3 +304,23 @@ def test_url_fragments_refused(env, workdir, files, openai_fake):
     p = gencli(["generate", "-f", f"{files}/missing.txt", "x"], env, workdir)
     assert "HTTP 404" in one_line_error(p, 2)
     assert openai_fake.since(mark) == []
+
+
+# -- shell completion of the new names -----------------------------------------------------------
+
+
+def test_completion_of_templates_and_log_actions(env, workdir, tmp_path):
+    from tests.test_completions import offered
+
+    folder = templates_dir(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "review.yaml").write_text("system: s\n")
+    (folder / "recipe.toml").write_text('system = "s"\n')
+    (folder / "other.yaml").write_text("system: s\n")
+    assert offered("gencli generate -t re", env, workdir) == ["recipe", "review"]
+    assert offered("gencli chat --template o", env, workdir) == ["other"]
+    assert offered("gencli templates show rev", env, workdir) == ["review"]
+    assert offered("gencli templates e", env, workdir) == ["edit"]
+    assert offered("gencli logs o", env, workdir) == ["off", "on"]
+    assert {"logs", "templates"} <= set(offered("gencli ", env, workdir))
+    assert offered("gencli generate --no-l", env, workdir) == ["--no-log"]
