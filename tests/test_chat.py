@@ -7,6 +7,7 @@ server; what it received is checked too."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -326,3 +327,22 @@ def test_piped_chat_never_imports_rich(home, env):
     }
     assert "gencli.engine" in imported
     assert not {m for m in imported if m.split(".")[0] in ("rich", "pygments", "markdown_it", "readline")}
+
+
+@needs_tmux
+def test_edit_at_the_prompt_opens_the_editor_on_the_terminal(chat, env, tmp_path, openai_fake):
+    """/edit runs $EDITOR on the terminal (a script here), sends what it leaves, and the
+    session goes on at the prompt."""
+    script = tmp_path / "fake-editor"
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nfrom pathlib import Path\n"
+        "p = Path(sys.argv[-1])\np.write_text(p.read_text() + ' and more from the editor')\n"
+    )
+    script.chmod(0o755)
+    env["EDITOR"] = str(script)
+    before = openai_fake.mark()
+    pane = chat("-m", "m")
+    say(pane, "/edit a draft", "You said: a draft and more from the editor", 2)
+    assert bodies(openai_fake, before)[-1]["messages"][-1]["content"] == "a draft and more from the editor"
+    pane.keys("C-d")
+    assert pane.wait_exit(timeout=10) == 0
