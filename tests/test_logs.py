@@ -89,6 +89,8 @@ def test_generate_writes_the_log_to_the_xdg_data_directory(env, workdir, tmp_pat
     assert row["conversation"] == "last" and row["conversation_id"]
     assert row["command"] == "generate"
     assert row["cost"] is None  # no prices in models.json: nothing invented
+    assert db_file(tmp_path).stat().st_mode & 0o777 == 0o600  # it holds every prompt
+    assert db_file(tmp_path).parent.stat().st_mode & 0o777 == 0o700
     with sqlite3.connect(db_file(tmp_path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 3
 

@@ -21,6 +21,7 @@ and kept in its conversation, is not lost.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -129,6 +130,8 @@ def connect(path: Path | None = None, create: bool = True) -> sqlite3.Connection
     try:
         if create:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # private: it holds every prompt (SQLite gives its journal the database's mode)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         db = sqlite3.connect(path, timeout=BUSY_MS / 1000, isolation_level=None)
     except (OSError, sqlite3.Error) as exc:
         raise _problem(path, exc) from None
