@@ -324,3 +324,14 @@ def test_completion_of_templates_and_log_actions(env, workdir, tmp_path):
     assert offered("gencli logs o", env, workdir) == ["off", "on"]
     assert {"logs", "templates"} <= set(offered("gencli ", env, workdir))
     assert offered("gencli generate --no-l", env, workdir) == ["--no-log"]
+
+
+def test_templates_edit_of_an_existing_one_reports_a_mistake_and_keeps_the_file(env, workdir, tmp_path):
+    folder = templates_dir(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "fr.toml").write_text('system = "Answer in French."\n')
+    script, seen = editor(tmp_path, 'sytem = "typo"\n')
+    p = gencli(["templates", "edit", "fr"], {**env, "EDITOR": script}, workdir)
+    assert "unknown field 'sytem'" in one_line_error(p, 2)
+    assert seen.read_text() == 'system = "Answer in French."\n'  # the editor had the file itself
+    assert (folder / "fr.toml").read_text() == 'sytem = "typo"\n'  # kept, to edit again
