@@ -219,7 +219,7 @@ class Composer:
 def cost(entry: Any, prompt_tokens: int | None, answer_tokens: int | None) -> float | None:
     """The turn's cost in dollars from models.json's ``prices`` (per million tokens): only
     when both prices are given and the upstream reported both counts."""
-    prices = getattr(entry, "prices", None) or {}
+    prices = entry.prices
     if "input" not in prices or "output" not in prices or prompt_tokens is None or answer_tokens is None:
         return None
     return (prompt_tokens * prices["input"] + answer_tokens * prices["output"]) / 1_000_000
