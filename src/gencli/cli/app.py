@@ -1013,6 +1013,25 @@ def use_zsh_script() -> None:
     _completion_classes.ZshComplete.source_template = ZSH_SCRIPT
 
 
+def only_the_command(argv: list[str]) -> typer.Typer:
+    """The app with just the command ``argv`` runs, when it names one: Typer converts every
+    command's parameters into click's before it parses anything (~0.2 ms a parameter, for
+    commands that will not run). The help of the app itself, an unknown command and shell
+    completion get the whole app. (``registered_commands`` is Typer's list of commands; if
+    it stops matching, the whole app is used, as before.)"""
+    name = next((a for a in argv if not a.startswith("-")), None)
+    if name is None or any(k.startswith("_GENCLI_COMPLETE") for k in os.environ):
+        return app
+    chosen = [c for c in app.registered_commands if c.callback is not None and c.callback.__name__ == name]
+    if len(chosen) != 1 or chosen[0].name is not None:
+        return app
+    import copy
+
+    lean = copy.copy(app)
+    lean.registered_commands = chosen
+    return lean
+
+
 def main() -> None:
     """``gencli``: run the app; every failure is one line on stderr and an exit code."""
     from typer.main import get_command
@@ -1021,7 +1040,7 @@ def main() -> None:
     from gencli.errors import GencliError
 
     use_zsh_script()
-    command = get_command(app)
+    command = get_command(only_the_command(sys.argv[1:]))
     try:
         code = command.main(prog_name="gencli", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
