@@ -86,3 +86,18 @@ def test_no_import_cycle_through_the_cli():
 
     cycles = [c for c in map(cycle_from, (m for m in GRAPH if m.startswith("gencli.cli"))) if c]
     assert cycles == []
+
+
+def test_only_the_command_that_runs_is_built():
+    """cli.app.only_the_command: Typer's registered_commands (pinned Typer) filtered to the
+    command named; the app's own help, an unknown name and completion get the whole app."""
+    from gencli.cli.app import app, only_the_command
+
+    names = {c.callback.__name__ for c in app.registered_commands}
+    assert {"generate", "chat", "logs", "templates", "models", "serve"} <= names
+    lean = only_the_command(["models", "--json"])
+    assert [c.callback.__name__ for c in lean.registered_commands] == ["models"]
+    assert len(app.registered_commands) == len(names)  # the app itself is untouched
+    assert only_the_command(["--help"]) is app
+    assert only_the_command(["nope"]) is app
+    assert only_the_command([]) is app
