@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gencli.cli.render import Renderer
     from gencli.engine import Plan
     from gencli.events import Done
+    from gencli.registry import ModelEntry
     from gencli.request import Format, GenerateRequest
     from gencli.transport_httpx import HttpxTransport
 
@@ -216,7 +217,7 @@ class Composer:
         return self.template.render(text, self.params) if self.template else text
 
 
-def cost(entry: Any, prompt_tokens: int | None, answer_tokens: int | None) -> float | None:
+def cost(entry: ModelEntry, prompt_tokens: int | None, answer_tokens: int | None) -> float | None:
     """The turn's cost in dollars from models.json's ``prices`` (per million tokens): only
     when both prices are given and the upstream reported both counts."""
     prices = entry.prices

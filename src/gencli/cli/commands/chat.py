@@ -25,7 +25,7 @@ from gencli.cli.pipes import decode_utf8, error, stdin_terminal, stdout_terminal
 from gencli.errors import GencliError, UsageError
 
 if TYPE_CHECKING:
-    from gencli.cli.turn import Runner, Thread, TurnOptions
+    from gencli.cli.turn import Composer, Runner, Thread, TurnOptions
     from gencli.registry import ModelEntry
 
 PROMPT = ">>> "
@@ -109,7 +109,7 @@ class Chat:
         verbose: bool,
         interactive: bool,
         options_in: TurnOptions | None = None,
-        composer=None,
+        composer: Composer | None = None,
         fragments: list[str] | None = None,
     ):
         from gencli.cli.turn import TurnOptions

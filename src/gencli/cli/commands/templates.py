@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from gencli.cli import templates
 from gencli.errors import UsageError
@@ -10,7 +11,7 @@ from gencli.errors import UsageError
 ACTIONS = ("list", "show", "edit", "path")
 
 
-def _summary(path) -> str:
+def _summary(path: Path) -> str:
     try:
         t = templates.load(path.stem)
     except UsageError as exc:
