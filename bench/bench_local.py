@@ -152,7 +152,7 @@ def main() -> int:
     names = list(sides)
     for i in range(a.rounds):  # rotate which side goes first, so drift in the machine's load cancels
         for side in names[i % len(names) :] + names[: i % len(names)]:
-            runs[side].append(timed(*sides[side], work))
+            runs[side].append(timed(sides[side][0], work, sides[side][1]))
 
     def med(side: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[side])
