@@ -827,6 +827,28 @@ def test_an_endless_answer_is_stopped_at_the_answer_cap(hostile, openai_fake):
     works(hostile)
 
 
+
+def test_the_answer_up_to_the_cap_is_kept_when_one_read_crosses_it(tmp_path):
+    """Many deltas arrive in one read and the cap falls among them: the deltas before the
+    cap still go out, and the cap's error comes after them (not instead of them)."""
+    from gencli import engine
+    from gencli.errors import UpstreamError
+    from gencli.events import TextDelta
+    from gencli.registry import Registry
+    from gencli.request import GenerateRequest
+
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps({"m": {"provider": "openai-compatible", "model": "m", "base_url": "http://127.0.0.1:9"}}))
+    plan = engine.prepare(GenerateRequest(model="m", prompt="x", stream=True), Registry.load(path=str(path), env={}))
+    run = engine.Run(plan)
+    batch = [TextDelta("y" * MB) for _ in range(40)]  # one read holding 40 M characters
+    out = run.feed(batch)
+    assert sum(len(e.text) for e in out) == engine.MAX_ANSWER  # 32 deltas, every one before the cap
+    with pytest.raises(UpstreamError, match="longer than 32 M characters"):
+        run.feed([TextDelta("z")])
+    with pytest.raises(UpstreamError, match="longer than 32 M characters"):
+        run.done()
+
 # -- 6. DNS rebinding ---------------------------------------------------------------------------------
 
 

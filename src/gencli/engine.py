@@ -506,6 +506,10 @@ async def afetch_images(plan: Plan, fetcher: AsyncImageFetcher | None) -> None:
         message.images.insert(at, img.from_bytes(data, f"image {n + 1}", plan.adapter.image_types))
 
 
+class AnswerTooLong(UpstreamError):
+    """The upstream's answer passed MAX_ANSWER characters."""
+
+
 class Run:
     """Folds adapter events into engine events and the final Done (timings, context)."""
 
@@ -525,6 +529,7 @@ class Run:
         "hide_reasoning",
         "size",
         "served",
+        "over",
     )
 
     def __init__(self, plan: Plan, served: Candidate | None = None) -> None:
@@ -543,12 +548,25 @@ class Run:
         self.logprobs: list[TokenLogprob] | None = [] if plan.call.logprobs else None
         self.hide_reasoning = plan.call.think is False  # an upstream that reasons anyway: dropped here
         self.size = 0  # characters of text and reasoning gathered (at most MAX_ANSWER)
+        self.over: UpstreamError | None = None  # the answer cap was reached: raised on the next call
 
     def request_sent(self) -> None:
         self.sent = time.perf_counter_ns()
 
     def feed(self, events: list[Event]) -> list[Event]:
+        """The engine events of ``events``. When the answer cap is reached, the events before
+        it are returned and the cap's error is raised by the next ``feed`` or ``done``, so the
+        answer up to the cap is kept (streamed, or in the error's reply)."""
+        if self.over is not None:
+            raise self.over
         out: list[Event] = []
+        try:
+            self._fold(events, out)
+        except AnswerTooLong as exc:
+            self.over = exc
+        return out
+
+    def _fold(self, events: list[Event], out: list[Event]) -> None:
         for ev in events:
             if isinstance(ev, TextDelta):
                 if not ev.text:
@@ -582,7 +600,6 @@ class Run:
                     out.append(ev)
             elif isinstance(ev, Loaded):
                 self.sent = time.perf_counter_ns()
-        return out
 
     def _emit(self, r: str, x: str, out: list[Event]) -> None:
         if self.hide_reasoning:
@@ -591,7 +608,7 @@ class Run:
             self.first = time.perf_counter_ns()
         self.size += len(r) + len(x)
         if self.size > MAX_ANSWER:
-            raise UpstreamError(
+            raise AnswerTooLong(
                 f"{self.served.name}: the upstream sent an answer longer than {MAX_ANSWER // (1024 * 1024)} M "
                 "characters; it was stopped there"
             )
@@ -603,6 +620,8 @@ class Run:
             out.append(TextDelta(x))
 
     def done(self) -> list[Event]:
+        if self.over is not None:
+            raise self.over
         out: list[Event] = []
         r, x = self.splitter.close()
         self._emit(r, x, out)
