@@ -827,7 +827,6 @@ def test_an_endless_answer_is_stopped_at_the_answer_cap(hostile, openai_fake):
     works(hostile)
 
 
-
 def test_the_answer_up_to_the_cap_is_kept_when_one_read_crosses_it(tmp_path):
     """Many deltas arrive in one read and the cap falls among them: the deltas before the
     cap still go out, and the cap's error comes after them (not instead of them)."""
@@ -838,7 +837,9 @@ def test_the_answer_up_to_the_cap_is_kept_when_one_read_crosses_it(tmp_path):
     from gencli.request import GenerateRequest
 
     path = tmp_path / "models.json"
-    path.write_text(json.dumps({"m": {"provider": "openai-compatible", "model": "m", "base_url": "http://127.0.0.1:9"}}))
+    path.write_text(
+        json.dumps({"m": {"provider": "openai-compatible", "model": "m", "base_url": "http://127.0.0.1:9"}})
+    )
     plan = engine.prepare(GenerateRequest(model="m", prompt="x", stream=True), Registry.load(path=str(path), env={}))
     run = engine.Run(plan)
     batch = [TextDelta("y" * MB) for _ in range(40)]  # one read holding 40 M characters
@@ -848,6 +849,7 @@ def test_the_answer_up_to_the_cap_is_kept_when_one_read_crosses_it(tmp_path):
         run.feed([TextDelta("z")])
     with pytest.raises(UpstreamError, match="longer than 32 M characters"):
         run.done()
+
 
 # -- 6. DNS rebinding ---------------------------------------------------------------------------------
 
