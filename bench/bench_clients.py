@@ -8,7 +8,7 @@ ones (N tokens, the body read as it arrives, chunk by chunk, as gencli's engine 
 worker warms up, then reports its process CPU time (all threads) per request and its
 rate. Clients, each used as gencli would (one pool per process, keep-alive, no redirects):
 
-  gencli     gencli.httpclient (httptools' parser, what gencli serve uses)
+  gencli     gencli.transports.httpclient (httptools' parser, what gencli serve uses)
   aiohttp    aiohttp.ClientSession (gencli serve's client before issue 14)
   httpx      httpx.AsyncClient (HTTP/1.1)
   aiosonic   aiosonic.HTTPClient
@@ -45,7 +45,7 @@ HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench
 
 
 async def _gencli(url: str, body: bytes, stream: bool, n: int, conc: int) -> None:
-    from gencli.httpclient import Pool
+    from gencli.transports.httpclient import Pool
 
     pool = Pool(trust_env=False)
 
@@ -189,7 +189,7 @@ def main() -> int:
 
     names = []
     for name in args.clients.split(","):
-        module = {"gencli": "gencli.httpclient"}.get(name, name)
+        module = {"gencli": "gencli.transports.httpclient"}.get(name, name)
         probe = subprocess.run([bs._python(), "-c", f"import {module}"], capture_output=True)
         if name not in CLIENTS or probe.returncode:
             print(f"bench_clients: skipping {name} (not installed)", file=sys.stderr)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The SSE decoder (``gencli.sse``) on its own: microseconds per MB of upstream stream, for the
+"""The SSE decoder (``gencli.core.sse``) on its own: microseconds per MB of upstream stream, for the
 ways an upstream's bytes arrive, this checkout next to another commit's decoder (``--ref``,
 default ``main``) in the same run, alternating.
 
@@ -97,12 +97,12 @@ def main() -> int:
     args = ap.parse_args()
     try:
         ref_source = subprocess.run(
-            ["git", "show", f"{args.ref}:src/gencli/sse.py"], cwd=ROOT, capture_output=True, check=True, text=True
+            ["git", "show", f"{args.ref}:src/gencli/core/sse.py"], cwd=ROOT, capture_output=True, check=True, text=True
         ).stdout
     except subprocess.CalledProcessError as exc:
-        print(f"bench_sse: cannot read src/gencli/sse.py at {args.ref}: {exc.stderr.strip()}", file=sys.stderr)
+        print(f"bench_sse: cannot read src/gencli/core/sse.py at {args.ref}: {exc.stderr.strip()}", file=sys.stderr)
         return 2
-    this = load((ROOT / "src/gencli/sse.py").read_text(), "sse_this").SSEDecoder
+    this = load((ROOT / "src/gencli/core/sse.py").read_text(), "sse_this").SSEDecoder
     ref = load(ref_source, "sse_ref").SSEDecoder
     results = {}
     for name, reads in streams().items():

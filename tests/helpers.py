@@ -74,7 +74,7 @@ def execute(plan: Any, seen: list | None = None) -> list:
     """Every event of the engine's run of ``plan`` over a fresh httpx transport (closed after);
     each is appended to ``seen`` as it comes too, which keeps what came before an error."""
     from gencli import engine
-    from gencli.transport_httpx import HttpxTransport
+    from gencli.transports.cli import HttpxTransport
 
     out = [] if seen is None else seen
     transport = HttpxTransport(tls=False)
@@ -90,8 +90,8 @@ def generate(reg: Any, model: str, prompt: str | None = "hello world", **kw: Any
     """One generation of ``model`` through the engine (no server, no CLI): the events before
     the Done, and the Done."""
     from gencli import engine
-    from gencli.events import Done
-    from gencli.request import GenerateRequest
+    from gencli.core.events import Done
+    from gencli.core.request import GenerateRequest
 
     events = execute(engine.prepare(GenerateRequest(model=model, prompt=prompt, **kw), reg))
     assert isinstance(events[-1], Done)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import pytest
 
-from gencli.errors import (
+from gencli.core.errors import (
     GencliError,
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimited,
 )
-from gencli.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
+from gencli.core.events import Finish, ReasoningDelta, TextDelta, ToolCall, Usage
 from gencli.providers import get_adapter
 from gencli.providers.base import Call, HttpAdapter
 
@@ -211,7 +211,7 @@ def test_a_malformed_event_is_an_error():
 @pytest.mark.parametrize("provider", ["openai", "google"])
 def test_an_event_past_the_cap_is_an_error_keeping_the_events_of_the_same_read(provider):
     """One read: two whole events, then a line that passes 8 MB: the two are parsed first."""
-    from gencli.sse import MAX_EVENT, EventTooLarge
+    from gencli.core.sse import MAX_EVENT, EventTooLarge
 
     whole = {"openai": OPENAI_TEXT, "google": GEMINI_THOUGHTS}[provider]
     end = b"\r\n\r\n" if b"\r\n\r\n" in whole else b"\n\n"

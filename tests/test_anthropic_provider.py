@@ -9,10 +9,10 @@ import json
 import pytest
 
 from gencli import engine
-from gencli.errors import UpstreamAuthError, UpstreamError, UpstreamRateLimited, UsageError
-from gencli.events import Done, ReasoningDelta, TextDelta, ToolCall
-from gencli.registry import Registry
-from gencli.request import GenerateRequest, Message
+from gencli.config.registry import Registry
+from gencli.core.errors import UpstreamAuthError, UpstreamError, UpstreamRateLimited, UsageError
+from gencli.core.events import Done, ReasoningDelta, TextDelta, ToolCall
+from gencli.core.request import GenerateRequest, Message
 from tests.conftest import clean_env, run_gencli
 from tests.fakes.anthropic_upstream import FAKE_KEY
 from tests.helpers import execute, generate, texts

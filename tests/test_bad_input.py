@@ -12,8 +12,8 @@ import base64
 import httpx
 import pytest
 
-from gencli import context as ctx
-from gencli.request import Message
+from gencli.core import context as ctx
+from gencli.core.request import Message
 from tests.helpers import post
 from tests.server_fixture import server  # noqa: F401  (fixture)
 

@@ -399,7 +399,7 @@ def test_push_create_copy_delete_blobs_are_clear_errors(client, server):
 
 
 def test_builtin_capabilities_match_the_upstream_models(tmp_path):
-    from gencli.registry import Registry
+    from gencli.config.registry import Registry
 
     reg = Registry.load(env=clean_env(tmp_path), cwd=tmp_path)
     assert "tools" in reg.models["deepseek-r1"].capabilities  # R1-0528 calls functions

@@ -2,9 +2,9 @@
 
 import pytest
 
-from gencli import context
-from gencli.errors import ContextError
-from gencli.request import Message
+from gencli.core import context
+from gencli.core.errors import ContextError
+from gencli.core.request import Message
 
 
 def conv(n: int) -> list[Message]:

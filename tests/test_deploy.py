@@ -294,7 +294,7 @@ def _through(client: httpx.Client, url: str, headers: dict) -> bool:
 
 
 def test_kubernetes_manifests_parse_and_fit_together(tmp_path):
-    from gencli.registry import Registry
+    from gencli.config.registry import Registry
     from gencli.server.app import App
 
     docs = manifests(K8S)

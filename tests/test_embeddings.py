@@ -12,10 +12,10 @@ import struct
 import httpx
 import pytest
 
-from gencli.embeddings import embed
-from gencli.errors import UpstreamAuthError, UsageError
-from gencli.registry import Registry
-from gencli.transport_httpx import HttpxTransport
+from gencli.config.registry import Registry
+from gencli.core.errors import UpstreamAuthError, UsageError
+from gencli.engine.embeddings import embed
+from gencli.transports.cli import HttpxTransport
 from tests.conftest import clean_env, run_gencli
 from tests.fakes.gemini_upstream import FAKE_KEY as GEMINI_KEY
 from tests.fakes.gemini_upstream import fake_gemini_vector

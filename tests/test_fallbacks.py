@@ -17,12 +17,12 @@ import httpx
 import pytest
 
 from gencli import engine
-from gencli.errors import ConfigError, UpstreamAuthError, UpstreamError
-from gencli.events import Done, TextDelta
-from gencli.registry import Registry
-from gencli.request import GenerateRequest
-from gencli.transport_async import ServerTransport
-from gencli.transport_httpx import HttpxTransport
+from gencli.config.registry import Registry
+from gencli.core.errors import ConfigError, UpstreamAuthError, UpstreamError
+from gencli.core.events import Done, TextDelta
+from gencli.core.request import GenerateRequest
+from gencli.transports.cli import HttpxTransport
+from gencli.transports.server import ServerTransport
 from tests.conftest import clean_env, run_gencli
 from tests.fakes.openai_upstream import FAKE_KEY, FakeOpenAI
 from tests.helpers import ndjson, post, wait_until
@@ -442,7 +442,7 @@ def test_serve_does_not_fall_back_mid_stream(routed):
 
 
 def test_header_values_are_printable_ascii():
-    from gencli.server.streaming import _header_value
+    from gencli.server.api.streaming import _header_value
 
     assert _header_value("b") == b"b"
     assert _header_value("ünï\r\nX-Evil: 1") == b"\\xfcn\\xef??X-Evil: 1"

@@ -27,7 +27,7 @@ from schemathesis.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from gencli.registry import Registry  # noqa: E402
+from gencli.config.registry import Registry  # noqa: E402
 from gencli.server.app import App  # noqa: E402
 from tests.server_fixture import KEY_VAR, ServeProcess  # noqa: E402
 

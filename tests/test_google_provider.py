@@ -10,12 +10,12 @@ import json
 import pytest
 
 from gencli import engine
-from gencli.errors import UpstreamAuthError, UpstreamError, UpstreamRateLimited, UsageError
-from gencli.events import Done, ReasoningDelta, TextDelta
+from gencli.config.registry import Registry
+from gencli.core.errors import UpstreamAuthError, UpstreamError, UpstreamRateLimited, UsageError
+from gencli.core.events import Done, ReasoningDelta, TextDelta
+from gencli.core.request import GenerateRequest
 from gencli.providers.base import Call
 from gencli.providers.google import GoogleAdapter
-from gencli.registry import Registry
-from gencli.request import GenerateRequest
 from tests.conftest import clean_env, run_gencli
 from tests.fakes.gemini_upstream import FAKE_KEY
 from tests.helpers import execute, generate, texts

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from gencli.server.ollama import OLLAMA_VERSION
+from gencli.server.api.ollama import OLLAMA_VERSION
 from tests.fakes.threaded import ThreadedServer
 from tests.server_fixture import ServeProcess, models_json
 
@@ -831,10 +831,10 @@ def test_the_answer_up_to_the_cap_is_kept_when_one_read_crosses_it(tmp_path):
     """Many deltas arrive in one read and the cap falls among them: the deltas before the
     cap still go out, and the cap's error comes after them (not instead of them)."""
     from gencli import engine
-    from gencli.errors import UpstreamError
-    from gencli.events import TextDelta
-    from gencli.registry import Registry
-    from gencli.request import GenerateRequest
+    from gencli.config.registry import Registry
+    from gencli.core.errors import UpstreamError
+    from gencli.core.events import TextDelta
+    from gencli.core.request import GenerateRequest
 
     path = tmp_path / "models.json"
     path.write_text(

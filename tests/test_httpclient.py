@@ -1,4 +1,4 @@
-"""gencli's upstream HTTP/1.1 client (gencli.httpclient) against scripted upstreams on 127.0.0.1.
+"""gencli's upstream HTTP/1.1 client (gencli.transports.httpclient) against scripted upstreams on 127.0.0.1.
 
 - Differential: a corpus of upstream answers, well-formed and hostile, each sent byte for
   byte by a raw server; the client must agree with h11 (the reference parser, fed the same
@@ -21,7 +21,7 @@ import h11
 import httpx
 import pytest
 
-from gencli import httpclient as hc
+from gencli.transports import httpclient as hc
 from tests.fakes.tls import make_ca
 from tests.server_fixture import ServeProcess
 
@@ -672,14 +672,14 @@ def test_gencli_serve_reaches_a_tls_upstream_directly_and_through_a_proxy(tmp_pa
 
 
 def test_the_cli_and_the_server_trust_the_same_roots(tmp_path, ca):
-    """One trust store (gencli.trust): certifi's roots unless SSL_CERT_FILE or SSL_CERT_DIR
+    """One trust store (gencli.transports.trust): certifi's roots unless SSL_CERT_FILE or SSL_CERT_DIR
     names others, for the CLI's httpx as for gencli serve's own client (the test above): the
     CLI reaches the TLS upstream with the test CA named, and is refused without it."""
     import json
 
     import certifi
 
-    from gencli import trust
+    from gencli.transports import trust
     from tests.conftest import clean_env, run_gencli
 
     assert trust.roots({}) == (certifi.where(), None)

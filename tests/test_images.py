@@ -4,8 +4,8 @@ import base64
 
 import pytest
 
-from gencli import images
-from gencli.errors import ImageError
+from gencli.core import images
+from gencli.core.errors import ImageError
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 32

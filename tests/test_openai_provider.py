@@ -11,17 +11,17 @@ import zlib
 import pytest
 
 from gencli import engine
-from gencli.errors import (
+from gencli.config.registry import Registry
+from gencli.core.errors import (
     MissingKey,
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimited,
     UsageError,
 )
-from gencli.events import Done, ReasoningDelta, TextDelta
-from gencli.registry import Registry
-from gencli.request import GenerateRequest, Message
-from gencli.transport_httpx import HttpxTransport
+from gencli.core.events import Done, ReasoningDelta, TextDelta
+from gencli.core.request import GenerateRequest, Message
+from gencli.transports.cli import HttpxTransport
 from tests.fakes.openai_upstream import FAKE_KEY, FakeOpenAI
 from tests.helpers import execute, wait_until
 

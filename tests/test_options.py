@@ -1,4 +1,4 @@
-"""Options are an allowlist per provider (gencli.options, ProviderSpec.options): a request
+"""Options are an allowlist per provider (gencli.core.options, ProviderSpec.options): a request
 sets only the sampling options its provider takes; how a model is loaded (num_ctx,
 num_thread, num_batch, num_gpu) comes from its models.json entry, never from a request.
 The hostile cases run against the real ``gencli serve`` with the local model under a
@@ -12,10 +12,10 @@ import json
 import httpx
 import pytest
 
-from gencli import options as opts
-from gencli.errors import ConfigError, UsageError
+from gencli.config.registry import Registry
+from gencli.core import options as opts
+from gencli.core.errors import ConfigError, UsageError
 from gencli.providers import PROVIDERS
-from gencli.registry import Registry
 from tests.conftest import clean_env, run_gencli
 from tests.fakes.openai_upstream import FAKE_KEY
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from gencli.errors import ConfigError, MissingKey, ModelNotFound
-from gencli.registry import Registry, parse_dotenv
+from gencli.config.registry import Registry, parse_dotenv
+from gencli.core.errors import ConfigError, MissingKey, ModelNotFound
 
 
 def write(tmp_path: Path, data) -> str:
@@ -139,7 +139,7 @@ def test_dotenv_parsing_and_environment_wins(tmp_path):
         "OTHER": "x",
         "EMPTY": "",
     }
-    from gencli.registry import load_env
+    from gencli.config.registry import load_env
 
     env = load_env(cwd=tmp_path, environ={"OTHER": "from-env"})
     assert env["OPENAI_API_KEY"] == "sk-from-file" and env["OTHER"] == "from-env"

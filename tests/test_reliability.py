@@ -17,19 +17,19 @@ import httpx
 import pytest
 
 from gencli import engine
-from gencli.errors import (
+from gencli.config.registry import Registry
+from gencli.core.errors import (
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from gencli.events import Done, TextDelta
-from gencli.registry import Registry
-from gencli.request import GenerateRequest
-from gencli.retry import MAX_WAIT, Retrier, RetryPolicy, retryable
-from gencli.transport_async import ServerTransport
-from gencli.transport_httpx import HttpxTransport
+from gencli.core.events import Done, TextDelta
+from gencli.core.request import GenerateRequest
+from gencli.core.retry import MAX_WAIT, Retrier, RetryPolicy, retryable
+from gencli.transports.cli import HttpxTransport
+from gencli.transports.server import ServerTransport
 from tests.conftest import GENCLI, clean_env, run_gencli
 from tests.fakes import gemini_upstream
 from tests.fakes.openai_upstream import FAKE_KEY, FakeOpenAI

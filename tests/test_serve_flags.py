@@ -89,14 +89,14 @@ def test_help_states_every_setting_with_its_default_and_variable(tmp_path):
 
 
 def test_one_table_gives_the_flags_the_config_and_the_http_limits():
-    """gencli.servesettings.SERVE is the one declaration: each row's flag is an option of the
+    """gencli.config.servesettings.SERVE is the one declaration: each row's flag is an option of the
     serve command, its value (flag or variable) lands in its ServeConfig field (scaled to bytes
     for MB and KB), and ServeConfig's and http11.Limits' defaults are the rows' defaults."""
     import dataclasses
 
     from gencli.cli.app import SERVE_SETTINGS
+    from gencli.config.servesettings import SERVE
     from gencli.server.http11 import Limits
-    from gencli.servesettings import SERVE
 
     assert NUMBERS == tuple(row.number for row in SERVE)
     declared = {key for key, _, _ in SERVE_SETTINGS}

@@ -270,7 +270,7 @@ class _CountingRun:
 def test_in_thread_bridge():
     import asyncio
 
-    from gencli.bridge import in_thread
+    from gencli.engine.bridge import in_thread
 
     async def collect(run, limit=None):
         out = []

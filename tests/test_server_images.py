@@ -13,12 +13,12 @@ import httpx
 import pytest
 from aiohttp import web
 
+from gencli.config.registry import Registry
+from gencli.core.errors import ImageError
+from gencli.core.images import ImageQuota
+from gencli.core.request import GenerateRequest, Message
 from gencli.engine import fetch_images, prepare
-from gencli.errors import ImageError
-from gencli.images import ImageQuota
-from gencli.registry import Registry
-from gencli.request import GenerateRequest, Message
-from gencli.transport_httpx import HttpxTransport
+from gencli.transports.cli import HttpxTransport
 from tests.fakes.threaded import ThreadedServer
 from tests.server_fixture import KEY_VAR, ServeProcess, models_json
 

@@ -1,4 +1,4 @@
-"""Settings are read once (gencli.settings): flags over the environment over .env, checked
+"""Settings are read once (gencli.config.settings): flags over the environment over .env, checked
 at start, then passed down to the registry, the engine, the local model's queue and the
 server, including every ``--workers`` process. Nothing reads os.environ per request."""
 
@@ -11,11 +11,11 @@ import pickle
 import httpx
 import pytest
 
+from gencli.config.registry import Registry
+from gencli.config.settings import Settings
+from gencli.core.errors import UsageError
+from gencli.core.request import GenerateRequest
 from gencli.engine import prepare
-from gencli.errors import UsageError
-from gencli.registry import Registry
-from gencli.request import GenerateRequest
-from gencli.settings import Settings
 from tests.conftest import clean_env, run_gencli
 from tests.fakes.openai_upstream import FAKE_KEY
 from tests.server_fixture import KEY_VAR, ServeProcess

@@ -1,4 +1,4 @@
-"""Unit tests of the SSE decoder (gencli.sse) and the <think> splitter (gencli.think)."""
+"""Unit tests of the SSE decoder (gencli.core.sse) and the <think> splitter (gencli.core.think)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from gencli.errors import UpstreamError
-from gencli.sse import MAX_EVENT, EventTooLarge, SSEDecoder
-from gencli.think import ThinkSplitter, split_complete
+from gencli.core.errors import UpstreamError
+from gencli.core.sse import MAX_EVENT, EventTooLarge, SSEDecoder
+from gencli.core.think import ThinkSplitter, split_complete
 
 STREAM = (
     b'data: {"a":1}\n\n'

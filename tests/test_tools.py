@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from gencli import engine
-from gencli.errors import UpstreamError, UsageError
-from gencli.events import Done, ToolCall
-from gencli.registry import Registry
-from gencli.request import GenerateRequest, Message
-from gencli.transport_httpx import HttpxTransport
+from gencli.config.registry import Registry
+from gencli.core.errors import UpstreamError, UsageError
+from gencli.core.events import Done, ToolCall
+from gencli.core.request import GenerateRequest, Message
+from gencli.transports.cli import HttpxTransport
 from tests.fakes.gemini_upstream import FAKE_KEY as GEMINI_KEY
 from tests.fakes.openai_upstream import FAKE_KEY
 from tests.server_fixture import KEY_VAR, ServeProcess

@@ -20,13 +20,13 @@ import click
 import typer
 
 from gencli import __version__
-from gencli.servesettings import BY_FIELD, NETWORK, SERVE, SERVER, Setting
+from gencli.config.servesettings import BY_FIELD, NETWORK, SERVE, SERVER, Setting
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 MODEL, SAMPLING, OUTPUT, CONVERSATION = "Model", "Sampling", "Output", "Conversation"
 INPUT = "Input"
-# NETWORK and SERVER (and serve's LIMITS) come with serve's table (gencli.servesettings)
+# NETWORK and SERVER (and serve's LIMITS) come with serve's table (gencli.config.servesettings)
 
 app = typer.Typer(
     name="gencli",
@@ -43,8 +43,8 @@ app = typer.Typer(
 
 def complete_model(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
     """-m: the registry's model names (runs only when the shell asks)."""
-    from gencli.errors import GencliError
-    from gencli.registry import Registry
+    from gencli.config.registry import Registry
+    from gencli.core.errors import GencliError
 
     try:
         registry = Registry.load(ctx.params.get("models_path"))
@@ -60,7 +60,7 @@ def complete_model(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]
 def complete_conversation(incomplete: str) -> list[tuple[str, str]]:
     """--conversation and --delete: the kept conversations."""
     from gencli.cli import state
-    from gencli.errors import GencliError
+    from gencli.core.errors import GencliError
 
     try:
         found = state.listing()
@@ -72,7 +72,7 @@ def complete_conversation(incomplete: str) -> list[tuple[str, str]]:
 def complete_template(incomplete: str) -> list[str]:
     """-t and 'templates show/edit': the saved templates."""
     from gencli.cli import templates
-    from gencli.errors import GencliError
+    from gencli.core.errors import GencliError
 
     try:
         return [name for name, _ in templates.names() if name.startswith(incomplete)]
@@ -823,7 +823,7 @@ def _setting(row: Setting) -> Row:
 
 
 # The numeric settings of 'gencli serve', in help order: the rows of the one table
-# (gencli.servesettings.SERVE) the command does not declare itself.
+# (gencli.config.servesettings.SERVE) the command does not declare itself.
 SERVE_SETTINGS: tuple[Row, ...] = tuple(_setting(row) for row in SERVE if row.help)
 _PORT, _WORKERS = (BY_FIELD[key].number.default_text() for key in ("port", "workers"))
 
@@ -1037,7 +1037,7 @@ def main() -> None:
     from typer.main import get_command
 
     from gencli.cli.pipes import error, quiet_pipe
-    from gencli.errors import GencliError
+    from gencli.core.errors import GencliError
 
     use_zsh_script()
     command = get_command(only_the_command(sys.argv[1:]))

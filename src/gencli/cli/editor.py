@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from gencli.errors import GencliError
+from gencli.core.errors import GencliError
 
 
 class EditorError(GencliError):

@@ -3,7 +3,7 @@
 Each fragment is at most :data:`MAX_FRAGMENT_BYTES` (1 MiB) of UTF-8 text; bigger input,
 binary input (a NUL byte, or bytes that are not UTF-8) or a page whose Content-Type is
 not text is refused with a one-line error (exit code 2) before anything is sent. URLs
-are downloaded by :mod:`gencli.textfetch`, behind the address guard of the server's
+are downloaded by :mod:`gencli.transports.textfetch`, behind the address guard of the server's
 image downloads (public addresses only unless ``--allow-private-fragments``).
 
 The prompt is the fragments, in the order given, then the prompt itself, separated by
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gencli.errors import UsageError
+from gencli.core.errors import UsageError
 
 MAX_FRAGMENT_BYTES = 1024 * 1024
 TEXT_TYPES = ("application/json", "application/xml", "application/javascript", "application/x-yaml", "+json", "+xml")
@@ -50,7 +50,7 @@ def read_one(value: str, stdin: bytes | None, allow_private: bool) -> str:
             raise _too_big("-f - (stdin)", len(data))
         return _text(data, "-f - (stdin)")
     if is_url(value):
-        from gencli.textfetch import fetch_text
+        from gencli.transports.textfetch import fetch_text
 
         body, content_type = fetch_text(value, MAX_FRAGMENT_BYTES, allow_private)
         kind, _, params = content_type.partition(";")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gencli.cli.state import data_dir, logs_off_file
-from gencli.errors import GencliError
+from gencli.core.errors import GencliError
 
 DB_NAME = "logs.db"
 BUSY_MS = 2000  # how long a write waits for another gencli holding the database

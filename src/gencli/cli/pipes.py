@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from gencli.errors import UsageError
+from gencli.core.errors import UsageError
 
 
 def stdin_piped() -> bool:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gencli.events import Done, ReasoningDelta, TextDelta
+from gencli.core.events import Done, ReasoningDelta, TextDelta
 
 if TYPE_CHECKING:
-    from gencli.events import Event
+    from gencli.core.events import Event
 
 
 class Renderer(Protocol):
@@ -108,9 +108,9 @@ class JsonRenderer:
     """Exactly the objects /api/generate returns: NDJSON lines when streaming, else one object."""
 
     def __init__(self, model: str, stream: bool):
-        from gencli import wire
+        from gencli.core import replies
 
-        self.wire = wire
+        self.replies = replies
         self.model = model
         self.stream = stream
         self.out = sys.stdout
@@ -123,13 +123,13 @@ class JsonRenderer:
 
     def event(self, ev: Event) -> Done | None:
         if type(ev) is Done:
-            self._line(self.wire.generate_final(ev, self.stream))
+            self._line(self.replies.generate_final(ev, self.stream))
             return ev
         if self.stream:
             if type(ev) is TextDelta:
-                self._line(self.wire.generate_chunk(self.model, ev.text))
+                self._line(self.replies.generate_chunk(self.model, ev.text))
             elif type(ev) is ReasoningDelta:
-                self._line(self.wire.generate_chunk(self.model, "", ev.text))
+                self._line(self.replies.generate_chunk(self.model, "", ev.text))
         return None
 
     def finish(self) -> None:

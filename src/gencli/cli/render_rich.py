@@ -33,12 +33,12 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 from gencli.cli.fences import closes, fence_marker
-from gencli.events import Done, ReasoningDelta, TextDelta
+from gencli.core.events import Done, ReasoningDelta, TextDelta
 
 if TYPE_CHECKING:
     from rich.console import ConsoleOptions, RenderableType
 
-    from gencli.events import Event
+    from gencli.core.events import Event
 
 FPS = 12
 REASONING_TITLE = "reasoning"

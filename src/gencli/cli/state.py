@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gencli.errors import GencliError, UsageError
+from gencli.core.errors import GencliError, UsageError
 
 LAST = "last"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

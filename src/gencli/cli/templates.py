@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gencli.errors import GencliError, UsageError
+from gencli.core.errors import GencliError, UsageError
 
 FIELDS = ("system", "prompt", "model", "options", "defaults")
 SUFFIXES = (".yaml", ".yml", ".toml")
@@ -163,7 +163,7 @@ def parse(name: str, path: Path, text: str) -> Template:
         raise TemplateError(f"{where}: give a 'system' prompt or a 'prompt' (gencli templates edit {name})")
     options = dict(data.get("options") or {})
     if options:
-        from gencli import options as opts
+        from gencli.core import options as opts
 
         try:
             options, ignored = opts.check(options, opts.KNOWN)

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gencli.cli import state
 from gencli.cli.pipes import stdout_terminal, warning
-from gencli.errors import GencliError, UsageError
+from gencli.core.errors import GencliError, UsageError
 
 if TYPE_CHECKING:
     from gencli.cli.render import Renderer
+    from gencli.config.registry import ModelEntry
+    from gencli.core.events import Done
+    from gencli.core.request import Format, GenerateRequest
     from gencli.engine import Plan
-    from gencli.events import Done
-    from gencli.registry import ModelEntry
-    from gencli.request import Format, GenerateRequest
-    from gencli.transport_httpx import HttpxTransport
+    from gencli.transports.cli import HttpxTransport
 
 # -- request inputs ----------------------------------------------------------------
 
@@ -52,7 +52,7 @@ def sampling_options(
 
 def read_images(values: list[str] | tuple[str, ...] | None) -> list[str | bytes]:
     """Each ``--image``: a URL as it is, else the file's bytes."""
-    from gencli.images import is_url
+    from gencli.core.images import is_url
 
     out: list[str | bytes] = []
     for value in values or ():
@@ -125,7 +125,7 @@ def count_turns(context: list[int] | None) -> int:
     """User turns in a context array (0 for none or one that cannot be read)."""
     if not context:
         return 0
-    from gencli import context as ctx
+    from gencli.core import context as ctx
 
     try:
         return sum(1 for m in ctx.decode(context) if m.role == "user")
@@ -320,7 +320,7 @@ class Thread:
 
 def _checked(conv: state.Conversation) -> list[int]:
     """A kept conversation's context, refused with the way out if it cannot be read."""
-    from gencli import context as ctx
+    from gencli.core import context as ctx
 
     try:
         ctx.decode(conv.context)
@@ -362,8 +362,8 @@ class Runner:
     importing httpx costs ~0.1 s)."""
 
     def __init__(self, models_path: str | None, timeout: float | None = None, retries: int | None = None):
-        from gencli.registry import Registry
-        from gencli.settings import Settings
+        from gencli.config.registry import Registry
+        from gencli.config.settings import Settings
 
         self.registry = Registry.load(settings=Settings.load(models_path=models_path))
         self.timeout = timeout
@@ -386,7 +386,7 @@ class Runner:
         key = (timeout, tls)
         if self._transport is None or self._transport_key != key:
             self.close()
-            from gencli.transport_httpx import HttpxTransport
+            from gencli.transports.cli import HttpxTransport
 
             self._transport = HttpxTransport(timeout=timeout, tls=tls)
             self._transport_key = key

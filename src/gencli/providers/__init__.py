@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple
 
-from gencli import options as o
+from gencli.core import options as o
 
 if TYPE_CHECKING:
     from gencli.providers.base import Adapter

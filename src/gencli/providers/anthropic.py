@@ -24,17 +24,17 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from gencli.errors import (
+from gencli.core.errors import (
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimited,
     UsageError,
 )
-from gencli.events import Event, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
+from gencli.core.events import Event, Finish, ReasoningDelta, TextDelta, ToolCall, Usage
+from gencli.core.request import Message
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
 from gencli.providers.common import call_secrets, http_error, json_post, loads, scrub, upstream_json
-from gencli.request import Message
 
 API_VERSION = "2023-06-01"  # the anthropic-version header
 VERSION_HEADER = {"anthropic-version": API_VERSION}
@@ -286,7 +286,7 @@ class AnthropicAdapter:
         return out
 
     def tool_call(self, call: Call, cid: Any, name: Any, args: Any) -> ToolCall:
-        from gencli.tools import new_call_id
+        from gencli.core.tools import new_call_id
 
         if not isinstance(name, str) or not name:
             raise UpstreamError(f"{call.name}: {self.label} sent a tool_use block without a name")
@@ -399,7 +399,7 @@ class AnthropicStreamParser(SSEParser["AnthropicAdapter"]):
         elif kind == "content_block_stop":
             slot = self.tools.pop(event.get("index"), None)  # type: ignore[arg-type]
             if slot is not None:
-                from gencli.tools import parse_arguments
+                from gencli.core.tools import parse_arguments
 
                 name = slot[1] if isinstance(slot[1], str) else ""
                 args = parse_arguments("".join(slot[2]), name, f"{self.call.name}: {self.adapter.label}")

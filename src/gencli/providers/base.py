@@ -27,14 +27,14 @@ from typing import (
     runtime_checkable,
 )
 
-from gencli.errors import GencliError
-from gencli.events import Event
-from gencli.request import Format, Message, ToolChoice
-from gencli.retry import DEFAULT_RETRIES
-from gencli.sse import EventTooLarge, SSEDecoder
+from gencli.core.errors import GencliError
+from gencli.core.events import Event
+from gencli.core.request import Format, Message, ToolChoice
+from gencli.core.retry import DEFAULT_RETRIES
+from gencli.core.sse import EventTooLarge, SSEDecoder
 
 if TYPE_CHECKING:
-    from gencli.images import ImageQuota
+    from gencli.core.images import ImageQuota
 
 
 @dataclass(slots=True)
@@ -72,16 +72,17 @@ class Call:
     key_env: str | None  # name of the variable the key came from (for error messages)
     headers: Mapping[str, str]
     messages: list[Message]  # the engine adds the images downloaded from URLs to them before the run
-    options: Mapping[str, Any]  # per-request options the provider takes (gencli.options)
+    options: Mapping[str, Any]  # per-request options the provider takes (gencli.core.options)
     format: Format | None = None  # None | "json" | a JSON schema (dict)
     think: bool | str | None = None
     stream: bool = True
-    tools: list[dict[str, Any]] | None = None  # validated function tools (gencli.tools.validate_tools)
-    # with tools: None (the upstream's default, auto) | "required" | {"name": tool} (gencli.tools.validate_tool_choice)
+    tools: list[dict[str, Any]] | None = None  # validated function tools (gencli.core.tools.validate_tools)
+    # with tools: None (the upstream's default, auto) | "required" | {"name": tool}
+    # (gencli.core.tools.validate_tool_choice)
     tool_choice: ToolChoice | None = None
     capabilities: tuple[str, ...] = ("completion",)
     timeout: float | None = None  # upstream read timeout in seconds; None: the transport's default
-    retries: int = DEFAULT_RETRIES  # retries of a failure before any output (gencli.retry)
+    retries: int = DEFAULT_RETRIES  # retries of a failure before any output (gencli.core.retry)
     local: LocalModel | None = None  # the local provider's file and load settings
     # a JSON-schema format's name and strictness, as the caller gave them (OpenAI's json_schema)
     format_name: str | None = None
@@ -220,7 +221,7 @@ class SyncTransport(Protocol):
 
 
 class AsyncTransport(Protocol):
-    """Sends an HttpRequest on the event loop (the server: transport_async)."""
+    """Sends an HttpRequest on the event loop (the server: gencli.transports.server)."""
 
     def open(self, request: HttpRequest, call: Call) -> AbstractAsyncContextManager[AsyncResponse]: ...
 

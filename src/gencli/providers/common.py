@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from gencli.errors import (
+from gencli.core.errors import (
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimited,

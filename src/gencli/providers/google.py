@@ -13,17 +13,17 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import quote
 
-from gencli.errors import (
+from gencli.core.errors import (
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimited,
     UsageError,
 )
-from gencli.events import Event, Finish, Logprobs, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, Usage
+from gencli.core.events import Event, Finish, Logprobs, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, Usage
+from gencli.core.request import Message
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
 from gencli.providers.common import call_secrets, dumps, http_error, json_post, loads, retry_after, scrub, upstream_json
-from gencli.request import Message
 
 API_VERSION = "v1beta"
 KEY_HEADER = "x-goog-api-key"
@@ -369,7 +369,7 @@ class GoogleAdapter:
             out.append(Usage(usage.get("promptTokenCount"), completion, thoughts))
 
     def tool_call(self, call: Call, fc: dict[str, Any]) -> ToolCall:
-        from gencli.tools import new_call_id
+        from gencli.core.tools import new_call_id
 
         name = fc.get("name")
         if not isinstance(name, str) or not name:

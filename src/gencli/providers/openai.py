@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from gencli.errors import UpstreamError, UsageError
-from gencli.events import Event, Finish, Logprobs, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, Usage
+from gencli.core.errors import UpstreamError, UsageError
+from gencli.core.events import Event, Finish, Logprobs, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, Usage
+from gencli.core.request import Message
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, HttpAdapter, HttpRequest, SSEParser
 from gencli.providers.common import call_secrets, dumps, http_error, json_post, loads, scrub, upstream_json
-from gencli.request import Message
 
 FINISH = {
     "stop": "stop",
@@ -45,7 +45,7 @@ def _message(m: Message) -> dict[str, Any]:
     if m.role == "tool":
         return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
     if m.tool_calls:
-        from gencli.tools import openai_calls_out
+        from gencli.core.tools import openai_calls_out
 
         return {"role": "assistant", "content": m.content or None, "tool_calls": openai_calls_out(m.tool_calls)}
     return {"role": m.role, "content": _content(m)}
@@ -53,7 +53,7 @@ def _message(m: Message) -> dict[str, Any]:
 
 def _tool_calls(raw: Any, call: Call, label: str) -> list[Event]:
     """ToolCall events from a message's ``tool_calls`` (arguments: a JSON string, parsed to a dict)."""
-    from gencli.tools import new_call_id, parse_arguments
+    from gencli.core.tools import new_call_id, parse_arguments
 
     out: list[Event] = []
     for tc in raw if isinstance(raw, list) else ():

@@ -1,15 +1,15 @@
 """The ASGI app behind ``gencli serve``: a table of routes, each wire format in its own
 module, all on the engine.
 
-- :mod:`~gencli.server.ollama`: Ollama's API (/api/generate, /api/chat, /api/tags, ...)
-- :mod:`~gencli.server.openai`: OpenAI's /v1/chat/completions and /v1/models
-- :mod:`~gencli.server.responses`: OpenAI's Responses API (/v1/responses)
-- :mod:`~gencli.server.anthropic`: Anthropic's Messages API (/v1/messages)
-- :mod:`~gencli.server.embed`: embeddings (/api/embed, /api/embeddings, /v1/embeddings)
+- :mod:`~gencli.server.api.ollama`: Ollama's API (/api/generate, /api/chat, /api/tags, ...)
+- :mod:`~gencli.server.api.openai`: OpenAI's /v1/chat/completions and /v1/models
+- :mod:`~gencli.server.api.responses`: OpenAI's Responses API (/v1/responses)
+- :mod:`~gencli.server.api.anthropic`: Anthropic's Messages API (/v1/messages)
+- :mod:`~gencli.server.api.embed`: embeddings (/api/embed, /api/embeddings, /v1/embeddings)
 
 They share :mod:`~gencli.server.asgi` (reading JSON, fields, error bodies), the process's
 :class:`~gencli.server.state.State` (settings, registry, transport) and the runner in
-:mod:`~gencli.server.streaming`; none imports this module.
+:mod:`~gencli.server.api.streaming`; none imports this module.
 
 No framework: routes are a dict lookup on (method, path), JSON is orjson, and replies are
 written straight to the ASGI ``send``. A route that raises before it sent anything gets
@@ -24,9 +24,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gencli.errors import GencliError
-from gencli.registry import Registry
-from gencli.server import anthropic, embed, observe, ollama, openai, responses
+from gencli.config.registry import Registry
+from gencli.config.settings import Settings
+from gencli.core.errors import GencliError
+from gencli.server import observe
+from gencli.server.api import anthropic, embed, ollama, openai, responses
 from gencli.server.asgi import (
     DEFAULT_MAX_BODY,
     H_JSON,
@@ -43,10 +45,9 @@ from gencli.server.asgi import (
 )
 from gencli.server.config import ServeConfig
 from gencli.server.state import State
-from gencli.settings import Settings
 
 if TYPE_CHECKING:
-    from gencli.keys import Keyring
+    from gencli.config.keys import Keyring
 
 
 class App:
@@ -177,7 +178,7 @@ def _keyring(config: ServeConfig) -> Keyring | None:
         return None
     from pathlib import Path
 
-    from gencli.keys import Keyring
+    from gencli.config.keys import Keyring
 
     return Keyring(Path(config.keys_file))
 

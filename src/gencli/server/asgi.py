@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from gencli.errors import GencliError, ModelNotFound, UsageError
+from gencli.core.errors import GencliError, ModelNotFound, UsageError
 
 Scope = dict[str, Any]
 Message = dict[str, Any]  # an ASGI event (http.request, http.response.start, ...)

@@ -1,9 +1,9 @@
 """Every setting of ``gencli serve``, read once and validated: flags first, then environment
-(``gencli serve`` passes the environment laid over ``.env``: gencli.settings.Settings.env).
+(``gencli serve`` passes the environment laid over ``.env``: gencli.config.settings.Settings.env).
 
-One table (:data:`gencli.servesettings.SERVE`) names each numeric setting once: its flag,
+One table (:data:`gencli.config.servesettings.SERVE`) names each numeric setting once: its flag,
 environment variable, default and range (the number rules, and the timeout and retries rows,
-are gencli.settings'), the ServeConfig field it fills and its help; ``NUMBERS``, the
+are gencli.config.settings'), the ServeConfig field it fills and its help; ``NUMBERS``, the
 defaults of :class:`ServeConfig` and of ``http11.Limits``, and the serve command's flags are
 derived from it. A value out of range, not a number, ``inf`` or ``nan`` is a one-line error
 (exit code 2) naming the flag or variable it came from. The app, the guard and the HTTP
@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from gencli.servesettings import MB, SERVE, field_default
-from gencli.settings import Number, SettingError, parse_flag, parse_number
+from gencli.config.servesettings import MB, SERVE, field_default
+from gencli.config.settings import Number, SettingError, parse_flag, parse_number
 
 if TYPE_CHECKING:
     from gencli.server.http11 import Limits
@@ -45,7 +45,7 @@ def _items(values: Any) -> list[str]:
 @dataclass(slots=True)
 class ServeConfig:
     """What ``gencli serve`` runs with. The numeric fields' defaults are the rows of
-    gencli.servesettings.SERVE (``field_default``)."""
+    gencli.config.servesettings.SERVE (``field_default``)."""
 
     host: str = "127.0.0.1"
     port: int = int(field_default("port"))
@@ -68,7 +68,7 @@ class ServeConfig:
     responses_max: int = int(field_default("responses_max"))  # stored responses kept in-process (count, bytes, seconds)
     responses_bytes: int = int(field_default("responses_bytes"))
     responses_ttl: float = field_default("responses_ttl")
-    keys_file: str | None = None  # the keys file gencli serve reads (gencli.keys); None: none
+    keys_file: str | None = None  # the keys file gencli serve reads (gencli.config.keys); None: none
     redis_url: str | None = None  # limits and stored responses in Redis (gencli.server.shared)
     redis_fail_open: bool = True  # Redis down: admit requests uncounted (True) or 503 (False)
     api_key: str | None = None
@@ -127,7 +127,7 @@ class ServeConfig:
         if fmt not in LOG_FORMATS:
             raise SettingError(f"{where} must be one of {', '.join(LOG_FORMATS)} (not {str(fmt)[:40]!r})")
         cfg.log_format = fmt
-        from gencli.keys import resolve_path
+        from gencli.config.keys import resolve_path
 
         keys_path, named = resolve_path(flags.get("keys_file"), env)
         if keys_path.exists():

@@ -40,7 +40,7 @@ from gencli.server.asgi import (
 )
 
 if TYPE_CHECKING:
-    from gencli.keys import Keyring
+    from gencli.config.keys import Keyring
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
 _LOCAL_ORIGIN_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -150,7 +150,7 @@ class Guard:
       ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (Anthropic's header) (401 otherwise;
       compared in constant time).
     - ``keyring``: the keys file's keys (``gencli keys``), accepted besides ``api_key`` (a key
-      is needed then even without ``api_key``); the request's :class:`gencli.keys.KeyRecord`
+      is needed then even without ``api_key``); the request's :class:`gencli.config.keys.KeyRecord`
       goes on ``scope["gencli.key"]`` for its model and limit checks (the operator's key: none).
     - ``allowed_origins``: origins allowed besides the localhost ones; ``*`` allows all.
       A request whose ``Origin`` is not allowed gets 403 and no CORS headers; an allowed

@@ -58,7 +58,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from gencli.servesettings import field_default
+from gencli.config.servesettings import field_default
 
 if TYPE_CHECKING:
     from gencli.server.asgi import ASGIApp, Message, RequestLog, Scope
@@ -123,7 +123,7 @@ _T_NONE, _T_HEADERS, _T_KEEPALIVE, _T_BODY, _T_LINGER = (
 class Limits:
     """The transport's bounds (``gencli serve`` flags; see README "Security"): fields of
     ServeConfig by the same names (``ServeConfig.limits()``), their defaults from the one table
-    gencli.servesettings.SERVE."""
+    gencli.config.servesettings.SERVE."""
 
     max_connections: int = int(field_default("max_connections"))
     max_header_bytes: int = int(field_default("max_header_bytes"))

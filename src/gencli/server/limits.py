@@ -28,11 +28,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gencli.errors import GencliError
+from gencli.core.errors import GencliError
 from gencli.server.shared import PREFIX, TIMEOUT, RedisDown, RedisLink
 
 if TYPE_CHECKING:
-    from gencli.keys import KeyRecord
+    from gencli.config.keys import KeyRecord
 
 WINDOW = 60  # seconds
 FLUSH = 0.5  # seconds a finished request's tokens may wait for the key's next request (Redis)

@@ -3,7 +3,7 @@
 A burst (hundreds of concurrent streams) leaves the process's heap at its high-water mark:
 the objects are freed, but the allocators keep the pages. When the server has had no
 upstream request in progress for a moment, the upstream pool closes its idle connections
-(:mod:`gencli.httpclient`) and calls :func:`trim`: a full garbage collection (the burst's
+(:mod:`gencli.transports.httpclient`) and calls :func:`trim`: a full garbage collection (the burst's
 reference cycles and Python's free lists), then glibc's ``malloc_trim(0)``, which returns
 the free pages anywhere in the heap to the system.
 

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from gencli.errors import GencliError
+from gencli.core.errors import GencliError
 
 T = TypeVar("T")
 
@@ -54,8 +54,8 @@ def shown_url(url: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """A usable Redis URL, or a one-line :class:`gencli.settings.SettingError`."""
-    from gencli.settings import SettingError
+    """A usable Redis URL, or a one-line :class:`gencli.config.settings.SettingError`."""
+    from gencli.config.settings import SettingError
 
     try:
         parts = urlsplit(url)

@@ -11,17 +11,17 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from gencli import images as img
-from gencli.budget import MemoryBudget
-from gencli.registry import ModelEntry, Registry
+from gencli.config.registry import ModelEntry, Registry
+from gencli.core import images as img
+from gencli.core.budget import MemoryBudget
 from gencli.server.asgi import Receive, Scope, field_model, read_json, refusal
 from gencli.server.config import ServeConfig
 from gencli.server.limits import Limiter, LocalLimiter, OverLimit, RedisLimiter
 from gencli.server.store import LocalStore, RedisStore, ResponseStore
-from gencli.transport_async import ServerTransport
+from gencli.transports.server import ServerTransport
 
 if TYPE_CHECKING:
-    from gencli.keys import KeyRecord
+    from gencli.config.keys import KeyRecord
     from gencli.server.observe import Metrics
 
 KEEP_ALIVE = 300.0  # seconds a model stays loaded (listed in /api/ps; a local model in memory) after a request
@@ -29,7 +29,7 @@ KEEP_ALIVE = 300.0  # seconds a model stays loaded (listed in /api/ps; a local m
 
 class State:
     def __init__(self, config: ServeConfig, registry: Registry | None = None):
-        from gencli import context
+        from gencli.core import context
 
         self.config = config
         self.registry = registry if registry is not None else Registry.load(config.models_path)

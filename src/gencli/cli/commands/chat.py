@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from gencli.cli import state
 from gencli.cli.pipes import decode_utf8, error, stdin_terminal, stdout_terminal, warning
-from gencli.errors import GencliError, UsageError
+from gencli.core.errors import GencliError, UsageError
 
 if TYPE_CHECKING:
     from gencli.cli.turn import Composer, Runner, Thread, TurnOptions
-    from gencli.registry import ModelEntry
+    from gencli.config.registry import ModelEntry
 
 PROMPT = ">>> "
 MORE = "... "
@@ -145,7 +145,7 @@ class Chat:
     # -- a turn ------------------------------------------------------------------
     def turn(self, text: str) -> None:
         from gencli.cli.turn import after_turn, make_renderer
-        from gencli.request import GenerateRequest
+        from gencli.core.request import GenerateRequest
 
         if self.fragments:
             from gencli.cli.fragments import join
@@ -270,7 +270,7 @@ class Chat:
             raise UsageError(f"/set {key}: unknown setting; one of: {', '.join(SET_NAMES)}")
 
     def _option(self, key: str, value: str) -> Any:
-        from gencli import options
+        from gencli.core import options
 
         if not value:
             raise UsageError(f"/set {key} VALUE: give a value (/unset {key} removes it)")
@@ -343,8 +343,8 @@ class Chat:
         self.say(f"saved the conversation to {rest}")
 
     def c_load(self, rest: str) -> None:
-        from gencli import context as ctx
         from gencli.cli.turn import read_context
+        from gencli.core import context as ctx
 
         if not rest:
             raise UsageError("/load FILE: name the file to read")
@@ -453,7 +453,7 @@ def preload(local: bool) -> threading.Thread:
             import gencli.engine  # noqa: F401
 
             if not local:
-                import gencli.transport_httpx  # noqa: F401
+                import gencli.transports.cli  # noqa: F401
         except Exception:  # the turn itself will import and report
             pass
 

@@ -9,7 +9,7 @@ import sys
 import time
 
 from gencli.cli import state
-from gencli.errors import UsageError
+from gencli.core.errors import UsageError
 
 
 def _when(updated: float) -> str:

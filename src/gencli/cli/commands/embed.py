@@ -7,7 +7,7 @@ import sys
 import orjson
 
 from gencli.cli.pipes import read_stdin, stdin_piped
-from gencli.errors import UsageError
+from gencli.core.errors import UsageError
 
 
 def read_inputs(texts: tuple[str, ...], lines: bool) -> list[str]:
@@ -41,9 +41,9 @@ def run(
     models_path: str | None,
     verbose: bool,
 ) -> None:
-    from gencli.embeddings import execute_embed, prepare_embed
-    from gencli.registry import Registry
-    from gencli.transport_httpx import HttpxTransport
+    from gencli.config.registry import Registry
+    from gencli.engine.embeddings import execute_embed, prepare_embed
+    from gencli.transports.cli import HttpxTransport
 
     inputs = read_inputs(texts, lines)
     registry = Registry.load(models_path)

@@ -6,7 +6,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from gencli.cli.pipes import read_stdin, stdin_piped
-from gencli.errors import UsageError
+from gencli.core.errors import UsageError
 
 if TYPE_CHECKING:
     from gencli.cli.turn import TurnOptions
@@ -44,7 +44,7 @@ def run(
     turn: TurnOptions,
 ) -> None:
     from gencli.cli.turn import Composer, after_turn, make_renderer, read_format, read_images
-    from gencli.request import GenerateRequest
+    from gencli.core.request import GenerateRequest
 
     if as_json and (extract or extract_last):
         raise UsageError("--json prints the whole response; it cannot be combined with -x/--extract")

@@ -1,13 +1,13 @@
 """gencli keys: issue, list and revoke the keys people and tools send to ``gencli serve``
-(the keys file is described in :mod:`gencli.keys`)."""
+(the keys file is described in :mod:`gencli.config.keys`)."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from gencli import keys
-from gencli.keys import KeyRecord, KeysError
+from gencli.config import keys
+from gencli.config.keys import KeyRecord, KeysError
 
 
 def _models(value: str | None) -> tuple[str, ...] | None:
@@ -52,8 +52,8 @@ def add(name: str, rpm: int | None, tpm: int | None, models: str | None, keys_fi
 
 def _note_unknown(models: tuple[str, ...]) -> None:
     """A note for --models names the registry here does not know (the server may use another models.json)."""
-    from gencli.errors import GencliError
-    from gencli.registry import Registry
+    from gencli.config.registry import Registry
+    from gencli.core.errors import GencliError
 
     try:
         registry = Registry.load()

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from gencli.cli import logdb
-from gencli.errors import UsageError
+from gencli.core.errors import UsageError
 
 ACTIONS = ("list", "path", "on", "off")
 _PERIOD = re.compile(r"^(\d+)\s*(m|min|h|d|w)$")

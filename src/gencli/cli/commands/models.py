@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from gencli.registry import Registry, context_length
+from gencli.config.registry import Registry, context_length
 
 
 def run(as_json: bool, models_path: str | None) -> None:

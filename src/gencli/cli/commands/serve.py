@@ -15,7 +15,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
-from gencli.errors import GencliError
+from gencli.core.errors import GencliError
 
 if TYPE_CHECKING:
     from gencli.server.asgi import Served
@@ -95,10 +95,10 @@ def run(**flags: Any) -> None:
     """``flags``: the serve command's options by name (host, port, workers, allowed_origins,
     allowed_hosts, models_path, allow_private_images, insecure_no_auth and the numeric
     settings of ``gencli.server.config.NUMBERS``); None for an option not given."""
-    from gencli.registry import Registry
+    from gencli.config.registry import Registry
+    from gencli.config.settings import Settings
     from gencli.server.config import ServeConfig
     from gencli.server.guard import is_loopback_host
-    from gencli.settings import Settings
 
     # flags over the environment over ./.env, read once; a bad setting fails here: one line, exit 2
     settings = Settings.load(models_path=flags.get("models_path"))
@@ -114,7 +114,7 @@ def run(**flags: Any) -> None:
     if config.keys_file is not None:
         from pathlib import Path
 
-        from gencli.keys import load
+        from gencli.config.keys import load
 
         people = len(load(Path(config.keys_file)))  # a malformed line fails here: exit 2 naming it
     host = config.host

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from gencli.cli import templates
-from gencli.errors import UsageError
+from gencli.core.errors import UsageError
 
 ACTIONS = ("list", "show", "edit", "path")
 

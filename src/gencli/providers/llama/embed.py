@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from gencli.errors import ConfigError
+from gencli.core.errors import ConfigError
 from gencli.providers.base import Call
 from gencli.providers.llama import process
 

@@ -8,7 +8,7 @@ import importlib.util
 from pathlib import Path
 from typing import Protocol
 
-from gencli.errors import ConfigError
+from gencli.core.errors import ConfigError
 
 INSTALL_HINT = "pip install 'gencli[local]'"
 

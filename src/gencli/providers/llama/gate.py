@@ -1,7 +1,7 @@
 """One generation at a time per loaded model: a FIFO :class:`Gate` with a bounded queue.
 
 A run takes a :class:`Ticket` (``enter``: granted at once, queued, or
-:class:`gencli.errors.ServerBusy` past the bound), waits for its turn in its thread
+:class:`gencli.core.errors.ServerBusy` past the bound), waits for its turn in its thread
 (``wait``) or on the event loop (``await_turn``), and gives it back with ``leave``, which
 hands the model to the next ticket in order.
 """
@@ -13,7 +13,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gencli.errors import ServerBusy
+from gencli.core.errors import ServerBusy
 
 if TYPE_CHECKING:
     import asyncio

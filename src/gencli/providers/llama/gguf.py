@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 from typing import IO, Any
 
-from gencli.errors import ConfigError
+from gencli.core.errors import ConfigError
 from gencli.providers.llama.files import Located, gguf_path
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}

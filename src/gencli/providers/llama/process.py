@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import orjson
 
-from gencli.errors import ConfigError, GencliError, RunnerCrashed, UsageError, warn
+from gencli.core.errors import ConfigError, GencliError, RunnerCrashed, UsageError, warn
 
 REBUILD = (
     "CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON' "

@@ -7,7 +7,7 @@ gencli down.
   :class:`gencli.providers.base.LocalModel`); requests never change them. Loading happens
   while holding the model's gate, so no generation uses a model being replaced.
 * :class:`LocalRun` is the blocking iterator the engine drives (directly in the CLI, from
-  a worker thread in the server, :mod:`gencli.bridge`). It yields lists of events token
+  a worker thread in the server, :mod:`gencli.engine.bridge`). It yields lists of events token
   by token as the runner sends them; ``close()`` (from any thread) tells the runner to
   stop before its next token and hands the model to the next waiter once the runner is
   done. Whoever starts a run closes it (the engine does, in a ``finally``).
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gencli.errors import ConfigError
-from gencli.events import Event, Finish, Loaded, Logprobs, TextDelta, TokenLogprob, Usage
+from gencli.core.errors import ConfigError
+from gencli.core.events import Event, Finish, Loaded, Logprobs, TextDelta, TokenLogprob, Usage
 from gencli.providers import PROVIDERS
 from gencli.providers.base import Call, LocalModel
 from gencli.providers.llama import process

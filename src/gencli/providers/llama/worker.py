@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gencli.errors import ConfigError, GencliError, UsageError
+from gencli.core.errors import ConfigError, GencliError, UsageError
 
 # Sampling defaults (Ollama's); a model entry's "options" and the request override them.
 DEFAULTS: dict[str, Any] = {

@@ -1,0 +1,1 @@
+"""One module per client protocol: Ollama, OpenAI (chat, Responses, embeddings), Anthropic."""
