@@ -20,8 +20,9 @@ from gencli.config.settings import Settings, load_env, parse_dotenv
 from gencli.core import options as opts
 from gencli.core.errors import ConfigError, MissingKey, ModelNotFound, UsageError
 from gencli.providers import PROVIDER_NAMES, PROVIDERS
+from gencli.providers.base import Call, LocalModel
 
-__all__ = ["CAPABILITIES", "ModelEntry", "Registry", "find_models_file", "load_env", "parse_dotenv"]
+__all__ = ["CAPABILITIES", "Endpoint", "ModelEntry", "Registry", "find_models_file", "load_env", "parse_dotenv"]
 
 BUILTIN_PATH = Path(__file__).parent.parent / "models.json"  # src/gencli/models.json, the embedded registry
 LOCAL_DEFAULT = "smollm2"  # the default when no provider key is configured
@@ -82,6 +83,37 @@ class ModelEntry:
     def label(self) -> str:
         """The name of what answered: the entry's name, with its deployment's after a slash."""
         return f"{self.name}/{self.deployment}" if self.deployment else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how one model entry is reached, as :meth:`Registry.endpoint` resolved it from
+    models.json, the environment and the settings: the upstream model id, base URL, key (and
+    the variable it came from), headers, timeout and retries, and for a local model its file
+    and load settings. A :class:`~gencli.providers.base.Call` is an endpoint plus a request."""
+
+    model: str
+    name: str
+    base_url: str
+    api_key: str | None = field(repr=False)
+    key_env: str | None
+    headers: Mapping[str, str]
+    capabilities: tuple[str, ...]
+    timeout: float | None  # None: the transport's default
+    retries: int
+    local: LocalModel | None
+    secrets: tuple[str, ...] = field(repr=False)
+
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def call(self, **request: Any) -> Call:
+        """A Call to this endpoint with ``request``'s fields (messages, options, ...)."""
+        return Call(**self._fields(), **request)
+
+    def onto(self, call: Call, **request: Any) -> Call:
+        """``call`` sent here instead (a deployment or a fallback), ``request`` changed too."""
+        return replace(call, **self._fields(), **request)
 
 
 def context_length(entry: ModelEntry) -> int:
@@ -452,6 +484,43 @@ class Registry:
         return out
 
     # -- keys and URLs ---------------------------------------------------------
+    def endpoint(self, entry: ModelEntry, *, timeout: float | None = None, retries: int | None = None) -> Endpoint:
+        """How to reach ``entry``: its key (a MissingKey saying what to set when it needs one
+        and none is set), base URL, headers, and its timeout and retries: ``timeout`` and
+        ``retries`` when given (a command's flags), else the entry's (models.json), else the
+        settings'."""
+        key, key_env = self.key(entry)
+        settings = self.settings
+        local = None
+        if PROVIDERS[entry.provider].local:
+            o = entry.options
+            local = LocalModel(
+                path=entry.path,
+                package=entry.package,
+                num_ctx=o.get("num_ctx"),
+                num_thread=o.get("num_thread"),
+                num_batch=o.get("num_batch"),
+                num_gpu=o.get("num_gpu"),
+                queue_limit=settings.local_queue,
+            )
+        if timeout is None:
+            timeout = entry.timeout if entry.timeout is not None else settings.timeout
+        if retries is None:
+            retries = entry.retries if entry.retries is not None else settings.retries
+        return Endpoint(
+            model=entry.model,
+            name=entry.name,
+            base_url=self.base_url(entry),
+            api_key=key,
+            key_env=key_env,
+            headers=entry.headers,
+            capabilities=tuple(entry.capabilities),
+            timeout=timeout,
+            retries=retries,
+            local=local,
+            secrets=settings.secrets,
+        )
+
     def key_vars(self, entry: ModelEntry) -> tuple[str, ...]:
         if entry.api_key_env:
             return (entry.api_key_env,)

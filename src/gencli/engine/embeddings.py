@@ -18,13 +18,12 @@ from typing import Any
 
 from gencli.config.registry import ModelEntry, Registry
 from gencli.core.errors import GencliError, UpstreamError, UsageError
-from gencli.providers import PROVIDERS, get_adapter
+from gencli.providers import get_adapter
 from gencli.providers.base import (
     AsyncTransport,
     Call,
     HttpEmbedder,
     InProcessEmbedder,
-    LocalModel,
     SyncTransport,
 )
 
@@ -105,26 +104,7 @@ def prepare_embed(
         if isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 1 <= dimensions <= MAX_DIMENSIONS:
             raise UsageError(f"dimensions must be an integer from 1 to {MAX_DIMENSIONS}", "dimensions")
         options["dimensions"] = dimensions
-    key, key_env = registry.key(entry)
-    settings = registry.settings
-    local = None
-    if PROVIDERS[entry.provider].local:
-        local = LocalModel(path=entry.path, package=entry.package, queue_limit=settings.local_queue)
-    call = Call(
-        model=entry.model,
-        name=entry.name,
-        base_url=registry.base_url(entry),
-        api_key=key,
-        key_env=key_env,
-        headers=entry.headers,
-        messages=[],
-        options=options,
-        stream=False,
-        capabilities=tuple(entry.capabilities),
-        timeout=entry.timeout if entry.timeout is not None else settings.timeout,
-        local=local,
-        secrets=settings.secrets,
-    )
+    call = registry.endpoint(entry).call(messages=[], options=options, stream=False)
     return EmbedPlan(entry, adapter, call, texts, started)
 
 
