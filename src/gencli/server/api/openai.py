@@ -20,6 +20,7 @@ from gencli.core.errors import GencliError, UsageError
 from gencli.core.events import Done, TokenLogprob
 from gencli.core.request import GenerateRequest, Message
 from gencli.core.tools import OPENAI_CALL, check_calls, openai_calls_out
+from gencli.server.api.messages import Turns, objects, role
 from gencli.server.api.streaming import answer
 from gencli.server.asgi import (
     H_NOCACHE,
@@ -157,18 +158,11 @@ def _think(data: dict[str, Any]) -> Any:
 
 def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]]]:
     """OpenAI chat messages -> engine Messages, and their images (still raw) for the engine."""
-    messages: list[Message] = []
-    images: list[tuple[Message, Any]] = []
-    for i, m in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise UsageError(f"{where} must be an object with role and content", "messages")
-        role = m.get("role")
-        role = ROLE_MAP.get(role) if isinstance(role, str) else None
-        if role is None:
-            raise UsageError(f"{where}.role must be one of system, developer, user, assistant, tool", "messages")
+    turns = Turns()
+    for where, m in objects(raw, "messages", "an object with role and content"):
+        message = Message(role(m, where, ROLE_MAP), "")
+        images: list[Any] = []
         content = m.get("content")
-        message = Message(role, "")
         if content is None:
             pass
         elif isinstance(content, str):
@@ -188,7 +182,7 @@ def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]
                     url = part.get("image_url")
                     if isinstance(url, dict):
                         url = url.get("url")
-                    images.append((message, url))
+                    images.append(url)
                 else:
                     raise UsageError(
                         f"{where}.content part type '{kind}' is not supported (text, image_url)", "messages"
@@ -198,15 +192,15 @@ def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]
             raise UsageError(f"{where}.content must be a string or an array of parts", "messages")
         if "\x00" in message.content:
             raise UsageError(f"{where}.content contains a NUL character", "messages")
-        if role == "tool" or m.get("tool_calls"):
+        turns.add(message, images)
+        if message.role == "tool" or m.get("tool_calls"):
             message.tool_calls = check_calls(m.get("tool_calls"), where, OPENAI_CALL)
-            if role == "tool":
+            if message.role == "tool":
                 message.tool_call_id = optional_str(m, "tool_call_id", where)
                 message.tool_name = optional_str(m, "name", where)
                 if not message.tool_call_id:
                     raise UsageError(f"{where}.tool_call_id is required for a tool message", "messages")
-        messages.append(message)
-    return messages, images
+    return turns.result()
 
 
 def _usage(done: Done) -> dict[str, Any]:

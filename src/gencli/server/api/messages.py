@@ -1,0 +1,69 @@
+"""What the wires' conversation converters share (``messages_in`` of Ollama, OpenAI and
+Anthropic, and the Responses API's ``input_in``): the checks of a message array's items, their
+roles and their text, with UsageErrors naming the field; and :class:`Turns`, the engine Messages
+made with the images (still raw) each carries. What a wire's content parts,
+blocks and items are stays in its module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from gencli.core.errors import UsageError
+from gencli.core.request import Message
+
+
+def string(value: Any, where: str, field: str = "messages", optional: bool = False) -> str:
+    """A string field of the request (``messages[2].content``), with no NUL character in it;
+    ``optional``: None is ""."""
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str):
+        raise UsageError(f"{where} must be a string", field)
+    if "\x00" in value:
+        raise UsageError(f"{where} contains a NUL character", field)
+    return value
+
+
+def objects(raw: list[Any], name: str, shape: str, field: str = "messages") -> Iterator[tuple[str, dict[str, Any]]]:
+    """The items of the array ``name`` with where each is (``messages[2]``); each must be an object (``shape``)."""
+    for i, item in enumerate(raw):
+        where = f"{name}[{i}]"
+        if not isinstance(item, dict):
+            raise UsageError(f"{where} must be {shape}", field)
+        yield where, item
+
+
+def role(item: Any, where: str, roles: Mapping[str, str], says: str | None = None, field: str = "messages") -> str:
+    """An item's ``role``, as the engine names it (``roles``: the wire's role -> the engine's);
+    another value, or an item that is no object, is refused, ``says`` (or the roles) naming those accepted."""
+    value = item.get("role") if isinstance(item, dict) else None
+    found = roles.get(value) if isinstance(value, str) else None
+    if found is None:
+        raise UsageError(f"{where}.role must be {says or 'one of ' + ', '.join(roles)}", field)
+    return found
+
+
+def required_str(item: dict[str, Any], key: str, where: str, what: str, field: str = "messages") -> str:
+    """A string field ``what`` needs (a tool call's name, a tool result's call id); missing or "" is refused."""
+    value = item.get(key)
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{where}.{key} is required for {what}", field)
+    return value
+
+
+@dataclasses.dataclass(slots=True)
+class Turns:
+    """The engine Messages a converter makes, and the images (still raw) each carries, in order."""
+
+    messages: list[Message] = dataclasses.field(default_factory=list)
+    images: list[tuple[Message, Any]] = dataclasses.field(default_factory=list)
+
+    def add(self, message: Message, images: Iterable[Any] = ()) -> None:
+        self.messages.append(message)
+        self.images.extend((message, image) for image in images)
+
+    def result(self) -> tuple[list[Message], list[tuple[Message, Any]]]:
+        return self.messages, self.images
