@@ -33,7 +33,7 @@ from gencli.core.events import Done, TokenLogprob, ToolCall
 from gencli.core.request import GenerateRequest, Message
 from gencli.engine import Plan, afetch_images, prepare
 from gencli.providers.base import Call
-from gencli.server.api.messages import Turns, required_str, role, string
+from gencli.server.api.messages import Turns, content_text, required_str, role, string
 from gencli.server.api.streaming import answer
 from gencli.server.asgi import (
     H_NOCACHE,
@@ -99,30 +99,21 @@ def _image(block: dict[str, Any], where: str) -> str:
     )
 
 
+def _result_part(part: Any, where: str, images: list[Any]) -> str | None:
+    """A block of a tool_result's content: text, or an image (put with the images)."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text":
+        return string(part.get("text"), f"{where}.text")
+    if kind == "image":
+        images.append(_image(part, where))
+        return None
+    raise UsageError(f"{where}.type {kind!r} is not supported in a tool_result (text, image)", "messages")
+
+
 def _result_content(block: dict[str, Any], where: str, images: list[Any]) -> str:
     """A tool_result's content: a string or text and image blocks (images go to ``images``)."""
-    content = block.get("content")
-    if content is None:
-        text = ""
-    elif isinstance(content, str):
-        text = content
-    elif isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            w = f"{where}.content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text":
-                texts.append(string(part.get("text"), f"{w}.text"))
-            elif kind == "image":
-                images.append(_image(part, w))
-            else:
-                raise UsageError(f"{w}.type {kind!r} is not supported in a tool_result (text, image)", "messages")
-        text = "\n".join(texts)
-    else:
-        raise UsageError(f"{where}.content must be a string or an array of blocks", "messages")
-    if "\x00" in text:
-        raise UsageError(f"{where}.content contains a NUL character", "messages")
-    return f"Error: {text}" if block.get("is_error") is True else text
+    content = content_text(block.get("content"), f"{where}.content", "blocks", _result_part, images, optional=True)
+    return f"Error: {content}" if block.get("is_error") is True else content
 
 
 def messages_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:

@@ -8,11 +8,15 @@ blocks and items are stays in its module.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from gencli.core.errors import UsageError
 from gencli.core.request import Message
+
+# Reads one part of an array ``content``: (the part, where it is, the images collected so far)
+# -> its text, or None for a part without text (an image it put with the images).
+PartReader = Callable[[Any, str, list[Any]], str | None]
 
 
 def string(value: Any, where: str, field: str = "messages", optional: bool = False) -> str:
@@ -25,6 +29,25 @@ def string(value: Any, where: str, field: str = "messages", optional: bool = Fal
     if "\x00" in value:
         raise UsageError(f"{where} contains a NUL character", field)
     return value
+
+
+def content_text(
+    content: Any,
+    where: str,
+    parts: str,
+    read: PartReader,
+    images: list[Any],
+    field: str = "messages",
+    optional: bool = False,
+) -> str:
+    """``content``: a string, or an array of ``parts`` that ``read`` reads, their texts joined by
+    newlines; checked by :func:`string` either way (``optional``: None is "")."""
+    if isinstance(content, list):
+        texts = [t for j, part in enumerate(content) if (t := read(part, f"{where}[{j}]", images)) is not None]
+        content = "\n".join(texts)
+    elif not isinstance(content, str) and not (content is None and optional):
+        raise UsageError(f"{where} must be a string or an array of {parts}", field)
+    return string(content, where, field, optional)
 
 
 def objects(raw: list[Any], name: str, shape: str, field: str = "messages") -> Iterator[tuple[str, dict[str, Any]]]:

@@ -36,7 +36,7 @@ from gencli.core.errors import GencliError, UsageError
 from gencli.core.events import Done, TokenLogprob, ToolCall
 from gencli.core.request import GenerateRequest, Message
 from gencli.core.tools import check_arguments
-from gencli.server.api.messages import Turns, objects, required_str, role, string
+from gencli.server.api.messages import Turns, content_text, objects, required_str, role, string
 from gencli.server.api.streaming import answer
 from gencli.server.asgi import (
     H_NOCACHE,
@@ -75,25 +75,22 @@ def _image_url(part: dict[str, Any], where: str) -> str:
     return url
 
 
+def _part(part: Any, where: str, images: list[Any]) -> str | None:
+    """A content part: input_text, output_text or refusal (its text), or an input_image (put with the images)."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in ("input_text", "output_text", "text"):
+        return string(part.get("text"), f"{where}.text", "input")
+    if kind == "refusal":
+        return string(part.get("refusal"), f"{where}.refusal", "input")
+    if kind == "input_image":
+        images.append(_image_url(part, where))
+        return None
+    raise UsageError(f"{where}.type {kind!r} is not supported (input_text, input_image, output_text)", "input")
+
+
 def _parts(content: Any, where: str, images: list[Any]) -> str:
     """Message content (a string or input_text / output_text / input_image parts) -> text."""
-    if isinstance(content, str):
-        return string(content, where, "input")
-    if not isinstance(content, list):
-        raise UsageError(f"{where} must be a string or an array of content parts", "input")
-    texts = []
-    for j, part in enumerate(content):
-        w = f"{where}[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("input_text", "output_text", "text"):
-            texts.append(string(part.get("text"), f"{w}.text", "input"))
-        elif kind == "refusal":
-            texts.append(string(part.get("refusal"), f"{w}.refusal", "input"))
-        elif kind == "input_image":
-            images.append(_image_url(part, w))
-        else:
-            raise UsageError(f"{w}.type {kind!r} is not supported (input_text, input_image, output_text)", "input")
-    return "\n".join(texts)
+    return content_text(content, where, "content parts", _part, images, "input")
 
 
 def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
