@@ -1,7 +1,8 @@
 """What the wires' conversation converters share (``messages_in`` of Ollama, OpenAI and
 Anthropic, and the Responses API's ``input_in``): the checks of a message array's items, their
-roles and their text, with UsageErrors naming the field; and :class:`Turns`, the engine Messages
-made with the images (still raw) each carries. What a wire's content parts,
+roles and their text, with UsageErrors naming the field; :class:`Turns`, the engine Messages
+made with the images (still raw) each carries; and the tool bookkeeping of the chat wires'
+messages (``tool_calls``, a tool message's call id and name). What a wire's content parts,
 blocks and items are stays in its module.
 """
 
@@ -13,6 +14,8 @@ from typing import Any
 
 from gencli.core.errors import UsageError
 from gencli.core.request import Message
+from gencli.core.tools import check_calls
+from gencli.server.asgi import optional_str
 
 # Reads one part of an array ``content``: (the part, where it is, the images collected so far)
 # -> its text, or None for a part without text (an image it put with the images).
@@ -75,6 +78,30 @@ def required_str(item: dict[str, Any], key: str, where: str, what: str, field: s
     if not isinstance(value, str) or not value:
         raise UsageError(f"{where}.{key} is required for {what}", field)
     return value
+
+
+def chat_tools(
+    item: dict[str, Any],
+    where: str,
+    message: Message,
+    shape: str,
+    names: Iterable[str] = ("name",),
+    id_required: bool = False,
+) -> None:
+    """The tool bookkeeping of an Ollama or OpenAI chat message: an assistant's ``tool_calls``
+    (each of ``shape``); a tool message's ``tool_call_id`` (``id_required``: it must have one)
+    and its tool's name, the first of the fields ``names`` given."""
+    if message.role == "tool" or item.get("tool_calls"):
+        message.tool_calls = check_calls(item.get("tool_calls"), where, shape)
+    if message.role != "tool":
+        return
+    message.tool_call_id = optional_str(item, "tool_call_id", where)
+    for key in names:
+        message.tool_name = optional_str(item, key, where)
+        if message.tool_name:
+            break
+    if id_required and not message.tool_call_id:
+        raise UsageError(f"{where}.tool_call_id is required for a tool message", "messages")
 
 
 @dataclasses.dataclass(slots=True)

@@ -24,8 +24,8 @@ from gencli.core import replies
 from gencli.core.errors import GencliError, ModelNotFound, UsageError
 from gencli.core.events import Done, TokenLogprob
 from gencli.core.request import GenerateRequest, Message
-from gencli.core.tools import OLLAMA_CALL, check_calls
-from gencli.server.api.messages import Turns, objects, role, string
+from gencli.core.tools import OLLAMA_CALL
+from gencli.server.api.messages import Turns, chat_tools, objects, role, string
 from gencli.server.api.streaming import answer
 from gencli.server.asgi import (
     H_NDJSON,
@@ -40,7 +40,6 @@ from gencli.server.asgi import (
     field_bool,
     field_list,
     field_str,
-    optional_str,
     send_bytes,
     send_json,
 )
@@ -395,11 +394,7 @@ def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]
         if raw_images and not isinstance(raw_images, list):
             raise UsageError(f"{where}.images must be an array of base64 strings", "images")
         turns.add(message, raw_images or ())
-        if message.role == "tool" or m.get("tool_calls"):
-            message.tool_calls = check_calls(m.get("tool_calls"), where, OLLAMA_CALL)
-            if message.role == "tool":
-                message.tool_name = optional_str(m, "tool_name", where) or optional_str(m, "name", where)
-                message.tool_call_id = optional_str(m, "tool_call_id", where)
+        chat_tools(m, where, message, OLLAMA_CALL, names=("tool_name", "name"))
     return turns.result()
 
 

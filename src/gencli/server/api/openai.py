@@ -19,8 +19,8 @@ from gencli.config.registry import ModelEntry
 from gencli.core.errors import GencliError, UsageError
 from gencli.core.events import Done, TokenLogprob
 from gencli.core.request import GenerateRequest, Message
-from gencli.core.tools import OPENAI_CALL, check_calls, openai_calls_out
-from gencli.server.api.messages import Turns, content_text, objects, role
+from gencli.core.tools import OPENAI_CALL, openai_calls_out
+from gencli.server.api.messages import Turns, chat_tools, content_text, objects, role
 from gencli.server.api.streaming import answer
 from gencli.server.asgi import (
     H_NOCACHE,
@@ -34,7 +34,6 @@ from gencli.server.asgi import (
     field_bool,
     field_list,
     openai_error,
-    optional_str,
     send_json,
 )
 from gencli.server.state import KEEP_ALIVE, State
@@ -183,13 +182,7 @@ def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]
             m.get("content"), f"{where}.content", "parts", partial(_part, where), images, optional=True
         )
         turns.add(message, images)
-        if message.role == "tool" or m.get("tool_calls"):
-            message.tool_calls = check_calls(m.get("tool_calls"), where, OPENAI_CALL)
-            if message.role == "tool":
-                message.tool_call_id = optional_str(m, "tool_call_id", where)
-                message.tool_name = optional_str(m, "name", where)
-                if not message.tool_call_id:
-                    raise UsageError(f"{where}.tool_call_id is required for a tool message", "messages")
+        chat_tools(m, where, message, OPENAI_CALL, id_required=True)
     return turns.result()
 
 
