@@ -33,6 +33,7 @@ from gencli.core.events import Done, TokenLogprob, ToolCall
 from gencli.core.request import GenerateRequest, Message
 from gencli.engine import Plan, afetch_images, prepare
 from gencli.providers.base import Call
+from gencli.server.api.messages import Turns, content_text, required_str, role, string
 from gencli.server.api.streaming import answer
 from gencli.server.asgi import (
     H_NOCACHE,
@@ -54,6 +55,7 @@ PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 IMAGE_TOKENS = 1600
 MAX_TOKENS_LIMIT = 10_000_000
+ROLES = {"user": "user", "assistant": "assistant"}
 
 
 # -- request -> engine ------------------------------------------------------------------
@@ -70,14 +72,6 @@ def _int(data: dict[str, Any], key: str, lo: int, hi: int = MAX_TOKENS_LIMIT) ->
     return v
 
 
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise UsageError(f"{where} must be a string", "messages")
-    if "\x00" in value:
-        raise UsageError(f"{where} contains a NUL character", "messages")
-    return value
-
-
 def system_text(raw: Any) -> str | None:
     """``system``: a string or a list of text blocks."""
     if raw is None or isinstance(raw, str):
@@ -88,7 +82,7 @@ def system_text(raw: Any) -> str | None:
     for i, block in enumerate(raw):
         if not isinstance(block, dict) or block.get("type") != "text":
             raise UsageError(f'system[{i}] must be a text block {{"type": "text", "text": ...}}', "system")
-        texts.append(_text(block.get("text"), f"system[{i}].text"))
+        texts.append(string(block.get("text"), f"system[{i}].text"))
     return "\n".join(texts)
 
 
@@ -105,30 +99,21 @@ def _image(block: dict[str, Any], where: str) -> str:
     )
 
 
-def _result_content(block: dict[str, Any], where: str, images: list[str]) -> str:
+def _result_part(part: Any, where: str, images: list[Any]) -> str | None:
+    """A block of a tool_result's content: text, or an image (put with the images)."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text":
+        return string(part.get("text"), f"{where}.text")
+    if kind == "image":
+        images.append(_image(part, where))
+        return None
+    raise UsageError(f"{where}.type {kind!r} is not supported in a tool_result (text, image)", "messages")
+
+
+def _result_content(block: dict[str, Any], where: str, images: list[Any]) -> str:
     """A tool_result's content: a string or text and image blocks (images go to ``images``)."""
-    content = block.get("content")
-    if content is None:
-        text = ""
-    elif isinstance(content, str):
-        text = content
-    elif isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            w = f"{where}.content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text":
-                texts.append(_text(part.get("text"), f"{w}.text"))
-            elif kind == "image":
-                images.append(_image(part, w))
-            else:
-                raise UsageError(f"{w}.type {kind!r} is not supported in a tool_result (text, image)", "messages")
-        text = "\n".join(texts)
-    else:
-        raise UsageError(f"{where}.content must be a string or an array of blocks", "messages")
-    if "\x00" in text:
-        raise UsageError(f"{where}.content contains a NUL character", "messages")
-    return f"Error: {text}" if block.get("is_error") is True else text
+    content = content_text(block.get("content"), f"{where}.content", "blocks", _result_part, images, optional=True)
+    return f"Error: {content}" if block.get("is_error") is True else content
 
 
 def messages_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
@@ -136,54 +121,46 @@ def messages_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
     before the rest of their user turn), and their images (still raw) for the engine."""
     if not isinstance(raw, list) or not raw:
         raise UsageError('messages is required (a non-empty array of {"role", "content"})', "messages")
-    out: list[Message] = []
-    pending: list[tuple[Message, Any]] = []
+    turns = Turns()
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
-        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
-            raise UsageError(f'{where}.role must be "user" or "assistant"', "messages")
-        role, content = m["role"], m.get("content")
+        who = role(m, where, ROLES, says='"user" or "assistant"')
+        content = m.get("content")
         if isinstance(content, str):
-            out.append(Message(role, _text(content, f"{where}.content")))
+            turns.add(Message(who, string(content, f"{where}.content")))
             continue
         if not isinstance(content, list):
             raise UsageError(f"{where}.content must be a string or an array of content blocks", "messages")
         texts: list[str] = []
-        images: list[str] = []
+        images: list[Any] = []
         calls: list[ToolCall] = []
         for j, block in enumerate(content):
             w = f"{where}.content[{j}]"
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
-                texts.append(_text(block.get("text"), f"{w}.text"))
-            elif kind in ("thinking", "redacted_thinking") and role == "assistant":
+                texts.append(string(block.get("text"), f"{w}.text"))
+            elif kind in ("thinking", "redacted_thinking") and who == "assistant":
                 continue  # signed by Anthropic for Anthropic; no upstream can use it
-            elif kind == "image" and role == "user":
+            elif kind == "image" and who == "user":
                 images.append(_image(block, w))
-            elif kind == "tool_use" and role == "assistant":
-                name, args = block.get("name"), block.get("input", {})
-                if not isinstance(name, str) or not name:
-                    raise UsageError(f"{w}.name is required for a tool_use block", "messages")
+            elif kind == "tool_use" and who == "assistant":
+                name, args = required_str(block, "name", w, "a tool_use block"), block.get("input", {})
                 if not isinstance(args, dict):
                     raise UsageError(f"{w}.input must be an object", "messages")
                 cid = block.get("id")
                 calls.append(ToolCall(cid if isinstance(cid, str) else "", name, args))
-            elif kind == "tool_result" and role == "user":
-                cid = block.get("tool_use_id")
-                if not isinstance(cid, str) or not cid:
-                    raise UsageError(f"{w}.tool_use_id is required for a tool_result block", "messages")
-                out.append(Message("tool", _result_content(block, w, images), tool_call_id=cid))
+            elif kind == "tool_result" and who == "user":
+                cid = required_str(block, "tool_use_id", w, "a tool_result block")
+                turns.add(Message("tool", _result_content(block, w, images), tool_call_id=cid))
             else:
-                allowed = "text, thinking, tool_use" if role == "assistant" else "text, image, tool_result"
-                article = "an" if role == "assistant" else "a"
+                allowed = "text, thinking, tool_use" if who == "assistant" else "text, image, tool_result"
+                article = "an" if who == "assistant" else "a"
                 raise UsageError(
-                    f"{w}.type {kind!r} is not supported in {article} {role} message ({allowed})", "messages"
+                    f"{w}.type {kind!r} is not supported in {article} {who} message ({allowed})", "messages"
                 )
         if texts or images or calls:
-            message = Message(role, "\n".join(texts), tool_calls=calls)
-            pending.extend((message, image) for image in images)
-            out.append(message)
-    return out, pending
+            turns.add(Message(who, "\n".join(texts), tool_calls=calls), images)
+    return turns.result()
 
 
 def tools_in(raw: Any) -> list[dict[str, Any]] | None:

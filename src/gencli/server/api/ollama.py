@@ -24,7 +24,8 @@ from gencli.core import replies
 from gencli.core.errors import GencliError, ModelNotFound, UsageError
 from gencli.core.events import Done, TokenLogprob
 from gencli.core.request import GenerateRequest, Message
-from gencli.core.tools import OLLAMA_CALL, check_calls
+from gencli.core.tools import OLLAMA_CALL
+from gencli.server.api.messages import Turns, chat_tools, objects, role, string
 from gencli.server.api.streaming import answer
 from gencli.server.asgi import (
     H_NDJSON,
@@ -39,7 +40,6 @@ from gencli.server.asgi import (
     field_bool,
     field_list,
     field_str,
-    optional_str,
     send_bytes,
     send_json,
 )
@@ -48,7 +48,7 @@ from gencli.server.state import KEEP_ALIVE, State
 OLLAMA_VERSION = "0.14.0"  # what /api/version reports: the first Ollama with /v1/responses and /v1/messages
 FOREVER = "2318-01-01T00:00:00Z"  # /api/ps's expires_at for a negative keep_alive (Ollama shows a far date)
 
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
 # -- model metadata -----------------------------------------------------------------------
@@ -387,35 +387,15 @@ async def send_load(send: Send, reply: dict[str, Any], stream: bool) -> None:
 
 def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]]]:
     """Ollama chat messages -> engine Messages, and their images (still raw) for the engine."""
-    messages: list[Message] = []
-    images: list[tuple[Message, Any]] = []
-    for i, m in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise UsageError(f"{where} must be an object with role and content", "messages")
-        role = m.get("role")
-        if role not in ROLES:
-            raise UsageError(f"{where}.role must be one of {', '.join(ROLES)}", "messages")
-        content = m.get("content")
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise UsageError(f"{where}.content must be a string", "messages")
-        if "\x00" in content:
-            raise UsageError(f"{where}.content contains a NUL character", "messages")
-        message = Message(role, content)
+    turns = Turns()
+    for where, m in objects(raw, "messages", "an object with role and content"):
+        message = Message(role(m, where, ROLES), string(m.get("content"), f"{where}.content", optional=True))
         raw_images = m.get("images")
-        if raw_images:
-            if not isinstance(raw_images, list):
-                raise UsageError(f"{where}.images must be an array of base64 strings", "images")
-            images.extend((message, raw_image) for raw_image in raw_images)
-        if role == "tool" or m.get("tool_calls"):
-            message.tool_calls = check_calls(m.get("tool_calls"), where, OLLAMA_CALL)
-            if role == "tool":
-                message.tool_name = optional_str(m, "tool_name", where) or optional_str(m, "name", where)
-                message.tool_call_id = optional_str(m, "tool_call_id", where)
-        messages.append(message)
-    return messages, images
+        if raw_images and not isinstance(raw_images, list):
+            raise UsageError(f"{where}.images must be an array of base64 strings", "images")
+        turns.add(message, raw_images or ())
+        chat_tools(m, where, message, OLLAMA_CALL, names=("tool_name", "name"))
+    return turns.result()
 
 
 # -- engine events -> reply bytes -------------------------------------------------------------

@@ -19,7 +19,8 @@ from gencli.config.registry import ModelEntry
 from gencli.core.errors import GencliError, UsageError
 from gencli.core.events import Done, TokenLogprob
 from gencli.core.request import GenerateRequest, Message
-from gencli.core.tools import OPENAI_CALL, check_calls, openai_calls_out
+from gencli.core.tools import OPENAI_CALL, openai_calls_out
+from gencli.server.api.messages import Turns, chat_tools, content_text, objects, role
 from gencli.server.api.streaming import answer
 from gencli.server.asgi import (
     H_NOCACHE,
@@ -33,7 +34,6 @@ from gencli.server.asgi import (
     field_bool,
     field_list,
     openai_error,
-    optional_str,
     send_json,
 )
 from gencli.server.state import KEEP_ALIVE, State
@@ -155,58 +155,35 @@ def _think(data: dict[str, Any]) -> Any:
     return EFFORT[effort]
 
 
+def _part(where: str, part: Any, _: str, images: list[Any]) -> str | None:
+    """A content part of the message at ``where``: a text part's text, or an image_url put with the images."""
+    if not isinstance(part, dict):
+        raise UsageError(f"{where}.content parts must be objects", "messages")
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise UsageError(f"{where}.content text part needs a string 'text'", "messages")
+        return text
+    if kind == "image_url":
+        url = part.get("image_url")
+        images.append(url.get("url") if isinstance(url, dict) else url)
+        return None
+    raise UsageError(f"{where}.content part type '{kind}' is not supported (text, image_url)", "messages")
+
+
 def messages_in(raw: list[Any]) -> tuple[list[Message], list[tuple[Message, Any]]]:
     """OpenAI chat messages -> engine Messages, and their images (still raw) for the engine."""
-    messages: list[Message] = []
-    images: list[tuple[Message, Any]] = []
-    for i, m in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise UsageError(f"{where} must be an object with role and content", "messages")
-        role = m.get("role")
-        role = ROLE_MAP.get(role) if isinstance(role, str) else None
-        if role is None:
-            raise UsageError(f"{where}.role must be one of system, developer, user, assistant, tool", "messages")
-        content = m.get("content")
-        message = Message(role, "")
-        if content is None:
-            pass
-        elif isinstance(content, str):
-            message.content = content
-        elif isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, dict):
-                    raise UsageError(f"{where}.content parts must be objects", "messages")
-                kind = part.get("type")
-                if kind == "text":
-                    text = part.get("text")
-                    if not isinstance(text, str):
-                        raise UsageError(f"{where}.content text part needs a string 'text'", "messages")
-                    texts.append(text)
-                elif kind == "image_url":
-                    url = part.get("image_url")
-                    if isinstance(url, dict):
-                        url = url.get("url")
-                    images.append((message, url))
-                else:
-                    raise UsageError(
-                        f"{where}.content part type '{kind}' is not supported (text, image_url)", "messages"
-                    )
-            message.content = "\n".join(texts)
-        else:
-            raise UsageError(f"{where}.content must be a string or an array of parts", "messages")
-        if "\x00" in message.content:
-            raise UsageError(f"{where}.content contains a NUL character", "messages")
-        if role == "tool" or m.get("tool_calls"):
-            message.tool_calls = check_calls(m.get("tool_calls"), where, OPENAI_CALL)
-            if role == "tool":
-                message.tool_call_id = optional_str(m, "tool_call_id", where)
-                message.tool_name = optional_str(m, "name", where)
-                if not message.tool_call_id:
-                    raise UsageError(f"{where}.tool_call_id is required for a tool message", "messages")
-        messages.append(message)
-    return messages, images
+    turns = Turns()
+    for where, m in objects(raw, "messages", "an object with role and content"):
+        message = Message(role(m, where, ROLE_MAP), "")
+        images: list[Any] = []
+        message.content = content_text(
+            m.get("content"), f"{where}.content", "parts", partial(_part, where), images, optional=True
+        )
+        turns.add(message, images)
+        chat_tools(m, where, message, OPENAI_CALL, id_required=True)
+    return turns.result()
 
 
 def _usage(done: Done) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from gencli.core.errors import GencliError, UsageError
 from gencli.core.events import Done, TokenLogprob, ToolCall
 from gencli.core.request import GenerateRequest, Message
 from gencli.core.tools import check_arguments
+from gencli.server.api.messages import Turns, content_text, objects, required_str, role, string
 from gencli.server.api.streaming import answer
 from gencli.server.asgi import (
     H_NOCACHE,
@@ -60,14 +61,6 @@ STATELESS = "gencli keeps no conversation objects; send the whole conversation i
 # -- request -> engine ------------------------------------------------------------------
 
 
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise UsageError(f"{where} must be a string", "input")
-    if "\x00" in value:
-        raise UsageError(f"{where} contains a NUL character", "input")
-    return value
-
-
 def _image_url(part: dict[str, Any], where: str) -> str:
     url = part.get("image_url")
     if isinstance(url, dict):  # chat-completions habit
@@ -82,25 +75,22 @@ def _image_url(part: dict[str, Any], where: str) -> str:
     return url
 
 
-def _parts(content: Any, where: str, images: list[str]) -> str:
+def _part(part: Any, where: str, images: list[Any]) -> str | None:
+    """A content part: input_text, output_text or refusal (its text), or an input_image (put with the images)."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in ("input_text", "output_text", "text"):
+        return string(part.get("text"), f"{where}.text", "input")
+    if kind == "refusal":
+        return string(part.get("refusal"), f"{where}.refusal", "input")
+    if kind == "input_image":
+        images.append(_image_url(part, where))
+        return None
+    raise UsageError(f"{where}.type {kind!r} is not supported (input_text, input_image, output_text)", "input")
+
+
+def _parts(content: Any, where: str, images: list[Any]) -> str:
     """Message content (a string or input_text / output_text / input_image parts) -> text."""
-    if isinstance(content, str):
-        return _text(content, where)
-    if not isinstance(content, list):
-        raise UsageError(f"{where} must be a string or an array of content parts", "input")
-    texts = []
-    for j, part in enumerate(content):
-        w = f"{where}[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("input_text", "output_text", "text"):
-            texts.append(_text(part.get("text"), f"{w}.text"))
-        elif kind == "refusal":
-            texts.append(_text(part.get("refusal"), f"{w}.refusal"))
-        elif kind == "input_image":
-            images.append(_image_url(part, w))
-        else:
-            raise UsageError(f"{w}.type {kind!r} is not supported (input_text, input_image, output_text)", "input")
-    return "\n".join(texts)
+    return content_text(content, where, "content parts", _part, images, "input")
 
 
 def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
@@ -108,54 +98,38 @@ def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
     A ``function_call`` joins the assistant turn before it; ``function_call_output`` is a
     role "tool" message."""
     if isinstance(raw, str):
-        return [Message("user", _text(raw, "input"))], []
+        return [Message("user", string(raw, "input", "input"))], []
     if not isinstance(raw, list) or not raw:
         raise UsageError("input is required: a string or a non-empty array of items", "input")
-    out: list[Message] = []
-    pending: list[tuple[Message, Any]] = []
-    for i, item in enumerate(raw):
-        where = f"input[{i}]"
-        if not isinstance(item, dict):
-            raise UsageError(f"{where} must be an object (a message, function_call or function_call_output)", "input")
+    turns = Turns()
+    shape = "an object (a message, function_call or function_call_output)"
+    for where, item in objects(raw, "input", shape, "input"):
         kind = item.get("type") or ("message" if "role" in item else None)
         if kind == "message":
-            role = item.get("role")
-            role = ROLES.get(role) if isinstance(role, str) else None
-            if role is None:
-                raise UsageError(f"{where}.role must be user, system, developer or assistant", "input")
-            images: list[str] = []
-            message = Message(role, _parts(item.get("content"), f"{where}.content", images))
-            if images and role != "user":
+            who = role(item, where, ROLES, "user, system, developer or assistant", "input")
+            images: list[Any] = []
+            message = Message(who, _parts(item.get("content"), f"{where}.content", images))
+            if images and who != "user":
                 raise UsageError(f"{where}: only user messages may hold images", "input")
-            pending.extend((message, image) for image in images)
-            out.append(message)
+            turns.add(message, images)
         elif kind == "function_call":
-            name = item.get("name")
-            if not isinstance(name, str) or not name:
-                raise UsageError(f"{where}.name is required for a function_call", "input")
-            call_id = item.get("call_id")
-            if not isinstance(call_id, str) or not call_id:
-                raise UsageError(f"{where}.call_id is required for a function_call", "input")
+            name = required_str(item, "name", where, "a function_call", "input")
+            call_id = required_str(item, "call_id", where, "a function_call", "input")
             try:
                 args = check_arguments(item.get("arguments"), where)
             except UsageError as exc:
                 raise UsageError(exc.message, "input") from None
             call = ToolCall(call_id, name, args)
-            if out and out[-1].role == "assistant":
-                out[-1].tool_calls.append(call)
+            if turns.messages and turns.messages[-1].role == "assistant":
+                turns.messages[-1].tool_calls.append(call)
             else:
-                out.append(Message("assistant", "", tool_calls=[call]))
+                turns.add(Message("assistant", "", tool_calls=[call]))
         elif kind == "function_call_output":
-            call_id = item.get("call_id")
-            if not isinstance(call_id, str) or not call_id:
-                raise UsageError(f"{where}.call_id is required for a function_call_output", "input")
+            call_id = required_str(item, "call_id", where, "a function_call_output", "input")
             images = []
-            text = _parts(item.get("output", ""), f"{where}.output", images)
-            out.append(Message("tool", text, tool_call_id=call_id))
+            turns.add(Message("tool", _parts(item.get("output", ""), f"{where}.output", images), tool_call_id=call_id))
             if images:  # a tool's images reach the model in a user turn after the results
-                carrier = Message("user", "")
-                pending.extend((carrier, image) for image in images)
-                out.append(carrier)
+                turns.add(Message("user", ""), images)
         elif kind == "reasoning":
             continue  # encrypted for OpenAI's own models; nothing an upstream can read
         elif kind == "item_reference":
@@ -165,7 +139,7 @@ def input_in(raw: Any) -> tuple[list[Message], list[tuple[Message, Any]]]:
                 f"{where}.type {kind!r} is not supported (message, function_call, function_call_output, reasoning)",
                 "input",
             )
-    return out, pending
+    return turns.result()
 
 
 def tools_in(raw: Any) -> list[dict[str, Any]] | None:
@@ -259,10 +233,8 @@ def request_in(
             raise UsageError("max_output_tokens must be an integer from 1 to 10000000", "max_output_tokens")
         options["num_predict"] = limit
     instructions = data.get("instructions")
-    if instructions is not None and not isinstance(instructions, str):
-        raise UsageError("instructions must be a string", "instructions")
-    if instructions and "\x00" in instructions:
-        raise UsageError("instructions contains a NUL character", "instructions")
+    if instructions is not None:
+        string(instructions, "instructions", "instructions")
     fmt, fmt_echo = format_in(data.get("text"))
     tools = tools_in(data.get("tools"))
     req = GenerateRequest(
