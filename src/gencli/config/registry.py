@@ -14,13 +14,15 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gencli.config.settings import Settings, load_env, parse_dotenv
 from gencli.core import options as opts
 from gencli.core.errors import ConfigError, MissingKey, ModelNotFound, UsageError
 from gencli.providers import PROVIDER_NAMES, PROVIDERS
-from gencli.providers.base import Call, LocalModel
+
+if TYPE_CHECKING:  # imported when an endpoint is made: `gencli models` and the like need neither
+    from gencli.providers.base import Call, LocalModel
 
 __all__ = ["CAPABILITIES", "Endpoint", "ModelEntry", "Registry", "find_models_file", "load_env", "parse_dotenv"]
 
@@ -109,6 +111,8 @@ class Endpoint:
 
     def call(self, **request: Any) -> Call:
         """A Call to this endpoint with ``request``'s fields (messages, options, ...)."""
+        from gencli.providers.base import Call
+
         return Call(**self._fields(), **request)
 
     def onto(self, call: Call, **request: Any) -> Call:
@@ -493,6 +497,8 @@ class Registry:
         settings = self.settings
         local = None
         if PROVIDERS[entry.provider].local:
+            from gencli.providers.base import LocalModel
+
             o = entry.options
             local = LocalModel(
                 path=entry.path,
