@@ -14,15 +14,15 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gencli.config.settings import Settings, load_env, parse_dotenv
 from gencli.core import options as opts
 from gencli.core.errors import ConfigError, MissingKey, ModelNotFound, UsageError
 from gencli.providers import PROVIDER_NAMES, PROVIDERS
 
-if TYPE_CHECKING:  # imported when an endpoint is made: `gencli models` and the like need neither
-    from gencli.providers.base import Call, LocalModel
+if TYPE_CHECKING:  # imported when a local model's endpoint is made: `gencli models` and the like need it not
+    from gencli.providers.base import LocalModel
 
 __all__ = ["CAPABILITIES", "Endpoint", "ModelEntry", "Registry", "find_models_file", "load_env", "parse_dotenv"]
 
@@ -87,37 +87,27 @@ class ModelEntry:
         return f"{self.name}/{self.deployment}" if self.deployment else self.name
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """Where and how one model entry is reached, as :meth:`Registry.endpoint` resolved it from
     models.json, the environment and the settings: the upstream model id, base URL, key (and
     the variable it came from), headers, timeout and retries, and for a local model its file
-    and load settings. A :class:`~gencli.providers.base.Call` is an endpoint plus a request."""
+    and load settings. A :class:`~gencli.providers.base.Call` is an endpoint plus a request:
+    ``Call(**endpoint._asdict(), messages=..., ...)``. A tuple: made in a microsecond."""
 
     model: str
     name: str
     base_url: str
-    api_key: str | None = field(repr=False)
+    api_key: str | None
     key_env: str | None
     headers: Mapping[str, str]
     capabilities: tuple[str, ...]
     timeout: float | None  # None: the transport's default
     retries: int
     local: LocalModel | None
-    secrets: tuple[str, ...] = field(repr=False)
+    secrets: tuple[str, ...]
 
-    def _fields(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-    def call(self, **request: Any) -> Call:
-        """A Call to this endpoint with ``request``'s fields (messages, options, ...)."""
-        from gencli.providers.base import Call
-
-        return Call(**self._fields(), **request)
-
-    def onto(self, call: Call, **request: Any) -> Call:
-        """``call`` sent here instead (a deployment or a fallback), ``request`` changed too."""
-        return replace(call, **self._fields(), **request)
+    def __repr__(self) -> str:  # never the key, nor the other configured keys
+        return f"Endpoint(name={self.name!r}, model={self.model!r}, base_url={self.base_url!r}, key={self.key_env!r})"
 
 
 def context_length(entry: ModelEntry) -> int:
@@ -513,18 +503,18 @@ class Registry:
             timeout = entry.timeout if entry.timeout is not None else settings.timeout
         if retries is None:
             retries = entry.retries if entry.retries is not None else settings.retries
-        return Endpoint(
-            model=entry.model,
-            name=entry.name,
-            base_url=self.base_url(entry),
-            api_key=key,
-            key_env=key_env,
-            headers=entry.headers,
-            capabilities=tuple(entry.capabilities),
-            timeout=timeout,
-            retries=retries,
-            local=local,
-            secrets=settings.secrets,
+        return Endpoint(  # by position: the fields' order
+            entry.model,
+            entry.name,
+            self.base_url(entry),
+            key,
+            key_env,
+            entry.headers,
+            tuple(entry.capabilities),
+            timeout,
+            retries,
+            local,
+            settings.secrets,
         )
 
     def key_vars(self, entry: ModelEntry) -> tuple[str, ...]:

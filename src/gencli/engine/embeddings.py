@@ -104,7 +104,7 @@ def prepare_embed(
         if isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 1 <= dimensions <= MAX_DIMENSIONS:
             raise UsageError(f"dimensions must be an integer from 1 to {MAX_DIMENSIONS}", "dimensions")
         options["dimensions"] = dimensions
-    call = registry.endpoint(entry).call(messages=[], options=options, stream=False)
+    call = Call(**registry.endpoint(entry)._asdict(), messages=[], options=options, stream=False)
     return EmbedPlan(entry, adapter, call, texts, started)
 
 

@@ -29,6 +29,7 @@ from gencli.providers.base import (
     HttpRequest,
     ImageFetcher,
     InProcessAdapter,
+    StreamParser,
     SyncTransport,
 )
 
@@ -43,24 +44,24 @@ class Attempt:
         self.cand = cand
         self.run = Run(plan, cand)
         adapter = cand.adapter
-        self.local: InProcessAdapter | None = adapter if adapter.in_process else None
-        self.upstream: HttpAdapter | None = None if adapter.in_process else adapter
+        self.local: InProcessAdapter | None = None
         self.http = http
-        self._parser = None if http is None or not http.stream else self.upstream_adapter.stream_parser(cand.call)
+        self._parser: StreamParser | None = None
+        if adapter.in_process:
+            self.local = adapter
+        else:
+            self.upstream: HttpAdapter = adapter  # set only when ``local`` is None
+            if http is not None and http.stream:
+                self._parser = adapter.stream_parser(cand.call)
         self.run.request_sent()
-
-    @property
-    def upstream_adapter(self) -> HttpAdapter:
-        assert self.upstream is not None
-        return self.upstream
 
     def refused(self, status: int, headers: Mapping[str, str], body: bytes) -> GencliError:
         """The error of an HTTP error status (the adapter reads the provider's error body)."""
-        return self.upstream_adapter.parse_error(self.cand.call, status, headers, body)
+        return self.upstream.parse_error(self.cand.call, status, headers, body)
 
     def whole(self, body: bytes) -> list[Event]:
         """The events of a reply that is not streamed."""
-        return self.run.feed(self.upstream_adapter.parse_response(self.cand.call, body))
+        return self.run.feed(self.upstream.parse_response(self.cand.call, body))
 
     def chunk(self, data: bytes) -> list[Event]:
         """The events of one read of a streamed reply (often none yet)."""

@@ -84,7 +84,18 @@ def prepare(
     top_logprobs = checks.logprobs(req, entry, spec)
     tools, tool_choice = checks.tools(req, entry)
     talk = checks.conversation(req, entry, fmt, tools)
-    call = endpoint.call(
+    call = Call(
+        endpoint.model,
+        endpoint.name,
+        endpoint.base_url,
+        endpoint.api_key,
+        endpoint.key_env,
+        endpoint.headers,
+        capabilities=endpoint.capabilities,
+        timeout=endpoint.timeout,
+        retries=endpoint.retries,
+        local=endpoint.local,
+        secrets=endpoint.secrets,
         messages=talk.messages,
         options=options,
         format=fmt,
@@ -174,7 +185,7 @@ def _candidates(
             continue
         options = {k: v for k, v in e.options.items() if k in spec.options}
         options.update(asked)
-        c = endpoint.onto(call, options=options)
+        c = replace(call, **endpoint._asdict(), options=options)
         out.append(Candidate(e, get_adapter(e.provider), c, registry.router(registry.models.get(e.name, e))))
     for i in range(len(out) - 1):
         if out[i].entry.deployment and out[i + 1].entry.name == out[i].entry.name:
