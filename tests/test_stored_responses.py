@@ -1,8 +1,9 @@
 """Stored responses of the Responses API, with the official ``openai`` SDK against the real
 ``gencli serve``: ``store`` (true or left out, OpenAI's default) with ``previous_response_id``,
-``GET`` and ``DELETE /v1/responses/{id}``, ``store: false`` keeping nothing, the in-process
-store's bounds (count, bytes, TTL; oldest dropped first), each key seeing only its own; and
-two servers sharing one Redis continuing each other's chains."""
+``GET`` and ``DELETE /v1/responses/{id}``, ``GET /v1/responses/{id}/input_items`` (a page of
+the response's own input items), ``store: false`` keeping nothing, the in-process store's
+bounds (count, bytes, TTL; oldest dropped first), each key seeing only its own; and two
+servers sharing one Redis continuing each other's chains and listing each other's items."""
 
 from __future__ import annotations
 
@@ -108,6 +109,107 @@ def test_get_and_delete_a_stored_response(server):
     assert info.value.body["param"] == "previous_response_id"
 
 
+def test_input_items_list_what_the_response_was_given(server, openai_fake):
+    """Only this response's input (not its chain's), each item with an id kept with it: a
+    string content as one input_text part; newest first by default, paged with limit/after."""
+    client = sdk(server)
+    first = client.responses.create(model="echo", input="before the chain")
+    given = [
+        {"role": "developer", "content": "Answer in French."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "one"}]},
+        {"type": "message", "role": "assistant", "content": "two", "id": "msg_given_by_the_client"},
+        {"role": "user", "content": "three"},
+    ]
+    second = client.responses.create(model="echo", input=given, previous_response_id=first.id)
+    assert [m["content"] for m in sent_messages(openai_fake)][-3:] == ["one", "two", "three"]
+
+    newest_first = client.responses.input_items.list(second.id)
+    assert newest_first.has_more is False and len(newest_first.data) == 4
+    oldest_first = client.responses.input_items.list(second.id, order="asc")
+    items = oldest_first.data
+    assert [i.id for i in items] == [i.id for i in reversed(newest_first.data)]
+    assert [(i.type, i.role, [(c.type, c.text) for c in i.content]) for i in items] == [
+        ("message", "developer", [("input_text", "Answer in French.")]),
+        ("message", "user", [("input_text", "one")]),
+        ("message", "assistant", [("output_text", "two")]),
+        ("message", "user", [("input_text", "three")]),
+    ]
+    assert items[2].id == "msg_given_by_the_client" and all(i.status == "completed" for i in items)
+    made = [i.id for i in items if i.id != "msg_given_by_the_client"]
+    assert all(i.startswith("msg_") for i in made) and len(set(made)) == 3
+    assert oldest_first.first_id == items[0].id and oldest_first.last_id == items[-1].id
+    assert [i.id for i in client.responses.input_items.list(second.id, order="asc").data] == [i.id for i in items]
+
+    page = client.responses.input_items.list(second.id, order="asc", limit=3)
+    assert [i.id for i in page.data] == [i.id for i in items[:3]] and page.has_more is True
+    rest = client.responses.input_items.list(second.id, order="asc", limit=3, after=page.data[-1].id)
+    assert [i.id for i in rest.data] == [items[3].id] and rest.has_more is False
+    back = client.responses.input_items.list(second.id, limit=2, after=items[2].id)  # desc: after the third
+    assert [i.id for i in back.data] == [items[1].id, items[0].id] and back.has_more is False
+    every = client.responses.input_items.list(second.id, order="asc", limit=1)  # the SDK follows the pages
+    assert [i.id for i in every] == [i.id for i in items]
+
+    (only,) = client.responses.input_items.list(first.id).data
+    assert only.type == "message" and only.role == "user" and only.content[0].text == "before the chain"
+
+
+def test_input_items_of_function_calls_and_their_outputs(server):
+    client = sdk(server)
+    params = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tools = [{"type": "function", "name": "get_weather", "parameters": params}]
+    first = client.responses.create(model="tools", input="weather in Paris?", tools=tools)
+    (call,) = [o for o in first.output if o.type == "function_call"]
+    given = [
+        {"role": "user", "content": "weather in Paris?"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+    ]
+    follow = client.responses.create(model="tools", tools=tools, input=given)
+    asked, fc, out = client.responses.input_items.list(follow.id, order="asc").data
+    assert asked.type == "message" and asked.content[0].text == "weather in Paris?"
+    assert (fc.type, fc.call_id, fc.name, fc.arguments, fc.status) == (
+        "function_call",
+        call.call_id,
+        "get_weather",
+        call.arguments,
+        "completed",
+    )
+    assert (out.type, out.call_id, out.output, out.status) == (
+        "function_call_output",
+        call.call_id,
+        "sunny",
+        "completed",
+    )
+    assert fc.id.startswith("fc_") and out.id.startswith("fco_")
+
+
+def test_input_items_refuse_a_bad_limit_order_or_after_and_404_an_unknown_id(server):
+    client = sdk(server)
+    r = client.responses.create(model="echo", input="page me")
+    for query, param in [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"order": "newest"}, "order"),
+        ({"after": "msg_nowhere"}, "after"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as info:
+            client.responses.input_items.list(r.id, extra_query=query)
+        error = info.value.body
+        assert error["param"] == param and error["type"] == "invalid_request_error", error
+        assert param in error["message"] and "\n" not in error["message"]
+    assert len(client.responses.input_items.list(r.id, limit=100).data) == 1
+    for rid in ("resp_" + "0" * 32, "nonsense"):
+        with pytest.raises(openai.NotFoundError) as info:
+            client.responses.input_items.list(rid)
+        assert f"response with id '{rid}' not found" in info.value.body["message"]
+    client.responses.delete(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list(r.id)
+    raw = httpx.get(f"{server.url}/v1/responses/{r.id}/input_items")
+    assert raw.status_code == 404 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
+
+
 def test_store_false_keeps_nothing(server):
     client = sdk(server)
     r = client.responses.create(model="echo", input="forget me", store=False)
@@ -169,7 +271,10 @@ def test_each_key_sees_only_its_own_responses(openai_fake, tmp_path):
             bob.responses.create(model="echo", input="x", previous_response_id=r.id)
         with pytest.raises(openai.NotFoundError):
             bob.responses.delete(r.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.input_items.list(r.id)
         assert alice.responses.retrieve(r.id).id == r.id
+        assert alice.responses.input_items.list(r.id).data[0].content[0].text == "private"
     finally:
         s.stop()
 
@@ -191,6 +296,11 @@ def test_two_servers_sharing_redis_continue_each_others_chains(openai_fake, redi
         third = on_a.responses.create(model="echo", input="back on a", previous_response_id=second.id)
         assert len(sent_messages(openai_fake)) == 5 and third.previous_response_id == second.id
         assert on_b.responses.retrieve(third.id).output_text == "You said: back on a"
+        listed_on_a = on_a.responses.input_items.list(second.id)
+        assert [i.content[0].text for i in listed_on_a.data] == ["asked on b"]
+        assert [i.id for i in on_b.responses.input_items.list(second.id).data] == [listed_on_a.data[0].id]
+        (item,) = on_b.responses.input_items.list(third.id).data
+        assert item.content[0].text == "back on a" and item.id != listed_on_a.data[0].id
         ttl = redis_server.client().ttl(f"gencli:resp:{third.id}")
         assert 86000 < ttl <= 86400
         on_b.responses.delete(first.id)

@@ -93,6 +93,9 @@ class App:
             return label
         for m, prefix, _ in self.prefixes:
             if m == method and path.startswith(prefix) and len(path) > len(prefix):
+                for sub in responses.SUBPATHS.get(prefix, ()):  # /v1/responses/{id}/input_items
+                    if path.endswith(sub) and len(path) > len(prefix) + len(sub):
+                        return prefix + "{id}" + sub, m
                 return prefix + "{id}", m
         return "other", "other"
 

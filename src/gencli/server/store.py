@@ -2,10 +2,12 @@
 ``GET``/``DELETE /v1/responses/{id}``), kept where the limits are counted: in this process by
 default, in Redis with ``--redis URL`` so that any replica continues any chain.
 
-A record is the JSON of ``{"owner", "response", "conversation"}``: the key name that made it
-(only the same key, or the operator's key when it was made with it, reads it; anyone else
-gets the 404 a missing id gets), the response object ``GET`` returns, and the conversation
-(Responses input items) a request naming it as ``previous_response_id`` continues.
+A record is the JSON of ``{"owner", "response", "conversation", "input"}``: the key name that
+made it (only the same key, or the operator's key when it was made with it, reads it; anyone
+else gets the 404 a missing id gets), the response object ``GET`` returns, the conversation
+(Responses input items) a request naming it as ``previous_response_id`` continues, and where
+in it the response's own input items are (``[start, end]``: what ``GET .../input_items``
+lists, each item with the id it was given when stored). The bounds below count all of it.
 
 In-process the store is bounded by count (``--responses-max``) and bytes (``--responses-mb``);
 when a new record does not fit, the oldest are dropped first; records expire after

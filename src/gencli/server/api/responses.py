@@ -6,11 +6,12 @@ then the route glue, which runs the plan with :func:`gencli.server.api.streaming
 Stored responses (:mod:`gencli.server.store`: this process, or Redis with ``--redis``): a
 request with ``store`` true or left out (OpenAI's default) is kept with its conversation
 before its last byte goes out, so ``previous_response_id`` continues it on any replica,
-``GET /v1/responses/{id}`` returns it and ``DELETE /v1/responses/{id}`` removes it; only the
-key that made it sees it (anyone else gets the 404 of a missing id). ``store: false`` keeps
-nothing. ``conversation`` objects and ``item_reference`` items are not supported (400);
-``reasoning`` items sent back are skipped (their encrypted content only means something to
-OpenAI).
+``GET /v1/responses/{id}`` returns it, ``GET /v1/responses/{id}/input_items`` lists the
+input items it was made from (paged: ``limit``, ``order``, ``after``) and ``DELETE
+/v1/responses/{id}`` removes it; only the key that made it sees it (anyone else gets the
+404 of a missing id). ``store: false`` keeps nothing. ``conversation`` objects and
+``item_reference`` items are not supported (400); ``reasoning`` items sent back are skipped
+(their encrypted content only means something to OpenAI).
 
 Non-streamed, the reply is a response object whose ``output`` holds a ``reasoning``
 item (when the model reasoned), a ``message`` with ``output_text`` and the
@@ -201,9 +202,46 @@ def format_in(raw: Any) -> tuple[Any, dict[str, Any]]:
     raise UsageError("text.format.type must be text, json_object or json_schema", "text")
 
 
-def input_items(raw: Any) -> Any:
-    """``input`` as a list of items (a string is one user message), as a stored conversation keeps it."""
-    return [{"type": "message", "role": "user", "content": raw}] if isinstance(raw, str) else raw
+ITEM_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+
+
+def _stored_part(part: Any, assistant: bool) -> Any:
+    if assistant and isinstance(part, dict) and part.get("type") == "output_text" and "annotations" not in part:
+        return {**part, "annotations": []}
+    return part
+
+
+def input_items(raw: Any) -> list[dict[str, Any]]:
+    """``input`` (already checked by :func:`input_in`) as the items a stored response keeps and
+    ``GET /v1/responses/{id}/input_items`` lists: a string is one user message; each item gets
+    a ``type``, an ``id`` (the client's when it gave one not yet used in this input, else a new
+    ``msg_``/``fc_``/``fco_``/``rs_`` one, made once here and stored) and a ``status``; a
+    message's string content becomes one ``input_text`` part (``output_text`` for an assistant)."""
+    given = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for original in given:
+        item = dict(original)
+        kind = item["type"] = item.get("type") or "message"
+        if kind == "message":
+            assistant = item.get("role") == "assistant"
+            content = item.get("content")
+            if isinstance(content, str):
+                item["content"] = [
+                    {"type": "output_text", "text": content, "annotations": []}
+                    if assistant
+                    else {"type": "input_text", "text": content}
+                ]
+            elif isinstance(content, list):
+                item["content"] = [_stored_part(part, assistant) for part in content]
+        item_id = item.pop("id", None)
+        if not isinstance(item_id, str) or not item_id or item_id in seen:
+            item_id = f"{ITEM_PREFIX.get(kind, 'item')}_{os.urandom(16).hex()}"
+        seen.add(item_id)
+        if item.get("status") not in ("in_progress", "completed", "incomplete"):
+            item["status"] = "completed"
+        out.append({"id": item_id, **item})
+    return out
 
 
 def request_in(
@@ -621,13 +659,23 @@ def _conversation_items(response: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def _keep(
-    state: State, owner: str | None, conversation: list[Any], response_id: str, response: dict[str, Any]
+    state: State,
+    owner: str | None,
+    history: list[Any],
+    given: list[dict[str, Any]],
+    response_id: str,
+    response: dict[str, Any],
 ) -> bool:
+    """Store a finished response: its record holds the conversation the next turn continues
+    (``history``, this request's ``given`` input items, the answer's items) and where in it
+    this request's input items are (``input``: [start, end], what ``input_items`` lists)."""
     from gencli.server.shared import RedisDown
 
     if response.get("status") not in ("completed", "incomplete"):
         return False
-    record = dumps({"owner": owner, "response": response, "conversation": conversation + _conversation_items(response)})
+    conversation = history + given + _conversation_items(response)
+    span = [len(history), len(history) + len(given)]
+    record = dumps({"owner": owner, "response": response, "conversation": conversation, "input": span})
     try:
         kept = await state.store.put(response_id, record)
     except RedisDown:
@@ -665,17 +713,92 @@ async def responses(state: State, scope: Scope, receive: Receive, send: Send) ->
                 "server's request limit (--max-body-mb); start a new conversation",
             )
     req, echo = request_in(data, model, history)
-    keeper = partial(_keep, state, _owner(scope), history + input_items(data["input"])) if store else None
+    keeper = partial(_keep, state, _owner(scope), history, input_items(data["input"])) if store else None
     await answer(state, scope, receive, send, req, lambda plan: Responses(plan.entry.name, echo, keeper))
 
 
+# below a stored response's id (a prefix route's): counted by the app as routes of their own
+SUBPATHS = {"/v1/responses/": ("/input_items",)}
+ORDERS = ("asc", "desc")
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    """The query string's parameters (the last of a repeated one)."""
+    from urllib.parse import parse_qsl
+
+    raw = scope.get("query_string") or b""
+    return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True, max_num_fields=100))
+
+
+def _cursor(ids: list[str], query: dict[str, str], name: str, response_id: str) -> int | None:
+    """Where the item ``after``/``before`` names is in ``ids`` (None: not given)."""
+    if name not in query:
+        return None
+    wanted = query[name]
+    try:
+        return ids.index(wanted)
+    except ValueError:
+        raise UsageError(
+            f"{name}: response {response_id[:80]!r} has no input item with id {wanted[:80]!r}", name
+        ) from None
+
+
+def page_params(query: dict[str, str]) -> tuple[int, str]:
+    """``limit`` (1 to 100, default 20) and ``order`` (``desc``, the default, or ``asc``) of a list."""
+    raw_limit = query.get("limit", "20")
+    limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) < 5 else 0
+    if not 1 <= limit <= 100:
+        raise UsageError(f"limit must be an integer from 1 to 100, not {raw_limit[:20]!r}", "limit")
+    order = query.get("order", "desc")
+    if order not in ORDERS:
+        raise UsageError(f"order must be asc or desc, not {order[:20]!r}", "order")
+    return limit, order
+
+
+def item_page(items: list[dict[str, Any]], query: dict[str, str], response_id: str) -> dict[str, Any]:
+    """One page of a response's input items, as OpenAI's ``GET /v1/responses/{id}/input_items``
+    answers it: ``limit`` items in ``order`` (``desc``: the last input first) after the item
+    ``after`` (and before ``before``, as older versions of the API had it); ``include`` is
+    accepted and changes nothing (an item is kept whole)."""
+    limit, order = page_params(query)
+    ordered = items if order == "asc" else items[::-1]
+    ids = [item["id"] for item in ordered]
+    after, before = _cursor(ids, query, "after", response_id), _cursor(ids, query, "before", response_id)
+    window = ordered[(0 if after is None else after + 1) : (len(ordered) if before is None else before)]
+    page = window[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(window) > limit,
+    }
+
+
 async def stored(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    """``GET /v1/responses/{id}``: a stored response object."""
+    """``GET /v1/responses/{id}``: a stored response object; ``GET
+    /v1/responses/{id}/input_items``: a page of the input items it was made from."""
     response_id = scope["path"][len("/v1/responses/") :]
+    if response_id.endswith("/input_items"):
+        await listed(state, scope, send, response_id[: -len("/input_items")])
+        return
     found = await _record(state, scope, response_id)
     if found is None:
         raise _not_found(response_id)
     await send_json(send, 200, found["response"], head=scope["method"] == "HEAD")
+
+
+async def listed(state: State, scope: Scope, send: Send, response_id: str) -> None:
+    """``GET /v1/responses/{id}/input_items``: the input items of the stored response (what
+    its request gave as ``input``; not those of the responses before it in its chain)."""
+    query = _query(scope)
+    page_params(query)  # a bad limit or order is a 400 whatever the id
+    found = await _record(state, scope, response_id)
+    span = None if found is None else found.get("input")
+    if found is None or not isinstance(span, list):  # (a record of a gencli before input_items: none kept)
+        raise _not_found(response_id)
+    page = item_page(found["conversation"][span[0] : span[1]], query, response_id)
+    await send_json(send, 200, page, head=scope["method"] == "HEAD")
 
 
 async def delete(state: State, scope: Scope, receive: Receive, send: Send) -> None:
