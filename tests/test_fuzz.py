@@ -74,8 +74,11 @@ def test_document_lists_every_route(tmp_path):
     served = {(m.lower(), p) for m, p in app.routes}
     doc = json.loads(DOC.read_text())
     for method, prefix, _ in app.prefixes:  # a path with a parameter: /v1/models/{model}
+        below = ("", *app.subpaths.get((method, prefix), ()))  # and what it serves below it: .../input_items
         served |= {
-            (method.lower(), p) for p in doc["paths"] if p.startswith(prefix) and p[len(prefix) :].startswith("{")
+            (method.lower(), p)
+            for p in doc["paths"]
+            if p.startswith(prefix) and p[len(prefix) :].startswith("{") and p[p.index("}") + 1 :] in below
         }
     documented = {
         (m, p)
@@ -171,4 +174,24 @@ def test_streamed_replies_conform(fuzz_server, path, body):
     case = schema.make_case(operation=schema[path]["POST"], body=body, media_type="application/json")
     response = case.call(base_url=fuzz_server.url, timeout=30)
     assert response.status_code == 200
+    case.validate_response(response, checks=CHECKS)
+
+
+def test_input_items_conform(fuzz_server):
+    """A stored response's input items (the fuzz only meets unknown ids: 404s) checked against the document."""
+    given = [
+        {"role": "user", "content": "hi"},
+        {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "done"},
+    ]
+    r = httpx.post(fuzz_server.url + "/v1/responses", json={"model": "echo", "input": given}, timeout=30)
+    assert r.status_code == 200, r.text
+    schema = schemathesis.openapi.from_path(str(DOC))
+    case = schema.make_case(
+        operation=schema["/v1/responses/{response_id}/input_items"]["GET"],
+        path_parameters={"response_id": r.json()["id"]},
+        query={"limit": 2, "order": "asc"},
+    )
+    response = case.call(base_url=fuzz_server.url, timeout=30)
+    assert response.status_code == 200 and [i["type"] for i in response.json()["data"]] == ["message", "function_call"]
     case.validate_response(response, checks=CHECKS)

@@ -80,6 +80,8 @@ class App:
             *openai.prefix_routes(state),
             *responses.prefix_routes(state),
         ]
+        # what a prefix route serves below its id: (method, prefix) -> suffixes (/input_items)
+        self.subpaths: dict[tuple[str, str], tuple[str, ...]] = dict(responses.SUBPATHS)
         self.paths: dict[str, list[str]] = {}
         for method, path in self.routes:
             self.paths.setdefault(path, []).append(method)
@@ -93,7 +95,7 @@ class App:
             return label
         for m, prefix, _ in self.prefixes:
             if m == method and path.startswith(prefix) and len(path) > len(prefix):
-                for sub in responses.SUBPATHS.get(prefix, ()):  # /v1/responses/{id}/input_items
+                for sub in self.subpaths.get((m, prefix), ()):  # /v1/responses/{id}/input_items
                     if path.endswith(sub) and len(path) > len(prefix) + len(sub):
                         return prefix + "{id}" + sub, m
                 return prefix + "{id}", m

@@ -717,8 +717,8 @@ async def responses(state: State, scope: Scope, receive: Receive, send: Send) ->
     await answer(state, scope, receive, send, req, lambda plan: Responses(plan.entry.name, echo, keeper))
 
 
-# below a stored response's id (a prefix route's): counted by the app as routes of their own
-SUBPATHS = {"/v1/responses/": ("/input_items",)}
+# (method, prefix route): the paths it serves below the id, counted by the app as routes of their own
+SUBPATHS = {("GET", "/v1/responses/"): ("/input_items",)}
 ORDERS = ("asc", "desc")
 
 
