@@ -417,6 +417,22 @@ def field_list(data: dict[str, Any], key: str) -> list[Any] | None:
     return v
 
 
+MAX_TOKENS_LIMIT = 10_000_000  # the largest answer length in tokens a request may ask for
+
+
+def field_int(data: dict[str, Any], key: str, lo: int = 1, hi: int = MAX_TOKENS_LIMIT) -> int | None:
+    """An integer field from ``lo`` to ``hi`` (a whole float such as 100.0 counts; a bool does
+    not), or None when absent."""
+    v = data.get(key)
+    if v is None:
+        return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise UsageError(f"{key} must be an integer from {lo} to {hi}", key)
+    return v
+
+
 def field_model(data: dict[str, Any], key: str = "model") -> str:
     v = data.get(key)
     if v is None or v == "":

@@ -46,6 +46,7 @@ from gencli.server.asgi import (
     anthropic_error,
     dumps,
     field_bool,
+    field_int,
     send_json,
 )
 from gencli.server.state import State
@@ -54,22 +55,10 @@ PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 IMAGE_TOKENS = 1600
-MAX_TOKENS_LIMIT = 10_000_000
 ROLES = {"user": "user", "assistant": "assistant"}
 
 
 # -- request -> engine ------------------------------------------------------------------
-
-
-def _int(data: dict[str, Any], key: str, lo: int, hi: int = MAX_TOKENS_LIMIT) -> int | None:
-    v = data.get(key)
-    if v is None:
-        return None
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise UsageError(f"{key} must be an integer from {lo} to {hi}", key)
-    return v
 
 
 def system_text(raw: Any) -> str | None:
@@ -248,7 +237,7 @@ def format_in(data: dict[str, Any]) -> Any:
 
 def request_in(data: dict[str, Any], model: str, counting: bool = False) -> GenerateRequest:
     """A Messages (or count_tokens) request body -> the engine request."""
-    max_tokens = _int(data, "max_tokens", 1)
+    max_tokens = field_int(data, "max_tokens", 1)
     if max_tokens is None and not counting:
         raise UsageError("max_tokens is required: the most tokens to generate, e.g. 1024", "max_tokens")
     messages, pending = messages_in(data.get("messages"))

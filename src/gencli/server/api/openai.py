@@ -32,6 +32,7 @@ from gencli.server.asgi import (
     Send,
     dumps,
     field_bool,
+    field_int,
     field_list,
     openai_error,
     send_json,
@@ -96,13 +97,8 @@ def _options(data: dict[str, Any]) -> dict[str, Any]:
         if data.get(key) is not None:
             options[key] = data[key]
     key = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = data.get(key)
+    max_tokens = field_int(data, key)  # a positive count (Ollama's num_predict -1/-2 meanings do not apply)
     if max_tokens is not None:
-        # OpenAI's limit is a positive count (Ollama's num_predict -1/-2 meanings do not apply)
-        if isinstance(max_tokens, float) and max_tokens.is_integer():
-            max_tokens = int(max_tokens)
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= 10_000_000:
-            raise UsageError(f"{key} must be an integer from 1 to 10000000", key)
         options["num_predict"] = max_tokens
     if data.get("stop") is not None:
         options["stop"] = data["stop"]

@@ -49,6 +49,7 @@ from gencli.server.asgi import (
     Send,
     dumps,
     field_bool,
+    field_int,
     refusal,
     send_json,
 )
@@ -263,12 +264,8 @@ def request_in(
     for key in ("temperature", "top_p"):
         if data.get(key) is not None:
             options[key] = data[key]
-    limit = data.get("max_output_tokens")
+    limit = field_int(data, "max_output_tokens")
     if limit is not None:
-        if isinstance(limit, float) and limit.is_integer():
-            limit = int(limit)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000_000:
-            raise UsageError("max_output_tokens must be an integer from 1 to 10000000", "max_output_tokens")
         options["num_predict"] = limit
     instructions = data.get("instructions")
     if instructions is not None:
