@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="needs the local extra: pip install -e '.[local]'")
 
-from gencli.providers.llama.process import crash_message  # noqa: E402
+from gencli.providers.llama.process import crash_message, runner_env  # noqa: E402
 from gencli.providers.llama.worker import library_dir, score, variant_name, variants  # noqa: E402
 from tests.conftest import GENCLI, clean_env, run_gencli  # noqa: E402
 from tests.helpers import one_line_error, post  # noqa: E402
@@ -95,12 +95,19 @@ def test_keep_alive_zero_ends_the_runner_process(served):
     r = post(served, "/api/generate", {"model": "smollm2", "prompt": "hi", "options": {"num_predict": 2}})
     assert r.status_code == 200
     [pid] = runner_pids(served.home)
+    assert b"\0OMP_WAIT_POLICY=passive\0" in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()  # its threads sleep
     gone = post(served, "/api/generate", {"model": "smollm2", "prompt": "", "keep_alive": 0})
     assert gone.json()["done_reason"] == "unload"
     wait_for(lambda: not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes(), 10)
     assert runner_pids(served.home) == []  # its memory went back with the process
     ps = httpx.get(served.url + "/api/ps", timeout=10).json()
     assert "smollm2:latest" not in {m["model"] for m in ps["models"]}
+
+
+def test_a_runner_s_threads_sleep_when_they_wait_unless_the_environment_says_otherwise():
+    env = runner_env({"HOME": "/h"}, {"x86_64"})
+    assert env == {"HOME": "/h", "GENCLI_LLAMA_EXCLUDE": "x86_64", "OMP_WAIT_POLICY": "passive"}
+    assert runner_env({"OMP_WAIT_POLICY": "active"}, [])["OMP_WAIT_POLICY"] == "active"
 
 
 def test_a_client_that_goes_away_stops_the_runner_at_once(served):

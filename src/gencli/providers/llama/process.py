@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -119,12 +120,22 @@ VARIANTS = Variants()
 
 
 # -- one runner process ----------------------------------------------------------------------
+def runner_env(environ: Mapping[str, str], excluded: Iterable[str]) -> dict[str, str]:
+    """A runner's environment: this process's, the CPU variants to skip, and llama.cpp's OpenMP
+    threads told to sleep at once when they wait (``OMP_WAIT_POLICY=passive``) unless the
+    environment says otherwise. Spinning threads (OpenMP's default) gained nothing on a quiet
+    machine and cost half the first answer's time on a busy one (bench/README.md, "OpenMP")."""
+    env = dict(environ)
+    env["GENCLI_LLAMA_EXCLUDE"] = ",".join(sorted(excluded))
+    env.setdefault("OMP_WAIT_POLICY", "passive")
+    return env
+
+
 class Worker:
     """A running ``gencli.providers.llama.worker`` process."""
 
     def __init__(self) -> None:
-        env = dict(os.environ)
-        env["GENCLI_LLAMA_EXCLUDE"] = ",".join(sorted(VARIANTS.excluded()))
+        env = runner_env(os.environ, VARIANTS.excluded())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gencli.providers.llama.worker"],
             stdin=subprocess.PIPE,
