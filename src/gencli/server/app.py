@@ -117,7 +117,7 @@ class App:
                     self.state.bodies.release(held)
                 record = scope.get("gencli.key")
                 if record is not None and record.tpm:  # a person's key: its tokens count
-                    await self.state.spend(record, scope)
+                    self.state.spend(record, scope)
         elif kind == "lifespan":
             await self.lifespan(receive, send)
 

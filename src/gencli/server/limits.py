@@ -63,8 +63,8 @@ class Limiter(Protocol):
     async def admit(self, record: KeyRecord) -> None:
         """Count one request of ``record``; :class:`OverLimit` when it is over a limit."""
 
-    async def spend(self, record: KeyRecord, tokens: int) -> None:
-        """Count ``tokens`` of a finished request of ``record``."""
+    def spend(self, record: KeyRecord, tokens: int) -> None:
+        """Count ``tokens`` of a finished request of ``record`` (at once, or noted to be sent)."""
 
     async def close(self) -> None: ...
 
@@ -110,33 +110,49 @@ class LocalLimiter:
         self._tokens: dict[str, _Window] = {}
 
     async def admit(self, record: KeyRecord) -> None:
+        self.check(record)
+
+    def check(self, record: KeyRecord) -> None:
+        """:meth:`admit` without a coroutine (``State.admit`` calls it directly)."""
         now = self._clock()
         second = int(now)
-        requests = tokens = None
-        if record.rpm:
+        requests = None
+        rpm, tpm = record.rpm, record.tpm
+        if rpm:
             requests = self._requests.get(record.name)
             if requests is None:
                 requests = self._requests[record.name] = _Window()
-            requests.trim(second)
-            if requests.total + 1 > record.rpm:
-                raise over(record, 1, requests.total, requests.wait(now, record.rpm))
-        if record.tpm:
+            buckets = requests.buckets
+            if buckets and buckets[0][0] <= second - WINDOW:
+                requests.trim(second)
+            if requests.total + 1 > rpm:
+                raise over(record, 1, requests.total, requests.wait(now, rpm))
+        if tpm:
             tokens = self._tokens.get(record.name)
             if tokens is not None:
-                tokens.trim(second)
-                if tokens.total >= record.tpm:
-                    raise over(record, 2, tokens.total, tokens.wait(now, record.tpm))
+                buckets = tokens.buckets
+                if buckets and buckets[0][0] <= second - WINDOW:
+                    tokens.trim(second)
+                if tokens.total >= tpm:
+                    raise over(record, 2, tokens.total, tokens.wait(now, tpm))
         if requests is not None:
-            requests.add(second, 1)
+            buckets = requests.buckets
+            if buckets and buckets[-1][0] == second:
+                buckets[-1][1] += 1
+            else:
+                buckets.append([second, 1])
+            requests.total += 1
 
-    async def spend(self, record: KeyRecord, tokens: int) -> None:
+    def spend(self, record: KeyRecord, tokens: int) -> None:
         if not record.tpm or tokens <= 0:
             return
         window = self._tokens.get(record.name)
         if window is None:
             window = self._tokens[record.name] = _Window()
         second = int(self._clock())
-        window.trim(second)
+        buckets = window.buckets
+        if buckets and buckets[0][0] <= second - WINDOW:
+            window.trim(second)
         window.add(second, tokens)
 
     async def close(self) -> None:
@@ -299,7 +315,7 @@ class RedisLimiter:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH, self.flush)
 
-    async def spend(self, record: KeyRecord, tokens: int) -> None:
+    def spend(self, record: KeyRecord, tokens: int) -> None:
         """Tokens are counted with the key's next request, or by :meth:`flush` within ``FLUSH`` s."""
         if record.tpm and tokens > 0:
             self._owe(record, tokens)

@@ -61,6 +61,8 @@ class State:
         else:
             self.limiter = LocalLimiter()
             self.store = LocalStore(config.responses_max, config.responses_bytes, config.responses_ttl)
+        # the in-process limits decide at once: State.admit calls them without a coroutine
+        self._check = self.limiter.check if isinstance(self.limiter, LocalLimiter) else None
         self.started = time.time()
         self.last_used: dict[str, int] = {}  # model name -> time.time_ns() of its last request
         self.expires: dict[str, float] = {}  # model name -> when /api/ps stops listing it (time.time(); inf: never)
@@ -129,7 +131,7 @@ class State:
         info["model"] = model
         record: KeyRecord | None = scope.get("gencli.key")
         if record is not None:
-            if not record.allows(model):
+            if record.models is not None and model not in record.models:  # record.allows(model), inlined
                 info["rejected"] = "model"  # counted by the metrics and named in the access log
                 allowed = ", ".join(record.models or ())
                 raise refusal(
@@ -138,20 +140,25 @@ class State:
                     "ask the server's operator for another key",
                     "permission_error",
                 )
-            try:
-                await self.limiter.admit(record)
-            except OverLimit:
-                info["rejected"] = "limit"
-                raise
+            if record.rpm or record.tpm:
+                try:
+                    if self._check is not None:
+                        self._check(record)
+                    else:
+                        await self.limiter.admit(record)
+                except OverLimit:
+                    info["rejected"] = "limit"
+                    raise
         return model
 
-    async def spend(self, record: KeyRecord, scope: Scope) -> None:
+    def spend(self, record: KeyRecord, scope: Scope) -> None:
         """Count a finished request's tokens (prompt + completion) against its key's limit."""
-        tokens = scope.get("gencli", {}).get("tokens")
+        info = scope.get("gencli")
+        tokens = info.get("tokens") if info is not None else None
         if not tokens:
             return
         try:
-            await self.limiter.spend(record, int(tokens.get("prompt") or 0) + int(tokens.get("completion") or 0))
+            self.limiter.spend(record, int(tokens.get("prompt") or 0) + int(tokens.get("completion") or 0))
         except Exception as exc:  # pragma: no cover - the limiter logs its own failures
             import sys
 
