@@ -17,6 +17,7 @@ from gencli.core.budget import MemoryBudget
 from gencli.server.asgi import Receive, Scope, field_model, read_json, refusal
 from gencli.server.config import ServeConfig
 from gencli.server.limits import Limiter, LocalLimiter, OverLimit, RedisLimiter
+from gencli.server.shared import RedisDown
 from gencli.server.store import LocalStore, RedisStore, ResponseStore
 from gencli.transports.server import ServerTransport
 
@@ -125,7 +126,8 @@ class State:
         """The registry name of the model a request body names (its required ``model``), noted
         on the scope for the access log. A request made with a key of the keys file must name
         a model the key allows (403 otherwise) and is counted against the key's limits (429
-        over them), before any work."""
+        over them; 503 when they are counted in a Redis that does not answer and the policy is
+        ``--redis-fail closed``), before any work."""
         model = self.model_name(field_model(data))
         info = scope.setdefault("gencli", {})
         info["model"] = model
@@ -148,6 +150,9 @@ class State:
                         await self.limiter.admit(record)
                 except OverLimit:
                     info["rejected"] = "limit"
+                    raise
+                except RedisDown:  # --redis-fail closed: 503 while Redis does not answer
+                    info["rejected"] = "redis"
                     raise
         return model
 
