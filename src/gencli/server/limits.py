@@ -225,7 +225,7 @@ return out
 BATCH = 256  # requests per call at most
 
 
-def _calling(script: Any, keys: list[str], args: list[Any]) -> Callable[[Any], Awaitable[Any]]:
+def _calling(script: Any, keys: list[bytes], args: list[Any]) -> Callable[[Any], Awaitable[Any]]:
     """What :meth:`RedisLink.run` calls with the client: the script with these keys and arguments."""
 
     def action(client: Any) -> Awaitable[Any]:
@@ -247,12 +247,24 @@ class RedisLimiter:
         self._queue: list[tuple[KeyRecord, int, asyncio.Future[list[int]] | None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy = False  # a call is in flight, or scheduled
+        self._made: dict[KeyRecord, tuple[bytes, bytes, bytes, bytes]] = {}
         self.what = "per-key limits"
 
-    @staticmethod
-    def _keys(name: str) -> list[str]:
-        base = f"{PREFIX}{{limits}}:{name}"  # one hash tag: a batch stays in one cluster slot
-        return [base + ":r", base + ":t"]
+    def _words(self, record: KeyRecord) -> tuple[bytes, bytes, bytes, bytes]:
+        """A key's two hash names, rpm and tpm as the bytes sent (made once per key and limits:
+        the client then encodes nothing of them per request)."""
+        found = self._made.get(record)
+        if found is None:
+            if len(self._made) >= 4096:  # the keys file changed often: start again
+                self._made.clear()
+            base = f"{PREFIX}{{limits}}:{record.name}"  # one hash tag: a batch stays in one cluster slot
+            found = self._made[record] = (
+                (base + ":r").encode(),
+                (base + ":t").encode(),
+                str(record.rpm or 0).encode(),
+                str(record.tpm or 0).encode(),
+            )
+        return found
 
     def _submit(self, record: KeyRecord, spent: int, future: asyncio.Future[list[int]] | None) -> None:
         self._queue.append((record, spent, future))
@@ -274,11 +286,12 @@ class RedisLimiter:
         self._send()  # what came meanwhile, or idle
 
     async def _call(self, batch: list[tuple[KeyRecord, int, asyncio.Future[list[int]] | None]]) -> None:
-        keys: list[str] = []
+        keys: list[bytes] = []
         args: list[Any] = [WINDOW]
         for record, spent, future in batch:
-            keys += self._keys(record.name)
-            args += [record.rpm or 0, record.tpm or 0, spent] if future is not None else [0, 0, spent]
+            rk, tk, rpm, tpm = self._words(record)
+            keys += (rk, tk)
+            args += (rpm, tpm, spent) if future is not None else (b"0", b"0", spent)
         try:
             flat = await self.link.run(self.what, _calling(self.link.script(ADMIT), keys, args))
         except BaseException as exc:
@@ -292,12 +305,13 @@ class RedisLimiter:
             return
         for i, (_, _, future) in enumerate(batch):
             if future is not None and not future.done():
-                future.set_result([int(v) for v in flat[3 * i : 3 * i + 3]])
+                future.set_result(flat[3 * i : 3 * i + 3])  # integer replies: ints already
 
     async def admit(self, record: KeyRecord) -> None:
         if not record.rpm and not record.tpm:
             return
-        spent = self._spent.pop(record.name, (record, 0))[1]
+        owed = self._spent.pop(record.name, None)
+        spent = owed[1] if owed is not None else 0
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._submit(record, spent, future)
         try:
