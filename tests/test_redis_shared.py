@@ -5,6 +5,8 @@ again when Redis is back, and neither crashes."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -120,3 +122,65 @@ def test_a_bad_redis_url_or_policy_is_exit_2(tmp_path):
         assert p.returncode == 2 and needle in text and "secret-pw" not in text, text
     p = run_gencli(["serve", "--port", "0"], clean_env(tmp_path, GENCLI_REDIS_FAIL="sometimes"), tmp_path)
     assert p.returncode == 2 and b"GENCLI_REDIS_FAIL" in p.stderr
+
+
+def test_redis_down_fail_closed_is_counted_as_reason_redis_in_each_wire_shape(openai_fake, tmp_path):
+    """The 503 of ``--redis-fail closed`` while Redis is down is a rejected request of its own
+    reason, ``redis`` (not ``busy``, the memory budgets' and local queue's): in /metrics and in
+    the access log; each wire gets it in its own error shape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    (tmp_path / "redis-data").mkdir()
+    redis = RedisServer(tmp_path / "redis-data")
+    path = tmp_path / "keys.jsonl"
+    key = issue(tmp_path, path, "carol", "--rpm", "100")
+    args = ["--keys-file", str(path), "--redis", redis.url, "--redis-fail", "closed", "--log-format", "json"]
+    s = ServeProcess(tmp_path / "serve", models_json(openai_fake.base_url), args)
+    auth = {"authorization": f"Bearer {key}"}
+
+    def rejected() -> dict[str, float]:
+        text = httpx.get(s.url + "/metrics", headers=auth, timeout=10).text
+        return {
+            sample.labels["reason"]: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "gencli_rejected_requests"
+            for sample in family.samples
+            if sample.name == "gencli_rejected_requests_total"
+        }
+
+    try:
+        assert chat(s, key).status_code == 200
+        before = rejected()
+        redis.stop()
+        wires = {
+            "/v1/chat/completions": {"model": "echo", "messages": MESSAGES},
+            "/v1/messages": {"model": "echo", "max_tokens": 16, "messages": MESSAGES},
+            "/api/chat": {"model": "echo", "messages": MESSAGES, "stream": False},
+        }
+        got = {}
+        for i, (route, body) in enumerate(wires.items()):
+            r = httpx.post(s.url + route, json=body, headers={**auth, "x-request-id": f"down-{i}"}, timeout=30)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", (route, r.text)
+            got[route] = r.json()
+        openai_error = got["/v1/chat/completions"]["error"]
+        assert "is not answering" in openai_error["message"] and "--redis-fail closed" in openai_error["message"]
+        assert openai_error["type"] == "overloaded_error"
+        anthropic_error = got["/v1/messages"]
+        assert anthropic_error["type"] == "error" and anthropic_error["error"]["type"] == "overloaded_error"
+        assert "is not answering" in anthropic_error["error"]["message"]
+        assert isinstance(got["/api/chat"]["error"], str) and "is not answering" in got["/api/chat"]["error"]
+        assert str(redis.port) not in json.dumps(got)  # clients are not told where Redis is
+        after = rejected()
+        assert after.get("redis", 0) - before.get("redis", 0) == 3
+        assert after.get("busy", 0) == before.get("busy", 0)  # not counted twice, nor as busy
+
+        def logged() -> list[dict] | None:
+            lines = [json.loads(ln) for ln in s.stderr().splitlines() if ln.startswith('{"time"')]
+            return [ln for ln in lines if str(ln["request_id"]).startswith("down-")] or None
+
+        lines = wait_until(lambda: (lambda found: found if found and len(found) == 3 else None)(logged()), timeout=5)
+        assert len(lines) == 3 and all(ln["status"] == 503 and ln["rejected"] == "redis" for ln in lines)
+        assert all(ln["key"] == "carol" for ln in lines) and key not in s.stderr()
+    finally:
+        s.stop()
+        redis.stop()

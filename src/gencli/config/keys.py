@@ -36,6 +36,7 @@ from typing import Any
 from gencli.core.errors import GencliError
 
 PREFIX = "gk"
+_PREFIX = PREFIX.encode()
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _ID = re.compile(r"^[0-9a-f]{12}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -218,6 +219,7 @@ class Keyring:
     def __init__(self, path: Path, records: list[KeyRecord] | None = None):
         self.path = path
         self._by_id: dict[str, KeyRecord] = {}
+        self._index: dict[bytes, tuple[KeyRecord, bytes]] = {}  # the id (bytes) -> (record, its SHA-256 as raw bytes)
         self._stamp: tuple[int, int] | None = None
         self._checked = time.monotonic()
         if records is None:
@@ -227,6 +229,7 @@ class Keyring:
 
     def _set(self, records: list[KeyRecord]) -> None:
         self._by_id = {r.id: r for r in records}
+        self._index = {r.id.encode(): (r, bytes.fromhex(r.sha256)) for r in records}
 
     def _stat(self) -> tuple[int, int] | None:
         try:
@@ -259,13 +262,15 @@ class Keyring:
 
     def find(self, key: bytes) -> KeyRecord | None:
         """The record of a presented key, or None."""
-        self.refresh()
+        if time.monotonic() - self._checked >= RELOAD_EVERY:
+            self.refresh()
         parts = key.split(b"_", 2)
-        if len(parts) != 3 or parts[0] != PREFIX.encode():
+        if len(parts) != 3 or parts[0] != _PREFIX:
             return None
-        record = self._by_id.get(parts[1].decode("latin-1"))
-        if record is None:
+        found = self._index.get(parts[1])
+        if found is None:
             return None
-        if hmac.compare_digest(hashlib.sha256(key).hexdigest(), record.sha256):
-            return record
+        # the raw digests, compared in constant time (no hex string made per request)
+        if hmac.compare_digest(hashlib.sha256(key).digest(), found[1]):
+            return found[0]
         return None

@@ -44,6 +44,7 @@ from gencli.server.asgi import (
     send_error,
 )
 from gencli.server.config import ServeConfig
+from gencli.server.shared import RedisDown
 from gencli.server.state import State
 
 if TYPE_CHECKING:
@@ -113,6 +114,11 @@ class App:
             try:
                 await handler(scope, receive, send)
             except GencliError as exc:  # raised before anything was sent
+                if isinstance(exc, RedisDown):  # stored responses (or limits) need a Redis that is down
+                    info = scope.get("gencli")
+                    if info is None:
+                        info = scope["gencli"] = {}
+                    info.setdefault("rejected", "redis")
                 await send_error(scope, send, exc)
             except Exception as exc:  # a bug: a JSON 500 in the route's shape, the details in the log
                 await send_error(scope, send, internal(exc))
@@ -122,7 +128,7 @@ class App:
                     self.state.bodies.release(held)
                 record = scope.get("gencli.key")
                 if record is not None and record.tpm:  # a person's key: its tokens count
-                    await self.state.spend(record, scope)
+                    self.state.spend(record, scope)
         elif kind == "lifespan":
             await self.lifespan(receive, send)
 

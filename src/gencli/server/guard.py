@@ -40,7 +40,7 @@ from gencli.server.asgi import (
 )
 
 if TYPE_CHECKING:
-    from gencli.config.keys import Keyring
+    from gencli.config.keys import KeyRecord, Keyring
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
 _LOCAL_ORIGIN_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -232,21 +232,28 @@ class Guard:
             authorization = b"Bearer " + authorization[7:].strip()
         return hmac.compare_digest(authorization, key)
 
-    def _person(self, scope: Scope, authorization: bytes | None, x_api_key: bytes | None) -> bool:
-        """True when the request carries a key of the keys file (noted on the scope)."""
-        if self.keyring is None:
-            return False
-        bearer = authorization is not None and authorization[:7].lower() == b"bearer "
-        for token in (
-            authorization[7:].strip() if bearer and authorization is not None else None,
-            x_api_key.strip() if x_api_key is not None else None,
+    def _who(self, authorization: bytes | None, x_api_key: bytes | None) -> str | KeyRecord | None:
+        """Who the request's key is: ``"operator"`` (the server's API key), a key of the keys file
+        (its record), or None (no key, or not one of these)."""
+        if self._key is not None and (
+            self._key_ok(authorization)
+            or (x_api_key is not None and self._key_ok(b"Bearer " + x_api_key))  # Anthropic clients' header
         ):
+            return "operator"
+        keyring = self.keyring
+        if keyring is None:
+            return None
+        if authorization is not None and authorization[:7].lower() == b"bearer ":
+            token = authorization[7:].strip()
             if token:
-                record = self.keyring.find(token)
+                record = keyring.find(token)
                 if record is not None:
-                    scope["gencli.key"] = record
-                    return True
-        return False
+                    return record
+        if x_api_key is not None:
+            token = x_api_key.strip()
+            if token:
+                return keyring.find(token)
+        return None
 
     # -- ASGI ----------------------------------------------------------------------------
 
@@ -306,39 +313,37 @@ class Guard:
                 await self._preflight(scope, send, cors)
                 return
 
-        if (
-            (self._key is not None or self.keyring is not None)
-            and scope["path"] not in PUBLIC_PATHS
-            and not self._key_ok(authorization)
-            and not (x_api_key is not None and self._key_ok(b"Bearer " + x_api_key))  # Anthropic clients' header
-            and not self._person(scope, authorization, x_api_key)
-        ):
-            message = (
-                "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' (the server's "
-                "GENCLI_API_KEY, or a key from 'gencli keys add')"
-                if authorization is None and x_api_key is None
-                else "invalid API key"
-            )
-            await _reject(
-                send,
-                scope,
-                401,
-                message,
-                "invalid_request_error",
-                "invalid_api_key",
-                cors,
-                extra=[(b"www-authenticate", b"Bearer")],
-            )
-            return
-
-        if scope["path"] not in PUBLIC_PATHS:
+        if (self._key is not None or self.keyring is not None) and scope["path"] not in PUBLIC_PATHS:
+            who = self._who(authorization, x_api_key)
+            if who is None:
+                message = (
+                    "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' (the server's "
+                    "GENCLI_API_KEY, or a key from 'gencli keys add')"
+                    if authorization is None and x_api_key is None
+                    else "invalid API key"
+                )
+                await _reject(
+                    send,
+                    scope,
+                    401,
+                    message,
+                    "invalid_request_error",
+                    "invalid_api_key",
+                    cors,
+                    extra=[(b"www-authenticate", b"Bearer")],
+                )
+                return
             # the key's name (never the key), for the access log and the metrics: a person's key
-            # by its name in the keys file, the server's API key as "operator"
-            record = scope.get("gencli.key")
-            if record is not None:
-                scope.setdefault("gencli", {})["key"] = record.name
-            elif self._key is not None:
-                scope.setdefault("gencli", {})["key"] = "operator"
+            # by its name in the keys file (its record on the scope, for its model and limit
+            # checks), the server's API key as "operator"
+            info = scope.get("gencli")
+            if info is None:
+                info = scope["gencli"] = {}
+            if isinstance(who, str):
+                info["key"] = who
+            else:
+                scope["gencli.key"] = who
+                info["key"] = who.name
 
         if length is not None:
             try:

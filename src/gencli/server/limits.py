@@ -63,8 +63,8 @@ class Limiter(Protocol):
     async def admit(self, record: KeyRecord) -> None:
         """Count one request of ``record``; :class:`OverLimit` when it is over a limit."""
 
-    async def spend(self, record: KeyRecord, tokens: int) -> None:
-        """Count ``tokens`` of a finished request of ``record``."""
+    def spend(self, record: KeyRecord, tokens: int) -> None:
+        """Count ``tokens`` of a finished request of ``record`` (at once, or noted to be sent)."""
 
     async def close(self) -> None: ...
 
@@ -110,33 +110,49 @@ class LocalLimiter:
         self._tokens: dict[str, _Window] = {}
 
     async def admit(self, record: KeyRecord) -> None:
+        self.check(record)
+
+    def check(self, record: KeyRecord) -> None:
+        """:meth:`admit` without a coroutine (``State.admit`` calls it directly)."""
         now = self._clock()
         second = int(now)
-        requests = tokens = None
-        if record.rpm:
+        requests = None
+        rpm, tpm = record.rpm, record.tpm
+        if rpm:
             requests = self._requests.get(record.name)
             if requests is None:
                 requests = self._requests[record.name] = _Window()
-            requests.trim(second)
-            if requests.total + 1 > record.rpm:
-                raise over(record, 1, requests.total, requests.wait(now, record.rpm))
-        if record.tpm:
+            buckets = requests.buckets
+            if buckets and buckets[0][0] <= second - WINDOW:
+                requests.trim(second)
+            if requests.total + 1 > rpm:
+                raise over(record, 1, requests.total, requests.wait(now, rpm))
+        if tpm:
             tokens = self._tokens.get(record.name)
             if tokens is not None:
-                tokens.trim(second)
-                if tokens.total >= record.tpm:
-                    raise over(record, 2, tokens.total, tokens.wait(now, record.tpm))
+                buckets = tokens.buckets
+                if buckets and buckets[0][0] <= second - WINDOW:
+                    tokens.trim(second)
+                if tokens.total >= tpm:
+                    raise over(record, 2, tokens.total, tokens.wait(now, tpm))
         if requests is not None:
-            requests.add(second, 1)
+            buckets = requests.buckets
+            if buckets and buckets[-1][0] == second:
+                buckets[-1][1] += 1
+            else:
+                buckets.append([second, 1])
+            requests.total += 1
 
-    async def spend(self, record: KeyRecord, tokens: int) -> None:
+    def spend(self, record: KeyRecord, tokens: int) -> None:
         if not record.tpm or tokens <= 0:
             return
         window = self._tokens.get(record.name)
         if window is None:
             window = self._tokens[record.name] = _Window()
         second = int(self._clock())
-        window.trim(second)
+        buckets = window.buckets
+        if buckets and buckets[0][0] <= second - WINDOW:
+            window.trim(second)
         window.add(second, tokens)
 
     async def close(self) -> None:
@@ -209,7 +225,7 @@ return out
 BATCH = 256  # requests per call at most
 
 
-def _calling(script: Any, keys: list[str], args: list[Any]) -> Callable[[Any], Awaitable[Any]]:
+def _calling(script: Any, keys: list[bytes], args: list[Any]) -> Callable[[Any], Awaitable[Any]]:
     """What :meth:`RedisLink.run` calls with the client: the script with these keys and arguments."""
 
     def action(client: Any) -> Awaitable[Any]:
@@ -231,12 +247,24 @@ class RedisLimiter:
         self._queue: list[tuple[KeyRecord, int, asyncio.Future[list[int]] | None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy = False  # a call is in flight, or scheduled
+        self._made: dict[KeyRecord, tuple[bytes, bytes, bytes, bytes]] = {}
         self.what = "per-key limits"
 
-    @staticmethod
-    def _keys(name: str) -> list[str]:
-        base = f"{PREFIX}{{limits}}:{name}"  # one hash tag: a batch stays in one cluster slot
-        return [base + ":r", base + ":t"]
+    def _words(self, record: KeyRecord) -> tuple[bytes, bytes, bytes, bytes]:
+        """A key's two hash names, rpm and tpm as the bytes sent (made once per key and limits:
+        the client then encodes nothing of them per request)."""
+        found = self._made.get(record)
+        if found is None:
+            if len(self._made) >= 4096:  # the keys file changed often: start again
+                self._made.clear()
+            base = f"{PREFIX}{{limits}}:{record.name}"  # one hash tag: a batch stays in one cluster slot
+            found = self._made[record] = (
+                (base + ":r").encode(),
+                (base + ":t").encode(),
+                str(record.rpm or 0).encode(),
+                str(record.tpm or 0).encode(),
+            )
+        return found
 
     def _submit(self, record: KeyRecord, spent: int, future: asyncio.Future[list[int]] | None) -> None:
         self._queue.append((record, spent, future))
@@ -258,11 +286,12 @@ class RedisLimiter:
         self._send()  # what came meanwhile, or idle
 
     async def _call(self, batch: list[tuple[KeyRecord, int, asyncio.Future[list[int]] | None]]) -> None:
-        keys: list[str] = []
+        keys: list[bytes] = []
         args: list[Any] = [WINDOW]
         for record, spent, future in batch:
-            keys += self._keys(record.name)
-            args += [record.rpm or 0, record.tpm or 0, spent] if future is not None else [0, 0, spent]
+            rk, tk, rpm, tpm = self._words(record)
+            keys += (rk, tk)
+            args += (rpm, tpm, spent) if future is not None else (b"0", b"0", spent)
         try:
             flat = await self.link.run(self.what, _calling(self.link.script(ADMIT), keys, args))
         except BaseException as exc:
@@ -276,12 +305,13 @@ class RedisLimiter:
             return
         for i, (_, _, future) in enumerate(batch):
             if future is not None and not future.done():
-                future.set_result([int(v) for v in flat[3 * i : 3 * i + 3]])
+                future.set_result(flat[3 * i : 3 * i + 3])  # integer replies: ints already
 
     async def admit(self, record: KeyRecord) -> None:
         if not record.rpm and not record.tpm:
             return
-        spent = self._spent.pop(record.name, (record, 0))[1]
+        owed = self._spent.pop(record.name, None)
+        spent = owed[1] if owed is not None else 0
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._submit(record, spent, future)
         try:
@@ -299,7 +329,7 @@ class RedisLimiter:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH, self.flush)
 
-    async def spend(self, record: KeyRecord, tokens: int) -> None:
+    def spend(self, record: KeyRecord, tokens: int) -> None:
         """Tokens are counted with the key's next request, or by :meth:`flush` within ``FLUSH`` s."""
         if record.tpm and tokens > 0:
             self._owe(record, tokens)

@@ -16,8 +16,10 @@ Metrics (prometheus_client; one :class:`Metrics` per process):
 - ``gencli_tokens_total{model, key, direction}``: direction ``in`` (prompt) or ``out``
 - ``gencli_in_flight_requests``
 - ``gencli_rejected_requests_total{reason}``: ``auth``, ``forbidden`` (host or origin),
-  ``size``, ``limit`` (a person's key over its rpm/tpm: 429), ``busy``, ``model`` (a model
-  a person's key may not use: 403)
+  ``size``, ``limit`` (a person's key over its rpm/tpm: 429), ``busy`` (a memory budget or
+  a local model's queue full: 503), ``model`` (a model a person's key may not use: 403),
+  ``redis`` (the server's ``--redis`` not answering: 503; a limited key's request under
+  ``--redis-fail closed``, or one that needs stored responses). A fixed set of seven.
 - ``gencli_fallbacks_total{model, to}``: a request answered by another deployment or fallback
 
 Every label value comes from a bounded set, never from request text: ``route`` and
@@ -233,7 +235,7 @@ class Metrics:
                 self.child(self.rejected, reason).inc()
         if status == 413 and not (info and info.get("rejected")):
             self.child(self.rejected, "size").inc()  # a body or JSON value over a bound, found while reading it
-        elif status == 503:
+        elif status == 503 and not (info and info.get("rejected")):
             self.child(self.rejected, "busy").inc()  # a memory budget or a local model's queue is full
         self.child(self.requests, route, method, model, str(status)).inc()
 

@@ -17,6 +17,7 @@ from gencli.core.budget import MemoryBudget
 from gencli.server.asgi import Receive, Scope, field_model, read_json, refusal
 from gencli.server.config import ServeConfig
 from gencli.server.limits import Limiter, LocalLimiter, OverLimit, RedisLimiter
+from gencli.server.shared import RedisDown
 from gencli.server.store import LocalStore, RedisStore, ResponseStore
 from gencli.transports.server import ServerTransport
 
@@ -61,6 +62,8 @@ class State:
         else:
             self.limiter = LocalLimiter()
             self.store = LocalStore(config.responses_max, config.responses_bytes, config.responses_ttl)
+        # the in-process limits decide at once: State.admit calls them without a coroutine
+        self._check = self.limiter.check if isinstance(self.limiter, LocalLimiter) else None
         self.started = time.time()
         self.last_used: dict[str, int] = {}  # model name -> time.time_ns() of its last request
         self.expires: dict[str, float] = {}  # model name -> when /api/ps stops listing it (time.time(); inf: never)
@@ -123,13 +126,14 @@ class State:
         """The registry name of the model a request body names (its required ``model``), noted
         on the scope for the access log. A request made with a key of the keys file must name
         a model the key allows (403 otherwise) and is counted against the key's limits (429
-        over them), before any work."""
+        over them; 503 when they are counted in a Redis that does not answer and the policy is
+        ``--redis-fail closed``), before any work."""
         model = self.model_name(field_model(data))
         info = scope.setdefault("gencli", {})
         info["model"] = model
         record: KeyRecord | None = scope.get("gencli.key")
         if record is not None:
-            if not record.allows(model):
+            if record.models is not None and model not in record.models:  # record.allows(model), inlined
                 info["rejected"] = "model"  # counted by the metrics and named in the access log
                 allowed = ", ".join(record.models or ())
                 raise refusal(
@@ -138,20 +142,28 @@ class State:
                     "ask the server's operator for another key",
                     "permission_error",
                 )
-            try:
-                await self.limiter.admit(record)
-            except OverLimit:
-                info["rejected"] = "limit"
-                raise
+            if record.rpm or record.tpm:
+                try:
+                    if self._check is not None:
+                        self._check(record)
+                    else:
+                        await self.limiter.admit(record)
+                except OverLimit:
+                    info["rejected"] = "limit"
+                    raise
+                except RedisDown:  # --redis-fail closed: 503 while Redis does not answer
+                    info["rejected"] = "redis"
+                    raise
         return model
 
-    async def spend(self, record: KeyRecord, scope: Scope) -> None:
+    def spend(self, record: KeyRecord, scope: Scope) -> None:
         """Count a finished request's tokens (prompt + completion) against its key's limit."""
-        tokens = scope.get("gencli", {}).get("tokens")
+        info = scope.get("gencli")
+        tokens = info.get("tokens") if info is not None else None
         if not tokens:
             return
         try:
-            await self.limiter.spend(record, int(tokens.get("prompt") or 0) + int(tokens.get("completion") or 0))
+            self.limiter.spend(record, int(tokens.get("prompt") or 0) + int(tokens.get("completion") or 0))
         except Exception as exc:  # pragma: no cover - the limiter logs its own failures
             import sys
 
