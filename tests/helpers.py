@@ -1,6 +1,6 @@
 """Helpers the test modules share, each defined once: ports, posting JSON to a server, reading
 NDJSON, the CLI's one-line errors, waiting for a condition with a deadline, and running a
-plan through the engine over httpx. (``gencli
+plan through the engine over httpx (and through both engine loops, recording retry waits). (``gencli
 serve`` as a subprocess is :class:`tests.server_fixture.ServeProcess`; the upstream fakes
 are in ``tests/fakes/``; running the CLI is :func:`tests.conftest.run_gencli`.)"""
 
@@ -101,3 +101,52 @@ def generate(reg: Any, model: str, prompt: str | None = "hello world", **kw: Any
 def texts(events: list, kind: type) -> list[str]:
     """The text of the events of one kind (TextDelta, ReasoningDelta)."""
     return [e.text for e in events if isinstance(e, kind)]
+
+
+def run_sync(reg: Any, name: str, stream: bool = True, waits: list | None = None, **kw: Any) -> list:
+    """The engine's sync loop over httpx for ``name``; retry waits are recorded in ``waits``
+    instead of slept. ``kw``: more GenerateRequest fields."""
+    from gencli import engine
+    from gencli.core.request import GenerateRequest
+    from gencli.transports.cli import HttpxTransport
+
+    plan = engine.prepare(GenerateRequest(model=name, prompt="hello there", stream=stream, **kw), reg)
+    transport = HttpxTransport(tls=False)
+    try:
+        return list(engine.execute(plan, transport, transport, sleep=(waits if waits is not None else []).append))
+    finally:
+        transport.close()
+
+
+def run_async(reg: Any, name: str, stream: bool = True, waits: list | None = None, **kw: Any) -> list:
+    """The engine's async loop over the server's transport, likewise."""
+    import asyncio
+
+    from gencli import engine
+    from gencli.core.request import GenerateRequest
+    from gencli.transports.server import ServerTransport
+
+    record = waits if waits is not None else []
+
+    async def sleep(seconds: float) -> None:
+        record.append(seconds)
+
+    async def main() -> list:
+        plan = engine.prepare(GenerateRequest(model=name, prompt="hello there", stream=stream, **kw), reg)
+        transport = ServerTransport()
+        try:
+            return [ev async for ev in engine.aexecute(plan, transport, transport, sleep=sleep)]
+        finally:
+            await transport.close()
+
+    return asyncio.run(main())
+
+
+RUNNERS = {"sync": run_sync, "async": run_async}
+
+
+def text_of(events: list) -> str:
+    """The answer's text in ``events``."""
+    from gencli.core.events import TextDelta
+
+    return "".join(e.text for e in events if type(e) is TextDelta)

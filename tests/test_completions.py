@@ -155,6 +155,13 @@ def test_conversation_names(cenv, workdir):
     assert offered("gencli generate --conversation wo", cenv, workdir) == ["work-notes"]
 
 
+def test_actions_of_logs_and_templates(cenv, workdir):
+    assert offered("gencli logs o", cenv, workdir) == ["off", "on"]
+    assert offered("gencli templates ", cenv, workdir) == ["list", "show", "edit", "path"]
+    zsh = protocol("gencli logs p", cenv, workdir, "zsh")
+    assert "path" in zsh and "print the log database" in zsh, zsh
+
+
 def test_broken_registry_offers_nothing_quietly(cenv, workdir):
     (workdir / "models.json").write_text("{not json")
     assert offered("gencli generate -m ", cenv, workdir) == []

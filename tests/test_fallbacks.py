@@ -19,13 +19,13 @@ import pytest
 from gencli import engine
 from gencli.config.registry import Registry
 from gencli.core.errors import ConfigError, UpstreamAuthError, UpstreamError
-from gencli.core.events import Done, TextDelta
+from gencli.core.events import Done
 from gencli.core.request import GenerateRequest
 from gencli.transports.cli import HttpxTransport
 from gencli.transports.server import ServerTransport
 from tests.conftest import clean_env, run_gencli
 from tests.fakes.openai_upstream import FAKE_KEY, FakeOpenAI
-from tests.helpers import ndjson, post, wait_until
+from tests.helpers import RUNNERS, ndjson, post, run_sync, text_of, wait_until
 from tests.server_fixture import KEY_VAR, ServeProcess
 
 
@@ -47,39 +47,6 @@ def tag(model: str) -> str:
 def asked(fake: FakeOpenAI, mark: int, model: str) -> int:
     """How many requests for ``model`` reached ``fake`` since ``mark``."""
     return sum(1 for r in fake.since(mark) if isinstance(r.body, dict) and r.body.get("model") == model)
-
-
-def run_sync(reg: Registry, name: str, stream: bool = True, waits: list | None = None, **kw) -> list:
-    plan = engine.prepare(GenerateRequest(model=name, prompt="hello there", stream=stream, **kw), reg)
-    transport = HttpxTransport(tls=False)
-    try:
-        return list(engine.execute(plan, transport, transport, sleep=(waits if waits is not None else []).append))
-    finally:
-        transport.close()
-
-
-def run_async(reg: Registry, name: str, stream: bool = True, waits: list | None = None, **kw) -> list:
-    record = waits if waits is not None else []
-
-    async def sleep(seconds: float) -> None:
-        record.append(seconds)
-
-    async def main() -> list:
-        plan = engine.prepare(GenerateRequest(model=name, prompt="hello there", stream=stream, **kw), reg)
-        transport = ServerTransport()
-        try:
-            return [ev async for ev in engine.aexecute(plan, transport, transport, sleep=sleep)]
-        finally:
-            await transport.close()
-
-    return asyncio.run(main())
-
-
-RUNNERS = {"sync": run_sync, "async": run_async}
-
-
-def text_of(events: list) -> str:
-    return "".join(e.text for e in events if type(e) is TextDelta)
 
 
 # -- models.json ------------------------------------------------------------------------------

@@ -25,15 +25,14 @@ from gencli.core.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from gencli.core.events import Done, TextDelta
+from gencli.core.events import Done
 from gencli.core.request import GenerateRequest
 from gencli.core.retry import MAX_WAIT, Retrier, RetryPolicy, retryable
-from gencli.transports.cli import HttpxTransport
 from gencli.transports.server import ServerTransport
 from tests.conftest import GENCLI, clean_env, run_gencli
 from tests.fakes import gemini_upstream
 from tests.fakes.openai_upstream import FAKE_KEY, FakeOpenAI
-from tests.helpers import execute, free_port, ndjson, post, wait_until
+from tests.helpers import RUNNERS, execute, free_port, ndjson, post, run_sync, text_of, wait_until
 from tests.server_fixture import KEY_VAR, ServeProcess
 
 
@@ -50,42 +49,6 @@ def registry(tmp_path, models: dict) -> Registry:
     path = tmp_path / "models.json"
     path.write_text(json.dumps(models))
     return Registry.load(path=str(path), env={KEY_VAR: FAKE_KEY, "GEMINI_API_KEY": gemini_upstream.FAKE_KEY})
-
-
-def run_sync(reg: Registry, name: str, stream: bool = True, waits: list | None = None) -> list:
-    """The engine's sync loop; retry waits are recorded in ``waits`` instead of slept."""
-    plan = engine.prepare(GenerateRequest(model=name, prompt="hello there", stream=stream), reg)
-    transport = HttpxTransport(tls=False)
-    sleep = (waits if waits is not None else []).append
-    try:
-        return list(engine.execute(plan, transport, transport, sleep=sleep))
-    finally:
-        transport.close()
-
-
-def run_async(reg: Registry, name: str, stream: bool = True, waits: list | None = None) -> list:
-    """The engine's async loop; retry waits are recorded in ``waits`` instead of slept."""
-    record = waits if waits is not None else []
-
-    async def sleep(seconds: float) -> None:
-        record.append(seconds)
-
-    async def main() -> list:
-        plan = engine.prepare(GenerateRequest(model=name, prompt="hello there", stream=stream), reg)
-        transport = ServerTransport()
-        try:
-            return [ev async for ev in engine.aexecute(plan, transport, transport, sleep=sleep)]
-        finally:
-            await transport.close()
-
-    return asyncio.run(main())
-
-
-RUNNERS = {"sync": run_sync, "async": run_async}
-
-
-def text_of(events: list) -> str:
-    return "".join(e.text for e in events if type(e) is TextDelta)
 
 
 # -- the policy --------------------------------------------------------------------------

@@ -530,13 +530,9 @@ def conversations(
 
 
 def complete_logs_action(incomplete: str) -> list[tuple[str, str]]:
-    actions = {
-        "list": "the latest prompts and answers (the default)",
-        "path": "print the log database's path",
-        "off": "stop logging",
-        "on": "log again",
-    }
-    return [(a, h) for a, h in actions.items() if a.startswith(incomplete)]
+    from gencli.cli.commands.logs import ACTIONS
+
+    return [(a, h) for a, h in ACTIONS.items() if a.startswith(incomplete)]
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)
@@ -620,13 +616,9 @@ def logs(
 
 
 def complete_templates_action(incomplete: str) -> list[tuple[str, str]]:
-    actions = {
-        "list": "the saved templates",
-        "show": "print one",
-        "edit": "write one in $EDITOR",
-        "path": "their folder",
-    }
-    return [(a, h) for a, h in actions.items() if a.startswith(incomplete)]
+    from gencli.cli.commands.templates import ACTIONS
+
+    return [(a, h) for a, h in ACTIONS.items() if a.startswith(incomplete)]
 
 
 @app.command(context_settings=CONTEXT_SETTINGS)

@@ -86,7 +86,7 @@ class Tries:
     says what follows a failure (a wait and a retry, the next candidate, or the error to
     raise), :meth:`close` ends the candidate running (its router counts it no more)."""
 
-    __slots__ = ("plan", "cands", "n", "failures", "retrier", "http", "_router")
+    __slots__ = ("plan", "cands", "n", "failures", "retrier", "http", "_counted")
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -95,7 +95,7 @@ class Tries:
         self.failures: list[UpstreamError] = []
         self.retrier: Retrier | None = None  # the running candidate's (an upstream), None between candidates
         self.http: HttpRequest | None = None
-        self._router: ModelEntry | None = None
+        self._counted: Candidate | None = None  # the candidate its router counts as running
 
     def start(self) -> Attempt:
         cand = self.cands[self.n]
@@ -106,7 +106,7 @@ class Tries:
             self.retrier = Retrier.for_call(cand.call.name, cand.call.retries)
             if cand.router is not None:
                 cand.router.begin(cand.entry)
-                self._router = cand.entry
+                self._counted = cand
         return Attempt(self.plan, cand, None if adapter.in_process else self.http)
 
     def failed(self, exc: UpstreamError, output: bool) -> float | None:
@@ -133,10 +133,9 @@ class Tries:
 
     def close(self) -> None:
         """The running candidate is done with (also when the caller stops reading early)."""
-        cand = self.cands[self.n]
-        if self._router is not None and cand.router is not None:
-            cand.router.end(self._router)
-        self._router = None
+        counted, self._counted = self._counted, None
+        if counted is not None and counted.router is not None:
+            counted.router.end(counted.entry)
         self.retrier = None
         self.http = None
 

@@ -195,25 +195,37 @@ def image_pool(allow_private: bool = False, lookup: Lookup | None = None) -> Poo
     )
 
 
-def check_url(url: str, where: str, allow_private: bool) -> None:
-    """Refuse what can be refused before connecting: the scheme, a missing host, a
-    literal IP address that is not public (names are checked by the resolver)."""
+def url_problem(url: str, allow_private: bool) -> tuple[str, bool] | None:
+    """What can be refused before connecting, or None: a URL that does not parse, a scheme
+    other than http(s), no host, a literal IP address that is not public (names are checked by
+    the resolver, as they resolve). The text, and whether the address is what was refused
+    (the caller then says how to allow it)."""
     try:
         parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise ImageError(f"{where}: not a valid URL") from None
+        return "not a valid URL", False
     if parts.scheme.lower() not in ("http", "https") or not host:
-        raise ImageError(f"{where}: only http(s) URLs can be fetched")
+        return "only http(s) URLs can be fetched", False
     addr = _literal(host)
-    if addr is not None:  # (names are checked by the resolver, as they resolve)
-        problem = address_problem(addr, allow_private)
-        if problem is not None:
-            raise ImageError(
-                f"{where}: {host} is a {problem} address; the server fetches image URLs from "
-                f"public addresses only (gencli serve --allow-private-images allows private ones)"
+    problem = address_problem(addr, allow_private) if addr is not None else None
+    if problem is not None:
+        return f"{host} is a {problem} address", True
+    return None
+
+
+def check_url(url: str, where: str, allow_private: bool) -> None:
+    """An image URL refused before connecting (:func:`url_problem`) is an ImageError."""
+    found = url_problem(url, allow_private)
+    if found is not None:
+        text, address = found
+        if address:
+            text += (
+                "; the server fetches image URLs from public addresses only "
+                "(gencli serve --allow-private-images allows private ones)"
             )
+        raise ImageError(f"{where}: {text}")
 
 
 def _short(url: str) -> str:

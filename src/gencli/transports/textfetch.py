@@ -18,12 +18,12 @@ import socket
 import ssl
 import time
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpcore
 
 from gencli.core.errors import UsageError
-from gencli.transports.address_guard import address_problem
+from gencli.transports.address_guard import address_problem, url_problem
 
 MAX_REDIRECTS = 3
 TIMEOUT = 30.0  # seconds for the whole download, redirects included
@@ -76,20 +76,12 @@ class GuardedBackend(httpcore.SyncBackend):
 
 
 def _check(url: str, where: str, allow_private: bool) -> None:
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise FetchError(f"{where}: not a valid URL") from None
-    if parts.scheme.lower() not in ("http", "https") or not host:
-        raise FetchError(f"{where}: only http(s) URLs can be fetched")
-    try:
-        problem = address_problem(host.split("%", 1)[0], allow_private)
-    except ValueError:
-        problem = None
-    if problem is not None and problem != "not an IP address":
-        raise FetchError(f"{where}: {host} is a {problem} address; -f fetches public addresses only; {HINT}")
+    found = url_problem(url, allow_private)
+    if found is not None:
+        text, address = found
+        raise FetchError(
+            f"{where}: {text}; -f fetches public addresses only; {HINT}" if address else f"{where}: {text}"
+        )
 
 
 def fetch_text(url: str, max_bytes: int, allow_private: bool = False, timeout: float = TIMEOUT) -> tuple[bytes, str]:

@@ -14,7 +14,12 @@ from typing import Any
 from gencli.cli import logdb
 from gencli.core.errors import UsageError
 
-ACTIONS = ("list", "path", "on", "off")
+ACTIONS = {  # each with what shell completion says of it
+    "list": "the latest prompts and answers (the default)",
+    "path": "print the log database's path",
+    "off": "stop logging",
+    "on": "log again",
+}
 _PERIOD = re.compile(r"^(\d+)\s*(m|min|h|d|w)$")
 _UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

@@ -8,7 +8,12 @@ from pathlib import Path
 from gencli.cli import templates
 from gencli.core.errors import UsageError
 
-ACTIONS = ("list", "show", "edit", "path")
+ACTIONS = {  # each with what shell completion says of it
+    "list": "the saved templates",
+    "show": "print one",
+    "edit": "write one in $EDITOR",
+    "path": "their folder",
+}
 
 
 def _summary(path: Path) -> str:
